@@ -1,0 +1,280 @@
+"""The layer graph: every op of a Transformer with its FLOPs, parameters, saved activations and TP sharding.
+
+The cost model walks this graph; nothing else re-derives op sizes. All sizes are *per token* of a
+micro-batch (or per token x key position for the s^2 attention terms), unsharded; the cost model
+divides by the parallel degrees according to each op's `tp` kind:
+
+- ``column``: output features split over TP ranks (Megatron column-parallel linear);
+- ``row``: input features split (row-parallel linear; its output needs an all-reduce / reduce-scatter);
+- ``heads``: attention heads split (the attention core between the two);
+- ``replicated``: every TP rank holds and computes it (norms, dropout, residuals without sequence
+  parallelism; with sequence parallelism these are split along the sequence instead);
+- ``vocab``: vocabulary-parallel embedding, LM head and cross-entropy.
+
+Saved-activation accounting follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in
+Large Transformer Models", Sec. 4.1): with dropout, a GPT layer saves 34·s·b·h + 5·a·s²·b bytes in
+16-bit precision, of which 10·sbh is replicated across TP ranks (norm inputs, dropout masks, inputs of
+the column-parallel linears) and 24·sbh + 5as²b is split by TP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import networkx as nx
+
+from planner.specs.model import ModelSpec
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+MASK_BYTES = 1  # dropout masks are stored as bool (1 byte per element)
+LOSS_BYTES = 4  # cross-entropy keeps fp32 softmax / log-probabilities for backward
+LSE_BYTES = 4  # flash attention saves an fp32 log-sum-exp per head and token
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the model (forward direction).
+
+    `gemm` = (in_features, out_features, instances per token) for matrix multiplies;
+    `saved` = bytes saved for backward per token (given the activation dtype);
+    `saved_s` = bytes saved per token per key position (the s^2 attention terms);
+    `io` = bytes read + written by a memory-bound kernel per token (forward);
+    `io_s` = the same per token per key position.
+    """
+
+    name: str
+    kind: str  # gemm | attention | elementwise | embedding | loss
+    tp: str  # column | row | heads | replicated | vocab
+    group: str  # pre | layer | post
+    params: int = 0
+    flops: float = 0.0  # forward FLOPs per token (2 per multiply-add)
+    flops_s: float = 0.0  # forward FLOPs per token per key position (attention scores and context)
+    gemm: tuple[int, int, float] | None = None
+    saved: float = 0.0
+    saved_s: float = 0.0
+    io: float = 0.0
+    io_s: float = 0.0
+    kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
+    routed: bool = False  # executed only for the tokens routed to it (MoE experts)
+
+
+@dataclass
+class LayerGraph:
+    """The graph plus totals; `layer_ops` is one Transformer layer (all layers are identical)."""
+
+    model: ModelSpec
+    dtype: str
+    graph: nx.DiGraph
+    pre_ops: list[Op] = field(default_factory=list)
+    layer_ops: list[Op] = field(default_factory=list)
+    post_ops: list[Op] = field(default_factory=list)
+
+    @property
+    def layer_params(self) -> int:
+        return sum(op.params for op in self.layer_ops)
+
+    @property
+    def total_params(self) -> int:
+        pre = sum(op.params for op in self.pre_ops)
+        post = sum(op.params for op in self.post_ops)
+        return pre + self.model.num_layers * self.layer_params + post
+
+    @property
+    def active_params(self) -> int:
+        """Parameters touched per token: for MoE, top_k of num_experts expert MLPs."""
+        m = self.model
+        total = self.total_params
+        if not m.is_moe:
+            return total
+        expert = sum(op.params for op in self.layer_ops if op.routed)
+        inactive = expert * (m.num_experts - m.top_k) // m.num_experts
+        return total - m.num_layers * inactive
+
+    def forward_flops(self, batch: int, seq: int) -> float:
+        """Model forward FLOPs for `batch` sequences of `seq` tokens (full s^2 attention, as Megatron counts)."""
+        tokens = batch * seq
+
+        def ops_flops(ops: list[Op]) -> float:
+            return sum(op.flops * tokens + op.flops_s * tokens * seq for op in ops)
+
+        return ops_flops(self.pre_ops) + self.model.num_layers * ops_flops(self.layer_ops) + ops_flops(
+            self.post_ops
+        )
+
+    def layer_saved_bytes(self, batch: int, seq: int) -> float:
+        """Bytes one layer saves for backward (no parallelism, no recompute)."""
+        tokens = batch * seq
+        return sum(op.saved * tokens + op.saved_s * tokens * seq for op in self.layer_ops)
+
+
+def _linear(name: str, fin: int, fout: int, tp: str, bias: bool, group: str, dtype_b: int,
+            copies: float = 1.0, params_copies: int = 1, routed: bool = False,
+            save_input: bool = True) -> Op:
+    """A linear layer y = x W (+ b): saves its input for the weight gradient."""
+    return Op(
+        name=name,
+        kind="gemm",
+        tp=tp,
+        group=group,
+        params=params_copies * (fin * fout + (fout if bias else 0)),
+        flops=2.0 * fin * fout * copies,
+        gemm=(fin, fout, copies),
+        saved=dtype_b * fin * copies if save_input else 0.0,
+        routed=routed,
+    )
+
+
+def _norm(name: str, width: int, m: ModelSpec, tp: str, group: str, dtype_b: int) -> Op:
+    per = 2 if m.norm == "layernorm" else 1  # LayerNorm has weight and bias, RMSNorm only weight
+    return Op(name=name, kind="elementwise", tp=tp, group=group, params=per * width,
+              saved=dtype_b * width, io=2.0 * dtype_b * width)
+
+
+def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
+    h, kv, a = m.hidden, m.kv_hidden, m.num_heads
+    qkv = _linear("attn.qkv", h, h + 2 * kv, "column", m.qkv_bias, "layer", b)
+    if flash:
+        # Fused kernel (FlashAttention / SDPA): saves Q, K, V and the fp32 log-sum-exp; the output it
+        # also needs is the out-projection's input, counted there. No s^2 tensors are materialised.
+        core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
+                  flops_s=4.0 * h, saved=b * (h + 2 * kv) + LSE_BYTES * a, io=b * 2.0 * (h + kv),
+                  kernels=1)
+    else:
+        # Unfused ("math") attention as in Megatron-LM 2022: QK^T saves Q and K, softmax saves its
+        # output (2as^2b), dropout its mask (as^2b) and output (2as^2b), which the context bmm saves
+        # together with V (Korthikanti et al. 2022, Sec. 4.1).
+        dropout = m.dropout > 0
+        saved_s = a * (b + (MASK_BYTES + b if dropout else 0))
+        io_s = a * (b + 2 * b + ((2 * b + MASK_BYTES) if dropout else 0))  # scores out, softmax r/w, dropout
+        core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
+                  flops_s=4.0 * h, saved=b * (h + 2 * kv), saved_s=saved_s, io_s=io_s,
+                  kernels=4 if dropout else 3)
+    proj = _linear("attn.proj", h, h, "row", m.bias, "layer", b)
+    ops = [qkv, core, proj]
+    if m.position == "rope":
+        ops.insert(1, Op(name="attn.rope", kind="elementwise", tp="heads", group="layer",
+                         io=2.0 * b * (h + kv), kernels=2))
+    return ops
+
+
+def _residual(name: str, m: ModelSpec, b: int) -> Op:
+    """Dropout (if any) on the sub-layer output plus the residual add: memory bound, saves the mask."""
+    h = m.hidden
+    dropout = m.dropout > 0
+    return Op(name=name, kind="elementwise", tp="replicated", group="layer",
+              saved=MASK_BYTES * h if dropout else 0.0,
+              io=3.0 * b * h + ((2 * b + MASK_BYTES) * h if dropout else 0.0),
+              kernels=2 if dropout else 1)
+
+
+def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
+    h, f = m.hidden, m.ffn_hidden
+    gated = m.activation == "swiglu"
+    up_width = 2 * f if gated else f
+    if not m.is_moe:
+        act = Op(name="mlp.act", kind="elementwise", tp="column", group="layer",
+                 saved=b * up_width, io=b * (up_width + f))
+        return [
+            _linear("mlp.up", h, up_width, "column", m.bias, "layer", b),
+            act,
+            _linear("mlp.down", f, h, "row", m.bias, "layer", b),
+        ]
+    # Mixture of experts: a replicated router, then top_k expert MLPs per token (capacity-padded).
+    e, k = m.num_experts, m.top_k
+    work = k * m.capacity_factor  # expert-token pairs computed per token
+    router = Op(name="moe.router", kind="gemm", tp="replicated", group="layer", params=h * e,
+                flops=2.0 * h * e, gemm=(h, e, 1.0), saved=LOSS_BYTES * e, io=b * 2.0 * e, kernels=3)
+    dispatch = Op(name="moe.dispatch", kind="elementwise", tp="replicated", group="layer",
+                  io=2.0 * b * h * k, kernels=2)
+    up = _linear("moe.experts.up", h, up_width, "column", m.bias, "layer", b, copies=work,
+                 params_copies=e, routed=True)
+    act = Op(name="moe.experts.act", kind="elementwise", tp="column", group="layer",
+             saved=b * up_width * work, io=b * (up_width + f) * work, routed=True)
+    down = _linear("moe.experts.down", f, h, "row", m.bias, "layer", b, copies=work,
+                   params_copies=e, routed=True)
+    combine = Op(name="moe.combine", kind="elementwise", tp="replicated", group="layer",
+                 saved=b * h * k, io=3.0 * b * h * k, kernels=2)
+    return [router, dispatch, up, act, down, combine]
+
+
+def _pre_ops(m: ModelSpec, b: int) -> list[Op]:
+    h = m.hidden
+    params = m.vocab_size * h
+    if m.position == "learned":
+        params += m.max_position * h
+    params += m.type_vocab_size * h
+    ops = [Op(name="embed", kind="embedding", tp="vocab", group="pre", params=params,
+              io=b * 3.0 * h, kernels=2 if m.position == "learned" else 1)]
+    if m.head == "mlm":  # BERT normalises the embedding sum
+        ops.append(_norm("embed.norm", h, m, "replicated", "pre", b))
+    return ops
+
+
+def _post_ops(m: ModelSpec, b: int) -> list[Op]:
+    h, v = m.hidden, m.vocab_size
+    ops: list[Op] = []
+    if m.head == "lm":
+        ops.append(_norm("final_norm", h, m, "replicated", "post", b))
+        head = _linear("lm_head", h, v, "vocab", False, "post", b)
+    else:  # BERT MLM head: dense + GELU + LayerNorm transform, then the (tied) decoder with a bias
+        if m.pooler:
+            ops.append(Op(name="pooler", kind="elementwise", tp="replicated", group="post",
+                          params=h * h + h))
+        ops.append(_linear("mlm.transform", h, h, "replicated", True, "post", b))
+        ops.append(Op(name="mlm.act", kind="elementwise", tp="replicated", group="post",
+                      saved=b * h, io=2.0 * b * h))
+        ops.append(_norm("mlm.norm", h, m, "replicated", "post", b))
+        head = _linear("lm_head", h, v, "vocab", False, "post", b)
+    if m.tied_embeddings:
+        head = replace(head, params=0)
+    if m.head == "mlm":
+        head = replace(head, params=head.params + v)  # decoder bias
+    ops.append(head)
+    ops.append(Op(name="loss", kind="loss", tp="vocab", group="post", saved=LOSS_BYTES * v,
+                  io=(b + 2 * LOSS_BYTES) * v, kernels=3))
+    return ops
+
+
+@lru_cache(maxsize=256)
+def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: bool = True) -> LayerGraph:
+    """The layer graph of `model`, with activation sizes for `dtype` (default: the model's dtype).
+
+    `flash_attention` selects the attention kernel: fused (no s^2 activations) or the unfused
+    "math" path of Megatron-LM 2022 (softmax and dropout tensors of size a·s^2·b are kept).
+    """
+    dt = dtype or model.dtype
+    b = DTYPE_BYTES[dt]
+    pre = _pre_ops(model, b)
+    layer = [
+        _norm("attn.norm", model.hidden, model, "replicated", "layer", b),
+        *_attention_ops(model, b, flash_attention),
+        _residual("attn.residual", model, b),
+        _norm("mlp.norm", model.hidden, model, "replicated", "layer", b),
+        *_mlp_ops(model, b),
+        _residual("mlp.residual", model, b),
+    ]
+    post = _post_ops(model, b)
+
+    g = nx.DiGraph()
+    prev: str | None = None
+
+    def add(op: Op, node: str, layer_index: int | None) -> None:
+        nonlocal prev
+        g.add_node(node, op=op, layer=layer_index)
+        if prev is not None:
+            g.add_edge(prev, node)
+        prev = node
+
+    for op in pre:
+        add(op, op.name, None)
+    for i in range(model.num_layers):
+        block_input = prev
+        for op in layer:
+            add(op, f"layers.{i}.{op.name}", i)
+            if op.name in ("attn.residual", "mlp.residual") and block_input is not None:
+                g.add_edge(block_input, f"layers.{i}.{op.name}", residual=True)
+                block_input = f"layers.{i}.{op.name}"
+    for op in post:
+        add(op, op.name, None)
+    return LayerGraph(model=model, dtype=dt, graph=g, pre_ops=pre, layer_ops=layer, post_ops=post)

@@ -1,0 +1,103 @@
+"""Safe JSON loading and atomic file writing, shared by every command that touches files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from planner.errors import InputFileError
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # no legitimate plan/profile/config is near this
+MAX_JSON_DEPTH = 64
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Iterative nesting depth (no recursion, so hostile inputs cannot blow the stack)."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def parse_json_text(text: str, source: str = "<string>") -> Any:
+    """Parse JSON strictly: no NaN/Infinity, bounded size and depth; errors name the source."""
+    if len(text) > MAX_JSON_BYTES:
+        raise InputFileError(f"{source}: file is larger than {MAX_JSON_BYTES // 2**20} MiB")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InputFileError(f"{source}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InputFileError(f"{source}: malformed JSON ({exc})") from None
+    if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InputFileError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Read and strictly parse a JSON file (never executes code)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise InputFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if size > MAX_JSON_BYTES:
+        raise InputFileError(f"{p}: file is larger than {MAX_JSON_BYTES // 2**20} MiB")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{p}: cannot read ({exc})") from None
+    return parse_json_text(text, str(p))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """JSON text with numpy values converted; non-finite floats raise ValueError (allow_nan=False)."""
+    return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text to a temp file in the same directory, fsync, then rename over the target."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Serialise first (so a serialisation error leaves the old file untouched), then write atomically."""
+    return atomic_write_text(path, dumps(obj) + "\n")

@@ -1,0 +1,256 @@
+"""The parallel plan (*how* a model is trained) and its versioned, self-contained JSON document.
+
+**Contract**: the JSON layout written here is read by the executor, the dashboard, the exporters and
+users' scripts. Its JSON Schema ships as `planner/data/plan.schema.json`; change both together and bump
+`SCHEMA_VERSION` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+from planner.io import atomic_write_json, load_json
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import DTYPES, ModelSpec
+
+SCHEMA_VERSION = 1
+SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
+RECOMPUTE = ("none", "selective", "full")
+DIMS = ("tp", "cp", "dp", "pp")
+DEFAULT_PLACEMENT = ("tp", "cp", "dp", "pp")  # innermost (consecutive ranks) first, as Megatron-LM
+
+SIZE_KEYS = ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "global_batch")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Parallel sizes and training knobs. World size = tp x cp x dp x pp; ep divides dp."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    cp: int = 1
+    ep: int = 1
+    vpp: int = 1  # virtual pipeline stages (model chunks) per pipeline rank
+    micro_batch: int = 1
+    global_batch: int = 1
+    schedule: str = "1f1b"
+    recompute: str = "none"
+    sequence_parallel: bool = False
+    zero_stage: int = 0
+    dtype: str = "bf16"
+    placement: tuple[str, ...] = DEFAULT_PLACEMENT
+    flash_attention: bool = True  # fused attention kernel (no s^2 activations)
+
+    def __post_init__(self) -> None:
+        for k in SIZE_KEYS:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PlanError(f"must be a positive integer, got {v!r}", field=k)
+            if v > 1 << 40:
+                raise PlanError(f"{v} is beyond any real cluster", field=k)
+        if self.schedule not in SCHEDULES:
+            raise PlanError(f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}", field="schedule")
+        if self.recompute not in RECOMPUTE:
+            raise PlanError(f"must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}", field="recompute")
+        if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
+            raise PlanError(f"must be 0, 1, 2 or 3, got {self.zero_stage!r}", field="zero_stage")
+        if self.dtype not in DTYPES:
+            raise PlanError(f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}", field="dtype")
+        for f in ("sequence_parallel", "flash_attention"):
+            if not isinstance(getattr(self, f), bool):
+                raise PlanError(f"must be true or false, got {getattr(self, f)!r}", field=f)
+        placement = tuple(self.placement) if isinstance(self.placement, (list, tuple)) else None
+        if placement is None or sorted(placement) != sorted(DIMS):
+            raise PlanError(f"must be an ordering of {', '.join(DIMS)}, got {self.placement!r}",
+                            field="placement")
+        object.__setattr__(self, "placement", placement)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.cp * self.dp * self.pp
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per step on each data-parallel replica (m in the pipeline formulas)."""
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    def describe(self) -> str:
+        parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}"]
+        if self.cp > 1:
+            parts.append(f"cp{self.cp}")
+        if self.ep > 1:
+            parts.append(f"ep{self.ep}")
+        if self.vpp > 1:
+            parts.append(f"v{self.vpp}")
+        parts.append(f"mb{self.micro_batch}")
+        if self.sequence_parallel:
+            parts.append("sp")
+        if self.recompute != "none":
+            parts.append(f"rc-{self.recompute}")
+        if self.zero_stage:
+            parts.append(f"z{self.zero_stage}")
+        if self.pp > 1 and self.schedule == "gpipe":
+            parts.append("gpipe")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["placement"] = list(self.placement)
+        d["grad_accum"] = self.grad_accum
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
+    """Raise PlanError naming the first violated rule; return None for a legal plan."""
+    m, p = model, plan
+    if p.world_size != cluster.num_gpus:
+        raise PlanError(
+            f"tp*cp*dp*pp = {p.tp}*{p.cp}*{p.dp}*{p.pp} = {p.world_size} but the cluster has "
+            f"{cluster.num_gpus} GPUs", field="world_size")
+    if m.num_heads % p.tp:
+        raise PlanError(f"num_heads {m.num_heads} is not divisible by tp {p.tp}", field="tp")
+    if m.num_kv_heads % p.tp:
+        raise PlanError(f"num_kv_heads {m.num_kv_heads} is not divisible by tp {p.tp}", field="tp")
+    if m.ffn_hidden % p.tp:
+        raise PlanError(f"ffn_hidden {m.ffn_hidden} is not divisible by tp {p.tp}", field="tp")
+    if m.num_layers % (p.pp * p.vpp):
+        raise PlanError(f"num_layers {m.num_layers} is not divisible by pp*vpp = {p.pp}*{p.vpp}",
+                        field="pp")
+    if p.global_batch % (p.dp * p.micro_batch):
+        raise PlanError(f"global_batch {p.global_batch} is not divisible by dp*micro_batch = "
+                        f"{p.dp}*{p.micro_batch}", field="global_batch")
+    if m.seq_len % p.cp:
+        raise PlanError(f"seq_len {m.seq_len} is not divisible by cp {p.cp}", field="cp")
+    if p.sequence_parallel and p.tp == 1:
+        raise PlanError("sequence parallelism needs tp > 1", field="sequence_parallel")
+    if p.sequence_parallel and (m.seq_len // p.cp) % p.tp:
+        raise PlanError(f"sequence length per cp rank {m.seq_len // p.cp} is not divisible by tp {p.tp}",
+                        field="sequence_parallel")
+    if p.ep > 1:
+        if not m.is_moe:
+            raise PlanError("expert parallelism needs a mixture-of-experts model", field="ep")
+        if m.num_experts % p.ep:
+            raise PlanError(f"num_experts {m.num_experts} is not divisible by ep {p.ep}", field="ep")
+        if p.dp % p.ep:
+            raise PlanError(f"ep {p.ep} must divide dp {p.dp} (experts are spread over data-parallel ranks)",
+                            field="ep")
+    if p.vpp > 1 and p.schedule != "interleaved-1f1b":
+        raise PlanError("vpp > 1 needs the interleaved-1f1b schedule", field="schedule")
+    if p.schedule == "interleaved-1f1b":
+        if p.pp == 1 or p.vpp == 1:
+            raise PlanError("the interleaved-1f1b schedule needs pp > 1 and vpp > 1", field="schedule")
+        if p.grad_accum % p.pp:
+            raise PlanError(f"interleaved-1f1b needs the micro-batch count {p.grad_accum} to be a "
+                            f"multiple of pp {p.pp}", field="global_batch")
+    if p.dtype not in cluster.gpu.peak_flops:
+        raise PlanError(f"{cluster.gpu.name} has no {p.dtype} peak FLOP/s", field="dtype")
+
+
+# ---- the JSON document ------------------------------------------------------------------------
+
+
+@dataclass
+class PlanDocument:
+    """A self-contained plan: the plan, its model and cluster, and (optionally) its prediction."""
+
+    plan: Plan
+    model: ModelSpec
+    cluster: ClusterSpec
+    prediction: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "plan"}
+        d.update(self.plan.to_dict())
+        d["seq_len"] = self.model.seq_len
+        d["num_gpus"] = self.cluster.num_gpus
+        d["model"] = self.model.to_dict()
+        d["cluster"] = self.cluster.to_dict()
+        if self.prediction is not None:
+            d["prediction"] = self.prediction
+        d.update(self.extra)
+        return d
+
+    @property
+    def hash(self) -> str:
+        return plan_hash(self.to_json())
+
+
+def plan_hash(doc: dict[str, Any]) -> str:
+    """Identity of a plan: sizes, knobs, model and cluster (not the prediction). 16 hex digits."""
+    keep = {k: v for k, v in doc.items() if k not in ("prediction", "simulation")}
+    if isinstance(keep.get("cluster"), dict):
+        keep["cluster"] = {k: v for k, v in keep["cluster"].items() if k != "provenance"}
+    text = json.dumps(keep, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("planner.data").joinpath("plan.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate_document(doc: Any, source: str = "plan") -> None:
+    """Check a plan document against the shipped JSON Schema; PlanError names the failing field."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(x) for x in err.absolute_path) or "(top level)"
+        raise PlanError(f"{source}: does not match the plan schema at {where}: {err.message}",
+                        field=where)
+
+
+def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
+    """Validate (schema, then specs, then legality) and build a PlanDocument."""
+    validate_document(doc, source)
+    if doc["schema_version"] > SCHEMA_VERSION:
+        raise PlanError(f"{source}: schema_version {doc['schema_version']} is newer than this planner "
+                        f"({SCHEMA_VERSION}); upgrade the planner", field="schema_version")
+    model = ModelSpec.from_dict(doc["model"], source=f"{source}.model")
+    cluster = ClusterSpec.from_dict(doc["cluster"], where=f"{source}.cluster")
+    plan = Plan.from_dict(doc)
+    if doc.get("seq_len", model.seq_len) != model.seq_len:
+        raise PlanError(f"{source}: seq_len {doc['seq_len']} differs from model.seq_len {model.seq_len}",
+                        field="seq_len")
+    if doc.get("num_gpus", cluster.num_gpus) != cluster.num_gpus:
+        raise PlanError(f"{source}: num_gpus {doc['num_gpus']} differs from the cluster's "
+                        f"{cluster.num_gpus}", field="num_gpus")
+    if "grad_accum" in doc and doc["grad_accum"] != plan.grad_accum:
+        raise PlanError(f"{source}: grad_accum {doc['grad_accum']} != global_batch/(dp*micro_batch) = "
+                        f"{plan.grad_accum}", field="grad_accum")
+    check_plan(model, cluster, plan)
+    extra = {k: v for k, v in doc.items() if k in ("simulation", "name")}
+    return PlanDocument(plan=plan, model=model, cluster=cluster, prediction=doc.get("prediction"),
+                        extra=extra)
+
+
+def load_plan(path: str | Path) -> PlanDocument:
+    """Read a plan file (one plan object, or the first element of a `--json` array)."""
+    data = load_json(path)
+    if isinstance(data, list):
+        if not data:
+            raise PlanError(f"{path}: empty list of plans")
+        data = data[0]
+    return document_from_json(data, source=Path(path).name)
+
+
+def save_plan(path: str | Path, document: PlanDocument) -> Path:
+    doc = document.to_json()
+    validate_document(doc, "plan being written")
+    return atomic_write_json(path, doc)

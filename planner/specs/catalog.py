@@ -1,0 +1,154 @@
+"""Preset catalogs (data files under planner/data) and loaders for `--model` / `--cluster` arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from planner.errors import SpecError
+from planner.io import load_json
+from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
+from planner.specs.hf import from_hf_config, looks_like_hf
+from planner.specs.model import ModelSpec
+
+LOCALHOST = "localhost-cpu"
+
+
+@lru_cache(maxsize=None)
+def _data(name: str) -> dict[str, Any]:
+    text = resources.files("planner.data").joinpath(name).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def model_catalog() -> dict[str, dict[str, Any]]:
+    """Raw preset entries, including their `published_params` reference values."""
+    return _data("models.json")["models"]
+
+
+def model_names() -> list[str]:
+    return list(model_catalog())
+
+
+def model_preset(name: str) -> ModelSpec:
+    entry = model_catalog().get(name)
+    if entry is None:
+        raise SpecError(f"unknown model preset {name!r} (known: {', '.join(model_names())})", field="model")
+    fields = {k: v for k, v in entry.items() if not k.startswith("published")}
+    return ModelSpec(name=name, **fields)
+
+
+def gpu_names() -> list[str]:
+    return list(_data("gpus.json")["gpus"])
+
+
+def gpu_preset(name: str) -> GPUSpec:
+    entry = _data("gpus.json")["gpus"].get(name)
+    if entry is None:
+        raise SpecError(f"unknown GPU {name!r} (known: {', '.join(gpu_names())})", field="gpu")
+    return GPUSpec(name=name, **entry)
+
+
+def _link(name: str) -> LinkSpec:
+    return LinkSpec(name=name, **_data("clusters.json")["links"][name])
+
+
+def cluster_names() -> list[str]:
+    return [*_data("clusters.json")["clusters"], LOCALHOST]
+
+
+def _host_memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def localhost_cpu() -> ClusterSpec:
+    """This host's CPU cores as ranks, gloo over loopback.
+
+    Defaults measured on the 2-core development VM (shared/research notes): ~80 GFLOP/s fp32 per
+    single-threaded rank, gloo all-reduce alpha ~0.75 ms per step and ~0.8 GB/s bus bandwidth.
+    `planner calibrate` replaces all of these with numbers measured on the user's machine.
+    """
+    cores = os.cpu_count() or 1
+    mem_per_rank = _host_memory_bytes() / cores
+    gpu = GPUSpec(
+        name="cpu-core",
+        peak_flops={"fp32": 96e9, "bf16": 96e9, "fp16": 96e9},
+        memory_bytes=mem_per_rank,
+        memory_bandwidth=12e9,
+        gemm_efficiency=0.85,
+        gemm_overhead_s=20e-6,
+        memory_efficiency=0.8,
+        kernel_overhead_s=10e-6,
+        source="one AVX2 core: 2 FMA units x 8 fp32 lanes x 2 FLOP x ~3 GHz = 96 GFLOP/s; 65-88 GFLOP/s "
+               "measured single-threaded (shared/research/torch-cpu-feasibility.md)",
+    )
+    loop = LinkSpec(name="loopback-gloo", bandwidth=1.0e9, latency=0.75e-3, efficiency=0.8,
+                    source="gloo over loopback on the 2-vCPU VM: ~1.5 ms for a small all-reduce at W=2, "
+                           "0.8 GB/s for large ones (shared/research/torch-cpu-feasibility.md)")
+    return ClusterSpec(name=LOCALHOST, gpu=gpu, gpus_per_node=64, intra_node=loop, inter_node=loop,
+                       compute_slots_per_node=cores, reserved_memory_bytes=0.25 * 2**30,
+                       device="cpu", backend="gloo",
+                       source=f"this host: {cores} CPU cores, {mem_per_rank * cores / 2**30:.1f} GiB RAM")
+
+
+def cluster_preset(name: str) -> ClusterSpec:
+    if name == LOCALHOST:
+        return localhost_cpu()
+    entry = _data("clusters.json")["clusters"].get(name)
+    if entry is None:
+        raise SpecError(f"unknown cluster preset {name!r} (known: {', '.join(cluster_names())})",
+                        field="cluster")
+    return ClusterSpec(name=name, gpu=gpu_preset(entry["gpu"]), gpus_per_node=entry["gpus_per_node"],
+                       intra_node=_link(entry["intra_node"]), inter_node=_link(entry["inter_node"]),
+                       source=entry["source"])
+
+
+def _is_path(arg: str) -> bool:
+    return arg.endswith(".json") or os.sep in arg or Path(arg).is_file()
+
+
+def load_model(arg: str | ModelSpec | dict[str, Any], seq_len: int | None = None) -> ModelSpec:
+    """A model from a preset name, a ModelSpec JSON file or a Hugging Face config.json."""
+    if isinstance(arg, ModelSpec):
+        model = arg
+    elif isinstance(arg, dict):
+        model = model_from_json(arg, "model")
+    elif _is_path(arg):
+        model = model_from_json(load_json(arg), Path(arg).stem)
+    else:
+        model = model_preset(arg)
+    if seq_len is not None:
+        model = model.with_seq_len(seq_len)
+    return model
+
+
+def model_from_json(data: Any, name: str) -> ModelSpec:
+    if looks_like_hf(data):
+        return from_hf_config(data, name=name)
+    if isinstance(data, dict) and "name" not in data:
+        data = {"name": name, **data}
+    return ModelSpec.from_dict(data, source=name)
+
+
+def load_cluster(arg: str | ClusterSpec | dict[str, Any], gpus: int | None = None) -> ClusterSpec:
+    """A cluster from a preset name or a JSON profile (e.g. written by `planner calibrate`)."""
+    if isinstance(arg, ClusterSpec):
+        cluster = arg
+    elif isinstance(arg, dict):
+        cluster = ClusterSpec.from_dict(arg)
+    elif _is_path(arg):
+        data = load_json(arg)
+        if isinstance(data, dict) and "cluster" in data and "gpu" not in data:
+            data = data["cluster"]  # a plan or profile wrapper
+        cluster = ClusterSpec.from_dict(data, where=Path(arg).name)
+    else:
+        cluster = cluster_preset(arg)
+    if gpus is not None:
+        cluster = cluster.with_gpus(gpus)
+    return cluster

@@ -1,0 +1,259 @@
+"""`ClusterSpec`: *where* a plan runs: a GPU type x GPUs per node x nodes x two link tiers.
+
+Every hardware number is a physical quantity (peak FLOP/s, bytes, bytes/s, seconds) with its source;
+the efficiencies are achieved fractions of those peaks, measured by microbenchmarks (`planner
+calibrate` on the user's machines, or published benchmark results for the catalog entries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from planner.errors import SpecError
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p")
+
+
+def _num(obj: str, name: str, value: Any, lo: float = 0.0, hi: float = math.inf,
+         strict_lo: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"must be a number, got {value!r}", field=f"{obj}.{name}")
+    v = float(value)
+    if not math.isfinite(v) or (v <= lo if strict_lo else v < lo) or v > hi:
+        bound = f"> {lo}" if strict_lo else f">= {lo}"
+        raise SpecError(f"must be {bound} and <= {hi:g}, got {value!r}", field=f"{obj}.{name}")
+    return v
+
+
+def _from_dict(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """Check keys of a JSON object against a dataclass; returns a copy to build it from."""
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a JSON object, got {type(data).__name__}", field=where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"unknown field(s) {', '.join(unknown)}", field=f"{where}.{unknown[0]}")
+    for name, f in fields.items():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data:
+            raise SpecError("missing required field", field=f"{where}.{name}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One accelerator (or, for `localhost-cpu`, one CPU core driving one rank).
+
+    GEMM time model: t = F / (peak x gemm_efficiency) + gemm_overhead_s, i.e. a sustained fraction
+    of peak plus a fixed per-kernel cost (launch, tile ramp-up and wave quantisation), which makes
+    small GEMMs less efficient. `gemm_curve`, when measured by `planner calibrate`, replaces it with
+    the measured efficiency as a function of GEMM FLOPs (interpolated in log FLOPs).
+    Memory-bound kernels: t = bytes / (memory_bandwidth x memory_efficiency) + kernel_overhead_s.
+    """
+
+    name: str
+    peak_flops: dict[str, float]  # dense FLOP/s per dtype (bf16, fp16, fp32, ...)
+    memory_bytes: float  # device memory (HBM) per GPU
+    memory_bandwidth: float  # bytes/s, datasheet
+    gemm_efficiency: float = 0.7  # sustained fraction of peak on large GEMMs
+    gemm_overhead_s: float = 5e-6  # fixed time per GEMM kernel
+    memory_efficiency: float = 0.85  # achieved fraction of memory bandwidth by streaming kernels
+    kernel_overhead_s: float = 4e-6  # fixed time per memory-bound kernel launch
+    gemm_curve: tuple[tuple[float, float], ...] = ()  # measured (FLOPs, efficiency) points
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        w = f"gpu[{self.name}]"
+        if not isinstance(self.peak_flops, dict) or not self.peak_flops:
+            raise SpecError("must map dtype names to FLOP/s", field=f"{w}.peak_flops")
+        for k, v in self.peak_flops.items():
+            _num(w, f"peak_flops.{k}", v, hi=1e18)
+        _num(w, "memory_bytes", self.memory_bytes, hi=1e15)
+        _num(w, "memory_bandwidth", self.memory_bandwidth, hi=1e15)
+        _num(w, "gemm_efficiency", self.gemm_efficiency, hi=1.0)
+        _num(w, "gemm_overhead_s", self.gemm_overhead_s, strict_lo=False, hi=1.0)
+        _num(w, "memory_efficiency", self.memory_efficiency, hi=1.0)
+        _num(w, "kernel_overhead_s", self.kernel_overhead_s, strict_lo=False, hi=1.0)
+        pts = tuple(tuple(p) for p in self.gemm_curve)
+        for i, p in enumerate(pts):
+            if len(p) != 2:
+                raise SpecError("points must be [flops, efficiency]", field=f"{w}.gemm_curve[{i}]")
+            _num(w, f"gemm_curve[{i}].flops", p[0], hi=1e30)
+            _num(w, f"gemm_curve[{i}].efficiency", p[1], hi=1.0)
+        object.__setattr__(self, "gemm_curve", tuple(sorted(pts)))
+
+    def peak(self, dtype: str) -> float:
+        if dtype not in self.peak_flops:
+            raise SpecError(f"no peak FLOP/s for dtype {dtype!r} (have {', '.join(self.peak_flops)})",
+                            field=f"gpu[{self.name}].peak_flops")
+        return self.peak_flops[dtype]
+
+    def gemm_time(self, flops: np.ndarray | float, dtype: str) -> np.ndarray:
+        """Compute-bound time of GEMMs of `flops` FLOPs each (vectorised)."""
+        f = np.asarray(flops, dtype=np.float64)
+        peak = self.peak(dtype)
+        if self.gemm_curve:
+            xs = np.log10([p[0] for p in self.gemm_curve])
+            ys = np.array([p[1] for p in self.gemm_curve])
+            eff = np.interp(np.log10(np.maximum(f, 1.0)), xs, ys)
+            return np.where(f > 0, f / (peak * eff), 0.0)
+        return np.where(f > 0, f / (peak * self.gemm_efficiency) + self.gemm_overhead_s, 0.0)
+
+    def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
+        """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
+        b = np.asarray(nbytes, dtype=np.float64)
+        return b / (self.memory_bandwidth * self.memory_efficiency) + np.asarray(kernels) * self.kernel_overhead_s
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "gpu") -> GPUSpec:
+        d = _from_dict(cls, data, where)
+        if "gemm_curve" in d:
+            if not isinstance(d["gemm_curve"], list):
+                raise SpecError("must be a list of [flops, efficiency]", field=f"{where}.gemm_curve")
+            d["gemm_curve"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["gemm_curve"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One link tier (intra-node or inter-node), per GPU.
+
+    Collective time (Thakur, Rabenseifner & Gropp 2005; ring algorithms as NCCL uses them):
+    t = alpha x steps + bytes x algorithmic_factor / bus_bandwidth, with bus bandwidth =
+    `bandwidth` x `efficiency` unless `collectives` holds a measured (alpha, busbw) for the operation
+    and group size (written by `planner calibrate`).
+    """
+
+    name: str
+    bandwidth: float  # bytes/s per GPU per direction (datasheet)
+    latency: float  # seconds per algorithm step (alpha)
+    efficiency: float = 0.8  # achieved bus bandwidth / link bandwidth for large messages
+    collectives: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        w = f"link[{self.name}]"
+        _num(w, "bandwidth", self.bandwidth, hi=1e15)
+        _num(w, "latency", self.latency, strict_lo=False, hi=10.0)
+        _num(w, "efficiency", self.efficiency, hi=1.0)
+        if not isinstance(self.collectives, dict):
+            raise SpecError("must map collective names to measurements", field=f"{w}.collectives")
+        for op, rows in self.collectives.items():
+            if op not in COLLECTIVES:
+                raise SpecError(f"unknown collective {op!r} (known: {', '.join(COLLECTIVES)})",
+                                field=f"{w}.collectives")
+            if not isinstance(rows, list) or not rows:
+                raise SpecError("must be a non-empty list", field=f"{w}.collectives.{op}")
+            for i, r in enumerate(rows):
+                if not isinstance(r, dict) or set(r) - {"group", "alpha", "busbw"} or len(r) != 3:
+                    raise SpecError("rows must be {group, alpha, busbw}",
+                                    field=f"{w}.collectives.{op}[{i}]")
+                _num(w, f"collectives.{op}[{i}].group", r["group"], lo=1, strict_lo=False, hi=1e7)
+                _num(w, f"collectives.{op}[{i}].alpha", r["alpha"], strict_lo=False, hi=10.0)
+                _num(w, f"collectives.{op}[{i}].busbw", r["busbw"], hi=1e15)
+
+    @property
+    def bus_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
+
+    def measured(self, op: str, group: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measured (alpha, busbw) for `op` at each group size (nearest measured size), if any."""
+        rows = self.collectives.get(op)
+        if not rows:
+            return None
+        sizes = np.array([r["group"] for r in rows], dtype=np.float64)
+        alpha = np.array([r["alpha"] for r in rows])
+        busbw = np.array([r["busbw"] for r in rows])
+        g = np.asarray(group, dtype=np.float64)
+        idx = np.abs(np.log(np.maximum(g, 1.0))[..., None] - np.log(sizes)).argmin(axis=-1)
+        return alpha[idx], busbw[idx]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "link") -> LinkSpec:
+        return cls(**_from_dict(cls, data, where))
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """GPUs x nodes x links. `num_nodes` follows from the GPU count (`with_gpus`)."""
+
+    name: str
+    gpu: GPUSpec
+    gpus_per_node: int
+    intra_node: LinkSpec
+    inter_node: LinkSpec
+    num_nodes: int = 1
+    compute_slots_per_node: int = 0  # CPU cores when ranks share them (0: one device per rank)
+    reserved_memory_bytes: float = 2 * 2**30  # CUDA context, cuBLAS workspace, NCCL buffers
+    device: str = "cuda"  # cuda | cpu
+    backend: str = "nccl"  # nccl | gloo
+    source: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for f in ("gpus_per_node", "num_nodes"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecError(f"must be a positive integer, got {v!r}", field=f)
+        if self.gpus_per_node * self.num_nodes > 10_000_000:
+            raise SpecError(f"{self.gpus_per_node * self.num_nodes} GPUs is beyond any real cluster",
+                            field="num_nodes")
+        v = self.compute_slots_per_node
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise SpecError(f"must be a non-negative integer, got {v!r}", field="compute_slots_per_node")
+        _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
+        if self.device not in ("cuda", "cpu"):
+            raise SpecError(f"must be cuda or cpu, got {self.device!r}", field="device")
+        if self.backend not in ("nccl", "gloo"):
+            raise SpecError(f"must be nccl or gloo, got {self.backend!r}", field="backend")
+        if self.reserved_memory_bytes >= self.gpu.memory_bytes:
+            raise SpecError("reserved memory leaves nothing for training", field="reserved_memory_bytes")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.gpus_per_node * self.num_nodes
+
+    @property
+    def compute_slowdown(self) -> float:
+        """Time-slicing factor when more ranks than cores share a node (CPU hosts)."""
+        if self.compute_slots_per_node and self.gpus_per_node > self.compute_slots_per_node:
+            return self.gpus_per_node / self.compute_slots_per_node
+        return 1.0
+
+    def with_gpus(self, n: int) -> ClusterSpec:
+        """The same hardware with `n` GPUs in total: n / gpus_per_node full nodes (or one partial node)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SpecError(f"must be a positive integer, got {n!r}", field="gpus")
+        if n > 10_000_000:
+            raise SpecError(f"{n} GPUs is beyond any real cluster", field="gpus")
+        if n <= self.gpus_per_node:
+            return dataclasses.replace(self, gpus_per_node=n, num_nodes=1)
+        if n % self.gpus_per_node:
+            raise SpecError(
+                f"{n} GPUs is not a whole number of {self.gpus_per_node}-GPU nodes", field="gpus"
+            )
+        return dataclasses.replace(self, num_nodes=n // self.gpus_per_node)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["gpu"]["gemm_curve"] = [list(p) for p in self.gpu.gemm_curve]
+        if not d["provenance"]:
+            d.pop("provenance")
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "cluster") -> ClusterSpec:
+        from planner.specs.catalog import gpu_preset
+
+        d = _from_dict(cls, data, where)
+        gpu = d["gpu"]
+        d["gpu"] = gpu_preset(gpu) if isinstance(gpu, str) else GPUSpec.from_dict(gpu, f"{where}.gpu")
+        d["intra_node"] = LinkSpec.from_dict(d["intra_node"], f"{where}.intra_node")
+        d["inter_node"] = LinkSpec.from_dict(d["inter_node"], f"{where}.inter_node")
+        if "provenance" in d and not isinstance(d["provenance"], dict):
+            raise SpecError("must be an object", field=f"{where}.provenance")
+        return cls(**d)
