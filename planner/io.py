@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +18,26 @@ MAX_JSON_DEPTH = 64
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    """Number hook: 1e400 would silently become inf (parse_constant only sees the words)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of the float range")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Object hook: a key given twice is an error (json's default silently keeps the last one)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
 
 
 def _depth(obj: Any, limit: int) -> int:
@@ -39,7 +61,8 @@ def parse_json_text(text: str, source: str = "<string>") -> Any:
     if len(text) > MAX_JSON_BYTES:
         raise InputFileError(f"{source}: file is larger than {MAX_JSON_BYTES // 2**20} MiB")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                         object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise InputFileError(f"{source}: JSON nested too deeply") from None
     except ValueError as exc:
@@ -56,6 +79,8 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         size = p.stat().st_size
     except OSError as exc:
         raise InputFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # e.g. an embedded NUL byte in the path
+        raise InputFileError(f"{str(p)!r}: not a usable path ({exc})") from None
     if size > MAX_JSON_BYTES:
         raise InputFileError(f"{p}: file is larger than {MAX_JSON_BYTES // 2**20} MiB")
     try:
@@ -90,10 +115,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, p)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return p
 
