@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,12 @@ from planner.errors import SpecError
 from planner.io import load_json
 from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
 from planner.specs.hf import from_hf_config, looks_like_hf
-from planner.specs.model import ModelSpec
+from planner.specs.model import ModelSpec, show
 
 LOCALHOST = "localhost-cpu"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _data(name: str) -> dict[str, Any]:
     text = resources.files("planner.data").joinpath(name).read_text(encoding="utf-8")
     return json.loads(text)
@@ -33,10 +33,15 @@ def model_names() -> list[str]:
     return list(model_catalog())
 
 
-def model_preset(name: str) -> ModelSpec:
-    entry = model_catalog().get(name)
+def _entry(table: dict[str, Any], name: Any, what: str, field: str, known: list[str]) -> dict[str, Any]:
+    entry = table.get(name) if isinstance(name, str) else None
     if entry is None:
-        raise SpecError(f"unknown model preset {name!r} (known: {', '.join(model_names())})", field="model")
+        raise SpecError(f"unknown {what} {show(name)} (known: {', '.join(known)})", field=field)
+    return entry
+
+
+def model_preset(name: str) -> ModelSpec:
+    entry = _entry(model_catalog(), name, "model preset", "model", model_names())
     fields = {k: v for k, v in entry.items() if not k.startswith("published")}
     return ModelSpec(name=name, **fields)
 
@@ -46,14 +51,17 @@ def gpu_names() -> list[str]:
 
 
 def gpu_preset(name: str) -> GPUSpec:
-    entry = _data("gpus.json")["gpus"].get(name)
-    if entry is None:
-        raise SpecError(f"unknown GPU {name!r} (known: {', '.join(gpu_names())})", field="gpu")
+    entry = _entry(_data("gpus.json")["gpus"], name, "GPU", "gpu", gpu_names())
     return GPUSpec(name=name, **entry)
 
 
-def _link(name: str) -> LinkSpec:
-    return LinkSpec(name=name, **_data("clusters.json")["links"][name])
+def link_names() -> list[str]:
+    return list(_data("clusters.json")["links"])
+
+
+def link_preset(name: str) -> LinkSpec:
+    entry = _entry(_data("clusters.json")["links"], name, "link", "link", link_names())
+    return LinkSpec(name=name, **entry)
 
 
 def cluster_names() -> list[str]:
@@ -100,27 +108,47 @@ def localhost_cpu() -> ClusterSpec:
 def cluster_preset(name: str) -> ClusterSpec:
     if name == LOCALHOST:
         return localhost_cpu()
-    entry = _data("clusters.json")["clusters"].get(name)
-    if entry is None:
-        raise SpecError(f"unknown cluster preset {name!r} (known: {', '.join(cluster_names())})",
-                        field="cluster")
+    entry = _entry(_data("clusters.json")["clusters"], name, "cluster preset", "cluster", cluster_names())
     return ClusterSpec(name=name, gpu=gpu_preset(entry["gpu"]), gpus_per_node=entry["gpus_per_node"],
-                       intra_node=_link(entry["intra_node"]), inter_node=_link(entry["inter_node"]),
+                       intra_node=link_preset(entry["intra_node"]),
+                       inter_node=link_preset(entry["inter_node"]),
                        source=entry["source"])
 
 
 def _is_path(arg: str) -> bool:
-    return arg.endswith(".json") or os.sep in arg or Path(arg).is_file()
+    try:
+        p = Path(arg)
+        return arg.endswith(".json") or os.sep in arg or p.is_file() or (p / "config.json").is_file()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return False
 
 
-def load_model(arg: str | ModelSpec | dict[str, Any], seq_len: int | None = None) -> ModelSpec:
-    """A model from a preset name, a ModelSpec JSON file or a Hugging Face config.json."""
+def _model_file(arg: str) -> tuple[Path, str]:
+    """The JSON file to read for `arg` and the model's name: a file, or a Hugging Face model folder
+    holding `config.json` (the name is then the folder's)."""
+    p = Path(arg)
+    try:
+        if p.is_dir() and (p / "config.json").is_file():
+            return p / "config.json", p.resolve().name or "model"
+    except (OSError, ValueError):
+        pass
+    name = p.parent.resolve().name if p.stem == "config" else p.stem
+    return p, name or "model"
+
+
+def load_model(arg: str | os.PathLike[str] | ModelSpec | dict[str, Any],
+               seq_len: int | None = None) -> ModelSpec:
+    """A model from a preset name, a ModelSpec JSON file, a Hugging Face config.json or a folder
+    holding one."""
     if isinstance(arg, ModelSpec):
         model = arg
     elif isinstance(arg, dict):
         model = model_from_json(arg, "model")
-    elif _is_path(arg):
-        model = model_from_json(load_json(arg), Path(arg).stem)
+    elif not isinstance(arg, (str, os.PathLike)):
+        raise SpecError(f"expected a preset name or a JSON file, got {type(arg).__name__}", field="model")
+    elif isinstance(arg, os.PathLike) or _is_path(arg):
+        path, name = _model_file(os.fspath(arg))
+        model = model_from_json(load_json(path), name)
     else:
         model = model_preset(arg)
     if seq_len is not None:
@@ -136,13 +164,16 @@ def model_from_json(data: Any, name: str) -> ModelSpec:
     return ModelSpec.from_dict(data, source=name)
 
 
-def load_cluster(arg: str | ClusterSpec | dict[str, Any], gpus: int | None = None) -> ClusterSpec:
+def load_cluster(arg: str | os.PathLike[str] | ClusterSpec | dict[str, Any],
+                 gpus: int | None = None) -> ClusterSpec:
     """A cluster from a preset name or a JSON profile (e.g. written by `planner calibrate`)."""
     if isinstance(arg, ClusterSpec):
         cluster = arg
     elif isinstance(arg, dict):
         cluster = ClusterSpec.from_dict(arg)
-    elif _is_path(arg):
+    elif not isinstance(arg, (str, os.PathLike)):
+        raise SpecError(f"expected a preset name or a JSON file, got {type(arg).__name__}", field="cluster")
+    elif isinstance(arg, os.PathLike) or _is_path(arg):
         data = load_json(arg)
         if isinstance(data, dict) and "cluster" in data and "gpu" not in data:
             data = data["cluster"]  # a plan or profile wrapper

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from planner.errors import SpecError
+from planner.specs.model import show, show_key
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p")
 
@@ -22,12 +24,20 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p"
 def _num(obj: str, name: str, value: Any, lo: float = 0.0, hi: float = math.inf,
          strict_lo: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"must be a number, got {value!r}", field=f"{obj}.{name}")
-    v = float(value)
+        raise SpecError(f"must be a number, got {show(value)}", field=f"{obj}.{name}")
+    bound = f"> {lo}" if strict_lo else f">= {lo}"
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise SpecError(f"must be {bound} and <= {hi:g}, got {show(value)}", field=f"{obj}.{name}") from None
     if not math.isfinite(v) or (v <= lo if strict_lo else v < lo) or v > hi:
-        bound = f"> {lo}" if strict_lo else f">= {lo}"
-        raise SpecError(f"must be {bound} and <= {hi:g}, got {value!r}", field=f"{obj}.{name}")
+        raise SpecError(f"must be {bound} and <= {hi:g}, got {show(value)}", field=f"{obj}.{name}")
     return v
+
+
+def _name(obj: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"must be a non-empty string, got {show(value)}", field=f"{obj}.name")
 
 
 def _from_dict(cls: type, data: Any, where: str) -> dict[str, Any]:
@@ -35,7 +45,7 @@ def _from_dict(cls: type, data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"expected a JSON object, got {type(data).__name__}", field=where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(show_key(k) for k in data if k not in fields)
     if unknown:
         raise SpecError(f"unknown field(s) {', '.join(unknown)}", field=f"{where}.{unknown[0]}")
     for name, f in fields.items():
@@ -56,7 +66,7 @@ class GPUSpec:
     """
 
     name: str
-    peak_flops: dict[str, float]  # dense FLOP/s per dtype (bf16, fp16, fp32, ...)
+    peak_flops: dict[str, float] = field(hash=False)  # dense FLOP/s per dtype (bf16, fp16, fp32, ...)
     memory_bytes: float  # device memory (HBM) per GPU
     memory_bandwidth: float  # bytes/s, datasheet
     gemm_efficiency: float = 0.7  # sustained fraction of peak on large GEMMs
@@ -67,10 +77,15 @@ class GPUSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
+        _name("gpu", self.name)
         w = f"gpu[{self.name}]"
+        if not isinstance(self.source, str):
+            raise SpecError("must be a string", field=f"{w}.source")
         if not isinstance(self.peak_flops, dict) or not self.peak_flops:
             raise SpecError("must map dtype names to FLOP/s", field=f"{w}.peak_flops")
         for k, v in self.peak_flops.items():
+            if not isinstance(k, str) or show_key(k) != k:
+                raise SpecError(f"dtype names must be short strings, got {show(k)}", field=f"{w}.peak_flops")
             _num(w, f"peak_flops.{k}", v, hi=1e18)
         _num(w, "memory_bytes", self.memory_bytes, hi=1e15)
         _num(w, "memory_bandwidth", self.memory_bandwidth, hi=1e15)
@@ -78,7 +93,9 @@ class GPUSpec:
         _num(w, "gemm_overhead_s", self.gemm_overhead_s, strict_lo=False, hi=1.0)
         _num(w, "memory_efficiency", self.memory_efficiency, hi=1.0)
         _num(w, "kernel_overhead_s", self.kernel_overhead_s, strict_lo=False, hi=1.0)
-        pts = tuple(tuple(p) for p in self.gemm_curve)
+        if not isinstance(self.gemm_curve, (tuple, list)):
+            raise SpecError("must be a list of [flops, efficiency]", field=f"{w}.gemm_curve")
+        pts = tuple(tuple(p) if isinstance(p, (tuple, list)) else (p,) for p in self.gemm_curve)
         for i, p in enumerate(pts):
             if len(p) != 2:
                 raise SpecError("points must be [flops, efficiency]", field=f"{w}.gemm_curve[{i}]")
@@ -106,7 +123,8 @@ class GPUSpec:
     def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
         """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
         b = np.asarray(nbytes, dtype=np.float64)
-        return b / (self.memory_bandwidth * self.memory_efficiency) + np.asarray(kernels) * self.kernel_overhead_s
+        launches = np.asarray(kernels) * self.kernel_overhead_s
+        return b / (self.memory_bandwidth * self.memory_efficiency) + launches
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "gpu") -> GPUSpec:
@@ -132,11 +150,14 @@ class LinkSpec:
     bandwidth: float  # bytes/s per GPU per direction (datasheet)
     latency: float  # seconds per algorithm step (alpha)
     efficiency: float = 0.8  # achieved bus bandwidth / link bandwidth for large messages
-    collectives: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    collectives: dict[str, list[dict[str, float]]] = field(default_factory=dict, hash=False)
     source: str = ""
 
     def __post_init__(self) -> None:
+        _name("link", self.name)
         w = f"link[{self.name}]"
+        if not isinstance(self.source, str):
+            raise SpecError("must be a string", field=f"{w}.source")
         _num(w, "bandwidth", self.bandwidth, hi=1e15)
         _num(w, "latency", self.latency, strict_lo=False, hi=10.0)
         _num(w, "efficiency", self.efficiency, hi=1.0)
@@ -195,21 +216,31 @@ class ClusterSpec:
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        _name("cluster", self.name)
+        if not isinstance(self.source, str):
+            raise SpecError("must be a string", field="source")
+        if not isinstance(self.gpu, GPUSpec):
+            raise SpecError(f"must be a GPUSpec, got {type(self.gpu).__name__}", field="gpu")
+        for f in ("intra_node", "inter_node"):
+            if not isinstance(getattr(self, f), LinkSpec):
+                raise SpecError(f"must be a LinkSpec, got {type(getattr(self, f)).__name__}", field=f)
+        if not isinstance(self.provenance, dict):
+            raise SpecError("must be an object", field="provenance")
         for f in ("gpus_per_node", "num_nodes"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SpecError(f"must be a positive integer, got {v!r}", field=f)
+                raise SpecError(f"must be a positive integer, got {show(v)}", field=f)
         if self.gpus_per_node * self.num_nodes > 10_000_000:
             raise SpecError(f"{self.gpus_per_node * self.num_nodes} GPUs is beyond any real cluster",
                             field="num_nodes")
         v = self.compute_slots_per_node
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise SpecError(f"must be a non-negative integer, got {v!r}", field="compute_slots_per_node")
+            raise SpecError(f"must be a non-negative integer, got {show(v)}", field="compute_slots_per_node")
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         if self.device not in ("cuda", "cpu"):
-            raise SpecError(f"must be cuda or cpu, got {self.device!r}", field="device")
+            raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):
-            raise SpecError(f"must be nccl or gloo, got {self.backend!r}", field="backend")
+            raise SpecError(f"must be nccl or gloo, got {show(self.backend)}", field="backend")
         if self.reserved_memory_bytes >= self.gpu.memory_bytes:
             raise SpecError("reserved memory leaves nothing for training", field="reserved_memory_bytes")
 
@@ -227,7 +258,7 @@ class ClusterSpec:
     def with_gpus(self, n: int) -> ClusterSpec:
         """The same hardware with `n` GPUs in total: n / gpus_per_node full nodes (or one partial node)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise SpecError(f"must be a positive integer, got {n!r}", field="gpus")
+            raise SpecError(f"must be a positive integer, got {show(n)}", field="gpus")
         if n > 10_000_000:
             raise SpecError(f"{n} GPUs is beyond any real cluster", field="gpus")
         if n <= self.gpus_per_node:
@@ -247,13 +278,22 @@ class ClusterSpec:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "cluster") -> ClusterSpec:
-        from planner.specs.catalog import gpu_preset
+        from planner.specs.catalog import gpu_preset, link_preset
+
+        def preset(lookup: Callable[[str], Any], name: str, key: str) -> Any:
+            try:
+                return lookup(name)
+            except SpecError as exc:  # re-point the error at this file's key
+                raise SpecError(str(exc).removeprefix(f"{exc.field}: "), field=f"{where}.{key}") from None
 
         d = _from_dict(cls, data, where)
-        gpu = d["gpu"]
-        d["gpu"] = gpu_preset(gpu) if isinstance(gpu, str) else GPUSpec.from_dict(gpu, f"{where}.gpu")
-        d["intra_node"] = LinkSpec.from_dict(d["intra_node"], f"{where}.intra_node")
-        d["inter_node"] = LinkSpec.from_dict(d["inter_node"], f"{where}.inter_node")
+        gpu = d["gpu"]  # a GPU preset name (gpus.json) or a full GPU object
+        d["gpu"] = (preset(gpu_preset, gpu, "gpu") if isinstance(gpu, str)
+                    else GPUSpec.from_dict(gpu, f"{where}.gpu"))
+        for tier in ("intra_node", "inter_node"):  # a link preset name (clusters.json) or an object
+            link = d[tier]
+            d[tier] = (preset(link_preset, link, tier) if isinstance(link, str)
+                       else LinkSpec.from_dict(link, f"{where}.{tier}"))
         if "provenance" in d and not isinstance(d["provenance"], dict):
             raise SpecError("must be an object", field=f"{where}.provenance")
         return cls(**d)

@@ -30,29 +30,49 @@ _LIMITS = {
 }
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """A short repr for error messages: hostile values (huge ints, long strings) stay one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails must not replace the SpecError being raised
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_key(key: Any) -> str:
+    """A JSON key as it may appear in a one-line message and in `SpecError.field`."""
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else show(key)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"must be an integer, got {value!r}", field=name)
+        raise SpecError(f"must be an integer, got {show(value)}", field=name)
     if value < minimum:
-        raise SpecError(f"must be >= {minimum}, got {value}", field=name)
+        raise SpecError(f"must be >= {minimum}, got {show(value)}", field=name)
     limit = _LIMITS.get(name)
     if limit is not None and value > limit:
-        raise SpecError(f"{value} is beyond any plausible model (limit {limit})", field=name)
+        raise SpecError(f"{show(value)} is beyond any plausible model (limit {limit})", field=name)
     return value
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise SpecError(f"must be one of {', '.join(choices)}, got {value!r}", field=name)
+        raise SpecError(f"must be one of {', '.join(choices)}, got {show(value)}", field=name)
     return value
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"must be a number, got {value!r}", field=name)
-    if not (lo <= float(value) <= hi):
-        raise SpecError(f"must be in [{lo}, {hi}], got {value}", field=name)
-    return float(value)
+        raise SpecError(f"must be a number, got {show(value)}", field=name)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond the float range (JSON allows 400-digit numbers)
+        raise SpecError(f"must be in [{lo}, {hi}], got {show(value)}", field=name) from None
+    if not (lo <= v <= hi):
+        raise SpecError(f"must be in [{lo}, {hi}], got {show(value)}", field=name)
+    return v
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError("must be a non-empty string", field="name")
+        if not isinstance(self.source, str):
+            raise SpecError(f"must be a string, got {type(self.source).__name__}", field="source")
+        if not isinstance(self.extra, dict):
+            raise SpecError(f"must be an object, got {type(self.extra).__name__}", field="extra")
         for f in ("num_layers", "hidden", "num_heads", "ffn_hidden", "vocab_size", "seq_len"):
             _check_int(f, getattr(self, f), 1)
         for f in ("num_kv_heads", "max_position", "num_experts", "top_k", "type_vocab_size"):
@@ -104,11 +128,11 @@ class ModelSpec:
         _check_choice("dtype", self.dtype, DTYPES)
         for f in ("tied_embeddings", "bias", "causal", "pooler"):
             if not isinstance(getattr(self, f), bool):
-                raise SpecError(f"must be true or false, got {getattr(self, f)!r}", field=f)
+                raise SpecError(f"must be true or false, got {show(getattr(self, f))}", field=f)
         if self.qkv_bias is None:
             object.__setattr__(self, "qkv_bias", self.bias)
         elif not isinstance(self.qkv_bias, bool):
-            raise SpecError(f"must be true or false, got {self.qkv_bias!r}", field="qkv_bias")
+            raise SpecError(f"must be true or false, got {show(self.qkv_bias)}", field="qkv_bias")
         _check_float("dropout", self.dropout, 0.0, 0.99)
         _check_float("capacity_factor", self.capacity_factor, 0.01, 1000.0)
 
@@ -186,11 +210,11 @@ class ModelSpec:
     def from_dict(cls, data: Any, source: str = "model") -> ModelSpec:
         """Build from a JSON object; unknown or mistyped fields are errors that name the field."""
         if not isinstance(data, dict):
-            raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise SpecError(f"{show(source)}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(show_key(k) for k in data if k not in known)
         if unknown:
-            raise SpecError(f"{source}: unknown field(s) {', '.join(unknown)}", field=unknown[0])
+            raise SpecError(f"{show(source)}: unknown field(s) {', '.join(unknown)}", field=unknown[0])
         missing = [
             f.name
             for f in dataclasses.fields(cls)
@@ -199,5 +223,6 @@ class ModelSpec:
             and f.name not in data
         ]
         if missing:
-            raise SpecError(f"{source}: missing required field(s) {', '.join(missing)}", field=missing[0])
+            raise SpecError(f"{show(source)}: missing required field(s) {', '.join(missing)}",
+                            field=missing[0])
         return cls(**data)
