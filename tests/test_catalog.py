@@ -1,0 +1,281 @@
+"""Preset catalogs and loaders: parameter counts against published totals, Hugging Face imports,
+cluster presets, and the (de)serialisation round trip of every preset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from planner.errors import SpecError
+from planner.specs.catalog import (
+    cluster_names,
+    cluster_preset,
+    gpu_names,
+    gpu_preset,
+    load_cluster,
+    load_model,
+    model_catalog,
+    model_names,
+    model_preset,
+)
+from planner.specs.cluster import ClusterSpec
+from planner.specs.hf import from_hf_config
+from planner.specs.model import ModelSpec
+
+HF = Path(__file__).parent / "fixtures" / "hf"
+
+ARCH_FIELDS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "ffn_hidden", "vocab_size",
+               "activation", "norm", "position", "tied_embeddings")
+
+# HF fixture -> the preset describing the same architecture.
+HF_MATCHES_PRESET = {
+    "llama3-8b": "llama3-8b",
+    "llama2-70b": "llama2-70b",
+    "mixtral-8x7b": "mixtral-8x7b",
+    "gpt2": "gpt2",
+    "bert-base-uncased": "bert-base",
+}
+
+# HF fixture -> total parameters of the Hub checkpoint (tied embeddings counted once).
+# Mistral-7B-v0.1, Qwen2-7B and Qwen2-0.5B: the safetensors totals the Hub prints;
+# GPT-NeoX-20B: Black et al. 2022 ("GPT-NeoX-20B"), Table 1.
+HF_PUBLISHED = {
+    "mistral-7b": 7_241_732_096,
+    "qwen2-7b": 7_615_616_512,
+    "qwen2-0.5b": 494_032_768,
+    "gpt-neox-20b": 20_554_567_680,
+}
+
+
+def _within(ours: int, published: list[float] | tuple[float, float]) -> bool:
+    """|ours - published| <= max(1% of published, the precision the source prints)."""
+    value, precision = published
+    return abs(ours - value) <= max(0.01 * value, precision)
+
+
+def _hf(name: str) -> dict[str, Any]:
+    return json.loads((HF / f"{name}.json").read_text())
+
+
+# ---- model presets --------------------------------------------------------------------------
+
+PUBLISHED = [n for n, e in model_catalog().items() if e.get("published_params") is not None]
+
+
+def test_every_preset_but_tiny_has_a_published_count() -> None:
+    assert set(model_names()) - set(PUBLISHED) == {"tiny"}
+    for name in PUBLISHED:
+        value, precision = model_catalog()[name]["published_params"]
+        assert value > 0 and precision >= 1, name
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_preset_params_match_published(name: str) -> None:
+    entry = model_catalog()[name]
+    model = model_preset(name)
+    assert _within(model.params, entry["published_params"]), (name, model.params, entry["published_params"])
+    if "published_active_params" in entry:
+        assert model.is_moe
+        assert _within(model.active_params, entry["published_active_params"]), (name, model.active_params)
+    else:
+        assert model.active_params == model.params
+
+
+def test_exact_published_counts_are_exact() -> None:
+    """Entries printed to the parameter (precision 1) are HF checkpoint totals: no 1% slack needed."""
+    for name in PUBLISHED:
+        value, precision = model_catalog()[name]["published_params"]
+        if precision == 1:
+            assert model_preset(name).params == value, name
+
+
+def test_mixtral_active_params() -> None:
+    m = model_preset("mixtral-8x7b")
+    assert (m.num_experts, m.top_k) == (8, 2)
+    assert 12.85e9 < m.active_params < 12.95e9 < 46.65e9 < m.params < 46.75e9
+
+
+def test_tiny_preset_is_small() -> None:
+    assert model_preset("tiny").params < 5_000_000
+
+
+def test_unknown_model_preset() -> None:
+    with pytest.raises(SpecError) as err:
+        model_preset("llama9-1t")
+    assert err.value.field == "model"
+    assert "llama9-1t" in str(err.value) and "llama3-8b" in str(err.value)  # names the known ones
+
+
+# ---- GPU and cluster presets ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", gpu_names())
+def test_gpu_preset_has_bf16_peak(name: str) -> None:
+    gpu = gpu_preset(name)
+    assert gpu.peak("bf16") >= 100e12
+    assert gpu.memory_bytes >= 32 * 2**30 and gpu.memory_bandwidth > 1e12
+    assert gpu.source
+
+
+@pytest.mark.parametrize("name", cluster_names())
+def test_cluster_preset_loads(name: str) -> None:
+    c = cluster_preset(name)
+    assert isinstance(c, ClusterSpec) and c.name == name
+    assert c.num_nodes == 1 and c.num_gpus == c.gpus_per_node
+    assert c.gpu.peak("bf16") > 0
+    assert c.intra_node.bandwidth >= c.inter_node.bandwidth
+    assert c.source
+    assert load_cluster(name) == c
+    hash(c)  # presets are hashable (usable as cache keys)
+
+
+@pytest.mark.parametrize("name", [n for n in cluster_names() if n != "localhost-cpu"])
+def test_with_gpus(name: str) -> None:
+    c = cluster_preset(name)
+    per = c.gpus_per_node
+    for nodes in (1, 2, 16, 128):
+        scaled = c.with_gpus(per * nodes)
+        assert (scaled.num_nodes, scaled.gpus_per_node, scaled.num_gpus) == (nodes, per, per * nodes)
+        assert scaled.gpu == c.gpu and scaled.inter_node == c.inter_node
+    partial = c.with_gpus(per // 2)  # fewer GPUs than a node: one partial node
+    assert (partial.num_nodes, partial.num_gpus) == (1, per // 2)
+    for bad in (per + 1, 3 * per // 2, per * 10 + 3):
+        with pytest.raises(SpecError) as err:
+            c.with_gpus(bad)
+        assert err.value.field == "gpus" and str(bad) in str(err.value)
+    for bad in (0, -8, True, 8.0, 10**30):
+        with pytest.raises(SpecError) as err:
+            c.with_gpus(bad)  # type: ignore[arg-type]
+        assert err.value.field == "gpus"
+    assert load_cluster(name, gpus=2 * per).num_nodes == 2
+
+
+def test_unknown_cluster_preset() -> None:
+    with pytest.raises(SpecError) as err:
+        cluster_preset("dgx-z900")
+    assert err.value.field == "cluster" and "dgx-h100" in str(err.value)
+
+
+# ---- round trips ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_model_round_trip(name: str) -> None:
+    m = model_preset(name)
+    d = m.to_dict()
+    back = ModelSpec.from_dict(json.loads(json.dumps(d)))
+    assert back == m and back.to_dict() == d
+    assert hash(back) == hash(m)
+
+
+@pytest.mark.parametrize("name", cluster_names())
+def test_cluster_round_trip(name: str) -> None:
+    c = cluster_preset(name)
+    d = c.to_dict()
+    back = ClusterSpec.from_dict(json.loads(json.dumps(d)))
+    assert back == c and back.to_dict() == d
+    assert hash(back) == hash(c)
+
+
+def test_cluster_round_trip_with_measurements() -> None:
+    """A calibrated profile (gemm curve, measured collectives, provenance) survives the trip too."""
+    c = cluster_preset("dgx-h100").to_dict()
+    c["gpu"]["gemm_curve"] = [[1e12, 0.7], [1e9, 0.3]]
+    c["intra_node"]["collectives"] = {"all_reduce": [{"group": 8, "alpha": 1e-5, "busbw": 3e11}]}
+    c["provenance"] = {"tool": "planner calibrate"}
+    spec = ClusterSpec.from_dict(c)
+    assert spec.gpu.gemm_curve == ((1e9, 0.3), (1e12, 0.7))  # sorted by FLOPs
+    back = ClusterSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert back == spec and back.provenance == {"tool": "planner calibrate"}
+
+
+# ---- loaders --------------------------------------------------------------------------------
+
+
+def test_load_model_accepts_preset_names() -> None:
+    assert load_model("llama3-8b") == model_preset("llama3-8b")
+    assert load_model("gpt2", seq_len=512).seq_len == 512
+    m = model_preset("tiny")
+    assert load_model(m) is m
+
+
+def test_load_model_accepts_modelspec_json(tmp_path: Path) -> None:
+    m = model_preset("llama2-7b")
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(m.to_dict()))
+    assert load_model(str(path)) == m
+    assert load_model(path) == m  # a Path works as well as a str
+
+    d = m.to_dict()
+    del d["name"]  # the file name names the model when the JSON does not
+    path.write_text(json.dumps(d))
+    loaded = load_model(str(path))
+    assert loaded.name == "my-model" and loaded.params == m.params
+
+    assert load_model(m.to_dict()) == m  # a dict works too
+
+
+def test_load_model_accepts_hf_config(tmp_path: Path) -> None:
+    m = load_model(str(HF / "llama3-8b.json"))
+    assert m.name == "llama3-8b" and m.params == 8_030_261_248
+    # A model folder holding config.json, as downloaded from the Hub; named after the folder.
+    folder = tmp_path / "Meta-Llama-3-8B"
+    folder.mkdir()
+    shutil.copy(HF / "llama3-8b.json", folder / "config.json")
+    assert load_model(str(folder)).name == "Meta-Llama-3-8B"
+    assert load_model(str(folder / "config.json")).name == "Meta-Llama-3-8B"
+    assert load_model(str(folder), seq_len=2048).seq_len == 2048
+
+
+@pytest.mark.parametrize(("fixture", "preset"), sorted(HF_MATCHES_PRESET.items()))
+def test_hf_config_matches_preset(fixture: str, preset: str) -> None:
+    ours = from_hf_config(_hf(fixture), name=fixture)
+    ref = model_preset(preset)
+    for f in ARCH_FIELDS:
+        assert getattr(ours, f) == getattr(ref, f), f
+    assert (ours.num_experts, ours.top_k, ours.bias, ours.qkv_bias) == (
+        ref.num_experts, ref.top_k, ref.bias, ref.qkv_bias)
+    assert ours.params == ref.params
+    assert ours.active_params == ref.active_params
+
+
+@pytest.mark.parametrize(("fixture", "published"), sorted(HF_PUBLISHED.items()))
+def test_hf_config_matches_published_total(fixture: str, published: int) -> None:
+    assert from_hf_config(_hf(fixture), name=fixture).params == published
+
+
+def test_every_hf_fixture_is_covered_and_documented() -> None:
+    fixtures = {p.stem for p in HF.glob("*.json")}
+    assert fixtures == set(HF_MATCHES_PRESET) | set(HF_PUBLISHED)
+    readme = (HF / "README.md").read_text()
+    for name in fixtures:
+        assert f"`{name}.json`" in readme, name
+
+
+def test_hf_family_specifics() -> None:
+    qwen7 = from_hf_config(_hf("qwen2-7b"))
+    assert (qwen7.qkv_bias, qwen7.bias, qwen7.tied_embeddings) == (True, False, False)
+    assert (qwen7.num_heads, qwen7.num_kv_heads) == (28, 4)
+    qwen05 = from_hf_config(_hf("qwen2-0.5b"))
+    assert (qwen05.qkv_bias, qwen05.tied_embeddings) == (True, True)
+    neox = from_hf_config(_hf("gpt-neox-20b"))
+    assert (neox.position, neox.norm, neox.activation, neox.bias, neox.tied_embeddings) == (
+        "rope", "layernorm", "gelu", True, False)
+    assert neox.dtype == "fp16"  # torch_dtype float16
+    gpt2 = from_hf_config(_hf("gpt2"))
+    assert (gpt2.max_position, gpt2.seq_len, gpt2.dropout) == (1024, 1024, 0.1)
+    bert = from_hf_config(_hf("bert-base-uncased"))
+    assert (bert.causal, bert.head, bert.type_vocab_size, bert.pooler) == (False, "mlm", 2, True)
+    mistral = from_hf_config(_hf("mistral-7b"))
+    assert mistral.seq_len == 8192  # 32k context capped at the default training length
+    assert from_hf_config(_hf("mistral-7b"), seq_len=4096).seq_len == 4096
+
+
+def test_hf_config_detected_from_architectures_alone() -> None:
+    cfg = _hf("mixtral-8x7b")
+    del cfg["model_type"]
+    assert from_hf_config(cfg).params == model_preset("mixtral-8x7b").params
