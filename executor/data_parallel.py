@@ -1,0 +1,82 @@
+"""Data parallelism by ZeRO stage (Rajbhandari et al. 2020), with PyTorch's own wrappers.
+
+| zero | tp == 1                               | tp > 1 (DTensor parameters)                 |
+|------|---------------------------------------|---------------------------------------------|
+| 0    | DDP (gradient all-reduce)             | composable `replicate` (DDP does not take DTensor) |
+| 1    | DDP + ZeroRedundancyOptimizer         | FSDP2, no reshard after forward (see below) |
+| 2    | FSDP2 `fully_shard(reshard_after_forward=False)`: grads + optimizer state sharded  |
+| 3    | FSDP2 `fully_shard(reshard_after_forward=True)`: parameters sharded too            |
+
+ZeroRedundancyOptimizer broadcasts plain tensors and cannot hold DTensor parameters, so ZeRO-1 with
+tp > 1 runs as ZeRO-2 (gradients sharded as well); `describe_dp` says so in measured.json.
+FSDP2 is applied per Transformer block and then to the root, as torchtitan does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from executor.model import Transformer
+
+
+def dp_kind(zero_stage: int, tp: int) -> str:
+    """Which wrapper runs this ZeRO stage: ddp | replicate | fsdp."""
+    if zero_stage == 0:
+        return "ddp" if tp == 1 else "replicate"
+    if zero_stage == 1:
+        return "ddp" if tp == 1 else "fsdp"
+    return "fsdp"
+
+
+def describe_dp(zero_stage: int, tp: int, dp: int) -> str:
+    if dp == 1:
+        return "none"
+    kind = dp_kind(zero_stage, tp)
+    if kind == "ddp":
+        return "DDP + ZeroRedundancyOptimizer (ZeRO-1)" if zero_stage == 1 else "DDP (ZeRO-0)"
+    if kind == "replicate":
+        return "composable replicate (ZeRO-0, DTensor parameters)"
+    reshard = zero_stage == 3
+    note = " (ZeRO-1 requested; run as ZeRO-2 because tp > 1)" if zero_stage == 1 else ""
+    return f"FSDP2 fully_shard(reshard_after_forward={reshard}){note}"
+
+
+def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, device: torch.device,
+             param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Wrap `model` (a whole model or a stage) for data parallelism over `mesh`; returns the module
+    to call (a DDP wrapper, or `model` itself for the composable APIs)."""
+    kind = dp_kind(zero_stage, tp)
+    if kind == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, process_group=mesh.get_group(), device_ids=ids)
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else \
+        MixedPrecisionPolicy()
+    if kind == "replicate":
+        from torch.distributed._composable.replicate_with_fsdp import replicate
+
+        for block in model.layers.values():
+            replicate(block, mesh=mesh, mp_policy=mp)
+        replicate(model, mesh=mesh, mp_policy=mp)
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = zero_stage == 3
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+    return model
+
+
+def set_grad_sync(module: nn.Module, enabled: bool) -> None:
+    """Skip (or restore) the gradient all-reduce for accumulation micro-batches (ZeRO-0/1 only:
+    ZeRO-2/3 reduce-scatter every micro-batch so that only sharded gradients are kept)."""
+    if hasattr(module, "require_backward_grad_sync"):  # DDP
+        module.require_backward_grad_sync = enabled
+    elif hasattr(module, "set_requires_gradient_sync"):  # replicate / FSDP2
+        module.set_requires_gradient_sync(enabled)

@@ -1,0 +1,421 @@
+"""A GPT/Llama/Mixtral-style decoder built from a `ModelSpec`, with no parallelism in it.
+
+Module names mirror the op names of the planner's layer graph (`planner/graph.py`) so that parameter
+counts, FLOPs and saved activations can be cross-checked op by op:
+
+    embed                       token (+ learned position, + token type) embeddings
+    layers.{i}.attn.norm        pre-attention norm
+    layers.{i}.attn.qkv         container of the q, k, v projections (separate Linears, so that a
+                                column-parallel split shards whole heads, also with GQA)
+    layers.{i}.attn.core        attention core: fused SDPA or the unfused "math" path (no parameters)
+    layers.{i}.attn.proj        output projection
+    layers.{i}.mlp.norm         pre-MLP norm (also in MoE layers)
+    layers.{i}.mlp.up           up projection (GELU) or a container of gate and up (SwiGLU)
+    layers.{i}.mlp.down         down projection
+    layers.{i}.moe.router       MoE router (no bias)
+    layers.{i}.moe.experts.up   all experts' up (and gate) weights, stacked on a leading expert dim
+    layers.{i}.moe.experts.down all experts' down weights
+    final_norm, lm_head
+
+Parallelism (tensor, pipeline, data, recompute) is applied from outside by the other executor
+modules, as torchtitan does. `layers` is a `ModuleDict` keyed by the layer index so that a pipeline
+stage that drops layers keeps the original fully-qualified names.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from planner.specs.model import ModelSpec
+
+
+class ModelNotSupported(ValueError):
+    """The spec describes a model this executor cannot build (a clear error, not a crash)."""
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor parameter (expert weights under expert-TP), else the tensor.
+
+    Expert weights are used with batched matmuls on routed tokens, which DTensor has no rule for; the
+    tensor-parallel style for experts (executor/tensor_parallel.py) handles the communication.
+    """
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
+def make_norm(spec: ModelSpec, width: int) -> nn.Module:
+    """LayerNorm (weight and bias, as the layer graph counts it) or RMSNorm (weight only)."""
+    if spec.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=1e-5)
+    return nn.LayerNorm(width, eps=1e-5)
+
+
+class Embedding(nn.Module):
+    """Token embeddings plus learned positions and token types when the spec has them (op `embed`)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(spec.vocab_size, spec.hidden)
+        self.pos = nn.Embedding(spec.max_position, spec.hidden) if spec.position == "learned" else None
+        self.type = nn.Embedding(spec.type_vocab_size, spec.hidden) if spec.type_vocab_size else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok(tokens)
+        if self.pos is not None:
+            positions = torch.arange(tokens.shape[-1], device=tokens.device)
+            x = x + self.pos(positions)
+        if self.type is not None:  # every token has type 0 (single-segment language modelling)
+            x = x + self.type.weight[0]
+        return x
+
+
+class QKV(nn.Module):
+    """The q, k and v projections (op `attn.qkv`), kept separate so TP can shard heads with GQA."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.q = nn.Linear(spec.hidden, spec.hidden, bias=spec.qkv_bias)
+        self.k = nn.Linear(spec.hidden, spec.kv_hidden, bias=spec.qkv_bias)
+        self.v = nn.Linear(spec.hidden, spec.kv_hidden, bias=spec.qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.q(x), self.k(x), self.v(x)
+
+
+def rope_tables(seq: int, head_dim: int, device: torch.device, base: float = 10000.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary embeddings (Su et al. 2021), "rotate half" layout as in Llama."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq, device=device, dtype=torch.float32), inv)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, d) queries or keys by position."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class AttentionCore(nn.Module):
+    """softmax(q kᵀ/√d) v (op `attn.core`); selective recompute checkpoints exactly this module.
+
+    `flash=True` uses `F.scaled_dot_product_attention` (no s² tensors kept); `flash=False` is the
+    unfused path of Megatron-LM 2022, whose scores, softmax and dropout tensors are saved for
+    backward as the layer graph's non-flash accounting says.
+    """
+
+    def __init__(self, spec: ModelSpec, flash: bool) -> None:
+        super().__init__()
+        self.flash = flash
+        self.causal = spec.causal
+        self.dropout = spec.dropout
+        self.scale = 1.0 / math.sqrt(spec.head_dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        if self.flash:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal,
+                                                  enable_gqa=k.shape[1] != q.shape[1])
+        if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a group of query heads
+            rep = q.shape[1] // k.shape[1]
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        if self.causal:
+            t = q.shape[-2]
+            mask = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        probs = F.softmax(scores, dim=-1)
+        if p > 0:
+            probs = F.dropout(probs, p=p)
+        return probs @ v
+
+
+class Attention(nn.Module):
+    """Pre-norm self-attention sub-layer: norm → qkv → (rope) → core → proj → dropout."""
+
+    def __init__(self, spec: ModelSpec, flash: bool) -> None:
+        super().__init__()
+        self.head_dim = spec.head_dim
+        self.rope = spec.position == "rope"
+        self.dropout = spec.dropout
+        self.norm = make_norm(spec, spec.hidden)
+        self.qkv = QKV(spec)
+        self.core = AttentionCore(spec, flash)
+        self.proj = nn.Linear(spec.hidden, spec.hidden, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x))
+        b, t = q.shape[0], q.shape[1]
+        # -1 infers the local head count, so the same code runs on column-sharded (TP) projections.
+        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        if self.rope:
+            cos, sin = rope_tables(t, self.head_dim, q.device)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = self.core(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        return F.dropout(self.proj(out), p=self.dropout, training=self.training)
+
+
+class GatedUp(nn.Module):
+    """SwiGLU's two input projections (op `mlp.up`): `gate` and `up`, each h → ffn_hidden."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gate = nn.Linear(spec.hidden, spec.ffn_hidden, bias=spec.bias)
+        self.up = nn.Linear(spec.hidden, spec.ffn_hidden, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.gate(x)) * self.up(x)
+
+
+class MLP(nn.Module):
+    """Pre-norm dense feed-forward sub-layer: norm → up → GELU/SwiGLU → down → dropout."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gated = spec.activation == "swiglu"
+        self.dropout = spec.dropout
+        self.norm = make_norm(spec, spec.hidden)
+        self.up: nn.Module = GatedUp(spec) if self.gated else nn.Linear(spec.hidden, spec.ffn_hidden,
+                                                                         bias=spec.bias)
+        self.down = nn.Linear(spec.ffn_hidden, spec.hidden, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(self.norm(x))
+        if not self.gated:
+            h = F.gelu(h)
+        return F.dropout(self.down(h), p=self.dropout, training=self.training)
+
+
+class MoENorm(nn.Module):
+    """The pre-MLP norm of an MoE layer (op `mlp.norm`; the layer graph keeps that name for MoE)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.norm = make_norm(spec, spec.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class ExpertUp(nn.Module):
+    """All experts' input projections, (E, h, f) each; SwiGLU keeps gate and up as separate tensors
+    so that a split of the last dim (expert tensor parallelism) keeps matching gate/up columns."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        e, h, f = spec.num_experts, spec.hidden, spec.ffn_hidden
+        self.gated = spec.activation == "swiglu"
+        self.w_up = nn.Parameter(torch.empty(e, h, f))
+        self.b_up = nn.Parameter(torch.empty(e, f)) if spec.bias else None
+        self.w_gate = nn.Parameter(torch.empty(e, h, f)) if self.gated else None
+        self.b_gate = nn.Parameter(torch.empty(e, f)) if spec.bias and self.gated else None
+
+
+class ExpertDown(nn.Module):
+    """All experts' output projections (E, f, h) and biases (E, h)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        e, h, f = spec.num_experts, spec.hidden, spec.ffn_hidden
+        self.w_down = nn.Parameter(torch.empty(e, f, h))
+        self.b_down = nn.Parameter(torch.empty(e, h)) if spec.bias else None
+
+
+class GroupedExperts(nn.Module):
+    """The expert MLPs (ops `moe.experts.up/act/down`) applied to tokens sorted by expert.
+
+    Returns the down projection *without* its bias: the caller adds the bias after any
+    tensor-parallel reduction, so the bias is added once.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.up = ExpertUp(spec)
+        self.down = ExpertDown(spec)
+
+    def forward(self, x: torch.Tensor, counts: list[int], first_expert: int = 0) -> torch.Tensor:
+        """`x`: tokens sorted by expert; `counts[j]`: how many go to expert `first_expert + j`."""
+        w_up = _local(self.up.w_up)
+        w_gate = _local(self.up.w_gate) if self.up.w_gate is not None else None
+        b_up = _local(self.up.b_up) if self.up.b_up is not None else None
+        b_gate = _local(self.up.b_gate) if self.up.b_gate is not None else None
+        w_down = _local(self.down.w_down)
+        outs = []
+        for j, chunk in enumerate(torch.split(x, counts, dim=0)):
+            e = first_expert + j
+            h = chunk @ w_up[e]
+            if b_up is not None:
+                h = h + b_up[e]
+            if w_gate is not None:
+                g = chunk @ w_gate[e]
+                if b_gate is not None:
+                    g = g + b_gate[e]
+                h = F.silu(g) * h
+            else:
+                h = F.gelu(h)
+            outs.append(h @ w_down[e])
+        return torch.cat(outs, dim=0)
+
+
+class MoE(nn.Module):
+    """Token-choice top-k mixture of experts (Mixtral-style: softmax over the top-k router logits).
+
+    Dropless: every routed token is computed (no capacity padding or dropping), so the result does
+    not depend on how the batch is split over data-parallel ranks. `dispatch` is replaced by the
+    expert-parallel module with an all-to-all version when ep > 1.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.top_k = spec.top_k
+        self.num_experts = spec.num_experts
+        self.dropout = spec.dropout
+        self.router = nn.Linear(spec.hidden, spec.num_experts, bias=False)
+        self.experts = GroupedExperts(spec)
+
+    def dispatch(self, x_sorted: torch.Tensor, expert_sorted: torch.Tensor) -> torch.Tensor:
+        """Run each expert on its tokens (all experts local); returns outputs in the same order."""
+        counts = torch.bincount(expert_sorted, minlength=self.num_experts).tolist()
+        return self.experts(x_sorted, counts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        logits = self.router(tokens)
+        top_logits, top_idx = logits.topk(self.top_k, dim=-1)
+        gates = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)
+        flat_expert = top_idx.reshape(-1)
+        order = torch.argsort(flat_expert, stable=True)
+        token_of = order // self.top_k
+        expert_sorted = flat_expert[order]
+        out = self.dispatch(tokens[token_of], expert_sorted)
+        b_down = self.experts.down.b_down
+        if b_down is not None:
+            out = out + _local(b_down)[expert_sorted]
+        out = out * gates.reshape(-1)[order].unsqueeze(-1)
+        combined = torch.zeros_like(tokens).index_add(0, token_of, out)
+        return F.dropout(combined.reshape(shape), p=self.dropout, training=self.training)
+
+
+class Block(nn.Module):
+    """One Transformer layer: x + attn(x), then x + mlp(x) (or x + moe(mlp.norm(x)))."""
+
+    def __init__(self, spec: ModelSpec, flash: bool) -> None:
+        super().__init__()
+        self.attn = Attention(spec, flash)
+        if spec.is_moe:
+            self.mlp: nn.Module = MoENorm(spec)
+            self.moe: MoE | None = MoE(spec)
+        else:
+            self.mlp = MLP(spec)
+            self.moe = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        if self.moe is None:
+            return x + self.mlp(x)
+        return x + self.moe(self.mlp(x))
+
+
+class Transformer(nn.Module):
+    """The whole model; a pipeline stage is the same class with some parts set to None.
+
+    `forward` takes token ids (first stage) or hidden states (later stages) and returns logits
+    (last stage) or hidden states.
+    """
+
+    def __init__(self, spec: ModelSpec, flash_attention: bool = True) -> None:
+        super().__init__()
+        if spec.head != "lm":
+            raise ModelNotSupported(f"model {spec.name!r} has an {spec.head!r} head; the executor builds "
+                                    "decoder language models (head 'lm') only")
+        self.spec = spec
+        self.embed: Embedding | None = Embedding(spec)
+        self.layers = nn.ModuleDict({str(i): Block(spec, flash_attention) for i in range(spec.num_layers)})
+        self.final_norm: nn.Module | None = make_norm(spec, spec.hidden)
+        self.lm_head: nn.Linear | None = nn.Linear(spec.hidden, spec.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding and LM-head matrix when the spec ties them (and both live here).
+
+        Call again after anything that replaces parameters (`to_empty`, tensor parallelism).
+        """
+        if self.spec.tied_embeddings and self.embed is not None and self.lm_head is not None:
+            self.lm_head.weight = self.embed.tok.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x)
+        for layer in self.layers.values():
+            x = layer(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if self.lm_head is not None:
+            x = self.lm_head(x)
+        return x
+
+
+# ---- deterministic initialisation ---------------------------------------------------------------
+
+
+def canonical_name(spec: ModelSpec, name: str) -> str:
+    """The name a parameter is initialised under: a tied LM head is the embedding matrix."""
+    if spec.tied_embeddings and name == "lm_head.weight":
+        return "embed.tok.weight"
+    return name
+
+
+def _init_value(spec: ModelSpec, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+    """The full (unsharded) initial value of parameter `name`, on CPU, fp32.
+
+    Each parameter draws from its own generator seeded by (seed, name), so any split of the model
+    (pipeline stages, shards) gets exactly the values a single process gets, independent of order.
+    Scheme as GPT-2: N(0, 0.02), output projections N(0, 0.02/√(2L)), norms 1, biases 0.
+    """
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf.startswith("b_") or leaf == "bias":
+        return torch.zeros(shape)
+    if ".norm." in name or name.startswith("final_norm."):
+        return torch.ones(shape)
+    std = 0.02
+    if name.endswith(("attn.proj.weight", "mlp.down.weight", "experts.down.w_down")):
+        std = 0.02 / math.sqrt(2 * spec.num_layers)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()) & 0x7FFFFFFF)
+    return torch.empty(shape).normal_(0.0, std, generator=g)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, spec: ModelSpec, seed: int) -> None:
+    """Fill every parameter (plain or DTensor shard) with its deterministic initial value."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for name, p in model.named_parameters():
+        full = _init_value(spec, canonical_name(spec, name), p.shape, seed)
+        if isinstance(p, DTensor):
+            # src_data_rank=None: every rank slices its own shard, no communication.
+            local = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+            p.to_local().copy_(local)
+        else:
+            p.copy_(full)
+
+
+def build_model(spec: ModelSpec, flash_attention: bool = True, seed: int = 0,
+                device: torch.device | str = "cpu") -> Transformer:
+    """A fully initialised single-device model (the reference for the parallel runs)."""
+    with torch.device("meta"):
+        model = Transformer(spec, flash_attention)
+    model.to_empty(device=device)
+    model.tie_weights()
+    init_weights(model, spec, seed)
+    return model

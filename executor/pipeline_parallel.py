@@ -1,0 +1,87 @@
+"""Pipeline parallelism with `torch.distributed.pipelining` (GPipe, 1F1B, interleaved 1F1B).
+
+The model is cut into pp·vpp stages of equal layer counts; the first stage also holds the embedding
+and the last the final norm and LM head (the uneven stages the planner's simulation models). With
+virtual stages, pipeline rank r holds stages r, r+pp, r+2pp, ... (Narayanan et al. 2021, Sec. 2.2).
+Each stage is a copy of the (meta-device) model with the other parts removed, so parameter names are
+unchanged.
+
+Tied embeddings across stages: the first stage's embedding and the last stage's LM head are two
+copies of one matrix that start equal; their gradients are summed over the pair of ranks holding
+them before every optimizer step (as Megatron-LM's embedding group does), so they stay equal.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+from executor.model import Transformer
+
+
+def stage_indices(pp_rank: int, pp: int, vpp: int) -> list[int]:
+    """Stages held by pipeline rank `pp_rank` (round-robin over virtual stages)."""
+    return [pp_rank + v * pp for v in range(vpp)]
+
+
+def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
+    per = num_layers // num_stages
+    return range(stage * per, (stage + 1) * per)
+
+
+def split_stage(model: Transformer, stage: int, num_stages: int) -> Transformer:
+    """A copy of `model` (normally on the meta device) holding only `stage`'s parts."""
+    part = copy.deepcopy(model)
+    keep = {str(i) for i in stage_layers(model.spec.num_layers, num_stages, stage)}
+    for name in list(part.layers.keys()):
+        if name not in keep:
+            del part.layers[name]
+    if stage != 0:
+        part.embed = None
+    if stage != num_stages - 1:
+        part.final_norm = None
+        part.lm_head = None
+    return part
+
+
+def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_stages: int, schedule: str,
+                   n_microbatches: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   device: torch.device, group: dist.ProcessGroup
+                   ) -> tuple[object, list[PipelineStage]]:
+    """The pipelining schedule object for this rank's stages."""
+    stages = [PipelineStage(m, s, num_stages, device, group=group)
+              for m, s in zip(stage_modules, stage_ids, strict=True)]
+    if schedule == "interleaved-1f1b":
+        return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn), stages
+    cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+    return cls(stages[0], n_microbatches, loss_fn=loss_fn), stages
+
+
+class TiedEmbeddingSync:
+    """Sums the gradients of the embedding (first stage) and LM head (last stage) copies."""
+
+    def __init__(self, pp_groups: list[list[int]], rank: int) -> None:
+        self.group: dist.ProcessGroup | None = None
+        for ranks in pp_groups:  # every rank creates every pair group, in the same order
+            pair = [ranks[0], ranks[-1]]
+            g = dist.new_group(pair)
+            if rank in pair:
+                self.group = g
+
+    def __call__(self, weights: list[nn.Parameter]) -> None:
+        if self.group is None:
+            return
+        for w in weights:
+            if w.grad is None:
+                continue
+            if hasattr(w, "placements") and w.grad.placements != w.placements:
+                # DTensor's embedding backward returns a replicated gradient for the vocab-sharded
+                # table; bring it to the parameter's layout so both copies' shards line up.
+                w.grad = w.grad.redistribute(w.device_mesh, w.placements)
+            grad = w.grad.to_local() if hasattr(w.grad, "to_local") else w.grad
+            dist.all_reduce(grad, group=self.group)

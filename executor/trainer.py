@@ -1,0 +1,220 @@
+"""Composes the model and the parallelisms of a plan into one training step (torchtitan's order).
+
+meta-device model → pipeline split → tensor parallel → activation checkpointing → materialise and
+initialise → data parallel (DDP / ZeRO-1 / FSDP2) → optimizer. One `train_step` is one optimizer
+step over the plan's global batch: `grad_accum` micro-batches per data-parallel replica, run by the
+pipeline schedule when pp > 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from executor.activation_checkpoint import apply_ac
+from executor.data_parallel import apply_dp, describe_dp, dp_kind, set_grad_sync
+from executor.model import Transformer, init_weights
+from executor.parallel_dims import ParallelDims
+from executor.pipeline_parallel import TiedEmbeddingSync, build_schedule, split_stage, stage_indices
+from executor.tensor_parallel import apply_tp
+from planner.plan import PlanDocument
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Knobs that are not part of the plan."""
+
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over a micro-batch (fp32 logits, as the graph's `loss` op)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1))
+
+
+def amp_dtype(device: torch.device, plan_dtype: str) -> torch.dtype | None:
+    """bf16 autocast on CUDA for 16-bit plans (fp16 runs as bf16: no loss scaling); fp32 on CPU."""
+    if device.type == "cuda" and plan_dtype in ("bf16", "fp16"):
+        return torch.bfloat16
+    return None
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class Trainer:
+    """Builds this rank's part of the model for `doc` and runs optimizer steps."""
+
+    def __init__(self, doc: PlanDocument, dims: ParallelDims, mesh: object | None, device: torch.device,
+                 options: TrainOptions) -> None:
+        if options.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        self.doc, self.dims, self.mesh, self.device, self.options = doc, dims, mesh, device, options
+        plan, spec = doc.plan, doc.model
+        self.spec, self.plan = spec, plan
+        self.micro_batch, self.grad_accum = plan.micro_batch, plan.grad_accum
+        self.amp = amp_dtype(device, plan.dtype)
+        if dims.world_size > 1 and mesh is None:
+            raise ValueError("a device mesh is needed for more than one rank")
+
+        with torch.device("meta"):
+            full = Transformer(spec, plan.flash_attention)
+        self.num_stages = dims.pp * dims.vpp
+        if dims.pp > 1:
+            self.pp_rank = mesh["pp"].get_local_rank()
+            self.stage_ids = stage_indices(self.pp_rank, dims.pp, dims.vpp)
+            self.parts = [split_stage(full, s, self.num_stages) for s in self.stage_ids]
+        else:
+            self.pp_rank, self.stage_ids, self.parts = 0, [0], [full]
+        self.dp_rank = mesh["dp"].get_local_rank() if dims.dp > 1 else 0
+        self.dp_kind = dp_kind(plan.zero_stage, dims.tp) if dims.dp > 1 else "none"
+        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.dp)
+
+        self.modules: list[nn.Module] = []
+        for part in self.parts:
+            if dims.tp > 1:
+                apply_tp(part, mesh["tp"], plan.sequence_parallel)
+            apply_ac(part, plan.recompute)
+            part.to_empty(device=device)
+            part.tie_weights()
+            init_weights(part, spec, options.seed)
+            if dims.dp > 1:
+                self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, device, self.amp))
+            else:
+                self.modules.append(part)
+
+        self.is_first = 0 in self.stage_ids
+        self.is_last = (self.num_stages - 1) in self.stage_ids
+        self.schedule = None
+        if dims.pp > 1:
+            self.schedule, self.stages = build_schedule(
+                self.modules, self.stage_ids, self.num_stages, plan.schedule, self.grad_accum, loss_fn,
+                device, mesh["pp"].get_group())
+        self.tied_sync: TiedEmbeddingSync | None = None
+        self.tied_weights: list[nn.Parameter] = []
+        if dims.pp > 1 and spec.tied_embeddings:
+            self.tied_sync = TiedEmbeddingSync(dims.groups("pp"), torch.distributed.get_rank())
+            for part in self.parts:
+                if part.embed is not None:
+                    self.tied_weights.append(part.embed.tok.weight)
+                if part.lm_head is not None:
+                    self.tied_weights.append(part.lm_head.weight)
+        self.optimizer = self._make_optimizer()
+        self.grads_bytes = 0
+
+    # ---- construction helpers ------------------------------------------------------------------
+
+    def parameters(self) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for part in self.parts:
+            for p in part.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.options
+        if o.optimizer == "sgd":
+            cls, kwargs = torch.optim.SGD, {"lr": o.lr, "weight_decay": o.weight_decay}
+        else:
+            cls = torch.optim.AdamW
+            kwargs = {"lr": o.lr, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": o.weight_decay}
+        if self.dims.dp > 1 and self.plan.zero_stage == 1 and self.dp_kind == "ddp":
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            return ZeroRedundancyOptimizer(self.parameters(), optimizer_class=cls,
+                                           process_group=self.mesh["dp"].get_group(), **kwargs)
+        return cls(self.parameters(), **kwargs)
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    @property
+    def local_batch(self) -> int:
+        """Sequences per step on this data-parallel replica."""
+        return self.grad_accum * self.micro_batch
+
+    def batch(self, data: object, step: int) -> torch.Tensor:
+        """This replica's rows of the global batch of `step`, on the device."""
+        rows = data.rows(step, self.dp_rank * self.local_batch, self.local_batch)
+        return rows.to(self.device, non_blocking=True)
+
+    # ---- one optimizer step ------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def train_step(self, batch: torch.Tensor, record_grads: bool = False) -> tuple[torch.Tensor, bool]:
+        """One optimizer step; returns (mean loss, whether this rank computed it: last stage)."""
+        x, y = batch[:, :-1], batch[:, 1:]
+        if self.schedule is None:
+            loss = self._step_plain(x, y)
+            has_loss = True
+        else:
+            losses: list[torch.Tensor] = []
+            with self._autocast():
+                if self.is_first:
+                    self.schedule.step(x)
+                elif self.is_last:
+                    self.schedule.step(target=y, losses=losses)
+                else:
+                    self.schedule.step()
+            has_loss = self.is_last
+            loss = torch.stack([t.detach().float() for t in losses]).mean() if losses else \
+                torch.zeros((), device=self.device)
+            if self.tied_sync is not None:
+                self.tied_sync(self.tied_weights)
+        if record_grads:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            self.grads_bytes = sum(local_tensor(g).nbytes for g in grads)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, has_loss
+
+    def _step_plain(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model = self.modules[0]
+        toggle = self.dp_kind in ("ddp", "replicate") and self.grad_accum > 1
+        total = torch.zeros((), device=self.device)
+        mb = self.micro_batch
+        for i in range(self.grad_accum):
+            if toggle:
+                set_grad_sync(model, i == self.grad_accum - 1)
+            with self._autocast():
+                logits = model(x[i * mb:(i + 1) * mb])
+            loss = loss_fn(logits, y[i * mb:(i + 1) * mb]) / self.grad_accum
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    # ---- inspection --------------------------------------------------------------------------------
+
+    def named_full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full unsharded value) of this rank's parameters. Collective over tp/dp: every rank
+        of a stage must iterate to the end."""
+        for part in self.parts:
+            for name, p in part.named_parameters():
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                yield name, full.detach()
+
+    def weights_bytes(self) -> int:
+        return sum(local_tensor(p).nbytes for p in self.parameters())
+
+    def optimizer_bytes(self) -> int:
+        total = 0
+        opt = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: local shard
+        for state in opt.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    total += local_tensor(v).nbytes
+        return total
