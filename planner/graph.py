@@ -55,6 +55,7 @@ class Op:
     saved_s: float = 0.0
     io: float = 0.0
     io_s: float = 0.0
+    bias: int = 0  # bias parameters (replicated across TP ranks for row-parallel linears)
     kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
 
@@ -120,6 +121,7 @@ def _linear(name: str, fin: int, fout: int, tp: str, bias: bool, group: str, dty
         params=params_copies * (fin * fout + (fout if bias else 0)),
         flops=2.0 * fin * fout * copies,
         gemm=(fin, fout, copies),
+        bias=params_copies * fout if bias else 0,
         saved=dtype_b * fin * copies if save_input else 0.0,
         routed=routed,
     )
@@ -146,7 +148,9 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
         # together with V (Korthikanti et al. 2022, Sec. 4.1).
         dropout = m.dropout > 0
         saved_s = a * (b + (MASK_BYTES + b if dropout else 0))
-        io_s = a * (b + 2 * b + ((2 * b + MASK_BYTES) if dropout else 0))  # scores out, softmax r/w, dropout
+        # Fused scale-mask-softmax reads the scores and writes the probabilities; dropout reads them
+        # and writes its output and mask. (The bmm outputs/inputs are counted with the bmm.)
+        io_s = a * (2 * b + ((2 * b + MASK_BYTES) if dropout else 0))
         core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
                   flops_s=4.0 * h, saved=b * (h + 2 * kv), saved_s=saved_s, io_s=io_s,
                   kernels=4 if dropout else 3)
@@ -159,13 +163,15 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
 
 
 def _residual(name: str, m: ModelSpec, b: int) -> Op:
-    """Dropout (if any) on the sub-layer output plus the residual add: memory bound, saves the mask."""
+    """(Bias +) dropout (if any) + residual add, one fused memory-bound kernel; saves the dropout mask.
+
+    It reads the branch output and the residual stream and writes the sum (and the mask).
+    """
     h = m.hidden
     dropout = m.dropout > 0
     return Op(name=name, kind="elementwise", tp="replicated", group="layer",
               saved=MASK_BYTES * h if dropout else 0.0,
-              io=3.0 * b * h + ((2 * b + MASK_BYTES) * h if dropout else 0.0),
-              kernels=2 if dropout else 1)
+              io=3.0 * b * h + (MASK_BYTES * h if dropout else 0.0))
 
 
 def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:

@@ -74,6 +74,8 @@ class GPUSpec:
     memory_efficiency: float = 0.85  # achieved fraction of memory bandwidth by streaming kernels
     kernel_overhead_s: float = 4e-6  # fixed time per memory-bound kernel launch
     gemm_curve: tuple[tuple[float, float], ...] = ()  # measured (FLOPs, efficiency) points
+    num_sms: int = 0  # streaming multiprocessors (CUs); 0 disables wave quantisation (CPUs)
+    gemm_tile: tuple[int, int] = (256, 128)  # output tile of one thread block of large GEMM kernels
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -102,6 +104,13 @@ class GPUSpec:
             _num(w, f"gemm_curve[{i}].flops", p[0], hi=1e30)
             _num(w, f"gemm_curve[{i}].efficiency", p[1], hi=1.0)
         object.__setattr__(self, "gemm_curve", tuple(sorted(pts)))
+        if isinstance(self.num_sms, bool) or not isinstance(self.num_sms, int) or not 0 <= self.num_sms < 1e6:
+            raise SpecError(f"must be a non-negative integer, got {self.num_sms!r}", field=f"{w}.num_sms")
+        tile = tuple(self.gemm_tile) if isinstance(self.gemm_tile, (list, tuple)) else ()
+        if len(tile) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < 1e5
+                                     for x in tile):
+            raise SpecError("must be two positive integers [rows, cols]", field=f"{w}.gemm_tile")
+        object.__setattr__(self, "gemm_tile", tile)
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
@@ -109,16 +118,34 @@ class GPUSpec:
                             field=f"gpu[{self.name}].peak_flops")
         return self.peak_flops[dtype]
 
-    def gemm_time(self, flops: np.ndarray | float, dtype: str) -> np.ndarray:
-        """Compute-bound time of GEMMs of `flops` FLOPs each (vectorised)."""
+    def wave_efficiency(self, rows: np.ndarray | float, cols: np.ndarray | float) -> np.ndarray:
+        """Fraction of the last wave of output tiles that keeps the SMs busy (wave quantisation).
+
+        A GEMM with an rows x cols output runs ceil(rows/tr)·ceil(cols/tc) tiles, one per SM at a
+        time; the final partial wave leaves SMs idle.
+        """
+        r = np.asarray(rows, dtype=np.float64)
+        c = np.asarray(cols, dtype=np.float64)
+        if not self.num_sms:
+            return np.ones(np.broadcast(r, c).shape)
+        tiles = np.ceil(r / self.gemm_tile[0]) * np.ceil(c / self.gemm_tile[1])
+        return tiles / (self.num_sms * np.ceil(tiles / self.num_sms))
+
+    def gemm_time(self, flops: np.ndarray | float, dtype: str,
+                  out_shape: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Compute-bound time of GEMMs of `flops` FLOPs each (vectorised).
+
+        `out_shape` (rows, cols of the output) enables the wave-quantisation correction.
+        """
         f = np.asarray(flops, dtype=np.float64)
         peak = self.peak(dtype)
+        waves = self.wave_efficiency(*out_shape) if out_shape is not None else 1.0
         if self.gemm_curve:
             xs = np.log10([p[0] for p in self.gemm_curve])
             ys = np.array([p[1] for p in self.gemm_curve])
             eff = np.interp(np.log10(np.maximum(f, 1.0)), xs, ys)
-            return np.where(f > 0, f / (peak * eff), 0.0)
-        return np.where(f > 0, f / (peak * self.gemm_efficiency) + self.gemm_overhead_s, 0.0)
+            return np.where(f > 0, f / (peak * eff * waves), 0.0)
+        return np.where(f > 0, f / (peak * self.gemm_efficiency * waves) + self.gemm_overhead_s, 0.0)
 
     def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
         """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
@@ -133,6 +160,8 @@ class GPUSpec:
             if not isinstance(d["gemm_curve"], list):
                 raise SpecError("must be a list of [flops, efficiency]", field=f"{where}.gemm_curve")
             d["gemm_curve"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["gemm_curve"])
+        if isinstance(d.get("gemm_tile"), list):
+            d["gemm_tile"] = tuple(d["gemm_tile"])
         return cls(**d)
 
 
@@ -210,6 +239,10 @@ class ClusterSpec:
     num_nodes: int = 1
     compute_slots_per_node: int = 0  # CPU cores when ranks share them (0: one device per rank)
     reserved_memory_bytes: float = 2 * 2**30  # CUDA context, cuBLAS workspace, NCCL buffers
+    # Fraction of compute throughput lost while a collective runs alongside it: communication
+    # kernels occupy SMs and memory bandwidth (NCCL's 16 default channels hold ~15% of an A100's
+    # 108 SMs). `planner calibrate` measures it on the user's machine.
+    overlap_slowdown: float = 0.15
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
     source: str = ""
@@ -237,6 +270,7 @@ class ClusterSpec:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise SpecError(f"must be a non-negative integer, got {show(v)}", field="compute_slots_per_node")
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
+        _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
         if self.device not in ("cuda", "cpu"):
             raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):
@@ -272,6 +306,7 @@ class ClusterSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["gpu"]["gemm_curve"] = [list(p) for p in self.gpu.gemm_curve]
+        d["gpu"]["gemm_tile"] = list(self.gpu.gemm_tile)
         if not d["provenance"]:
             d.pop("provenance")
         return d

@@ -1,0 +1,111 @@
+"""`PlanBatch`: many plans as a struct of numpy arrays, so the cost model scores them in one pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from planner.plan import DIMS, RECOMPUTE, SCHEDULES, Plan
+
+INT_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc", "zero")
+
+
+@dataclass
+class PlanBatch:
+    """Column arrays (one entry per plan). `stride_*` are rank strides from the placement order.
+
+    sched: index into SCHEDULES; rc: index into RECOMPUTE. `dtype` and `flash` are shared by the batch
+    (they select the peak FLOP/s and the attention kernel's activation layout).
+    """
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    vpp: np.ndarray
+    mb: np.ndarray
+    gb: np.ndarray
+    sched: np.ndarray
+    rc: np.ndarray
+    sp: np.ndarray
+    zero: np.ndarray
+    stride_tp: np.ndarray
+    stride_cp: np.ndarray
+    stride_dp: np.ndarray
+    stride_pp: np.ndarray
+    placement: np.ndarray  # index into the batch's list of placement orders
+    dtype: str = "bf16"
+    flash: bool = True
+    placements: tuple[tuple[str, ...], ...] = (("tp", "cp", "dp", "pp"),)
+    # Optional precomputed grouping (first row of each group, inverse map), keyed by level:
+    # "structure" (sizes, SP, placement) and "timing" (structure x recompute x ZeRO stage).
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tp)
+
+    @property
+    def m(self) -> np.ndarray:
+        """Micro-batches per step per pipeline (gradient-accumulation steps)."""
+        return self.gb // (self.dp * self.mb)
+
+    def take(self, idx: np.ndarray) -> PlanBatch:
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v[idx] if isinstance(v, np.ndarray) else v
+        kw["groups"] = None
+        return PlanBatch(**kw)
+
+    def plan(self, i: int) -> Plan:
+        """The i-th plan as a `Plan` object."""
+        return Plan(
+            tp=int(self.tp[i]), pp=int(self.pp[i]), dp=int(self.dp[i]), cp=int(self.cp[i]),
+            ep=int(self.ep[i]), vpp=int(self.vpp[i]), micro_batch=int(self.mb[i]),
+            global_batch=int(self.gb[i]), schedule=SCHEDULES[int(self.sched[i])],
+            recompute=RECOMPUTE[int(self.rc[i])], sequence_parallel=bool(self.sp[i]),
+            zero_stage=int(self.zero[i]), dtype=self.dtype,
+            placement=self.placements[int(self.placement[i])], flash_attention=self.flash,
+        )
+
+
+def strides_for(order: tuple[str, ...], sizes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rank stride of each dimension when `order` lists dimensions innermost (consecutive) first."""
+    out: dict[str, np.ndarray] = {}
+    acc = np.ones_like(sizes["tp"])
+    for d in order:
+        out[d] = acc
+        acc = acc * sizes[d]
+    return out
+
+
+def batch_from_plans(plans: list[Plan]) -> PlanBatch:
+    """Pack `Plan` objects (same dtype and attention kernel) into a PlanBatch."""
+    if not plans:
+        raise ValueError("no plans")
+    dtype, flash = plans[0].dtype, plans[0].flash_attention
+    if any(p.dtype != dtype or p.flash_attention != flash for p in plans):
+        raise ValueError("a PlanBatch shares dtype and flash_attention; split the plans first")
+    orders = sorted({p.placement for p in plans})
+    col = {
+        "tp": [p.tp for p in plans], "pp": [p.pp for p in plans], "dp": [p.dp for p in plans],
+        "cp": [p.cp for p in plans], "ep": [p.ep for p in plans], "vpp": [p.vpp for p in plans],
+        "mb": [p.micro_batch for p in plans], "gb": [p.global_batch for p in plans],
+        "sched": [SCHEDULES.index(p.schedule) for p in plans],
+        "rc": [RECOMPUTE.index(p.recompute) for p in plans],
+        "zero": [p.zero_stage for p in plans],
+    }
+    arr = {k: np.asarray(v, dtype=np.int64) for k, v in col.items()}
+    sp = np.asarray([p.sequence_parallel for p in plans], dtype=bool)
+    placement = np.asarray([orders.index(p.placement) for p in plans], dtype=np.int64)
+    strides = {d: np.zeros(len(plans), dtype=np.int64) for d in DIMS}
+    for k, order in enumerate(orders):
+        sel = placement == k
+        st = strides_for(order, {d: arr[d] for d in DIMS})
+        for d in DIMS:
+            strides[d][sel] = st[d][sel]
+    return PlanBatch(**arr, sp=sp, stride_tp=strides["tp"], stride_cp=strides["cp"],
+                     stride_dp=strides["dp"], stride_pp=strides["pp"], placement=placement,
+                     dtype=dtype, flash=flash, placements=tuple(orders))

@@ -1,0 +1,102 @@
+"""Communication time of collectives on tiered links (vectorised over plans).
+
+Ring algorithms (Thakur, Rabenseifner & Gropp 2005; Patarasuk & Yuan 2009), as NCCL and gloo run them,
+for a group of g ranks moving a buffer of S bytes:
+
+    all-reduce      2(g-1) steps, 2(g-1)/g x S bytes over each rank's link
+    all-gather      (g-1) steps,   (g-1)/g x S   (S = the gathered output)
+    reduce-scatter  (g-1) steps,   (g-1)/g x S   (S = the full input)
+    all-to-all      (g-1) steps,   (g-1)/g x S   (S = what one rank holds before the exchange)
+    p2p             1 step,        S
+
+A group that spans nodes with k members per node and N nodes runs hierarchically (the 2-D algorithm
+NCCL uses across NVLink + InfiniBand): an intra-node reduce-scatter / all-gather over k ranks and the
+inter-node part over N ranks on S/k bytes, each GPU driving its own NIC.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.specs.cluster import ClusterSpec, LinkSpec
+
+Array = np.ndarray
+
+
+def group_layout(size: Array, stride: Array, gpus_per_node: int) -> tuple[Array, Array]:
+    """(members per node k, nodes spanned N) of groups of `size` ranks spaced `stride` apart."""
+    size = np.asarray(size)
+    stride = np.asarray(stride)
+    within = np.maximum(1, gpus_per_node // np.maximum(stride, 1))
+    k = np.where(stride >= gpus_per_node, 1, np.minimum(size, within))
+    n_nodes = -(-size // k)  # ceil
+    return k, n_nodes
+
+
+def _factor(op: str, g: Array) -> tuple[Array, Array]:
+    """(algorithm steps, bytes factor) of a ring collective over g ranks."""
+    g = np.asarray(g, dtype=np.float64)
+    if op == "all_reduce":
+        return 2.0 * (g - 1), 2.0 * (g - 1) / g
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return g - 1, (g - 1) / g
+    if op == "p2p":
+        return np.ones_like(g), np.ones_like(g)
+    raise ValueError(op)
+
+
+def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array) -> Array:
+    """One ring over a single link tier, using measured (alpha, busbw) when the profile has them."""
+    g = np.asarray(g, dtype=np.float64)
+    steps, factor = _factor(op, g)
+    measured = link.measured(op, g)
+    if measured is not None:
+        alpha, busbw = measured
+        t = alpha + nbytes * factor / busbw
+    else:
+        t = link.latency * steps + nbytes * factor / link.bus_bandwidth
+    return np.where(g > 1, t, 0.0)
+
+
+def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, stride: Array) -> Array:
+    """Seconds for one collective `op` of `nbytes` over groups of `size` ranks spaced `stride` apart."""
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    size = np.asarray(size)
+    k, n_nodes = group_layout(size, stride, cluster.gpus_per_node)
+    intra, inter = cluster.intra_node, cluster.inter_node
+    one_node = n_nodes <= 1
+    t_flat = _flat(intra, op, nbytes, size)
+    if np.all(one_node):
+        return t_flat
+    if op == "all_reduce":
+        t_multi = 2.0 * _flat(intra, "reduce_scatter", nbytes, k) + _flat(inter, "all_reduce", nbytes / k,
+                                                                          n_nodes)
+    elif op in ("all_gather", "reduce_scatter"):
+        t_multi = _flat(intra, op, nbytes, k) + _flat(inter, op, nbytes / k, n_nodes)
+    elif op == "all_to_all":
+        g = size.astype(np.float64)
+        t_in = _flat(intra, "all_to_all", nbytes * k / g, k)  # the share that stays inside the node
+        off = nbytes * (g - k) / g  # the share that leaves the node, over this GPU's NIC
+        t_out = inter.latency * (n_nodes - 1) + off / inter.bus_bandwidth
+        measured = inter.measured("all_to_all", g)
+        if measured is not None:
+            t_out = measured[0] + off / measured[1]
+        t_multi = np.maximum(t_in, t_out)
+    elif op == "p2p":
+        t_multi = _flat(inter, "p2p", nbytes, np.full_like(size, 2))
+    else:
+        raise ValueError(op)
+    return np.where(one_node, t_flat, t_multi)
+
+
+def p2p_time(cluster: ClusterSpec, nbytes: Array, size: Array, stride: Array) -> Array:
+    """Point-to-point between pipeline neighbours `stride` ranks apart in a group of `size` ranks.
+
+    The slowest hop sets the pace of a pipeline, so a group that leaves the node pays the
+    inter-node link on its critical path.
+    """
+    stride = np.asarray(stride)
+    same_node = stride * np.asarray(size) <= cluster.gpus_per_node
+    t_in = _flat(cluster.intra_node, "p2p", nbytes, np.full(stride.shape, 2))
+    t_out = _flat(cluster.inter_node, "p2p", nbytes, np.full(stride.shape, 2))
+    return np.where(same_node, t_in, t_out)

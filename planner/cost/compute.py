@@ -1,0 +1,120 @@
+"""Compute time of the layer graph's ops on one GPU (roofline per op, vectorised over plans).
+
+Each op runs at max(compute-bound time, memory-bound time):
+- GEMMs: FLOPs / (peak x efficiency(FLOPs)) + fixed kernel cost, against the bytes of A, B and C;
+- memory-bound ops (norms, activations, dropout, residual adds, softmax): bytes / achieved bandwidth
+  plus a fixed launch cost per kernel.
+Backward is 2x the forward GEMM work (input gradient + weight gradient, Narayanan et al. 2021) and 2x
+1.5x the memory traffic of element-wise ops; a fused (flash) attention backward is 2.5x its forward (it
+recomputes the scores: five matmuls against two, Dao 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.graph import DTYPE_BYTES, LayerGraph, Op
+from planner.specs.cluster import GPUSpec
+
+Array = np.ndarray
+FLASH_BWD_FACTOR = 2.5
+# Backward of a memory-bound op reads the saved input and the output gradient and writes the input
+# gradient: three tensor passes against the forward's two.
+ELEMENTWISE_BWD_FACTOR = 1.5
+
+
+@dataclass
+class OpTimes:
+    """Forward and backward seconds of a set of ops for one micro-batch (arrays over plans)."""
+
+    fwd: Array
+    bwd: Array
+
+
+def _divisor(op: Op, tp: Array, sp: Array) -> Array:
+    """How many ways TP (or sequence parallelism) splits an op's tokens x features."""
+    if op.tp in ("column", "row", "heads", "vocab") and op.kind != "embedding":
+        return tp
+    return np.where(sp, tp, 1)  # replicated ops (and the embedding output): split by SP only  # replicated ops: split along the sequence only with SP
+
+
+def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep: Array,
+                  num_experts: int) -> OpTimes:
+    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens."""
+    fin, fout, copies = op.gemm  # type: ignore[misc]
+    k = np.full_like(tp, fin, dtype=np.float64)
+    n = np.full_like(tp, fout, dtype=np.float64)
+    if op.tp == "row":
+        k = k / tp
+    elif op.tp in ("column", "vocab"):
+        n = n / tp
+    inst = (num_experts / ep) if op.routed else np.ones_like(tp, dtype=np.float64)
+    m = tokens * copies / inst
+    flops = 2.0 * m * k * n
+    nbytes = gpu.memory_time(DTYPE_BYTES[dtype] * (m * k + k * n + m * n))
+    # forward writes m x n; backward computes the input gradient (m x k) and the weight gradient (k x n)
+    fwd = inst * np.maximum(gpu.gemm_time(flops, dtype, (m, n)), nbytes)
+    dgrad = inst * np.maximum(gpu.gemm_time(flops, dtype, (m, k)), nbytes)
+    wgrad = inst * np.maximum(gpu.gemm_time(flops, dtype, (k, n)), nbytes)
+    return OpTimes(fwd=fwd, bwd=dgrad + wgrad)
+
+
+def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
+                    seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int) -> OpTimes:
+    """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys."""
+    flops = op.flops_s * tokens * seq / tp
+    b = DTYPE_BYTES[dtype]
+    if flash:
+        work = flops * (0.5 if causal else 1.0)  # fused kernels skip fully masked blocks
+        io = b * tokens * (2.0 * hidden + 2.0 * kv_hidden) / tp
+        fwd = np.maximum(gpu.gemm_time(work, dtype), gpu.memory_time(io))
+        return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
+    # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
+    scores = b * (heads / tp) * tokens * seq  # bytes of one a x s x s tensor
+    qk = b * tokens * (hidden + kv_hidden) / tp
+    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype), gpu.memory_time(scores + qk))
+    elem = gpu.memory_time(op.io_s * tokens * seq / tp, op.kernels - 2)
+    fwd = 2.0 * bmm + elem
+    bwd = 4.0 * bmm + ELEMENTWISE_BWD_FACTOR * elem
+    return OpTimes(fwd=fwd, bwd=bwd)
+
+
+def elementwise_times(op: Op, gpu: GPUSpec, tokens: Array, tp: Array, sp: Array) -> OpTimes:
+    nbytes = op.io * tokens / _divisor(op, tp, sp)
+    fwd = gpu.memory_time(nbytes, op.kernels)
+    return OpTimes(fwd=fwd, bwd=ELEMENTWISE_BWD_FACTOR * fwd)
+
+
+@dataclass
+class LayerTimes:
+    """Per micro-batch, per layer (or per pre/post block) compute seconds."""
+
+    fwd: Array
+    bwd: Array
+    attn_fwd: Array  # the attention core alone (what selective recompute repeats)
+    attn_bwd: Array
+    col_gemm: list[Array]  # forward time of each column-parallel GEMM (= its dgrad = its wgrad time)
+
+
+def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
+              seq: Array, tp: Array, sp: Array, ep: Array) -> LayerTimes:
+    """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch."""
+    m = lg.model
+    zero = np.zeros_like(tokens, dtype=np.float64)
+    fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()
+    cols: list[Array] = []
+    for op in ops:
+        if op.kind == "gemm":
+            t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
+            if op.tp == "column" and not op.routed:
+                cols.append(t.fwd)
+        elif op.kind == "attention":
+            t = attention_times(op, gpu, dtype, flash, m.causal, tokens, seq, tp, m.num_heads,
+                                m.kv_hidden, m.hidden)
+            attn_f, attn_b = attn_f + t.fwd, attn_b + t.bwd
+        else:  # elementwise, embedding, loss: memory bound
+            t = elementwise_times(op, gpu, tokens, tp, sp)
+        fwd, bwd = fwd + t.fwd, bwd + t.bwd
+    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols)

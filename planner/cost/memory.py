@@ -1,0 +1,120 @@
+"""Memory per GPU: weights, gradients, optimizer states, activations and the rest (vectorised).
+
+Bytes per parameter (documented constants, mixed-precision Adam as Megatron-LM runs it):
+- bf16/fp16 training: weights 2 B, fp32 main gradients 4 B, optimizer 12 B (fp32 master copy + Adam
+  m and v; K = 12 in Rajbhandari et al. 2020, "ZeRO", Sec. 3.1). 18 B/param in all, as in
+  Korthikanti et al. 2022 Fig. 1.
+- fp32 training: weights 4 B, gradients 4 B, optimizer 8 B (Adam m and v).
+ZeRO (Rajbhandari et al. 2020, Sec. 5): stage 1 shards the optimizer states over the N_d data-parallel
+ranks, stage 2 also the gradients, stage 3 also the weights.
+
+Activations (Korthikanti et al. 2022, Sec. 4): the sum over the layer graph of bytes saved for backward,
+split by TP as each op's sharding says (replicated ops split only with sequence parallelism); selective
+recompute drops the s^2 attention tensors; full recompute keeps only each layer's input. Pipeline
+in-flight micro-batches follow the schedule: 1F1B keeps min(p, m) on the first stage; interleaved
+1F1B keeps (v·p + p − 1) model chunks of L/(v·p) layers, i.e. L·(1 + (p−1)/(v·p)) layers (Korthikanti
+Sec. 4.2.3); GPipe keeps all m.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.graph import DTYPE_BYTES, LayerGraph, Op
+
+Array = np.ndarray
+
+WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+GRAD_BYTES = {"bf16": 4, "fp16": 4, "fp32": 4}
+OPTIMIZER_BYTES = {"bf16": 12, "fp16": 12, "fp32": 8}
+# Bytes the optimizer step streams per parameter: read master/param, grad, m, v; write master, m, v
+# (+ the 16-bit copy); gradient clipping (read grads) and zeroing (write grads).
+OPTIMIZER_STEP_BYTES = {"bf16": 30 + 8, "fp16": 30 + 8, "fp32": 28 + 8}
+
+
+@dataclass
+class StageParams:
+    """Parameters held by one GPU of a stage, split by how they are replicated."""
+
+    dense: Array  # replicated over the dp x cp ranks
+    expert: Array  # replicated over dp x cp / ep ranks
+
+
+def _op_params_per_gpu(op: Op, tp: Array, ep: Array) -> Array:
+    p = float(op.params)
+    if op.tp == "replicated":
+        return np.full_like(tp, p, dtype=np.float64)
+    shard = (p - op.bias) / tp + op.bias if op.tp == "row" else p / tp
+    return shard / ep if op.routed else shard
+
+
+def layer_params(lg: LayerGraph, tp: Array, ep: Array) -> StageParams:
+    """Parameters of one Transformer layer held by one GPU."""
+    zero = np.zeros_like(tp, dtype=np.float64)
+    dense = sum((_op_params_per_gpu(op, tp, ep) for op in lg.layer_ops if not op.routed), zero)
+    expert = sum((_op_params_per_gpu(op, tp, ep) for op in lg.layer_ops if op.routed), zero)
+    return StageParams(dense=dense, expert=expert)
+
+
+def stage_params(lg: LayerGraph, tp: Array, pp: Array, ep: Array, first: bool) -> StageParams:
+    """Parameters on one GPU of the first (`first=True`) or the last pipeline stage."""
+    layers = lg.model.num_layers / pp
+    one = layer_params(lg, tp, ep)
+    dense, expert = one.dense * layers, one.expert * layers
+    pre = sum((_op_params_per_gpu(op, tp, ep) for op in lg.pre_ops), np.zeros_like(tp, dtype=np.float64))
+    post = sum((_op_params_per_gpu(op, tp, ep) for op in lg.post_ops), np.zeros_like(tp, dtype=np.float64))
+    m = lg.model
+    single = pp == 1
+    if first:
+        dense = dense + pre + np.where(single, post, 0.0)
+    else:
+        # With pipelining, the last stage keeps its own copy of a tied embedding for the LM head.
+        tied_copy = m.vocab_size * m.hidden / tp if m.tied_embeddings else 0.0
+        dense = dense + post + np.where(single, pre, tied_copy)
+    return StageParams(dense=dense, expert=expert)
+
+
+def _saved_divisor(op: Op, tp: Array, sp: Array) -> Array:
+    """TP split of what an op saves: sharded tensors by tp; replicated ones only with SP."""
+    sharded = op.tp in ("row", "heads") or op.kind == "loss" or (op.tp == "column" and op.kind != "gemm")
+    return tp if sharded else np.where(sp, tp, 1)
+
+
+def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
+                drop_s2: Array | bool = False) -> Array:
+    """Bytes `ops` save for backward for one micro-batch of `tokens` local tokens."""
+    total = np.zeros_like(tokens, dtype=np.float64)
+    for op in ops:
+        total = total + op.saved * tokens / _saved_divisor(op, tp, sp)
+        if op.saved_s:
+            s2 = op.saved_s * tokens * seq / tp
+            total = total + np.where(drop_s2, 0.0, s2)
+    return total
+
+
+def layer_activation_bytes(lg: LayerGraph, tokens: Array, seq: Array, tp: Array, sp: Array,
+                           rc: Array) -> tuple[Array, Array]:
+    """(bytes kept per layer per micro-batch under recompute mode rc, bytes without recompute)."""
+    full = saved_bytes(lg.layer_ops, tokens, seq, tp, sp)
+    selective = saved_bytes(lg.layer_ops, tokens, seq, tp, sp, drop_s2=True)
+    layer_input = DTYPE_BYTES[lg.dtype] * lg.model.hidden * tokens / np.where(sp, tp, 1)
+    kept = np.select([rc == 0, rc == 1], [full, selective], default=layer_input)
+    return kept, full
+
+
+def in_flight_layers(num_layers: int, pp: Array, vpp: Array, m: Array, sched: Array,
+                     first: bool) -> Array:
+    """Layer-micro-batches of activations held at the peak by the first (or last) pipeline stage."""
+    layers = num_layers / pp
+    chunk = layers / vpp
+    if first:
+        one_f_one_b = np.minimum(pp, m) * layers
+        interleaved = np.minimum(vpp * m, vpp * pp + pp - 1) * chunk
+    else:
+        one_f_one_b = layers
+        interleaved = np.minimum(vpp * m, (vpp - 1) * pp + 1) * chunk
+    gpipe = m * layers
+    held = np.select([sched == 0, sched == 1], [one_f_one_b, interleaved], default=gpipe)
+    return np.where(pp == 1, layers, held)

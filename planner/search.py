@@ -1,0 +1,330 @@
+"""Exhaustive plan search: enumerate every legal plan, score all of them vectorised, keep the best.
+
+The space: tp x cp x pp x dp = GPUs, expert parallelism, micro-batch, virtual stages, schedule,
+recompute, sequence parallelism, ZeRO stage and rank placement (which dimensions sit inside a node).
+Divisibility rules prune whole size combinations before scoring (each counted with its reason);
+memory is checked on every scored plan. Placements that put every group on the same links are
+scored once. The closed-form cost model ranks everything; the discrete-event simulation re-ranks the
+top K (`planner.simulate`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.cost import DEFAULT_HEADROOM, evaluate, prediction
+from planner.cost.batch import PlanBatch, strides_for
+from planner.cost.model import Scores
+from planner.errors import PlanError
+from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, Plan
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+OBJECTIVES = ("time", "throughput", "cost")
+CHUNK = 1 << 18  # plans scored per vectorised call (bounds peak memory)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Fixed values (None = search) and allowed sets for the search dimensions."""
+
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    cp: int | None = None
+    ep: int | None = None
+    vpp: int | None = None
+    micro_batch: int | None = None
+    recompute: tuple[str, ...] = RECOMPUTE
+    sequence_parallel: bool | None = None
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    schedules: tuple[str, ...] = SCHEDULES
+    max_memory_gib: float | None = None
+    placements: bool = True  # search rank placement; False keeps the default order
+
+
+@dataclass
+class SearchResult:
+    """Best plans (best first), the Pareto front, and what the search did."""
+
+    plans: list[Plan]
+    predictions: list[dict]
+    pareto: list[tuple[Plan, dict]]
+    space: int  # plans enumerated (legal by divisibility)
+    scored: int  # plans scored by the cost model (after placement dedup)
+    fitting: int
+    pruned: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraints,
+                 pruned: Counter) -> Iterator[tuple[int, int, int, int]]:
+    """(tp, cp, pp, dp) with tp*cp*pp*dp = n_gpus that pass the divisibility rules."""
+    for tp in divisors(n_gpus):
+        if c.tp is not None and tp != c.tp:
+            continue
+        if model.num_heads % tp or model.num_kv_heads % tp or model.ffn_hidden % tp:
+            pruned["tp does not divide heads / kv_heads / ffn_hidden"] += 1
+            continue
+        rest = n_gpus // tp
+        for cp in divisors(rest):
+            if c.cp is not None and cp != c.cp:
+                continue
+            if model.seq_len % cp:
+                pruned["cp does not divide seq_len"] += 1
+                continue
+            for pp in divisors(rest // cp):
+                if c.pp is not None and pp != c.pp:
+                    continue
+                if model.num_layers % pp:
+                    pruned["pp does not divide num_layers"] += 1
+                    continue
+                dp = rest // cp // pp
+                if c.dp is not None and dp != c.dp:
+                    continue
+                if global_batch % dp:
+                    pruned["dp does not divide global_batch"] += 1
+                    continue
+                yield tp, cp, pp, dp
+
+
+def _layout(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
+    """Scalar twin of `planner.cost.comm.group_layout`: (members per node, nodes spanned)."""
+    k = 1 if stride >= gpus_per_node else min(size, max(1, gpus_per_node // max(stride, 1)))
+    return k, -(-size // k)
+
+
+def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_per_node: int,
+                search: bool) -> list[tuple[str, ...]]:
+    """Orders of the non-trivial dimensions that put groups on different links (one per layout)."""
+    sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
+    if not search:
+        return [DEFAULT_PLACEMENT]
+    active = [d for d in DEFAULT_PLACEMENT if sizes[d] > 1]
+    seen: dict[tuple, tuple[str, ...]] = {}
+    for perm in itertools.permutations(active):
+        order = tuple(perm) + tuple(d for d in DEFAULT_PLACEMENT if d not in perm)
+        st, acc = {}, 1
+        for d in order:
+            st[d] = acc
+            acc *= sizes[d]
+        sig: list = [_layout(sizes[d], st[d], gpus_per_node) for d in DIMS]
+        sig.append(st["pp"] * pp <= gpus_per_node)
+        sig.extend(_layout(e, st["dp"], gpus_per_node) for e in ep_values)
+        sig.append(_layout(dp * cp, min(st["dp"], st["cp"]) if cp > 1 else st["dp"], gpus_per_node))
+        sig.append(_layout(dp * cp // max(ep_values), st["dp"] * max(ep_values), gpus_per_node))
+        seen.setdefault(tuple(sig), order)
+    return list(seen.values())
+
+
+def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, dtype: str,
+                    flash: bool = True, constraints: Constraints | None = None,
+                    pruned: Counter | None = None) -> Iterator[PlanBatch]:
+    """Yield PlanBatches (up to about CHUNK plans each) covering the legal plan space."""
+    c = constraints or Constraints()
+    pruned = pruned if pruned is not None else Counter()
+    n_gpus = cluster.num_gpus
+    sched_idx = {s: i for i, s in enumerate(SCHEDULES)}
+    rc_opts = [RECOMPUTE.index(r) for r in c.recompute]
+    all_placements: list[tuple[str, ...]] = []
+    place_index: dict[tuple[str, ...], int] = {}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in
+                                         ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc",
+                                          "sp", "zero", "placement")}
+    count = 0
+
+    def flush() -> PlanBatch:
+        nonlocal count
+        arr = {k: np.concatenate(v) for k, v in cols.items()}
+        for v in cols.values():
+            v.clear()
+        count = 0
+        strides = {d: np.zeros(len(arr["tp"]), dtype=np.int64) for d in DIMS}
+        for i, order in enumerate(all_placements):
+            sel = arr["placement"] == i
+            if not sel.any():
+                continue
+            st = strides_for(order, {d: arr[d][sel] for d in DIMS})
+            for d in DIMS:
+                strides[d][sel] = st[d]
+        return PlanBatch(tp=arr["tp"], pp=arr["pp"], dp=arr["dp"], cp=arr["cp"], ep=arr["ep"],
+                         vpp=arr["vpp"], mb=arr["mb"], gb=arr["gb"], sched=arr["sched"], rc=arr["rc"],
+                         sp=arr["sp"].astype(bool), zero=arr["zero"], stride_tp=strides["tp"],
+                         stride_cp=strides["cp"], stride_dp=strides["dp"], stride_pp=strides["pp"],
+                         placement=arr["placement"], dtype=dtype, flash=flash,
+                         placements=tuple(all_placements))
+
+    for tp, cp, pp, dp in _size_combos(model, n_gpus, global_batch, c, pruned):
+        eps = [1]
+        if model.is_moe:
+            eps = [e for e in divisors(dp) if model.num_experts % e == 0]
+        if c.ep is not None:
+            if c.ep not in eps:
+                pruned["ep does not divide num_experts and dp"] += 1
+                continue
+            eps = [c.ep]
+        mbs = [b for b in divisors(global_batch // dp)
+               if c.micro_batch is None or b == c.micro_batch]
+        vpps = [1] if pp == 1 else [v for v in divisors(model.num_layers // pp)]
+        if c.vpp is not None:
+            vpps = [v for v in vpps if v == c.vpp]
+        sps = [False]
+        if tp > 1 and (model.seq_len // cp) % tp == 0:
+            sps = [False, True]
+        if c.sequence_parallel is not None:
+            sps = [s for s in sps if s == c.sequence_parallel]
+        zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
+        if not (mbs and vpps and sps and zeros and rc_opts):
+            pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
+            continue
+        orders = _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements)
+        pidx = []
+        for o in orders:
+            if o not in place_index:
+                place_index[o] = len(all_placements)
+                all_placements.append(o)
+            pidx.append(place_index[o])
+        for v in vpps:
+            if pp == 1:
+                scheds = [sched_idx["1f1b"]]
+            elif v == 1:
+                scheds = [sched_idx[s] for s in ("1f1b", "gpipe") if s in c.schedules]
+            else:
+                scheds = [sched_idx["interleaved-1f1b"]] if "interleaved-1f1b" in c.schedules else []
+            mb_ok = mbs
+            if v > 1:  # interleaving needs the micro-batch count to be a multiple of pp
+                mb_ok = [b for b in mbs if (global_batch // (dp * b)) % pp == 0]
+                if len(mb_ok) < len(mbs):
+                    pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
+            if not scheds or not mb_ok:
+                continue
+            grid = np.array(np.meshgrid(eps, mb_ok, scheds, rc_opts, sps, zeros, pidx, indexing="ij"),
+                            dtype=np.int64).reshape(7, -1)
+            n = grid.shape[1]
+            for key, val in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp), ("vpp", v),
+                             ("gb", global_batch)):
+                cols[key].append(np.full(n, val, dtype=np.int64))
+            for key, row in zip(("ep", "mb", "sched", "rc", "sp", "zero", "placement"), grid, strict=True):
+                cols[key].append(row)
+            count += n
+            if count >= CHUNK:
+                yield flush()
+    if count:
+        yield flush()
+
+
+def _objective(scores: Scores, cluster: ClusterSpec, objective: str) -> np.ndarray:
+    """Lower is better. For a fixed GPU count and batch all three order plans alike; they differ
+    in the number they report."""
+    if objective == "time":
+        return scores.step_time
+    if objective == "throughput":
+        return -scores.tokens / scores.step_time / cluster.num_gpus
+    if objective == "cost":
+        return scores.step_time * cluster.num_gpus / scores.tokens
+    raise PlanError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})", field="objective")
+
+
+def _pareto_mask(t: np.ndarray, mem: np.ndarray) -> np.ndarray:
+    """Plans not dominated in (step time, memory): sort by time, keep strictly decreasing memory."""
+    order = np.lexsort((mem, t))
+    best = np.minimum.accumulate(mem[order])
+    keep = np.empty(len(order), dtype=bool)
+    keep[0] = True
+    keep[1:] = mem[order][1:] < best[:-1]
+    mask = np.zeros(len(t), dtype=bool)
+    mask[order[keep]] = True
+    return mask
+
+
+def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: str | None = None,
+           flash: bool = True, constraints: Constraints | None = None, objective: str = "time",
+           top_k: int = 10, headroom: float = DEFAULT_HEADROOM,
+           progress: Callable[[int, int], None] | None = None) -> SearchResult:
+    """Score the whole legal space and return the `top_k` best fitting plans and the Pareto front."""
+    start = time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise PlanError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})",
+                        field="objective")
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise PlanError(f"must be a positive integer, got {global_batch!r}", field="global_batch")
+    dt = dtype or ("fp32" if cluster.device == "cpu" else model.dtype)
+    c = constraints or Constraints()
+    limit_bytes = None if c.max_memory_gib is None else c.max_memory_gib * 2**30
+    pruned: Counter = Counter()
+    space = scored = fitting = 0
+    best: list[tuple[np.ndarray, PlanBatch, Scores]] = []  # candidate pools per chunk
+    pareto_pool: list[tuple[PlanBatch, Scores]] = []
+    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned):
+        space += len(batch)
+        scored += len(batch)
+        s = evaluate(model, cluster, batch, headroom)
+        ok = s.fits if limit_bytes is None else s.fits & (s.mem_total <= limit_bytes)
+        n_ok = int(ok.sum())
+        fitting += n_ok
+        pruned["does not fit in memory"] += len(batch) - n_ok
+        if n_ok == 0:
+            if progress:
+                progress(space, fitting)
+            continue
+        idx = np.flatnonzero(ok)
+        obj = _objective(s, cluster, objective)[idx]
+        k = min(top_k * 4, len(idx))
+        sel = idx[np.argpartition(obj, k - 1)[:k]] if k < len(idx) else idx
+        best.append((_objective(s, cluster, objective)[sel], batch.take(sel), _take_scores(s, sel)))
+        pm = _pareto_mask(s.step_time[idx], s.mem_total[idx])
+        pidx = idx[pm]
+        pareto_pool.append((batch.take(pidx), _take_scores(s, pidx)))
+        if progress:
+            progress(space, fitting)
+    if not best:
+        reasons = ", ".join(f"{k}: {v}" for k, v in pruned.most_common()) or "no legal size combination"
+        raise PlanError(f"no plan fits {model.name} on {cluster.num_gpus} x {cluster.gpu.name} with "
+                        f"global batch {global_batch} ({reasons})", field="plan")
+    plans, preds = _rank(best, cluster, objective, top_k, dt)
+    pareto = _pareto(pareto_pool, cluster, dt)
+    return SearchResult(plans=plans, predictions=preds, pareto=pareto, space=space, scored=scored,
+                        fitting=fitting, pruned=dict(pruned), seconds=time.perf_counter() - start)
+
+
+def _take_scores(s: Scores, idx: np.ndarray) -> Scores:
+    kw = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in s.__dict__.items()}
+    return Scores(**kw)
+
+
+def _rank(pools: list[tuple[np.ndarray, PlanBatch, Scores]], cluster: ClusterSpec, objective: str,
+          top_k: int, dtype: str) -> tuple[list[Plan], list[dict]]:
+    entries = []
+    for obj, batch, s in pools:
+        for i in range(len(batch)):
+            entries.append((float(obj[i]), batch, s, i))
+    # Stable tie-break on the plan description keeps results deterministic.
+    entries.sort(key=lambda e: (e[0], e[1].plan(e[3]).describe()))
+    plans, preds = [], []
+    for _, batch, s, i in entries[:top_k]:
+        plans.append(batch.plan(i))
+        preds.append(prediction(s, i, cluster, dtype))
+    return plans, preds
+
+
+def _pareto(pools: list[tuple[PlanBatch, Scores]], cluster: ClusterSpec,
+            dtype: str) -> list[tuple[Plan, dict]]:
+    t = np.concatenate([s.step_time for _, s in pools])
+    mem = np.concatenate([s.mem_total for _, s in pools])
+    where = [(b, s, i) for b, s in pools for i in range(len(b))]
+    mask = _pareto_mask(t, mem)
+    front = [where[i] for i in np.flatnonzero(mask)]
+    front.sort(key=lambda e: float(e[1].step_time[e[2]]))
+    return [(b.plan(i), prediction(s, i, cluster, dtype)) for b, s, i in front]
