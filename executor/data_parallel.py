@@ -1,14 +1,17 @@
 """Data parallelism by ZeRO stage (Rajbhandari et al. 2020), with PyTorch's own wrappers.
 
-| zero | tp == 1                               | tp > 1 (DTensor parameters)                 |
+| zero | tp == 1 and pp == 1                   | tp > 1 or pp > 1                            |
 |------|---------------------------------------|---------------------------------------------|
-| 0    | DDP (gradient all-reduce)             | composable `replicate` (DDP does not take DTensor) |
+| 0    | DDP (gradient all-reduce)             | composable `replicate` (FSDP2-based DDP)    |
 | 1    | DDP + ZeroRedundancyOptimizer         | FSDP2, no reshard after forward (see below) |
 | 2    | FSDP2 `fully_shard(reshard_after_forward=False)`: grads + optimizer state sharded  |
 | 3    | FSDP2 `fully_shard(reshard_after_forward=True)`: parameters sharded too            |
 
-ZeroRedundancyOptimizer broadcasts plain tensors and cannot hold DTensor parameters, so ZeRO-1 with
-tp > 1 runs as ZeRO-2 (gradients sharded as well); `describe_dp` says so in measured.json.
+DDP cannot take DTensor (tensor-parallel) parameters, and under a pipeline schedule in torch 2.13 it
+fails after the first step (its bucket rebuild sees every micro-batch's backward) or, with
+`static_graph=True`, gives wrong gradients; `replicate` is what torchtitan uses there.
+ZeroRedundancyOptimizer broadcasts plain tensors, so ZeRO-1 in those layouts runs as ZeRO-2
+(gradients sharded as well); `describe_dp` says so in measured.json.
 FSDP2 is applied per Transformer block and then to the root, as torchtitan does.
 """
 
@@ -21,33 +24,34 @@ from torch.distributed.device_mesh import DeviceMesh
 from executor.model import Transformer
 
 
-def dp_kind(zero_stage: int, tp: int) -> str:
+def dp_kind(zero_stage: int, tp: int, pp: int) -> str:
     """Which wrapper runs this ZeRO stage: ddp | replicate | fsdp."""
+    plain = tp == 1 and pp == 1
     if zero_stage == 0:
-        return "ddp" if tp == 1 else "replicate"
+        return "ddp" if plain else "replicate"
     if zero_stage == 1:
-        return "ddp" if tp == 1 else "fsdp"
+        return "ddp" if plain else "fsdp"
     return "fsdp"
 
 
-def describe_dp(zero_stage: int, tp: int, dp: int) -> str:
+def describe_dp(zero_stage: int, tp: int, pp: int, dp: int) -> str:
     if dp == 1:
         return "none"
-    kind = dp_kind(zero_stage, tp)
+    kind = dp_kind(zero_stage, tp, pp)
     if kind == "ddp":
         return "DDP + ZeroRedundancyOptimizer (ZeRO-1)" if zero_stage == 1 else "DDP (ZeRO-0)"
     if kind == "replicate":
-        return "composable replicate (ZeRO-0, DTensor parameters)"
+        return "composable replicate (ZeRO-0)"
     reshard = zero_stage == 3
-    note = " (ZeRO-1 requested; run as ZeRO-2 because tp > 1)" if zero_stage == 1 else ""
+    note = " (ZeRO-1 requested; run as ZeRO-2 because tp > 1 or pp > 1)" if zero_stage == 1 else ""
     return f"FSDP2 fully_shard(reshard_after_forward={reshard}){note}"
 
 
-def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, device: torch.device,
+def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, pp: int, device: torch.device,
              param_dtype: torch.dtype | None = None) -> nn.Module:
     """Wrap `model` (a whole model or a stage) for data parallelism over `mesh`; returns the module
     to call (a DDP wrapper, or `model` itself for the composable APIs)."""
-    kind = dp_kind(zero_stage, tp)
+    kind = dp_kind(zero_stage, tp, pp)
     if kind == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

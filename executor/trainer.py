@@ -78,8 +78,8 @@ class Trainer:
         else:
             self.pp_rank, self.stage_ids, self.parts = 0, [0], [full]
         self.dp_rank = mesh["dp"].get_local_rank() if dims.dp > 1 else 0
-        self.dp_kind = dp_kind(plan.zero_stage, dims.tp) if dims.dp > 1 else "none"
-        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.dp)
+        self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp) if dims.dp > 1 else "none"
+        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, dims.dp)
 
         self.modules: list[nn.Module] = []
         for part in self.parts:
@@ -90,7 +90,8 @@ class Trainer:
             part.tie_weights()
             init_weights(part, spec, options.seed)
             if dims.dp > 1:
-                self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, device, self.amp))
+                self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, dims.pp, device,
+                                             self.amp))
             else:
                 self.modules.append(part)
 

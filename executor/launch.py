@@ -1,0 +1,276 @@
+"""`planner run`: check a plan against the resources, run it under torchrun, report predicted vs measured.
+
+Single node (default): `torchrun --standalone --nproc-per-node N -m executor.run ...`.
+Multi-node: the rendezvous flags are passed through, e.g. on every node
+    planner run plan.json --nnodes 2 --node-rank $NODE_RANK --nproc-per-node 8 \\
+        --rdzv-endpoint head-node:29500 --rdzv-id job42
+(SLURM: `srun --nodes 2 --ntasks-per-node 1 planner run plan.json --nnodes 2 --nproc-per-node 8
+--rdzv-endpoint $HEAD:29500`, one launcher per node; c10d rendezvous assigns node ranks.)
+Global rank 0 writes measured.json; the launcher on its node prints the comparison table.
+
+Python API: `run_plan(...)` runs a plan and returns the parsed measured.json (for `planner validate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from executor.errors import ResourceMismatch, UnsupportedPlan
+from executor.run import DEFAULT_TIMEOUT_S, check_args, default_out, load_checked
+from executor.trainer import OPTIMIZERS
+from planner.errors import PlannerError
+from planner.io import load_json
+from planner.plan import PlanDocument
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunFailed(RuntimeError):
+    """torchrun (or a rank) failed while training; the message holds the exit status and output tail."""
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `planner run` arguments (also used by `python -m executor.launch`)."""
+    parser.add_argument("plan", help="plan JSON written by `planner plan`")
+    parser.add_argument("--nproc-per-node", type=int, default=None,
+                        help="processes per node (default: the plan's world size / --nnodes)")
+    parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (static rendezvous)")
+    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous (multi-node)")
+    parser.add_argument("--rdzv-backend", default="c10d", help="rendezvous backend (default c10d)")
+    parser.add_argument("--rdzv-id", default="planner-run", help="job id shared by all nodes")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    parser.add_argument("--data", default=None, help="text file to train on (default: synthetic tokens)")
+    parser.add_argument("--tokenizer", default="auto", choices=("auto", "byte", "char"),
+                        help="for --data: byte-level (vocab >= 256) or character-level")
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler Chrome trace per rank")
+    parser.add_argument("--out", default=None, help="measured.json path (default: beside the plan)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default 1 on CPU)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"collective timeout in seconds (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="torchrun restarts on failure (default 0)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="default: CUDA + NCCL when GPUs are present, else CPU + gloo")
+
+
+def _uses_cuda(choice: str) -> bool:
+    if choice == "cpu":
+        return False
+    import torch
+
+    return choice == "cuda" or torch.cuda.is_available()
+
+
+def validate(args: argparse.Namespace) -> PlanDocument:
+    """Everything checkable before processes start; raises PlannerError (exit 2) with one clear line."""
+    check_args(args)
+    doc, _ = load_checked(args.plan)
+    world = doc.plan.world_size
+    if args.nnodes < 1:
+        raise ResourceMismatch(f"must be >= 1, got {args.nnodes}", field="nnodes")
+    if args.nproc_per_node is None:
+        if world % args.nnodes:
+            raise ResourceMismatch(f"the plan's {world} processes do not split over {args.nnodes} nodes",
+                                   field="nnodes")
+        args.nproc_per_node = world // args.nnodes
+    if args.nproc_per_node < 1:
+        raise ResourceMismatch(f"must be >= 1, got {args.nproc_per_node}", field="nproc_per_node")
+    if args.nproc_per_node * args.nnodes != world:
+        raise ResourceMismatch(
+            f"the plan needs {world} processes (tp*cp*dp*pp = {doc.plan.tp}*{doc.plan.cp}*{doc.plan.dp}*"
+            f"{doc.plan.pp}) but --nproc-per-node {args.nproc_per_node} x --nnodes {args.nnodes} = "
+            f"{args.nproc_per_node * args.nnodes}", field="world_size")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise ResourceMismatch("a multi-node run needs --rdzv-endpoint HOST:PORT", field="rdzv_endpoint")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise ResourceMismatch(f"must be in [0, {args.nnodes}), got {args.node_rank}", field="node_rank")
+    if args.max_restarts < 0:
+        raise ResourceMismatch(f"must be >= 0, got {args.max_restarts}", field="max_restarts")
+    if _uses_cuda(args.device):
+        import torch
+
+        have = torch.cuda.device_count()
+        if args.nproc_per_node > have:
+            raise ResourceMismatch(f"--nproc-per-node {args.nproc_per_node} needs that many GPUs but this "
+                                   f"node has {have}", field="nproc_per_node")
+    if args.data:
+        from executor.data import make_data
+
+        make_data(args.data, doc.model.vocab_size, doc.model.seq_len, args.seed, args.tokenizer)
+    out = Path(args.out) if args.out else default_out(args.plan)
+    if out.exists() and out.is_dir():
+        raise UnsupportedPlan(f"{out} is a directory", field="out")
+    return doc
+
+
+def torchrun_command(args: argparse.Namespace, out: Path, run_id: str) -> list[str]:
+    """`python -m torch.distributed.run ... -m executor.run ...` for these arguments."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if args.nnodes == 1 and not args.rdzv_endpoint:
+        cmd += ["--standalone"]
+    else:
+        cmd += ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank),
+                "--rdzv-backend", args.rdzv_backend, "--rdzv-endpoint", args.rdzv_endpoint,
+                "--rdzv-id", args.rdzv_id]
+    cmd += ["--nproc-per-node", str(args.nproc_per_node), "--max-restarts", str(args.max_restarts)]
+    cmd += ["-m", "executor.run", "--plan", str(Path(args.plan).resolve()), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--out", str(out), "--timeout", str(args.timeout),
+            "--optimizer", args.optimizer, "--lr", repr(args.lr), "--seed", str(args.seed),
+            "--device", args.device, "--tokenizer", args.tokenizer, "--run-id", run_id]
+    if args.data:
+        cmd += ["--data", str(Path(args.data).resolve())]
+    if args.profile:
+        cmd += ["--profile"]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+def _child_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    # The workers import `executor` and `planner` from this checkout even when it is not installed.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    elif not _uses_cuda(args.device):
+        env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank on CPU (torchrun's default too)
+    return env
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else (f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s")
+
+
+def _fmt_gib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f} GiB"
+
+
+def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
+    """Predicted vs measured: step time (median [p10, p90]), tokens/s, peak memory per rank."""
+    pred = doc.prediction or {}
+    st = measured["step_time_s"]
+    mem = measured["memory"]
+    rows = []
+
+    def err(p: float | None, m: float) -> str:
+        return "-" if not p else f"{(m - p) / p * 100:+.1f}%"
+
+    p_step = pred.get("step_time_s")
+    rows.append(("step time", _fmt_s(p_step),
+                 f"{_fmt_s(st['median'])} [p10 {_fmt_s(st['p10'])}, p90 {_fmt_s(st['p90'])}]",
+                 err(p_step, st["median"])))
+    p_tok = pred.get("tokens_per_s")
+    rows.append(("tokens/s", "-" if p_tok is None else f"{p_tok:,.0f}", f"{measured['tokens_per_s']:,.0f}",
+                 err(p_tok, measured["tokens_per_s"])))
+    p_mem = pred.get("memory_gib_per_gpu")
+    m_mem = mem["peak_bytes"] / 2**30
+    rss = mem["rss_bytes"] / 2**30
+    rows.append(("peak memory/rank", _fmt_gib(p_mem), f"{_fmt_gib(m_mem)} (RSS {_fmt_gib(rss)})",
+                 err(p_mem, m_mem)))
+    env = measured["env"]
+    head = (f"plan {measured.get('plan', '')}: {env['world_size']} ranks on {env['nnodes']} node(s), "
+            f"{env['device']}, {env['backend']}; {len(measured['step_times_s'])} timed steps after "
+            f"{measured['warmup']} warm-up")
+    widths = [max(len(r[i]) for r in [("", "predicted", "measured", "error"), *rows]) for i in range(4)]
+    lines = [head, "  ".join(h.ljust(w) for h, w in zip(("", "predicted", "measured", "error"), widths,
+                                                          strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    losses = measured.get("losses") or []
+    if losses:
+        lines.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
+    return "\n".join(lines)
+
+
+def _read_measured(out: Path, run_id: str) -> dict[str, Any] | None:
+    if not out.is_file():
+        return None
+    try:
+        d = load_json(out)
+    except PlannerError:
+        return None
+    return d if isinstance(d, dict) and d.get("run_id") == run_id else None
+
+
+def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, Any] | None, str]:
+    """Run torchrun for validated `args`; returns (exit status, measured.json if this node has it,
+    the output tail when `quiet`)."""
+    out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
+    run_id = uuid.uuid4().hex
+    cmd = torchrun_command(args, out, run_id)
+    if quiet:
+        proc = subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT), capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr)[-4000:]
+    else:
+        proc = subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT))
+        tail = ""
+    measured = _read_measured(out, run_id)
+    return proc.returncode, measured, tail
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`planner run`: 0 ok, 2 bad input (one line on stderr), 1 the run failed."""
+    try:
+        doc = validate(args)
+    except PlannerError as exc:
+        print(f"planner run: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rc, measured, _ = execute(args)
+    except KeyboardInterrupt:
+        print("planner run: interrupted", file=sys.stderr)
+        return 130
+    out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
+    if rc != 0:
+        where = f"; see {out}" if measured is not None else ""
+        print(f"planner run: torchrun exited with status {rc}{where}", file=sys.stderr)
+        return 1
+    if measured is None:
+        print(f"planner run: done; measured.json is written by the node holding global rank 0 ({out})")
+        return 0
+    print(comparison_table(doc, measured))
+    print(f"wrote {out}")
+    return 0
+
+
+def run_plan(plan_path: str | Path, nproc_per_node: int | None = None, steps: int = 10, warmup: int = 3,
+             out: str | Path | None = None, quiet: bool = True, **options: Any) -> dict[str, Any]:
+    """Run a plan on this node and return its measured.json (as a dict).
+
+    `options` are any other `planner run` flags by their dest name (data, optimizer, lr, seed, threads,
+    timeout, profile, device, ...). Raises PlannerError for bad input and RunFailed if training fails.
+    """
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args([str(plan_path)])
+    args.nproc_per_node, args.steps, args.warmup = nproc_per_node, steps, warmup
+    args.out = str(out) if out is not None else None
+    for k, v in options.items():
+        if not hasattr(args, k):
+            raise TypeError(f"run_plan() got an unknown option {k!r}")
+        setattr(args, k, v)
+    validate(args)
+    rc, measured, tail = execute(args, quiet=quiet)
+    if rc != 0 or measured is None:
+        raise RunFailed(f"running {plan_path} failed (exit status {rc})\n{tail}")
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m executor.launch", description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser)
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
