@@ -132,41 +132,59 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
 def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, dtype: str,
                     flash: bool = True, constraints: Constraints | None = None,
                     pruned: Counter | None = None) -> Iterator[PlanBatch]:
-    """Yield PlanBatches (up to about CHUNK plans each) covering the legal plan space."""
+    """Yield PlanBatches (about CHUNK plans each) covering the legal plan space.
+
+    Plans are laid out structure by structure (sizes, SP, placement), each followed by all its
+    recompute x ZeRO x schedule variants, so the batches carry their group indices and the cost
+    model never has to discover them.
+    """
     c = constraints or Constraints()
     pruned = pruned if pruned is not None else Counter()
-    n_gpus = cluster.num_gpus
     sched_idx = {s: i for i, s in enumerate(SCHEDULES)}
     rc_opts = [RECOMPUTE.index(r) for r in c.recompute]
-    all_placements: list[tuple[str, ...]] = []
+    placements: list[tuple[str, ...]] = []
     place_index: dict[tuple[str, ...], int] = {}
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in
-                                         ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc",
-                                          "sp", "zero", "placement")}
-    count = 0
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (structure rows, inner rows)
+    inner_cache: dict[tuple, np.ndarray] = {}
+    pending = 0
 
     def flush() -> PlanBatch:
-        nonlocal count
-        arr = {k: np.concatenate(v) for k, v in cols.items()}
-        for v in cols.values():
-            v.clear()
-        count = 0
-        strides = {d: np.zeros(len(arr["tp"]), dtype=np.int64) for d in DIMS}
-        for i, order in enumerate(all_placements):
-            sel = arr["placement"] == i
-            if not sel.any():
-                continue
-            st = strides_for(order, {d: arr[d][sel] for d in DIMS})
-            for d in DIMS:
-                strides[d][sel] = st[d]
-        return PlanBatch(tp=arr["tp"], pp=arr["pp"], dp=arr["dp"], cp=arr["cp"], ep=arr["ep"],
-                         vpp=arr["vpp"], mb=arr["mb"], gb=arr["gb"], sched=arr["sched"], rc=arr["rc"],
-                         sp=arr["sp"].astype(bool), zero=arr["zero"], stride_tp=strides["tp"],
-                         stride_cp=strides["cp"], stride_dp=strides["dp"], stride_pp=strides["pp"],
-                         placement=arr["placement"], dtype=dtype, flash=flash,
-                         placements=tuple(all_placements))
+        nonlocal pending
+        s_rows = [b[0] for b in blocks]
+        reps = [len(b[1]) for b in blocks]
+        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement
+        inner = np.concatenate([np.tile(b[1], (len(b[0]), 1)) for b in blocks])
+        rep = np.repeat(np.arange(len(struct)), np.repeat(reps, [len(r) for r in s_rows]))
+        cols = struct[rep]
+        # timing group: structure x (recompute, ZeRO); the schedule is the innermost variant
+        rz = inner[:, 0] * 4 + inner[:, 1]
+        t_key = rep.astype(np.int64) * 16 + rz
+        change = np.ones(len(t_key), dtype=bool)
+        change[1:] = t_key[1:] != t_key[:-1]
+        t_first = np.flatnonzero(change)
+        t_inv = np.cumsum(change) - 1
+        s_first = np.searchsorted(rep, np.arange(len(struct)))
+        sizes = {"tp": struct[:, 0], "pp": struct[:, 1], "dp": struct[:, 2], "cp": struct[:, 3]}
+        strides = {d: np.zeros(len(struct), dtype=np.int64) for d in DIMS}
+        for i, order in enumerate(placements):
+            sel = struct[:, 8] == i
+            if sel.any():
+                st = strides_for(order, {d: sizes[d][sel] for d in DIMS})
+                for d in DIMS:
+                    strides[d][sel] = st[d]
+        blocks.clear()
+        pending = 0
+        n = len(cols)
+        return PlanBatch(
+            tp=cols[:, 0], pp=cols[:, 1], dp=cols[:, 2], cp=cols[:, 3], ep=cols[:, 4], vpp=cols[:, 5],
+            mb=cols[:, 6], gb=np.full(n, global_batch, dtype=np.int64), sched=inner[:, 2], rc=inner[:, 0],
+            sp=cols[:, 7].astype(bool), zero=inner[:, 1], stride_tp=strides["tp"][rep],
+            stride_cp=strides["cp"][rep], stride_dp=strides["dp"][rep], stride_pp=strides["pp"][rep],
+            placement=cols[:, 8], dtype=dtype, flash=flash, placements=tuple(placements),
+            groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
+        )
 
-    for tp, cp, pp, dp in _size_combos(model, n_gpus, global_batch, c, pruned):
+    for tp, cp, pp, dp in _size_combos(model, cluster.num_gpus, global_batch, c, pruned):
         eps = [1]
         if model.is_moe:
             eps = [e for e in divisors(dp) if model.num_experts % e == 0]
@@ -175,26 +193,22 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                 pruned["ep does not divide num_experts and dp"] += 1
                 continue
             eps = [c.ep]
-        mbs = [b for b in divisors(global_batch // dp)
-               if c.micro_batch is None or b == c.micro_batch]
-        vpps = [1] if pp == 1 else [v for v in divisors(model.num_layers // pp)]
+        mbs = [b for b in divisors(global_batch // dp) if c.micro_batch is None or b == c.micro_batch]
+        vpps = [1] if pp == 1 else divisors(model.num_layers // pp)
         if c.vpp is not None:
             vpps = [v for v in vpps if v == c.vpp]
-        sps = [False]
-        if tp > 1 and (model.seq_len // cp) % tp == 0:
-            sps = [False, True]
+        sps = [False, True] if tp > 1 and (model.seq_len // cp) % tp == 0 else [False]
         if c.sequence_parallel is not None:
             sps = [s for s in sps if s == c.sequence_parallel]
         zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
         if not (mbs and vpps and sps and zeros and rc_opts):
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
-        orders = _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements)
         pidx = []
-        for o in orders:
+        for o in _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements):
             if o not in place_index:
-                place_index[o] = len(all_placements)
-                all_placements.append(o)
+                place_index[o] = len(placements)
+                placements.append(o)
             pidx.append(place_index[o])
         for v in vpps:
             if pp == 1:
@@ -210,18 +224,18 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                     pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
             if not scheds or not mb_ok:
                 continue
-            grid = np.array(np.meshgrid(eps, mb_ok, scheds, rc_opts, sps, zeros, pidx, indexing="ij"),
-                            dtype=np.int64).reshape(7, -1)
-            n = grid.shape[1]
-            for key, val in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp), ("vpp", v),
-                             ("gb", global_batch)):
-                cols[key].append(np.full(n, val, dtype=np.int64))
-            for key, row in zip(("ep", "mb", "sched", "rc", "sp", "zero", "placement"), grid, strict=True):
-                cols[key].append(row)
-            count += n
-            if count >= CHUNK:
+            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl) for e, b, s, pl
+                               in itertools.product(eps, mb_ok, sps, pidx)], dtype=np.int64)
+            key = (tuple(zeros), tuple(scheds))
+            inner = inner_cache.get(key)
+            if inner is None:
+                inner = np.array(list(itertools.product(rc_opts, zeros, scheds)), dtype=np.int64)
+                inner_cache[key] = inner
+            blocks.append((struct, inner))
+            pending += len(struct) * len(inner)
+            if pending >= CHUNK:
                 yield flush()
-    if count:
+    if pending:
         yield flush()
 
 
@@ -283,10 +297,10 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
         obj = _objective(s, cluster, objective)[idx]
         k = min(top_k * 4, len(idx))
         sel = idx[np.argpartition(obj, k - 1)[:k]] if k < len(idx) else idx
-        best.append((_objective(s, cluster, objective)[sel], batch.take(sel), _take_scores(s, sel)))
+        best.append((_objective(s, cluster, objective)[sel], batch.take(sel), s.take(sel)))
         pm = _pareto_mask(s.step_time[idx], s.mem_total[idx])
         pidx = idx[pm]
-        pareto_pool.append((batch.take(pidx), _take_scores(s, pidx)))
+        pareto_pool.append((batch.take(pidx), s.take(pidx)))
         if progress:
             progress(space, fitting)
     if not best:
@@ -297,11 +311,6 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     pareto = _pareto(pareto_pool, cluster, dt)
     return SearchResult(plans=plans, predictions=preds, pareto=pareto, space=space, scored=scored,
                         fitting=fitting, pruned=dict(pruned), seconds=time.perf_counter() - start)
-
-
-def _take_scores(s: Scores, idx: np.ndarray) -> Scores:
-    kw = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in s.__dict__.items()}
-    return Scores(**kw)
 
 
 def _rank(pools: list[tuple[np.ndarray, PlanBatch, Scores]], cluster: ClusterSpec, objective: str,

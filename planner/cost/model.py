@@ -16,8 +16,6 @@ forward) compute of one micro-batch and exposed beyond it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from planner.cost.batch import PlanBatch
@@ -44,33 +42,46 @@ DEFAULT_HEADROOM = 0.05  # fraction of device memory kept free for allocator fra
 GIB = 2**30
 
 
-@dataclass
-class Scores:
-    """Arrays over the plans of a batch: the time breakdown (s), memory breakdown (bytes), FLOPs."""
+TIMING_KEYS = ("step_time", "compute", "exposed", "bubble", "optimizer", "tp_comm", "pp_comm",
+               "dp_comm", "cp_comm", "ep_comm", "model_flops", "hw_flops", "tokens", "layer_fwd",
+               "layer_bwd")
 
-    step_time: Array
-    compute: Array
-    exposed: Array
-    bubble: Array
-    optimizer: Array
-    tp_comm: Array
-    pp_comm: Array
-    dp_comm: Array
-    cp_comm: Array
-    ep_comm: Array
-    mem_weights: Array
-    mem_grads: Array
-    mem_optimizer: Array
-    mem_activations: Array
-    mem_other: Array
-    mem_total: Array
-    mem_limit: float
-    fits: Array
-    model_flops: Array  # per step, whole job
-    hw_flops: Array  # including recomputation
-    tokens: Array  # per step
-    layer_fwd: Array  # one layer, one micro-batch: forward incl. exposed communication
-    layer_bwd: Array  # ... backward incl. recomputation
+
+class Scores:
+    """Arrays over the plans of a batch: the time breakdown (s), memory breakdown (bytes), FLOPs.
+
+    Time terms are stored once per timing group and gathered per plan on first access, so a search
+    that only ranks by step time never materialises the rest.
+
+    Attributes: step_time, compute, exposed, bubble, optimizer, tp_comm, pp_comm, dp_comm, cp_comm,
+    ep_comm (s); mem_weights, mem_grads, mem_optimizer, mem_activations, mem_other, mem_total
+    (bytes); mem_limit; fits; model_flops, hw_flops (per step, whole job); tokens (per step);
+    layer_fwd, layer_bwd (one layer, one micro-batch, incl. exposed communication / recompute).
+    """
+
+    def __init__(self, timing: dict[str, Array], t_inv: Array | None, memory: dict[str, Array],
+                 mem_limit: float) -> None:
+        self._timing = timing
+        self._t_inv = t_inv
+        self.mem_limit = mem_limit
+        for k, v in memory.items():
+            setattr(self, k, v)
+
+    def __getattr__(self, name: str) -> Array:
+        timing = self.__dict__.get("_timing")
+        if timing is None or name not in timing:
+            raise AttributeError(name)
+        inv = self.__dict__["_t_inv"]
+        value = timing[name] if inv is None else timing[name][inv]
+        setattr(self, name, value)
+        return value
+
+    def take(self, idx: Array) -> Scores:
+        """The scores of plans `idx` (gathering only what they need)."""
+        memory = {k: v[idx] for k, v in self.__dict__.items()
+                  if (k.startswith("mem_") and k != "mem_limit") or k == "fits"}
+        inv = idx if self._t_inv is None else self._t_inv[idx]
+        return Scores(self._timing, inv, memory, self.mem_limit)
 
 
 def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
@@ -160,9 +171,10 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     # Embedding / LM head (vocabulary parallel) and the loss's small all-reduces.
     small = collective_time(cluster, "all_reduce", tokens * 4.0, batch.tp, batch.stride_tp)
     head_w = _pad(post.col_gemm, 1, t)[0]
-    pre_t = pre.fwd + pre.bwd + np.where(sp, rs, ar)
-    post_t = post.fwd + post.bwd + np.where(sp, ag, 0.0) + 3 * small \
-        + np.where(sp, hide(rs, head_w), hide(ar, head_w))
+    pre_f = pre.fwd + np.where(sp, rs, ar)
+    pre_b = pre.bwd
+    post_f = post.fwd + np.where(sp, ag, 0.0) + 3 * small
+    post_b = post.bwd + np.where(sp, hide(rs, head_w), hide(ar, head_w))
 
     # Pipeline p2p: each TP rank sends 1/t of the activation (Narayanan et al. 2021, Sec. 4.1) and,
     # without SP, the receiver re-gathers it over TP.
@@ -201,7 +213,8 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
         "lay_fwd": lay.fwd, "lay_bwd": lay.bwd, "attn_fwd": lay.attn_fwd,
         "tp_fwd": tp_fwd, "tp_bwd": tp_bwd, "tp_bwd_total": tp_bwd_total,
         "ep": 2 * a2a, "cp_fwd": cp_fwd, "cp_bwd": cp_bwd, "cp_total": 3 * cp_ring,
-        "pre_t": pre_t, "post_t": post_t, "pre_compute": pre.fwd + pre.bwd,
+        "pre_f": pre_f, "pre_b": pre_b, "post_f": post_f, "post_b": post_b,
+        "pre_t": pre_f + pre_b, "post_t": post_f + post_b, "pre_compute": pre.fwd + pre.bwd,
         "post_compute": post.fwd + post.bwd, "p2p": p2p,
         "dense_first": ps_first.dense, "dense_last": ps_last.dense, "expert": expert,
         "layer_params": one_layer.dense + one_layer.expert,
@@ -284,6 +297,8 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
     has_dp = st["g_dp"] > 1
     dp_total = np.where(has_dp, dp_total, 0.0)
     dp_exposed = np.where(has_dp, dp_exposed, 0.0)
+    dp_bwd_comm = np.where(has_dp, np.select([zero == 0, zero == 1], [ar, rs], 0.0), 0.0)
+    dp_exposed_fwd = np.where(has_dp & (zero == 1), hide(ag, fwd_w), 0.0)
 
     # Tied embeddings under pipelining: first and last stage all-reduce the embedding gradient.
     if model.tied_embeddings:
@@ -316,6 +331,7 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
         "pp_comm": m * p2p_mb, "dp_comm": dp_total + emb, "cp_comm": m * lp * st["cp_total"],
         "ep_comm": m * lp * 2 * st["ep"], "model_flops": model_flops, "hw_flops": model_flops + extra,
         "tokens": seqs * s_len, "layer_fwd": layer_f, "layer_bwd": layer_b,
+        "emb": emb, "dp_exposed": dp_exposed, "dp_bwd_comm": dp_bwd_comm, "dp_exposed_fwd": dp_exposed_fwd,
     }
 
 
@@ -363,16 +379,10 @@ def _plan_terms(model: ModelSpec, cluster: ClusterSpec, lg: object, batch: PlanB
     mem = [np.where(use_first, a, b) for a, b in zip(mf, ml, strict=True)]
     mem_total = np.maximum(tot_f, tot_l)
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
-    tt = {k: v[t_inv] for k, v in timing.items()}
-    return Scores(
-        step_time=tt["step_time"], compute=tt["compute"], exposed=tt["exposed"], bubble=tt["bubble"],
-        optimizer=tt["optimizer"], tp_comm=tt["tp_comm"], pp_comm=tt["pp_comm"], dp_comm=tt["dp_comm"],
-        cp_comm=tt["cp_comm"], ep_comm=tt["ep_comm"],
-        mem_weights=mem[0], mem_grads=mem[1], mem_optimizer=mem[2], mem_activations=mem[3],
-        mem_other=mem[4], mem_total=mem_total, mem_limit=limit, fits=mem_total <= limit,
-        model_flops=tt["model_flops"], hw_flops=tt["hw_flops"], tokens=tt["tokens"],
-        layer_fwd=tt["layer_fwd"], layer_bwd=tt["layer_bwd"],
-    )
+    memory = {"mem_weights": mem[0], "mem_grads": mem[1], "mem_optimizer": mem[2],
+              "mem_activations": mem[3], "mem_other": mem[4], "mem_total": mem_total,
+              "fits": mem_total <= limit}
+    return Scores(timing, t_inv, memory, limit)
 
 
 def prediction(scores: Scores, i: int, cluster: ClusterSpec, dtype: str) -> dict:

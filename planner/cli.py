@@ -1,0 +1,423 @@
+"""The `planner` command line (contract: subcommands, flags, exit status 0 / 2 bad input / 1 failure)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from planner.cost import DEFAULT_HEADROOM, estimate
+from planner.errors import PlannerError
+from planner.graph import build_graph
+from planner.io import dumps
+from planner.plan import DEFAULT_PLACEMENT, RECOMPUTE, SCHEDULES, Plan, PlanDocument, load_plan, save_plan
+from planner.report import explain, plans_table, seconds, table
+from planner.specs.catalog import (
+    cluster_names,
+    cluster_preset,
+    load_cluster,
+    load_model,
+    model_catalog,
+    model_preset,
+)
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v > 1 << 40:
+        raise argparse.ArgumentTypeError(f"{text} is beyond any real cluster")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < v < 1e12:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _placement(text: str) -> tuple[str, ...]:
+    dims = tuple(d.strip() for d in text.split(","))
+    if sorted(dims) != sorted(DEFAULT_PLACEMENT):
+        raise argparse.ArgumentTypeError(f"expected an ordering of tp,cp,dp,pp, got {text!r}")
+    return dims
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(dumps(obj) + "\n")
+
+
+def _problem(args: argparse.Namespace) -> tuple[ModelSpec, ClusterSpec]:
+    model = load_model(args.model, seq_len=args.seq_len)
+    cluster = load_cluster(args.cluster, gpus=args.gpus)
+    return model, cluster
+
+
+def _dtype(args: argparse.Namespace, model: ModelSpec, cluster: ClusterSpec) -> str:
+    if args.dtype:
+        return args.dtype
+    return "fp32" if cluster.device == "cpu" else model.dtype
+
+
+# ---- plan -----------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from planner.search import Constraints, search
+    from planner.simulate import simulate_plan
+
+    model, cluster = _problem(args)
+    cons = Constraints(
+        tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
+        micro_batch=args.micro_batch,
+        recompute=tuple(args.recompute) if args.recompute else RECOMPUTE,
+        sequence_parallel=args.sequence_parallel,
+        zero_stages=tuple(args.zero) if args.zero is not None else (0, 1, 2, 3),
+        max_memory_gib=args.max_memory_gib, placements=not args.no_placement_search,
+    )
+    progress = _progress_printer() if sys.stderr.isatty() else None
+    result = search(model, cluster, args.global_batch, dtype=_dtype(args, model, cluster),
+                    flash=not args.no_flash_attention, constraints=cons, objective=args.objective,
+                    top_k=max(args.top, args.simulate_top), headroom=args.headroom, progress=progress)
+    if progress:
+        sys.stderr.write("\r" + " " * 70 + "\r")
+    rate = result.scored / max(result.seconds, 1e-9)
+    print(f"searched {result.space:,} plans in {result.seconds:.2f} s ({rate:,.0f} plans/s); "
+          f"{result.fitting:,} fit in memory", file=sys.stderr)
+
+    plans, preds = result.plans, result.predictions
+    sims: list[dict | None] = [None] * len(plans)
+    if args.simulate_top > 0:
+        k = min(args.simulate_top, len(plans))
+        sims = [simulate_plan(model, cluster, p).summary() for p in plans[:k]] + [None] * (len(plans) - k)
+        if args.objective == "time":
+            order = sorted(range(k), key=lambda i: (sims[i]["step_time_s"], i)) + list(range(k, len(plans)))
+            plans = [plans[i] for i in order]
+            preds = [preds[i] for i in order]
+            sims = [sims[i] for i in order]
+    plans, preds, sims = plans[:args.top], preds[:args.top], sims[:args.top]
+    docs = []
+    for p, pr, sim in zip(plans, preds, sims, strict=True):
+        doc = PlanDocument(plan=p, model=model, cluster=cluster, prediction=pr)
+        if sim is not None:
+            doc.extra["simulation"] = sim
+        docs.append(doc)
+    if args.out:
+        save_plan(args.out, docs[0])
+        print(f"wrote the best plan to {args.out}", file=sys.stderr)
+    if args.json:
+        _emit_json([d.to_json() for d in docs])
+        return 0
+    print(f"{model.name} on {cluster.num_gpus} x {cluster.gpu.name} ({cluster.name}), global batch "
+          f"{args.global_batch} x seq {model.seq_len}, objective: {args.objective}")
+    print(plans_table(plans, preds, sims if args.simulate_top else None))
+    if args.pareto:
+        print("\nPareto front (step time vs memory per GPU):")
+        pf = result.pareto
+        print(table(["plan", "step s", "mem GiB"],
+                    [[p.describe(), pr["step_time_s"], pr["memory_gib_per_gpu"]] for p, pr in pf]))
+    if result.pruned:
+        print("\npruned: " + "; ".join(f"{k}: {v:,}" for k, v in
+                                       sorted(result.pruned.items(), key=lambda kv: -kv[1])))
+    return 0
+
+
+def _progress_printer() -> Callable[[int, int], None]:
+    start = time.perf_counter()
+
+    def show(scored: int, fitting: int) -> None:
+        if time.perf_counter() - start > 1.0:
+            sys.stderr.write(f"\rsearching: {scored:,} plans scored, {fitting:,} fit...")
+            sys.stderr.flush()
+
+    return show
+
+
+# ---- estimate -------------------------------------------------------------------------------
+
+
+def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterSpec) -> Plan:
+    n = cluster.num_gpus
+    tp, pp, cp = args.tp or 1, args.pp or 1, args.cp or 1
+    dp = args.dp
+    if dp is None:
+        if n % (tp * pp * cp):
+            raise PlannerError(f"tp*pp*cp = {tp * pp * cp} does not divide the {n} GPUs", field="dp")
+        dp = n // (tp * pp * cp)
+    vpp = args.vpp or 1
+    schedule = args.schedule or ("interleaved-1f1b" if vpp > 1 else "1f1b")
+    recompute = args.recompute[0] if args.recompute else "none"
+    zero = args.zero[0] if args.zero else 0
+    return Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=args.ep or 1, vpp=vpp, micro_batch=args.micro_batch or 1,
+                global_batch=args.global_batch, schedule=schedule, recompute=recompute,
+                sequence_parallel=bool(args.sequence_parallel), zero_stage=zero,
+                dtype=_dtype(args, model, cluster), placement=args.placement or DEFAULT_PLACEMENT,
+                flash_attention=not args.no_flash_attention)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    model, cluster = _problem(args)
+    plan = plan_from_args(args, model, cluster)
+    pred = estimate(model, cluster, plan, headroom=args.headroom)
+    doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=pred)
+    if args.out:
+        save_plan(args.out, doc)
+    if args.json:
+        _emit_json(pred)
+    else:
+        print(explain(doc.to_json()))
+    return 0
+
+
+# ---- explain / simulate ---------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    doc = load_plan(args.plan)
+    if doc.prediction is None:
+        doc.prediction = estimate(doc.model, doc.cluster, doc.plan)
+    out = doc.to_json()
+    if args.json:
+        _emit_json(out)
+    else:
+        print(explain(out))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from planner.simulate import simulate_plan
+
+    doc = load_plan(args.plan)
+    sim = simulate_plan(doc.model, doc.cluster, doc.plan)
+    closed = estimate(doc.model, doc.cluster, doc.plan)
+    if args.json:
+        _emit_json({**sim.summary(), "closed_form_step_time_s": closed["step_time_s"]})
+        return 0
+    print(f"{doc.plan.describe()}: simulated step {seconds(sim.step_time_s)} "
+          f"(pipeline {seconds(sim.pipeline_s)}; closed form {seconds(closed['step_time_s'])})")
+    rows = [[s["rank"], ",".join(map(str, s["virtual_stages"])), s["busy_s"], s["idle_s"],
+             f"{s['idle_s'] / max(sim.pipeline_s, 1e-12) * 100:.1f}%"] for s in sim.per_stage]
+    print(table(["pp rank", "virtual stages", "busy s", "idle s", "idle"], rows))
+    return 0
+
+
+# ---- catalogs -------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = []
+    for name in model_catalog():
+        m = model_preset(name)
+        g = build_graph(m)
+        rows.append({"name": name, "params": g.total_params, "active_params": g.active_params,
+                     "num_layers": m.num_layers, "hidden": m.hidden, "num_heads": m.num_heads,
+                     "num_kv_heads": m.num_kv_heads, "ffn_hidden": m.ffn_hidden, "vocab_size": m.vocab_size,
+                     "seq_len": m.seq_len, "num_experts": m.num_experts, "source": m.source})
+    if args.json:
+        _emit_json(rows)
+        return 0
+    print(table(["name", "params", "layers", "hidden", "heads", "kv", "ffn", "vocab", "seq"],
+                [[r["name"], f"{r['params'] / 1e9:.3g}B" + (f" ({r['active_params'] / 1e9:.3g}B active)"
+                                                            if r["num_experts"] else ""),
+                  r["num_layers"], r["hidden"], r["num_heads"], r["num_kv_heads"], r["ffn_hidden"],
+                  r["vocab_size"], r["seq_len"]] for r in rows], align="lrrrrrrrr"))
+    return 0
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    rows = []
+    for name in cluster_names():
+        c = cluster_preset(name)
+        rows.append({"name": name, "gpu": c.gpu.name, "gpus_per_node": c.gpus_per_node,
+                     "peak_tflops": {k: v / 1e12 for k, v in c.gpu.peak_flops.items()},
+                     "memory_gib": c.gpu.memory_bytes / 2**30,
+                     "memory_bandwidth_gbs": c.gpu.memory_bandwidth / 1e9,
+                     "intra_node_gbs": c.intra_node.bandwidth / 1e9,
+                     "inter_node_gbs": c.inter_node.bandwidth / 1e9, "device": c.device, "source": c.source})
+    if args.json:
+        _emit_json(rows)
+        return 0
+    print(table(["name", "gpu", "per node", "bf16 TFLOP/s", "mem GiB", "HBM GB/s", "intra GB/s", "inter GB/s"],
+                [[r["name"], r["gpu"], r["gpus_per_node"] if r["device"] == "cuda" else "host cores",
+                  r["peak_tflops"].get("bf16", 0.0), r["memory_gib"], r["memory_bandwidth_gbs"],
+                  r["intra_node_gbs"], r["inter_node_gbs"]] for r in rows], align="llrrrrrr"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    model = load_model(args.model, seq_len=args.seq_len)
+    g = build_graph(model)
+    s = model.seq_len
+    ops = [{"op": op.name, "kind": op.kind, "tp": op.tp, "params": op.params,
+            "forward_flops_per_token": op.flops + op.flops_s * s,
+            "saved_bytes_per_token": op.saved + op.saved_s * s} for op in g.layer_ops]
+    info = {**model.to_dict(), "params": g.total_params, "active_params": g.active_params,
+            "layer_params": g.layer_params, "forward_flops_per_token": g.forward_flops(1, s) / s,
+            "layer_ops": ops}
+    if args.json:
+        _emit_json(info)
+        return 0
+    print(f"{model.name}: {g.total_params:,} parameters ({g.active_params:,} active per token), "
+          f"{g.forward_flops(1, s) / s / 1e9:.3f} GFLOP forward per token at seq {s}")
+    fields = model.to_dict()
+    print("  " + ", ".join(f"{k}={v}" for k, v in fields.items() if k not in ("source", "name")))
+    print(f"  source: {model.source}")
+    print(f"\nper layer (x{model.num_layers}):")
+    print(table(["op", "kind", "tp", "params", "fwd FLOP/token", "saved B/token"],
+                [[o["op"], o["kind"], o["tp"], o["params"], o["forward_flops_per_token"],
+                  o["saved_bytes_per_token"]] for o in ops], align="lllrrr"))
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def _add_problem(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset name, ModelSpec JSON or Hugging Face config.json")
+    p.add_argument("--cluster", required=True, help="preset name or cluster profile JSON")
+    p.add_argument("--gpus", type=_positive_int, required=True, help="total GPUs (ranks)")
+    p.add_argument("--global-batch", type=_positive_int, required=True, help="sequences per step")
+    p.add_argument("--seq-len", type=_positive_int, help="sequence length (default: the model's)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
+                   help="training precision (default: the model's; fp32 on CPU clusters)")
+    p.add_argument("--no-flash-attention", action="store_true",
+                   help="unfused attention that stores the s^2 softmax (Megatron-LM 2022)")
+    p.add_argument("--headroom", type=_fraction, default=DEFAULT_HEADROOM,
+                   help=f"fraction of device memory kept free (default {DEFAULT_HEADROOM})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
+    what = "fix" if search else "set"
+    for flag in ("tp", "pp", "dp", "cp", "ep", "vpp"):
+        p.add_argument(f"--{flag}", type=_positive_int, help=f"{what} the {flag} degree")
+    p.add_argument("--micro-batch", type=_positive_int, help=f"{what} the micro-batch size")
+    if search:
+        p.add_argument("--recompute", nargs="+", choices=RECOMPUTE, help="allowed recompute modes")
+        p.add_argument("--zero", nargs="+", type=int, choices=(0, 1, 2, 3), help="allowed ZeRO stages")
+        p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                       help="fix sequence parallelism on or off")
+    else:
+        p.add_argument("--recompute", nargs=1, choices=RECOMPUTE, help="recompute mode (default none)")
+        p.add_argument("--zero", nargs=1, type=int, choices=(0, 1, 2, 3), help="ZeRO stage (default 0)")
+        p.add_argument("--sequence-parallel", action="store_true", help="turn on sequence parallelism")
+        p.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule")
+        p.add_argument("--placement", type=_placement,
+                       help="rank order, innermost first (default tp,cp,dp,pp)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="planner", description="Plan, predict and run parallel Transformer training.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("plan", help="search the plan space and print / write the best plans")
+    _add_problem(p)
+    _add_sizes(p, search=True)
+    p.add_argument("--top", type=_positive_int, default=10, help="plans to show (default 10)")
+    p.add_argument("--out", help="write the best plan (one JSON object) to this file")
+    p.add_argument("--objective", choices=("time", "throughput", "cost"), default="time")
+    p.add_argument("--max-memory-gib", type=_positive_float, help="memory cap per GPU")
+    p.add_argument("--simulate-top", type=int, default=32,
+                   help="re-rank this many best plans with the step simulation (0: off; default 32)")
+    p.add_argument("--no-placement-search", action="store_true", help="keep ranks in tp,cp,dp,pp order")
+    p.add_argument("--pareto", action="store_true", help="also print the time/memory Pareto front")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("estimate", help="score one fixed plan")
+    _add_problem(p)
+    _add_sizes(p, search=False)
+    p.add_argument("--out", help="also write the plan document to this file")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("explain", help="explain a plan file's prediction")
+    p.add_argument("plan")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("simulate", help="discrete-event simulation of one step of a plan")
+    p.add_argument("plan")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("models", help="list model presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("clusters", help="list cluster presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clusters)
+
+    p = sub.add_parser("inspect", help="show one model: fields, parameters, per-layer FLOPs and bytes")
+    p.add_argument("model")
+    p.add_argument("--seq-len", type=_positive_int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Commands whose implementation lives in other modules (imported lazily)."""
+    try:
+        from executor.launch import add_run_arguments, run_command
+    except ImportError:  # pragma: no cover - executor always ships with the planner
+        return
+    p = sub.add_parser("run", help="execute a plan with torchrun and compare with its prediction")
+    add_run_arguments(p)
+    p.set_defaults(func=run_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PlannerError as exc:
+        print(f"planner: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("planner: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # an internal failure: one line unless debugging
+        if os.environ.get("PLANNER_DEBUG"):
+            raise
+        print(f"planner: internal error: {type(exc).__name__}: {exc} (set PLANNER_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

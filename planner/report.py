@@ -1,0 +1,133 @@
+"""Human-readable tables and breakdowns for the CLI (plain text, no dependencies)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from planner.plan import Plan
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A plain fixed-width table; `align` is a string of 'l'/'r' per column (default: text left)."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
+    if align is None:
+        align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l"
+                        for i in range(len(headers)))
+
+    def line(vals: Sequence[str]) -> str:
+        out = []
+        for v, w, a in zip(vals, widths, align, strict=True):
+            out.append(v.rjust(w) if a == "r" else v.ljust(w))
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.1f}"
+        if abs(v) >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def plans_table(plans: Sequence[Plan], preds: Sequence[dict], sims: Sequence[dict | None] | None = None) -> str:
+    headers = ["#", "plan", "step s", "tok/s/GPU", "MFU", "mem GiB", "bubble", "exposed comm"]
+    if sims is not None:
+        headers.insert(3, "simulated s")
+    rows = []
+    for i, (p, pr) in enumerate(zip(plans, preds, strict=True)):
+        t = pr["time"]
+        row: list[Any] = [i + 1, p.describe() + _placement_note(p), pr["step_time_s"],
+                          pr["tokens_per_s_per_gpu"], f"{pr['mfu'] * 100:.1f}%",
+                          pr["memory_gib_per_gpu"], f"{t['bubble'] / pr['step_time_s'] * 100:.1f}%",
+                          f"{t['exposed'] / pr['step_time_s'] * 100:.1f}%"]
+        if sims is not None:
+            sim = sims[i]
+            row.insert(3, sim["step_time_s"] if sim else "-")
+        rows.append(row)
+    return table(headers, rows)
+
+
+def _placement_note(p: Plan) -> str:
+    if p.placement == ("tp", "cp", "dp", "pp"):
+        return ""
+    return " [" + ">".join(p.placement) + "]"
+
+
+def explain(doc: dict[str, Any]) -> str:
+    """The breakdown of a plan document: sizes, time and memory components, and the formulas."""
+    m, c, pr = doc["model"], doc["cluster"], doc.get("prediction")
+    lines = [
+        f"model    {m['name']}: {m['num_layers']} layers, hidden {m['hidden']}, {m['num_heads']} heads "
+        f"({m.get('num_kv_heads', m['num_heads'])} kv), ffn {m['ffn_hidden']}, vocab {m['vocab_size']}, "
+        f"seq {m['seq_len']}",
+        f"cluster  {c['name']}: {doc['num_gpus']} x {c['gpu']['name'] if isinstance(c['gpu'], dict) else c['gpu']}"
+        f" ({c['gpus_per_node']} per node, {c['num_nodes']} nodes)",
+        f"plan     tp {doc['tp']} x cp {doc['cp']} x dp {doc['dp']} x pp {doc['pp']} (ep {doc['ep']}, "
+        f"vpp {doc['vpp']}), micro-batch {doc['micro_batch']}, global batch {doc['global_batch']} "
+        f"({doc['grad_accum']} micro-batches per step), schedule {doc['schedule']}, recompute "
+        f"{doc['recompute']}, sequence parallel {'on' if doc['sequence_parallel'] else 'off'}, ZeRO "
+        f"{doc['zero_stage']}, {doc['dtype']}, placement {' > '.join(doc['placement'])} (innermost first)",
+    ]
+    if pr is None:
+        return "\n".join([*lines, "(no prediction in this file: run `planner estimate` to add one)"])
+    t, mem = pr["time"], pr["memory"]
+    step = pr["step_time_s"]
+    lines += [
+        "",
+        f"step time {seconds(step)}   {pr['tokens_per_s']:,.0f} tokens/s   "
+        f"{pr['tflops_per_gpu']:.1f} model TFLOP/s/GPU (MFU {pr['mfu'] * 100:.1f}%)   "
+        f"{pr['hw_tflops_per_gpu']:.1f} hardware TFLOP/s/GPU",
+        "",
+        "time (critical pipeline stage, whole step)",
+        table(["component", "seconds", "share", "meaning"], [
+            ["compute", t["compute"], f"{t['compute'] / step * 100:.1f}%",
+             "forward + backward (+ recompute) of every micro-batch"],
+            ["exposed comm", t["exposed"], f"{t['exposed'] / step * 100:.1f}%",
+             "communication not hidden behind compute"],
+            ["bubble", t["bubble"], f"{t['bubble'] / step * 100:.1f}%",
+             "pipeline fill and drain: (p-1)/(v m) of the stage time"],
+            ["optimizer", t.get("optimizer", 0.0), f"{t.get('optimizer', 0.0) / step * 100:.1f}%",
+             "AdamW step, memory bound"],
+        ], align="lrrl"),
+        "",
+        "communication (total time of each kind, hidden or not)",
+        table(["kind", "seconds", "what"], [
+            ["tp_comm", t["tp_comm"], "all-reduce / all-gather + reduce-scatter, 2 per layer each way"],
+            ["pp_comm", t["pp_comm"], "activations and gradients between stages"],
+            ["dp_comm", t["dp_comm"], "gradient reduction (and parameter gathers for ZeRO)"],
+            ["cp_comm", t["cp_comm"], "ring exchange of keys and values"],
+            ["ep_comm", t["ep_comm"], "all-to-all token dispatch and combine"],
+        ], align="lrl"),
+        "",
+        f"memory per GPU {pr['memory_gib_per_gpu']:.2f} GiB of {pr.get('memory_limit_gib', 0):.2f} GiB usable "
+        f"-> {'fits' if pr['fits'] else 'DOES NOT FIT'}",
+        table(["kind", "GiB"], [[k, v] for k, v in mem.items()], align="lr"),
+    ]
+    sim = doc.get("simulation")
+    if sim:
+        lines += ["", f"discrete-event simulation: step {seconds(sim['step_time_s'])} "
+                  f"(closed form {seconds(step)})"]
+    return "\n".join(lines)
