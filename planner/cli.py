@@ -231,6 +231,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- validate -------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if args.published:
+        return _validate_published(args)
+    from planner.validate import run_validation
+
+    return run_validation(args)
+
+
+def _validate_published(args: argparse.Namespace) -> int:
+    from planner.published import published_rows, summarize
+
+    rows = published_rows()
+    summary = summarize(rows)
+    if args.json:
+        _emit_json({"cluster": "dgx-a100-80gb", "rows": [r.to_json() for r in rows], "summary": summary})
+        return 0
+    print("Predicted vs published (Korthikanti et al. 2022, Megatron-LM on DGX A100 80GB)")
+    print(table(["row", "metric", "published", "predicted", "error", "fit"],
+                [[r.name, r.metric, r.published, r.predicted, f"{r.error * 100:+.1f}%",
+                  "fit" if r.fit else ""] for r in rows], align="llrrrl"))
+    print()
+    print(table(["metric", "rows", "MAPE", "worst", "worst row", "used for fit"],
+                [[k, v["n_rows"], f"{v['mape'] * 100:.1f}%", f"{v['worst'] * 100:.1f}%", v["worst_row"],
+                  v["used_for_fit"]] for k, v in summary.items()], align="lrrrlr"))
+    return 0
+
+
 # ---- catalogs -------------------------------------------------------------------------------
 
 
@@ -382,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("validate", help="predicted vs measured: local runs, or --published measurements")
+    p.add_argument("--published", action="store_true",
+                   help="predict the shipped published Megatron-LM measurements instead of running plans")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_validate)
 
     _add_optional_commands(sub)
     return parser
