@@ -20,6 +20,7 @@ from planner.cost import estimate, evaluate
 from planner.cost.batch import batch_from_plans
 from planner.plan import Plan
 from planner.specs.catalog import load_cluster
+from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
 CLUSTER = "dgx-a100-80gb"
@@ -85,9 +86,10 @@ MODES = {  # Figure 7 / Figure 1 labels -> (recompute, sequence parallel)
 }
 
 
-def published_rows() -> list[Row]:
-    """Predict every shipped published value."""
-    base = load_cluster(CLUSTER)
+def published_rows(cluster: ClusterSpec | None = None,
+                   sources: tuple[str, ...] = ("table5", "table4", "figure1", "figure7")) -> list[Row]:
+    """Predict every shipped published value (optionally on another cluster / a subset of sources)."""
+    base = cluster or load_cluster(CLUSTER)
     configs = [r for r in _csv("korthikanti_2022.csv") if r["iter_time_s_full_recompute"]]
     models = {r["model"]: _model(r["model"], int(r["attention_heads"]), int(r["hidden_size"]),
                                  int(r["num_layers"]), int(r["vocab_size"]), int(r["seq_len"]))
@@ -95,7 +97,7 @@ def published_rows() -> list[Row]:
     rows: list[Row] = []
 
     # Table 5: iteration time, full recompute vs selective + sequence parallel.
-    for r in configs:
+    for r in configs if "table5" in sources else []:
         model = models[r["model"]]
         cluster = base.with_gpus(int(r["num_gpus"]))
         for label, rc, sp, key in (("full recompute", "full", False, "iter_time_s_full_recompute"),
@@ -108,7 +110,7 @@ def published_rows() -> list[Row]:
     # Table 4: one 22B layer, forward and backward, per micro-batch.
     m22 = models["22B"]
     c22 = base.with_gpus(8)
-    for r in _csv("korthikanti_2022_table4_layer_times.csv"):
+    for r in _csv("korthikanti_2022_table4_layer_times.csv") if "table4" in sources else []:
         exp = r["experiment"].lower()
         rc = "full" if "full" in exp else ("selective" if "selective" in exp else "none")
         sp = "sequence" in exp
@@ -126,6 +128,8 @@ def published_rows() -> list[Row]:
     baseline: dict[str, float] = {}
     mem_rows = _csv("korthikanti_2022_memory.csv")
     for r in mem_rows:
+        if ("figure1" if "relative" not in r["quantity"] else "figure7") not in sources:
+            continue
         cfg = by_name[r["model"]]
         rc, sp = MODES[r["mode"]]
         pred = estimate(models[r["model"]], base.with_gpus(int(cfg["num_gpus"])), _plan(cfg, rc, sp))
