@@ -424,7 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: Any) -> None:
-    """Commands whose implementation lives in other modules (imported lazily)."""
+    """Commands whose implementation lives in other modules (each exposes `register(sub)`)."""
+    import importlib
+
+    for name in ("planner.export", "planner.trace"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
     try:
         from executor.launch import add_run_arguments, run_command
     except ImportError:  # pragma: no cover - executor always ships with the planner
