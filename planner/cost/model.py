@@ -326,7 +326,10 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
     model_flops = 3.0 * fwd_per_seq * seqs
     extra = np.select([rc == 2, rc == 1], [layer_fwd_seq, attn_fwd_seq], 0.0) * model.num_layers * seqs
     return {
-        "step_time": step, "compute": compute, "exposed": step - compute - bubble - optimizer,
+        # exposed is >= 0 by construction (t_max >= the critical stage's compute); clamp the rounding
+        # residue (-1e-18 s) so predictions satisfy the schema's seconds >= 0.
+        "step_time": step, "compute": compute,
+        "exposed": np.maximum(step - compute - bubble - optimizer, 0.0),
         "bubble": bubble, "optimizer": optimizer, "tp_comm": m * lp * layer_tp_total,
         "pp_comm": m * p2p_mb, "dp_comm": dp_total + emb, "cp_comm": m * lp * st["cp_total"],
         "ep_comm": m * lp * 2 * st["ep"], "model_flops": model_flops, "hw_flops": model_flops + extra,
