@@ -48,13 +48,18 @@ def describe_dp(zero_stage: int, tp: int, pp: int, dp: int) -> str:
 
 
 def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, pp: int, device: torch.device,
-             param_dtype: torch.dtype | None = None) -> nn.Module:
+             param_dtype: torch.dtype | None = None, ignored: list[str] | None = None) -> nn.Module:
     """Wrap `model` (a whole model or a stage) for data parallelism over `mesh`; returns the module
-    to call (a DDP wrapper, or `model` itself for the composable APIs)."""
+    to call (a DDP wrapper, or `model` itself for the composable APIs). Parameters named in `ignored`
+    (expert weights under expert parallelism) are left alone: their gradients are averaged elsewhere."""
     kind = dp_kind(zero_stage, tp, pp)
+    named = dict(model.named_parameters())
+    skip = {named[n] for n in ignored or ()}
     if kind == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        if ignored:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(ignored))
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, process_group=mesh.get_group(), device_ids=ids)
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -65,15 +70,15 @@ def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, pp:
         from torch.distributed._composable.replicate_with_fsdp import replicate
 
         for block in model.layers.values():
-            replicate(block, mesh=mesh, mp_policy=mp)
-        replicate(model, mesh=mesh, mp_policy=mp)
+            replicate(block, mesh=mesh, mp_policy=mp, ignored_params=skip)
+        replicate(model, mesh=mesh, mp_policy=mp, ignored_params=skip)
         return model
     from torch.distributed.fsdp import fully_shard
 
     reshard = zero_stage == 3
     for block in model.layers.values():
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, ignored_params=skip)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, ignored_params=skip)
     return model
 
 

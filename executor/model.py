@@ -403,11 +403,12 @@ def init_weights(model: nn.Module, spec: ModelSpec, seed: int) -> None:
     for name, p in model.named_parameters():
         full = _init_value(spec, canonical_name(spec, name), p.shape, seed)
         if isinstance(p, DTensor):
+            target = p.to_local()
             # src_data_rank=None: every rank slices its own shard, no communication.
-            local = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
-            p.to_local().copy_(local)
+            shard = distribute_tensor(full.to(target.device), p.device_mesh, p.placements, src_data_rank=None)
+            target.copy_(shard.to_local())
         else:
-            p.copy_(full)
+            p.copy_(full)  # copy_ moves the CPU value to the parameter's device
 
 
 def build_model(spec: ModelSpec, flash_attention: bool = True, seed: int = 0,

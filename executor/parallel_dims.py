@@ -74,9 +74,9 @@ class ParallelDims:
         if self.cp > 1:
             raise UnsupportedPlan(f"context parallelism (cp={self.cp}) is not supported by the executor yet",
                                   field="cp")
-        if self.ep > 1:
-            raise UnsupportedPlan(f"expert parallelism (ep={self.ep}) is not supported by the executor yet; "
-                                  "MoE models run with ep=1 (experts replicated, or split by tp)", field="ep")
+        if self.ep > 1 and self.tp > 1:
+            raise UnsupportedPlan(f"expert parallelism (ep={self.ep}) together with tensor parallelism "
+                                  f"(tp={self.tp}) is not supported by the executor yet", field="ep")
 
     def build_mesh(self, device_type: str):  # -> DeviceMesh (import kept local: torch.distributed)
         """The world mesh with named dimensions; slice it with mesh["tp"], mesh["dp"], ..."""

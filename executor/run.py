@@ -254,6 +254,8 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any]:
         },
         "executor": {
             "data_parallel": trainer.dp_description,
+            "expert_parallel": (f"ep{dims.ep}: {doc.model.num_experts // dims.ep} experts per rank, "
+                                "all-to-all dispatch") if dims.ep > 1 else "none",
             "precision": "bf16 autocast" if trainer.amp is not None else "fp32",
             "optimizer": args.optimizer, "lr": args.lr, "seed": args.seed,
             "data": str(Path(args.data).resolve()) if args.data else "synthetic",

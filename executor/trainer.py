@@ -18,6 +18,13 @@ from torch import nn
 
 from executor.activation_checkpoint import apply_ac
 from executor.data_parallel import apply_dp, describe_dp, dp_kind, set_grad_sync
+from executor.expert_parallel import (
+    ExpertGradSync,
+    apply_ep,
+    build_ep_mesh,
+    expert_param_names,
+    expert_params,
+)
 from executor.model import Transformer, init_weights
 from executor.parallel_dims import ParallelDims
 from executor.pipeline_parallel import TiedEmbeddingSync, build_schedule, split_stage, stage_indices
@@ -81,19 +88,29 @@ class Trainer:
         self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp) if dims.dp > 1 else "none"
         self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, dims.dp)
 
+        self.expert_params: list[nn.Parameter] = []
+        self.expert_sync: ExpertGradSync | None = None
+        if dims.ep > 1:
+            ep_mesh = build_ep_mesh(dims, device.type)
+            self.expert_sync = ExpertGradSync(ep_mesh, dims.dp)
         self.modules: list[nn.Module] = []
         for part in self.parts:
             if dims.tp > 1:
                 apply_tp(part, mesh["tp"], plan.sequence_parallel)
+            if dims.ep > 1:
+                apply_ep(part, ep_mesh["ep"])
             apply_ac(part, plan.recompute)
             part.to_empty(device=device)
             part.tie_weights()
             init_weights(part, spec, options.seed)
             if dims.dp > 1:
+                ignored = expert_param_names(part) if dims.ep > 1 else []
                 self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, dims.pp, device,
-                                             self.amp))
+                                             self.amp, ignored=ignored))
             else:
                 self.modules.append(part)
+        if dims.ep > 1:
+            self.expert_params = [p for part in self.parts for p in expert_params(part)]
 
         self.is_first = 0 in self.stage_ids
         self.is_last = (self.num_stages - 1) in self.stage_ids
@@ -111,7 +128,7 @@ class Trainer:
                     self.tied_weights.append(part.embed.tok.weight)
                 if part.lm_head is not None:
                     self.tied_weights.append(part.lm_head.weight)
-        self.optimizer = self._make_optimizer()
+        self.optimizers = self._make_optimizers()
         self.grads_bytes = 0
 
     # ---- construction helpers ------------------------------------------------------------------
@@ -123,7 +140,9 @@ class Trainer:
                 seen.setdefault(id(p), p)
         return list(seen.values())
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimizer, or (ZeRO-1 under DDP) a ZeroRedundancyOptimizer for the data-parallel
+        weights plus a plain one for expert-parallel weights (which differ across ranks)."""
         o = self.options
         if o.optimizer == "sgd":
             cls, kwargs = torch.optim.SGD, {"lr": o.lr, "weight_decay": o.weight_decay}
@@ -133,9 +152,14 @@ class Trainer:
         if self.dims.dp > 1 and self.plan.zero_stage == 1 and self.dp_kind == "ddp":
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
-            return ZeroRedundancyOptimizer(self.parameters(), optimizer_class=cls,
-                                           process_group=self.mesh["dp"].get_group(), **kwargs)
-        return cls(self.parameters(), **kwargs)
+            experts = {id(p) for p in self.expert_params}
+            dense = [p for p in self.parameters() if id(p) not in experts]
+            opts: list[torch.optim.Optimizer] = [ZeroRedundancyOptimizer(
+                dense, optimizer_class=cls, process_group=self.mesh["dp"].get_group(), **kwargs)]
+            if self.expert_params:
+                opts.append(cls(self.expert_params, **kwargs))
+            return opts
+        return [cls(self.parameters(), **kwargs)]
 
     # ---- data ------------------------------------------------------------------------------------
 
@@ -176,11 +200,14 @@ class Trainer:
                 torch.zeros((), device=self.device)
             if self.tied_sync is not None:
                 self.tied_sync(self.tied_weights)
+        if self.expert_sync is not None:
+            self.expert_sync(self.expert_params)
         if record_grads:
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             self.grads_bytes = sum(local_tensor(g).nbytes for g in grads)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return loss, has_loss
 
     def _step_plain(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -213,9 +240,10 @@ class Trainer:
 
     def optimizer_bytes(self) -> int:
         total = 0
-        opt = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: local shard
-        for state in opt.state.values():
-            for v in state.values():
-                if isinstance(v, torch.Tensor):
-                    total += local_tensor(v).nbytes
+        for optimizer in self.optimizers:
+            opt = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer: its local shard
+            for state in opt.state.values():
+                for v in state.values():
+                    if isinstance(v, torch.Tensor):
+                        total += local_tensor(v).nbytes
         return total

@@ -54,7 +54,8 @@ def test_unsupported_degrees_are_clear_errors() -> None:
     with pytest.raises(UnsupportedPlan, match="context parallelism"):
         ParallelDims(tp=1, pp=1, dp=1, cp=2, ep=1, vpp=1, placement=order).check_supported()
     with pytest.raises(UnsupportedPlan, match="expert parallelism"):
-        ParallelDims(tp=1, pp=1, dp=2, cp=1, ep=2, vpp=1, placement=order).check_supported()
+        ParallelDims(tp=2, pp=1, dp=2, cp=1, ep=2, vpp=1, placement=order).check_supported()
+    ParallelDims(tp=1, pp=1, dp=2, cp=1, ep=2, vpp=1, placement=order).check_supported()
     with pytest.raises(ValueError, match="ep 2 must divide dp 3"):
         ParallelDims(tp=1, pp=1, dp=3, cp=1, ep=2, vpp=1, placement=order)
 

@@ -49,6 +49,8 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "tp2-full-recompute-zero-mb1": ("llama", {"tp": 2, "recompute": "full", "micro_batch": 1}),
         "dp2-moe": ("moe", {"dp": 2}),
         "tp2-sp-moe": ("moe", {"tp": 2, "sequence_parallel": True}),
+        "dp2-ep2-moe": ("moe", {"dp": 2, "ep": 2}),
+        "dp2-ep2-zero1-moe": ("moe", {"dp": 2, "ep": 2, "zero_stage": 1}),
     },
     "w4": {
         "tp2-pp2": ("gpt", {"tp": 2, "pp": 2}),
@@ -60,6 +62,8 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "pp2-dp2-zero1": ("llama", {"pp": 2, "dp": 2, "zero_stage": 1}),
         "pp2-dp2-zero3-full": ("gpt", {"pp": 2, "dp": 2, "zero_stage": 3, "recompute": "full"}),
         "dp-outer-tp2-dp2": ("gpt", {"tp": 2, "dp": 2, "placement": ["dp", "tp", "cp", "pp"]}),
+        "dp4-ep2-moe": ("moe", {"dp": 4, "ep": 2}),
+        "pp2-dp2-ep2-zero3-moe": ("moe", {"pp": 2, "dp": 2, "ep": 2, "zero_stage": 3}),
     },
 }
 

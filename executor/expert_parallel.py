@@ -1,0 +1,116 @@
+"""Expert parallelism: experts spread over `ep` data-parallel ranks, tokens exchanged by all-to-all.
+
+Layout (as Megatron-LM and torchtitan): each data-parallel group of `dp` ranks splits into dp/ep
+expert-parallel groups of `ep` consecutive dp ranks. Within an ep group every rank holds
+num_experts/ep experts (a `Shard(0)` DTensor over the ep mesh); ranks at the same position of different
+ep groups hold the same experts and form the expert-data-parallel ("edp") group.
+
+Per MoE layer: routed tokens are sent to the rank owning their expert (all-to-all, with the token
+counts exchanged first), computed there, and sent back (all-to-all); both exchanges are
+differentiable. Expert weights are kept out of the DP wrapper: their gradients (already summed over
+the ep group by the backward all-to-all) are summed over the edp group and divided by dp, which gives
+the same average as data parallelism gives every other weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+from executor.model import GroupedExperts, Transformer
+from executor.parallel_dims import ParallelDims
+
+EXPERT_WEIGHTS = (("up", ("w_up", "w_gate", "b_up", "b_gate")), ("down", ("w_down",)))
+_SHARDED = {f"moe.experts.{sub}.{name}" for sub, names in EXPERT_WEIGHTS for name in names}
+
+
+def build_ep_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
+    """A world mesh ("other", "edp", "ep") whose "ep" rows are consecutive ranks of a dp group."""
+    grid = torch.from_numpy(dims.rank_grid())
+    grid = grid.movedim(dims.mesh_names.index("dp"), -1).reshape(-1, dims.dp // dims.ep, dims.ep)
+    return DeviceMesh(device_type, grid, mesh_dim_names=("other", "edp", "ep"))
+
+
+def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: dist.ProcessGroup
+         ) -> torch.Tensor:
+    y = funcol.all_to_all_single_autograd(x, out_splits, in_splits, group)
+    return funcol.wait_tensor(y)
+
+
+def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
+    """Shard the expert weights over `mesh` (1-D, the ep group) and route tokens by all-to-all."""
+    ep = mesh.size()
+    group = mesh.get_group()
+    for sub, names in EXPERT_WEIGHTS:
+        module = getattr(experts, sub)
+        for name in names:
+            p = getattr(module, name)
+            if p is not None:
+                module.register_parameter(name, nn.Parameter(distribute_tensor(p, mesh, [Shard(0)])))
+
+    def dispatch(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x, counts = args[0], list(args[1])
+        local_experts = len(counts) // ep
+        send = torch.tensor(counts, dtype=torch.int64, device=x.device)
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=group)  # recv[s, j]: rank s's tokens for my expert j
+        recv = recv.view(ep, local_experts)
+        in_splits = send.view(ep, local_experts).sum(1).tolist()
+        out_splits = recv.sum(1).tolist()
+        x_recv = _a2a(x, out_splits, in_splits, group)  # rows ordered by (source rank, expert)
+        chunks = torch.arange(x_recv.shape[0], device=x.device).split(recv.flatten().tolist())
+        perm = torch.cat([chunks[s * local_experts + j] for j in range(local_experts) for s in range(ep)]) \
+            if chunks else torch.zeros(0, dtype=torch.long, device=x.device)
+        mod._ep_ctx = (perm, in_splits, out_splits)
+        return (x_recv[perm], recv.sum(0).tolist(), *args[2:])
+
+    def combine(mod: nn.Module, _args: tuple[Any, ...], y: torch.Tensor) -> torch.Tensor:
+        perm, in_splits, out_splits = mod._ep_ctx
+        mod._ep_ctx = None
+        y_recv = y[torch.argsort(perm)]  # back to (source rank, expert) order
+        return _a2a(y_recv, in_splits, out_splits, group)
+
+    experts.register_forward_pre_hook(dispatch)
+    experts.register_forward_hook(combine)
+
+
+def apply_ep(model: Transformer, mesh: DeviceMesh) -> list[nn.Parameter]:
+    """Expert parallelism for every MoE layer of `model`; returns the expert weights it sharded."""
+    for layer in model.layers.values():
+        if layer.moe is not None:
+            parallelize_experts_ep(layer.moe.experts, mesh)
+    return expert_params(model)
+
+
+def expert_param_names(model: nn.Module) -> list[str]:
+    """Names of the expert-parallel weights (by name: `to_empty` replaces the parameter objects).
+    Only meaningful after `apply_ep`; the down bias stays replicated and is averaged by DP."""
+    return [n for n, _ in model.named_parameters() if n.split(".", 2)[-1] in _SHARDED]
+
+
+def expert_params(model: nn.Module) -> list[nn.Parameter]:
+    named = dict(model.named_parameters())
+    return [named[n] for n in expert_param_names(model)]
+
+
+class ExpertGradSync:
+    """Averages expert-weight gradients over data parallelism: sum over edp, divide by dp."""
+
+    def __init__(self, mesh: DeviceMesh, dp: int) -> None:
+        self.group = mesh["edp"].get_group() if mesh["edp"].size() > 1 else None
+        self.dp = dp
+
+    def __call__(self, params: list[nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is None:
+                continue
+            g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            if self.group is not None:
+                dist.all_reduce(g, group=self.group)
+            g.div_(self.dp)
