@@ -107,8 +107,12 @@ def _layout(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
 
 
 def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_per_node: int,
-                search: bool) -> list[tuple[str, ...]]:
-    """Orders of the non-trivial dimensions that put groups on different links (one per layout)."""
+                search: bool, moe: bool = True) -> list[tuple[str, ...]]:
+    """Orders of the non-trivial dimensions that put groups on different links (one per layout).
+
+    The expert-parallel and expert-data-parallel groups only count for mixture-of-experts models
+    (a dense model has no expert parameters or all-to-alls, so their layout cannot change a score).
+    """
     sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
     if not search:
         return [DEFAULT_PLACEMENT]
@@ -122,9 +126,10 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
             acc *= sizes[d]
         sig: list = [_layout(sizes[d], st[d], gpus_per_node) for d in DIMS]
         sig.append(st["pp"] * pp <= gpus_per_node)
-        sig.extend(_layout(e, st["dp"], gpus_per_node) for e in ep_values)
         sig.append(_layout(dp * cp, min(st["dp"], st["cp"]) if cp > 1 else st["dp"], gpus_per_node))
-        sig.append(_layout(dp * cp // max(ep_values), st["dp"] * max(ep_values), gpus_per_node))
+        if moe:
+            sig.extend(_layout(e, st["dp"], gpus_per_node) for e in ep_values)
+            sig.append(_layout(dp * cp // max(ep_values), st["dp"] * max(ep_values), gpus_per_node))
         seen.setdefault(tuple(sig), order)
     return list(seen.values())
 
@@ -205,7 +210,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
         pidx = []
-        for o in _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements):
+        for o in _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements, model.is_moe):
             if o not in place_index:
                 place_index[o] = len(placements)
                 placements.append(o)
