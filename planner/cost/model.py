@@ -187,14 +187,18 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     dense = np.maximum(ps_first.dense, ps_last.dense)
     expert = ps_first.expert
     g_dp = batch.dp * batch.cp
-    stride_dpcp = np.where(batch.cp > 1, np.minimum(batch.stride_dp, batch.stride_cp), batch.stride_dp)
+    # A dimension of size 1 has no place in the rank layout: its stride must not move the group.
+    both = np.minimum(batch.stride_dp, batch.stride_cp)
+    stride_dpcp = np.where(batch.cp > 1, np.where(batch.dp > 1, both, batch.stride_cp), batch.stride_dp)
     g_edp = g_dp // batch.ep
+    # Expert replicas: dp/ep ranks spaced stride_dp·ep apart (x cp); with dp = ep only the cp ranks.
+    stride_edp = np.where(batch.dp > batch.ep, batch.stride_dp * batch.ep, batch.stride_cp)
     lp = model.num_layers / p
 
     def dp_coll(op: str, per_param: float, chunks: Array | None) -> Array:
         """One DP collective over all of a stage's parameters, issued in buckets (or per layer)."""
         total = 0.0
-        for params, g, stride in ((dense, g_dp, stride_dpcp), (expert, g_edp, batch.stride_dp * batch.ep)):
+        for params, g, stride in ((dense, g_dp, stride_dpcp), (expert, g_edp, stride_edp)):
             if not np.any(params):
                 continue
             nbytes = params * per_param
@@ -301,9 +305,13 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
     dp_exposed_fwd = np.where(has_dp & (zero == 1), hide(ag, fwd_w), 0.0)
 
     # Tied embeddings under pipelining: first and last stage all-reduce the embedding gradient.
+    # The pair is stride_pp·(pp−1) ranks apart; when the whole pipeline group sits in one node so
+    # do they (group_layout's gpus_per_node // stride would misplace e.g. a stride of 6 in 8).
     if model.tied_embeddings:
+        pair_stride = np.where(tb.stride_pp * tb.pp <= cluster.gpus_per_node, tb.stride_pp,
+                               tb.stride_pp * (tb.pp - 1))
         emb = collective_time(cluster, "all_reduce", model.vocab_size * model.hidden / t * GRAD_REDUCE_BYTES,
-                              np.full_like(tb.pp, 2), tb.stride_pp * (tb.pp - 1))
+                              np.full_like(tb.pp, 2), pair_stride)
         emb = np.where(tb.pp > 1, emb, 0.0)
     else:
         emb = np.zeros_like(t)
@@ -358,8 +366,9 @@ def _plan_terms(model: ModelSpec, cluster: ClusterSpec, lg: object, batch: PlanB
     wbytes = WEIGHT_BYTES[dt]
     d3, d2, d1 = (np.where(zero >= k, g_dp, 1) for k in (3, 2, 1))
     e3, e2, e1 = (np.where(zero >= k, g_edp, 1) for k in (3, 2, 1))
+    # ZeRO-3 gathers two layers' full weights at a time (nothing to gather with one replica).
     base_other = cluster.reserved_memory_bytes + np.where(rc == 2, no_rc, 0.0) \
-        + np.where(zero == 3, 2.0 * st["layer_params"] * wbytes, 0.0)
+        + np.where((zero == 3) & (g_dp > 1), 2.0 * st["layer_params"] * wbytes, 0.0)
 
     def stage_memory(first_stage: bool) -> tuple[Array, ...]:
         dense_s = st["dense_first"] if first_stage else st["dense_last"]
