@@ -104,6 +104,8 @@ def validate(args: argparse.Namespace) -> PlanDocument:
         if args.nproc_per_node > have:
             raise ResourceMismatch(f"--nproc-per-node {args.nproc_per_node} needs that many GPUs but this "
                                    f"node has {have}", field="nproc_per_node")
+    else:
+        _check_host_memory(doc, args.nproc_per_node)
     if args.data:
         from executor.data import make_data
 
@@ -112,6 +114,30 @@ def validate(args: argparse.Namespace) -> PlanDocument:
     if out.exists() and out.is_dir():
         raise UnsupportedPlan(f"{out} is a directory", field="out")
     return doc
+
+
+def state_bytes_per_rank(doc: PlanDocument) -> float:
+    """fp32 weights + grads + two AdamW states of one rank's model share (ZeRO sharding applied)."""
+    p = doc.plan
+    params = doc.model.params / (p.tp * p.pp)
+    weights = 4 * params / (p.dp if p.zero_stage >= 3 else 1)
+    grads = 4 * params / (p.dp if p.zero_stage >= 2 else 1)
+    optim = 8 * params / (p.dp if p.zero_stage >= 1 else 1)
+    return weights + grads + optim
+
+
+def _check_host_memory(doc: PlanDocument, nproc_per_node: int) -> None:
+    """Refuse a CPU run whose model state alone cannot fit this host's memory (e.g. a GPU-cluster plan
+    for a 70B model), instead of letting the kernel kill the ranks."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = state_bytes_per_rank(doc) * nproc_per_node
+    if need > 0.8 * total:
+        raise ResourceMismatch(f"{doc.model.name}: weights, gradients and optimizer state alone need "
+                               f"{need / 2**30:.1f} GiB on this node ({nproc_per_node} CPU ranks) but it has "
+                               f"{total / 2**30:.1f} GiB", field="memory")
 
 
 def torchrun_command(args: argparse.Namespace, out: Path, run_id: str) -> list[str]:

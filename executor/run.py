@@ -198,6 +198,8 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any]:
     mesh = dims.build_mesh(device.type) if world > 1 else None
     options = TrainOptions(optimizer=args.optimizer, lr=args.lr, seed=args.seed)
     trainer = Trainer(doc, dims, mesh, device, options)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the peak of training, not of initialisation
     meter = ActivationMeter(trainer.parts, trainer.parameters())
     data = ctx["data"]
 

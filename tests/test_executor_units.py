@@ -144,6 +144,15 @@ def test_bad_plans_are_planner_errors(tmp_path: Path, plan_dp2: Path) -> None:
         validate(_args(plan_dp2, "--steps", "0"))
 
 
+def test_cpu_run_of_a_model_too_big_for_the_host_is_refused(tmp_path: Path) -> None:
+    from planner.specs.catalog import model_preset
+
+    big = save_plan(tmp_path / "big.json", local_plan(model_preset("llama2-70b"), dp=2, micro_batch=1,
+                                                      global_batch=2))
+    with pytest.raises(ResourceMismatch, match="GiB"):
+        validate(_args(big, "--device", "cpu"))
+
+
 def test_torchrun_command_single_and_multi_node(plan_dp2: Path, tmp_path: Path) -> None:
     single = _args(plan_dp2, "--threads", "2", "--profile")
     validate(single)
