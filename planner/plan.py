@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -203,6 +204,20 @@ def schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+def _non_finite(doc: Any) -> str | None:
+    """Path of the first NaN or infinite number in `doc` (JSON Schema cannot say "finite")."""
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return where or "(top level)"
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(node))
+    return None
+
+
 def validate_document(doc: Any, source: str = "plan") -> None:
     """Check a plan document against the shipped JSON Schema; PlanError names the failing field."""
     import jsonschema
@@ -214,6 +229,9 @@ def validate_document(doc: Any, source: str = "plan") -> None:
         where = ".".join(str(x) for x in err.absolute_path) or "(top level)"
         raise PlanError(f"{source}: does not match the plan schema at {where}: {err.message}",
                         field=where)
+    where = _non_finite(doc)
+    if where is not None:
+        raise PlanError(f"{source}: {where} is not a finite number", field=where)
 
 
 def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
@@ -231,10 +249,10 @@ def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
     if doc.get("num_gpus", cluster.num_gpus) != cluster.num_gpus:
         raise PlanError(f"{source}: num_gpus {doc['num_gpus']} differs from the cluster's "
                         f"{cluster.num_gpus}", field="num_gpus")
+    check_plan(model, cluster, plan)  # first: a wrong size is the cause, a stale grad_accum the symptom
     if "grad_accum" in doc and doc["grad_accum"] != plan.grad_accum:
         raise PlanError(f"{source}: grad_accum {doc['grad_accum']} != global_batch/(dp*micro_batch) = "
                         f"{plan.grad_accum}", field="grad_accum")
-    check_plan(model, cluster, plan)
     extra = {k: v for k, v in doc.items() if k in ("simulation", "name")}
     return PlanDocument(plan=plan, model=model, cluster=cluster, prediction=doc.get("prediction"),
                         extra=extra)
