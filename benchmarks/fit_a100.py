@@ -21,7 +21,7 @@ from planner.specs.catalog import load_cluster
 def main() -> None:
     base = load_cluster(CLUSTER)
 
-    def with_eff(gemm: float, mem: float):  # noqa: ANN202
+    def with_eff(gemm: float, mem: float):
         gpu = dataclasses.replace(base.gpu, gemm_efficiency=round(float(gemm), 2),
                                   memory_efficiency=round(float(mem), 2))
         return dataclasses.replace(base, gpu=gpu)

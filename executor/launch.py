@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ResourceMismatch, UnsupportedPlan
-from executor.run import DEFAULT_TIMEOUT_S, check_args, default_out, load_checked
-from executor.trainer import OPTIMIZERS
+from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
@@ -74,6 +73,8 @@ def _uses_cuda(choice: str) -> bool:
 
 def validate(args: argparse.Namespace) -> PlanDocument:
     """Everything checkable before processes start; raises PlannerError (exit 2) with one clear line."""
+    from executor.run import check_args, load_checked  # imports torch: only when running
+
     check_args(args)
     doc, _ = load_checked(args.plan)
     world = doc.plan.world_size

@@ -23,13 +23,16 @@ from typing import Any
 import torch
 
 from executor.errors import ResourceMismatch, UnsupportedPlan
+from executor.options import (
+    DEFAULT_TIMEOUT_S,
+    OPTIMIZERS,
+    default_out,
+)
 from executor.parallel_dims import ParallelDims
-from executor.trainer import OPTIMIZERS, TrainOptions
+from executor.trainer import TrainOptions
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.plan import PlanDocument, load_plan, plan_hash
-
-DEFAULT_TIMEOUT_S = 600.0
 
 
 def check_executable(doc: PlanDocument) -> None:
@@ -46,11 +49,6 @@ def load_checked(path: str | Path) -> tuple[PlanDocument, dict[str, Any]]:
     check_executable(doc)
     raw = load_json(path)
     return doc, raw[0] if isinstance(raw, list) else raw
-
-
-def default_out(plan_path: str | Path) -> Path:
-    """`measured.json` in the plan's directory."""
-    return Path(plan_path).resolve().parent / "measured.json"
 
 
 def add_worker_arguments(ap: argparse.ArgumentParser) -> None:
@@ -234,10 +232,7 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any]:
     losses = reduce_losses(losses, valid, world)
     weights, grads, opt = trainer.weights_bytes(), trainer.grads_bytes, trainer.optimizer_bytes()
     act, act_peak = meter.activations_bytes, meter.peak_bytes
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = weights + grads + opt + act_peak
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else weights + grads + opt + act_peak
     _, rss_peak = rss_bytes()
     mem = reduce_max([peak, weights, grads, opt, act, act_peak, rss_peak, meter.max_in_flight], world)
     s = stats(step_times)

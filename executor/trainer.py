@@ -26,12 +26,11 @@ from executor.expert_parallel import (
     expert_params,
 )
 from executor.model import Transformer, init_weights
+from executor.options import OPTIMIZERS
 from executor.parallel_dims import ParallelDims
 from executor.pipeline_parallel import TiedEmbeddingSync, build_schedule, split_stage, stage_indices
 from executor.tensor_parallel import apply_tp
 from planner.plan import PlanDocument
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,16 @@ def _linear(name: str, fin: int, fout: int, tp: str, bias: bool, group: str, dty
 
 
 def _norm(name: str, width: int, m: ModelSpec, tp: str, group: str, dtype_b: int) -> Op:
-    per = 2 if m.norm == "layernorm" else 1  # LayerNorm has weight and bias, RMSNorm only weight
-    return Op(name=name, kind="elementwise", tp=tp, group=group, params=per * width,
-              saved=dtype_b * width, io=2.0 * dtype_b * width)
+    """LayerNorm (weight and bias; saves its input, plus 8 B of statistics per token left out) or RMSNorm.
+
+    RMSNorm as PyTorch and torchtitan run it is unfused: x * rsqrt(mean(x^2)) * w saves both the
+    input and the normalised tensor (2 tensors of the input's size).
+    """
+    if m.norm == "layernorm":
+        return Op(name=name, kind="elementwise", tp=tp, group=group, params=2 * width,
+                  saved=dtype_b * width, io=2.0 * dtype_b * width)
+    return Op(name=name, kind="elementwise", tp=tp, group=group, params=width,
+              saved=2 * dtype_b * width, io=3.0 * dtype_b * width, kernels=4)
 
 
 def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
@@ -179,8 +186,11 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
     gated = m.activation == "swiglu"
     up_width = 2 * f if gated else f
     if not m.is_moe:
+        # GELU saves its input (f); SwiGLU, silu(gate) * up as PyTorch runs it, saves the gate, the
+        # silu output and the up projection (3f).
         act = Op(name="mlp.act", kind="elementwise", tp="column", group="layer",
-                 saved=b * up_width, io=b * (up_width + f))
+                 saved=b * (3 * f if gated else f), io=b * (up_width + f) + (b * 2 * f if gated else 0),
+                 kernels=2 if gated else 1)
         return [
             _linear("mlp.up", h, up_width, "column", m.bias, "layer", b),
             act,
@@ -196,7 +206,7 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
     up = _linear("moe.experts.up", h, up_width, "column", m.bias, "layer", b, copies=work,
                  params_copies=e, routed=True)
     act = Op(name="moe.experts.act", kind="elementwise", tp="column", group="layer",
-             saved=b * up_width * work, io=b * (up_width + f) * work, routed=True)
+             saved=b * (3 * f if gated else f) * work, io=b * (up_width + f) * work, routed=True)
     down = _linear("moe.experts.down", f, h, "row", m.bias, "layer", b, copies=work,
                    params_copies=e, routed=True)
     combine = Op(name="moe.combine", kind="elementwise", tp="replicated", group="layer",

@@ -37,7 +37,7 @@ def _divisor(op: Op, tp: Array, sp: Array) -> Array:
     """How many ways TP (or sequence parallelism) splits an op's tokens x features."""
     if op.tp in ("column", "row", "heads", "vocab") and op.kind != "embedding":
         return tp
-    return np.where(sp, tp, 1)  # replicated ops (and the embedding output): split by SP only  # replicated ops: split along the sequence only with SP
+    return np.where(sp, tp, 1)  # replicated ops (and the embedding output): split by SP only
 
 
 def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep: Array,

@@ -96,7 +96,7 @@ class ModelSpec:
     position: str = "learned"  # learned absolute embeddings or rotary (no parameters)
     max_position: int = 0  # rows of the learned position table; 0 means seq_len
     tied_embeddings: bool = True
-    bias: bool = True  # biases on the linear layers (and LayerNorm beta)
+    bias: bool = True  # biases on the linear layers (LayerNorm always has weight and bias)
     qkv_bias: bool | None = None  # None means "same as bias" (Qwen2 has qkv bias only)
     causal: bool = True  # False for encoder-only models (BERT)
     head: str = "lm"  # lm: output projection to the vocabulary; mlm: BERT's transform + decoder
@@ -196,7 +196,13 @@ class ModelSpec:
         return build_graph(self).active_params
 
     def with_seq_len(self, seq_len: int) -> ModelSpec:
-        """The same model trained at another sequence length (validated again)."""
+        """The same model trained at another sequence length (validated again).
+
+        A learned position table grows to cover a longer sequence (as a longer-context training run
+        would configure it); rotary models have no table.
+        """
+        if self.position == "learned" and isinstance(seq_len, int) and seq_len > self.max_position:
+            return dataclasses.replace(self, seq_len=seq_len, max_position=seq_len)
         return dataclasses.replace(self, seq_len=seq_len)
 
     # ---- (de)serialisation -----------------------------------------------------------------

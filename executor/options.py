@@ -1,0 +1,16 @@
+"""Torch-free constants and checks shared by the launcher, the worker and the `planner` CLI.
+
+Kept apart so that `planner --help` and argument errors do not pay the 2-4 s import of torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_TIMEOUT_S = 600.0  # collective timeout (init_process_group); a hung rank fails after this
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def default_out(plan_path: str | Path) -> Path:
+    """Where measured.json goes by default: the plan's directory."""
+    return Path(plan_path).resolve().parent / "measured.json"
