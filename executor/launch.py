@@ -141,8 +141,12 @@ def _check_host_memory(doc: PlanDocument, nproc_per_node: int) -> None:
                                f"{total / 2**30:.1f} GiB", field="memory")
 
 
-def torchrun_command(args: argparse.Namespace, out: Path, run_id: str) -> list[str]:
-    """`python -m torch.distributed.run ... -m executor.run ...` for these arguments."""
+def torchrun_command(args: argparse.Namespace, out: Path, run_id: str,
+                     more: list[tuple[Path, Path]] | None = None) -> list[str]:
+    """`python -m torch.distributed.run ... -m executor.run ...` for these arguments.
+
+    `more` appends further (plan, out) pairs that the same launch runs one after another.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if args.nnodes == 1 and not args.rdzv_endpoint:
         cmd += ["--standalone"]
@@ -151,8 +155,10 @@ def torchrun_command(args: argparse.Namespace, out: Path, run_id: str) -> list[s
                 "--rdzv-backend", args.rdzv_backend, "--rdzv-endpoint", args.rdzv_endpoint,
                 "--rdzv-id", args.rdzv_id]
     cmd += ["--nproc-per-node", str(args.nproc_per_node), "--max-restarts", str(args.max_restarts)]
-    cmd += ["-m", "executor.run", "--plan", str(Path(args.plan).resolve()), "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--out", str(out), "--timeout", str(args.timeout),
+    plans = [Path(args.plan), *(p for p, _ in more or [])]
+    outs = [out, *(o for _, o in more or [])]
+    cmd += ["-m", "executor.run", "--plan", *(str(p.resolve()) for p in plans), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--out", *(str(o) for o in outs), "--timeout", str(args.timeout),
             "--optimizer", args.optimizer, "--lr", repr(args.lr), "--seed", str(args.seed),
             "--device", args.device, "--tokenizer", args.tokenizer, "--run-id", run_id]
     if args.data:
@@ -291,6 +297,35 @@ def run_plan(plan_path: str | Path, nproc_per_node: int | None = None, steps: in
     if rc != 0 or measured is None:
         raise RunFailed(f"running {plan_path} failed (exit status {rc})\n{tail}")
     return measured
+
+
+def run_plans(jobs: list[tuple[str | Path, str | Path]], nproc_per_node: int, steps: int = 10, warmup: int = 3,
+              **options: Any) -> list[dict[str, Any] | None]:
+    """Run several (plan, measured.json path) jobs in ONE torchrun launch, one after another.
+
+    Returns each job's measured.json (None where the launch failed before writing it). Used by
+    `planner validate`, which would otherwise pay torch's start-up once per plan.
+    """
+    if not jobs:
+        return []
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args([str(jobs[0][0])])
+    args.nproc_per_node, args.steps, args.warmup = nproc_per_node, steps, warmup
+    for k, v in options.items():
+        if not hasattr(args, k):
+            raise TypeError(f"run_plans() got an unknown option {k!r}")
+        setattr(args, k, v)
+    outs = [Path(o).resolve() for _, o in jobs]
+    for plan, out in jobs:
+        args.plan, args.out = str(plan), str(out)
+        validate(args)
+    args.plan = str(jobs[0][0])
+    run_id = uuid.uuid4().hex
+    more = [(Path(p), o) for (p, _), o in zip(jobs[1:], outs[1:], strict=True)]
+    cmd = torchrun_command(args, outs[0], run_id, more)
+    subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT), capture_output=True, text=True)
+    return [_read_measured(o, run_id) for o in outs]
 
 
 def main(argv: list[str] | None = None) -> int:

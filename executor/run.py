@@ -52,13 +52,13 @@ def load_checked(path: str | Path) -> tuple[PlanDocument, dict[str, Any]]:
 
 
 def add_worker_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--plan", required=True, help="plan JSON written by `planner plan`")
+    ap.add_argument("--plan", required=True, nargs="+", help="plan JSON(s) written by `planner plan`")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
     ap.add_argument("--data", default=None, help="text file to train on (default: synthetic tokens)")
     ap.add_argument("--tokenizer", default="auto", choices=("auto", "byte", "char"))
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler Chrome trace per rank")
-    ap.add_argument("--out", default=None, help="measured.json path (default: beside the plan)")
+    ap.add_argument("--out", default=None, nargs="+", help="measured.json path per plan (default: beside it)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default 1 on CPU)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout, seconds")
     ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
@@ -100,6 +100,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one plan, or several in turn within one process group (`--plan a.json b.json --out ...`):
+    `planner validate` measures many plans per launch so torch's start-up is paid once."""
     ap = argparse.ArgumentParser(prog="executor.run", description=__doc__.split("\n\n")[0])
     add_worker_arguments(ap)
     args = ap.parse_args(argv)
@@ -107,16 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     nnodes = _env_int("GROUP_WORLD_SIZE", max(1, world // max(1, local_world)))
+    jobs = []
     try:
         check_args(args)
-        doc, raw = load_checked(args.plan)
-        if doc.plan.world_size != world:
-            raise ResourceMismatch(f"the plan needs {doc.plan.world_size} processes (tp*cp*dp*pp = "
-                                   f"{doc.plan.tp}*{doc.plan.cp}*{doc.plan.dp}*{doc.plan.pp}) but "
-                                   f"{world} were started", field="world_size")
+        outs = args.out or [None] * len(args.plan)
+        if len(outs) != len(args.plan):
+            raise UnsupportedPlan(f"{len(args.plan)} plans but {len(outs)} --out paths", field="out")
         from executor.data import make_data
 
-        data = make_data(args.data, doc.model.vocab_size, doc.model.seq_len, args.seed, args.tokenizer)
+        for plan_path, out_path in zip(args.plan, outs, strict=True):
+            doc, raw = load_checked(plan_path)
+            if doc.plan.world_size != world:
+                raise ResourceMismatch(f"the plan needs {doc.plan.world_size} processes (tp*cp*dp*pp = "
+                                       f"{doc.plan.tp}*{doc.plan.cp}*{doc.plan.dp}*{doc.plan.pp}) but "
+                                       f"{world} were started", field="world_size")
+            data = make_data(args.data, doc.model.vocab_size, doc.model.seq_len, args.seed, args.tokenizer)
+            job_args = argparse.Namespace(**{**vars(args), "plan": plan_path})
+            jobs.append((job_args, doc, raw, data, Path(out_path) if out_path else default_out(plan_path)))
         device, backend = pick_device(args.device, local_rank)
     except PlannerError as exc:
         if rank == 0:
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             torch.get_num_threads())
     if device.type == "cpu" or args.threads is not None:
         torch.set_num_threads(threads)
-    out = Path(args.out) if args.out else default_out(args.plan)
+    import gc
+
     import torch.distributed as dist
 
     if world > 1 or "MASTER_ADDR" in os.environ:
@@ -134,20 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             kwargs["device_id"] = device
         dist.init_process_group(backend, **kwargs)
-    ctx = {"args": args, "doc": doc, "raw": raw, "device": device, "backend": backend, "world": world,
-           "rank": rank, "nnodes": nnodes, "threads": threads, "out": out, "data": data}
+    ctx: dict[str, Any] = {}
     try:
-        result = train_and_measure(ctx)
-        if rank == 0:
-            atomic_write_json(out, result)
-            print(f"executor.run: wrote {out}", flush=True)
+        for job_args, doc, raw, data, out in jobs:
+            ctx = {"args": job_args, "doc": doc, "raw": raw, "device": device, "backend": backend,
+                   "world": world, "rank": rank, "nnodes": nnodes, "threads": threads, "out": out, "data": data}
+            result = train_and_measure(ctx)
+            if rank == 0:
+                atomic_write_json(out, result)
+                print(f"executor.run: wrote {out}", flush=True)
+            gc.collect()
+            if dist.is_initialized():
+                dist.barrier()
         return 0
     except Exception as exc:
         print(f"executor.run: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc()
-        if rank == 0:
+        if rank == 0 and ctx:
             with contextlib.suppress(Exception):  # the report must not hide the failure itself
-                atomic_write_json(out, failed_document(ctx, f"{type(exc).__name__}: {exc}"))
+                atomic_write_json(ctx["out"], failed_document(ctx, f"{type(exc).__name__}: {exc}"))
         sys.stderr.flush()
         os._exit(1)  # other ranks may be blocked in a collective; torchrun tears the group down
     finally:

@@ -231,6 +231,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- calibrate ------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from planner.calibrate import build_profile, run_calibration, write_profile
+
+    extra = None
+    if args.nnodes > 1:
+        if not args.rdzv_endpoint:
+            raise PlannerError("multi-node calibration needs --rdzv-endpoint host:port", field="rdzv_endpoint")
+        extra = ["--nnodes", str(args.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint,
+                 "--rdzv-id", args.rdzv_id]
+    start = time.perf_counter()
+    raw = run_calibration(args.nproc_per_node, quick=args.quick, device=args.device, extra_torchrun=extra)
+    profile = build_profile(raw, name=args.name)
+    write_profile(args.out, profile, raw)
+    if args.json:
+        _emit_json(profile.to_dict())
+        return 0
+    g = profile.gpu
+    print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s): {profile.num_gpus} ranks on "
+          f"{profile.num_nodes} node(s), {raw['env']['device']}")
+    print(table(["GEMM FLOPs", "achieved GFLOP/s", "efficiency"],
+                [[f"{f:.3g}", f * e * g.peak_flops[next(iter(g.peak_flops))] / f / 1e9 if False else
+                  e * max(g.peak_flops.values()) / 1e9, f"{e * 100:.0f}%"] for f, e in g.gemm_curve]))
+    print(f"memory bandwidth {g.memory_bandwidth / 1e9:.1f} GB/s, small-op overhead "
+          f"{g.kernel_overhead_s * 1e6:.1f} us, overlap slowdown {profile.overlap_slowdown:.2f}")
+    rows = [[tier, op, r["group"], r["alpha"] * 1e3, r["busbw"] / 1e9]
+            for tier, link in (("intra", profile.intra_node), ("inter", profile.inter_node))
+            for op, rs in link.collectives.items() for r in rs]
+    if profile.num_nodes == 1:
+        rows = [r for r in rows if r[0] == "intra"]
+    print(table(["tier", "collective", "ranks", "alpha ms", "busbw GB/s"], rows))
+    return 0
+
+
 # ---- validate -------------------------------------------------------------------------------
 
 
@@ -413,9 +449,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("calibrate", help="measure this machine and write a cluster profile JSON")
+    p.add_argument("--nproc-per-node", type=_positive_int, default=os.cpu_count() or 2,
+                   help="ranks per node (default: CPU cores, or GPUs on a GPU node)")
+    p.add_argument("--out", default="cluster-profile.json", help="profile path (default cluster-profile.json)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and sizes (about a third of the time)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--name", help="cluster name in the profile (default: <host>-calibrated)")
+    p.add_argument("--nnodes", type=_positive_int, default=1)
+    p.add_argument("--rdzv-endpoint", help="host:port of the c10d rendezvous (multi-node)")
+    p.add_argument("--rdzv-id", default="planner-calibrate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("validate", help="predicted vs measured: local runs, or --published measurements")
     p.add_argument("--published", action="store_true",
                    help="predict the shipped published Megatron-LM measurements instead of running plans")
+    p.add_argument("--cluster", default="localhost-cpu",
+                   help="cluster profile to predict with (default localhost-cpu; use a calibrated profile)")
+    p.add_argument("--nproc-per-node", type=_positive_int, default=2, help="ranks (default 2)")
+    p.add_argument("--model", default="tiny", help="model to train (default tiny)")
+    p.add_argument("--seq-len", type=_positive_int)
+    p.add_argument("--global-batch", type=_positive_int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--plans", type=_positive_int, default=12, help="number of plans (default 12)")
+    p.add_argument("--launches", type=_positive_int, default=3,
+                   help="torchrun launches per plan; the median is used (default 3)")
+    p.add_argument("--steps", type=_positive_int, help="timed steps per launch (default 10; 5 with --quick)")
+    p.add_argument("--warmup", type=int, help="warm-up steps per launch (default 2)")
+    p.add_argument("--quick", action="store_true", help="one launch per plan, fewer steps")
+    p.add_argument("--out-dir", default="validation", help="where plans, measurements and reports go")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
 

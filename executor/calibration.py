@@ -1,0 +1,300 @@
+"""torchrun worker of `planner calibrate`: microbenchmarks with every rank running at once.
+
+    torchrun --standalone --nproc-per-node N -m executor.calibration --out raw.json [--quick]
+
+Measures (all ranks concurrently, so shared cores, memory bandwidth and links are contended as in
+training): GEMM time over a grid of shapes, streaming memory bandwidth and the fixed cost of a tiny
+op, each collective (all-reduce, all-gather, reduce-scatter, all-to-all, p2p) per group size and
+message size, and how much a concurrent all-reduce slows a GEMM. Rank 0 writes the raw timings; the
+fitting into a cluster profile happens in `planner.calibrate` (no torch needed there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from executor.run import pick_device
+from planner.io import atomic_write_json
+
+GEMM_SHAPES_CPU = [(128, 128, 128), (256, 256, 256), (512, 256, 512), (1024, 256, 1024),
+                   (512, 512, 512), (1024, 512, 1024), (1024, 1024, 1024), (2048, 1024, 1024),
+                   (2048, 1024, 2048)]
+GEMM_SHAPES_CUDA = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
+                    (8192, 4096, 4096), (8192, 8192, 8192), (16384, 8192, 8192)]
+MSG_BYTES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20]
+MSG_BYTES_QUICK = [4 << 10, 1 << 20, 8 << 20]
+
+
+class Progress:
+    """A one-line progress bar on rank 0 (stderr)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        frac = self.done / max(self.total, 1)
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        line = f"calibrate [{bar}] {frac * 100:5.1f}% {label}"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(100)[:100])
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Any, device: torch.device, min_time: float, min_reps: int = 3, max_reps: int = 1000) -> float:
+    """Median seconds of fn() over repetitions lasting about `min_time` in all.
+
+    The repetition count is agreed by all ranks (from the slowest rank's first call), so that
+    collectives inside `fn` are issued the same number of times everywhere.
+    """
+    fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = _max_over_ranks(time.perf_counter() - t0, device)
+    reps = int(min(max_reps, max(min_reps, min_time / max(first, 1e-9))))
+    times: list[float] = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _max_over_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
+    shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
+    if quick:
+        shapes = shapes[::2]
+    out = []
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        if dist.is_initialized():
+            dist.barrier()
+        sec = _time(lambda a=a, b=b: torch.mm(a, b), device, 0.15 if quick else 0.4)
+        sec = _max_over_ranks(sec, device)
+        out.append([m, k, n, 2.0 * m * k * n, sec])
+        bar.step(f"GEMM {m}x{k}x{n}")
+    return out
+
+
+def bench_memory(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
+    numel = (16 << 20) if device.type == "cuda" else (4 << 20)
+    x = torch.randn(numel, device=device, dtype=dtype)
+    y = torch.empty_like(x)
+    if dist.is_initialized():
+        dist.barrier()
+    sec = _max_over_ranks(_time(lambda: torch.add(x, 1.0, out=y), device, 0.1 if quick else 0.3), device)
+    bandwidth = 2 * x.numel() * x.element_size() / sec  # read x, write y
+    bar.step("memory bandwidth")
+    tiny = torch.ones(1, device=device, dtype=dtype)
+
+    def loop() -> None:
+        for _ in range(200):
+            tiny.add_(1.0)
+
+    op = _max_over_ranks(_time(loop, device, 0.1), device) / 200
+    bar.step("kernel overhead")
+    return {"bandwidth": bandwidth, "kernel_overhead_s": op}
+
+
+def _groups(world: int, size: int, stride: int) -> tuple[list[list[int]], list[Any]]:
+    """Disjoint groups of `size` ranks `stride` apart covering the world; every rank creates all."""
+    ranks_lists: list[list[int]] = []
+    seen: set[int] = set()
+    for r in range(world):
+        if r in seen:
+            continue
+        members = [r + i * stride for i in range(size)]
+        if members[-1] >= world or any(x in seen for x in members):
+            continue
+        seen.update(members)
+        ranks_lists.append(members)
+    handles = [dist.new_group(ranks) for ranks in ranks_lists]
+    return ranks_lists, handles
+
+
+def _collective(op: str, nbytes: int, group: Any, size: int, device: torch.device,
+                dtype: torch.dtype) -> Any:
+    elem = torch.tensor([], dtype=dtype).element_size()
+    n = max(size, nbytes // elem // size * size)
+    if op == "all_reduce":
+        buf = torch.ones(n, device=device, dtype=dtype)
+        return lambda: dist.all_reduce(buf, group=group)
+    if op == "all_gather":
+        shard = torch.ones(n // size, device=device, dtype=dtype)
+        out = torch.empty(n, device=device, dtype=dtype)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in 2.13
+        return lambda: gather(out, shard, group=group)
+    if op == "reduce_scatter":
+        full = torch.ones(n, device=device, dtype=dtype)
+        out = torch.empty(n // size, device=device, dtype=dtype)
+        return lambda: dist.reduce_scatter_tensor(out, full, group=group)
+    if op == "all_to_all":
+        inp = torch.ones(n, device=device, dtype=dtype)
+        out = torch.empty(n, device=device, dtype=dtype)
+        return lambda: dist.all_to_all_single(out, inp, group=group)
+    raise ValueError(op)
+
+
+def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, local_world: int, quick: bool,
+                      bar: Progress) -> dict[str, dict[str, Any]]:
+    """{tier: {op: {group size: [[bytes, seconds], ...]}}} for intra-node (and inter-node) groups."""
+    rank = dist.get_rank()
+    sizes = MSG_BYTES_QUICK if quick else MSG_BYTES
+    result: dict[str, dict[str, Any]] = {}
+    tiers = [("intra_node", 1, min(world, local_world))]
+    if world > local_world:
+        tiers.append(("inter_node", local_world, world // local_world))
+    ops = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+    for tier, stride, max_size in tiers:
+        group_sizes = sorted({g for g in (2, 4, 8, 16, max_size) if 2 <= g <= max_size})
+        res: dict[str, Any] = {op: {} for op in (*ops, "p2p")}
+        for g in group_sizes:
+            ranks_lists, handles = _groups(world, g, stride)
+            mine = next((h for rl, h in zip(ranks_lists, handles, strict=True) if rank in rl), None)
+            for op in ops:
+                rows = []
+                for nbytes in sizes:
+                    fn = _collective(op, nbytes, mine, g, device, dtype) if mine is not None else (lambda: None)
+                    dist.barrier()
+                    sec = _max_over_ranks(_time(fn, device, 0.05 if quick else 0.15, min_reps=3,
+                                                max_reps=200), device)
+                    rows.append([nbytes, sec])
+                res[op][str(g)] = rows
+                bar.step(f"{tier} {op} x{g}")
+        # p2p between neighbours `stride` apart: pairs send one way then the other
+        rows = []
+        partner = rank + stride if (rank // stride) % 2 == 0 else rank - stride
+        for nbytes in sizes:
+            elem = torch.tensor([], dtype=dtype).element_size()
+            buf = torch.ones(max(1, nbytes // elem), device=device, dtype=dtype)
+
+            def exchange(buf: torch.Tensor = buf, partner: int = partner) -> None:
+                if 0 <= partner < world:
+                    if rank < partner:
+                        dist.send(buf, partner)
+                        dist.recv(buf, partner)
+                    else:
+                        dist.recv(buf, partner)
+                        dist.send(buf, partner)
+
+            dist.barrier()
+            sec = _max_over_ranks(_time(exchange, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200),
+                                  device)
+            rows.append([nbytes, sec / 2])  # one transfer of nbytes
+        res["p2p"]["2"] = rows
+        bar.step(f"{tier} p2p")
+        result[tier] = res
+    return result
+
+
+def bench_overlap(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
+    """Slowdown of a GEMM while an all-reduce runs beside it (communication steals compute)."""
+    n = 1024 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    buf = torch.ones((1 << 20) if device.type == "cpu" else (64 << 20), device=device, dtype=dtype)
+    min_t = 0.1 if quick else 0.3
+    dist.barrier()
+    t_gemm = _max_over_ranks(_time(lambda: torch.mm(a, b), device, min_t), device)
+    dist.barrier()
+    t_comm = _max_over_ranks(_time(lambda: dist.all_reduce(buf), device, min_t), device)
+
+    def both() -> None:
+        work = dist.all_reduce(buf, async_op=True)
+        torch.mm(a, b)
+        work.wait()
+
+    dist.barrier()
+    t_both = _max_over_ranks(_time(both, device, min_t), device)
+    bar.step("overlap")
+    extra = max(0.0, t_both - max(t_gemm, t_comm))
+    return {"gemm_s": t_gemm, "comm_s": t_comm, "both_s": t_both,
+            "slowdown": min(1.0, extra / max(min(t_gemm, t_comm), 1e-12))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="executor.calibration")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device, backend = pick_device(args.device, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    kwargs: dict[str, Any] = {"timeout": _dt.timedelta(seconds=args.timeout)}
+    if device.type == "cuda":
+        kwargs["device_id"] = device
+    dist.init_process_group(backend, **kwargs)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    n_gemm = len(GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU)
+    n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
+    tiers = 2 if world > local_world else 1
+    n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
+    bar = Progress(n_gemm + 2 + n_coll + 1, enabled=rank == 0)
+    try:
+        raw = {
+            "gemm": bench_gemm(device, dtype, args.quick, bar),
+            "memory": bench_memory(device, dtype, args.quick, bar),
+            "collectives": bench_collectives(device, dtype, world, local_world, args.quick, bar)
+            if world > 1 else {},
+            "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
+        }
+        if rank == 0:
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+                platform.processor() or platform.machine())
+            raw["env"] = {"host": socket.gethostname(), "device": name, "device_type": device.type,
+                          "backend": backend, "torch": torch.__version__, "world_size": world,
+                          "local_world_size": local_world, "nnodes": max(1, world // local_world),
+                          "cpu_count": os.cpu_count(), "dtype": str(dtype).replace("torch.", ""),
+                          "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                          "quick": args.quick}
+            if device.type == "cuda":
+                raw["env"]["memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+                raw["env"]["num_sms"] = torch.cuda.get_device_properties(device).multi_processor_count
+            atomic_write_json(args.out, raw)
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""`planner calibrate`: measure this machine (or cluster) and write a cluster profile JSON.
+
+The microbenchmarks run under torchrun (`executor.calibration`), every rank at once; this module
+fits them into the physical parameters the cost model uses and writes a profile that any
+`--cluster` accepts:
+- GEMM efficiency as a function of FLOPs (`gpu.gemm_curve`), measured throughput / peak;
+- streaming memory bandwidth (`gpu.memory_bandwidth`, efficiency 1.0: it *is* the achieved value) and
+  the fixed cost of one small op (`gpu.kernel_overhead_s`);
+- alpha (latency) and bus bandwidth of every collective per group size, by least squares on
+  t = alpha + bytes x factor / busbw over the message sizes (`intra_node.collectives`, and
+  `inter_node.collectives` on several nodes);
+- `overlap_slowdown`: how much a concurrent all-reduce slows a GEMM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.cost.comm import _factor
+from planner.errors import PlannerError
+from planner.io import atomic_write_json, load_json
+from planner.specs.catalog import gpu_names, gpu_preset, localhost_cpu
+from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
+
+PROFILE_KIND = "cluster-profile"
+
+
+def fit_alpha_beta(op: str, group: int, rows: list[list[float]]) -> tuple[float, float]:
+    """(alpha s, busbw B/s) minimising relative error of t = alpha + bytes x factor / busbw."""
+    x = np.array([r[0] for r in rows], dtype=np.float64) * float(_factor(op, np.array(group))[1])
+    t = np.array([r[1] for r in rows], dtype=np.float64)
+    w = 1.0 / np.maximum(t, 1e-9)  # relative error
+    a = np.stack([np.ones_like(x), x], axis=1) * w[:, None]
+    coef, *_ = np.linalg.lstsq(a, t * w, rcond=None)
+    alpha, inv_bw = float(coef[0]), float(coef[1])
+    if inv_bw <= 0 or alpha < 0:  # degenerate (noise): fall back to the two ends
+        alpha = max(0.0, float(t[0]))
+        inv_bw = max((t[-1] - alpha) / max(x[-1], 1.0), 1e-15)
+    return alpha, 1.0 / inv_bw
+
+
+def _link(base: LinkSpec, measured: dict[str, Any], name: str) -> LinkSpec:
+    table: dict[str, list[dict[str, float]]] = {}
+    for op, by_group in measured.items():
+        rows = []
+        for g, samples in sorted(by_group.items(), key=lambda kv: int(kv[0])):
+            alpha, busbw = fit_alpha_beta(op, int(g), samples)
+            rows.append({"group": int(g), "alpha": alpha, "busbw": busbw})
+        if rows:
+            table[op] = rows
+    bw = max((r["busbw"] for rows in table.values() for r in rows), default=base.bandwidth)
+    lat = min((r["alpha"] for rows in table.values() for r in rows), default=base.latency)
+    return dataclasses.replace(base, name=name, bandwidth=bw, efficiency=1.0, latency=lat, collectives=table,
+                               source="measured by planner calibrate")
+
+
+def _match_gpu(device_name: str) -> GPUSpec | None:
+    """The catalog GPU whose name matches a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3')."""
+    key = device_name.upper()
+    for name in gpu_names():
+        family = name.split("-")[0]
+        if family in key:
+            return gpu_preset(name)
+    return None
+
+
+def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
+    """Turn raw microbenchmark timings into a cluster profile."""
+    env = raw["env"]
+    world, local = int(env["world_size"]), int(env["local_world_size"])
+    cpu = env["device_type"] == "cpu"
+    dtype = "fp32" if cpu else "bf16"
+    if cpu:
+        base = localhost_cpu()
+        gpu = base.gpu
+    else:
+        matched = _match_gpu(env["device"])
+        base_cluster = localhost_cpu()
+        gpu = matched or GPUSpec(name=env["device"], peak_flops={"bf16": 1e15}, memory_bytes=env["memory_bytes"],
+                                 memory_bandwidth=1e12)
+        base = dataclasses.replace(base_cluster, device="cuda", backend="nccl", compute_slots_per_node=0,
+                                   reserved_memory_bytes=2 * 2**30)
+    gemm = raw["gemm"]
+    best = max(r[3] / r[4] for r in gemm)
+    peak = max(gpu.peak(dtype), best / 0.98)  # keep efficiencies below 1 if the datasheet peak is low
+    curve = sorted({(r[3], min(1.0, r[3] / r[4] / peak)) for r in gemm})
+    peaks = {k: (peak if k == dtype else v) for k, v in gpu.peak_flops.items()}
+    peaks.setdefault(dtype, peak)
+    mem = raw["memory"]
+    gpu = dataclasses.replace(
+        gpu, name=gpu.name + " (calibrated)", peak_flops=peaks, gemm_curve=tuple(curve),
+        memory_bandwidth=mem["bandwidth"], memory_efficiency=1.0, kernel_overhead_s=mem["kernel_overhead_s"],
+        memory_bytes=float(env.get("memory_bytes") or gpu.memory_bytes * base.compute_slots_per_node / max(local, 1)
+                           if cpu else gpu.memory_bytes),
+        num_sms=int(env.get("num_sms", gpu.num_sms)) if not cpu else 0,
+        source=f"planner calibrate on {env['host']} ({env['device']}), {env['date']}")
+    coll = raw.get("collectives", {})
+    intra = _link(base.intra_node, coll["intra_node"], "intra-node (measured)") if "intra_node" in coll \
+        else base.intra_node
+    inter = _link(base.inter_node, coll["inter_node"], "inter-node (measured)") if "inter_node" in coll else intra
+    overlap = raw.get("overlap", {}).get("slowdown", base.overlap_slowdown)
+    provenance = {k: env[k] for k in ("host", "device", "backend", "torch", "date", "world_size", "nnodes",
+                                      "cpu_count", "quick") if k in env}
+    provenance["calibrated_ranks_per_node"] = local
+    provenance["overlap"] = raw.get("overlap", {})
+    return dataclasses.replace(
+        base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
+        num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,
+        compute_slots_per_node=0,  # contention between the ranks is inside the measured numbers
+        overlap_slowdown=float(overlap),
+        source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)
+
+
+def run_calibration(nproc_per_node: int, quick: bool = False, device: str = "auto",
+                    extra_torchrun: list[str] | None = None) -> dict[str, Any]:
+    """Launch the microbenchmarks with torchrun and return the raw timings."""
+    if nproc_per_node < 2:
+        raise PlannerError("calibration needs at least 2 ranks to measure collectives", field="nproc_per_node")
+    with tempfile.TemporaryDirectory(prefix="planner-calibrate-") as tmp:
+        out = Path(tmp) / "raw.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", *(extra_torchrun or ["--standalone"]),
+               "--nproc-per-node", str(nproc_per_node), "-m", "executor.calibration", "--out", str(out),
+               "--device", device]
+        if quick:
+            cmd.append("--quick")
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("PYTHONWARNINGS", "ignore")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"calibration failed (torchrun exit status {proc.returncode}): "
+                               f"{proc.stdout[-2000:]}")
+        return load_json(out)
+
+
+def write_profile(path: str | Path, profile: ClusterSpec, raw: dict[str, Any]) -> Path:
+    """The profile JSON: a ClusterSpec any --cluster accepts, plus the raw measurements."""
+    doc = profile.to_dict()
+    doc["provenance"] = {**doc.get("provenance", {}), "raw": raw}
+    return atomic_write_json(path, doc)
