@@ -1,0 +1,470 @@
+"""The Streamlit dashboard (app.py): AppTest runs of the page, and its upload / comparison helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from planner.cost import estimate
+from planner.errors import PlannerError
+from planner.plan import Plan, PlanDocument, plan_hash
+from planner.specs.catalog import load_cluster, load_model
+from planner.specs.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+HF = Path(__file__).resolve().parent / "fixtures" / "hf"
+TIMEOUT = 120  # seconds per script run; generous for a shared 2-core machine
+
+
+def _load_app() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("dashboard_app", APP)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _load_app()
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def ok(at: AppTest) -> AppTest:
+    """Assert the run raised nothing and showed no error box."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def plans_table(at: AppTest) -> Any:
+    return at.dataframe[0].value
+
+
+def charts(at: AppTest) -> list[Any]:
+    return list(at.get("plotly_chart"))
+
+
+def errors(at: AppTest) -> str:
+    return "\n".join(str(e.value) for e in at.error)
+
+
+@pytest.fixture(scope="module")
+def default_app() -> AppTest:
+    return ok(new_app().run())
+
+
+# ---- the page with presets --------------------------------------------------------------------------
+
+
+def test_default_problem_renders_every_view(default_app: AppTest) -> None:
+    at = default_app
+    table = plans_table(at)
+    assert len(table) == 20 and list(table["rank"]) == list(range(1, 21))
+    assert table["step s"].is_monotonic_increasing  # objective "time": best first
+    assert "llama3-8b on 64 x H100" in " ".join(c.value for c in at.caption)
+    # Pareto chart, memory + time breakdown, schedule, what-if memory + time
+    assert len(charts(at)) >= 6
+    assert [t.label for t in at.tabs] == ["Plans", "Selected plan", "Pipeline schedule", "What-if",
+                                          "Measured"]
+    assert any(b.label == "Plan JSON" for b in at.get("download_button"))
+    assert at.info[0].value == "No measurements loaded yet."
+
+
+@pytest.mark.parametrize(("model", "cluster", "gpus", "batch"), [
+    ("gpt2", "localhost-cpu", 4, 8),
+    ("bert-base", "dgx-a100-40gb", 8, 64),
+    ("mixtral-8x7b", "dgx-h100", 64, 256),
+    ("llama2-70b", "dgx-a100-80gb", 64, 128),
+])
+def test_presets_run_without_exceptions(model: str, cluster: str, gpus: int, batch: int) -> None:
+    at = new_app().run()
+    at.selectbox(key="model").set_value(model)
+    at.selectbox(key="cluster").set_value(cluster)
+    at.number_input(key="gpus").set_value(gpus)
+    at.number_input(key="global_batch").set_value(batch)
+    ok(at.run())
+    caption = " ".join(c.value for c in at.caption)
+    assert f"{model} on {gpus} x" in caption and f"global batch {batch}" in caption
+    assert len(plans_table(at)) > 0 and len(charts(at)) >= 6
+
+
+def test_changing_widgets_changes_the_results() -> None:
+    at = ok(new_app().run())
+    before = plans_table(at)
+    at.selectbox(key="fix_tp").set_value(2)
+    at.selectbox(key="fix_pp").set_value(2)
+    ok(at.run())
+    fixed = plans_table(at)
+    assert all(p.startswith("tp2 pp2 ") for p in fixed["plan"])
+    assert fixed["step s"].iloc[0] >= before["step s"].iloc[0]  # a constrained optimum is no better
+
+    at.selectbox(key="fix_tp").set_value("any")
+    at.selectbox(key="fix_pp").set_value("any")
+    at.number_input(key="max_mem").set_value(20.0)
+    at.multiselect(key="zero").set_value([3])
+    ok(at.run())
+    capped = plans_table(at)
+    assert (capped["mem GiB"] <= 20.0).all() and (capped["ZeRO"] == 3).all()
+
+    at.number_input(key="global_batch").set_value(128)
+    ok(at.run())
+    assert "global batch 128" in " ".join(c.value for c in at.caption)
+    assert not plans_table(at).equals(capped)
+
+
+def test_selecting_a_plan_updates_the_breakdowns(default_app: AppTest) -> None:
+    at = default_app
+    first = at.subheader[0].value
+    options = at.selectbox(key="selected").options
+    pareto = [i for i, o in enumerate(options) if o.startswith("Pareto:")]
+    assert pareto, "the Pareto plans are offered for inspection"
+    at.selectbox(key="selected").set_value(pareto[-1])
+    ok(at.run())
+    assert at.subheader[0].value != first
+    assert options[pareto[-1]].split("  (")[0].removeprefix("Pareto: ") == at.subheader[0].value
+
+
+def test_whatif_rescores_and_reports_illegal_plans() -> None:
+    at = ok(new_app().run())
+
+    def slider(prefix: str) -> Any:
+        return next(s for s in at.select_slider if s.key.startswith(prefix))
+
+    step_before = at.metric[4].value
+    slider("wi_pp").set_value(2)
+    ok(at.run())
+    assert at.metric[4].value != step_before
+    assert any("pp2" in m.value for m in at.markdown)
+
+    slider("wi_tp").set_value(16)  # llama3-8b has 8 kv heads
+    at.run()
+    assert not at.exception
+    assert "Illegal plan" in errors(at) and "num_kv_heads 8 is not divisible by tp 16" in errors(at)
+
+
+def test_plan_that_fits_nowhere_shows_the_reason() -> None:
+    at = new_app().run()
+    at.selectbox(key="model").set_value("llama3-405b")
+    at.number_input(key="gpus").set_value(8)
+    at.number_input(key="global_batch").set_value(64)
+    at.run()
+    assert not at.exception
+    assert "no plan fits llama3-405b on 8 x" in errors(at)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("gpus", 12, "not a whole number of 8-GPU nodes"),
+    ("zero", [], "choose at least one ZeRO stage"),
+    ("recompute", [], "choose at least one recompute mode"),
+    ("schedules", [], "choose at least one pipeline schedule"),
+])
+def test_bad_inputs_show_messages(key: str, value: Any, message: str) -> None:
+    at = new_app().run()
+    widget = at.number_input(key=key) if key == "gpus" else at.multiselect(key=key)
+    widget.set_value(value)
+    at.run()
+    assert not at.exception
+    assert message in errors(at)
+
+
+def test_sequence_length_changes_the_problem(default_app: AppTest) -> None:
+    at = default_app
+    best = plans_table(at)["step s"].iloc[0]
+    at.number_input(key="seq_len:llama3-8b").set_value(2048)
+    ok(at.run())
+    assert "x seq 2048" in " ".join(c.value for c in at.caption)
+    assert plans_table(at)["step s"].iloc[0] < best  # a quarter of the tokens per step
+    at.number_input(key="seq_len:llama3-8b").set_value(8192)
+    ok(at.run())
+
+
+def test_url_query_sets_initial_inputs() -> None:
+    at = new_app()
+    at.query_params["model"] = "gpt2"
+    at.query_params["cluster"] = "localhost-cpu"
+    at.query_params["gpus"] = "4"
+    at.query_params["global_batch"] = "8"
+    at.query_params["pp"] = "2"
+    at.query_params["schedules"] = "gpipe"
+    ok(at.run())
+    assert "gpt2 on 4 x cpu-core" in " ".join(c.value for c in at.caption)
+    table = plans_table(at)
+    assert (table["schedule"] == "gpipe").all() and all(" pp2 " in p for p in table["plan"])
+    bad = new_app()
+    bad.query_params["model"] = "no-such-model"
+    bad.run()
+    assert not bad.exception and "ignoring ?model=no-such-model" in bad.warning[0].value
+
+
+def test_export_buttons_appear_only_when_the_exporters_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def export_plan(doc: PlanDocument, fmt: str) -> str:
+        seen.append((doc.plan.describe(), fmt))
+        return f"# {fmt}\n"
+
+    fake_export = types.ModuleType("planner.export")
+    fake_export.export_plan = export_plan  # type: ignore[attr-defined]
+    fake_trace = types.ModuleType("planner.trace")
+    fake_trace.predicted_trace = lambda doc: {"traceEvents": []}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "planner.export", fake_export)
+    monkeypatch.setitem(sys.modules, "planner.trace", fake_trace)
+    at = ok(new_app().run())
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Plan JSON", "megatron", "torchtitan", "deepspeed", "Perfetto trace"} <= labels
+    assert {fmt for _, fmt in seen} == {"megatron", "torchtitan", "deepspeed"}
+
+    monkeypatch.setitem(sys.modules, "planner.export", None)  # an import that fails
+    monkeypatch.setitem(sys.modules, "planner.trace", None)
+    at = ok(new_app().run())
+    labels = {b.label for b in at.get("download_button")}
+    assert "Plan JSON" in labels and not labels & {"megatron", "torchtitan", "deepspeed", "Perfetto trace"}
+
+
+# ---- uploads -----------------------------------------------------------------------------------------
+
+
+HOSTILE: list[tuple[str, bytes, str]] = [
+    ("binary", b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
+    ("truncated", b'{"model_type": "llama", "hidden_size": ', "malformed JSON"),
+    ("nan", b'{"model_type": "llama", "hidden_size": NaN}', "malformed JSON"),
+    ("huge-number", b'{"model_type": "llama", "hidden_size": 1e400}', "out of the float range"),
+    ("duplicate", b'{"a": 1, "a": 2}', "duplicate key"),
+    ("deep", b"[" * 100 + b"]" * 100, "nested"),
+    ("list", b"[1, 2, 3]", "expected a JSON object"),
+    ("oversize", b" " * (4 * 2**20 + 1), "larger than 4 MiB"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_model_uploads_raise_planner_errors(case: str, data: bytes, message: str) -> None:
+    with pytest.raises(PlannerError, match=message):
+        app.model_from_upload(data, f"{case}.json")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'{"model_type": "llama", "hidden_size": "big", "num_attention_heads": 32, "num_hidden_layers": 2,'
+     b' "intermediate_size": 11008, "vocab_size": 32000}', "hidden_size"),
+    (b'{"model_type": "llama"}', "config.json: num_attention_heads: missing"),
+    (b'{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 7, "num_hidden_layers": 2,'
+     b' "intermediate_size": 11008, "vocab_size": 32000}', "divisible"),
+    (b'{"name": "x", "num_layers": 2}', "missing required field"),
+    (b'{"architectures": ["Foo"], "model_type": "unknown-arch"}', "unknown-arch"),
+])
+def test_invalid_model_configs_name_the_problem(data: bytes, message: str) -> None:
+    with pytest.raises(PlannerError, match=message):
+        app.model_from_upload(data, "config.json")
+
+
+def test_hf_configs_upload_like_the_cli() -> None:
+    def fields(m: ModelSpec) -> dict[str, Any]:
+        return {k: v for k, v in m.to_dict().items() if k not in ("name", "source")}
+
+    for path in sorted(HF.glob("*.json")):
+        uploaded = app.model_from_upload(path.read_bytes(), "config.json")
+        assert uploaded.name == "uploaded-model"
+        assert fields(uploaded) == fields(load_model(str(path)))
+    named = app.model_from_upload((HF / "gpt2.json").read_bytes(), "gpt2.json", seq_len=512)
+    assert named.name == "gpt2" and named.seq_len == 512
+
+
+def test_cluster_uploads() -> None:
+    preset = load_cluster("dgx-a100-80gb")
+    data = json.dumps(preset.to_dict()).encode()
+    assert app.cluster_from_upload(data, "profile.json", gpus=16) == load_cluster("dgx-a100-80gb", gpus=16)
+    wrapped = json.dumps({"cluster": preset.to_dict(), "kind": "profile"}).encode()
+    assert app.cluster_from_upload(wrapped, "wrapped.json").gpu == preset.gpu
+    for bad, message in ((b'{"name": "x"}', "missing required field"),
+                         (json.dumps({**preset.to_dict(), "gpus_per_node": -1}).encode(), "gpus_per_node"),
+                         (b"null", "expected a JSON object")):
+        with pytest.raises(PlannerError, match=message):
+            app.cluster_from_upload(bad, "bad.json")
+    with pytest.raises(PlannerError, match="not a whole number"):
+        app.cluster_from_upload(data, "profile.json", gpus=12)
+
+
+def test_model_and_cluster_upload_in_the_page() -> None:
+    at = new_app().run()
+    at.radio(key="model_from").set_value("upload")
+    at.radio(key="cluster_from").set_value("upload")
+    at.run()
+    assert not at.exception and len(at.sidebar.info) == 2  # prompts for both files
+    at.file_uploader(key="model_file").set_value(("config.json", (HF / "qwen2-0.5b.json").read_bytes(),
+                                                   "application/json"))
+    profile = json.dumps(load_cluster("dgx-h100").to_dict()).encode()
+    at.file_uploader(key="cluster_file").set_value(("h100.json", profile, "application/json"))
+    at.number_input(key="gpus").set_value(8)
+    at.number_input(key="global_batch").set_value(32)
+    ok(at.run())
+    assert "uploaded-model on 8 x H100" in " ".join(c.value for c in at.caption)
+
+    at.file_uploader(key="model_file").set_value(("config.json", b"\xff\xfe garbage", "application/json"))
+    at.run()
+    assert not at.exception and "config.json: not UTF-8 text" in errors(at)
+    incomplete = ("config.json", b'{"model_type": "llama"}', "application/json")
+    at.file_uploader(key="model_file").set_value(incomplete)
+    at.run()
+    assert not at.exception and "config.json: num_attention_heads: missing" in errors(at)
+    assert len(at.dataframe) == 0  # nothing searched while the input is bad
+
+
+# ---- measured.json / validation.json ----------------------------------------------------------------
+
+
+def _plan_doc() -> dict[str, Any]:
+    model = load_model("tiny")
+    cluster = load_cluster("localhost-cpu", gpus=2)
+    plan = Plan(dp=2, micro_batch=2, global_batch=8, dtype="fp32")
+    return PlanDocument(plan=plan, model=model, cluster=cluster,
+                        prediction=estimate(model, cluster, plan)).to_json()
+
+
+def _measured(doc: dict[str, Any], median: float = 0.5) -> dict[str, Any]:
+    """The shape executor/run.py writes (values are test data, not a real run)."""
+    return {"schema_version": 1, "kind": "measured", "status": "ok", "plan_hash": plan_hash(doc),
+            "plan": "tp1 pp1 dp2 mb2", "step_time_s": {"median": median, "p10": median * 0.9,
+                                                        "p90": median * 1.2, "mean": median},
+            "tokens_per_s": 1000.0, "losses": [5.0, 4.9],
+            "memory": {"peak_bytes": 2**28, "weights_bytes": 2**20, "grads_bytes": 2**20,
+                       "optimizer_bytes": 2**21, "activations_bytes": 2**22, "activations_peak_bytes": 2**23},
+            "env": {"torch": "test"}}
+
+
+# The shape `planner validate` writes (planner/validate.py); the numbers are test data.
+VALIDATION = {
+    "kind": "validation", "model": "tiny", "cluster": {"name": "localhost-cpu", "gpu": {"name": "cpu"}},
+    "nproc_per_node": 2, "global_batch": 8,
+    "summary": {"n_plans": 2, "mape": 0.2, "spearman": 1.0, "worst_plan": "dp"},
+    "plans": [
+        {"name": "dp", "plan": "tp1 pp1 dp2 mb2", "predicted_step_time_s": 0.016,
+         "measured_step_time_s": 0.02, "error": -0.2, "launch_medians_s": [0.019, 0.021],
+         "predicted_time": {"compute": 0.01}},
+        {"name": "pp", "plan": "tp1 pp2 dp1 mb1", "predicted_step_time_s": 0.04,
+         "measured_step_time_s": 0.05, "error": -0.2, "launch_medians_s": [0.05],
+         "predicted_time": {"compute": 0.02}},
+    ],
+}
+
+
+def test_compare_matches_runs_to_plans_by_hash(tmp_path: Path) -> None:
+    doc = _plan_doc()
+    ev = app.Evidence()
+    ev.add(doc, "plan.json")
+    ev.add(_measured(doc), "run1/measured.json")
+    ev.add({**_measured(doc), "plan_hash": "0" * 16, "predicted": {"step_time_s": 0.25}},
+           "run2/measured.json")
+    ev.add({**_measured(doc), "status": "failed", "error": "RuntimeError: boom", "step_time_s": None},
+           "run3/measured.json")
+    runs, parts = app.compare(ev)
+    assert list(runs["prediction from"]) == ["plan.json", "measured.json", "plan.json"]
+    first = runs.iloc[0]
+    pred = doc["prediction"]["step_time_s"]
+    assert first["predicted step s"] == pytest.approx(pred)
+    assert first["step error %"] == pytest.approx((pred - 0.5) / 0.5 * 100)
+    assert runs.iloc[1]["step error %"] == pytest.approx(-50.0)
+    assert runs.iloc[2]["status"] == "failed" and "boom" in runs.iloc[2]["error"]
+    one = parts[parts["run"] == "run1/measured.json"].set_index("component")
+    assert one.loc["memory: weights", "measured"] == pytest.approx(2**20 / 2**30)
+    assert one.loc["memory: activations", "measured"] == pytest.approx(2**23 / 2**30)
+    assert not ev.problems
+
+
+def test_evidence_sorts_files_and_reports_unusable_ones() -> None:
+    ev = app.Evidence()
+    doc = _plan_doc()
+    ev.add([doc, doc], "plans.json")  # `planner plan --json` output
+    ev.add({"kind": "validation", "rows": [{"plan": "a", "error": 0.1}]}, "validation.json")
+    ev.add({"something": "else"}, "other.json")
+    ev.add_bytes(b"{broken", "broken.json")
+    assert len(ev.plans) == 1 and len(ev.validations) == 1
+    assert any("other.json: not a plan" in p for p in ev.problems)
+    assert any("broken.json: malformed JSON" in p for p in ev.problems)
+
+
+def test_scan_folder(tmp_path: Path) -> None:
+    doc = _plan_doc()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "plan.json").write_text(json.dumps(doc))
+    (tmp_path / "run" / "measured.json").write_text(json.dumps(_measured(doc)))
+    (tmp_path / "validation.json").write_text(json.dumps(VALIDATION))
+    (tmp_path / "notes.json").write_text('{"hello": 1}')
+    (tmp_path / "big.trace.json").write_bytes(b" " * (app.MAX_UPLOAD_BYTES + 1))
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "measured.json").write_text("{")
+    ev = app.scan_folder(str(tmp_path))
+    assert len(ev.measured) == 1 and len(ev.plans) == 1 and len(ev.validations) == 1
+    assert not ev.problems and len(ev.skipped) == 2  # notes.json and the big trace
+    tables = dict(app.validation_tables(ev.validations[0][1]))
+    assert set(tables) == {"summary", "plans"}  # the cluster object is not a table
+    assert tables["summary"].set_index("metric").loc["mape", "value"] == "0.2"
+    assert list(tables["plans"]["predicted_time.compute"]) == [0.01, 0.02]
+    runs = app.validation_runs(ev.validations[0][1])
+    assert list(runs["measured step s"]) == [0.02, 0.05] and list(runs["p90 s"]) == [0.021, 0.05]
+    assert app.scan_folder(str(tmp_path / "missing")).problems == [f"{tmp_path / 'missing'}: no such folder"]
+    assert app.scan_folder("bad\0path").problems  # a NUL byte: reported, not raised
+
+
+def test_measured_tab_shows_predicted_vs_measured(tmp_path: Path) -> None:
+    doc = _plan_doc()
+    at = new_app().run()
+    at.file_uploader(key="measured_files").set_value([
+        ("plan.json", json.dumps(doc).encode(), "application/json"),
+        ("measured.json", json.dumps(_measured(doc)).encode(), "application/json"),
+        ("junk.json", b"\x00\x01", "application/json"),
+    ])
+    at.run()
+    assert not at.exception
+    assert "junk.json" in errors(at)
+    runs = next(d.value for d in at.dataframe if "measured step s" in d.value.columns)
+    assert runs["measured step s"].iloc[0] == pytest.approx(0.5)
+    assert at.get("plotly_chart")
+
+    (tmp_path / "measured.json").write_text(json.dumps(_measured(doc, median=0.75)))
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    (tmp_path / "validation.json").write_text(json.dumps(VALIDATION))
+    at.file_uploader(key="measured_files").set_value(None)
+    at.text_input(key="measured_folder").set_value(str(tmp_path))
+    ok(at.run())
+    runs = next(d.value for d in at.dataframe if "measured step s" in d.value.columns)
+    assert runs["measured step s"].iloc[0] == pytest.approx(0.75)
+    assert any("Validation report" in h.value for h in at.subheader)
+    assert any("predicted_step_time_s" in d.value.columns for d in at.dataframe)
+
+
+# ---- pure helpers ------------------------------------------------------------------------------------
+
+
+def test_whatif_plan_derives_dp_and_schedule() -> None:
+    base = Plan(tp=1, pp=2, dp=4, vpp=2, micro_batch=1, global_batch=64, schedule="interleaved-1f1b")
+    p = app.whatif_plan(base, 8, tp=2, pp=1, micro_batch=2, vpp=1, sequence_parallel=True,
+                        recompute="full", zero_stage=1)
+    assert (p.tp, p.pp, p.dp, p.vpp, p.schedule, p.micro_batch) == (2, 1, 4, 1, "1f1b", 2)
+    with pytest.raises(PlannerError, match="does not divide the 8 GPUs"):
+        app.whatif_plan(base, 8, tp=3, pp=1, micro_batch=1, vpp=1, sequence_parallel=False,
+                        recompute="none", zero_stage=0)
+
+
+def test_schedule_figure_draws_every_op_and_the_bubbles() -> None:
+    model, cluster = load_model("tiny"), load_cluster("localhost-cpu", gpus=4)
+    plan = Plan(pp=4, micro_batch=1, global_batch=8, dtype="fp32")
+    sim = app.cached_simulation(app._spec_key(model), app._spec_key(cluster), json.dumps(plan.to_dict()))
+    fig, note = app.schedule_figure(sim, plan.pp, plan.grad_accum)
+    by_name = {t.name: t for t in fig.data}
+    assert len(by_name["forward"].x) == len(by_name["backward"].x) == 4 * 8
+    assert len(by_name["idle (bubble)"].x) > 0 and note == ""
+    many = {**sim, "events": sim["events"] * 200}
+    _, note = app.schedule_figure(many, plan.pp, plan.grad_accum)
+    assert note.startswith("showing micro-batches")
