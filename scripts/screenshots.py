@@ -1,0 +1,159 @@
+"""Screenshots of the dashboard's main views for the README (docs/img/*.png).
+
+Usage: python scripts/screenshots.py [--out docs/img] [--measured RUNS_FOLDER]
+
+Starts `streamlit run app.py` on a free localhost port, opens it in Debian's headless Chromium through
+Playwright (Playwright's own browser download is not needed), clicks through the tabs and saves one
+PNG per view. The helpers (`free_port`, `serve`, `launch_chromium`, `wait_for_chart`) are shared with
+tests/test_app_browser.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# (file name, tab, URL query, page height): the default problem, and a pipelined one for the schedule
+PIPELINED = "?model=llama2-70b&global_batch=32&pp=4&schedules=1f1b,gpipe"
+VIEWS = (("plans", "Plans", "", 1400), ("selected", "Selected plan", "", 1080),
+         ("schedule", "Pipeline schedule", PIPELINED, 700), ("whatif", "What-if", PIPELINED, 1150))
+
+
+def missing_requirements() -> str | None:
+    """Why a browser run cannot happen here (None when chromium and playwright are both present)."""
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        return f"chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(port: int, log: Path, timeout: float = 60.0) -> Iterator[str]:
+    """Run `streamlit run app.py` on 127.0.0.1:port until the block ends; yields the URL."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            health = f"{url}/_stcore/health"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit did not become healthy in {timeout:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def launch_chromium(pw: Any) -> Any:
+    """Debian's chromium, headless, with background networking off."""
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def wait_for_chart(page: Any, title: str, timeout_ms: int = 90_000) -> None:
+    """Wait until a rendered plotly chart with this title is on the page."""
+    page.wait_for_selector(f".js-plotly-plot .gtitle:has-text('{title}')", timeout=timeout_ms)
+
+
+def open_app(page: Any, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    wait_for_chart(page, "Pareto front")
+    page.wait_for_timeout(500)  # let the remaining charts finish drawing
+
+
+def capture(out_dir: Path, measured: Path | None = None, width: int = 1500) -> list[Path]:
+    """Save one screenshot per main view (and of the Measured tab reading `measured`)."""
+    from playwright.sync_api import sync_playwright
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = []
+    log = Path(tempfile.gettempdir()) / "dashboard-screenshots.streamlit.log"
+    with serve(free_port(), log) as url, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 1000})
+            for name, tab, query, height in VIEWS:
+                page.set_viewport_size({"width": width, "height": height})
+                open_app(page, url + "/" + query)
+                page.get_by_role("tab", name=tab).click()
+                if name == "whatif":  # one step up the pp slider, so the deltas show
+                    page.get_by_role("slider", name="Pipeline parallel (pp)").press("ArrowRight")
+                    page.wait_for_selector(r"text=/tp\d+ pp8 /")
+                page.wait_for_timeout(1200)
+                path = out_dir / f"dashboard-{name}.png"
+                page.screenshot(path=str(path))
+                saved.append(path)
+            if measured is not None:
+                page.set_viewport_size({"width": width, "height": 1900})
+                open_app(page, url)
+                page.get_by_role("tab", name="Measured").click()
+                box = page.get_by_label("...or a folder to scan (on this machine)")
+                box.fill(str(measured))
+                box.press("Enter")
+                wait_for_chart(page, "Step time: predicted vs measured")
+                page.wait_for_timeout(1200)
+                path = out_dir / "dashboard-measured.png"
+                page.screenshot(path=str(path))
+                saved.append(path)
+        finally:
+            browser.close()
+    log.unlink(missing_ok=True)
+    return saved
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    ap.add_argument("--measured", type=Path,
+                    help="a folder of plan + measured.json files for the Measured view")
+    args = ap.parse_args()
+    why = missing_requirements()
+    if why:
+        print(f"screenshots: {why}", file=sys.stderr)
+        return 2
+    for p in capture(args.out, args.measured):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
