@@ -10,8 +10,10 @@ call them without a browser.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -836,41 +838,66 @@ def show_measured() -> None:
             st.json(obj, expanded=False)
 
 
+@contextlib.contextmanager
+def guard(where: str) -> Iterator[None]:
+    """Show a failure inside one part of the page as a message, as the CLI does (the rest renders).
+
+    Input errors (PlannerError) show their message; an internal error shows one line, or its
+    traceback when PLANNER_DEBUG is set.
+    """
+    try:
+        yield
+    except PlannerError as exc:
+        st.error(str(exc))
+    except Exception as exc:
+        if os.environ.get("PLANNER_DEBUG"):
+            raise
+        st.error(f"{where}: internal error: {type(exc).__name__}: {exc} "
+                 "(set PLANNER_DEBUG=1 for a traceback)")
+
+
+def choose_plan(res: dict[str, Any], problem: Problem) -> PlanDocument:
+    """The plan to inspect: one of the ranked plans or of the Pareto front."""
+    choices = list(zip(res["plans"], res["predictions"], strict=True))
+    names = [f"#{i + 1} {label(p)}  ({pr['step_time_s']:.4g} s, {pr['memory_gib_per_gpu']:.1f} GiB)"
+             for i, (p, pr) in enumerate(choices)]
+    for p, pr in res["pareto"]:
+        if p not in res["plans"]:
+            choices.append((p, pr))
+            names.append(f"Pareto: {label(p)}  ({pr['step_time_s']:.4g} s, {pr['memory_gib_per_gpu']:.1f} GiB)")
+    pick = st.selectbox("Plan to inspect", range(len(names)), format_func=lambda i: names[i], key="selected")
+    plan, pred = choices[min(pick or 0, len(choices) - 1)]
+    return PlanDocument(plan=plan, model=problem.model, cluster=problem.cluster, prediction=pred)
+
+
 def main() -> None:
     st.set_page_config(page_title="Parallelism planner", layout="wide")
     st.title("Parallelism planner")
-    problem = sidebar_problem()
-    res: dict[str, Any] = {"error": "Fix the inputs in the sidebar to search."}
+    problem, res, doc = None, None, None
+    with guard("inputs"):
+        problem = sidebar_problem()
     if problem is not None:
-        res = cached_search(_spec_key(problem.model), _spec_key(problem.cluster), problem.global_batch,
-                            problem.objective, _constraints_key(problem.constraints), problem.top_k)
-    doc = None
-    if problem is not None and "error" not in res:
-        choices = list(zip(res["plans"], res["predictions"], strict=True))
-        names = [f"#{i + 1} {label(p)}  ({pr['step_time_s']:.4g} s, {pr['memory_gib_per_gpu']:.1f} GiB)"
-                 for i, (p, pr) in enumerate(choices)]
-        for p, pr in res["pareto"]:
-            if p not in res["plans"]:
-                choices.append((p, pr))
-                names.append(f"Pareto: {label(p)}  ({pr['step_time_s']:.4g} s, "
-                             f"{pr['memory_gib_per_gpu']:.1f} GiB)")
-        pick = st.selectbox("Plan to inspect", range(len(names)), format_func=lambda i: names[i],
-                            key="selected")
-        plan, pred = choices[min(pick or 0, len(choices) - 1)]
-        doc = PlanDocument(plan=plan, model=problem.model, cluster=problem.cluster, prediction=pred)
+        with guard("search"):
+            res = cached_search(_spec_key(problem.model), _spec_key(problem.cluster), problem.global_batch,
+                                problem.objective, _constraints_key(problem.constraints), problem.top_k)
+            if "error" in res:
+                st.error(res["error"])
+            else:
+                doc = choose_plan(res, problem)
     tabs = st.tabs(["Plans", "Selected plan", "Pipeline schedule", "What-if", "Measured"])
-    with tabs[4]:
+    with tabs[4], guard("measured"):
         show_measured()
-    if doc is None or problem is None:
-        tabs[0].error(res["error"]) if problem is not None else tabs[0].info(res["error"])
+    if problem is None:
+        tabs[0].info("Fix the inputs in the sidebar to search.")
+    if problem is None or res is None or doc is None:
         return
-    with tabs[0]:
+    with tabs[0], guard("plans"):
         show_plans(res, problem, doc.plan)
-    with tabs[1]:
+    with tabs[1], guard("selected plan"):
         show_selected(doc)
-    with tabs[2]:
+    with tabs[2], guard("schedule"):
         show_schedule(doc)
-    with tabs[3]:
+    with tabs[3], guard("what-if"):
         show_whatif(doc)
 
 

@@ -165,6 +165,23 @@ def test_plan_that_fits_nowhere_shows_the_reason() -> None:
     assert "no plan fits llama3-405b on 8 x" in errors(at)
 
 
+def test_internal_errors_are_one_line_and_the_rest_of_the_page_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import planner.search
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("p2p")
+
+    monkeypatch.setattr(planner.search, "search", broken)
+    monkeypatch.delenv("PLANNER_DEBUG", raising=False)
+    at = new_app()
+    for k, v in {"model": "tiny", "cluster": "localhost-cpu", "gpus": "3", "global_batch": "3"}.items():
+        at.query_params[k] = v  # a problem no other test searches (results are cached per input)
+    at.run()
+    assert not at.exception
+    assert "search: internal error: KeyError: 'p2p' (set PLANNER_DEBUG=1 for a traceback)" in errors(at)
+    assert at.info[-1].value == "No measurements loaded yet."  # the Measured tab still works
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("gpus", 12, "not a whole number of 8-GPU nodes"),
     ("zero", [], "choose at least one ZeRO stage"),
