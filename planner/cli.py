@@ -267,6 +267,42 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- demo -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Calibrate this machine (once), plan a small GPT for its CPU ranks, run the plan, compare."""
+    from pathlib import Path
+
+    from executor.launch import add_run_arguments, run_command
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = out / "cluster-profile.json"
+    n = args.nproc_per_node
+    if args.recalibrate or not profile.exists():
+        print(f"== 1/3 calibrating this machine with {n} ranks (planner calibrate --quick) ==", flush=True)
+        rc = main(["calibrate", "--nproc-per-node", str(n), "--quick", "--out", str(profile)])
+        if rc:
+            return rc
+    else:
+        print(f"== 1/3 using the calibration in {profile} (--recalibrate to measure again) ==", flush=True)
+    print(f"\n== 2/3 planning {args.model} for {n} CPU ranks (planner plan) ==", flush=True)
+    plan = out / "plan.json"
+    # --cp 1: the executor does not run context parallelism yet.
+    rc = main(["plan", "--model", args.model, "--cluster", str(profile), "--gpus", str(n), "--global-batch",
+               str(args.global_batch), "--top", "5", "--cp", "1", "--out", str(plan)])
+    if rc:
+        return rc
+    print(f"\n== 3/3 running the best plan with torchrun (planner run {plan} --nproc-per-node {n}) ==",
+          flush=True)
+    run_parser = argparse.ArgumentParser()
+    add_run_arguments(run_parser)
+    run_args = run_parser.parse_args([str(plan), "--nproc-per-node", str(n), "--steps", str(args.steps),
+                                      "--warmup", "3"])
+    return run_command(run_args)
+
+
 # ---- validate -------------------------------------------------------------------------------
 
 
@@ -448,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="calibrate, plan a small GPT for this machine's CPU ranks, run it, compare")
+    p.add_argument("--nproc-per-node", type=_positive_int, default=2, help="CPU ranks (default 2)")
+    p.add_argument("--model", default="tiny", help="model (default tiny)")
+    p.add_argument("--global-batch", type=_positive_int, default=8)
+    p.add_argument("--steps", type=_positive_int, default=10)
+    p.add_argument("--out-dir", default="demo", help="where the profile, plan and measurements go")
+    p.add_argument("--recalibrate", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("calibrate", help="measure this machine and write a cluster profile JSON")
     p.add_argument("--nproc-per-node", type=_positive_int, default=os.cpu_count() or 2,

@@ -243,10 +243,33 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch,
     s_first, s_inv = group_index(batch, "structure")
     t_first, t_inv = group_index(batch, "timing")
     s_terms = _structure_terms(model, cluster, batch.take(s_first))
-    tb = batch.take(t_first)
+    tb = _Columns(batch, t_first)
     s_of_t = s_inv[t_first]
-    timing = _timing_terms(model, cluster, tb, {k: v[s_of_t] for k, v in s_terms.items()})
+    timing = _timing_terms(model, cluster, tb, {k: s_terms[k][s_of_t] for k in TIMING_INPUTS})
     return _plan_terms(model, cluster, lg, batch, s_terms, s_inv, timing, t_inv, headroom)
+
+
+# Structure terms the timing level reads (the rest only feed memory, per plan).
+TIMING_INPUTS = ("attn_fwd", "cp_bwd", "cp_fwd", "cp_total", "dense_first", "dense_last", "dp_ag", "dp_ag_layers",
+                 "dp_ar", "dp_rs", "dp_rs_layers", "ep", "expert", "g_dp", "g_edp", "lay_bwd", "lay_fwd", "lp", "p2p",
+                 "post_compute", "post_t", "pre_compute", "pre_t", "tp_bwd", "tp_bwd_total", "tp_fwd")
+
+
+class _Columns:
+    """The columns of a PlanBatch at some rows, gathered on first use (cheaper than `take`)."""
+
+    def __init__(self, batch: PlanBatch, rows: Array) -> None:
+        self._batch, self._rows = batch, rows
+        self.dtype, self.flash = batch.dtype, batch.flash
+
+    def __getattr__(self, name: str) -> Array:
+        value = getattr(self._batch, name)[self._rows]
+        setattr(self, name, value)
+        return value
+
+    @property
+    def m(self) -> Array:
+        return self.gb // (self.dp * self.mb)
 
 
 def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
@@ -287,22 +310,36 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
         + np.where(crit_first | single, st["pre_compute"], 0.0) \
         + np.where(~crit_first | single, st["post_compute"], 0.0)
 
-    # Data parallel: overlapped with one micro-batch's backward (or forward).
+    # Data parallel: overlapped with one micro-batch's backward (or forward). Each ZeRO stage's
+    # formula is evaluated only on its own rows.
     bwd_w, fwd_w = lp * layer_b, lp * layer_f
     ar, rs, ag = st["dp_ar"], st["dp_rs"], st["dp_ag"]
     rs_l, ag_l = st["dp_rs_layers"], st["dp_ag_layers"]
-    dp_total = np.select([zero == 0, zero == 1, zero == 2],
-                         [ar, rs + ag, m * rs_l + ag], default=m * (2 * ag_l + rs_l))
-    dp_exposed = np.select(
-        [zero == 0, zero == 1, zero == 2],
-        [hide(ar, bwd_w), hide(rs, bwd_w) + hide(ag, fwd_w), m * hide(rs_l, bwd_w) + hide(ag, fwd_w)],
-        default=m * (hide(ag_l, fwd_w) + hide(ag_l + rs_l, bwd_w)),
-    )
     has_dp = st["g_dp"] > 1
-    dp_total = np.where(has_dp, dp_total, 0.0)
-    dp_exposed = np.where(has_dp, dp_exposed, 0.0)
-    dp_bwd_comm = np.where(has_dp, np.select([zero == 0, zero == 1], [ar, rs], 0.0), 0.0)
-    dp_exposed_fwd = np.where(has_dp & (zero == 1), hide(ag, fwd_w), 0.0)
+    dp_total = np.zeros_like(t)
+    dp_exposed = np.zeros_like(t)
+    dp_bwd_comm = np.zeros_like(t)
+    dp_exposed_fwd = np.zeros_like(t)
+    for stage in (0, 1, 2, 3):
+        i = np.flatnonzero(has_dp & (zero == stage))
+        if not len(i):
+            continue
+        bw, fw, mi = bwd_w[i], fwd_w[i], m[i]
+        if stage == 0:
+            dp_total[i] = ar[i]
+            dp_exposed[i] = hide(ar[i], bw)
+            dp_bwd_comm[i] = ar[i]
+        elif stage == 1:
+            dp_total[i] = rs[i] + ag[i]
+            dp_exposed_fwd[i] = hide(ag[i], fw)
+            dp_exposed[i] = hide(rs[i], bw) + dp_exposed_fwd[i]
+            dp_bwd_comm[i] = rs[i]
+        elif stage == 2:
+            dp_total[i] = mi * rs_l[i] + ag[i]
+            dp_exposed[i] = mi * hide(rs_l[i], bw) + hide(ag[i], fw)
+        else:
+            dp_total[i] = mi * (2 * ag_l[i] + rs_l[i])
+            dp_exposed[i] = mi * (hide(ag_l[i], fw) + hide(ag_l[i] + rs_l[i], bw))
 
     # Tied embeddings under pipelining: first and last stage all-reduce the embedding gradient.
     # The pair is stride_pp·(pp−1) ranks apart; when the whole pipeline group sits in one node so
