@@ -4,5 +4,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck disable=SC1091
 . scripts/setup.sh
-ruff check planner executor tests benchmarks app.py
+# The dashboard's browser test needs Debian's chromium and Playwright for Python (its own browser
+# download does not work offline); it skips with a reason when they cannot be installed.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 &&
+    apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: browser test will skip"
+fi
+python -c "import playwright" >/dev/null 2>&1 || pip install -q playwright || echo "playwright not installed"
+ruff check .
 python -m pytest -q "$@"
