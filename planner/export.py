@@ -386,9 +386,13 @@ def torchtitan_toml(doc: PlanDocument, strict: bool = False) -> str:
     use = (f"use: NGPU={c.gpus_per_node} CONFIG_FILE=torchtitan.toml ./run_train.sh on each of "
            f"{c.num_nodes} node(s) (torchrun ... -m torchtitan.train --job.config_file torchtitan.toml)")
     lines = _header(doc, "torchtitan", use) + b.finish(strict) + b.notes
-    lines.append("v0.1.0 (torchtitan/config_manager.py) ignores pipeline_parallel_first/last_stage_less_layers "
-                 "and expert_parallel_degree; there, replace the pipeline_parallel_layers_per_stage line by "
-                 f"pipeline_parallel_split_points = {_toml_value(_split_points(doc))}")
+    if doc.plan.pp > 1 or doc.model.is_moe:
+        lines.append("v0.1.0 (torchtitan/config_manager.py) ignores pipeline_parallel_first/last_stage_less_layers "
+                     "and expert_parallel_degree (it has no expert parallelism); there, replace the "
+                     "pipeline_parallel_layers_per_stage line by "
+                     f"pipeline_parallel_split_points = {_toml_value(_split_points(doc))}")
+    else:
+        lines.append("v0.1.0 (torchtitan/config_manager.py) reads this file as it is")
     text = _comment(lines)
     for section, values in sections.items():
         text += f"\n[{section}]\n"
