@@ -126,10 +126,10 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
             acc *= sizes[d]
         sig: list = [_layout(sizes[d], st[d], gpus_per_node) for d in DIMS]
         sig.append(st["pp"] * pp <= gpus_per_node)
-        sig.append(_layout(dp * cp, min(st["dp"], st["cp"]) if cp > 1 else st["dp"], gpus_per_node))
+        # (the dp x cp gradient group's layout is the product of the dp and cp layouts above)
         if moe:
             sig.extend(_layout(e, st["dp"], gpus_per_node) for e in ep_values)
-            sig.append(_layout(dp * cp // max(ep_values), st["dp"] * max(ep_values), gpus_per_node))
+            sig.extend(_layout(dp // e, st["dp"] * e, gpus_per_node) for e in ep_values)
         seen.setdefault(tuple(sig), order)
     return list(seen.values())
 

@@ -58,11 +58,25 @@ def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array) -> Array:
     return np.where(g > 1, t, 0.0)
 
 
-def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, stride: Array) -> Array:
-    """Seconds for one collective `op` of `nbytes` over groups of `size` ranks spaced `stride` apart."""
+def product_layout(dims: list[tuple[Array, Array]], gpus_per_node: int) -> tuple[Array, Array, Array]:
+    """(size, members per node, nodes spanned) of a group spanning several dimensions at once (e.g.
+    the data-parallel x context-parallel gradient group): its members per node multiply."""
+    size = np.ones_like(np.asarray(dims[0][0]))
+    per_node = np.ones_like(size)
+    for d_size, d_stride in dims:
+        k, _ = group_layout(d_size, d_stride, gpus_per_node)
+        size = size * d_size
+        per_node = per_node * k
+    return size, per_node, -(-size // per_node)
+
+
+def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, stride: Array | None = None,
+                    layout: tuple[Array, Array] | None = None) -> Array:
+    """Seconds for one collective `op` of `nbytes` over groups of `size` ranks spaced `stride` apart
+    (or laid out as `layout` = (members per node, nodes spanned))."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
     size = np.asarray(size)
-    k, n_nodes = group_layout(size, stride, cluster.gpus_per_node)
+    k, n_nodes = layout if layout is not None else group_layout(size, stride, cluster.gpus_per_node)
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
     t_flat = _flat(intra, op, nbytes, size)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.cost.batch import PlanBatch
-from planner.cost.comm import collective_time, p2p_time
+from planner.cost.comm import collective_time, p2p_time, product_layout
 from planner.cost.compute import ops_times
 from planner.cost.memory import (
     GRAD_BYTES,
@@ -186,24 +186,23 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     ps_last = stage_params(lg, t, p, e, first=False)
     dense = np.maximum(ps_first.dense, ps_last.dense)
     expert = ps_first.expert
-    g_dp = batch.dp * batch.cp
-    # A dimension of size 1 has no place in the rank layout: its stride must not move the group.
-    both = np.minimum(batch.stride_dp, batch.stride_cp)
-    stride_dpcp = np.where(batch.cp > 1, np.where(batch.dp > 1, both, batch.stride_cp), batch.stride_dp)
-    g_edp = g_dp // batch.ep
-    # Expert replicas: dp/ep ranks spaced stride_dp·ep apart (x cp); with dp = ep only the cp ranks.
-    stride_edp = np.where(batch.dp > batch.ep, batch.stride_dp * batch.ep, batch.stride_cp)
+    gpn = cluster.gpus_per_node
+    # Gradient groups span two dimensions: dense weights are replicated over dp x cp ranks, expert
+    # weights over (dp / ep) x cp ranks (expert groups are ep consecutive dp ranks).
+    g_dp, k_dp, n_dp = product_layout([(batch.dp, batch.stride_dp), (batch.cp, batch.stride_cp)], gpn)
+    g_edp, k_edp, n_edp = product_layout([(batch.dp // batch.ep, batch.stride_dp * batch.ep),
+                                          (batch.cp, batch.stride_cp)], gpn)
     lp = model.num_layers / p
 
     def dp_coll(op: str, per_param: float, chunks: Array | None) -> Array:
         """One DP collective over all of a stage's parameters, issued in buckets (or per layer)."""
         total = 0.0
-        for params, g, stride in ((dense, g_dp, stride_dpcp), (expert, g_edp, stride_edp)):
+        for params, g, layout in ((dense, g_dp, (k_dp, n_dp)), (expert, g_edp, (k_edp, n_edp))):
             if not np.any(params):
                 continue
             nbytes = params * per_param
             n = np.maximum(1.0, np.ceil(nbytes / DDP_BUCKET_BYTES)) if chunks is None else chunks
-            total = total + n * collective_time(cluster, op, nbytes / n, g, stride)
+            total = total + n * collective_time(cluster, op, nbytes / n, g, layout=layout)
         return total + np.zeros_like(t)
 
     one_layer = layer_params(lg, t, e)
