@@ -61,8 +61,11 @@ class PlanResult:
         mems = [m.get("memory", {}) for m in self.launches if m.get("status") == "ok"]
         if not mems:
             return None
-        keys = ("weights_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")
-        return statistics.median(sum(float(mm.get(k) or 0) for k in keys) for mm in mems) / 2**30
+        def total(mm: dict[str, Any]) -> float:  # activations at their peak (all in-flight micro-batches)
+            acts = mm.get("activations_peak_bytes", mm.get("activations_bytes")) or 0
+            return sum(float(mm.get(k) or 0) for k in ("weights_bytes", "grads_bytes", "optimizer_bytes")) + acts
+
+        return statistics.median(total(mm) for mm in mems) / 2**30
 
     def to_json(self) -> dict[str, Any]:
         pred = self.doc.prediction or {}

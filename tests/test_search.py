@@ -13,7 +13,7 @@ from planner.cost import estimate, evaluate, prediction
 from planner.errors import PlanError
 from planner.plan import RECOMPUTE, SCHEDULES, Plan, check_plan
 from planner.search import Constraints, divisors, enumerate_plans, search
-from planner.specs.catalog import cluster_preset, model_preset
+from planner.specs.catalog import cluster_preset, load_cluster, model_preset
 
 # The brute-force problem: GPT-2 (124M) on 4 A100-80GB of one node, global batch 8, with 95 %
 # headroom (a 4 GiB budget) so that some plans do not fit.
@@ -280,3 +280,23 @@ def test_bad_global_batch(gb: Any) -> None:
     with pytest.raises(PlanError) as err:
         search(MODEL, CLUSTER, gb)
     assert err.value.field == "global_batch"
+
+
+MEGATRON_2021 = [  # Narayanan et al. 2021 Table 1 configurations: model, GPUs, global batch, tp, pp
+    ("megatron-1.7b", 32, 512, 1, 1),
+    ("megatron-18b", 256, 1024, 8, 1),
+    ("megatron-145b", 1536, 2304, 8, 8),
+    ("megatron-1t", 3072, 3072, 8, 64),
+]
+
+
+@pytest.mark.parametrize(("name", "gpus", "batch", "tp", "pp"), MEGATRON_2021)
+def test_search_at_least_as_fast_as_the_published_megatron_configuration(
+        name: str, gpus: int, batch: int, tp: int, pp: int) -> None:
+    """The search covers the published tp/pp (with any micro-batch, recompute, schedule), so its best
+    plan is predicted no slower than the best way to run the configuration the paper used."""
+    model = model_preset(name)
+    cluster = load_cluster("dgx-a100-80gb", gpus=gpus)
+    published = search(model, cluster, batch, top_k=1, constraints=Constraints(tp=tp, pp=pp))
+    best = search(model, cluster, batch, top_k=1)
+    assert best.predictions[0]["step_time_s"] <= published.predictions[0]["step_time_s"] * (1 + 1e-12)
