@@ -39,6 +39,8 @@ class Op:
     `gemm` = (in_features, out_features, instances per token) for matrix multiplies;
     `saved` = bytes saved for backward per token (given the activation dtype);
     `saved_s` = bytes saved per token per key position (the s^2 attention terms);
+    `saved_sel` = bytes saved per token only while the attention core is not recomputed (selective
+    recompute drops them together with the s^2 terms: they live inside the recomputed region);
     `io` = bytes read + written by a memory-bound kernel per token (forward);
     `io_s` = the same per token per key position.
     """
@@ -53,6 +55,7 @@ class Op:
     gemm: tuple[int, int, float] | None = None
     saved: float = 0.0
     saved_s: float = 0.0
+    saved_sel: float = 0.0
     io: float = 0.0
     io_s: float = 0.0
     bias: int = 0  # bias parameters (replicated across TP ranks for row-parallel linears)
@@ -106,7 +109,7 @@ class LayerGraph:
     def layer_saved_bytes(self, batch: int, seq: int) -> float:
         """Bytes one layer saves for backward (no parallelism, no recompute)."""
         tokens = batch * seq
-        return sum(op.saved * tokens + op.saved_s * tokens * seq for op in self.layer_ops)
+        return sum((op.saved + op.saved_sel) * tokens + op.saved_s * tokens * seq for op in self.layer_ops)
 
 
 def _linear(name: str, fin: int, fout: int, tp: str, bias: bool, group: str, dtype_b: int,
@@ -152,15 +155,18 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
     else:
         # Unfused ("math") attention as in Megatron-LM 2022: QK^T saves Q and K, softmax saves its
         # output (2as^2b), dropout its mask (as^2b) and output (2as^2b), which the context bmm saves
-        # together with V (Korthikanti et al. 2022, Sec. 4.1).
+        # together with V (Korthikanti et al. 2022, Sec. 4.1). With GQA the unfused path first
+        # repeats K and V to every query head (Megatron-LM's DotProductAttention, PyTorch's math SDPA),
+        # so the bmms save the expanded K and V: 2(h - kv) more per token. Selective recompute keeps
+        # only the core's inputs Q, K, V (unexpanded) and drops the expansion with the s^2 tensors.
         dropout = m.dropout > 0
         saved_s = a * (b + (MASK_BYTES + b if dropout else 0))
         # Fused scale-mask-softmax reads the scores and writes the probabilities; dropout reads them
         # and writes its output and mask. (The bmm outputs/inputs are counted with the bmm.)
         io_s = a * (2 * b + ((2 * b + MASK_BYTES) if dropout else 0))
         core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
-                  flops_s=4.0 * h, saved=b * (h + 2 * kv), saved_s=saved_s, io_s=io_s,
-                  kernels=4 if dropout else 3)
+                  flops_s=4.0 * h, saved=b * (h + 2 * kv), saved_sel=2.0 * b * (h - kv), saved_s=saved_s,
+                  io_s=io_s, kernels=4 if dropout else 3)
     proj = _linear("attn.proj", h, h, "row", m.bias, "layer", b)
     ops = [qkv, core, proj]
     if m.position == "rope":
@@ -197,10 +203,13 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
             _linear("mlp.down", f, h, "row", m.bias, "layer", b),
         ]
     # Mixture of experts: a replicated router, then top_k expert MLPs per token (capacity-padded).
+    # The router is a linear layer: it saves its input (the norm output, which no other op saves in an
+    # MoE layer) for its weight gradient, plus the fp32 routing probabilities.
     e, k = m.num_experts, m.top_k
     work = k * m.capacity_factor  # expert-token pairs computed per token
     router = Op(name="moe.router", kind="gemm", tp="replicated", group="layer", params=h * e,
-                flops=2.0 * h * e, gemm=(h, e, 1.0), saved=LOSS_BYTES * e, io=b * 2.0 * e, kernels=3)
+                flops=2.0 * h * e, gemm=(h, e, 1.0), saved=b * h + LOSS_BYTES * e, io=b * 2.0 * e,
+                kernels=3)
     dispatch = Op(name="moe.dispatch", kind="elementwise", tp="replicated", group="layer",
                   io=2.0 * b * h * k, kernels=2)
     up = _linear("moe.experts.up", h, up_width, "column", m.bias, "layer", b, copies=work,

@@ -10,7 +10,8 @@ ranks, stage 2 also the gradients, stage 3 also the weights.
 
 Activations (Korthikanti et al. 2022, Sec. 4): the sum over the layer graph of bytes saved for backward,
 split by TP as each op's sharding says (replicated ops split only with sequence parallelism); selective
-recompute drops the s^2 attention tensors; full recompute keeps only each layer's input. Pipeline
+recompute drops what the attention core saves beyond its inputs (the s^2 tensors; on the unfused path
+with GQA also the expanded K and V); full recompute keeps only each layer's input. Pipeline
 in-flight micro-batches follow the schedule: 1F1B keeps min(p, m) on the first stage; interleaved
 1F1B keeps (v·p + p − 1) model chunks of L/(v·p) layers, i.e. L·(1 + (p−1)/(v·p)) layers (Korthikanti
 Sec. 4.2.3); GPipe keeps all m.
@@ -88,8 +89,8 @@ def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
     total = np.zeros_like(tokens, dtype=np.float64)
     for op in ops:
         total = total + op.saved * tokens / _saved_divisor(op, tp, sp)
-        if op.saved_s:
-            s2 = op.saved_s * tokens * seq / tp
+        if op.saved_s or op.saved_sel:  # the attention core's (head-split) recomputable tensors
+            s2 = (op.saved_s * seq + op.saved_sel) * tokens / tp
             total = total + np.where(drop_s2, 0.0, s2)
     return total
 
