@@ -12,6 +12,7 @@ model separates by more than 25%, validation.json and an interactive plotly HTML
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 
 from planner.cost import estimate
 from planner.errors import PlanError, PlannerError
-from planner.io import atomic_write_json, atomic_write_text, dumps
+from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps
 from planner.plan import Plan, PlanDocument, check_plan, plan_hash, save_plan
 from planner.report import table
 from planner.specs.catalog import load_cluster, load_model
@@ -214,13 +215,8 @@ def write_html(path: Path, results: list[PlanResult], summary: dict[str, Any], t
                       if ok else title, xaxis_title="measured step time (ms)",
                       yaxis_title="predicted step time (ms)", width=900, height=700)
     atomic_write_text(path, fig.to_html(include_plotlyjs="cdn", full_html=True))
-    try:  # optional static image
-        png = fig.to_image(format="png")
-        tmp = path.with_suffix(".png.tmp")
-        tmp.write_bytes(png)
-        tmp.replace(path.with_suffix(".png"))
-    except Exception:
-        pass
+    with contextlib.suppress(Exception):  # optional static image (needs kaleido)
+        atomic_write_bytes(path.with_suffix(".png"), fig.to_image(format="png"))
 
 
 def run_validation(args: argparse.Namespace) -> int:
