@@ -263,6 +263,8 @@ class ClusterSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SpecError(f"must be a positive integer, got {show(v)}", field=f)
+            if v > 10_000_000:  # name the field that is absurd, not the product
+                raise SpecError(f"{show(v)} is beyond any real cluster", field=f)
         if self.gpus_per_node * self.num_nodes > 10_000_000:
             raise SpecError(f"{self.gpus_per_node * self.num_nodes} GPUs is beyond any real cluster",
                             field="num_nodes")
