@@ -534,7 +534,7 @@ def _add_optional_commands(sub: Any) -> None:
     """Commands whose implementation lives in other modules (each exposes `register(sub)`)."""
     import importlib
 
-    for name in ("planner.export", "planner.trace"):
+    for name in ("planner.export", "planner.trace", "planner.compare", "planner.dashboard_cmd"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,193 @@
+"""`planner compare plan.json measured.json`: predicted vs measured for one run of one plan.
+
+`compare(doc, measured)` is the library call (the dashboard may reuse it). It checks that the measured
+file belongs to the plan (`plan_hash`, the hash the executor writes into measured.json) and reports
+step time, tokens/s and memory per GPU, and memory per component where both sides have it. The error
+of a prediction is (predicted - measured) / measured, as in `planner validate`'s MAPE.
+
+A measured file from another plan, or one that is not a measured.json at all, is a `PlannerError`
+naming the field (`plan_hash`, `kind`, `step_time_s.median`, ...): exit status 2 in the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlannerError
+from planner.io import dumps, load_json
+from planner.plan import PlanDocument, document_from_json, plan_hash
+from planner.specs.model import show
+
+GIB = 2**30
+STATUSES = ("ok", "failed", "running")
+# (component name in the prediction's `memory` block, key in measured.json's `memory` block)
+MEMORY_COMPONENTS = (("weights", "weights_bytes"), ("grads", "grads_bytes"), ("optimizer", "optimizer_bytes"),
+                     ("activations", "activations_peak_bytes"))
+
+
+class MeasuredError(PlannerError, ValueError):
+    """A measured.json that is malformed or belongs to another plan."""
+
+
+def _number(obj: dict[str, Any], key: str, where: str, required: bool, positive: bool = False) -> float | None:
+    if key not in obj:
+        if required:
+            raise MeasuredError("missing", field=f"{where}{key}")
+        return None
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise MeasuredError(f"must be a number, got {show(v)}", field=f"{where}{key}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise MeasuredError(f"out of range: {show(v)}", field=f"{where}{key}") from None
+    if not math.isfinite(f) or f < 0 or (positive and f == 0):
+        raise MeasuredError(f"must be a finite {'positive' if positive else 'non-negative'} number, got {show(v)}",
+                            field=f"{where}{key}")
+    return f
+
+
+def check_measured(measured: Any) -> dict[str, Any]:
+    """Validate the parts of a measured.json that compare reads; MeasuredError names the field."""
+    if not isinstance(measured, dict):
+        raise MeasuredError(f"expected a JSON object, got {type(measured).__name__}", field="measured")
+    kind = measured.get("kind", "measured")
+    if kind != "measured":
+        raise MeasuredError(f"{show(kind)} is not a measured run (expected \"measured\")", field="kind")
+    h = measured.get("plan_hash")
+    if not isinstance(h, str) or not h:
+        raise MeasuredError(f"must be the plan's hash (a string), got {show(h)}", field="plan_hash")
+    status = measured.get("status", "ok")
+    if status not in STATUSES:
+        raise MeasuredError(f"must be one of {', '.join(STATUSES)}, got {show(status)}", field="status")
+    st = measured.get("step_time_s")
+    if st is not None or status == "ok":
+        if not isinstance(st, dict):
+            raise MeasuredError(f"must be an object with median/p10/p90, got {show(st)}", field="step_time_s")
+        for k in ("median", "p10", "p90"):
+            _number(st, k, "step_time_s.", required=(k == "median"), positive=True)
+    _number(measured, "tokens_per_s", "", required=False, positive=True)
+    mem = measured.get("memory")
+    if mem is not None:
+        if not isinstance(mem, dict):
+            raise MeasuredError(f"must be an object, got {show(mem)}", field="memory")
+        for k in ("peak_bytes", *(key for _, key in MEMORY_COMPONENTS)):
+            _number(mem, k, "memory.", required=False)
+    times = measured.get("step_times_s", [])
+    if not isinstance(times, list) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
+        raise MeasuredError("must be a list of numbers", field="step_times_s")
+    return measured
+
+
+def _row(metric: str, unit: str, predicted: float | None, measured: float | None) -> dict[str, Any]:
+    err = None if predicted is None or not measured else (predicted - measured) / measured
+    return {"metric": metric, "unit": unit, "predicted": predicted, "measured": measured, "error": err}
+
+
+def _get(obj: Any, *keys: str) -> float | None:
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return float(obj) if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+
+
+def compare(doc: PlanDocument | dict[str, Any], measured: Any) -> dict[str, Any]:
+    """Predicted vs measured for a plan (a PlanDocument or the plan file's JSON) and a measured.json
+    (parsed). Raises PlannerError naming `plan_hash` when the measurement belongs to another plan."""
+    if isinstance(doc, PlanDocument):
+        return _compare(doc, doc.hash, measured)
+    return _compare(document_from_json(doc), plan_hash(doc), measured)
+
+
+def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, Any]:
+    m = check_measured(measured)
+    if m["plan_hash"] != expected:
+        raise MeasuredError(f"the measured run belongs to another plan ({show(m['plan_hash'], 20)} != this plan's "
+                            f"{expected}); run `planner run` on this plan or pass its own measured.json",
+                            field="plan_hash")
+    pred, origin = document.prediction, "plan"
+    if not pred:
+        from planner.cost import estimate
+
+        pred, origin = estimate(document.model, document.cluster, document.plan), "estimated"
+    st = m.get("step_time_s") or {}
+    mem = m.get("memory") or {}
+    peak = _get(mem, "peak_bytes")
+    rows = [
+        {**_row("step_time_s", "s", _get(pred, "step_time_s"), _get(st, "median")),
+         "measured_p10": _get(st, "p10"), "measured_p90": _get(st, "p90")},
+        _row("tokens_per_s", "tokens/s", _get(pred, "tokens_per_s"), _get(m, "tokens_per_s")),
+        _row("memory_gib_per_gpu", "GiB", _get(pred, "memory_gib_per_gpu"), None if peak is None else peak / GIB),
+    ]
+    for name, key in MEMORY_COMPONENTS:
+        p, b = _get(pred, "memory", name), _get(mem, key)
+        if p is not None and b is not None:  # per component only where both sides have it
+            rows.append(_row(f"memory.{name}", "GiB", p, b / GIB))
+    return {
+        "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
+        "error": m.get("error"), "prediction_from": origin,
+        "timed_steps": len(m.get("step_times_s", [])), "steps_completed": m.get("steps_completed"),
+        "rows": rows,
+    }
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1e3:.2f} ms" if v < 1 else f"{v:.3f} s"
+    if unit == "GiB":
+        return f"{v:.3f} GiB"
+    return f"{v:,.0f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    from planner.report import table
+
+    rows = [[r["metric"], _fmt(r["predicted"], r["unit"]), _fmt(r["measured"], r["unit"]),
+             "-" if r["error"] is None else f"{r['error'] * 100:+.1f}%"] for r in result["rows"]]
+    head = (f"plan {result['plan']} ({result['plan_hash']}): {result['timed_steps']} timed steps, status "
+            f"{result['status']}; prediction from the {result['prediction_from']} model"
+            if result["prediction_from"] == "estimated" else
+            f"plan {result['plan']} ({result['plan_hash']}): {result['timed_steps']} timed steps, status "
+            f"{result['status']}")
+    lines = [head, table(["metric", "predicted", "measured", "error"], rows, align="lrrr")]
+    if result["status"] != "ok":
+        error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
+        lines.append(f"note: the run {result['status']}: {error}; the measured values cover the steps "
+                     "completed before it stopped")
+    return "\n".join(lines)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    raw = load_json(args.plan)
+    if isinstance(raw, list):
+        if not raw:
+            raise PlannerError(f"{args.plan}: empty list of plans")
+        raw = raw[0]
+    document = document_from_json(raw, source=Path(args.plan).name)
+    measured = load_json(args.measured)
+    try:
+        result = _compare(document, plan_hash(raw), measured)  # the hash the executor wrote: of the file
+    except MeasuredError as exc:
+        raise MeasuredError(f"{Path(args.measured).name}: {str(exc).removeprefix(f'{exc.field}: ')}",
+                            field=exc.field) from None
+    if args.json:
+        print(dumps(result))
+    else:
+        print(render(result))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `planner compare` to the CLI's subcommands."""
+    p = sub.add_parser("compare", help="predicted vs measured for a plan and its measured.json")
+    p.add_argument("plan", help="plan JSON (planner plan --out)")
+    p.add_argument("measured", help="measured.json written by planner run")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_compare)
