@@ -14,7 +14,10 @@ Python API: `run_plan(...)` runs a plan and returns the parsed measured.json (fo
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
+import secrets
 import subprocess
 import sys
 import uuid
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ResourceMismatch, UnsupportedPlan
+from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
 from planner.errors import PlannerError
 from planner.io import load_json
@@ -58,7 +62,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-restarts", type=int, default=0,
-                        help="torchrun restarts on failure (default 0)")
+                        help="torchrun restarts on failure (default 0); with --checkpoint-every a restart "
+                             "resumes from the newest checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="save a torch.distributed.checkpoint every K steps (default 0: off)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="checkpoint folder (default: <out>.checkpoints/<run id> beside measured.json)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="default: CUDA + NCCL when GPUs are present, else CPU + gloo")
 
@@ -98,6 +107,10 @@ def validate(args: argparse.Namespace) -> PlanDocument:
         raise ResourceMismatch(f"must be in [0, {args.nnodes}), got {args.node_rank}", field="node_rank")
     if args.max_restarts < 0:
         raise ResourceMismatch(f"must be >= 0, got {args.max_restarts}", field="max_restarts")
+    if args.checkpoint_every:
+        from executor.checkpoint import check_checkpointable
+
+        check_checkpointable(doc.plan)
     if _uses_cuda(args.device):
         import torch
 
@@ -165,6 +178,10 @@ def torchrun_command(args: argparse.Namespace, out: Path, run_id: str,
         cmd += ["--data", str(Path(args.data).resolve())]
     if args.profile:
         cmd += ["--profile"]
+    if args.checkpoint_every:
+        cmd += ["--checkpoint-every", str(args.checkpoint_every)]
+    if args.checkpoint_dir:
+        cmd += ["--checkpoint-dir", str(Path(args.checkpoint_dir).resolve())]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     return cmd
@@ -178,6 +195,10 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = str(args.threads)
     elif not _uses_cuda(args.device):
         env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank on CPU (torchrun's default too)
+    if getattr(args, "checkpoint_every", 0):
+        from executor.checkpoint import KEY_ENV
+
+        env.setdefault(KEY_ENV, secrets.token_hex(32))  # signs checkpoints; never written to disk
     return env
 
 
@@ -226,29 +247,98 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
 
 
 def _read_measured(out: Path, run_id: str) -> dict[str, Any] | None:
-    if not out.is_file():
-        return None
+    return read_run(out, run_id)
+
+
+def _relay(stream: Any, quiet: bool) -> str:
+    """Copy the ranks' stderr to ours as it comes (unless quiet) and return its last lines.
+
+    torchrun's own Python traceback (`ChildFailedError`) is left out: the failure summary it prints
+    below it names the failed ranks, and a clear one-line reason follows from `planner run`."""
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    block: list[str] | None = None
+    for line in stream:
+        tail.append(line)
+        if quiet:
+            continue
+        if block is None and line.startswith("Traceback (most recent call last):"):
+            block = [line]
+            continue
+        if block is not None:
+            block.append(line)
+            if line[:1] in (" ", "\t"):
+                continue
+            if "ChildFailedError" not in line:
+                sys.stderr.writelines(block)
+            block = None
+            continue
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    if block and not quiet:
+        sys.stderr.writelines(block)
+    return "".join(tail)
+
+
+def failure_reason(tail: str, rc: int) -> str:
+    """One line from a failed launch's output: ranks killed by a signal (torchrun's summary) and the
+    first rank's own error line."""
+    parts = []
+    rank = None
+    killed = []
+    for line in tail.splitlines():
+        m = re.match(r"\s*rank\s*:\s*(\d+)", line)
+        if m:
+            rank = int(m.group(1))
+            continue
+        m = re.match(r"\s*exitcode\s*:\s*(-?\d+).*?\((SIG[A-Z]+)\)", line)
+        if m and rank is not None and m.group(2) != "SIGTERM":  # SIGTERM: torchrun's own teardown
+            killed.append(f"rank {rank} was killed by {m.group(2)}")
+        if m:
+            rank = None
+    parts.extend(dict.fromkeys(killed))
+    errors = re.findall(r"executor\.run: (rank \d+ failed.*)", tail)
+    if errors:
+        parts.append(errors[0].strip())
+    if not parts:
+        parts.append(f"torchrun exited with status {rc}")
+    return "; ".join(parts)
+
+
+def _failed_header(args: argparse.Namespace, plan_path: str | Path) -> dict[str, Any]:
+    """What the launcher knows of a run whose rank 0 wrote nothing (measured.json's header)."""
+    from executor.ledger import SCHEMA_VERSION
+    from planner.plan import load_plan, plan_hash
+
+    raw = load_json(plan_path)
+    raw = raw[0] if isinstance(raw, list) and raw else raw
+    return {"schema_version": SCHEMA_VERSION, "kind": "measured", "plan_hash": plan_hash(raw),
+            "plan_file": str(Path(plan_path).resolve()), "plan": load_plan(plan_path).plan.describe(),
+            "steps_requested": args.steps, "warmup": args.warmup}
+
+
+def _launch(cmd: list[str], args: argparse.Namespace, quiet: bool) -> tuple[int, str]:
+    proc = subprocess.Popen(cmd, env=_child_env(args), cwd=str(REPO_ROOT), text=True, errors="replace",
+                            stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE)
     try:
-        d = load_json(out)
-    except PlannerError:
-        return None
-    return d if isinstance(d, dict) and d.get("run_id") == run_id else None
+        tail = _relay(proc.stderr, quiet)
+        return proc.wait(), tail
+    except BaseException:  # Ctrl-C: torchrun gets the signal too; wait for it to stop the ranks
+        proc.wait()
+        raise
 
 
 def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, Any] | None, str]:
     """Run torchrun for validated `args`; returns (exit status, measured.json if this node has it,
-    the output tail when `quiet`)."""
+    the output tail). A failed launch leaves measured.json marked `"failed"` with every step rank 0
+    persisted (written here when rank 0 itself died)."""
     out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
     run_id = uuid.uuid4().hex
     cmd = torchrun_command(args, out, run_id)
-    if quiet:
-        proc = subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT), capture_output=True, text=True)
-        tail = (proc.stdout + proc.stderr)[-4000:]
-    else:
-        proc = subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT))
-        tail = ""
+    rc, tail = _launch(cmd, args, quiet)
     measured = _read_measured(out, run_id)
-    return proc.returncode, measured, tail
+    if rc != 0 and (measured is not None or args.nnodes == 1):
+        measured = mark_failed(out, run_id, failure_reason(tail, rc), _failed_header(args, args.plan))
+    return rc, measured, tail
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -265,13 +355,19 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
     out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
     if rc != 0:
-        where = f"; see {out}" if measured is not None else ""
-        print(f"planner run: torchrun exited with status {rc}{where}", file=sys.stderr)
+        if measured is None:
+            print(f"planner run: failed (torchrun exited with status {rc})", file=sys.stderr)
+        else:
+            print(f"planner run: failed: {measured.get('error')}; {out} keeps the "
+                  f"{measured.get('steps_completed', 0)} completed step(s) (status failed)", file=sys.stderr)
         return 1
     if measured is None:
         print(f"planner run: done; measured.json is written by the node holding global rank 0 ({out})")
         return 0
     print(comparison_table(doc, measured))
+    if measured.get("restarts"):
+        print(f"resumed {len(measured['restarts'])} time(s): from step(s) "
+              f"{', '.join(str(r.get('resumed_from_step')) for r in measured['restarts'])}")
     print(f"wrote {out}")
     return 0
 
@@ -295,7 +391,7 @@ def run_plan(plan_path: str | Path, nproc_per_node: int | None = None, steps: in
     validate(args)
     rc, measured, tail = execute(args, quiet=quiet)
     if rc != 0 or measured is None:
-        raise RunFailed(f"running {plan_path} failed (exit status {rc})\n{tail}")
+        raise RunFailed(f"running {plan_path} failed (exit status {rc})\n{tail[-4000:]}")
     return measured
 
 
@@ -324,7 +420,12 @@ def run_plans(jobs: list[tuple[str | Path, str | Path]], nproc_per_node: int, st
     run_id = uuid.uuid4().hex
     more = [(Path(p), o) for (p, _), o in zip(jobs[1:], outs[1:], strict=True)]
     cmd = torchrun_command(args, outs[0], run_id, more)
-    subprocess.run(cmd, env=_child_env(args), cwd=str(REPO_ROOT), capture_output=True, text=True)
+    rc, tail = _launch(cmd, args, quiet=True)
+    if rc != 0:  # plans of this launch that started and did not finish say so
+        reason = failure_reason(tail, rc)
+        for (plan, _), o in zip(jobs, outs, strict=True):
+            if _read_measured(o, run_id) is not None:
+                mark_failed(o, run_id, reason, _failed_header(args, plan))
     return [_read_measured(o, run_id) for o in outs]
 
 

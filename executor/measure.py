@@ -31,8 +31,7 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
 from executor.activation_checkpoint import RECOMPUTE_TAG
-
-SCHEMA_VERSION = 1
+from executor.ledger import SCHEMA_VERSION  # noqa: F401  (re-exported: measured.json's version)
 
 
 def _base(t: torch.Tensor) -> torch.Tensor:
@@ -42,11 +41,10 @@ def _base(t: torch.Tensor) -> torch.Tensor:
 
 def _storage_key(t: torch.Tensor) -> tuple[int, str] | None:
     t = _base(t)
-    try:
-        st = t.untyped_storage()
+    try:  # some saved tensors (tensor parallel + sequence parallel) have no valid python storage
+        return (t.untyped_storage().data_ptr(), str(t.device))
     except (RuntimeError, NotImplementedError):
         return None
-    return (st.data_ptr(), str(t.device))
 
 
 class ActivationMeter:
@@ -148,9 +146,12 @@ def rss_bytes() -> tuple[int, int]:
     return cur, peak
 
 
-def timed(fn, device: torch.device, world: int):
-    """Run `fn()` between two barriers; returns (result, seconds on this rank)."""
-    if world > 1:
+def timed(fn, device: torch.device, world: int, barrier=None):
+    """Run `fn()` between two barriers; returns (result, seconds on this rank). `barrier` replaces the
+    first one (the executor passes a monitored barrier that names a rank that does not arrive)."""
+    if barrier is not None:
+        barrier()
+    elif world > 1:
         dist.barrier()
     t0 = time.perf_counter()
     out = fn()
@@ -172,6 +173,18 @@ def reduce_max(values: list[float], world: int) -> list[float]:
     if world > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
+
+
+def reduce_step(seconds: float, loss: float, has_loss: bool, world: int) -> tuple[float, float]:
+    """One step over all ranks: (time of the slowest rank, mean loss over the ranks that computed it)."""
+    t = torch.tensor([seconds, loss if has_loss else 0.0, 1.0 if has_loss else 0.0], dtype=torch.float64)
+    if world > 1:
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t)
+        t = torch.stack(parts)
+    else:
+        t = t[None]
+    return float(t[:, 0].max()), float(t[:, 1].sum() / t[:, 2].sum().clamp(min=1.0))
 
 
 def reduce_losses(losses: list[float], valid: list[bool], world: int) -> list[float]:

@@ -5,8 +5,15 @@
 `--steps` counts timed steps, run after `--warmup` untimed ones. Backend and device come from the
 environment: NCCL + one CUDA device per local rank when GPUs are present, gloo + CPU otherwise
 (`--device` overrides). Bad input (unreadable plan, wrong world size, unsupported features) is one
-line on stderr and exit status 2; a failure while training is exit status 1 and, where rank 0 can
-still write, a `"status": "failed"` measured.json.
+line on stderr and exit status 2; a failure while training is exit status 1.
+
+Faults (see executor/ledger.py): rank 0 persists measured.json after every step (`"running"`), so a
+crash loses nothing already measured; a rank that fails writes `"failed"` with its error (the
+launcher does it when rank 0 itself died). Every collective has the `--timeout`; each step starts
+with a monitored barrier, so a hung rank is named ("rank 1 did not reach step 3 within 10 s").
+`--checkpoint-every K` saves a torch.distributed.checkpoint every K steps; when torchrun restarts the
+ranks (`--max-restarts`), they resume from the newest verified checkpoint and measured.json keeps
+every completed step once (re-run steps' earlier measurements go to `discarded_steps`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +30,9 @@ from typing import Any
 
 import torch
 
+from executor import faults
 from executor.errors import ResourceMismatch, UnsupportedPlan
+from executor.ledger import Ledger, mark_failed, read_run
 from executor.options import (
     DEFAULT_TIMEOUT_S,
     OPTIMIZERS,
@@ -65,7 +75,13 @@ def add_worker_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--run-id", default="", help="echoed into measured.json (the launcher's handle)")
+    ap.add_argument("--run-id", default="", help="echoed into measured.json (the launcher's handle; default: "
+                    "torchrun's TORCHELASTIC_RUN_ID)")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="save a torch.distributed.checkpoint every K steps; a restarted attempt resumes from "
+                         "the newest (0: off)")
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="where checkpoints go (default: <out>.checkpoints/<run id> beside measured.json)")
 
 
 def pick_device(choice: str, local_rank: int) -> tuple[torch.device, str]:
@@ -90,6 +106,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UnsupportedPlan(f"must be > 0 seconds, got {args.timeout}", field="timeout")
     if not args.lr > 0:
         raise UnsupportedPlan(f"must be > 0, got {args.lr}", field="lr")
+    if getattr(args, "checkpoint_every", 0) < 0:
+        raise UnsupportedPlan(f"must be >= 0, got {args.checkpoint_every}", field="checkpoint_every")
+    faults.from_env()  # a malformed test-only fault spec is bad input too
 
 
 def _env_int(name: str, default: int) -> int:
@@ -109,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     nnodes = _env_int("GROUP_WORLD_SIZE", max(1, world // max(1, local_world)))
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    args.run_id = args.run_id or os.environ.get("TORCHELASTIC_RUN_ID", "")
     jobs = []
     try:
         check_args(args)
+        fault_list = faults.from_env()
         outs = args.out or [None] * len(args.plan)
         if len(outs) != len(args.plan):
             raise UnsupportedPlan(f"{len(args.plan)} plans but {len(outs)} --out paths", field="out")
@@ -123,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ResourceMismatch(f"the plan needs {doc.plan.world_size} processes (tp*cp*dp*pp = "
                                        f"{doc.plan.tp}*{doc.plan.cp}*{doc.plan.dp}*{doc.plan.pp}) but "
                                        f"{world} were started", field="world_size")
+            if args.checkpoint_every:
+                from executor.checkpoint import check_checkpointable
+
+                check_checkpointable(doc.plan)
             data = make_data(args.data, doc.model.vocab_size, doc.model.seq_len, args.seed, args.tokenizer)
             job_args = argparse.Namespace(**{**vars(args), "plan": plan_path})
             jobs.append((job_args, doc, raw, data, Path(out_path) if out_path else default_out(plan_path)))
@@ -139,16 +165,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
+    monitor = None
     if world > 1 or "MASTER_ADDR" in os.environ:
         kwargs: dict[str, Any] = {"timeout": _dt.timedelta(seconds=args.timeout)}
         if device.type == "cuda":
             kwargs["device_id"] = device
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun keeps one store across restarts: without a per-attempt prefix a restarted rank
+            # can read the dead attempt's gloo addresses ("Gloo connectFullMesh failed").
+            store = dist.PrefixStore(f"/planner/attempt_{attempt}", dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                timeout=kwargs["timeout"]))
+            kwargs.update(store=store, rank=rank, world_size=world)
         dist.init_process_group(backend, **kwargs)
+        if world > 1:  # monitored_barrier (names a rank that does not arrive) is gloo-only
+            monitor = None if backend == "gloo" else dist.new_group(
+                backend="gloo", timeout=_dt.timedelta(seconds=args.timeout))
     ctx: dict[str, Any] = {}
     try:
         for job_args, doc, raw, data, out in jobs:
             ctx = {"args": job_args, "doc": doc, "raw": raw, "device": device, "backend": backend,
-                   "world": world, "rank": rank, "nnodes": nnodes, "threads": threads, "out": out, "data": data}
+                   "world": world, "rank": rank, "nnodes": nnodes, "threads": threads, "out": out, "data": data,
+                   "attempt": attempt, "faults": fault_list, "monitor": monitor, "step": None}
+            if attempt > 0 and _finished_earlier(ctx):
+                continue  # a restart: this plan completed in an earlier attempt of the same run
             result = train_and_measure(ctx)
             if rank == 0:
                 atomic_write_json(out, result)
@@ -158,11 +198,17 @@ def main(argv: list[str] | None = None) -> int:
                 dist.barrier()
         return 0
     except Exception as exc:
-        print(f"executor.run: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        traceback.print_exc()
+        where = f" at step {ctx['step']}" if ctx.get("step") is not None else ""
+        error = f"rank {rank} failed{where}: {_describe(exc)}"
+        print(f"executor.run: {error}", file=sys.stderr)
+        if os.environ.get("PLANNER_DEBUG"):
+            traceback.print_exc()
         if rank == 0 and ctx:
             with contextlib.suppress(Exception):  # the report must not hide the failure itself
-                atomic_write_json(ctx["out"], failed_document(ctx, f"{type(exc).__name__}: {exc}"))
+                if ctx.get("ledger") is not None:
+                    ctx["ledger"].flush("failed", error)  # keeps every step measured so far
+                else:  # failed before the ledger existed: keep what earlier attempts of this run wrote
+                    mark_failed(ctx["out"], ctx["args"].run_id, error, _header(ctx))
         sys.stderr.flush()
         os._exit(1)  # other ranks may be blocked in a collective; torchrun tears the group down
     finally:
@@ -170,12 +216,59 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an exception; a collective timeout says so."""
+    text = " ".join(str(exc).split())[:500]
+    if isinstance(exc, StepTimeout):
+        return text
+    if re.search(r"timed? ?out|Timeout", text, re.IGNORECASE):
+        return f"a collective timed out (a rank is hung or dead): {type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+class StepTimeout(RuntimeError):
+    """A rank did not reach the barrier at the start of a step within the collective timeout."""
+
+
+def step_barrier(ctx: dict[str, Any], step: int) -> None:
+    """Barrier at the start of a step that names the rank(s) that never arrive (gloo monitored_barrier)."""
+    import torch.distributed as dist
+
+    timeout = ctx["args"].timeout
+    try:
+        dist.monitored_barrier(group=ctx["monitor"], timeout=_dt.timedelta(seconds=timeout), wait_all_ranks=True)
+    except RuntimeError as exc:
+        text = str(exc)
+        m = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", text)
+        if m:
+            ranks = sorted({int(r) for r in re.findall(r"\d+", m.group(1))})
+            who = ", ".join(map(str, ranks))
+            raise StepTimeout(f"rank{'s' if len(ranks) > 1 else ''} {who} did not reach step {step}: dead, or "
+                              f"hung for more than the {timeout:g} s --timeout") from None
+        if ctx["rank"] != 0:
+            raise StepTimeout(f"rank 0 did not answer at step {step}: dead, or hung for more than the "
+                              f"{timeout:g} s --timeout") from None
+        raise
+
+
+def _finished_earlier(ctx: dict[str, Any]) -> bool:
+    """Whether rank 0's measured.json of this run already says ok (decided by rank 0 for all ranks)."""
+    done = ctx["rank"] == 0 and (read_run(ctx["out"], ctx["args"].run_id) or {}).get("status") == "ok"
+    if ctx["world"] > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([int(done)])
+        dist.broadcast(t, src=0)
+        done = bool(t.item())
+    return done
+
+
 def _header(ctx: dict[str, Any]) -> dict[str, Any]:
     args, doc = ctx["args"], ctx["doc"]
     from executor.measure import SCHEMA_VERSION, environment
 
     head: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "kind": "measured", "status": "ok",
+        "schema_version": SCHEMA_VERSION, "kind": "measured", "status": "running",
         "plan_hash": plan_hash(ctx["raw"]), "plan_file": str(Path(args.plan).resolve()),
         "plan": doc.plan.describe(), "run_id": args.run_id,
         "steps_requested": args.steps, "warmup": args.warmup,
@@ -187,77 +280,91 @@ def _header(ctx: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def failed_document(ctx: dict[str, Any], error: str) -> dict[str, Any]:
-    d = _header(ctx)
-    d["status"] = "failed"
-    d["error"] = error
-    return d
+def checkpoint_dir(args: argparse.Namespace, out: Path) -> Path:
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir)
+    return out.with_name(f"{out.stem}.checkpoints") / (args.run_id or "run")
 
 
-def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Build the trainer, run warm-up + timed steps, reduce over ranks; returns measured.json."""
-    from executor.measure import (
-        ActivationMeter,
-        reduce_losses,
-        reduce_max,
-        rss_bytes,
-        stats,
-        timed,
-    )
+def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
+    """Build the trainer, run warm-up + timed steps (from the newest checkpoint after a restart),
+    reduce every step over the ranks, persist it (rank 0); returns measured.json on rank 0."""
+    from executor.measure import ActivationMeter, reduce_max, reduce_step, rss_bytes, timed
     from executor.trainer import Trainer
 
-    args, doc, device, world = ctx["args"], ctx["doc"], ctx["device"], ctx["world"]
+    args, doc, device, world, rank = ctx["args"], ctx["doc"], ctx["device"], ctx["world"], ctx["rank"]
     dims = ParallelDims.from_plan(doc.plan)
     mesh = dims.build_mesh(device.type) if world > 1 else None
     options = TrainOptions(optimizer=args.optimizer, lr=args.lr, seed=args.seed)
     trainer = Trainer(doc, dims, mesh, device, options)
+
+    ckpt = None
+    start = 0
+    if args.checkpoint_every:
+        from executor.checkpoint import Checkpointer, checkpoint_key
+
+        ckpt = Checkpointer(checkpoint_dir(args, ctx["out"]), args.checkpoint_every, checkpoint_key(args.run_id),
+                            trainer.modules, trainer.optimizers, rank, world)
+        if ctx["attempt"] > 0:
+            start = ckpt.latest()
+    ledger = None
+    if rank == 0:
+        ledger = Ledger(ctx["out"], _header(ctx), args.warmup, doc.plan.global_batch * doc.model.seq_len)
+        if ctx["attempt"] > 0:
+            ledger.resume(read_run(ctx["out"], args.run_id), start, ctx["attempt"])
+        ledger.flush()  # from now on measured.json exists and says "running"
+        ctx["ledger"] = ledger
+    if start:
+        ckpt.load(start)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the peak of training, not of initialisation
     meter = ActivationMeter(trainer.parts, trainer.parameters())
     data = ctx["data"]
 
     total = args.warmup + args.steps
-    measure_step = 0  # the first step (a warm-up step unless --warmup 0) carries the memory hooks
-    losses: list[float] = []
-    valid: list[bool] = []
-    times: list[float] = []
+    measure_step = start  # this attempt's first step carries the memory hooks
     profiler = None
-    for step in range(total):
-        if step == args.warmup and args.profile:
+    barrier = (lambda s: step_barrier(ctx, s)) if world > 1 else (lambda s: None)
+    for step in range(start, total):
+        ctx["step"] = step
+        faults.inject(ctx["faults"], rank, step, ctx["attempt"])  # TEST-ONLY hook; no-op unless configured
+        if step >= args.warmup and args.profile and profiler is None:
             profiler = _start_profiler(device)
         batch = trainer.batch(data, step)
         measuring = step == measure_step
         if measuring:
             meter.arm()
         (loss, has_loss), seconds = timed(
-            lambda b=batch, rec=measuring: trainer.train_step(b, record_grads=rec), device, world)
+            lambda b=batch, rec=measuring: trainer.train_step(b, record_grads=rec), device, world,
+            barrier=lambda s=step: barrier(s))
         if measuring:
             meter.disarm()
-        losses.append(float(loss))
-        valid.append(has_loss)
-        if step >= args.warmup:
-            times.append(seconds)
+        slowest, mean_loss = reduce_step(seconds, float(loss), has_loss, world)
+        if ledger is not None:
+            ledger.record(mean_loss, slowest)  # persisted at once: a crash after this loses nothing
+        if ckpt is not None and ckpt.due(step + 1) and step + 1 < total:
+            ckpt.save(step + 1)
+    ctx["step"] = None
     trace = None
     if profiler is not None:
-        profiler.stop()
-        trace = ctx["out"].with_name(f"{ctx['out'].stem}.trace.rank{ctx['rank']}.json")
-        profiler.export_chrome_trace(str(trace))
+        from planner.io import atomic_output
 
-    step_times = reduce_max(times, world)
-    losses = reduce_losses(losses, valid, world)
+        profiler.stop()
+        trace = ctx["out"].with_name(f"{ctx['out'].stem}.trace.rank{rank}.json")
+        with atomic_output(trace) as tmp:
+            profiler.export_chrome_trace(str(tmp))
+
     weights, grads, opt = trainer.weights_bytes(), trainer.grads_bytes, trainer.optimizer_bytes()
     act, act_peak = meter.activations_bytes, meter.peak_bytes
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else weights + grads + opt + act_peak
     _, rss_peak = rss_bytes()
     mem = reduce_max([peak, weights, grads, opt, act, act_peak, rss_peak, meter.max_in_flight], world)
-    s = stats(step_times)
+    if ledger is None:
+        return None
     plan = doc.plan
-    result = _header(ctx)
+    result = ledger.document("ok")
     result.update({
-        "step_times_s": step_times,
-        "losses": losses,
-        "step_time_s": s,
-        "tokens_per_s": plan.global_batch * doc.model.seq_len / s["median"],
         "memory": {
             "peak_bytes": int(mem[0]), "weights_bytes": int(mem[1]), "grads_bytes": int(mem[2]),
             "optimizer_bytes": int(mem[3]), "activations_bytes": int(mem[4]),
@@ -275,6 +382,8 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any]:
             "grad_accum": plan.grad_accum, "seq_len": doc.model.seq_len,
             "profile_trace_rank0": str(trace.with_name(f"{ctx['out'].stem}.trace.rank0.json"))
             if trace else None,
+            "checkpoint_every": args.checkpoint_every,
+            "checkpoint_dir": str(checkpoint_dir(args, ctx["out"]).resolve()) if args.checkpoint_every else None,
         },
     })
     return result
