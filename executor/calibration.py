@@ -27,11 +27,12 @@ import torch.distributed as dist
 from executor.run import pick_device
 from planner.io import atomic_write_json
 
-GEMM_SHAPES_CPU = [(128, 128, 128), (256, 256, 256), (512, 256, 512), (1024, 256, 1024),
-                   (512, 512, 512), (1024, 512, 1024), (1024, 1024, 1024), (2048, 1024, 1024),
-                   (2048, 1024, 2048)]
-GEMM_SHAPES_CUDA = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
-                    (8192, 4096, 4096), (8192, 8192, 8192), (16384, 8192, 8192)]
+# (tokens M, in K, out N) of linear layers: training runs each as forward x W^T, input gradient g W
+# and weight gradient g^T x, so all three are timed and averaged.
+GEMM_SHAPES_CPU = [(128, 256, 256), (128, 256, 1024), (512, 256, 256), (512, 256, 1024), (512, 1024, 256),
+                   (2048, 256, 256), (2048, 256, 1024), (2048, 1024, 256), (2048, 1024, 1024)]
+GEMM_SHAPES_CUDA = [(2048, 1024, 1024), (2048, 4096, 4096), (4096, 4096, 4096), (8192, 4096, 4096),
+                    (8192, 4096, 16384), (8192, 8192, 8192), (16384, 8192, 8192)]
 MSG_BYTES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20]
 MSG_BYTES_QUICK = [4 << 10, 1 << 20, 8 << 20]
 
@@ -99,11 +100,18 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
         shapes = shapes[::2]
     out = []
     for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        g = torch.randn(m, n, device=device, dtype=dtype)
+
+        def linear_fwd_bwd(x: torch.Tensor = x, w: torch.Tensor = w, g: torch.Tensor = g) -> None:
+            torch.mm(x, w.t())  # forward
+            torch.mm(g, w)  # input gradient
+            torch.mm(g.t(), x)  # weight gradient
+
         if dist.is_initialized():
             dist.barrier()
-        sec = _time(lambda a=a, b=b: torch.mm(a, b), device, 0.15 if quick else 0.4)
+        sec = _time(linear_fwd_bwd, device, 0.15 if quick else 0.4) / 3
         sec = _max_over_ranks(sec, device)
         out.append([m, k, n, 2.0 * m * k * n, sec])
         bar.step(f"GEMM {m}x{k}x{n}")
@@ -221,6 +229,67 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     return result
 
 
+def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int) -> float:
+    """Median training-step time of a small GPT with `layers` layers, run with tensor parallelism
+    `tp` (tp = 1: every rank trains its own copy, no communication) by the executor itself."""
+    import dataclasses
+
+    from executor.data import make_data
+    from executor.parallel_dims import ParallelDims
+    from executor.trainer import Trainer, TrainOptions
+    from planner.plan import Plan, PlanDocument
+    from planner.specs.catalog import localhost_cpu
+    from planner.specs.model import ModelSpec
+
+    spec = ModelSpec(name="calib", num_layers=layers, hidden=128, num_heads=4, ffn_hidden=512, vocab_size=256,
+                     seq_len=64, dtype="fp32")
+    plan = Plan(tp=tp, micro_batch=4, global_batch=4, dtype="fp32")
+    cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=tp)
+    doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
+    dims = ParallelDims.from_plan(plan)
+    mesh = dims.build_mesh(device.type) if tp > 1 else None
+    trainer = Trainer(doc, dims, mesh, device, TrainOptions(optimizer="sgd", lr=1e-3, seed=0))
+    data = make_data(None, spec.vocab_size, spec.seq_len, 0, "auto")
+    times = []
+    for step in range(steps + 2):
+        batch = trainer.batch(data, step)
+        if tp > 1:
+            dist.barrier(group=mesh["tp"].get_group())
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        _sync(device)
+        if step >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, float]:
+    """Host time the tensor-parallel layer implementation (DTensor) adds per layer and micro-batch.
+
+    per-layer time with tp = world, minus the per-layer compute split tp ways (measured with every
+    rank training its own copy), minus the layer's four all-reduce latencies (which the cost model
+    counts as communication). On a CPU this overhead dominates small models; on a GPU the host runs
+    ahead of the device and it hides.
+    """
+    steps = 4 if quick else 8
+    plain = [_step_time(n, 1, world, device, steps) for n in (1, 3)]
+    dist.barrier()
+    split = [_step_time(n, world, world, device, steps) for n in (1, 3)]
+    per_plain = max(0.0, (plain[1] - plain[0]) / 2)
+    per_tp = max(0.0, (split[1] - split[0]) / 2)
+    small = torch.ones(64 * 128, device=device)
+    dist.barrier()
+    alpha = _max_over_ranks(_time(lambda: dist.all_reduce(small), device, 0.05), device)
+    overhead = max(0.0, per_tp - per_plain / world - 4 * alpha)
+    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work.
+    rest_plain, rest_tp = plain[0] - per_plain, split[0] - per_tp
+    rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha)
+    bar.step("tensor-parallel overhead")
+    return {"layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
+            "small_all_reduce_s": alpha, "tp_layer_overhead_s": _max_over_ranks(overhead, device),
+            "tp_microbatch_overhead_s": _max_over_ranks(rest, device)}
+
+
 def bench_overlap(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
     """Slowdown of a GEMM while an all-reduce runs beside it (communication steals compute)."""
     n = 1024 if device.type == "cpu" else 8192
@@ -269,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + n_coll + 1, enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + n_coll + 2, enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -277,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             "collectives": bench_collectives(device, dtype, world, local_world, args.quick, bar)
             if world > 1 else {},
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
+            "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
+            if world > 1 and device.type == "cpu" else {},
         }
         if rank == 0:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else (

@@ -91,7 +91,10 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     gemm = raw["gemm"]
     best = max(r[3] / r[4] for r in gemm)
     peak = max(gpu.peak(dtype), best / 0.98)  # keep efficiencies below 1 if the datasheet peak is low
-    curve = sorted({(r[3], min(1.0, r[3] / r[4] / peak)) for r in gemm})
+    by_flops: dict[float, list[float]] = {}
+    for r in gemm:  # shapes with equal FLOPs (e.g. 512x256x1024 and 512x1024x256) are averaged
+        by_flops.setdefault(r[3], []).append(r[3] / r[4] / peak)
+    curve = sorted((f, min(1.0, sum(e) / len(e))) for f, e in by_flops.items())
     peaks = {k: (peak if k == dtype else v) for k, v in gpu.peak_flops.items()}
     peaks.setdefault(dtype, peak)
     mem = raw["memory"]
@@ -107,15 +110,20 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
         else base.intra_node
     inter = _link(base.inter_node, coll["inter_node"], "inter-node (measured)") if "inter_node" in coll else intra
     overlap = raw.get("overlap", {}).get("slowdown", base.overlap_slowdown)
+    tp_raw = raw.get("tp_overhead", {})
+    tp_overhead = tp_raw.get("tp_layer_overhead_s", base.tp_layer_overhead_s)
+    tp_mb_overhead = tp_raw.get("tp_microbatch_overhead_s", base.tp_microbatch_overhead_s)
     provenance = {k: env[k] for k in ("host", "device", "backend", "torch", "date", "world_size", "nnodes",
                                       "cpu_count", "quick") if k in env}
     provenance["calibrated_ranks_per_node"] = local
     provenance["overlap"] = raw.get("overlap", {})
+    provenance["tp_overhead"] = raw.get("tp_overhead", {})
     return dataclasses.replace(
         base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
         num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,
         compute_slots_per_node=0,  # contention between the ranks is inside the measured numbers
-        overlap_slowdown=float(overlap),
+        overlap_slowdown=float(overlap), tp_layer_overhead_s=float(tp_overhead),
+        tp_microbatch_overhead_s=float(tp_mb_overhead),
         source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)
 
 

@@ -138,6 +138,13 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     post = ops_times(lg.post_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
     for part in (lay, pre, post):
         part.fwd, part.bwd = part.fwd * slow, part.bwd * slow
+    # Host-side cost of the tensor-parallel implementation (a third in forward, two in backward).
+    tp_host = np.where(batch.tp > 1, cluster.tp_layer_overhead_s, 0.0)
+    lay.fwd, lay.bwd = lay.fwd + tp_host / 3, lay.bwd + 2 * tp_host / 3
+    tp_host_mb = np.where(batch.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)  # half each end
+    pre.fwd, post.fwd = pre.fwd + tp_host_mb / 3, post.fwd + tp_host_mb / 3
+    pre.bwd, post.bwd = pre.bwd + 2 * tp_host_mb / 3, post.bwd + 2 * tp_host_mb / 3
+    for part in (lay, pre, post):
         part.attn_fwd, part.attn_bwd = part.attn_fwd * slow, part.attn_bwd * slow
         part.col_gemm = [x * slow for x in part.col_gemm]
 

@@ -243,6 +243,11 @@ class ClusterSpec:
     # kernels occupy SMs and memory bandwidth (NCCL's 16 default channels hold ~15% of an A100's
     # 108 SMs). `planner calibrate` measures it on the user's machine.
     overlap_slowdown: float = 0.15
+    # Host time the tensor-parallel layer implementation adds per layer and micro-batch (forward +
+    # backward): DTensor dispatch and redistribution. Measured by `planner calibrate` on CPU hosts,
+    # where it is on the critical path; 0 for GPUs, whose host runs ahead of the device.
+    tp_layer_overhead_s: float = 0.0
+    tp_microbatch_overhead_s: float = 0.0  # the same for the vocabulary-parallel embedding, head and loss
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
     source: str = ""
@@ -273,6 +278,8 @@ class ClusterSpec:
             raise SpecError(f"must be a non-negative integer, got {show(v)}", field="compute_slots_per_node")
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
+        _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
         if self.device not in ("cuda", "cpu"):
             raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):
