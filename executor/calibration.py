@@ -118,6 +118,52 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
     return out
 
 
+def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 3) -> float:
+    """Median seconds of fn() on this rank alone (no collectives: the others wait at a barrier)."""
+    fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
+    """How much slower a GEMM runs when every rank of the node computes at once than on rank 0 alone.
+
+    Ranks that share cores (or hyper-threads sharing one core's vector units) slow each other down;
+    the cost model uses the alone numbers per op and bounds a step by the node's total work.
+    """
+    ratios = []
+    for m, k, n in (GEMM_SHAPES_CPU if device.type == "cpu" else GEMM_SHAPES_CUDA)[2:5]:
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+
+        def fn(x: torch.Tensor = x, w: torch.Tensor = w) -> None:
+            torch.mm(x, w.t())
+
+        dist.barrier()
+        alone = _time_local(fn, device, 0.1 if quick else 0.3) if dist.get_rank() == 0 else 0.0
+        dist.barrier()
+        together = _time_local(fn, device, 0.1 if quick else 0.3)
+        dist.barrier()
+        alone = _max_over_ranks(alone, device)
+        together = _max_over_ranks(together, device)
+        ratios.append(together / alone)
+    bar.step("core sharing")
+    x = torch.randn((4 << 20) if device.type == "cpu" else (16 << 20), device=device, dtype=dtype)
+    y = torch.empty_like(x)
+    dist.barrier()
+    alone_bw = (2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), device, 0.1)
+                if dist.get_rank() == 0 else 0.0)
+    dist.barrier()
+    return {"gemm_slowdown": statistics.median(ratios), "memory_bandwidth_alone": _max_over_ranks(alone_bw, device)}
+
+
 def bench_memory(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
     numel = (16 << 20) if device.type == "cuda" else (4 << 20)
     x = torch.randn(numel, device=device, dtype=dtype)
@@ -338,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + n_coll + 2, enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + n_coll + 3, enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -347,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             if world > 1 else {},
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
             "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
+            if world > 1 and device.type == "cpu" else {},
+            "contention": bench_contention(device, dtype, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
         }
         if rank == 0:

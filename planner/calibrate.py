@@ -88,7 +88,13 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
                                  memory_bandwidth=1e12)
         base = dataclasses.replace(base_cluster, device="cuda", backend="nccl", compute_slots_per_node=0,
                                    reserved_memory_bytes=2 * 2**30)
-    gemm = raw["gemm"]
+    # Per-op numbers describe one rank with the node to itself: the GEMM timings (all ranks at once)
+    # are divided by the measured core-sharing slowdown, which becomes the node's compute slots.
+    contention = raw.get("contention") or {}
+    share = max(1.0, float(contention.get("gemm_slowdown", 1.0)))
+    if share < 1.1:
+        share = 1.0  # noise, not sharing
+    gemm = [[m, k, n, f, sec / share] for m, k, n, f, sec in raw["gemm"]]
     best = max(r[3] / r[4] for r in gemm)
     peak = max(gpu.peak(dtype), best / 0.98)  # keep efficiencies below 1 if the datasheet peak is low
     by_flops: dict[float, list[float]] = {}
@@ -98,9 +104,10 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     peaks = {k: (peak if k == dtype else v) for k, v in gpu.peak_flops.items()}
     peaks.setdefault(dtype, peak)
     mem = raw["memory"]
+    bandwidth = float(contention.get("memory_bandwidth_alone") or mem["bandwidth"])
     gpu = dataclasses.replace(
         gpu, name=gpu.name + " (calibrated)", peak_flops=peaks, gemm_curve=tuple(curve),
-        memory_bandwidth=mem["bandwidth"], memory_efficiency=1.0, kernel_overhead_s=mem["kernel_overhead_s"],
+        memory_bandwidth=bandwidth, memory_efficiency=1.0, kernel_overhead_s=mem["kernel_overhead_s"] / share,
         memory_bytes=float(env.get("memory_bytes") or gpu.memory_bytes * base.compute_slots_per_node / max(local, 1)
                            if cpu else gpu.memory_bytes),
         num_sms=int(env.get("num_sms", gpu.num_sms)) if not cpu else 0,
@@ -111,17 +118,18 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     inter = _link(base.inter_node, coll["inter_node"], "inter-node (measured)") if "inter_node" in coll else intra
     overlap = raw.get("overlap", {}).get("slowdown", base.overlap_slowdown)
     tp_raw = raw.get("tp_overhead", {})
-    tp_overhead = tp_raw.get("tp_layer_overhead_s", base.tp_layer_overhead_s)
-    tp_mb_overhead = tp_raw.get("tp_microbatch_overhead_s", base.tp_microbatch_overhead_s)
+    tp_overhead = tp_raw.get("tp_layer_overhead_s", base.tp_layer_overhead_s) / share
+    tp_mb_overhead = tp_raw.get("tp_microbatch_overhead_s", base.tp_microbatch_overhead_s) / share
     provenance = {k: env[k] for k in ("host", "device", "backend", "torch", "date", "world_size", "nnodes",
                                       "cpu_count", "quick") if k in env}
     provenance["calibrated_ranks_per_node"] = local
     provenance["overlap"] = raw.get("overlap", {})
     provenance["tp_overhead"] = raw.get("tp_overhead", {})
+    provenance["contention"] = contention
     return dataclasses.replace(
         base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
         num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,
-        compute_slots_per_node=0,  # contention between the ranks is inside the measured numbers
+        compute_slots_per_node=local / share if share > 1.0 else 0,  # ranks' worth of cores
         overlap_slowdown=float(overlap), tp_layer_overhead_s=float(tp_overhead),
         tp_microbatch_overhead_s=float(tp_mb_overhead),
         source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)

@@ -151,6 +151,13 @@ def simulate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> StepSim
     bwd[-1] += float(st["post_b"][0])
     p2p = float(st["p2p"][0]) if pp > 1 else 0.0
     makespan, events, rank_end, last_b_start = run_schedule(fwd, bwd, m, pp, vpp, plan.schedule, p2p)
+    slow = cluster.compute_slowdown
+    if slow > 1.0:  # ranks sharing cores: the node's total work bounds the step (as in the closed form)
+        busy = sum(e.end - e.start for e in events) / pp
+        stretch = max(1.0, slow * busy / makespan)
+        for e in events:
+            e.start, e.end = e.start * stretch, e.end * stretch
+        makespan, rank_end, last_b_start = makespan * stretch, rank_end * stretch, last_b_start * stretch
 
     # Data-parallel reduction per rank: its own stream, overlapping the rank's last backward.
     ov = cluster.overlap_slowdown

@@ -118,7 +118,6 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     """Every term that depends only on sizes, SP and placement (seconds per micro-batch, params)."""
     lg = build_graph(model, batch.dtype, batch.flash)
     gpu, dt = cluster.gpu, batch.dtype
-    slow = cluster.compute_slowdown
     t = batch.tp.astype(np.float64)
     c = batch.cp.astype(np.float64)
     e = batch.ep.astype(np.float64)
@@ -133,20 +132,17 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
         """Exposed time of `comm` run alongside `window` of compute, which it slows by `ov`."""
         return np.maximum(0.0, comm - window) + ov * np.minimum(comm, window)
 
+    # Compute times are those of one rank with the node to itself; when ranks share cores the
+    # pipeline assembly (_timing_terms) bounds the step by the node's total work instead.
     lay = ops_times(lg.layer_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
     pre = ops_times(lg.pre_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
     post = ops_times(lg.post_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
-    for part in (lay, pre, post):
-        part.fwd, part.bwd = part.fwd * slow, part.bwd * slow
     # Host-side cost of the tensor-parallel implementation (a third in forward, two in backward).
     tp_host = np.where(batch.tp > 1, cluster.tp_layer_overhead_s, 0.0)
     lay.fwd, lay.bwd = lay.fwd + tp_host / 3, lay.bwd + 2 * tp_host / 3
     tp_host_mb = np.where(batch.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)  # half each end
     pre.fwd, post.fwd = pre.fwd + tp_host_mb / 3, post.fwd + tp_host_mb / 3
     pre.bwd, post.bwd = pre.bwd + 2 * tp_host_mb / 3, post.bwd + 2 * tp_host_mb / 3
-    for part in (lay, pre, post):
-        part.attn_fwd, part.attn_bwd = part.attn_fwd * slow, part.attn_bwd * slow
-        part.col_gemm = [x * slow for x in part.col_gemm]
 
     # Tensor parallel: two sync points per layer in each direction.
     act = tokens * h * beta
@@ -315,6 +311,14 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
     stage_compute = lp * layer_compute \
         + np.where(crit_first | single, st["pre_compute"], 0.0) \
         + np.where(~crit_first | single, st["post_compute"], 0.0)
+    # Ranks sharing too few cores: a node cannot finish before its ranks' total busy time has run
+    # on its cores (work conserving); pipeline fill and drain leave cores to the busy stages, so
+    # they cost less than on dedicated devices. The breakdown stretches by the same factor.
+    slow = cluster.compute_slowdown
+    if slow > 1.0:
+        busy = m * total / p  # the average rank's busy time per step
+        stretch = np.maximum(1.0, slow * busy / pipeline)
+        pipeline, bubble, stage_compute = pipeline * stretch, bubble * stretch, stage_compute * stretch
 
     # Data parallel: overlapped with one micro-batch's backward (or forward). Each ZeRO stage's
     # formula is evaluated only on its own rows.

@@ -237,7 +237,9 @@ class ClusterSpec:
     intra_node: LinkSpec
     inter_node: LinkSpec
     num_nodes: int = 1
-    compute_slots_per_node: int = 0  # CPU cores when ranks share them (0: one device per rank)
+    # Cores' worth of compute the ranks of a node share (CPU hosts; may be fractional when calibration
+    # finds hyper-threads sharing execution units); 0: every rank has its own device.
+    compute_slots_per_node: float = 0
     reserved_memory_bytes: float = 2 * 2**30  # CUDA context, cuBLAS workspace, NCCL buffers
     # Fraction of compute throughput lost while a collective runs alongside it: communication
     # kernels occupy SMs and memory bandwidth (NCCL's 16 default channels hold ~15% of an A100's
@@ -273,9 +275,7 @@ class ClusterSpec:
         if self.gpus_per_node * self.num_nodes > 10_000_000:
             raise SpecError(f"{self.gpus_per_node * self.num_nodes} GPUs is beyond any real cluster",
                             field="num_nodes")
-        v = self.compute_slots_per_node
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise SpecError(f"must be a non-negative integer, got {show(v)}", field="compute_slots_per_node")
+        _num("cluster", "compute_slots_per_node", self.compute_slots_per_node, strict_lo=False, hi=1e7)
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
@@ -293,7 +293,7 @@ class ClusterSpec:
 
     @property
     def compute_slowdown(self) -> float:
-        """Time-slicing factor when more ranks than cores share a node (CPU hosts)."""
+        """Time-slicing factor when all of a node's ranks compute at once and outnumber its cores."""
         if self.compute_slots_per_node and self.gpus_per_node > self.compute_slots_per_node:
             return self.gpus_per_node / self.compute_slots_per_node
         return 1.0
