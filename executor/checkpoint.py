@@ -125,13 +125,15 @@ class Checkpointer:
         if self.rank == 0:
             sign(folder, steps_done, self.key)
 
-    def latest(self) -> int:
-        """Steps completed by the newest verified checkpoint (0: none). Rank 0 decides for all."""
+    def latest(self, limit: int | None = None) -> int:
+        """Steps completed by the newest verified checkpoint, at most `limit` (0: none). Rank 0 decides
+        for all (`limit` matters on rank 0 only: the steps its measured.json holds)."""
         best = 0
         if self.rank == 0 and self.root.is_dir():
             for p in self.root.iterdir():
                 m = _STEP_DIR.match(p.name)
-                if m and int(m.group(1)) > best and verified(p, int(m.group(1)), self.key):
+                step = int(m.group(1)) if m else 0
+                if m and best < step <= (limit if limit is not None else step) and verified(p, step, self.key):
                     best = int(m.group(1))
         if self.world > 1:
             t = torch.tensor([best], dtype=torch.int64)

@@ -305,13 +305,16 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
 
         ckpt = Checkpointer(checkpoint_dir(args, ctx["out"]), args.checkpoint_every, checkpoint_key(args.run_id),
                             trainer.modules, trainer.optimizers, rank, world)
-        if ctx["attempt"] > 0:
-            start = ckpt.latest()
+    previous = read_run(ctx["out"], args.run_id) if rank == 0 and ctx["attempt"] > 0 else None
+    if ckpt is not None and ctx["attempt"] > 0:
+        # never resume past the steps measured.json holds (e.g. it was deleted): their measurements
+        # would be missing; an older checkpoint (or step 0) re-runs them instead
+        start = ckpt.latest(limit=len((previous or {}).get("losses") or []))
     ledger = None
     if rank == 0:
         ledger = Ledger(ctx["out"], _header(ctx), args.warmup, doc.plan.global_batch * doc.model.seq_len)
         if ctx["attempt"] > 0:
-            ledger.resume(read_run(ctx["out"], args.run_id), start, ctx["attempt"])
+            ledger.resume(previous, start, ctx["attempt"])
         ledger.flush()  # from now on measured.json exists and says "running"
         ctx["ledger"] = ledger
     if start:
