@@ -147,7 +147,13 @@ def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar:
             torch.mm(x, w.t())
 
         dist.barrier()
-        alone = _time_local(fn, device, 0.1 if quick else 0.3) if dist.get_rank() == 0 else 0.0
+        # The others sleep (a rank waiting in a gloo barrier polls and would share the core).
+        span = 0.1 if quick else 0.3
+        if dist.get_rank() == 0:
+            alone = _time_local(fn, device, span)
+        else:
+            alone = 0.0
+            time.sleep(span + 0.5)
         dist.barrier()
         together = _time_local(fn, device, 0.1 if quick else 0.3)
         dist.barrier()
@@ -158,8 +164,11 @@ def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar:
     x = torch.randn((4 << 20) if device.type == "cpu" else (16 << 20), device=device, dtype=dtype)
     y = torch.empty_like(x)
     dist.barrier()
-    alone_bw = (2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), device, 0.1)
-                if dist.get_rank() == 0 else 0.0)
+    if dist.get_rank() == 0:
+        alone_bw = 2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), device, 0.1)
+    else:
+        alone_bw = 0.0
+        time.sleep(0.6)
     dist.barrier()
     return {"gemm_slowdown": statistics.median(ratios), "memory_bandwidth_alone": _max_over_ranks(alone_bw, device)}
 
