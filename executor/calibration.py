@@ -173,6 +173,38 @@ def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar:
     return {"gemm_slowdown": statistics.median(ratios), "memory_bandwidth_alone": _max_over_ranks(alone_bw, device)}
 
 
+def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
+    """Activation-function throughput (GELU, elements/s) and the fused attention kernel's FLOP rate
+    (forward + backward, causal), all ranks at once."""
+    import torch.nn.functional as F
+
+    x = torch.randn(512, 1024, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn_like(x)
+
+    def gelu() -> None:
+        y = F.gelu(x)
+        torch.autograd.grad(y, x, g)
+
+    dist.barrier()
+    sec = _max_over_ranks(_time(gelu, device, 0.1 if quick else 0.3), device)
+    rate = x.numel() * 2.5 / sec  # forward + backward (1.5x forward), as the cost model counts them
+    b, heads, s, d = (4, 4, 128, 64) if device.type == "cpu" else (4, 32, 2048, 128)
+    q = torch.randn(b, heads, s, d, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn_like(q, requires_grad=True)
+    v = torch.randn_like(q, requires_grad=True)
+    go = torch.randn_like(q)
+
+    def attention() -> None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.autograd.grad(out, (q, k, v), go)
+
+    dist.barrier()
+    sec_att = _max_over_ranks(_time(attention, device, 0.1 if quick else 0.3), device)
+    work = 4.0 * b * s * s * heads * d * 0.5 * (1 + 2.5)  # causal forward + backward, as the model counts
+    bar.step("activation and attention kernels")
+    return {"activation_rate": rate, "attention_flops_per_s": work / sec_att}
+
+
 def bench_memory(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
     numel = (16 << 20) if device.type == "cuda" else (4 << 20)
     x = torch.randn(numel, device=device, dtype=dtype)
@@ -284,9 +316,14 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     return result
 
 
-def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int) -> float:
-    """Median training-step time of a small GPT with `layers` layers, run with tensor parallelism
-    `tp` (tp = 1: every rank trains its own copy, no communication) by the executor itself."""
+CALIB_MODEL = {"hidden": 128, "num_heads": 4, "ffn_hidden": 512, "vocab_size": 256, "seq_len": 64}
+
+
+def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
+               optimizer: str = "sgd") -> float:
+    """Median training-step time of a small GPT (CALIB_MODEL) with `layers` layers and 4 sequences
+    per step, run with tensor parallelism `tp` (tp = 1: every rank trains its own copy, no
+    communication) by the executor itself."""
     import dataclasses
 
     from executor.data import make_data
@@ -296,14 +333,13 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     from planner.specs.catalog import localhost_cpu
     from planner.specs.model import ModelSpec
 
-    spec = ModelSpec(name="calib", num_layers=layers, hidden=128, num_heads=4, ffn_hidden=512, vocab_size=256,
-                     seq_len=64, dtype="fp32")
-    plan = Plan(tp=tp, micro_batch=4, global_batch=4, dtype="fp32")
+    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **CALIB_MODEL)
+    plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32")
     cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=tp)
     doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
     dims = ParallelDims.from_plan(plan)
     mesh = dims.build_mesh(device.type) if tp > 1 else None
-    trainer = Trainer(doc, dims, mesh, device, TrainOptions(optimizer="sgd", lr=1e-3, seed=0))
+    trainer = Trainer(doc, dims, mesh, device, TrainOptions(optimizer=optimizer, lr=1e-3, seed=0))
     data = make_data(None, spec.vocab_size, spec.seq_len, 0, "auto")
     times = []
     for step in range(steps + 2):
@@ -328,6 +364,7 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
     """
     steps = 4 if quick else 8
     plain = [_step_time(n, 1, world, device, steps) for n in (1, 3)]
+    plain_m4 = _step_time(1, 1, world, device, steps, micro_batch=1)  # the same 4 sequences as 4 micro-batches
     dist.barrier()
     split = [_step_time(n, world, world, device, steps) for n in (1, 3)]
     per_plain = max(0.0, (plain[1] - plain[0]) / 2)
@@ -340,7 +377,9 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
     rest_plain, rest_tp = plain[0] - per_plain, split[0] - per_tp
     rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha)
     bar.step("tensor-parallel overhead")
-    return {"layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
+    return {"step_1layer_s": plain[0], "step_3layers_s": plain[1], "step_1layer_4microbatches_s": plain_m4,
+            "calib_model": CALIB_MODEL,
+            "layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
             "small_all_reduce_s": alpha, "tp_layer_overhead_s": _max_over_ranks(overhead, device),
             "tp_microbatch_overhead_s": _max_over_ranks(rest, device)}
 
@@ -393,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + n_coll + 3, enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + n_coll + 4, enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -403,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
             "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
+            "kernels": bench_kernels(device, dtype, args.quick, bar) if world > 1 else {},
             "contention": bench_contention(device, dtype, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
         }

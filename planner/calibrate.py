@@ -92,8 +92,8 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     # are divided by the measured core-sharing slowdown, which becomes the node's compute slots.
     contention = raw.get("contention") or {}
     share = max(1.0, float(contention.get("gemm_slowdown", 1.0)))
-    if share < 1.1:
-        share = 1.0  # noise, not sharing
+    if share < 1.02:
+        share = 1.0  # within timing noise: no sharing
     gemm = [[m, k, n, f, sec / share] for m, k, n, f, sec in raw["gemm"]]
     best = max(r[3] / r[4] for r in gemm)
     peak = max(gpu.peak(dtype), best / 0.98)  # keep efficiencies below 1 if the datasheet peak is low
@@ -105,9 +105,13 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     peaks.setdefault(dtype, peak)
     mem = raw["memory"]
     bandwidth = float(contention.get("memory_bandwidth_alone") or mem["bandwidth"])
+    kernels = raw.get("kernels") or {}
+    activation_rate = float(kernels.get("activation_rate", 0.0)) * share if cpu else 0.0
+    attention_eff = min(1.0, float(kernels.get("attention_flops_per_s", 0.0)) * share / peak)
     gpu = dataclasses.replace(
         gpu, name=gpu.name + " (calibrated)", peak_flops=peaks, gemm_curve=tuple(curve),
         memory_bandwidth=bandwidth, memory_efficiency=1.0, kernel_overhead_s=mem["kernel_overhead_s"] / share,
+        activation_rate=activation_rate, attention_efficiency=attention_eff,
         memory_bytes=float(env.get("memory_bytes") or gpu.memory_bytes * base.compute_slots_per_node / max(local, 1)
                            if cpu else gpu.memory_bytes),
         num_sms=int(env.get("num_sms", gpu.num_sms)) if not cpu else 0,
@@ -126,13 +130,39 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     provenance["overlap"] = raw.get("overlap", {})
     provenance["tp_overhead"] = raw.get("tp_overhead", {})
     provenance["contention"] = contention
-    return dataclasses.replace(
+    provenance["kernels"] = kernels
+    profile = dataclasses.replace(
         base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
         num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,
         compute_slots_per_node=local / share if share > 1.0 else 0,  # ranks' worth of cores
         overlap_slowdown=float(overlap), tp_layer_overhead_s=float(tp_overhead),
         tp_microbatch_overhead_s=float(tp_mb_overhead),
         source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)
+    return _fit_host_overheads(profile, tp_raw, share)
+
+
+def _fit_host_overheads(profile: ClusterSpec, tp_raw: dict[str, Any], share: float) -> ClusterSpec:
+    """Host overhead per layer and per micro-batch: what the executor's measured steps of the small
+    calibration GPT take beyond what the profile's op costs predict for them (never negative)."""
+    if "calib_model" not in tp_raw:
+        return profile
+    from planner.cost import batch_from_plans, evaluate
+    from planner.plan import Plan
+    from planner.specs.model import ModelSpec
+
+    one = dataclasses.replace(profile, gpus_per_node=1, num_nodes=1, compute_slots_per_node=0)
+
+    def predicted(layers: int, micro_batch: int) -> float:
+        spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **tp_raw["calib_model"])
+        plan = Plan(micro_batch=micro_batch, global_batch=4, dtype="fp32")
+        return float(evaluate(spec, one, batch_from_plans([plan])).step_time[0])
+
+    measured_layer = (tp_raw["step_3layers_s"] - tp_raw["step_1layer_s"]) / 2 / share
+    layer = max(0.0, measured_layer - (predicted(3, 4) - predicted(1, 4)) / 2)
+    extra_mbs = (tp_raw["step_1layer_4microbatches_s"] - tp_raw["step_1layer_s"]) / share \
+        - (predicted(1, 1) - predicted(1, 4))
+    per_mb = max(0.0, extra_mbs / 3 - layer)  # 3 more micro-batches, each also passing the layer
+    return dataclasses.replace(profile, host_layer_overhead_s=layer, host_microbatch_overhead_s=per_mb)
 
 
 def run_calibration(nproc_per_node: int, quick: bool = False, device: str = "auto",

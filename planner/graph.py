@@ -59,6 +59,7 @@ class Op:
     io: float = 0.0
     io_s: float = 0.0
     bias: int = 0  # bias parameters (replicated across TP ranks for row-parallel linears)
+    elements: float = 0.0  # activation-function evaluations per token (GELU / SiLU): arithmetic bound on CPUs
     kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
 
@@ -196,7 +197,7 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
         # silu output and the up projection (3f).
         act = Op(name="mlp.act", kind="elementwise", tp="column", group="layer",
                  saved=b * (3 * f if gated else f), io=b * (up_width + f) + (b * 2 * f if gated else 0),
-                 kernels=2 if gated else 1)
+                 kernels=2 if gated else 1, elements=f)
         return [
             _linear("mlp.up", h, up_width, "column", m.bias, "layer", b),
             act,
@@ -215,7 +216,8 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
     up = _linear("moe.experts.up", h, up_width, "column", m.bias, "layer", b, copies=work,
                  params_copies=e, routed=True)
     act = Op(name="moe.experts.act", kind="elementwise", tp="column", group="layer",
-             saved=b * (3 * f if gated else f) * work, io=b * (up_width + f) * work, routed=True)
+             saved=b * (3 * f if gated else f) * work, io=b * (up_width + f) * work, routed=True,
+             elements=f * work)
     down = _linear("moe.experts.down", f, h, "row", m.bias, "layer", b, copies=work,
                    params_copies=e, routed=True)
     combine = Op(name="moe.combine", kind="elementwise", tp="replicated", group="layer",
@@ -248,7 +250,7 @@ def _post_ops(m: ModelSpec, b: int) -> list[Op]:
                           params=h * h + h))
         ops.append(_linear("mlm.transform", h, h, "replicated", True, "post", b))
         ops.append(Op(name="mlm.act", kind="elementwise", tp="replicated", group="post",
-                      saved=b * h, io=2.0 * b * h))
+                      saved=b * h, io=2.0 * b * h, elements=h))
         ops.append(_norm("mlm.norm", h, m, "replicated", "post", b))
         head = _linear("lm_head", h, v, "vocab", False, "post", b)
     if m.tied_embeddings:

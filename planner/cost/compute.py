@@ -69,7 +69,9 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
     if flash:
         work = flops * (0.5 if causal else 1.0)  # fused kernels skip fully masked blocks
         io = b * tokens * (2.0 * hidden + 2.0 * kv_hidden) / tp
-        fwd = np.maximum(gpu.gemm_time(work, dtype), gpu.memory_time(io))
+        core = work / (gpu.peak(dtype) * gpu.attention_efficiency) if gpu.attention_efficiency \
+            else gpu.gemm_time(work, dtype)
+        fwd = np.maximum(core, gpu.memory_time(io))
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
     scores = b * (heads / tp) * tokens * seq  # bytes of one a x s x s tensor
@@ -82,8 +84,11 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
 
 
 def elementwise_times(op: Op, gpu: GPUSpec, tokens: Array, tp: Array, sp: Array) -> OpTimes:
-    nbytes = op.io * tokens / _divisor(op, tp, sp)
-    fwd = gpu.memory_time(nbytes, op.kernels)
+    """Memory bound, unless the device evaluates activation functions slower than it streams them."""
+    div = _divisor(op, tp, sp)
+    fwd = gpu.memory_time(op.io * tokens / div, op.kernels)
+    if op.elements and gpu.activation_rate:
+        fwd = np.maximum(fwd, op.elements * tokens / div / gpu.activation_rate)
     return OpTimes(fwd=fwd, bwd=ELEMENTWISE_BWD_FACTOR * fwd)
 
 

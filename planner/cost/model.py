@@ -32,7 +32,7 @@ from planner.cost.memory import (
     saved_bytes,
     stage_params,
 )
-from planner.graph import DTYPE_BYTES, build_graph
+from planner.graph import DTYPE_BYTES, LayerGraph, Op, build_graph
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -82,6 +82,23 @@ class Scores:
                   if (k.startswith("mem_") and k != "mem_limit") or k == "fits"}
         inv = idx if self._t_inv is None else self._t_inv[idx]
         return Scores(self._timing, inv, memory, self.mem_limit)
+
+
+OPTIMIZER_KERNELS_PER_TENSOR = 8  # AdamW per tensor: lerp, mul, addcmul, sqrt, div, add, addcdiv + grad zeroing
+
+
+def param_tensors(lg: LayerGraph, layers_per_stage: Array) -> Array:
+    """Parameter tensors a first pipeline stage holds (a weight, plus a bias or a LayerNorm's beta)."""
+    two_norm = lg.model.norm == "layernorm"
+
+    def count(op: Op) -> int:
+        if not op.params:
+            return 0
+        return 2 if op.bias or (two_norm and op.name.endswith("norm")) else 1
+
+    per_layer = sum(count(op) for op in lg.layer_ops)
+    rest = sum(count(op) for op in lg.pre_ops + lg.post_ops)
+    return per_layer * layers_per_stage + rest
 
 
 def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
@@ -137,7 +154,12 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     lay = ops_times(lg.layer_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
     pre = ops_times(lg.pre_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
     post = ops_times(lg.post_ops, lg, gpu, dt, batch.flash, tokens, seq, t, sp, e)
-    # Host-side cost of the tensor-parallel implementation (a third in forward, two in backward).
+    # Host-side cost of the framework (a third in forward, two in backward): per layer, per
+    # micro-batch (split over the two ends), and the extra of the tensor-parallel implementation.
+    host_l, host_mb = cluster.host_layer_overhead_s, cluster.host_microbatch_overhead_s / 2
+    lay.fwd, lay.bwd = lay.fwd + host_l / 3, lay.bwd + 2 * host_l / 3
+    pre.fwd, post.fwd = pre.fwd + host_mb / 3, post.fwd + host_mb / 3
+    pre.bwd, post.bwd = pre.bwd + 2 * host_mb / 3, post.bwd + 2 * host_mb / 3
     tp_host = np.where(batch.tp > 1, cluster.tp_layer_overhead_s, 0.0)
     lay.fwd, lay.bwd = lay.fwd + tp_host / 3, lay.bwd + 2 * tp_host / 3
     tp_host_mb = np.where(batch.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)  # half each end
@@ -366,7 +388,10 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
     dense = np.maximum(st["dense_first"], st["dense_last"])
     sharded = zero >= 1
     local = dense / np.where(sharded, st["g_dp"], 1) + st["expert"] / np.where(sharded, st["g_edp"], 1)
-    optimizer = cluster.gpu.memory_time(local * OPTIMIZER_STEP_BYTES[tb.dtype], 4) * cluster.compute_slowdown
+    # Memory bound, plus one launch per parameter tensor for each of the optimizer's element-wise ops.
+    lg_t = build_graph(model, tb.dtype, tb.flash)
+    kernels = OPTIMIZER_KERNELS_PER_TENSOR * param_tensors(lg_t, lp)
+    optimizer = cluster.gpu.memory_time(local * OPTIMIZER_STEP_BYTES[tb.dtype], kernels) * cluster.compute_slowdown
 
     step = pipeline + dp_exposed + emb + optimizer
     compute = m * stage_compute

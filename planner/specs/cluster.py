@@ -76,6 +76,11 @@ class GPUSpec:
     gemm_curve: tuple[tuple[float, float], ...] = ()  # measured (FLOPs, efficiency) points
     num_sms: int = 0  # streaming multiprocessors (CUs); 0 disables wave quantisation (CPUs)
     gemm_tile: tuple[int, int] = (256, 128)  # output tile of one thread block of large GEMM kernels
+    # Activation functions (GELU, SiLU) per second, when their arithmetic rather than memory bounds
+    # them (CPUs); 0: memory bound (GPUs). Measured by `planner calibrate`.
+    activation_rate: float = 0.0
+    # Achieved fraction of peak of the fused (flash) attention kernel; 0: the GEMM efficiency curve.
+    attention_efficiency: float = 0.0
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -95,6 +100,8 @@ class GPUSpec:
         _num(w, "gemm_overhead_s", self.gemm_overhead_s, strict_lo=False, hi=1.0)
         _num(w, "memory_efficiency", self.memory_efficiency, hi=1.0)
         _num(w, "kernel_overhead_s", self.kernel_overhead_s, strict_lo=False, hi=1.0)
+        _num(w, "activation_rate", self.activation_rate, strict_lo=False, hi=1e18)
+        _num(w, "attention_efficiency", self.attention_efficiency, strict_lo=False, hi=1.0)
         if not isinstance(self.gemm_curve, (tuple, list)):
             raise SpecError("must be a list of [flops, efficiency]", field=f"{w}.gemm_curve")
         pts = tuple(tuple(p) if isinstance(p, (tuple, list)) else (p,) for p in self.gemm_curve)
@@ -105,7 +112,7 @@ class GPUSpec:
             _num(w, f"gemm_curve[{i}].efficiency", p[1], hi=1.0)
         object.__setattr__(self, "gemm_curve", tuple(sorted(pts)))
         if isinstance(self.num_sms, bool) or not isinstance(self.num_sms, int) or not 0 <= self.num_sms < 1e6:
-            raise SpecError(f"must be a non-negative integer, got {self.num_sms!r}", field=f"{w}.num_sms")
+            raise SpecError(f"must be a non-negative integer, got {show(self.num_sms)}", field=f"{w}.num_sms")
         tile = tuple(self.gemm_tile) if isinstance(self.gemm_tile, (list, tuple)) else ()
         if len(tile) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < 1e5
                                      for x in tile):
@@ -250,6 +257,11 @@ class ClusterSpec:
     # where it is on the critical path; 0 for GPUs, whose host runs ahead of the device.
     tp_layer_overhead_s: float = 0.0
     tp_microbatch_overhead_s: float = 0.0  # the same for the vocabulary-parallel embedding, head and loss
+    # Host time of the framework itself (Python, autograd, dispatch) that the op costs do not cover:
+    # per layer and micro-batch (forward + backward), and per micro-batch. Fitted by `planner
+    # calibrate` on CPU hosts from the executor's steps; 0 for GPUs, whose host runs ahead.
+    host_layer_overhead_s: float = 0.0
+    host_microbatch_overhead_s: float = 0.0
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
     source: str = ""
@@ -280,6 +292,8 @@ class ClusterSpec:
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "host_layer_overhead_s", self.host_layer_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "host_microbatch_overhead_s", self.host_microbatch_overhead_s, strict_lo=False, hi=10.0)
         if self.device not in ("cuda", "cpu"):
             raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):
