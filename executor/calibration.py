@@ -320,10 +320,11 @@ CALIB_MODEL = {"hidden": 128, "num_heads": 4, "ffn_hidden": 512, "vocab_size": 2
 
 
 def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
-               optimizer: str = "sgd") -> float:
+               optimizer: str = "sgd", **plan_sizes: Any) -> float:
     """Median training-step time of a small GPT (CALIB_MODEL) with `layers` layers and 4 sequences
-    per step, run with tensor parallelism `tp` (tp = 1: every rank trains its own copy, no
-    communication) by the executor itself."""
+    per step, run by the executor itself with tensor parallelism `tp` (or the sizes in `plan_sizes`,
+    e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains its own
+    copy, without communication."""
     import dataclasses
 
     from executor.data import make_data
@@ -334,24 +335,38 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     from planner.specs.model import ModelSpec
 
     spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **CALIB_MODEL)
-    plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32")
-    cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=tp)
+    plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32", **plan_sizes)
+    cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=plan.world_size)
     doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
     dims = ParallelDims.from_plan(plan)
-    mesh = dims.build_mesh(device.type) if tp > 1 else None
+    mesh = dims.build_mesh(device.type) if plan.world_size > 1 else None
     trainer = Trainer(doc, dims, mesh, device, TrainOptions(optimizer=optimizer, lr=1e-3, seed=0))
     data = make_data(None, spec.vocab_size, spec.seq_len, 0, "auto")
     times = []
     for step in range(steps + 2):
         batch = trainer.batch(data, step)
-        if tp > 1:
-            dist.barrier(group=mesh["tp"].get_group())
+        if plan.world_size > 1:
+            dist.barrier()
         t0 = time.perf_counter()
         trainer.train_step(batch)
         _sync(device)
         if step >= 2:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _max_over_ranks(statistics.median(times), device)
+
+
+def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
+    """Whole executor steps of the calibration GPT under a pipeline (pp = world, 4 micro-batches) and
+    under ZeRO-3 (dp = world): `planner calibrate` fits the host overhead of the pipeline schedule per
+    micro-batch and of FSDP per layer as what these take beyond the profile's prediction."""
+    steps = 4 if quick else 6
+    layers = 2 * world
+    dist.barrier()
+    pp = _step_time(layers, 1, world, device, steps, micro_batch=1, pp=world)
+    dist.barrier()
+    fsdp = _step_time(layers, 1, world, device, steps, micro_batch=1, dp=world, zero_stage=3)
+    bar.step("pipeline and FSDP steps")
+    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp}
 
 
 def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, float]:
@@ -432,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + n_coll + 4, enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + n_coll + 5, enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -443,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
             "kernels": bench_kernels(device, dtype, args.quick, bar) if world > 1 else {},
+            "framework": bench_framework_steps(device, world, args.quick, bar)
+            if world > 1 and device.type == "cpu" else {},
             "contention": bench_contention(device, dtype, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
         }

@@ -138,7 +138,8 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
         overlap_slowdown=float(overlap), tp_layer_overhead_s=float(tp_overhead),
         tp_microbatch_overhead_s=float(tp_mb_overhead),
         source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)
-    return _fit_host_overheads(profile, tp_raw, share)
+    profile = _fit_host_overheads(profile, tp_raw, share)
+    return _fit_framework_overheads(profile, raw.get("framework") or {}, tp_raw.get("calib_model"))
 
 
 def _fit_host_overheads(profile: ClusterSpec, tp_raw: dict[str, Any], share: float) -> ClusterSpec:
@@ -192,3 +193,29 @@ def write_profile(path: str | Path, profile: ClusterSpec, raw: dict[str, Any]) -
     doc = profile.to_dict()
     doc["provenance"] = {**doc.get("provenance", {}), "raw": raw}
     return atomic_write_json(path, doc)
+
+
+def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: dict[str, Any] | None) -> ClusterSpec:
+    """The pipeline schedule's host time per micro-batch and stage, and FSDP's per layer and
+    micro-batch: the residual of the executor's measured pipeline / ZeRO-3 steps of the calibration
+    GPT over the profile's prediction for them (never negative)."""
+    if not fw or calib is None:
+        return profile
+    from planner.cost import batch_from_plans, evaluate
+    from planner.plan import Plan
+    from planner.specs.model import ModelSpec
+
+    world, layers = int(fw["world"]), int(fw["layers"])
+    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **calib)
+    node = dataclasses.replace(profile, gpus_per_node=world, num_nodes=1)
+    m = 4  # four sequences, micro-batch 1
+
+    def predicted(plan: Plan, cluster: ClusterSpec) -> float:
+        return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
+
+    pp_plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
+    pp_over = max(0.0, (fw["pp_step_s"] - predicted(pp_plan, node)) / (m + world - 1))
+    z3_plan = Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32")
+    m_z3 = 4 // world
+    z3_over = max(0.0, (fw["zero3_step_s"] - predicted(z3_plan, node)) / (m_z3 * layers))
+    return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over)

@@ -510,8 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="predicted vs measured: local runs, or --published measurements")
     p.add_argument("--published", action="store_true",
                    help="predict the shipped published Megatron-LM measurements instead of running plans")
-    p.add_argument("--cluster", default="localhost-cpu",
-                   help="cluster profile to predict with (default localhost-cpu; use a calibrated profile)")
+    p.add_argument("--cluster", default=None,
+                   help="cluster profile to predict with (default: calibrate this machine first, into "
+                        "OUT_DIR/cluster-profile.json)")
     p.add_argument("--nproc-per-node", type=_positive_int, default=2, help="ranks (default 2)")
     p.add_argument("--model", default="tiny", help="model to train (default tiny)")
     p.add_argument("--seq-len", type=_positive_int)

@@ -225,11 +225,18 @@ def run_validation(args: argparse.Namespace) -> int:
     from executor.parallel_dims import ParallelDims
 
     nproc = args.nproc_per_node
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.cluster is None:  # predictions need this machine's numbers: measure them now
+        from planner.calibrate import build_profile, run_calibration, write_profile
+
+        print(f"calibrating this machine with {nproc} ranks first (planner calibrate"
+              f"{' --quick' if args.quick else ''})", file=sys.stderr)
+        raw = run_calibration(nproc, quick=args.quick)
+        args.cluster = str(write_profile(out_dir / "cluster-profile.json", build_profile(raw), raw))
     cluster = load_cluster(args.cluster, gpus=nproc)
     model = load_model(args.model, seq_len=args.seq_len)
     dtype = "fp32" if cluster.device == "cpu" else model.dtype
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def executable(p: Plan) -> bool:
         try:

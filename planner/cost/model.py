@@ -321,7 +321,10 @@ def _timing_terms(model: ModelSpec, cluster: ClusterSpec, tb: PlanBatch,
 
     # Stage times per micro-batch and the pipeline.
     single = tb.pp == 1
-    p2p_mb = np.where(tb.pp > 1, 2 * v * st["p2p"], 0.0)
+    p2p_mb = np.where(tb.pp > 1, 2 * v * st["p2p"] + v * cluster.pp_microbatch_overhead_s, 0.0)
+    # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch.
+    fsdp = np.where((zero >= 2) & (st["g_dp"] > 1), cluster.fsdp_layer_overhead_s, 0.0)
+    layer_f, layer_b = layer_f + fsdp / 3, layer_b + 2 * fsdp / 3
     mid = lp * (layer_f + layer_b) + p2p_mb
     first = mid + st["pre_t"] + np.where(single, st["post_t"], 0.0)
     last = np.where(single, first, mid + st["post_t"])

@@ -262,6 +262,8 @@ class ClusterSpec:
     # calibrate` on CPU hosts from the executor's steps; 0 for GPUs, whose host runs ahead.
     host_layer_overhead_s: float = 0.0
     host_microbatch_overhead_s: float = 0.0
+    pp_microbatch_overhead_s: float = 0.0  # pipeline schedule's host time per micro-batch and stage
+    fsdp_layer_overhead_s: float = 0.0  # FSDP (ZeRO-2/3) hooks' host time per layer and micro-batch
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
     source: str = ""
@@ -294,6 +296,8 @@ class ClusterSpec:
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "host_layer_overhead_s", self.host_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "host_microbatch_overhead_s", self.host_microbatch_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "pp_microbatch_overhead_s", self.pp_microbatch_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "fsdp_layer_overhead_s", self.fsdp_layer_overhead_s, strict_lo=False, hi=10.0)
         if self.device not in ("cuda", "cpu"):
             raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):
