@@ -119,17 +119,21 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
 
 
 def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 3) -> float:
-    """Median seconds of fn() on this rank alone (no collectives: the others wait at a barrier)."""
+    """Mean seconds per fn() over a window of wall time, on this rank without collectives.
+
+    The mean over the window (not the median of single calls) is what counts when ranks outnumber
+    cores: the scheduler time-slices them in quanta longer than one small op, so most single calls
+    look unhindered while the throughput halves.
+    """
     fn()
     _sync(device)
-    times: list[float] = []
+    reps = 0
     start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_time:
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        reps += 1
+    return (time.perf_counter() - start) / reps
 
 
 def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
