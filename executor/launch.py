@@ -27,6 +27,7 @@ from typing import Any
 from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
+from planner.compare import TIME_LABELS, time_components
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
@@ -211,19 +212,22 @@ def _fmt_gib(x: float | None) -> str:
 
 
 def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
-    """Predicted vs measured: step time (median [p10, p90]), tokens/s, peak memory per rank."""
+    """Predicted vs measured: step time (median [p10, p90]) and its busy / waiting split where measured,
+    tokens/s, peak memory per rank."""
     pred = doc.prediction or {}
     st = measured["step_time_s"]
     mem = measured["memory"]
     rows = []
 
-    def err(p: float | None, m: float) -> str:
-        return "-" if not p else f"{(m - p) / p * 100:+.1f}%"
+    def err(p: float | None, m: float) -> str:  # the prediction's error, as planner compare / validate
+        return "-" if p is None or not m else f"{(p - m) / m * 100:+.1f}%"
 
     p_step = pred.get("step_time_s")
     rows.append(("step time", _fmt_s(p_step),
                  f"{_fmt_s(st['median'])} [p10 {_fmt_s(st['p10'])}, p90 {_fmt_s(st['p90'])}]",
                  err(p_step, st["median"])))
+    for name, p, m in time_components(pred, measured):
+        rows.append((f"  {TIME_LABELS[name]}", _fmt_s(p), _fmt_s(m), err(p, m)))
     p_tok = pred.get("tokens_per_s")
     rows.append(("tokens/s", "-" if p_tok is None else f"{p_tok:,.0f}", f"{measured['tokens_per_s']:,.0f}",
                  err(p_tok, measured["tokens_per_s"])))

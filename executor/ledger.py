@@ -33,6 +33,19 @@ def stats(times: list[float]) -> dict[str, float]:
             "p90": float(np.percentile(a, 90)), "mean": float(a.mean())}
 
 
+def breakdown(times: list[float], busy: list[float]) -> dict[str, Any]:
+    """Step time split into the busiest rank's host CPU time and the rest (waiting), medians over steps.
+
+    On CPU ranks the host thread *is* the device: its CPU time is compute plus framework overhead, and
+    the rest of the step it waits (for a peer's data, a collective, a pipeline bubble, or a core shared
+    with another rank). The planner compares these with `compute + optimizer` and `bubble + exposed`.
+    """
+    wait = [max(t - b, 0.0) for t, b in zip(times, busy, strict=True)]
+    return {"busy_s": float(np.median(busy)), "waiting_s": float(np.median(wait)),
+            "method": "busy: CPU time of the busiest rank's training thread (time.thread_time) during the "
+                      "step; waiting: step time minus busy"}
+
+
 def read_run(path: str | Path, run_id: str) -> dict[str, Any] | None:
     """The measured.json at `path` if it belongs to run `run_id` (else None: absent, unreadable, or
     left by another run)."""
@@ -58,6 +71,7 @@ class Ledger:
         self.path, self.header, self.warmup, self.tokens_per_step = Path(path), header, warmup, tokens_per_step
         self.losses: list[float] = []  # every completed step, warm-up included
         self.times: list[float] = []  # timed steps (index >= warmup), slowest rank
+        self.busy: list[float] = []  # timed steps: the busiest rank's host CPU time (see executor.measure)
         self.restarts: list[dict[str, Any]] = []
         self.discarded: list[dict[str, Any]] = []
 
@@ -80,16 +94,21 @@ class Ledger:
             old.append({"step": i, "loss": losses[i], "time_s": times[t] if 0 <= t < len(times) else None,
                         "attempt": attempt - 1})
         self.losses, self.times = losses[:keep], times[:max(0, keep - self.warmup)]
+        busy = _numbers(prev.get("busy_times_s"))
+        self.busy = busy[:len(self.times)] if len(busy) >= len(self.times) else []
         self.discarded = old
         self.restarts = [d for d in prev.get("restarts", []) if isinstance(d, dict)]
         self.restarts.append({"attempt": attempt, "resumed_from_step": start_step,
                               "previous_status": prev.get("status"), "previous_error": prev.get("error")})
 
-    def record(self, loss: float, seconds: float, persist: bool = True) -> None:
-        """One completed step (loss averaged over the ranks that compute it, time of the slowest rank)."""
+    def record(self, loss: float, seconds: float, persist: bool = True, busy: float | None = None) -> None:
+        """One completed step (loss averaged over the ranks that compute it, time of the slowest rank,
+        the busiest rank's host CPU time when measured)."""
         step = len(self.losses)
         self.losses.append(float(loss))
         if step >= self.warmup:
+            if busy is not None and len(self.busy) == len(self.times):
+                self.busy.append(float(busy))
             self.times.append(float(seconds))
         if persist:
             self.flush()
@@ -106,6 +125,9 @@ class Ledger:
             s = stats(self.times)
             d["step_time_s"] = s
             d["tokens_per_s"] = self.tokens_per_step / s["median"]
+        if self.busy and len(self.busy) == len(self.times):
+            d["busy_times_s"] = list(self.busy)
+            d["time_breakdown"] = breakdown(self.times, self.busy)
         if self.restarts:
             d["restarts"] = self.restarts
         if self.discarded:

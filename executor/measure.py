@@ -175,16 +175,26 @@ def reduce_max(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def reduce_step(seconds: float, loss: float, has_loss: bool, world: int) -> tuple[float, float]:
-    """One step over all ranks: (time of the slowest rank, mean loss over the ranks that computed it)."""
-    t = torch.tensor([seconds, loss if has_loss else 0.0, 1.0 if has_loss else 0.0], dtype=torch.float64)
+def busy_timed(fn):
+    """Run `fn()`; returns (result, CPU seconds of this thread). On a CPU rank with one thread the
+    training thread's CPU time is its compute and framework work; blocking waits cost none."""
+    c0 = time.thread_time()
+    out = fn()
+    return out, time.thread_time() - c0
+
+
+def reduce_step(seconds: float, loss: float, has_loss: bool, world: int,
+                busy: float = 0.0) -> tuple[float, float, float]:
+    """One step over all ranks: (time of the slowest rank, mean loss over the ranks that computed it,
+    the largest `busy` of any rank)."""
+    t = torch.tensor([seconds, loss if has_loss else 0.0, 1.0 if has_loss else 0.0, busy], dtype=torch.float64)
     if world > 1:
         parts = [torch.empty_like(t) for _ in range(world)]
         dist.all_gather(parts, t)
         t = torch.stack(parts)
     else:
         t = t[None]
-    return float(t[:, 0].max()), float(t[:, 1].sum() / t[:, 2].sum().clamp(min=1.0))
+    return float(t[:, 0].max()), float(t[:, 1].sum() / t[:, 2].sum().clamp(min=1.0)), float(t[:, 3].max())
 
 
 def reduce_losses(losses: list[float], valid: list[bool], world: int) -> list[float]:

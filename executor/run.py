@@ -289,7 +289,7 @@ def checkpoint_dir(args: argparse.Namespace, out: Path) -> Path:
 def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     """Build the trainer, run warm-up + timed steps (from the newest checkpoint after a restart),
     reduce every step over the ranks, persist it (rank 0); returns measured.json on rank 0."""
-    from executor.measure import ActivationMeter, reduce_max, reduce_step, rss_bytes, timed
+    from executor.measure import ActivationMeter, busy_timed, reduce_max, reduce_step, rss_bytes, timed
     from executor.trainer import Trainer
 
     args, doc, device, world, rank = ctx["args"], ctx["doc"], ctx["device"], ctx["world"], ctx["rank"]
@@ -326,6 +326,8 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     data = ctx["data"]
 
     total = args.warmup + args.steps
+    # the training thread's CPU time is all of a rank's work only with one CPU thread (no async device)
+    busy_measurable = device.type == "cpu" and torch.get_num_threads() == 1
     measure_step = start  # this attempt's first step carries the memory hooks
     profiler = None
     barrier = (lambda s: step_barrier(ctx, s)) if world > 1 else (lambda s: None)
@@ -338,14 +340,14 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
         measuring = step == measure_step
         if measuring:
             meter.arm()
-        (loss, has_loss), seconds = timed(
-            lambda b=batch, rec=measuring: trainer.train_step(b, record_grads=rec), device, world,
-            barrier=lambda s=step: barrier(s))
+        ((loss, has_loss), busy), seconds = timed(
+            lambda b=batch, rec=measuring: busy_timed(lambda: trainer.train_step(b, record_grads=rec)),
+            device, world, barrier=lambda s=step: barrier(s))
         if measuring:
             meter.disarm()
-        slowest, mean_loss = reduce_step(seconds, float(loss), has_loss, world)
-        if ledger is not None:
-            ledger.record(mean_loss, slowest)  # persisted at once: a crash after this loses nothing
+        slowest, mean_loss, busiest = reduce_step(seconds, float(loss), has_loss, world, busy)
+        if ledger is not None:  # persisted at once: a crash after this loses nothing
+            ledger.record(mean_loss, slowest, busy=busiest if busy_measurable else None)
         if ckpt is not None and ckpt.due(step + 1) and step + 1 < total:
             ckpt.save(step + 1)
     ctx["step"] = None

@@ -26,6 +26,31 @@ STATUSES = ("ok", "failed", "running")
 # (component name in the prediction's `memory` block, key in measured.json's `memory` block)
 MEMORY_COMPONENTS = (("weights", "weights_bytes"), ("grads", "grads_bytes"), ("optimizer", "optimizer_bytes"),
                      ("activations", "activations_peak_bytes"))
+# the step split a CPU run measures (measured.json's `time_breakdown`, see executor.ledger.breakdown),
+# and the prediction's time terms each side sums: (name, prediction `time` keys, measured key)
+TIME_COMPONENTS = (("busy", ("compute", "optimizer"), "busy_s"),
+                   ("waiting", ("bubble", "exposed"), "waiting_s"))
+TIME_LABELS = {"busy": "busy (compute, optimizer, host)", "waiting": "waiting (comm, bubble)"}
+
+
+def time_components(pred: dict[str, Any] | None, measured: dict[str, Any]) -> list[tuple[str, float | None, float]]:
+    """(component, predicted s, measured s) of the busy / waiting split, where the run measured it.
+
+    busy is what the busiest rank's training thread spent on the CPU; waiting is the rest of the step.
+    Predicted: compute + optimizer (host overheads are part of compute) vs bubble + exposed communication.
+    """
+    tb = measured.get("time_breakdown")
+    if not isinstance(tb, dict):
+        return []
+    time = (pred or {}).get("time") or {}
+    out = []
+    for name, keys, key in TIME_COMPONENTS:
+        m = _get(tb, key)
+        if m is None:
+            continue
+        parts = [_get(time, k) for k in keys]
+        out.append((name, None if any(p is None for p in parts) else float(sum(parts)), m))  # type: ignore[arg-type]
+    return out
 
 
 class MeasuredError(PlannerError, ValueError):
@@ -76,6 +101,12 @@ def check_measured(measured: Any) -> dict[str, Any]:
             raise MeasuredError(f"must be an object, got {show(mem)}", field="memory")
         for k in ("peak_bytes", *(key for _, key in MEMORY_COMPONENTS)):
             _number(mem, k, "memory.", required=False)
+    tb = measured.get("time_breakdown")
+    if tb is not None:
+        if not isinstance(tb, dict):
+            raise MeasuredError(f"must be an object, got {show(tb)}", field="time_breakdown")
+        for _, _, key in TIME_COMPONENTS:
+            _number(tb, key, "time_breakdown.", required=False)
     times = measured.get("step_times_s", [])
     if not isinstance(times, list) or not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
@@ -124,6 +155,8 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
         _row("tokens_per_s", "tokens/s", _get(pred, "tokens_per_s"), _get(m, "tokens_per_s")),
         _row("memory_gib_per_gpu", "GiB", _get(pred, "memory_gib_per_gpu"), None if peak is None else peak / GIB),
     ]
+    for name, p, b in time_components(pred, m):
+        rows.append(_row(f"time.{name}", "s", p, b))
     for name, key in MEMORY_COMPONENTS:
         p, b = _get(pred, "memory", name), _get(mem, key)
         if p is not None and b is not None:  # per component only where both sides have it

@@ -6,7 +6,9 @@ micro-batch sizes). Each plan is measured in several torchrun launches (round-ro
 a shared machine spread over all plans); the median over launches is compared with the prediction
 (step time and memory). Launches that disagree by more than 15% are repeated once.
 Outputs: a table, MAPE, Spearman rank correlation, the worst plan, pairwise ordering of plans the
-model separates by more than 25%, validation.json and an interactive plotly HTML.
+model separates by more than 25%, validation.json and an interactive plotly HTML. Where the runs
+measured it (CPU ranks), the step is split into busy (the training thread on the CPU) and waiting
+(communication, bubbles), compared with the prediction's compute + optimizer and bubble + exposed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ class PlanResult:
         times = [m["step_time_s"]["median"] for m in self.launches if m.get("status") == "ok"]
         return max(times) / min(times) - 1 if len(times) > 1 else 0.0
 
+    def components(self) -> dict[str, tuple[float | None, float]]:
+        """Busy / waiting split: {name: (predicted s, measured s: median over launches)}, where measured."""
+        from planner.compare import time_components
+
+        per: dict[str, list[float]] = {}
+        pred: dict[str, float | None] = {}
+        for m in self.launches:
+            if m.get("status") == "ok":
+                for name, p, v in time_components(self.doc.prediction, m):
+                    per.setdefault(name, []).append(v)
+                    pred[name] = p
+        return {name: (pred[name], statistics.median(vs)) for name, vs in per.items()}
+
     def measured_memory_gib(self) -> float | None:
         mems = [m.get("memory", {}) for m in self.launches if m.get("status") == "ok"]
         if not mems:
@@ -81,6 +96,7 @@ class PlanResult:
                                         ("weights", "grads", "optimizer", "activations")),
             "measured_memory_gib": self.measured_memory_gib(),
             "predicted_time": pred.get("time", {}),
+            "components": {name: {"predicted_s": p, "measured_s": m} for name, (p, m) in self.components().items()},
         }
 
 
@@ -184,6 +200,15 @@ def summarize(results: list[PlanResult]) -> dict[str, Any]:
     fastest_two = sorted(range(len(ok)), key=lambda i: meas[i])[:2]
     mem_err = [r.to_json() for r in ok]
     mem_pairs = [(m["predicted_memory_gib"], m["measured_memory_gib"]) for m in mem_err if m["measured_memory_gib"]]
+    comp: dict[str, dict[str, Any]] = {}
+    for name in ("busy", "waiting"):
+        got = [(r.components()[name], r.measured) for r in ok if name in r.components()]
+        got = [((p, m), step) for (p, m), step in got if p is not None]
+        if got:  # error per plan as a share of its measured step time (waiting is often near 0)
+            comp[name] = {"n_plans": len(got),
+                          "mean_abs_error_of_step": float(np.mean([abs(p - m) / step for (p, m), step in got])),
+                          "mean_predicted_share": float(np.mean([p / step for (p, _), step in got])),
+                          "mean_measured_share": float(np.mean([m / step for (_, m), step in got]))}
     return {
         "n_plans": len(ok),
         "mape": float(np.mean(np.abs(errors))) if ok else None,
@@ -194,6 +219,7 @@ def summarize(results: list[PlanResult]) -> dict[str, Any]:
         "predicted_best": ok[best_pred].name if best_pred is not None else None,
         "predicted_best_in_measured_fastest_two": best_pred in fastest_two if best_pred is not None else None,
         "memory_mape": float(np.mean([abs(p / m - 1) for p, m in mem_pairs])) if mem_pairs else None,
+        "components": comp,
     }
 
 
@@ -299,20 +325,29 @@ def run_validation(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps(report) + "\n")
         return 0
     rows = []
+
+    def split(r: PlanResult, name: str) -> str:  # "predicted/measured" in ms
+        p, m = r.components().get(name, (None, None))
+        return "-" if p is None or m is None else f"{p * 1e3:.0f}/{m * 1e3:.0f}"
+
     for r in results:
         j = r.to_json()
         rows.append([r.name, r.doc.plan.describe(), r.predicted * 1e3,
                      (r.measured or float("nan")) * 1e3,
                      f"{j['error'] * 100:+.1f}%" if j["error"] is not None else "failed",
-                     f"{r.spread * 100:.0f}%", j["predicted_memory_gib"] * 1024,
-                     (j["measured_memory_gib"] or float("nan")) * 1024])
-    print(table(["plan", "layout", "predicted ms", "measured ms", "error", "spread", "pred MiB", "meas MiB"],
-                rows, align="llrrrrrr"))
+                     f"{r.spread * 100:.0f}%", split(r, "busy"), split(r, "waiting"),
+                     j["predicted_memory_gib"] * 1024, (j["measured_memory_gib"] or float("nan")) * 1024])
+    print(table(["plan", "layout", "predicted ms", "measured ms", "error", "spread", "busy p/m ms",
+                 "waiting p/m ms", "pred MiB", "meas MiB"], rows, align="llrrrrrrrr"))
     s = summary
     print(f"\n{s['n_plans']} plans: step-time MAPE {s['mape'] * 100:.1f}%, Spearman {s['spearman']:.2f}, "
           f"worst {s['worst'] * 100:.1f}% ({s['worst_plan']}); {s['pairs_misordered']} of {s['pairs_separated']} "
           f"pairs separated by >{ORDER_MARGIN * 100:.0f}% misordered; predicted best '{s['predicted_best']}' "
           f"{'is' if s['predicted_best_in_measured_fastest_two'] else 'is NOT'} among the measured fastest two; "
           f"memory MAPE {s['memory_mape'] * 100:.1f}%" if s["memory_mape"] is not None else "")
+    for name, c in s["components"].items():
+        print(f"{name}: predicted {c['mean_predicted_share'] * 100:.0f}% of the step on average, measured "
+              f"{c['mean_measured_share'] * 100:.0f}%; mean absolute error {c['mean_abs_error_of_step'] * 100:.1f}% "
+              f"of the step")
     print(f"wrote {out_dir / 'validation.json'} and {out_dir / 'validation.html'}")
     return 0

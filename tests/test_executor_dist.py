@@ -107,6 +107,10 @@ def test_run_plan_writes_measured_json(tmp_path: Path) -> None:
     st = measured["step_time_s"]
     assert st["p10"] <= st["median"] <= st["p90"] and min(measured["step_times_s"]) <= st["mean"]
     assert measured["tokens_per_s"] == pytest.approx(4 * 16 / st["median"])
+    # busy: the busiest rank's training-thread CPU time, never more than the step it was measured in
+    busy, tb = measured["busy_times_s"], measured["time_breakdown"]
+    assert len(busy) == 3 and all(0 < b <= t for b, t in zip(busy, measured["step_times_s"], strict=True))
+    assert 0 < tb["busy_s"] <= max(measured["step_times_s"]) and tb["waiting_s"] >= 0
     mem = measured["memory"]
     for key in ("peak_bytes", "weights_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes",
                 "rss_bytes"):

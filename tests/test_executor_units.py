@@ -199,7 +199,7 @@ def test_comparison_table(plan_dp2: Path) -> None:
         "env": {"world_size": 2, "nnodes": 1, "device": "cpu", "backend": "gloo"},
     }
     table = comparison_table(doc, measured)
-    assert "+15.0%" in table  # step time 0.115 s vs 0.1 s predicted
+    assert "-13.0%" in table  # step time 0.115 s measured vs 0.1 s predicted: (p - m) / m
     assert "115.0 ms" in table and "0.500 GiB" in table and "+0.0%" in table
     assert "loss 5.0000 -> 3.0000" in table
     json.dumps(measured)  # the example stays serialisable

@@ -184,6 +184,26 @@ def test_ledger_persists_every_step_and_resumes(tmp_path: Path) -> None:
         Ledger(out, header, 1, 64).resume({"losses": [1.0]}, start_step=3, attempt=2)
 
 
+def test_ledger_busy_split_survives_a_resume(tmp_path: Path) -> None:
+    out = tmp_path / "measured.json"
+    header = {"kind": "measured", "run_id": "r2", "plan_hash": "abc"}
+    led = Ledger(out, header, warmup=1, tokens_per_step=64)
+    for i, (t, b) in enumerate([(0.5, 0.4), (0.2, 0.15), (0.3, 0.2), (0.4, 0.1)]):
+        led.record(5.0 - i, t, busy=b)
+    doc = load_json(out)
+    assert doc["busy_times_s"] == pytest.approx([0.15, 0.2, 0.1])  # timed steps only
+    assert doc["time_breakdown"]["busy_s"] == pytest.approx(0.15)
+    assert doc["time_breakdown"]["waiting_s"] == pytest.approx(0.1)  # median of 0.05, 0.1, 0.3
+    again = Ledger(out, header, warmup=1, tokens_per_step=64)
+    again.resume(read_run(out, "r2"), start_step=3, attempt=1)
+    assert again.busy == pytest.approx([0.15, 0.2])
+    again.record(2.0, 0.6, busy=0.3)
+    assert again.document()["busy_times_s"] == pytest.approx([0.15, 0.2, 0.3])
+    # a step measured without the split (e.g. CUDA) leaves none rather than a misaligned one
+    again.record(1.0, 0.6)
+    assert "time_breakdown" not in again.document() and "busy_times_s" not in again.document()
+
+
 def test_mark_failed_keeps_what_rank0_persisted(tmp_path: Path) -> None:
     out = tmp_path / "measured.json"
     header = {"kind": "measured", "plan_hash": "abc", "steps_requested": 5, "warmup": 1}

@@ -349,7 +349,8 @@ def test_measured_from_another_plan_is_exit_2_naming_plan_hash(capsys: pytest.Ca
 
 
 MEASURED_EDITS = [("kind",), ("status",), ("plan_hash",), ("step_time_s",), ("step_time_s", "median"),
-                  ("tokens_per_s",), ("memory",), ("memory", "peak_bytes"), ("step_times_s",)]
+                  ("tokens_per_s",), ("memory",), ("memory", "peak_bytes"), ("step_times_s",),
+                  ("time_breakdown",), ("time_breakdown", "busy_s")]
 
 
 @FUZZ
@@ -360,7 +361,7 @@ def test_malformed_measured_names_the_field(capsys: pytest.CaptureFixture[str], 
     doc = copy.deepcopy(MEASURED)
     node = doc
     for k in path[:-1]:
-        node = node[k]
+        node = node.setdefault(k, {})  # optional blocks (time_breakdown) are added to be broken
     node[path[-1]] = value
     try:
         compare(GPT2_DOC, json.loads(json.dumps(doc)))
@@ -387,6 +388,15 @@ def test_compare_reports_per_component(capsys: pytest.CaptureFixture[str], tmp_p
     assert rows["memory.weights"]["measured"] == 1.0 and rows["memory_gib_per_gpu"]["measured"] == 8.0
     code, out, _ = run(["compare", plan, measured], capsys)
     assert code == 0 and "step_time_s" in out and "memory.optimizer" in out
+    # the busy / waiting split of a CPU run against compute + optimizer and bubble + exposed
+    split = _write_json(tmp_path / "split.json", {**MEASURED, "time_breakdown": {"busy_s": 0.4, "waiting_s": 0.11}})
+    code, out, err = run(["compare", plan, split, "--json"], capsys)
+    assert code == 0, err
+    rows = {r["metric"]: r for r in json.loads(out)["rows"]}
+    t = GPT2_DOC["prediction"]["time"]
+    assert rows["time.busy"]["predicted"] == pytest.approx(t["compute"] + t["optimizer"])
+    assert rows["time.waiting"]["predicted"] == pytest.approx(t["bubble"] + t["exposed"])
+    assert rows["time.busy"]["measured"] == 0.4 and rows["time.waiting"]["measured"] == 0.11
     # a failed run's partial measurements still compare, with a note
     failed = _write_json(tmp_path / "failed.json", {**MEASURED, "status": "failed", "error": "rank 1 was killed"})
     code, out, _ = run(["compare", plan, failed], capsys)
