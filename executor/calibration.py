@@ -360,17 +360,20 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
 
 
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
-    """Whole executor steps of the calibration GPT under a pipeline (pp = world, 4 micro-batches) and
-    under ZeRO-3 (dp = world): `planner calibrate` fits the host overhead of the pipeline schedule per
-    micro-batch and of FSDP per layer as what these take beyond the profile's prediction."""
+    """Whole executor steps of the calibration GPT under a pipeline (pp = world, 4 micro-batches),
+    under ZeRO-3 (dp = world) and under tensor + sequence parallelism (tp = world): `planner calibrate`
+    fits the host overhead of the pipeline schedule per micro-batch, of FSDP per layer and of sequence
+    parallelism per layer as what these take beyond the profile's prediction."""
     steps = 4 if quick else 6
     layers = 2 * world
     dist.barrier()
     pp = _step_time(layers, 1, world, device, steps, micro_batch=1, pp=world)
     dist.barrier()
     fsdp = _step_time(layers, 1, world, device, steps, micro_batch=1, dp=world, zero_stage=3)
-    bar.step("pipeline and FSDP steps")
-    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp}
+    dist.barrier()
+    sp = _step_time(layers, world, world, device, steps, sequence_parallel=True)
+    bar.step("pipeline, FSDP and sequence-parallel steps")
+    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp, "tp_sp_step_s": sp}
 
 
 def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, float]:

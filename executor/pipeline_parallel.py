@@ -58,7 +58,10 @@ def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_sta
               for m, s in zip(stage_modules, stage_ids, strict=True)]
     if schedule == "interleaved-1f1b":
         return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn), stages
-    cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+    # With fewer micro-batches than stages, 1F1B's warm-up runs every forward before the first
+    # backward: GPipe's order exactly (torch's Schedule1F1B refuses m < stages, ScheduleGPipe does not).
+    gpipe = schedule == "gpipe" or n_microbatches < num_stages
+    cls = ScheduleGPipe if gpipe else Schedule1F1B
     return cls(stages[0], n_microbatches, loss_fn=loss_fn), stages
 
 

@@ -31,6 +31,7 @@ from planner.specs.catalog import gpu_names, gpu_preset, localhost_cpu
 from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
 
 PROFILE_KIND = "cluster-profile"
+MAX_OVERHEAD_S = 10.0  # the largest host overhead a ClusterSpec accepts
 
 
 def fit_alpha_beta(op: str, group: int, rows: list[list[float]]) -> tuple[float, float]:
@@ -196,9 +197,9 @@ def write_profile(path: str | Path, profile: ClusterSpec, raw: dict[str, Any]) -
 
 
 def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: dict[str, Any] | None) -> ClusterSpec:
-    """The pipeline schedule's host time per micro-batch and stage, and FSDP's per layer and
-    micro-batch: the residual of the executor's measured pipeline / ZeRO-3 steps of the calibration
-    GPT over the profile's prediction for them (never negative)."""
+    """The pipeline schedule's host time per micro-batch and stage, FSDP's per layer and micro-batch,
+    and sequence parallelism's per layer and micro-batch: the residual of the executor's measured
+    pipeline / ZeRO-3 / TP + SP steps of the calibration GPT over the profile's prediction for them."""
     if not fw or calib is None:
         return profile
     from planner.cost import batch_from_plans, evaluate
@@ -208,14 +209,35 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     world, layers = int(fw["world"]), int(fw["layers"])
     spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **calib)
     node = dataclasses.replace(profile, gpus_per_node=world, num_nodes=1)
-    m = 4  # four sequences, micro-batch 1
 
-    def predicted(plan: Plan, cluster: ClusterSpec) -> float:
-        return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
+    def solve(field: str, measured: float, plan: Plan, count: int) -> float:
+        """The overhead value at which the model predicts `measured` for `plan` (never negative):
+        bisection, since the step grows monotonically but not linearly with it (shared cores bound a
+        step by the node's total work; host time can push communication out of its overlap window).
+        `count`: how often the overhead occurs in the step, for the first bracket."""
+        def step(x: float) -> float:
+            cluster = dataclasses.replace(node, **{field: x})
+            return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
 
-    pp_plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
-    pp_over = max(0.0, (fw["pp_step_s"] - predicted(pp_plan, node)) / (m + world - 1))
-    z3_plan = Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32")
-    m_z3 = 4 // world
-    z3_over = max(0.0, (fw["zero3_step_s"] - predicted(z3_plan, node)) / (m_z3 * layers))
-    return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over)
+        if measured <= step(0.0):
+            return 0.0
+        lo, hi = 0.0, (measured - step(0.0)) / count
+        while step(hi) < measured and hi < MAX_OVERHEAD_S:
+            lo, hi = hi, min(2 * hi, MAX_OVERHEAD_S)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if step(mid) < measured else (lo, mid)
+        return (lo + hi) / 2
+
+    # four sequences per step: 4 micro-batches of 1 (pipeline: m + p - 1 slots; ZeRO-3: 4 / world
+    # micro-batches through every layer) or one micro-batch of 4 through every layer (TP + SP)
+    pp_over = solve("pp_microbatch_overhead_s", fw["pp_step_s"],
+                    Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32"), 4 + world - 1)
+    z3_over = solve("fsdp_layer_overhead_s", fw["zero3_step_s"],
+                    Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32"), (4 // world) * layers)
+    sp_over = profile.sp_layer_overhead_s
+    if "tp_sp_step_s" in fw:
+        sp_over = solve("sp_layer_overhead_s", fw["tp_sp_step_s"],
+                        Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32"), layers)
+    return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
+                               sp_layer_overhead_s=sp_over)

@@ -160,7 +160,8 @@ def _structure_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch) -
     lay.fwd, lay.bwd = lay.fwd + host_l / 3, lay.bwd + 2 * host_l / 3
     pre.fwd, post.fwd = pre.fwd + host_mb / 3, post.fwd + host_mb / 3
     pre.bwd, post.bwd = pre.bwd + 2 * host_mb / 3, post.bwd + 2 * host_mb / 3
-    tp_host = np.where(batch.tp > 1, cluster.tp_layer_overhead_s, 0.0)
+    tp_host = np.where(batch.tp > 1, cluster.tp_layer_overhead_s, 0.0) \
+        + np.where((batch.tp > 1) & sp, cluster.sp_layer_overhead_s, 0.0)
     lay.fwd, lay.bwd = lay.fwd + tp_host / 3, lay.bwd + 2 * tp_host / 3
     tp_host_mb = np.where(batch.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)  # half each end
     pre.fwd, post.fwd = pre.fwd + tp_host_mb / 3, post.fwd + tp_host_mb / 3

@@ -257,6 +257,9 @@ class ClusterSpec:
     # where it is on the critical path; 0 for GPUs, whose host runs ahead of the device.
     tp_layer_overhead_s: float = 0.0
     tp_microbatch_overhead_s: float = 0.0  # the same for the vocabulary-parallel embedding, head and loss
+    # What sequence parallelism adds to that per layer and micro-batch (its norms' and dropouts'
+    # DTensor redistributions: sequence shards to replicas and back).
+    sp_layer_overhead_s: float = 0.0
     # Host time of the framework itself (Python, autograd, dispatch) that the op costs do not cover:
     # per layer and micro-batch (forward + backward), and per micro-batch. Fitted by `planner
     # calibrate` on CPU hosts from the executor's steps; 0 for GPUs, whose host runs ahead.
@@ -294,6 +297,7 @@ class ClusterSpec:
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "sp_layer_overhead_s", self.sp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "host_layer_overhead_s", self.host_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "host_microbatch_overhead_s", self.host_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "pp_microbatch_overhead_s", self.pp_microbatch_overhead_s, strict_lo=False, hi=10.0)

@@ -59,6 +59,7 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "tp2-dp2": ("gpt", {"tp": 2, "dp": 2}),
         "tp2-dp2-zero3": ("llama", {"tp": 2, "dp": 2, "zero_stage": 3}),
         "pp2-dp2": ("gpt", {"pp": 2, "dp": 2}),
+        "pp4-1f1b-2microbatches": ("gpt", {"pp": 4, "micro_batch": 4}),  # fewer micro-batches than stages
         "pp2-dp2-zero1": ("llama", {"pp": 2, "dp": 2, "zero_stage": 1}),
         "pp2-dp2-zero3-full": ("gpt", {"pp": 2, "dp": 2, "zero_stage": 3, "recompute": "full"}),
         "dp-outer-tp2-dp2": ("gpt", {"tp": 2, "dp": 2, "placement": ["dp", "tp", "cp", "pp"]}),

@@ -1,0 +1,129 @@
+"""planner calibrate's fit (raw timings -> cluster profile) and planner validate end to end.
+
+The fit is checked on the raw timings of a real calibration (tests/fixtures/calibration_raw.json):
+every fitted parameter is recomputed from the raw numbers by its definition, and the host-overhead
+residuals are recovered exactly when the measured steps are the prediction plus a known overhead.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from planner.calibrate import build_profile, fit_alpha_beta, write_profile
+from planner.cost import batch_from_plans, evaluate
+from planner.io import load_json
+from planner.plan import Plan
+from planner.specs.catalog import load_cluster
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW: dict[str, Any] = load_json(ROOT / "tests" / "fixtures" / "calibration_raw.json")
+
+
+def test_profile_parameters_follow_from_the_raw_timings(tmp_path: Path) -> None:
+    prof = build_profile(RAW, name="fixture")
+    share = RAW["contention"]["gemm_slowdown"]
+    assert prof.device == "cpu" and prof.backend == "gloo" and prof.gpus_per_node == 2
+    # ranks share cores: the node has ranks / slowdown cores' worth of compute
+    assert prof.compute_slots_per_node == pytest.approx(2 / share)
+    # GEMM efficiency = FLOPs / (time of one rank alone) / peak, per FLOP count
+    peak = prof.gpu.peak("fp32")
+    curve = dict(prof.gpu.gemm_curve)
+    for _m, _k, _n, flops, _sec in RAW["gemm"]:
+        assert curve[flops] <= 1.0
+        same = [r[4] for r in RAW["gemm"] if r[3] == flops]
+        expected = sum(flops / (s / share) / peak for s in same) / len(same)
+        assert curve[flops] == pytest.approx(min(1.0, expected))
+    assert prof.gpu.memory_bandwidth == pytest.approx(RAW["contention"]["memory_bandwidth_alone"])
+    # collectives: the fitted alpha / bus bandwidth reproduce the measured times to within the noise
+    for op, by_group in RAW["collectives"]["intra_node"].items():
+        for g, rows in by_group.items():
+            alpha, busbw = fit_alpha_beta(op, int(g), rows)
+            row = next(r for r in prof.intra_node.collectives[op] if r["group"] == int(g))
+            assert (row["alpha"], row["busbw"]) == pytest.approx((alpha, busbw))
+            assert alpha >= 0 and busbw > 0
+    for value in (prof.tp_layer_overhead_s, prof.host_layer_overhead_s, prof.pp_microbatch_overhead_s,
+                  prof.fsdp_layer_overhead_s, prof.sp_layer_overhead_s):
+        assert value >= 0
+    # the written profile is a cluster any --cluster accepts, with its provenance
+    path = write_profile(tmp_path / "profile.json", prof, RAW)
+    back = load_cluster(str(path), gpus=2)
+    assert back.gpu.gemm_curve == prof.gpu.gemm_curve and back.sp_layer_overhead_s == prof.sp_layer_overhead_s
+    assert load_json(path)["provenance"]["raw"]["env"]["host"] == "ci-host"
+
+
+def test_framework_overheads_are_the_residual_of_the_measured_steps() -> None:
+    """Make the measured pipeline / ZeRO-3 / TP+SP steps slower than the profile predicts: the fitted
+    host overheads, put back into the model, must predict exactly the measured steps."""
+    base = build_profile({**RAW, "framework": {}})  # nothing fitted from framework steps yet
+    fw = RAW["framework"]
+    world, layers = fw["world"], fw["layers"]
+    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **RAW["tp_overhead"]["calib_model"])
+    node = dataclasses.replace(base, gpus_per_node=world, num_nodes=1)
+    plans = {"pp": dict(pp=world, micro_batch=1), "z3": dict(dp=world, micro_batch=1, zero_stage=3),
+             "sp": dict(tp=world, micro_batch=4, sequence_parallel=True)}
+
+    def predicted(cluster: ClusterSpec, **sizes: Any) -> float:
+        plan = Plan(global_batch=4, dtype="fp32", **sizes)
+        return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
+
+    raw = copy.deepcopy(RAW)
+    measured = {k: predicted(node, **sizes) * f for (k, sizes), f in zip(plans.items(), (1.3, 1.2, 1.5), strict=True)}
+    raw["framework"] = {"world": world, "layers": layers, "pp_step_s": measured["pp"],
+                        "zero3_step_s": measured["z3"], "tp_sp_step_s": measured["sp"]}
+    fitted = build_profile(raw)
+    assert min(fitted.pp_microbatch_overhead_s, fitted.fsdp_layer_overhead_s, fitted.sp_layer_overhead_s) > 0
+    fitted_node = dataclasses.replace(fitted, gpus_per_node=world, num_nodes=1)
+    for k, sizes in plans.items():
+        assert predicted(fitted_node, **sizes) == pytest.approx(measured[k], rel=1e-6), k
+    # the cost model charges SP's overhead only to plans with sequence parallelism
+    no_sp = dict(tp=world, micro_batch=4)
+    assert predicted(fitted_node, **no_sp) == pytest.approx(
+        predicted(dataclasses.replace(fitted_node, sp_layer_overhead_s=0.0), **no_sp))
+    # a step faster than predicted fits no negative overhead
+    raw["framework"]["tp_sp_step_s"] = 1e-6
+    assert build_profile(raw).sp_layer_overhead_s == 0.0
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def test_validate_runs_plans_and_reports(tmp_path: Path) -> None:
+    """planner validate end to end on 2 CPU ranks (a fixed profile: no calibration; few, short steps)."""
+    profile = write_profile(tmp_path / "profile.json", build_profile(RAW), RAW)
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"name": "small", "num_layers": 2, "hidden": 64, "num_heads": 4,
+                                 "ffn_hidden": 128, "vocab_size": 128, "seq_len": 32, "dtype": "fp32"}))
+    out = tmp_path / "val"
+    proc = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "validate", "--cluster", str(profile), "--nproc-per-node", "2",
+         "--model", str(model), "--plans", "4", "--quick", "--steps", "2", "--warmup", "1",
+         "--out-dir", str(out), "--json"],
+        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    s = report["summary"]
+    assert report["kind"] == "validation" and s["n_plans"] == 4 and len(report["plans"]) == 4
+    assert 0 <= s["mape"] < 10 and -1 <= s["spearman"] <= 1 and s["worst"] >= s["mape"]
+    assert s["predicted_best"] == "search best"
+    for p in report["plans"]:
+        assert p["measured_step_time_s"] > 0 and p["error"] == pytest.approx(
+            p["predicted_step_time_s"] / p["measured_step_time_s"] - 1)
+        # the measured busy / waiting split sits beside the prediction's
+        busy = p["components"]["busy"]
+        assert 0 < busy["measured_s"] <= max(p["launch_medians_s"]) * 1.5 and busy["predicted_s"] > 0
+    assert set(s["components"]) == {"busy", "waiting"}
+    assert load_json(out / "validation.json") == report
+    html = (out / "validation.html").read_text()
+    assert "<html>" in html and "predicted step time (ms)" in html  # the plotly scatter
