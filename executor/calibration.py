@@ -136,6 +136,20 @@ def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 
     return (time.perf_counter() - start) / reps
 
 
+def _rate(fn: Any, device: torch.device, window: float) -> float:
+    """Calls of fn() per second over `window` seconds of wall time (all ranks at once: their sum is
+    the node's throughput, whatever the scheduler's time slices do to any one rank)."""
+    fn()
+    _sync(device)
+    reps = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < window:
+        fn()
+        _sync(device)
+        reps += 1
+    return reps / (time.perf_counter() - start)
+
+
 def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
     """How much slower a GEMM runs when every rank of the node computes at once than on rank 0 alone.
 
@@ -159,11 +173,11 @@ def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar:
             alone = 0.0
             time.sleep(span + 0.5)
         dist.barrier()
-        together = _time_local(fn, device, 0.1 if quick else 0.3)
+        rate = torch.tensor([_rate(fn, device, 0.3 if quick else 0.6)], dtype=torch.float64)
+        dist.all_reduce(rate)  # the node's throughput: every rank's calls per second, summed
         dist.barrier()
         alone = _max_over_ranks(alone, device)
-        together = _max_over_ranks(together, device)
-        ratios.append(together / alone)
+        ratios.append(dist.get_world_size() / (float(rate) * alone))  # rate alone / mean rate together
     bar.step("core sharing")
     x = torch.randn((4 << 20) if device.type == "cpu" else (16 << 20), device=device, dtype=dtype)
     y = torch.empty_like(x)

@@ -345,6 +345,9 @@ def run_validation(args: argparse.Namespace) -> int:
           f"pairs separated by >{ORDER_MARGIN * 100:.0f}% misordered; predicted best '{s['predicted_best']}' "
           f"{'is' if s['predicted_best_in_measured_fastest_two'] else 'is NOT'} among the measured fastest two; "
           f"memory MAPE {s['memory_mape'] * 100:.1f}%" if s["memory_mape"] is not None else "")
+    if s["components"] and cluster.compute_slowdown > 1.25:
+        print(f"note: {nproc} ranks share {cluster.compute_slots_per_node:.1f} cores' worth of compute: a rank "
+              "waiting for a core counts as waiting, so the measured busy / waiting split reads low / high")
     for name, c in s["components"].items():
         print(f"{name}: predicted {c['mean_predicted_share'] * 100:.0f}% of the step on average, measured "
               f"{c['mean_measured_share'] * 100:.0f}%; mean absolute error {c['mean_abs_error_of_step'] * 100:.1f}% "
