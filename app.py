@@ -23,6 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, time_components
 from planner.cost import estimate
 from planner.errors import InputFileError, PlanError, PlannerError
 from planner.io import dumps, load_json, parse_json_text
@@ -211,12 +212,9 @@ def _err(pred: float | None, meas: float | None) -> float | None:
     return None if pred is None or not meas else (pred - meas) / meas * 100
 
 
-MEMORY_COMPONENTS = (("weights", "weights_bytes"), ("grads", "grads_bytes"),
-                     ("optimizer", "optimizer_bytes"), ("activations", "activations_peak_bytes"))
-
-
 def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predicted vs measured per run and per component (step time, memory by kind).
+    """Predicted vs measured per run and per component (step time and its busy / waiting split where
+    measured, memory by kind).
 
     The prediction comes from the matching plan file (by `plan_hash`; estimated if it holds none),
     else from the `predicted` block the executor copies into measured.json.
@@ -250,6 +248,7 @@ def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
             run["error"] = str(m.get("error", ""))[:200]
         runs.append(run)
         rows = [("step time (median)", "s", run["predicted step s"], run["measured step s"])]
+        rows += [(f"time: {TIME_LABELS[name]}", "s", p, x) for name, p, x in time_components(pred, m)]
         for name, key in MEMORY_COMPONENTS:
             b = _num(m, "memory", key)
             rows.append((f"memory: {name}", "GiB", _num(pred, "memory", name),

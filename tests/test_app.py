@@ -380,7 +380,7 @@ def test_compare_matches_runs_to_plans_by_hash(tmp_path: Path) -> None:
     doc = _plan_doc()
     ev = app.Evidence()
     ev.add(doc, "plan.json")
-    ev.add(_measured(doc), "run1/measured.json")
+    ev.add({**_measured(doc), "time_breakdown": {"busy_s": 0.4, "waiting_s": 0.1}}, "run1/measured.json")
     ev.add({**_measured(doc), "plan_hash": "0" * 16, "predicted": {"step_time_s": 0.25}},
            "run2/measured.json")
     ev.add({**_measured(doc), "status": "failed", "error": "RuntimeError: boom", "step_time_s": None},
@@ -396,6 +396,11 @@ def test_compare_matches_runs_to_plans_by_hash(tmp_path: Path) -> None:
     one = parts[parts["run"] == "run1/measured.json"].set_index("component")
     assert one.loc["memory: weights", "measured"] == pytest.approx(2**20 / 2**30)
     assert one.loc["memory: activations", "measured"] == pytest.approx(2**23 / 2**30)
+    t = doc["prediction"]["time"]  # the busy / waiting split beside compute + optimizer, bubble + exposed
+    busy = one.loc["time: busy (compute, optimizer, host)"]
+    assert busy["measured"] == 0.4 and busy["predicted"] == pytest.approx(t["compute"] + t["optimizer"])
+    assert one.loc["time: waiting (comm, bubble)", "predicted"] == pytest.approx(t["bubble"] + t["exposed"])
+    assert "time: busy (compute, optimizer, host)" not in set(parts[parts["run"] == "run2/measured.json"]["component"])
     assert not ev.problems
 
 
