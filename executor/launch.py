@@ -27,7 +27,7 @@ from typing import Any
 from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
-from planner.compare import TIME_LABELS, time_components
+from planner.compare import TIME_LABELS, comparable_peak_gib, time_components
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
@@ -231,7 +231,7 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
     p_tok = pred.get("tokens_per_s")
     rows.append(("tokens/s", "-" if p_tok is None else f"{p_tok:,.0f}", f"{measured['tokens_per_s']:,.0f}",
                  err(p_tok, measured["tokens_per_s"])))
-    p_mem = pred.get("memory_gib_per_gpu")
+    p_mem = comparable_peak_gib(doc, pred)
     m_mem = mem["peak_bytes"] / 2**30
     rss = mem["rss_bytes"] / 2**30
     rows.append(("peak memory/rank", _fmt_gib(p_mem), f"{_fmt_gib(m_mem)} (RSS {_fmt_gib(rss)})",

@@ -53,6 +53,17 @@ def time_components(pred: dict[str, Any] | None, measured: dict[str, Any]) -> li
     return out
 
 
+def comparable_peak_gib(doc: PlanDocument, pred: dict[str, Any] | None) -> float | None:
+    """The predicted peak memory per GPU on the definition measured.json's `peak_bytes` uses: on CPU
+    the training tensors (weights, grads, optimizer state, activations at their peak); on CUDA what
+    the caching allocator saw, i.e. all but the runtime's reserved memory (context, NCCL buffers)."""
+    if doc.cluster.device == "cpu":
+        parts = [_get(pred, "memory", name) for name, _ in MEMORY_COMPONENTS]
+        return None if any(p is None for p in parts) else float(sum(parts))  # type: ignore[arg-type]
+    total = _get(pred, "memory_gib_per_gpu")
+    return None if total is None else max(0.0, total - doc.cluster.reserved_memory_bytes / GIB)
+
+
 class MeasuredError(PlannerError, ValueError):
     """A measured.json that is malformed or belongs to another plan."""
 
@@ -153,7 +164,7 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
         {**_row("step_time_s", "s", _get(pred, "step_time_s"), _get(st, "median")),
          "measured_p10": _get(st, "p10"), "measured_p90": _get(st, "p90")},
         _row("tokens_per_s", "tokens/s", _get(pred, "tokens_per_s"), _get(m, "tokens_per_s")),
-        _row("memory_gib_per_gpu", "GiB", _get(pred, "memory_gib_per_gpu"), None if peak is None else peak / GIB),
+        _row("memory_gib_per_gpu", "GiB", comparable_peak_gib(document, pred), None if peak is None else peak / GIB),
     ]
     for name, p, b in time_components(pred, m):
         rows.append(_row(f"time.{name}", "s", p, b))
