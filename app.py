@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, time_components
+from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, comparable_peak_gib, time_components
 from planner.cost import estimate
 from planner.errors import InputFileError, PlanError, PlannerError
 from planner.io import dumps, load_json, parse_json_text
@@ -223,6 +223,7 @@ def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
     for source, m in ev.measured:
         label, pred, origin = str(m.get("plan") or m.get("plan_hash") or source), None, "none"
         match = ev.plans.get(str(m.get("plan_hash")))
+        doc = None
         if match is not None:
             try:
                 doc = document_from_json(match[1], match[0])
@@ -237,7 +238,9 @@ def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
             "plan": label, "run": source, "status": str(m.get("status", "?")), "prediction from": origin,
             "predicted step s": _num(pred, "step_time_s"), "measured step s": _num(steps, "median"),
             "p10 s": _num(steps, "p10"), "p90 s": _num(steps, "p90"),
-            "predicted mem GiB": _num(pred, "memory_gib_per_gpu"),
+            # on the measured definition (CPU: training tensors; CUDA: all but the runtime's reserve)
+            "predicted mem GiB": comparable_peak_gib(doc, pred) if doc is not None
+            else _num(pred, "memory_gib_per_gpu"),
             "measured mem GiB": None if _num(m, "memory", "peak_bytes") is None
             else _num(m, "memory", "peak_bytes") / GIB,
             "predicted tokens/s": _num(pred, "tokens_per_s"), "measured tokens/s": _num(m, "tokens_per_s"),
