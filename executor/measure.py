@@ -21,8 +21,8 @@ import platform
 import resource
 import socket
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from executor.activation_checkpoint import RECOMPUTE_TAG
 from executor.ledger import SCHEMA_VERSION  # noqa: F401  (re-exported: measured.json's version)
+
+T = TypeVar("T")
 
 
 def _base(t: torch.Tensor) -> torch.Tensor:
@@ -175,7 +177,7 @@ def reduce_max(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def busy_timed(fn):
+def busy_timed(fn: Callable[[], T]) -> tuple[T, float]:
     """Run `fn()`; returns (result, CPU seconds of this thread). On a CPU rank with one thread the
     training thread's CPU time is its compute and framework work; blocking waits cost none."""
     c0 = time.thread_time()
