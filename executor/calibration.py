@@ -100,14 +100,18 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
         shapes = shapes[::2]
     out = []
     for m, k, n in shapes:
-        x = torch.randn(m, k, device=device, dtype=dtype)
-        w = torch.randn(n, k, device=device, dtype=dtype)
+        # A linear layer as training runs it: autograd's forward (with bias) and backward (input,
+        # weight and bias gradients), fresh outputs every call, so the dispatch and bookkeeping a real
+        # layer pays at this size are in its efficiency.
+        x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(n, k, device=device, dtype=dtype, requires_grad=True)
+        b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
         g = torch.randn(m, n, device=device, dtype=dtype)
 
-        def linear_fwd_bwd(x: torch.Tensor = x, w: torch.Tensor = w, g: torch.Tensor = g) -> None:
-            torch.mm(x, w.t())  # forward
-            torch.mm(g, w)  # input gradient
-            torch.mm(g.t(), x)  # weight gradient
+        def linear_fwd_bwd(x: torch.Tensor = x, w: torch.Tensor = w, b: torch.Tensor = b,
+                           g: torch.Tensor = g) -> None:
+            x.grad = w.grad = b.grad = None
+            torch.nn.functional.linear(x, w, b).backward(g)
 
         if dist.is_initialized():
             dist.barrier()
