@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, comparable_peak_gib, time_components
+from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, comparable_peak_gib, number_at, time_components
 from planner.cost import estimate
 from planner.errors import InputFileError, PlanError, PlannerError
 from planner.io import dumps, load_json, parse_json_text
@@ -199,15 +199,6 @@ def _load_validation(path: Path) -> Any:
     return load_json(path)
 
 
-def _num(obj: Any, *keys: str) -> float | None:
-    """obj[k1][k2]... as a float, or None when absent or not a number."""
-    for k in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(k)
-    return float(obj) if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
-
-
 def _err(pred: float | None, meas: float | None) -> float | None:
     return None if pred is None or not meas else (pred - meas) / meas * 100
 
@@ -236,14 +227,14 @@ def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
         steps = m.get("step_time_s")
         run = {
             "plan": label, "run": source, "status": str(m.get("status", "?")), "prediction from": origin,
-            "predicted step s": _num(pred, "step_time_s"), "measured step s": _num(steps, "median"),
-            "p10 s": _num(steps, "p10"), "p90 s": _num(steps, "p90"),
+            "predicted step s": number_at(pred, "step_time_s"), "measured step s": number_at(steps, "median"),
+            "p10 s": number_at(steps, "p10"), "p90 s": number_at(steps, "p90"),
             # on the measured definition (CPU: training tensors; CUDA: all but the runtime's reserve)
             "predicted mem GiB": comparable_peak_gib(doc, pred) if doc is not None
-            else _num(pred, "memory_gib_per_gpu"),
-            "measured mem GiB": None if _num(m, "memory", "peak_bytes") is None
-            else _num(m, "memory", "peak_bytes") / GIB,
-            "predicted tokens/s": _num(pred, "tokens_per_s"), "measured tokens/s": _num(m, "tokens_per_s"),
+            else number_at(pred, "memory_gib_per_gpu"),
+            "measured mem GiB": None if number_at(m, "memory", "peak_bytes") is None
+            else number_at(m, "memory", "peak_bytes") / GIB,
+            "predicted tokens/s": number_at(pred, "tokens_per_s"), "measured tokens/s": number_at(m, "tokens_per_s"),
         }
         run["step error %"] = _err(run["predicted step s"], run["measured step s"])
         run["mem error %"] = _err(run["predicted mem GiB"], run["measured mem GiB"])
@@ -253,8 +244,8 @@ def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = [("step time (median)", "s", run["predicted step s"], run["measured step s"])]
         rows += [(f"time: {TIME_LABELS[name]}", "s", p, x) for name, p, x in time_components(pred, m)]
         for name, key in MEMORY_COMPONENTS:
-            b = _num(m, "memory", key)
-            rows.append((f"memory: {name}", "GiB", _num(pred, "memory", name),
+            b = number_at(m, "memory", key)
+            rows.append((f"memory: {name}", "GiB", number_at(pred, "memory", name),
                          None if b is None else b / GIB))
         rows.append(("memory: total", "GiB", run["predicted mem GiB"], run["measured mem GiB"]))
         for comp, unit, p, x in rows:
@@ -286,8 +277,8 @@ def validation_runs(obj: Any) -> pd.DataFrame:
             continue
         launches = [x for x in p.get("launch_medians_s") or [] if isinstance(x, (int, float))]
         rows.append({"plan": str(p.get("name") or p.get("plan")),
-                     "predicted step s": _num(p, "predicted_step_time_s"),
-                     "measured step s": _num(p, "measured_step_time_s"),
+                     "predicted step s": number_at(p, "predicted_step_time_s"),
+                     "measured step s": number_at(p, "measured_step_time_s"),
                      "p10 s": min(launches) if launches else None, "p90 s": max(launches) if launches else None})
     return pd.DataFrame(rows, columns=["plan", "predicted step s", "measured step s", "p10 s", "p90 s"])
 

@@ -45,10 +45,10 @@ def time_components(pred: dict[str, Any] | None, measured: dict[str, Any]) -> li
     time = (pred or {}).get("time") or {}
     out = []
     for name, keys, key in TIME_COMPONENTS:
-        m = _get(tb, key)
+        m = number_at(tb, key)
         if m is None:
             continue
-        parts = [_get(time, k) for k in keys]
+        parts = [number_at(time, k) for k in keys]
         out.append((name, None if any(p is None for p in parts) else float(sum(parts)), m))  # type: ignore[arg-type]
     return out
 
@@ -58,9 +58,9 @@ def comparable_peak_gib(doc: PlanDocument, pred: dict[str, Any] | None) -> float
     the training tensors (weights, grads, optimizer state, activations at their peak); on CUDA what
     the caching allocator saw, i.e. all but the runtime's reserved memory (context, NCCL buffers)."""
     if doc.cluster.device == "cpu":
-        parts = [_get(pred, "memory", name) for name, _ in MEMORY_COMPONENTS]
+        parts = [number_at(pred, "memory", name) for name, _ in MEMORY_COMPONENTS]
         return None if any(p is None for p in parts) else float(sum(parts))  # type: ignore[arg-type]
-    total = _get(pred, "memory_gib_per_gpu")
+    total = number_at(pred, "memory_gib_per_gpu")
     return None if total is None else max(0.0, total - doc.cluster.reserved_memory_bytes / GIB)
 
 
@@ -130,7 +130,8 @@ def _row(metric: str, unit: str, predicted: float | None, measured: float | None
     return {"metric": metric, "unit": unit, "predicted": predicted, "measured": measured, "error": err}
 
 
-def _get(obj: Any, *keys: str) -> float | None:
+def number_at(obj: Any, *keys: str) -> float | None:
+    """obj[k1][k2]... as a float; None where a key is missing or the value is not a number."""
     for k in keys:
         if not isinstance(obj, dict):
             return None
@@ -159,17 +160,17 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
         pred, origin = estimate(document.model, document.cluster, document.plan), "estimated"
     st = m.get("step_time_s") or {}
     mem = m.get("memory") or {}
-    peak = _get(mem, "peak_bytes")
+    peak = number_at(mem, "peak_bytes")
     rows = [
-        {**_row("step_time_s", "s", _get(pred, "step_time_s"), _get(st, "median")),
-         "measured_p10": _get(st, "p10"), "measured_p90": _get(st, "p90")},
-        _row("tokens_per_s", "tokens/s", _get(pred, "tokens_per_s"), _get(m, "tokens_per_s")),
+        {**_row("step_time_s", "s", number_at(pred, "step_time_s"), number_at(st, "median")),
+         "measured_p10": number_at(st, "p10"), "measured_p90": number_at(st, "p90")},
+        _row("tokens_per_s", "tokens/s", number_at(pred, "tokens_per_s"), number_at(m, "tokens_per_s")),
         _row("memory_gib_per_gpu", "GiB", comparable_peak_gib(document, pred), None if peak is None else peak / GIB),
     ]
     for name, p, b in time_components(pred, m):
         rows.append(_row(f"time.{name}", "s", p, b))
     for name, key in MEMORY_COMPONENTS:
-        p, b = _get(pred, "memory", name), _get(mem, key)
+        p, b = number_at(pred, "memory", name), number_at(mem, key)
         if p is not None and b is not None:  # per component only where both sides have it
             rows.append(_row(f"memory.{name}", "GiB", p, b / GIB))
     return {
