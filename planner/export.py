@@ -38,6 +38,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.plan import Plan, PlanDocument, load_plan
+from planner.specs.model import ModelSpec
 
 FORMATS = ("megatron", "torchtitan", "deepspeed")
 
@@ -182,6 +183,24 @@ def _args_text(items: list[tuple[str, Any]]) -> str:
 # ---- Megatron-LM --------------------------------------------------------------------------------
 
 
+def _recompute_batch_and_shape_args(p: Plan, m: ModelSpec) -> list[tuple[str, Any]]:
+    """The flags Megatron-LM and Megatron-DeepSpeed spell alike (their `arguments.py` share these):
+    recompute granularity / method, batch sizes and the model's basic shape."""
+    items: list[tuple[str, Any]] = []
+    if p.recompute != "none":
+        items.append(("#", f"activation recompute: {p.recompute}"))
+        items.append(("--recompute-granularity", p.recompute))
+        if p.recompute == "full":
+            items += [("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
+    items.append(("#", "batch"))
+    items += [("--micro-batch-size", p.micro_batch), ("--global-batch-size", p.global_batch),
+              ("--seq-length", m.seq_len)]
+    items.append(("#", f"model shape: {m.name}"))
+    items += [("--num-layers", m.num_layers), ("--hidden-size", m.hidden), ("--ffn-hidden-size", m.ffn_hidden),
+              ("--num-attention-heads", m.num_heads)]
+    return items
+
+
 def _megatron_items(doc: PlanDocument, b: _Build) -> list[tuple[str, Any]]:
     """Megatron-LM flags for the plan (names from megatron/training/arguments.py)."""
     p, m = doc.plan, doc.model
@@ -221,19 +240,7 @@ def _megatron_items(doc: PlanDocument, b: _Build) -> list[tuple[str, Any]]:
         b.note(f"ZeRO-{p.zero_stage} is Megatron-FSDP (--data-parallel-sharding-strategy {strategy}); "
                "it needs CUDA_DEVICE_MAX_CONNECTIONS unset or > 1 and the fsdp_dtensor checkpoint format")
 
-    if p.recompute != "none":
-        items.append(("#", f"activation recompute: {p.recompute}"))
-        items.append(("--recompute-granularity", p.recompute))
-        if p.recompute == "full":
-            items += [("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
-
-    items.append(("#", "batch"))
-    items += [("--micro-batch-size", p.micro_batch), ("--global-batch-size", p.global_batch),
-              ("--seq-length", m.seq_len)]
-
-    items.append(("#", f"model shape: {m.name}"))
-    items += [("--num-layers", m.num_layers), ("--hidden-size", m.hidden), ("--ffn-hidden-size", m.ffn_hidden),
-              ("--num-attention-heads", m.num_heads)]
+    items += _recompute_batch_and_shape_args(p, m)
     if m.num_kv_heads != m.num_heads:
         items += [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)]
     if m.position == "rope":
@@ -499,17 +506,7 @@ def _deepspeed_build(doc: PlanDocument, b: _Build) -> tuple[dict[str, Any], list
         b.deviate("placement", f"DeepSpeed's topology orders ranks tp (innermost), sequence parallel, dp, pp, not "
                   f"{','.join(p.placement)}", placement=("tp", "cp", "dp", "pp"))
 
-    if p.recompute != "none":
-        items.append(("#", f"activation recompute: {p.recompute}"))
-        items.append(("--recompute-granularity", p.recompute))
-        if p.recompute == "full":
-            items += [("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
-    items.append(("#", "batch"))
-    items += [("--micro-batch-size", p.micro_batch), ("--global-batch-size", p.global_batch),
-              ("--seq-length", m.seq_len)]
-    items.append(("#", f"model shape: {m.name}"))
-    items += [("--num-layers", m.num_layers), ("--hidden-size", m.hidden), ("--ffn-hidden-size", m.ffn_hidden),
-              ("--num-attention-heads", m.num_heads)]
+    items += _recompute_batch_and_shape_args(p, m)
     if m.num_kv_heads != m.num_heads:
         items.append(("--num-key-value-heads", m.num_kv_heads))
     if m.position == "rope":
