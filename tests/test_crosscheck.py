@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "executor_workers"))
 from crosscheck import MICRO_BATCH, MICRO_BATCHES, MODELS, PLANS, SavedBytes, plan_fields
 
 from executor.activation_checkpoint import apply_ac
-from executor.model import Transformer, build_model, init_weights
+from executor.model import build_model
 from executor.plans import local_plan
 from executor.trainer import loss_fn
 from planner.cost import estimate
@@ -138,12 +138,8 @@ def test_graph_flops_equal_flop_counter(model_key: str, flash: bool) -> None:
 
 
 def _saved_single(spec: ModelSpec, flash: bool, recompute: str, batch: int) -> int:
-    with torch.device("meta"):
-        model = Transformer(spec, flash)
-    apply_ac(model, recompute)
-    model.to_empty(device="cpu")
-    model.tie_weights()
-    init_weights(model, spec, 0)
+    model = build_model(spec, flash, seed=0)
+    apply_ac(model, recompute)  # hooks only: the same model as the trainer's recompute-then-materialise
     x = _tokens(spec, batch, seed=1)
     with SavedBytes(model) as saved:
         loss = loss_fn(model(x[:, :-1]), x[:, 1:])

@@ -143,12 +143,8 @@ def test_moe_routes_every_token_to_top_k_experts() -> None:
 
 
 def _saved_bytes(spec: ModelSpec, flash: bool, recompute: str) -> int:
-    with torch.device("meta"):
-        model = Transformer(spec, flash)
-    apply_ac(model, recompute)
-    model.to_empty(device="cpu")
-    model.tie_weights()
-    init_weights(model, spec, 0)
+    model = build_model(spec, flash, seed=0)
+    apply_ac(model, recompute)  # hooks only: the same model as the trainer's recompute-then-materialise
     meter = ActivationMeter([model], model.parameters())
     x = torch.randint(0, spec.vocab_size, (2, spec.seq_len + 1))
     meter.arm()
