@@ -219,9 +219,10 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
             cluster = dataclasses.replace(node, **{field: x})
             return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
 
-        if measured <= step(0.0):
+        base = step(0.0)
+        if measured <= base:
             return 0.0
-        lo, hi = 0.0, (measured - step(0.0)) / count
+        lo, hi = 0.0, (measured - base) / count
         while step(hi) < measured and hi < MAX_OVERHEAD_S:
             lo, hi = hi, min(2 * hi, MAX_OVERHEAD_S)
         for _ in range(60):

@@ -201,9 +201,9 @@ def summarize(results: list[PlanResult]) -> dict[str, Any]:
     mem_err = [r.to_json() for r in ok]
     mem_pairs = [(m["predicted_memory_gib"], m["measured_memory_gib"]) for m in mem_err if m["measured_memory_gib"]]
     comp: dict[str, dict[str, Any]] = {}
+    splits = [(r.components(), r.measured) for r in ok]  # once per plan: it reads every launch
     for name in ("busy", "waiting"):
-        got = [(r.components()[name], r.measured) for r in ok if name in r.components()]
-        got = [((p, m), step) for (p, m), step in got if p is not None]
+        got = [(c[name], step) for c, step in splits if name in c and c[name][0] is not None]
         if got:  # error per plan as a share of its measured step time (waiting is often near 0)
             comp[name] = {"n_plans": len(got),
                           "mean_abs_error_of_step": float(np.mean([abs(p - m) / step for (p, m), step in got])),
