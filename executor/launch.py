@@ -27,7 +27,7 @@ from typing import Any
 from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
-from planner.compare import TIME_LABELS, comparable_peak_gib, time_components
+from planner.compare import ComparisonRow, comparison_rows
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
@@ -212,30 +212,29 @@ def _fmt_gib(x: float | None) -> str:
 
 
 def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
-    """Predicted vs measured: step time (median [p10, p90]) and its busy / waiting split where measured,
-    tokens/s, peak memory per rank."""
-    pred = doc.prediction or {}
-    st = measured["step_time_s"]
-    mem = measured["memory"]
+    """Predicted vs measured (rows from planner.compare.comparison_rows): step time (median [p10, p90])
+    and its busy / waiting split where measured, tokens/s, peak memory per rank."""
+    by_metric = {r.metric: r for r in comparison_rows(doc, doc.prediction or {}, measured)}
     rows = []
 
-    def err(p: float | None, m: float) -> str:  # the prediction's error, as planner compare / validate
-        return "-" if p is None or not m else f"{(p - m) / m * 100:+.1f}%"
+    def err(row: ComparisonRow) -> str:  # the prediction's error, as planner compare / validate
+        return "-" if row.error is None else f"{row.error * 100:+.1f}%"
 
-    p_step = pred.get("step_time_s")
-    rows.append(("step time", _fmt_s(p_step),
-                 f"{_fmt_s(st['median'])} [p10 {_fmt_s(st['p10'])}, p90 {_fmt_s(st['p90'])}]",
-                 err(p_step, st["median"])))
-    for name, p, m in time_components(pred, measured):
-        rows.append((f"  {TIME_LABELS[name]}", _fmt_s(p), _fmt_s(m), err(p, m)))
-    p_tok = pred.get("tokens_per_s")
-    rows.append(("tokens/s", "-" if p_tok is None else f"{p_tok:,.0f}", f"{measured['tokens_per_s']:,.0f}",
-                 err(p_tok, measured["tokens_per_s"])))
-    p_mem = comparable_peak_gib(doc, pred)
-    m_mem = mem["peak_bytes"] / 2**30
-    rss = mem["rss_bytes"] / 2**30
-    rows.append(("peak memory/rank", _fmt_gib(p_mem), f"{_fmt_gib(m_mem)} (RSS {_fmt_gib(rss)})",
-                 err(p_mem, m_mem)))
+    step = by_metric["step_time_s"]
+    rows.append(("step time", _fmt_s(step.predicted),
+                 f"{_fmt_s(step.measured)} [p10 {_fmt_s(step.measured_p10)}, p90 {_fmt_s(step.measured_p90)}]",
+                 err(step)))
+    for name in ("busy", "waiting"):
+        if f"time.{name}" in by_metric:
+            row = by_metric[f"time.{name}"]
+            rows.append((f"  {row.label}", _fmt_s(row.predicted), _fmt_s(row.measured), err(row)))
+    tok = by_metric["tokens_per_s"]
+    rows.append(("tokens/s", "-" if tok.predicted is None else f"{tok.predicted:,.0f}",
+                 "-" if tok.measured is None else f"{tok.measured:,.0f}", err(tok)))
+    mem = by_metric["memory_gib_per_gpu"]
+    rss = measured["memory"]["rss_bytes"] / 2**30
+    rows.append(("peak memory/rank", _fmt_gib(mem.predicted), f"{_fmt_gib(mem.measured)} (RSS {_fmt_gib(rss)})",
+                 err(mem)))
     env = measured["env"]
     head = (f"plan {measured.get('plan', '')}: {env['world_size']} ranks on {env['nnodes']} node(s), "
             f"{env['device']}, {env['backend']}; {len(measured['step_times_s'])} timed steps after "

@@ -1,9 +1,12 @@
 """`planner compare plan.json measured.json`: predicted vs measured for one run of one plan.
 
-`compare(doc, measured)` is the library call (the dashboard may reuse it). It checks that the measured
-file belongs to the plan (`plan_hash`, the hash the executor writes into measured.json) and reports
-step time, tokens/s and memory per GPU, and memory per component where both sides have it. The error
-of a prediction is (predicted - measured) / measured, as in `planner validate`'s MAPE.
+`comparison_rows(doc, prediction, measured)` is the one place predicted-vs-measured rows are built:
+`planner compare`, `planner run` (executor.launch), `planner validate` and the dashboard's evidence
+tables all format its rows. `compare(doc, measured)` is the library call behind `planner compare`: it
+checks that the measured file belongs to the plan (`plan_hash`, the hash the executor writes into
+measured.json) and reports step time, tokens/s and memory per GPU, and memory per component where
+both sides have it. The error of a prediction is (predicted - measured) / measured, as in
+`planner validate`'s MAPE.
 
 A measured file from another plan, or one that is not a measured.json at all, is a `PlannerError`
 naming the field (`plan_hash`, `kind`, `step_time_s.median`, ...): exit status 2 in the CLI.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,79 @@ def comparable_peak_gib(doc: PlanDocument, pred: dict[str, Any] | None) -> float
         return None if any(p is None for p in parts) else float(sum(parts))  # type: ignore[arg-type]
     total = number_at(pred, "memory_gib_per_gpu")
     return None if total is None else max(0.0, total - doc.cluster.reserved_memory_bytes / GIB)
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One predicted-vs-measured quantity of one run (None where that side has no number)."""
+
+    metric: str  # step_time_s, tokens_per_s, memory_gib_per_gpu, time.<busy|waiting>, memory.<kind|tensors>
+    label: str  # the same, for people
+    unit: str  # "s", "tokens/s" or "GiB"
+    predicted: float | None
+    measured: float | None
+    measured_p10: float | None = None  # step time only
+    measured_p90: float | None = None
+
+    @property
+    def error(self) -> float | None:
+        """(predicted - measured) / measured, the sign convention of MAPE in `planner validate`."""
+        if self.predicted is None or not self.measured:
+            return None
+        return (self.predicted - self.measured) / self.measured
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"metric": self.metric, "unit": self.unit, "predicted": self.predicted, "measured": self.measured,
+               "error": self.error}
+        if self.metric == "step_time_s":
+            out.update(measured_p10=self.measured_p10, measured_p90=self.measured_p90)
+        return out
+
+
+def measured_component_bytes(memory: Any, key: str) -> float | None:
+    """A measured memory component in bytes; activations at their peak (all in-flight micro-batches),
+    or the saved bytes of one micro-batch in files written before the peak was recorded."""
+    value = number_at(memory, key)
+    if value is None and key == "activations_peak_bytes":
+        value = number_at(memory, "activations_bytes")
+    return value
+
+
+def comparison_rows(doc: PlanDocument | None, prediction: dict[str, Any] | None,
+                    measured: dict[str, Any]) -> list[ComparisonRow]:
+    """Every predicted-vs-measured row of one run, in display order: step time (median, p10, p90),
+    the busy / waiting split where the run measured it, tokens/s, peak memory per GPU (on the measured
+    definition when the plan document is known), memory per component, and the training tensors'
+    total (weights + grads + optimizer + activations at their peak, the sum `planner validate` uses).
+
+    `prediction` is the plan's prediction (or None); `measured` a parsed measured.json. Callers pick
+    the rows they show; this is the only place the pairs are built."""
+    steps = measured.get("step_time_s")
+    memory = measured.get("memory")
+    peak = number_at(memory, "peak_bytes")
+    if doc is not None:
+        predicted_peak = comparable_peak_gib(doc, prediction)
+    else:
+        predicted_peak = number_at(prediction, "memory_gib_per_gpu")
+    rows = [ComparisonRow("step_time_s", "step time (median)", "s", number_at(prediction, "step_time_s"),
+                          number_at(steps, "median"), number_at(steps, "p10"), number_at(steps, "p90"))]
+    rows += [ComparisonRow(f"time.{name}", TIME_LABELS[name], "s", p, m)
+             for name, p, m in time_components(prediction, measured)]
+    rows.append(ComparisonRow("tokens_per_s", "tokens/s", "tokens/s", number_at(prediction, "tokens_per_s"),
+                              number_at(measured, "tokens_per_s")))
+    rows.append(ComparisonRow("memory_gib_per_gpu", "peak memory per GPU", "GiB", predicted_peak,
+                              None if peak is None else peak / GIB))
+    parts_p, parts_m = [], []
+    for name, key in MEMORY_COMPONENTS:
+        p, b = number_at(prediction, "memory", name), measured_component_bytes(memory, key)
+        rows.append(ComparisonRow(f"memory.{name}", name, "GiB", p, None if b is None else b / GIB))
+        parts_p.append(p)
+        parts_m.append(b)
+    has_p, has_m = isinstance((prediction or {}).get("memory"), dict), any(b is not None for b in parts_m)
+    rows.append(ComparisonRow("memory.tensors", "training tensors", "GiB",
+                              sum(p or 0.0 for p in parts_p) if has_p else None,
+                              sum(b or 0.0 for b in parts_m) / GIB if has_m else None))
+    return rows
 
 
 class MeasuredError(PlannerError, ValueError):
@@ -125,11 +202,6 @@ def check_measured(measured: Any) -> dict[str, Any]:
     return measured
 
 
-def _row(metric: str, unit: str, predicted: float | None, measured: float | None) -> dict[str, Any]:
-    err = None if predicted is None or not measured else (predicted - measured) / measured
-    return {"metric": metric, "unit": unit, "predicted": predicted, "measured": measured, "error": err}
-
-
 def number_at(obj: Any, *keys: str) -> float | None:
     """obj[k1][k2]... as a float; None where a key is missing or the value is not a number."""
     for k in keys:
@@ -158,26 +230,16 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
         from planner.cost import estimate
 
         pred, origin = estimate(document.model, document.cluster, document.plan), "estimated"
-    st = m.get("step_time_s") or {}
-    mem = m.get("memory") or {}
-    peak = number_at(mem, "peak_bytes")
-    rows = [
-        {**_row("step_time_s", "s", number_at(pred, "step_time_s"), number_at(st, "median")),
-         "measured_p10": number_at(st, "p10"), "measured_p90": number_at(st, "p90")},
-        _row("tokens_per_s", "tokens/s", number_at(pred, "tokens_per_s"), number_at(m, "tokens_per_s")),
-        _row("memory_gib_per_gpu", "GiB", comparable_peak_gib(document, pred), None if peak is None else peak / GIB),
-    ]
-    for name, p, b in time_components(pred, m):
-        rows.append(_row(f"time.{name}", "s", p, b))
-    for name, key in MEMORY_COMPONENTS:
-        p, b = number_at(pred, "memory", name), number_at(mem, key)
-        if p is not None and b is not None:  # per component only where both sides have it
-            rows.append(_row(f"memory.{name}", "GiB", p, b / GIB))
+    by_metric = {r.metric: r for r in comparison_rows(document, pred, m)}
+    order = ["step_time_s", "tokens_per_s", "memory_gib_per_gpu", *(f"time.{name}" for name, _, _ in TIME_COMPONENTS)]
+    rows = [by_metric[k] for k in order if k in by_metric]
+    parts = [by_metric[f"memory.{name}"] for name, _ in MEMORY_COMPONENTS]
+    rows += [r for r in parts if r.predicted is not None and r.measured is not None]  # where both sides have it
     return {
         "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
         "error": m.get("error"), "prediction_from": origin,
         "timed_steps": len(m.get("step_times_s", [])), "steps_completed": m.get("steps_completed"),
-        "rows": rows,
+        "rows": [r.to_json() for r in rows],
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from planner.compare import ComparisonRow, comparison_rows
 from planner.cost import estimate
 from planner.errors import PlanError, PlannerError
 from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps
@@ -50,50 +51,55 @@ class PlanResult:
     def predicted(self) -> float:
         return float(self.doc.prediction["step_time_s"])  # type: ignore[index]
 
+    def _rows(self) -> list[dict[str, ComparisonRow]]:
+        """Predicted-vs-measured rows of each successful launch, by metric."""
+        return [{r.metric: r for r in comparison_rows(self.doc, self.doc.prediction, m)}
+                for m in self.launches if m.get("status") == "ok"]
+
+    def _medians(self) -> dict[str, tuple[float | None, float]]:
+        """{metric: (predicted, median over launches of measured)} for every metric some launch measured."""
+        per: dict[str, list[float]] = {}
+        pred: dict[str, float | None] = {}
+        for rows in self._rows():
+            for metric, r in rows.items():
+                if r.measured is not None:
+                    per.setdefault(metric, []).append(r.measured)
+                    pred[metric] = r.predicted
+        return {metric: (pred[metric], statistics.median(vs)) for metric, vs in per.items()}
+
+    @property
+    def launch_medians(self) -> list[float]:
+        return [rows["step_time_s"].measured for rows in self._rows()  # type: ignore[misc]
+                if rows["step_time_s"].measured is not None]
+
     @property
     def measured(self) -> float | None:
-        times = [m["step_time_s"]["median"] for m in self.launches if m.get("status") == "ok"]
+        times = self.launch_medians
         return statistics.median(times) if times else None
 
     @property
     def spread(self) -> float:
-        times = [m["step_time_s"]["median"] for m in self.launches if m.get("status") == "ok"]
+        times = self.launch_medians
         return max(times) / min(times) - 1 if len(times) > 1 else 0.0
 
     def components(self) -> dict[str, tuple[float | None, float]]:
         """Busy / waiting split: {name: (predicted s, measured s: median over launches)}, where measured."""
-        from planner.compare import time_components
-
-        per: dict[str, list[float]] = {}
-        pred: dict[str, float | None] = {}
-        for m in self.launches:
-            if m.get("status") == "ok":
-                for name, p, v in time_components(self.doc.prediction, m):
-                    per.setdefault(name, []).append(v)
-                    pred[name] = p
-        return {name: (pred[name], statistics.median(vs)) for name, vs in per.items()}
+        return {metric.removeprefix("time."): v for metric, v in self._medians().items() if metric.startswith("time.")}
 
     def measured_memory_gib(self) -> float | None:
-        mems = [m.get("memory", {}) for m in self.launches if m.get("status") == "ok"]
-        if not mems:
-            return None
-        def total(mm: dict[str, Any]) -> float:  # activations at their peak (all in-flight micro-batches)
-            acts = mm.get("activations_peak_bytes", mm.get("activations_bytes")) or 0
-            return sum(float(mm.get(k) or 0) for k in ("weights_bytes", "grads_bytes", "optimizer_bytes")) + acts
-
-        return statistics.median(total(mm) for mm in mems) / 2**30
+        """Median over launches of the training tensors (activations at their peak)."""
+        return self._medians().get("memory.tensors", (None, None))[1]
 
     def to_json(self) -> dict[str, Any]:
         pred = self.doc.prediction or {}
-        mem_pred = pred.get("memory", {})
+        predicted_tensors = {r.metric: r for r in comparison_rows(self.doc, pred, {})}["memory.tensors"].predicted
         return {
             "name": self.name, "plan": self.doc.plan.describe(), "plan_hash": plan_hash(self.doc.to_json()),
             "predicted_step_time_s": self.predicted, "measured_step_time_s": self.measured,
             "error": (self.predicted / self.measured - 1) if self.measured else None,
-            "launch_medians_s": [m["step_time_s"]["median"] for m in self.launches if m.get("status") == "ok"],
+            "launch_medians_s": self.launch_medians,
             "launch_spread": self.spread,
-            "predicted_memory_gib": sum(mem_pred.get(k, 0.0) for k in
-                                        ("weights", "grads", "optimizer", "activations")),
+            "predicted_memory_gib": predicted_tensors or 0.0,
             "measured_memory_gib": self.measured_memory_gib(),
             "predicted_time": pred.get("time", {}),
             "components": {name: {"predicted_s": p, "measured_s": m} for name, (p, m) in self.components().items()},
