@@ -167,22 +167,16 @@ def _progress_printer() -> Callable[[int, int], None]:
 
 
 def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterSpec) -> Plan:
-    n = cluster.num_gpus
-    tp, pp, cp = args.tp or 1, args.pp or 1, args.cp or 1
-    dp = args.dp
-    if dp is None:
-        if n % (tp * pp * cp):
-            raise PlannerError(f"tp*pp*cp = {tp * pp * cp} does not divide the {n} GPUs", field="dp")
-        dp = n // (tp * pp * cp)
-    vpp = args.vpp or 1
-    schedule = args.schedule or ("interleaved-1f1b" if vpp > 1 else "1f1b")
-    recompute = args.recompute[0] if args.recompute else "none"
-    zero = args.zero[0] if args.zero else 0
-    return Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=args.ep or 1, vpp=vpp, micro_batch=args.micro_batch or 1,
-                global_batch=args.global_batch, schedule=schedule, recompute=recompute,
-                sequence_parallel=bool(args.sequence_parallel), zero_stage=zero,
-                dtype=_dtype(args, model, cluster), placement=args.placement or DEFAULT_PLACEMENT,
-                flash_attention=not args.no_flash_attention)
+    """The plan `planner estimate` scores, from its flags (planner.whatif.build_plan: dp from the GPU
+    count unless given, the schedule from vpp unless given)."""
+    from planner.whatif import build_plan
+
+    return build_plan(cluster.num_gpus, args.global_batch, tp=args.tp or 1, pp=args.pp or 1, cp=args.cp or 1,
+                      dp=args.dp, ep=args.ep or 1, vpp=args.vpp or 1, micro_batch=args.micro_batch or 1,
+                      schedule=args.schedule, recompute=args.recompute[0] if args.recompute else "none",
+                      sequence_parallel=bool(args.sequence_parallel), zero_stage=args.zero[0] if args.zero else 0,
+                      dtype=_dtype(args, model, cluster), placement=args.placement or DEFAULT_PLACEMENT,
+                      flash_attention=not args.no_flash_attention)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
