@@ -14,244 +14,78 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from planner.compare import MEMORY_COMPONENTS, TIME_LABELS, comparable_peak_gib, number_at, time_components
+from planner.compare import MEMORY_COMPONENTS
 from planner.cost import estimate
-from planner.errors import InputFileError, PlanError, PlannerError
-from planner.io import dumps, load_json, parse_json_text
+from planner.errors import PlannerError
+from planner.evidence import Evidence, compare_runs, scan_folder, validation_points
+from planner.io import dumps
 from planner.plan import (
     DEFAULT_PLACEMENT,
     RECOMPUTE,
     SCHEDULES,
     Plan,
     PlanDocument,
-    document_from_json,
     plan_hash,
 )
 from planner.search import OBJECTIVES, Constraints, divisors, search
 from planner.simulate import simulate_plan
-from planner.specs.catalog import cluster_names, load_cluster, load_model, model_from_json, model_names
+from planner.specs.catalog import cluster_names, load_cluster, load_model, model_names
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
+from planner.uploads import cluster_from_upload, model_from_upload
+from planner.whatif import vary
 
-MAX_UPLOAD_BYTES = 4 * 2**20  # matches server.maxUploadSize = 4 (MB) in .streamlit/config.toml
 DEFAULT_MODEL, DEFAULT_CLUSTER, DEFAULT_GPUS, DEFAULT_BATCH = "llama3-8b", "dgx-h100", 64, 512
 EXPORT_FORMATS = {"megatron": "args", "torchtitan": "toml", "deepspeed": "json"}  # fallback suffixes
 MAX_TIMELINE_EVENTS = 3000  # beyond this the schedule view shows the first micro-batches only
-MAX_SCAN_FILES = 500  # JSON files read when scanning a folder of measurements
 GIB = 2**30
 COLORS = {"F": "#4C78A8", "B": "#F58518", "idle": "#D3D3D3"}
 
 
-# ---- uploads: bytes in, validated specs out (the CLI's parser and spec loaders) ------------------
-
-
-def read_json_bytes(data: bytes, name: str) -> Any:
-    """Parse uploaded JSON strictly (bounded size and depth, no NaN, no duplicate keys)."""
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InputFileError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_json_text(text, name)
-
-
-def _guarded(name: str, build: Callable[[], Any]) -> Any:
-    """Run a spec loader; its errors (and unexpected exceptions, as InputFileError) name the file."""
-    try:
-        return build()
-    except PlannerError as exc:
-        if str(exc).startswith(name):
-            raise
-        raise type(exc)(f"{name}: {exc}") from None
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
-        raise InputFileError(f"{name}: not a usable file ({type(exc).__name__}: {exc})") from None
-
-
-def model_from_upload(data: bytes, name: str, seq_len: int | None = None) -> ModelSpec:
-    """A model from an uploaded Hugging Face `config.json` or ModelSpec JSON."""
-    obj = read_json_bytes(data, name)
-    stem = Path(name).stem
-    model_name = "uploaded-model" if stem in ("", "config") else stem
-    return _guarded(name, lambda: load_model(model_from_json(obj, model_name), seq_len=seq_len))
-
-
-def cluster_from_upload(data: bytes, name: str, gpus: int | None = None) -> ClusterSpec:
-    """A cluster from an uploaded profile (`planner calibrate` output, a ClusterSpec, or a plan)."""
-    obj = read_json_bytes(data, name)
-    if isinstance(obj, dict) and "cluster" in obj and "gpu" not in obj:
-        obj = obj["cluster"]  # a plan or profile wrapper, as the CLI accepts
-    return _guarded(name, lambda: load_cluster(ClusterSpec.from_dict(obj, where=name), gpus=gpus))
-
-
-# ---- measured.json / validation.json / plan files ------------------------------------------------
-
-
-@dataclass
-class Evidence:
-    """Measured runs, plan documents and validation reports gathered from uploads or a folder."""
-
-    measured: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    plans: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # plan_hash -> file
-    validations: list[tuple[str, Any]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # shown as errors (bad uploads, bad folder)
-    skipped: list[str] = field(default_factory=list)  # other JSON files met while scanning a folder
-
-    def add(self, obj: Any, source: str, scanning: bool = False) -> None:
-        """Sort one parsed JSON file into measured runs, plans or validation reports."""
-        unusable = self.skipped if scanning else self.problems
-        if isinstance(obj, list) and obj and all(isinstance(d, dict) and d.get("kind") == "plan"
-                                                 for d in obj):
-            for i, d in enumerate(obj):  # `planner plan --json` output
-                self.plans.setdefault(plan_hash(d), (f"{source}[{i}]", d))
-            return
-        if not isinstance(obj, dict):
-            unusable.append(f"{source}: expected a JSON object, got {type(obj).__name__}")
-            return
-        kind = obj.get("kind")
-        if kind == "measured" or (kind is None and "plan_hash" in obj and "step_time_s" in obj):
-            self.measured.append((source, obj))
-        elif kind == "plan":
-            self.plans.setdefault(plan_hash(obj), (source, obj))
-        elif kind == "validation" or Path(source).name == "validation.json":
-            self.validations.append((source, obj))
-        else:
-            unusable.append(f"{source}: not a plan, measured.json or validation.json "
-                                 f"(kind {str(kind)[:40]!r})")
-
-    def add_bytes(self, data: bytes, name: str) -> None:
-        try:
-            self.add(read_json_bytes(data, name), name)
-        except PlannerError as exc:
-            self.problems.append(str(exc))
-
-
-def scan_folder(folder: str, evidence: Evidence | None = None) -> Evidence:
-    """Read the plan, measured.json and validation.json files under `folder` (bounded walk)."""
-    ev = evidence or Evidence()
-    try:
-        root = Path(folder).expanduser()
-        is_dir = root.is_dir()
-    except (OSError, ValueError) as exc:
-        ev.problems.append(f"{folder!r}: not a usable path ({exc})")
-        return ev
-    if not is_dir:
-        ev.problems.append(f"{folder}: no such folder")
-        return ev
-    count = 0
-    for path in _json_files(root):
-        count += 1
-        if count > MAX_SCAN_FILES:
-            ev.problems.append(f"{root}: stopped after {MAX_SCAN_FILES} JSON files")
-            break
-        try:
-            if path.stat().st_size > MAX_UPLOAD_BYTES:  # traces and data, never a plan or a result
-                ev.skipped.append(f"{path}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
-                continue
-            obj = _load_validation(path) if path.name == "validation.json" else load_json(path)
-            ev.add(obj, str(path), scanning=True)
-        except OSError as exc:
-            ev.skipped.append(f"{path}: {exc.strerror or exc}")
-        except PlannerError as exc:
-            ev.skipped.append(str(exc))
-    if count == 0:
-        ev.problems.append(f"{root}: no JSON files found")
-    return ev
-
-
-def _json_files(root: Path, depth: int = 4) -> Iterator[Path]:
-    """JSON files under root, skipping hidden folders and virtual environments."""
-    try:
-        entries = sorted(root.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        if p.name.startswith(".") or p.is_symlink():
-            continue
-        if p.is_dir() and depth > 0 and p.name not in ("node_modules", "__pycache__", "venv"):
-            yield from _json_files(p, depth - 1)
-        elif p.suffix == ".json" and p.is_file():
-            yield p
-
-
-def _load_validation(path: Path) -> Any:
-    """validation.json through planner.validate's loader when that module provides one."""
-    try:
-        from planner import validate as validate_module  # written by `planner validate`; may not exist
-    except ImportError:
-        validate_module = None
-    loader = getattr(validate_module, "load_validation", None)
-    if callable(loader):
-        obj = loader(path)
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            obj = dataclasses.asdict(obj)
-        if isinstance(obj, dict):
-            return {"kind": "validation", **obj}
-    return load_json(path)
-
-
-def _err(pred: float | None, meas: float | None) -> float | None:
-    return None if pred is None or not meas else (pred - meas) / meas * 100
+# ---- evidence tables (rows from planner.evidence / planner.compare) --------------------------------
 
 
 def compare(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predicted vs measured per run and per component (step time and its busy / waiting split where
-    measured, memory by kind).
-
-    The prediction comes from the matching plan file (by `plan_hash`; estimated if it holds none),
-    else from the `predicted` block the executor copies into measured.json.
-    """
+    measured, memory by kind), as tables."""
     runs, parts = [], []
-    for source, m in ev.measured:
-        label, pred, origin = str(m.get("plan") or m.get("plan_hash") or source), None, "none"
-        match = ev.plans.get(str(m.get("plan_hash")))
-        doc = None
-        if match is not None:
-            try:
-                doc = document_from_json(match[1], match[0])
-                pred = doc.prediction or estimate(doc.model, doc.cluster, doc.plan)
-                label, origin = doc.plan.describe(), Path(match[0]).name
-            except PlannerError as exc:
-                ev.problems.append(str(exc))
-        if pred is None and isinstance(m.get("predicted"), dict):
-            pred, origin = m["predicted"], "measured.json"
-        steps = m.get("step_time_s")
-        run = {
-            "plan": label, "run": source, "status": str(m.get("status", "?")), "prediction from": origin,
-            "predicted step s": number_at(pred, "step_time_s"), "measured step s": number_at(steps, "median"),
-            "p10 s": number_at(steps, "p10"), "p90 s": number_at(steps, "p90"),
-            # on the measured definition (CPU: training tensors; CUDA: all but the runtime's reserve)
-            "predicted mem GiB": comparable_peak_gib(doc, pred) if doc is not None
-            else number_at(pred, "memory_gib_per_gpu"),
-            "measured mem GiB": None if number_at(m, "memory", "peak_bytes") is None
-            else number_at(m, "memory", "peak_bytes") / GIB,
-            "predicted tokens/s": number_at(pred, "tokens_per_s"), "measured tokens/s": number_at(m, "tokens_per_s"),
-        }
-        run["step error %"] = _err(run["predicted step s"], run["measured step s"])
-        run["mem error %"] = _err(run["predicted mem GiB"], run["measured mem GiB"])
-        if m.get("status") not in (None, "ok"):
-            run["error"] = str(m.get("error", ""))[:200]
+    for rc in compare_runs(ev):
+        by = {r.metric: r for r in rc.rows}
+        step, tok, mem = by["step_time_s"], by["tokens_per_s"], by["memory_gib_per_gpu"]
+        run = {"plan": rc.plan, "run": rc.run, "status": rc.status, "prediction from": rc.prediction_from,
+               "predicted step s": step.predicted, "measured step s": step.measured,
+               "p10 s": step.measured_p10, "p90 s": step.measured_p90,
+               "predicted mem GiB": mem.predicted, "measured mem GiB": mem.measured,
+               "predicted tokens/s": tok.predicted, "measured tokens/s": tok.measured,
+               "step error %": None if step.error is None else step.error * 100,
+               "mem error %": None if mem.error is None else mem.error * 100}
+        if rc.error is not None:
+            run["error"] = rc.error[:200]
         runs.append(run)
-        rows = [("step time (median)", "s", run["predicted step s"], run["measured step s"])]
-        rows += [(f"time: {TIME_LABELS[name]}", "s", p, x) for name, p, x in time_components(pred, m)]
-        for name, key in MEMORY_COMPONENTS:
-            b = number_at(m, "memory", key)
-            rows.append((f"memory: {name}", "GiB", number_at(pred, "memory", name),
-                         None if b is None else b / GIB))
-        rows.append(("memory: total", "GiB", run["predicted mem GiB"], run["measured mem GiB"]))
-        for comp, unit, p, x in rows:
-            parts.append({"plan": label, "run": source, "component": comp, "unit": unit,
-                          "predicted": p, "measured": x, "error %": _err(p, x)})
+        shown = [step, *(r for r in rc.rows if r.metric.startswith("time.")),
+                 *(by[f"memory.{name}"] for name, _ in MEMORY_COMPONENTS), mem]
+        for r in shown:
+            name = {"step_time_s": "step time (median)", "memory_gib_per_gpu": "memory: total"}.get(
+                r.metric, f"{r.metric.split('.')[0]}: {r.label}")
+            parts.append({"plan": rc.plan, "run": rc.run, "component": name, "unit": r.unit,
+                          "predicted": r.predicted, "measured": r.measured,
+                          "error %": None if r.error is None else r.error * 100})
     return pd.DataFrame(runs), pd.DataFrame(parts)
+
+
+def validation_runs(obj: Any) -> pd.DataFrame:
+    """Predicted vs measured step time per plan of a `planner validate` report (for the chart)."""
+    rows = [{"plan": v.name, "predicted step s": v.predicted_s, "measured step s": v.measured_s,
+             "p10 s": v.launch_min_s, "p90 s": v.launch_max_s} for v in validation_points(obj)]
+    return pd.DataFrame(rows, columns=["plan", "predicted step s", "measured step s", "p10 s", "p90 s"])
 
 
 def validation_tables(obj: Any) -> list[tuple[str, pd.DataFrame]]:
@@ -267,20 +101,6 @@ def validation_tables(obj: Any) -> list[tuple[str, pd.DataFrame]]:
             out.append((str(key), pd.DataFrame({"metric": [str(k) for k in value],
                                                 "value": [str(v) for v in value.values()]})))
     return out
-
-
-def validation_runs(obj: Any) -> pd.DataFrame:
-    """Predicted vs measured step time per plan of a `planner validate` report (for the chart)."""
-    rows = []
-    for p in obj.get("plans", []) if isinstance(obj, dict) else []:
-        if not isinstance(p, dict):
-            continue
-        launches = [x for x in p.get("launch_medians_s") or [] if isinstance(x, (int, float))]
-        rows.append({"plan": str(p.get("name") or p.get("plan")),
-                     "predicted step s": number_at(p, "predicted_step_time_s"),
-                     "measured step s": number_at(p, "measured_step_time_s"),
-                     "p10 s": min(launches) if launches else None, "p90 s": max(launches) if launches else None})
-    return pd.DataFrame(rows, columns=["plan", "predicted step s", "measured step s", "p10 s", "p90 s"])
 
 
 # ---- library calls, cached by their (JSON) inputs -------------------------------------------------
@@ -314,19 +134,6 @@ def cached_simulation(model_json: str, cluster_json: str, plan_json: str) -> dic
     sim = simulate_plan(model, cluster, plan)
     return {"step_time_s": sim.step_time_s, "pipeline_s": sim.pipeline_s,
             "events": [(e.rank, e.kind, e.micro_batch, e.stage, e.start, e.end) for e in sim.events]}
-
-
-def whatif_plan(base: Plan, n_gpus: int, tp: int, pp: int, micro_batch: int, vpp: int,
-                sequence_parallel: bool, recompute: str, zero_stage: int) -> Plan:
-    """`base` with new sizes; dp follows from the GPU count (PlanError if it cannot)."""
-    if n_gpus % (tp * pp * base.cp):
-        raise PlanError(f"tp*pp*cp = {tp}*{pp}*{base.cp} = {tp * pp * base.cp} does not divide the "
-                        f"{n_gpus} GPUs", field="dp")
-    schedule = "interleaved-1f1b" if vpp > 1 else ("gpipe" if base.schedule == "gpipe" else "1f1b")
-    return dataclasses.replace(base, tp=tp, pp=pp, dp=n_gpus // (tp * pp * base.cp), vpp=vpp,
-                               micro_batch=micro_batch, schedule=schedule,
-                               sequence_parallel=sequence_parallel, recompute=recompute,
-                               zero_stage=zero_stage)
 
 
 def optional(module: str, name: str) -> Any:
@@ -749,7 +556,8 @@ def show_whatif(doc: PlanDocument) -> None:
     zero = c2.select_slider("ZeRO stage", [0, 1, 2, 3], value=base.zero_stage, key=f"wi_zero:{key}")
     sp = c2.checkbox("Sequence parallel", value=base.sequence_parallel, key=f"wi_sp:{key}")
     try:
-        plan = whatif_plan(base, n, tp, pp, mb, vpp, sp, rc, zero)
+        plan = vary(base, n, tp=tp, pp=pp, micro_batch=mb, vpp=vpp, sequence_parallel=sp, recompute=rc,
+                    zero_stage=zero)
         pred = estimate(model, doc.cluster, plan)
     except PlannerError as exc:
         st.error(f"Illegal plan: {exc}")

@@ -15,10 +15,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from planner.cost import estimate
-from planner.errors import PlannerError
 from planner.plan import Plan, PlanDocument, plan_hash
 from planner.specs.catalog import load_cluster, load_model
-from planner.specs.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -254,65 +252,6 @@ def test_export_buttons_appear_only_when_the_exporters_import(monkeypatch: pytes
 # ---- uploads -----------------------------------------------------------------------------------------
 
 
-HOSTILE: list[tuple[str, bytes, str]] = [
-    ("binary", b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
-    ("truncated", b'{"model_type": "llama", "hidden_size": ', "malformed JSON"),
-    ("nan", b'{"model_type": "llama", "hidden_size": NaN}', "malformed JSON"),
-    ("huge-number", b'{"model_type": "llama", "hidden_size": 1e400}', "out of the float range"),
-    ("duplicate", b'{"a": 1, "a": 2}', "duplicate key"),
-    ("deep", b"[" * 100 + b"]" * 100, "nested"),
-    ("list", b"[1, 2, 3]", "expected a JSON object"),
-    ("oversize", b" " * (4 * 2**20 + 1), "larger than 4 MiB"),
-]
-
-
-@pytest.mark.parametrize(("case", "data", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_model_uploads_raise_planner_errors(case: str, data: bytes, message: str) -> None:
-    with pytest.raises(PlannerError, match=message):
-        app.model_from_upload(data, f"{case}.json")
-
-
-@pytest.mark.parametrize(("data", "message"), [
-    (b'{"model_type": "llama", "hidden_size": "big", "num_attention_heads": 32, "num_hidden_layers": 2,'
-     b' "intermediate_size": 11008, "vocab_size": 32000}', "hidden_size"),
-    (b'{"model_type": "llama"}', "config.json: num_attention_heads: missing"),
-    (b'{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 7, "num_hidden_layers": 2,'
-     b' "intermediate_size": 11008, "vocab_size": 32000}', "divisible"),
-    (b'{"name": "x", "num_layers": 2}', "missing required field"),
-    (b'{"architectures": ["Foo"], "model_type": "unknown-arch"}', "unknown-arch"),
-])
-def test_invalid_model_configs_name_the_problem(data: bytes, message: str) -> None:
-    with pytest.raises(PlannerError, match=message):
-        app.model_from_upload(data, "config.json")
-
-
-def test_hf_configs_upload_like_the_cli() -> None:
-    def fields(m: ModelSpec) -> dict[str, Any]:
-        return {k: v for k, v in m.to_dict().items() if k not in ("name", "source")}
-
-    for path in sorted(HF.glob("*.json")):
-        uploaded = app.model_from_upload(path.read_bytes(), "config.json")
-        assert uploaded.name == "uploaded-model"
-        assert fields(uploaded) == fields(load_model(str(path)))
-    named = app.model_from_upload((HF / "gpt2.json").read_bytes(), "gpt2.json", seq_len=512)
-    assert named.name == "gpt2" and named.seq_len == 512
-
-
-def test_cluster_uploads() -> None:
-    preset = load_cluster("dgx-a100-80gb")
-    data = json.dumps(preset.to_dict()).encode()
-    assert app.cluster_from_upload(data, "profile.json", gpus=16) == load_cluster("dgx-a100-80gb", gpus=16)
-    wrapped = json.dumps({"cluster": preset.to_dict(), "kind": "profile"}).encode()
-    assert app.cluster_from_upload(wrapped, "wrapped.json").gpu == preset.gpu
-    for bad, message in ((b'{"name": "x"}', "missing required field"),
-                         (json.dumps({**preset.to_dict(), "gpus_per_node": -1}).encode(), "gpus_per_node"),
-                         (b"null", "expected a JSON object")):
-        with pytest.raises(PlannerError, match=message):
-            app.cluster_from_upload(bad, "bad.json")
-    with pytest.raises(PlannerError, match="not a whole number"):
-        app.cluster_from_upload(data, "profile.json", gpus=12)
-
-
 def test_model_and_cluster_upload_in_the_page() -> None:
     at = new_app().run()
     at.radio(key="model_from").set_value("upload")
@@ -376,69 +315,6 @@ VALIDATION = {
 }
 
 
-def test_compare_matches_runs_to_plans_by_hash(tmp_path: Path) -> None:
-    doc = _plan_doc()
-    ev = app.Evidence()
-    ev.add(doc, "plan.json")
-    ev.add({**_measured(doc), "time_breakdown": {"busy_s": 0.4, "waiting_s": 0.1}}, "run1/measured.json")
-    ev.add({**_measured(doc), "plan_hash": "0" * 16, "predicted": {"step_time_s": 0.25}},
-           "run2/measured.json")
-    ev.add({**_measured(doc), "status": "failed", "error": "RuntimeError: boom", "step_time_s": None},
-           "run3/measured.json")
-    runs, parts = app.compare(ev)
-    assert list(runs["prediction from"]) == ["plan.json", "measured.json", "plan.json"]
-    first = runs.iloc[0]
-    pred = doc["prediction"]["step_time_s"]
-    assert first["predicted step s"] == pytest.approx(pred)
-    assert first["step error %"] == pytest.approx((pred - 0.5) / 0.5 * 100)
-    assert runs.iloc[1]["step error %"] == pytest.approx(-50.0)
-    assert runs.iloc[2]["status"] == "failed" and "boom" in runs.iloc[2]["error"]
-    one = parts[parts["run"] == "run1/measured.json"].set_index("component")
-    assert one.loc["memory: weights", "measured"] == pytest.approx(2**20 / 2**30)
-    assert one.loc["memory: activations", "measured"] == pytest.approx(2**23 / 2**30)
-    t = doc["prediction"]["time"]  # the busy / waiting split beside compute + optimizer, bubble + exposed
-    busy = one.loc["time: busy (compute, optimizer, host)"]
-    assert busy["measured"] == 0.4 and busy["predicted"] == pytest.approx(t["compute"] + t["optimizer"])
-    assert one.loc["time: waiting (comm, bubble)", "predicted"] == pytest.approx(t["bubble"] + t["exposed"])
-    assert "time: busy (compute, optimizer, host)" not in set(parts[parts["run"] == "run2/measured.json"]["component"])
-    assert not ev.problems
-
-
-def test_evidence_sorts_files_and_reports_unusable_ones() -> None:
-    ev = app.Evidence()
-    doc = _plan_doc()
-    ev.add([doc, doc], "plans.json")  # `planner plan --json` output
-    ev.add({"kind": "validation", "rows": [{"plan": "a", "error": 0.1}]}, "validation.json")
-    ev.add({"something": "else"}, "other.json")
-    ev.add_bytes(b"{broken", "broken.json")
-    assert len(ev.plans) == 1 and len(ev.validations) == 1
-    assert any("other.json: not a plan" in p for p in ev.problems)
-    assert any("broken.json: malformed JSON" in p for p in ev.problems)
-
-
-def test_scan_folder(tmp_path: Path) -> None:
-    doc = _plan_doc()
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "plan.json").write_text(json.dumps(doc))
-    (tmp_path / "run" / "measured.json").write_text(json.dumps(_measured(doc)))
-    (tmp_path / "validation.json").write_text(json.dumps(VALIDATION))
-    (tmp_path / "notes.json").write_text('{"hello": 1}')
-    (tmp_path / "big.trace.json").write_bytes(b" " * (app.MAX_UPLOAD_BYTES + 1))
-    (tmp_path / ".hidden").mkdir()
-    (tmp_path / ".hidden" / "measured.json").write_text("{")
-    ev = app.scan_folder(str(tmp_path))
-    assert len(ev.measured) == 1 and len(ev.plans) == 1 and len(ev.validations) == 1
-    assert not ev.problems and len(ev.skipped) == 2  # notes.json and the big trace
-    tables = dict(app.validation_tables(ev.validations[0][1]))
-    assert set(tables) == {"summary", "plans"}  # the cluster object is not a table
-    assert tables["summary"].set_index("metric").loc["mape", "value"] == "0.2"
-    assert list(tables["plans"]["predicted_time.compute"]) == [0.01, 0.02]
-    runs = app.validation_runs(ev.validations[0][1])
-    assert list(runs["measured step s"]) == [0.02, 0.05] and list(runs["p90 s"]) == [0.021, 0.05]
-    assert app.scan_folder(str(tmp_path / "missing")).problems == [f"{tmp_path / 'missing'}: no such folder"]
-    assert app.scan_folder("bad\0path").problems  # a NUL byte: reported, not raised
-
-
 def test_measured_tab_shows_predicted_vs_measured(tmp_path: Path) -> None:
     doc = _plan_doc()
     at = new_app().run()
@@ -467,16 +343,6 @@ def test_measured_tab_shows_predicted_vs_measured(tmp_path: Path) -> None:
 
 
 # ---- pure helpers ------------------------------------------------------------------------------------
-
-
-def test_whatif_plan_derives_dp_and_schedule() -> None:
-    base = Plan(tp=1, pp=2, dp=4, vpp=2, micro_batch=1, global_batch=64, schedule="interleaved-1f1b")
-    p = app.whatif_plan(base, 8, tp=2, pp=1, micro_batch=2, vpp=1, sequence_parallel=True,
-                        recompute="full", zero_stage=1)
-    assert (p.tp, p.pp, p.dp, p.vpp, p.schedule, p.micro_batch) == (2, 1, 4, 1, "1f1b", 2)
-    with pytest.raises(PlannerError, match="does not divide the 8 GPUs"):
-        app.whatif_plan(base, 8, tp=3, pp=1, micro_batch=1, vpp=1, sequence_parallel=False,
-                        recompute="none", zero_stage=0)
 
 
 def test_schedule_figure_draws_every_op_and_the_bubbles() -> None:
