@@ -60,15 +60,20 @@ def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
         send = torch.tensor(counts, dtype=torch.int64, device=x.device)
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=group)  # recv[s, j]: rank s's tokens for my expert j
-        recv = recv.view(ep, local_experts)
-        in_splits = send.view(ep, local_experts).sum(1).tolist()
-        out_splits = recv.sum(1).tolist()
+        if x.is_meta:  # the dry run: no values were exchanged; balanced routing is the same on every rank
+            me = dist.get_rank(group)
+            received = [counts[me * local_experts + j] for _ in range(ep) for j in range(local_experts)]
+        else:
+            received = recv.tolist()
+        in_splits = [sum(counts[s * local_experts:(s + 1) * local_experts]) for s in range(ep)]
+        out_splits = [sum(received[s * local_experts:(s + 1) * local_experts]) for s in range(ep)]
         x_recv = _a2a(x, out_splits, in_splits, group)  # rows ordered by (source rank, expert)
-        chunks = torch.arange(x_recv.shape[0], device=x.device).split(recv.flatten().tolist())
+        chunks = torch.arange(x_recv.shape[0], device=x.device).split(received)
         perm = torch.cat([chunks[s * local_experts + j] for j in range(local_experts) for s in range(ep)]) \
             if chunks else torch.zeros(0, dtype=torch.long, device=x.device)
         mod._ep_ctx = (perm, in_splits, out_splits)
-        return (x_recv[perm], recv.sum(0).tolist(), *args[2:])
+        per_expert = [sum(received[s * local_experts + j] for s in range(ep)) for j in range(local_experts)]
+        return (x_recv[perm], per_expert, *args[2:])
 
     def combine(mod: nn.Module, _args: tuple[Any, ...], y: torch.Tensor) -> torch.Tensor:
         perm, in_splits, out_splits = mod._ep_ctx

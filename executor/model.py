@@ -267,6 +267,19 @@ class GroupedExperts(nn.Module):
         return torch.cat(outs, dim=0)
 
 
+def expert_counts(expert_sorted: torch.Tensor, num_experts: int) -> list[int]:
+    """Tokens routed to each expert.
+
+    On the meta device (the dry run, executor/dry_run.py) there are no token values to route: the
+    tokens are then spread evenly over the experts (balanced routing, as the cost model prices it),
+    so that every expert computes and every all-to-all carries its balanced share.
+    """
+    if expert_sorted.is_meta:
+        base, extra = divmod(expert_sorted.numel(), num_experts)
+        return [base + (e < extra) for e in range(num_experts)]
+    return torch.bincount(expert_sorted, minlength=num_experts).tolist()
+
+
 class MoE(nn.Module):
     """Token-choice top-k mixture of experts (Mixtral-style: softmax over the top-k router logits).
 
@@ -285,8 +298,7 @@ class MoE(nn.Module):
 
     def dispatch(self, x_sorted: torch.Tensor, expert_sorted: torch.Tensor) -> torch.Tensor:
         """Run each expert on its tokens (all experts local); returns outputs in the same order."""
-        counts = torch.bincount(expert_sorted, minlength=self.num_experts).tolist()
-        return self.experts(x_sorted, counts)
+        return self.experts(x_sorted, expert_counts(expert_sorted, self.num_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -63,7 +63,9 @@ class Trainer:
     """Builds this rank's part of the model for `doc` and runs optimizer steps."""
 
     def __init__(self, doc: PlanDocument, dims: ParallelDims, mesh: object | None, device: torch.device,
-                 options: TrainOptions) -> None:
+                 options: TrainOptions, materialize: bool = True) -> None:
+        """`materialize=False` keeps the parameters on the meta device, uninitialised (the dry run:
+        executor/dry_run.py builds every rank of a large job this way on one CPU)."""
         if options.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         self.doc, self.dims, self.mesh, self.device, self.options = doc, dims, mesh, device, options
@@ -90,7 +92,7 @@ class Trainer:
         self.expert_params: list[nn.Parameter] = []
         self.expert_sync: ExpertGradSync | None = None
         if dims.ep > 1:
-            ep_mesh = build_ep_mesh(dims, device.type)
+            ep_mesh = build_ep_mesh(dims, mesh.device_type)
             self.expert_sync = ExpertGradSync(ep_mesh, dims.dp)
         self.modules: list[nn.Module] = []
         for part in self.parts:
@@ -99,9 +101,10 @@ class Trainer:
             if dims.ep > 1:
                 apply_ep(part, ep_mesh["ep"])
             apply_ac(part, plan.recompute)
-            part.to_empty(device=device)
-            part.tie_weights()
-            init_weights(part, spec, options.seed)
+            if materialize:
+                part.to_empty(device=device)
+                part.tie_weights()
+                init_weights(part, spec, options.seed)
             if dims.dp > 1:
                 ignored = expert_param_names(part) if dims.ep > 1 else []
                 self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, dims.pp, device,
@@ -128,7 +131,7 @@ class Trainer:
                 if part.lm_head is not None:
                     self.tied_weights.append(part.lm_head.weight)
         self.optimizers = self._make_optimizers()
-        self.grads_bytes = 0
+        self.grads_bytes = self.grads_elements = 0
 
     # ---- construction helpers ------------------------------------------------------------------
 
@@ -202,8 +205,9 @@ class Trainer:
         if self.expert_sync is not None:
             self.expert_sync(self.expert_params)
         if record_grads:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            self.grads_bytes = sum(local_tensor(g).nbytes for g in grads)
+            grads = [local_tensor(p.grad) for p in self.parameters() if p.grad is not None]
+            self.grads_bytes = sum(g.nbytes for g in grads)
+            self.grads_elements = sum(g.numel() for g in grads)
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
