@@ -11,5 +11,10 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: browser test will skip"
 fi
 python -c "import playwright" >/dev/null 2>&1 || pip install -q playwright || echo "playwright not installed"
+# The exports' framework checks (tests/test_export.py) run torchtitan and DeepSpeed's own code; pinned, CPU-only
+# (they reuse the installed torch 2.13.0), and optional: without them those tests skip with the reason.
+python -c "import torchtitan, triton, deepspeed" >/dev/null 2>&1 ||
+  pip install -q "torchtitan==0.3.0" "triton==3.9.0" "deepspeed==0.19.8" ||
+  echo "torchtitan / deepspeed not installed: their export checks will skip"
 ruff check .
 python -m pytest -q "$@"

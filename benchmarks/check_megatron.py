@@ -1,0 +1,120 @@
+"""Check one Megatron-LM export with Megatron-Core's own code (run by benchmarks/check_exports.sh).
+
+Runs inside a Python >= 3.12 environment with megatron-core installed (not the project's venv),
+so it imports nothing from the planner. For one export folder it:
+1. reads the environment the launch script exports (`export NAME=VALUE` lines of megatron.launch.sh),
+   so a variable the script forgets (CUDA_DEVICE_MAX_CONNECTIONS) fails the check as it fails a launch;
+2. builds the command line the launch script builds on one node (the args file, mock data, the run
+   length and checkpoint flags) and runs megatron/training/arguments.py parse_args + validate_args
+   with WORLD_SIZE = the plan's GPUs; the GPU architecture the checks query is the plan's GPU's;
+3. initialises a fake process group of that world size and calls
+   megatron.core.parallel_state.initialize_model_parallel exactly as megatron/training/initialize.py does;
+4. compares the data-parallel size and virtual pipeline size Megatron derived with the plan's.
+
+Prints one line: `passed: ...` or `failed: <reason>`; exit status 0 / 1.
+Usage: python check_megatron.py EXPORT_DIR [ARGS_FILE_STEM]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+# Compute capability by GPU family (NVIDIA's CUDA GPUs table), as planner/export/common.py.
+_CC = (("A100", (8, 0)), ("H100", (9, 0)), ("H200", (9, 0)), ("B200", (10, 0)), ("GB200", (10, 0)),
+       ("B300", (10, 3)))
+
+
+def _words(text: str) -> list[str]:
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            out += shlex.split(line)
+    return out
+
+
+def _launch_env(script: str) -> dict[str, str]:
+    env = {}
+    for line in script.splitlines():
+        m = re.match(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)", line)
+        if m and "$" not in m.group(2):
+            env[m.group(1)] = shlex.split(m.group(2))[0]
+    return env
+
+
+def check(folder: Path, stem: str) -> str:
+    plan = json.loads((folder / "plan.json").read_text())
+    world = plan["num_gpus"]
+    gpu = plan["cluster"]["gpu"]["name"]
+    cc = next((v for k, v in _CC if gpu.upper().startswith(k)), (9, 0))
+    words = _words((folder / f"{stem}.args").read_text())
+    env = _launch_env((folder / f"{stem}.launch.sh").read_text())
+    os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
+    os.environ.update(env)
+    os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0"})
+    tmp = tempfile.mkdtemp(prefix="megatron-check-")
+    vocab = plan["model"]["vocab_size"]
+    sys.argv = ["pretrain_gpt.py", *words, "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size",
+                str(vocab), "--train-iters", "100", "--save", tmp, "--load", tmp, "--save-interval", "1000"]
+
+    import torch
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    torch.cuda.get_device_capability = lambda *a, **k: cc
+    import megatron.training.arguments as arguments
+    import megatron.training.utils as training_utils
+
+    arguments.get_device_arch_version = lambda: cc[0]
+    training_utils.get_device_arch_version = lambda: cc[0]
+    args = arguments.parse_args()
+    arguments.validate_args(args)
+
+    from megatron.core import parallel_state as mpu
+
+    dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
+    mpu.initialize_model_parallel(
+        args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+        args.virtual_pipeline_model_parallel_size,
+        context_parallel_size=args.context_parallel_size,
+        expert_model_parallel_size=args.expert_model_parallel_size,
+        expert_tensor_parallel_size=args.expert_tensor_parallel_size,
+        order="tp-cp-ep-dp-pp" if not args.use_tp_pp_dp_mapping else "tp-cp-ep-pp-dp",
+        create_gloo_process_groups=False)
+    dp = mpu.get_data_parallel_world_size()
+    vpp = args.virtual_pipeline_model_parallel_size or 1
+    if dp != plan["dp"] or vpp != plan["vpp"] or args.data_parallel_size != plan["dp"]:
+        raise AssertionError(f"Megatron derived data parallel {dp} / virtual stages {vpp}; the plan has "
+                             f"dp {plan['dp']} / vpp {plan['vpp']}")
+    env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "no environment variables"
+    return (f"passed: parse_args + validate_args + initialize_model_parallel at world size {world} "
+            f"(GPU arch {cc[0]}.{cc[1]}, {env_text}); tp {mpu.get_tensor_model_parallel_world_size()} "
+            f"pp {mpu.get_pipeline_model_parallel_world_size()} cp {mpu.get_context_parallel_world_size()} "
+            f"dp {dp} vpp {vpp}, as planned")
+
+
+def main() -> int:
+    folder = Path(sys.argv[1])
+    stem = sys.argv[2] if len(sys.argv) > 2 else "megatron"
+    log = io.StringIO()  # Megatron prints every argument; keep them out of the one-line verdict
+    try:
+        with contextlib.redirect_stdout(log):
+            verdict = check(folder, stem)
+        print(verdict)
+        return 0
+    except SystemExit as exc:  # argparse refuses a flag
+        print(f"failed: Megatron's argument parser exited ({exc.code}): see the message above")
+    except BaseException as exc:
+        print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400])
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

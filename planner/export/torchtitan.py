@@ -1,0 +1,311 @@
+"""torchtitan 0.3.0 export: a Python config-registry module, and launch scripts that name it with --module / --config.
+
+Why a module and not command-line overrides alone: torchtitan 0.3.0 reads no TOML, its CLI cannot
+reach the model's architecture (RoPE base and scaling, norm epsilon are fields of the model config,
+which the CLI suppresses), and its activation-checkpointing choice is a tyro subcommand after which
+nothing can be appended. The generated module builds the whole `Trainer.Config` explicitly (no
+registry default is inherited: steps, checkpointing, profiling, optimizer, schedule, data), checks
+the model shape against the plan, and leaves the command line free for the user's overrides
+(`--hf-assets-path`, `--dataloader.dataset`, ...), which take precedence over the module.
+
+The mapping from plan fields to `Trainer.Config` attributes is the table `TORCHTITAN_FIELDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from planner.export.architecture import architecture
+from planner.export.common import Build, ExportError, comment, header, placement_order
+from planner.export.launch import Launch, launch_script, sbatch_script
+from planner.export.training import optimizer_settings
+from planner.plan import Plan, PlanDocument
+from planner.specs.model import ModelSpec
+
+CONFIG_FUNCTION = "planner_job"
+
+# torchtitan's llama3 flavors (torchtitan/models/llama3/__init__.py, 0.3.0): flavor -> (layers, dim,
+# heads, kv heads, ffn hidden, vocabulary, tied embeddings). tests/test_export.py checks this table
+# against torchtitan's own model_registry.
+LLAMA3_FLAVORS: dict[str, tuple[int, int, int, int, int, int, bool]] = {
+    "debugmodel": (6, 256, 16, 16, 768, 2048, False),
+    "1B": (16, 2048, 32, 8, 8192, 128256, True),
+    "3B": (28, 3072, 24, 8, 8192, 128256, True),
+    "8B": (32, 4096, 32, 8, 14336, 128256, False),
+    "70B": (80, 8192, 64, 8, 28672, 128256, False),
+    "405B": (126, 16384, 128, 8, 53248, 128256, False),
+}
+
+_ORDER = ("tp", "cp", "dp", "pp")  # torchtitan's device mesh (pp, dp_replicate, dp_shard, cp, tp), innermost first
+
+Assignments = list[tuple[str, str]]  # (attribute path under `config`, Python expression)
+
+
+def model_flavor(m: ModelSpec) -> str:
+    """The torchtitan llama3 flavor with exactly this model's shape (ExportError if none)."""
+    shape = (m.num_layers, m.hidden, m.num_heads, m.num_kv_heads, m.ffn_hidden, m.vocab_size, m.tied_embeddings)
+    llama_like = (m.position == "rope" and m.norm == "rmsnorm" and m.activation == "swiglu" and not m.bias
+                  and not m.qkv_bias and not m.is_moe and m.causal and m.head == "lm")
+    for flavor, known in LLAMA3_FLAVORS.items():
+        if llama_like and shape == known:
+            return flavor
+    raise ExportError(f"torchtitan 0.3.0 ships no model with {m.name}'s architecture (its llama3 flavors are "
+                      f"{', '.join(LLAMA3_FLAVORS)}: RoPE, RMSNorm, SwiGLU, no biases, with their exact "
+                      f"shapes); register a model in torchtitan, or export to Megatron-LM")
+
+
+def _data_parallel(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    # DDP (replicate) only alone: torchtitan refuses DDP with other parallelisms. Otherwise FSDP2
+    # (shard; torchtitan folds cp into the FSDP mesh). FSDP2 has no optimizer-only sharding: without
+    # pp it reduce-scatters gradients every micro-batch (ZeRO-2; ZeRO-3 when it also reshards
+    # parameters after forward); with pp, torch.distributed.pipelining defers the gradient sync to
+    # the last micro-batch and keeps parameters unsharded meanwhile (ZeRO-1).
+    if p.zero_stage == 0 and p.tp == 1 and p.pp == 1 and p.cp == 1:
+        return [("parallelism.data_parallel_replicate_degree", str(p.dp)),
+                ("parallelism.data_parallel_shard_degree", "1")]
+    runs = 1 if p.pp > 1 else max(p.zero_stage, 2)
+    if runs != p.zero_stage:
+        why = ("with pp > 1, torch.distributed.pipelining holds FSDP2's gradients and parameters unsharded until "
+               "the last micro-batch" if p.pp > 1 else
+               "torchtitan's DDP does not combine with tp / cp, and FSDP2 has no optimizer-only sharding: with "
+               "reshard_after_forward=never it still reduce-scatters (shards) gradients every micro-batch")
+        b.deviate("zero", f"{why}, so ZeRO-{p.zero_stage} runs as ZeRO-{runs}", zero_stage=runs)
+    reshard = "always" if p.zero_stage == 3 and p.pp == 1 else "never"
+    return [("parallelism.data_parallel_replicate_degree", "1"),
+            ("parallelism.data_parallel_shard_degree", str(p.dp)),
+            ("parallelism.fsdp_reshard_after_forward", repr(reshard))]
+
+
+def _tensor(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    return [("parallelism.tensor_parallel_degree", str(p.tp)),
+            ("parallelism.enable_sequence_parallel", str(p.sequence_parallel and p.tp > 1))]
+
+
+def _pipeline(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    out = [("parallelism.pipeline_parallel_degree", str(p.pp))]
+    if p.pp > 1:
+        schedule = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1F1B"}[p.schedule]
+        # Exactly pp x vpp stages of L / (pp vpp) layers: no layer taken off the first / last stage.
+        out += [("parallelism.pipeline_parallel_schedule", repr(schedule)),
+                ("parallelism.pipeline_parallel_microbatch_size", str(p.micro_batch)),
+                ("parallelism.pipeline_parallel_layers_per_stage", str(m.num_layers // (p.pp * p.vpp))),
+                ("parallelism.pipeline_parallel_first_stage_less_layers", "0"),
+                ("parallelism.pipeline_parallel_last_stage_less_layers", "0")]
+    return out
+
+
+def _context(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    return [("parallelism.context_parallel_degree", str(p.cp))]
+
+
+def _experts(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    return [("parallelism.expert_parallel_degree", str(p.ep))] if m.is_moe else []
+
+
+def _placement(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    if placement_order(p) != placement_order(p, _ORDER):
+        b.deviate("placement", f"torchtitan's device mesh orders ranks tp,cp,dp,pp, not {','.join(p.placement)}: "
+                  "groups span other links", placement=_ORDER)
+    return []
+
+
+def _batch(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    # With pp the schedule splits the local batch into micro-batches; without, torchtitan
+    # accumulates gradients over global / (local x dp) steps.
+    local = p.micro_batch * (p.grad_accum if p.pp > 1 else 1)
+    return [("training.local_batch_size", str(local)), ("training.global_batch_size", str(p.global_batch)),
+            ("training.seq_len", str(m.seq_len))]
+
+
+def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    if p.dtype == "fp16":
+        b.deviate("dtype", "torchtitan trains in bfloat16 or float32, not float16; bfloat16 is used", dtype="bf16")
+    return [("training.dtype", "'float32'"),  # master weights and optimizer states
+            ("training.mixed_precision_param", repr("float32" if p.dtype == "fp32" else "bfloat16")),
+            ("training.mixed_precision_reduce", "'float32'")]
+
+
+def _recompute(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    if p.recompute == "selective":
+        b.note("selective recompute is torchtitan's per-op SAC, which saves attention and every other matmul "
+               "output (Megatron-style selective recomputes only the attention core)")
+        return [("activation_checkpoint", "SelectiveAC.Config()")]
+    return [("activation_checkpoint", "FullAC.Config()" if p.recompute == "full" else "None")]
+
+
+def _cuda_graphs(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    # torchtitan 0.3.0 refuses CUDA graphs with pp (and most EP backends); the plan assumes none.
+    return [("training.disable_cuda_graphs", "True")]
+
+
+def _attention(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    if not p.flash_attention:
+        b.note("the plan assumes unfused attention; torchtitan uses FlexAttention (fused: less memory)")
+    return []
+
+
+# Plan field -> Trainer.Config attributes. Add precision recipes (converters) / AC policies here.
+TORCHTITAN_FIELDS: dict[str, Callable[[Plan, ModelSpec, Build], Assignments]] = {
+    "dp/zero_stage": _data_parallel,
+    "tp/sequence_parallel": _tensor,
+    "pp/vpp/schedule/micro_batch": _pipeline,
+    "cp": _context,
+    "ep": _experts,
+    "placement": _placement,
+    "micro_batch/global_batch": _batch,
+    "dtype": _precision,
+    "recompute": _recompute,
+    "cuda graphs": _cuda_graphs,
+    "flash_attention": _attention,
+}
+
+
+def _job_settings(doc: PlanDocument) -> Assignments:
+    """Everything else a launch needs, set so that no registry default is inherited silently."""
+    o = optimizer_settings(doc.model)
+    return [("training.steps", "10_000  # the launch script passes --training.steps $TRAIN_STEPS"),
+            ("training.max_norm", repr(o.clip_grad)),
+            ("optimizer", f"default_adamw(lr={o.lr!r}, betas={o.betas!r}, eps={o.eps!r}, "
+                          f"weight_decay={o.weight_decay!r})"),
+            ("lr_scheduler.warmup_steps", str(o.warmup_steps)),
+            ("lr_scheduler.decay_ratio", "None  # decay over all steps after warm-up"),
+            ("lr_scheduler.decay_type", "'cosine'"),
+            ("lr_scheduler.min_lr_factor", repr(round(o.min_lr / o.lr, 6))),
+            ("compile.enable", "False"),
+            ("compile.enable_async_tensor_parallel", "False"),
+            ("checkpoint.enable", "True"),
+            ("checkpoint.folder", "'checkpoint'  # under --dump-folder"),
+            ("checkpoint.interval", "1000"),
+            ("checkpoint.async_mode", "'disabled'"),
+            ("profiler.enable_profiling", "False"),
+            ("profiler.enable_memory_snapshot", "False"),
+            ("metrics.log_freq", "1"),
+            ("metrics.enable_tensorboard", "False"),
+            ("validator.enable", "False"),
+            ("dataloader.dataset", "'c4'  # placeholder: the launch script passes --dataloader.dataset $DATASET"),
+            ("hf_assets_path", "'<HF_ASSETS_PATH>'  # placeholder: the launch script passes --hf-assets-path")]
+
+
+def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> str:
+    m = doc.model
+    arch = architecture(m)
+    layers, dim, heads, kv, ffn, vocab, tied = LLAMA3_FLAVORS[flavor]
+    assignments: Assignments = []
+    for rule in TORCHTITAN_FIELDS.values():
+        assignments += rule(doc.plan, m, b)
+    warnings = b.warnings(strict=False)
+    rope_lines = [f"        layer.attention.rope.theta = {arch.rope_theta!r}"]
+    if arch.rope_scaling is None:
+        rope_lines.append("        layer.attention.rope.scaling = 'none'  # torchtitan's flavors are Llama 3.1")
+    else:
+        s = arch.rope_scaling
+        rope_lines += ["        layer.attention.rope.scaling = 'llama'",
+                       f"        layer.attention.rope.scaling_factor = {s.factor!r}",
+                       f"        layer.attention.rope.low_freq_factor = {s.low_freq_factor!r}",
+                       f"        layer.attention.rope.high_freq_factor = {s.high_freq_factor!r}",
+                       f"        layer.attention.rope.original_max_position_embeddings = {s.original_max_position}"]
+    lines = [comment(head + warnings + b.notes).rstrip("\n"),
+             '"""torchtitan config registry for one plan: torchrun ... -m torchtitan.train --module '
+             f'<this module> --config {CONFIG_FUNCTION}."""',
+             "",
+             "from torchtitan.components.checkpoint import CheckpointManager",
+             "from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss",
+             "from torchtitan.components.metrics import MetricsProcessor",
+             "from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw",
+             "from torchtitan.components.validate import Validator",
+             "from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig",
+             "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
+             "from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader",
+             "from torchtitan.models.common.config_utils import decoder_vocab_size",
+             "from torchtitan.models.llama3 import model_registry",
+             "from torchtitan.tools.profiler import Profiler",
+             "from torchtitan.trainer import Trainer",
+             "",
+             "",
+             f"def {CONFIG_FUNCTION}() -> Trainer.Config:",
+             f'    """{m.name}: {doc.plan.describe()} on {doc.cluster.num_gpus} GPUs (planner {doc.hash})."""',
+             f"    model_spec = model_registry({flavor!r})  # bf16: no float8 / mxfp8 converters",
+             "    model = model_spec.model",
+             "    # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon "
+             f"({arch.source})",
+             "    shape = (len(model.layers), model.dim, model.layers[0].attention.n_heads,",
+             "             model.layers[0].attention.n_kv_heads or model.layers[0].attention.n_heads,",
+             "             model.layers[0].feed_forward.w1.out_features, model.vocab_size, model.enable_weight_tying)",
+             f"    expected = {(layers, dim, heads, kv, ffn, vocab, tied)!r}",
+             "    if shape != expected:",
+             f"        raise ValueError(f'torchtitan llama3 {flavor} is {{shape}}; {m.name} is {{expected}}')",
+             "    for layer in model.layers:",
+             *rope_lines,
+             f"        layer.attention_norm.eps = {arch.norm_eps!r}",
+             f"        layer.ffn_norm.eps = {arch.norm_eps!r}",
+             f"    model.norm.eps = {arch.norm_eps!r}",
+             "    config = Trainer.Config(",
+             "        model_spec=model_spec,",
+             "        loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config("
+             "global_vocab_size=decoder_vocab_size(model_spec))),",
+             "        training=TrainingConfig(),",
+             "        parallelism=ParallelismConfig(),",
+             "        dataloader=HuggingFaceTextDataLoader.Config(),",
+             "        optimizer=default_adamw(),",
+             "        lr_scheduler=LRSchedulersContainer.Config(),",
+             "        checkpoint=CheckpointManager.Config(),",
+             "        metrics=MetricsProcessor.Config(),",
+             "        profiler=Profiler.Config(),",
+             "        compile=CompileConfig(),",
+             "        validator=Validator.Config(),",
+             "    )",
+             "    # the plan (planner.export.torchtitan.TORCHTITAN_FIELDS)"]
+    lines += [f"    config.{path} = {expr}" for path, expr in assignments]
+    lines.append("    # the rest of the job, set explicitly")
+    lines += [f"    config.{path} = {expr}" for path, expr in _job_settings(doc)]
+    lines.append("    return config")
+    return "\n".join(lines) + "\n"
+
+
+NEEDS = ["HF_ASSETS_PATH: a folder with the model's Hugging Face tokenizer files (tokenizer.json, "
+         "tokenizer_config.json); torchtitan has no mock-data option",
+         "DATASET (default c4, streamed from the Hugging Face hub; or a dataset torchtitan registers) and "
+         "optionally DATASET_PATH (a local copy)",
+         "DUMP_FOLDER (logs, checkpoints under DUMP_FOLDER/checkpoint, resumed from), TRAIN_STEPS (run length)"]
+
+
+def pipeline_loss_rank(doc: PlanDocument) -> int:
+    """Global rank that logs the loss: rank 0 without pp, else the first rank of the last stage (pp outermost)."""
+    p = doc.plan
+    return 0 if p.pp == 1 else (p.pp - 1) * (p.world_size // p.pp)
+
+
+def torchtitan_files(doc: PlanDocument, strict: bool, name: str = "torchtitan") -> dict[str, str]:
+    """torchtitan_job.py (config registry), torchtitan.launch.sh, torchtitan.sbatch."""
+    b = Build(doc, "torchtitan")
+    flavor = model_flavor(doc.model)
+    strict_check = Build(doc, "torchtitan")
+    for rule in TORCHTITAN_FIELDS.values():
+        rule(doc.plan, doc.model, strict_check)
+    warnings = strict_check.warnings(strict)
+    head = header(doc, "torchtitan", NEEDS)
+    module = f"{name}_job"
+    launch = Launch(
+        name=name, program=["-m", "torchtitan.train"],
+        setup=['HF_ASSETS_PATH=${HF_ASSETS_PATH:?set HF_ASSETS_PATH to a folder with the tokenizer files}',
+               'DATASET=${DATASET:-c4}',
+               'DATA_ARGS=(--dataloader.dataset "$DATASET")',
+               'if [ -n "${DATASET_PATH:-}" ]; then DATA_ARGS+=(--dataloader.dataset-path "$DATASET_PATH"); fi',
+               f'DUMP_FOLDER=${{DUMP_FOLDER:-$HERE/outputs/{doc.hash}}}',
+               'TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}',
+               f'export PYTHONPATH="$HERE${{PYTHONPATH:+:$PYTHONPATH}}"  # so that --module {module} imports'],
+        args=[f"--module {module} --config {CONFIG_FUNCTION}",
+              '--hf-assets-path "$HF_ASSETS_PATH" "${DATA_ARGS[@]}" --dump-folder "$DUMP_FOLDER"',
+              '--training.steps "$TRAIN_STEPS"'],
+        loss_rank=pipeline_loss_rank(doc), log_filter=True)
+    return {f"{module}.py": _module_text(doc, b, head, flavor),
+            f"{name}.launch.sh": launch_script(doc, launch, head + warnings + b.notes),
+            f"{name}.sbatch": sbatch_script(doc, launch, head + warnings)}
+
+
+def torchtitan_warnings(doc: PlanDocument) -> list[str]:
+    b = Build(doc, "torchtitan")
+    model_flavor(doc.model)
+    for rule in TORCHTITAN_FIELDS.values():
+        rule(doc.plan, doc.model, b)
+    return b.warnings(strict=False)
