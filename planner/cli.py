@@ -15,6 +15,7 @@ from planner.graph import build_graph
 from planner.io import dumps
 from planner.plan import DEFAULT_PLACEMENT, RECOMPUTE, SCHEDULES, Plan, PlanDocument, load_plan, save_plan
 from planner.report import explain, plans_table, seconds, table
+from planner.search import DEFAULT_RERANK
 from planner.specs.catalog import (
     cluster_names,
     cluster_preset,
@@ -43,6 +44,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     if v > 1 << 40:
         raise argparse.ArgumentTypeError(f"{text} is beyond any real cluster")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= v <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer up to {1 << 20}, got {text!r}")
     return v
 
 
@@ -94,7 +105,6 @@ def _dtype(args: argparse.Namespace, model: ModelSpec, cluster: ClusterSpec) -> 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from planner.search import Constraints, search
-    from planner.simulate import simulate_plan
 
     model, cluster = _problem(args)
     cons = Constraints(
@@ -108,24 +118,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     progress = _progress_printer() if sys.stderr.isatty() else None
     result = search(model, cluster, args.global_batch, dtype=_dtype(args, model, cluster),
                     flash=not args.no_flash_attention, constraints=cons, objective=args.objective,
-                    top_k=max(args.top, args.simulate_top), headroom=args.headroom, progress=progress)
+                    top_k=args.top, headroom=args.headroom, rerank=args.simulate_top, progress=progress)
     if progress:
         sys.stderr.write("\r" + " " * 70 + "\r")
     rate = result.scored / max(result.seconds, 1e-9)
     print(f"searched {result.space:,} plans in {result.seconds:.2f} s ({rate:,.0f} plans/s); "
-          f"{result.fitting:,} fit in memory", file=sys.stderr)
+          f"{result.fitting:,} fit in memory; re-ranked the best {result.reranked} by simulation in "
+          f"{result.rerank_seconds:.2f} s", file=sys.stderr)
 
-    plans, preds = result.plans, result.predictions
-    sims: list[dict | None] = [None] * len(plans)
-    if args.simulate_top > 0:
-        k = min(args.simulate_top, len(plans))
-        sims = [simulate_plan(model, cluster, p).summary() for p in plans[:k]] + [None] * (len(plans) - k)
-        if args.objective == "time":
-            order = sorted(range(k), key=lambda i: (sims[i]["step_time_s"], i)) + list(range(k, len(plans)))
-            plans = [plans[i] for i in order]
-            preds = [preds[i] for i in order]
-            sims = [sims[i] for i in order]
-    plans, preds, sims = plans[:args.top], preds[:args.top], sims[:args.top]
+    plans, preds, sims = result.plans, result.predictions, result.simulations
     docs = []
     for p, pr, sim in zip(plans, preds, sims, strict=True):
         doc = PlanDocument(plan=p, model=model, cluster=cluster, prediction=pr)
@@ -443,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the best plan (one JSON object) to this file")
     p.add_argument("--objective", choices=("time", "throughput", "cost"), default="time")
     p.add_argument("--max-memory-gib", type=_positive_float, help="memory cap per GPU")
-    p.add_argument("--simulate-top", type=int, default=32,
-                   help="re-rank this many best plans with the step simulation (0: off; default 32)")
+    p.add_argument("--simulate-top", type=_count, default=DEFAULT_RERANK,
+                   help=f"re-rank this many best plans with the step simulation (0: off; default {DEFAULT_RERANK})")
     p.add_argument("--no-placement-search", action="store_true", help="keep ranks in tp,cp,dp,pp order")
     p.add_argument("--pareto", action="store_true", help="also print the time/memory Pareto front")
     p.set_defaults(func=cmd_plan)

@@ -19,10 +19,9 @@ the column-parallel linears) and 24·sbh + 5as²b is split by TP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import lru_cache
-
-import networkx as nx
 
 from planner.specs.model import ModelSpec
 
@@ -64,26 +63,60 @@ class Op:
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
 
 
-@dataclass
+@dataclass(frozen=True)
+class LayerKind:
+    """One kind of Transformer layer (all layers of a kind have the same ops and sizes)."""
+
+    name: str
+    ops: tuple[Op, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(op.params for op in self.ops)
+
+
+@dataclass(frozen=True)
 class LayerGraph:
-    """The graph plus totals; `layer_ops` is one Transformer layer (all layers are identical)."""
+    """The model as ops: embedding (`pre_ops`), the layers, the head and loss (`post_ops`).
+
+    Layers come in `kinds` (one for a uniform model; e.g. dense and MoE layers for a model that
+    interleaves them); `pattern[i]` is the kind index of layer i. The cost model prices each kind
+    once and counts kinds per pipeline stage.
+    """
 
     model: ModelSpec
     dtype: str
-    graph: nx.DiGraph
-    pre_ops: list[Op] = field(default_factory=list)
-    layer_ops: list[Op] = field(default_factory=list)
-    post_ops: list[Op] = field(default_factory=list)
+    pre_ops: tuple[Op, ...]
+    kinds: tuple[LayerKind, ...]
+    pattern: tuple[int, ...]
+    post_ops: tuple[Op, ...]
 
     @property
-    def layer_params(self) -> int:
-        return sum(op.params for op in self.layer_ops)
+    def kind_counts(self) -> tuple[int, ...]:
+        """Layers of each kind."""
+        counts = [0] * len(self.kinds)
+        for k in self.pattern:
+            counts[k] += 1
+        return tuple(counts)
+
+    @property
+    def layer_ops(self) -> tuple[Op, ...]:
+        """The ops of one layer of a uniform model (ValueError if layers differ: use `kinds`)."""
+        if len(self.kinds) != 1:
+            raise ValueError(f"{self.model.name} has {len(self.kinds)} kinds of layers; use LayerGraph.kinds")
+        return self.kinds[0].ops
+
+    @property
+    def layer_params(self) -> float:
+        """Parameters of one layer, averaged over the layers."""
+        return sum(n * k.params for n, k in zip(self.kind_counts, self.kinds, strict=True)) / len(self.pattern)
 
     @property
     def total_params(self) -> int:
         pre = sum(op.params for op in self.pre_ops)
         post = sum(op.params for op in self.post_ops)
-        return pre + self.model.num_layers * self.layer_params + post
+        layers = sum(n * k.params for n, k in zip(self.kind_counts, self.kinds, strict=True))
+        return pre + layers + post
 
     @property
     def active_params(self) -> int:
@@ -92,25 +125,41 @@ class LayerGraph:
         total = self.total_params
         if not m.is_moe:
             return total
-        expert = sum(op.params for op in self.layer_ops if op.routed)
-        inactive = expert * (m.num_experts - m.top_k) // m.num_experts
-        return total - m.num_layers * inactive
+        inactive = 0
+        for n, kind in zip(self.kind_counts, self.kinds, strict=True):
+            expert = sum(op.params for op in kind.ops if op.routed)
+            inactive += n * (expert * (m.num_experts - m.top_k) // m.num_experts)
+        return total - inactive
 
     def forward_flops(self, batch: int, seq: int) -> float:
         """Model forward FLOPs for `batch` sequences of `seq` tokens (full s^2 attention, as Megatron counts)."""
         tokens = batch * seq
 
-        def ops_flops(ops: list[Op]) -> float:
+        def ops_flops(ops: tuple[Op, ...]) -> float:
             return sum(op.flops * tokens + op.flops_s * tokens * seq for op in ops)
 
-        return ops_flops(self.pre_ops) + self.model.num_layers * ops_flops(self.layer_ops) + ops_flops(
-            self.post_ops
-        )
+        layers = sum(n * ops_flops(k.ops) for n, k in zip(self.kind_counts, self.kinds, strict=True))
+        return ops_flops(self.pre_ops) + layers + ops_flops(self.post_ops)
 
     def layer_saved_bytes(self, batch: int, seq: int) -> float:
-        """Bytes one layer saves for backward (no parallelism, no recompute)."""
+        """Bytes one layer saves for backward (no parallelism, no recompute), averaged over the layers."""
         tokens = batch * seq
-        return sum((op.saved + op.saved_sel) * tokens + op.saved_s * tokens * seq for op in self.layer_ops)
+        per_kind = [sum((op.saved + op.saved_sel) * tokens + op.saved_s * tokens * seq for op in k.ops)
+                    for k in self.kinds]
+        return sum(n * b for n, b in zip(self.kind_counts, per_kind, strict=True)) / len(self.pattern)
+
+    def nodes(self) -> Iterator[tuple[str, Op, int | None]]:
+        """Every op of the model in execution order as (module path, op, layer index or None).
+
+        Module paths are the executor's module names (`embed`, `layers.3.attn.qkv`, `lm_head`).
+        """
+        for op in self.pre_ops:
+            yield op.name, op, None
+        for i, k in enumerate(self.pattern):
+            for op in self.kinds[k].ops:
+                yield f"layers.{i}.{op.name}", op, i
+        for op in self.post_ops:
+            yield op.name, op, None
 
 
 def _linear(name: str, fin: int, fout: int, tp: str, bias: bool, group: str, dtype_b: int,
@@ -282,26 +331,6 @@ def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: boo
         _residual("mlp.residual", model, b),
     ]
     post = _post_ops(model, b)
-
-    g = nx.DiGraph()
-    prev: str | None = None
-
-    def add(op: Op, node: str, layer_index: int | None) -> None:
-        nonlocal prev
-        g.add_node(node, op=op, layer=layer_index)
-        if prev is not None:
-            g.add_edge(prev, node)
-        prev = node
-
-    for op in pre:
-        add(op, op.name, None)
-    for i in range(model.num_layers):
-        block_input = prev
-        for op in layer:
-            add(op, f"layers.{i}.{op.name}", i)
-            if op.name in ("attn.residual", "mlp.residual") and block_input is not None:
-                g.add_edge(block_input, f"layers.{i}.{op.name}", residual=True)
-                block_input = f"layers.{i}.{op.name}"
-    for op in post:
-        add(op, op.name, None)
-    return LayerGraph(model=model, dtype=dt, graph=g, pre_ops=pre, layer_ops=layer, post_ops=post)
+    kind = LayerKind(name="moe" if model.is_moe else "dense", ops=tuple(layer))
+    return LayerGraph(model=model, dtype=dt, pre_ops=tuple(pre), kinds=(kind,),
+                      pattern=(0,) * model.num_layers, post_ops=tuple(post))

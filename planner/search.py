@@ -4,8 +4,9 @@ The space: tp x cp x pp x dp = GPUs, expert parallelism, micro-batch, virtual st
 recompute, sequence parallelism, ZeRO stage and rank placement (which dimensions sit inside a node).
 Divisibility rules prune whole size combinations before scoring (each counted with its reason);
 memory is checked on every scored plan. Placements that put every group on the same links are
-scored once. The closed-form cost model ranks everything; the discrete-event simulation re-ranks the
-top K (`planner.simulate`).
+scored once. The closed-form cost model ranks everything; the step simulation (`planner.simulate`)
+re-ranks the best `rerank` plans. This is the one ranking path: the CLI, the dashboard, `planner
+validate` and the benchmarks all call `search`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from planner.specs.model import ModelSpec
 
 OBJECTIVES = ("time", "throughput", "cost")
 CHUNK = 1 << 18  # plans scored per vectorised call (bounds peak memory)
+DEFAULT_RERANK = 32  # plans the step simulation re-ranks
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,11 @@ class Constraints:
 
 @dataclass
 class SearchResult:
-    """Best plans (best first), the Pareto front, and what the search did."""
+    """Best plans (best first), the Pareto front, and what the search did.
+
+    `simulations[i]` is the step simulation's summary of plans[i] (None beyond the re-ranked ones);
+    the first `reranked` plans are ordered by simulated step time, the rest by the closed form.
+    """
 
     plans: list[Plan]
     predictions: list[dict]
@@ -62,6 +68,9 @@ class SearchResult:
     fitting: int
     pruned: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    simulations: list[dict | None] = field(default_factory=list)
+    reranked: int = 0
+    rerank_seconds: float = 0.0
 
 
 def divisors(n: int) -> list[int]:
@@ -270,9 +279,15 @@ def _pareto_mask(t: np.ndarray, mem: np.ndarray) -> np.ndarray:
 
 def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: str | None = None,
            flash: bool = True, constraints: Constraints | None = None, objective: str = "time",
-           top_k: int = 10, headroom: float = DEFAULT_HEADROOM,
+           top_k: int = 10, headroom: float = DEFAULT_HEADROOM, rerank: int = DEFAULT_RERANK,
            progress: Callable[[int, int], None] | None = None) -> SearchResult:
-    """Score the whole legal space and return the `top_k` best fitting plans and the Pareto front."""
+    """Score the whole legal space and return the `top_k` best fitting plans and the Pareto front.
+
+    The closed form ranks every plan; the best max(top_k, rerank) are kept, the first `rerank` of them
+    simulated and re-ordered by simulated step time (0: closed form only).
+    """
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise PlanError(f"must be a non-negative integer, got {rerank!r}", field="rerank")
     start = time.perf_counter()
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})",
@@ -312,10 +327,32 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
         reasons = ", ".join(f"{k}: {v}" for k, v in pruned.most_common()) or "no legal size combination"
         raise PlanError(f"no plan fits {model.name} on {cluster.num_gpus} x {cluster.gpu.name} with "
                         f"global batch {global_batch} ({reasons})", field="plan")
-    plans, preds = _rank(best, cluster, objective, top_k, dt)
+    plans, preds = _rank(best, cluster, objective, max(top_k, rerank), dt)
     pareto = _pareto(pareto_pool, cluster, dt)
-    return SearchResult(plans=plans, predictions=preds, pareto=pareto, space=space, scored=scored,
-                        fitting=fitting, pruned=dict(pruned), seconds=time.perf_counter() - start)
+    searched = time.perf_counter() - start
+    plans, preds, sims = _rerank(model, cluster, plans, preds, rerank)
+    return SearchResult(plans=plans[:top_k], predictions=preds[:top_k], pareto=pareto, space=space,
+                        scored=scored, fitting=fitting, pruned=dict(pruned), seconds=searched,
+                        simulations=sims[:top_k], reranked=min(rerank, len(plans)),
+                        rerank_seconds=time.perf_counter() - start - searched)
+
+
+def _rerank(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan], preds: list[dict],
+            k: int) -> tuple[list[Plan], list[dict], list[dict | None]]:
+    """Simulate the first k plans and order them by simulated step time (ties: closed-form order).
+
+    Every objective orders plans of one problem alike (fixed GPUs and batch), so the simulated step
+    time orders them for all three.
+    """
+    from planner.simulate import simulate_plans
+
+    k = min(k, len(plans))
+    if k == 0:
+        return plans, preds, [None] * len(plans)
+    sims: list[dict | None] = [s.summary() for s in simulate_plans(model, cluster, plans[:k])]
+    order = sorted(range(k), key=lambda i: (sims[i]["step_time_s"], i)) + list(range(k, len(plans)))
+    sims += [None] * (len(plans) - k)
+    return [plans[i] for i in order], [preds[i] for i in order], [sims[i] for i in order]
 
 
 def _rank(pools: list[tuple[np.ndarray, PlanBatch, Scores]], cluster: ClusterSpec, objective: str,

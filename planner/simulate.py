@@ -1,4 +1,4 @@
-"""Discrete-event simulation of one training step of a plan (the second tier after the closed form).
+"""Simulation of one training step of many plans (the second tier after the closed form).
 
 Each pipeline rank runs its forward (F) and backward (B) passes in the exact order of its schedule
 (GPipe, 1F1B, or Megatron-LM's interleaved 1F1B with v model chunks per rank); an op starts when the
@@ -7,19 +7,33 @@ to the neighbouring stage are blocking, as in Megatron-LM, so they extend the se
 uneven: the first virtual stage also embeds, the last also runs the LM head and the loss. After its
 last backward, each rank reduces its gradients over data parallelism on a separate stream that
 overlaps that backward; the step ends when every rank has reduced and stepped its optimizer.
+
+The op end times are the longest paths of that dependency graph, computed for many plans at once
+(vectorised over plans and ranks, padded to the largest): round k runs every rank's k-th op. An op's
+input comes from an earlier round, or, in warm-up and cool-down, from the same round on the
+neighbouring rank (forwards chain up the ranks, backwards down). Such a chain, e_r =
+max(b_r, e_{r-1}) + d_r, is a segmented prefix maximum: e_r = D_r + max_{s in chain, s <= r}(b_s -
+D_{s-1}) with D the running sum of d over ranks, evaluated by doubling (log2 p steps). Op durations
+come from the cost model's per-micro-batch terms (`planner.cost.terms.CostTerms`), the overlap rules
+from `planner.cost.overlap`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
-from planner.cost.batch import batch_from_plans
-from planner.cost.model import _structure_terms, _timing_terms
+from planner.cost import CostTerms, batch_from_plans, cost_terms
+from planner.cost.overlap import core_sharing_stretch, data_parallel
+from planner.cost.stages import stage_layout
+from planner.graph import build_graph
 from planner.plan import Plan
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
+
+Array = np.ndarray
 
 
 @dataclass
@@ -36,146 +50,339 @@ class Event:
 
 @dataclass
 class StepSimulation:
+    """One simulated step: its time, the ops (if asked for) and each pipeline rank's timeline.
+
+    per_stage[r]: rank, busy_s, idle_s, end_s (last backward ends), virtual_stages, and the
+    data-parallel synchronisation after the pipeline: last_backward_start_s, grad_sync_s (the
+    once-per-step reduction overlapping the last backward, ZeRO-0/1), sync_end_s (when the rank has
+    waited for it), param_gather_s (ZeRO-1/2's once-per-step all-gather), finish_s (ready for the
+    optimizer); zero_fwd_s / zero_bwd_s (ZeRO-2/3): the per-micro-batch collectives of each of its
+    virtual stages in forward / backward.
+    """
+
     step_time_s: float
     pipeline_s: float  # until the last backward ends
-    events: list[Event]
-    per_stage: list[dict[str, float]] = field(default_factory=list)
+    events: list[Event]  # empty unless asked for
+    per_stage: list[dict] = field(default_factory=list)
+    sync_s: float = 0.0  # when every rank has finished its data-parallel synchronisation
+    emb_sync_s: float = 0.0  # tied-embedding all-reduce after that
+    optimizer_s: float = 0.0
+    zero_stage: int = 0
+    p2p_s: float = 0.0  # one blocking send between neighbouring stages
+    stage_layers: list[tuple[int, int]] = field(default_factory=list)  # [g]: first and last layer index
 
     def summary(self) -> dict:
         return {"step_time_s": self.step_time_s, "pipeline_s": self.pipeline_s, "per_stage": self.per_stage}
 
 
-def schedule_order(schedule: str, pp: int, vpp: int, m: int, rank: int) -> list[tuple[str, int, int]]:
-    """The op sequence (kind, micro-batch, chunk) rank `rank` executes.
+# ---- schedule orders --------------------------------------------------------------------------
 
-    1F1B: min(p - rank - 1, m) warm-up forwards, then one forward / one backward pairs, then the
-    remaining backwards (Narayanan et al. 2021, Fig. 4 top). Interleaved: virtual micro-batch k maps to
-    chunk (k // p) % v and micro-batch (k // (p v)) p + k % p; warm-up (p - rank - 1)·2 + (v - 1)·p
-    forwards (Megatron-LM's schedule; Narayanan et al. 2021, Fig. 4 bottom). GPipe: all forwards,
-    then all backwards.
+
+@dataclass(frozen=True)
+class _Orders:
+    """Every rank's op sequence as arrays (pp, L): backward?, micro-batch, chunk; and warm-up counts."""
+
+    is_b: Array
+    mb: Array
+    chunk: Array
+    warm: Array  # (pp,) forwards before the first backward, in virtual micro-batches
+
+
+def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
+    """Op sequences of every rank, vectorised.
+
+    With T = m·v virtual micro-batches and W_r warm-up forwards, rank r runs F(0..W_r-1), then
+    alternates F(W_r + i), B(i), then runs the remaining backwards. 1F1B: W_r = min(p - r - 1, m)
+    (Narayanan et al. 2021, Fig. 4 top); interleaved: W_r = (p - r - 1)·2 + (v - 1)·p, virtual
+    micro-batch k being chunk (k // p) % v of micro-batch (k // (p v))·p + k % p, backwards walking the
+    chunks in reverse (Megatron-LM's schedule; Fig. 4 bottom); GPipe: W_r = m (all forwards first).
     """
-    if schedule == "gpipe" or pp == 1:
-        order = [("F", j, 0) for j in range(m)]
-        return order + [("B", j, 0) for j in range(m)]
-    if vpp == 1:
-        warm = min(pp - rank - 1, m)
-        order = [("F", j, 0) for j in range(warm)]
-        f, b = warm, 0
-        while f < m:
-            order.append(("F", f, 0))
-            f += 1
-            order.append(("B", b, 0))
-            b += 1
-        order += [("B", j, 0) for j in range(b, m)]
-        return order
     total = m * vpp
+    length = 2 * total
+    r = np.arange(pp)[:, None]
+    k = np.arange(length)[None, :]
+    if schedule == "gpipe" or pp == 1:
+        warm = np.full((pp, 1), total)
+    elif vpp == 1:
+        warm = np.minimum(pp - r - 1, m)
+    else:
+        warm = np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp, total)
+    rel = k - warm
+    in_warm = k < warm
+    in_steady = (k >= warm) & (k < 2 * total - warm)
+    is_b = np.where(in_warm, False, np.where(in_steady, rel % 2 == 1, True))
+    q = np.where(in_warm, k, np.where(in_steady, np.where(rel % 2 == 0, warm + rel // 2, rel // 2), k - total))
+    if vpp == 1:
+        mb, chunk = q, np.zeros_like(q)
+    else:
+        mb = (q // (pp * vpp)) * pp + q % pp
+        c = (q // pp) % vpp
+        chunk = np.where(is_b, vpp - 1 - c, c)
+    return _Orders(is_b=is_b, mb=mb, chunk=chunk, warm=warm[:, 0] if warm.shape[0] == pp else np.full(pp, total))
 
-    def fwd(k: int) -> tuple[str, int, int]:
-        return ("F", (k // (pp * vpp)) * pp + k % pp, (k // pp) % vpp)
 
-    def bwd(k: int) -> tuple[str, int, int]:
-        return ("B", (k // (pp * vpp)) * pp + k % pp, vpp - 1 - (k // pp) % vpp)
-
-    warm = min((pp - rank - 1) * 2 + (vpp - 1) * pp, total)
-    order = [fwd(k) for k in range(warm)]
-    kf, kb = warm, 0
-    while kf < total:
-        order.append(fwd(kf))
-        kf += 1
-        order.append(bwd(kb))
-        kb += 1
-    order += [bwd(k) for k in range(kb, total)]
-    return order
+def _position(orders: _Orders, rank: Array, is_b: Array, mb: Array, chunk: Array, pp: int, vpp: int,
+              m: int) -> Array:
+    """Index of op (is_b, mb, chunk) in rank `rank`'s sequence (the inverse of `_orders`)."""
+    total = m * vpp
+    if vpp == 1:
+        q = mb
+    else:
+        c = np.where(is_b, vpp - 1 - chunk, chunk)
+        q = (mb // pp) * pp * vpp + c * pp + mb % pp
+    w = orders.warm[rank]
+    fwd = np.where(q < w, q, w + 2 * (q - w))
+    bwd = np.where(q < total - w, w + 2 * q + 1, q + total)
+    return np.where(is_b, bwd, fwd)
 
 
-def run_schedule(fwd: np.ndarray, bwd: np.ndarray, m: int, pp: int, vpp: int, schedule: str,
-                 p2p: float = 0.0) -> tuple[float, list[Event], np.ndarray, np.ndarray]:
+def schedule_order(schedule: str, pp: int, vpp: int, m: int, rank: int) -> list[tuple[str, int, int]]:
+    """The op sequence (kind, micro-batch, chunk) rank `rank` executes (see `_orders`)."""
+    o = _orders(schedule, pp, vpp, m)
+    return [("B" if b else "F", int(j), int(c)) for b, j, c in zip(o.is_b[rank], o.mb[rank], o.chunk[rank],
+                                                                      strict=True)]
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The dependency graph of one schedule shape, as index arrays (pp, L)."""
+
+    is_b: Array
+    mb: Array
+    stage: Array  # virtual stage g = chunk·pp + rank of each op
+    duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)]
+    sends: Array  # bool: the op ends with a blocking send to a neighbouring stage
+    dep: Array  # flat index (rank·L + position) of the op it waits for; pp·L = "nothing" (a zero cell)
+
+
+@lru_cache(maxsize=128)
+def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
+    o = _orders(schedule, pp, vpp, m)
+    n_virtual = pp * vpp
+    length = 2 * m * vpp
+    r = np.arange(pp)[:, None]
+    g = o.chunk * pp + r
+    sends = np.where(o.is_b, g > 0, g < n_virtual - 1)
+    # F of stage g waits for F of g - 1; B of g for B of g + 1 (the last stage's B for its own F).
+    dep_g = np.where(o.is_b, np.where(g == n_virtual - 1, g, g + 1), g - 1)
+    dep_b = o.is_b & (g != n_virtual - 1)
+    has = o.is_b | (g > 0)
+    dep_rank = dep_g % pp
+    dep_pos = _position(o, dep_rank, dep_b, o.mb, dep_g // pp, pp, vpp, m)
+    dep = np.where(has, dep_rank * length + dep_pos, pp * length)
+    own = np.arange(length)[None, :]
+    # Dependencies point to an earlier position, or to the same position on a neighbouring rank (the
+    # sweeps resolve those chains); anything else means the order formulas are inconsistent.
+    assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
+    duration = np.where(o.is_b, n_virtual + g, g)
+    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends, dep=dep)
+
+
+@dataclass(frozen=True)
+class _Padded:
+    """The dependency graphs of n plans padded to P ranks and L rounds, round-major (L, n, P) so that
+    a round is contiguous: ranks beyond a plan's pp and ops beyond its sequence have no duration and
+    no dependency."""
+
+    dur: Array  # (L, n, P) seconds
+    dep: Array  # (L, n, P) flat index into the (L·n·P + 1) end times; the last cell is time 0
+    f_link: Array  # (L, n, P) bool: waits for the rank below in the same round
+    b_link: Array  # (L, n, P) bool: waits for the rank above in the same round
+    is_b: Array  # (L, n, P) bool
+
+
+def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
+    """Stack plans' graphs (one per plan) and op durations (pp, L) into padded arrays."""
+    n = len(graphs)
+    p_max = max(g.is_b.shape[0] for g in graphs)
+    l_max = max(g.is_b.shape[1] for g in graphs)
+    none = l_max * n * p_max
+    dur = np.zeros((l_max, n, p_max))
+    dep = np.full((l_max, n, p_max), none)
+    f_link = np.zeros((l_max, n, p_max), dtype=bool)
+    b_link = np.zeros((l_max, n, p_max), dtype=bool)
+    is_b = np.zeros((l_max, n, p_max), dtype=bool)
+    shared: dict[int, list[int]] = {}
+    for i, g in enumerate(graphs):
+        shared.setdefault(id(g), []).append(i)
+        pp, ln = g.is_b.shape
+        dur[:ln, i, :pp] = durations[i].T
+    for members in shared.values():
+        g = graphs[members[0]]
+        pp, ln = g.is_b.shape
+        idx = np.asarray(members)
+        missing = g.dep == pp * ln
+        dr, dk = np.divmod(g.dep, ln)
+        same = ~missing & (dk == np.arange(ln)[None, :])
+        rank = np.arange(pp)[:, None]
+        # (ln, members, pp): flat index of the input's end time in the (L, n, P) layout
+        flat = (dk.T[:, None, :] * n + idx[None, :, None]) * p_max + dr.T[:, None, :]
+        dep[:ln, idx, :pp] = np.where(missing.T[:, None, :], none, flat)
+        f_link[:ln, idx, :pp] = (same & (dr == rank - 1)).T[:, None, :]
+        b_link[:ln, idx, :pp] = (same & (dr == rank + 1)).T[:, None, :]
+        is_b[:ln, idx, :pp] = g.is_b.T[:, None, :]
+    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, is_b=is_b)
+
+
+def _chain(b: Array, d: Array, link: Array) -> Array:
+    """e_r = max(b_r, e_{r-1} if link_r) + d_r along the last axis (a segmented prefix maximum)."""
+    csum = np.cumsum(d, axis=-1)
+    y = b - (csum - d)
+    reach = link.copy()
+    shift = 1
+    while shift < y.shape[-1] and reach.any():
+        cand = np.where(reach[..., shift:], y[..., :-shift], -np.inf)
+        y[..., shift:] = np.maximum(y[..., shift:], cand)
+        reach[..., shift:] = reach[..., shift:] & reach[..., :-shift]
+        reach[..., :shift] = False
+        shift *= 2
+    return csum + y
+
+
+def _solve(pad: _Padded) -> Array:
+    """End time of every op, (L, n, P), round by round."""
+    l_max, n, p_max = pad.dur.shape
+    ends = np.zeros(l_max * n * p_max + 1)
+    view = ends[:-1].reshape(l_max, n, p_max)
+    f_rounds = pad.f_link.any(axis=(1, 2))
+    b_rounds = pad.b_link.any(axis=(1, 2))
+    prev = np.zeros((n, p_max))
+    ready = np.empty((n, p_max))
+    for k in range(l_max):
+        # Same-round inputs still read 0 here; the chains below supply them.
+        np.take(ends, pad.dep[k], out=ready)
+        b = np.maximum(prev, ready, out=ready)
+        e = view[k]
+        np.add(b, pad.dur[k], out=e)
+        if f_rounds[k]:
+            e[...] = np.where(pad.is_b[k], e, _chain(b, pad.dur[k], pad.f_link[k]))
+        if b_rounds[k]:
+            up = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+            e[...] = np.where(pad.is_b[k], up, e)
+        prev = e
+    return view
+
+
+def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: str,
+                 p2p: float = 0.0) -> tuple[float, list[Event], Array, Array]:
     """Run `schedule` with per-virtual-stage durations `fwd[g]`, `bwd[g]` (g = chunk·pp + rank).
 
     Returns (makespan, events, per-rank end time, per-rank start of its last backward). Sends to a
     neighbouring virtual stage take `p2p` seconds and block the sender.
     """
-    n_virtual = pp * vpp
-    orders = [schedule_order(schedule, pp, vpp, m, r) for r in range(pp)]
-    pos = [0] * pp
-    rank_free = [0.0] * pp
-    f_done = np.full((n_virtual, m), np.nan)
-    b_done = np.full((n_virtual, m), np.nan)
-    events: list[Event] = []
-    last_b_start = np.zeros(pp)
-    remaining = sum(len(o) for o in orders)
-    while remaining:
-        progressed = False
-        for r in range(pp):
-            while pos[r] < len(orders[r]):
-                kind, j, chunk = orders[r][pos[r]]
-                g = chunk * pp + r
-                if kind == "F":
-                    dep = 0.0 if g == 0 else f_done[g - 1, j]
-                    dur = fwd[g] + (p2p if g < n_virtual - 1 else 0.0)
-                else:
-                    dep = f_done[g, j] if g == n_virtual - 1 else b_done[g + 1, j]
-                    dur = bwd[g] + (p2p if g > 0 else 0.0)
-                if np.isnan(dep):
-                    break  # waits for another rank
-                start = max(rank_free[r], dep)
-                end = start + dur
-                (f_done if kind == "F" else b_done)[g, j] = end
-                rank_free[r] = end
-                if kind == "B":
-                    last_b_start[r] = start
-                events.append(Event(r, kind, j, g, start, end))
-                pos[r] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:
-            raise RuntimeError("pipeline schedule deadlocked (inconsistent order)")
-    return max(rank_free), events, np.array(rank_free), last_b_start
+    graph = _graph(schedule, pp, vpp, m)
+    d = _durations(graph, np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64), float(p2p))
+    ends = _solve(_pad([graph], [d]))[:, 0, :].T
+    return float(ends.max()), _events(graph, ends, d), ends[:, -1], ends[:, -1] - d[:, -1]
 
 
-def simulate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> StepSimulation:
-    """Simulate one step of `plan` with op durations from the cost model's terms."""
-    batch = batch_from_plans([plan])
-    st = _structure_terms(model, cluster, batch)
-    tm = _timing_terms(model, cluster, batch, st)
-    pp, vpp, m = plan.pp, plan.vpp, plan.grad_accum
-    layer_f = float(tm["layer_fwd"][0])
-    layer_b = float(tm["layer_bwd"][0])
-    per_chunk = model.num_layers / (pp * vpp)
-    n_virtual = pp * vpp
-    fwd = np.full(n_virtual, per_chunk * layer_f)
-    bwd = np.full(n_virtual, per_chunk * layer_b)
-    fwd[0] += float(st["pre_f"][0])
-    bwd[0] += float(st["pre_b"][0])
-    fwd[-1] += float(st["post_f"][0])
-    bwd[-1] += float(st["post_b"][0])
-    p2p = float(st["p2p"][0]) if pp > 1 else 0.0
-    makespan, events, rank_end, last_b_start = run_schedule(fwd, bwd, m, pp, vpp, plan.schedule, p2p)
-    slow = cluster.compute_slowdown
-    if slow > 1.0:  # ranks sharing cores: the node's total work bounds the step (as in the closed form)
-        busy = sum(e.end - e.start for e in events) / pp
-        stretch = max(1.0, slow * busy / makespan)
-        for e in events:
-            e.start, e.end = e.start * stretch, e.end * stretch
-        makespan, rank_end, last_b_start = makespan * stretch, rank_end * stretch, last_b_start * stretch
+def _durations(graph: _Graph, fwd: Array, bwd: Array, p2p: float) -> Array:
+    """Seconds of every op (pp, L): its pass on its virtual stage, plus a blocking send."""
+    return np.concatenate([fwd, bwd])[graph.duration] + p2p * graph.sends
 
-    # Data-parallel reduction per rank: its own stream, overlapping the rank's last backward.
+
+def _events(graph: _Graph, ends: Array, d: Array) -> list[Event]:
+    pp, length = graph.is_b.shape
+    out = []
+    for r in range(pp):
+        for k in range(length):
+            out.append(Event(r, "B" if graph.is_b[r, k] else "F", int(graph.mb[r, k]), int(graph.stage[r, k]),
+                             float(ends[r, k] - d[r, k]), float(ends[r, k])))
+    return out
+
+
+# ---- whole plans ------------------------------------------------------------------------------
+
+
+def _stage_durations(model: ModelSpec, terms: CostTerms, rows: Array, pp: int, vpp: int) -> tuple[Array, Array]:
+    """Forward and backward seconds per micro-batch of every virtual stage, (len(rows), G)."""
+    lg = build_graph(model)
+    layout = stage_layout(lg.pattern, len(lg.kinds), pp, vpp)
+    vl = np.asarray(layout.virtual_layers, dtype=np.float64)  # (G, K)
+    fwd = terms.layer_fwd[rows] @ vl.T
+    bwd = terms.layer_bwd[rows] @ vl.T
+    # The pipeline schedule's host cost per micro-batch and chunk, half on each pass.
+    host = terms.pp_host[rows][:, None] / 2
+    fwd, bwd = fwd + host, bwd + host
+    fwd[:, 0] += terms.pre_fwd[rows]
+    bwd[:, 0] += terms.pre_bwd[rows]
+    fwd[:, -1] += terms.post_fwd[rows]
+    bwd[:, -1] += terms.post_bwd[rows]
+    return fwd, bwd
+
+
+def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
+                   events: bool = False) -> list[StepSimulation]:
+    """Simulate one step of each plan (same dtype and attention kernel), all in one pass."""
+    if not plans:
+        return []
+    batch = batch_from_plans(plans)
+    terms = cost_terms(model, cluster, batch)
+    lg = build_graph(model)
+    shapes = [(p.schedule if p.pp > 1 else "1f1b", p.pp, p.vpp, p.grad_accum) for p in plans]
+    graphs = [_graph(*shape) for shape in shapes]
+    durations = []
+    for i, (g, (_, pp, vpp, _)) in enumerate(zip(graphs, shapes, strict=True)):
+        fwd, bwd = _stage_durations(model, terms, np.array([i]), pp, vpp)
+        durations.append(_durations(g, fwd[0], bwd[0], float(terms.p2p[i])))
+    ends_all = _solve(_pad(graphs, durations))  # (L, n, P)
     ov = cluster.overlap_slowdown
-    dp_time = float(tm["dp_bwd_comm"][0])
-    finish = []
-    for r in range(pp):
-        last_dur = rank_end[r] - last_b_start[r]
-        if plan.zero_stage >= 2:  # per-micro-batch collectives, exposed as the closed form counts them
-            exposed = float(tm["dp_exposed"][0])
-            finish.append(rank_end[r] + exposed)
+    out = []
+    for i, (g, d, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
+        ends = ends_all[:d.shape[1], i, :pp].T
+        rank_end = ends[:, -1]
+        last_b = rank_end - d[:, -1]
+        busy = d.sum(axis=1)
+        makespan = float(rank_end.max())
+        stretch = float(core_sharing_stretch(busy.sum() / pp, makespan, cluster.compute_slowdown))
+        rank_end, last_b, makespan, busy = rank_end * stretch, last_b * stretch, makespan * stretch, busy * stretch
+        # Data-parallel synchronisation per rank (its class's parameters), overlapping its last backward.
+        layout = stage_layout(lg.pattern, len(lg.kinds), pp, vpp)
+        rc = np.asarray(layout.rank_class)
+        layers = terms.classes.layers[i]  # (C, K)
+        fwd_w = (layers @ terms.layer_fwd[i])[rc]
+        bwd_w = (layers @ terms.layer_bwd[i])[rc]
+        dp = data_parallel(batch.zero[i], terms.has_dp[i], np.float64(m), terms.dp_reduce[i][rc],
+                           terms.dp_reduce_mb[i][rc], terms.dp_gather[i][rc], terms.dp_gather_mb[i][rc],
+                           fwd_w, bwd_w, ov)
+        zero = int(batch.zero[i])
+        if zero >= 2:  # per-micro-batch collectives: exposed as the closed form counts them
+            sync_end = rank_end + dp.exposed
+            finish = sync_end
         else:
-            hidden_end = last_b_start[r] + dp_time
-            finish.append(max(rank_end[r], hidden_end) + ov * min(dp_time, last_dur)
-                          + float(tm["dp_exposed_fwd"][0]))
-    step = max(finish) + float(tm["emb"][0]) + float(tm["optimizer"][0])
-    per_stage = []
-    for r in range(pp):
-        busy = sum(e.end - e.start for e in events if e.rank == r)
-        per_stage.append({"rank": r, "busy_s": busy, "idle_s": makespan - busy, "end_s": float(rank_end[r]),
-                          "virtual_stages": [c * pp + r for c in range(vpp)]})
-    return StepSimulation(step_time_s=step, pipeline_s=makespan, events=events, per_stage=per_stage)
+            hidden_end = last_b + dp.after_backward
+            sync_end = np.maximum(rank_end, hidden_end) + ov * np.minimum(dp.after_backward, rank_end - last_b)
+            finish = sync_end + dp.before_forward
+        optimizer = float(np.max(terms.optimizer[i][terms.classes.valid[i]]))
+        sync = float(finish.max())
+        emb = float(terms.emb_sync[i])
+        step = sync + emb + optimizer
+        # Per-micro-batch ZeRO-2/3 collectives of each virtual stage: its share of its rank's layers.
+        vl = np.asarray(layout.virtual_layers, dtype=np.float64).sum(axis=1)
+        rank_layers = np.maximum(np.asarray(layout.rank_layers, dtype=np.float64).sum(axis=1), 1.0)
+        share = vl.reshape(vpp, pp) / rank_layers[None, :]
+        gather_mb, reduce_mb = terms.dp_gather_mb[i][rc], terms.dp_reduce_mb[i][rc]
+        has_dp = bool(terms.has_dp[i])
+        per_stage = []
+        for r in range(pp):
+            per_stage.append({
+                "rank": r, "busy_s": float(busy[r]), "idle_s": makespan - float(busy[r]), "end_s": float(rank_end[r]),
+                "virtual_stages": [c * pp + r for c in range(vpp)], "last_backward_start_s": float(last_b[r]),
+                "grad_sync_s": float(dp.after_backward[r]), "sync_end_s": float(sync_end[r]),
+                "param_gather_s": float(terms.dp_gather[i][rc][r]) if has_dp else 0.0,
+                "finish_s": float(finish[r]),
+                "zero_fwd_s": [float(share[c, r] * gather_mb[r]) for c in range(vpp)],
+                "zero_bwd_s": [float(share[c, r] * (reduce_mb[r] + gather_mb[r])) for c in range(vpp)],
+            })
+        ev = _events(g, ends * stretch, d * stretch) if events else []
+        bounds = np.concatenate([[0], np.cumsum(vl)]).astype(int)
+        out.append(StepSimulation(step_time_s=step, pipeline_s=makespan, events=ev, per_stage=per_stage,
+                                  sync_s=sync, emb_sync_s=emb, optimizer_s=optimizer, zero_stage=zero,
+                                  p2p_s=float(terms.p2p[i]) * stretch,
+                                  stage_layers=[(int(bounds[j]), int(bounds[j + 1]) - 1) for j in range(pp * vpp)]))
+    return out
+
+
+def simulate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, events: bool = True) -> StepSimulation:
+    """Simulate one step of `plan`, with its events (for the trace and the schedule view)."""
+    return simulate_plans(model, cluster, [plan], events=events)[0]

@@ -59,30 +59,19 @@ class _Trace:
         self.events.append(event)
 
 
-def _terms(doc: PlanDocument) -> dict[str, float]:
-    """The per-micro-batch cost-model terms the simulation uses (as plain floats)."""
-    from planner.cost.batch import batch_from_plans
-    from planner.cost.model import _structure_terms, _timing_terms
-
-    batch = batch_from_plans([doc.plan])
-    st = _structure_terms(doc.model, doc.cluster, batch)
-    tm = _timing_terms(doc.model, doc.cluster, batch, st)
-    out = {k: float(v[0]) for k, v in st.items()}
-    out.update({k: float(v[0]) for k, v in tm.items()})
-    return out
-
-
 def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
-    """Chrome trace-event JSON of the simulated step of `doc` (why: compare with a measured trace)."""
+    """Chrome trace-event JSON of the simulated step of `doc` (why: compare with a measured trace).
+
+    Every time comes from the simulation (`planner.simulate.StepSimulation`); this module only draws.
+    """
     from planner.simulate import simulate_plan
 
     p, m = doc.plan, doc.model
     sim = simulate_plan(doc.model, doc.cluster, p)
-    t = _terms(doc)
     pp, vpp = p.pp, p.vpp
     n_virtual = pp * vpp
-    per_chunk = m.num_layers // n_virtual
-    p2p = t["p2p"] if pp > 1 else 0.0
+    p2p = sim.p2p_s if pp > 1 else 0.0
+    zero = sim.zero_stage
     tr = _Trace()
 
     for r in range(pp):
@@ -98,15 +87,9 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
     by_rank: dict[int, list[Any]] = {r: [] for r in range(pp)}
     for e in sim.events:
         by_rank[e.rank].append(e)
-    rank_end = [0.0] * pp
-    last_b_start = [0.0] * pp
     dp_free = [0.0] * pp
-    zero = p.zero_stage
-    has_dp = t["g_dp"] > 1
-    ag_layer = t["dp_ag_layers"] / t["lp"] if has_dp else 0.0
-    rs_layer = t["dp_rs_layers"] / t["lp"] if has_dp else 0.0
-
     for r, events in by_rank.items():
+        stage = sim.per_stage[r]
         events.sort(key=lambda e: e.start)
         clock = 0.0
         for e in events:
@@ -115,7 +98,7 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
                 tr.span("bubble", "bubble", r, COMPUTE, clock, e.start, {"idle_s": e.start - clock})
             sends = (e.kind == "F" and e.stage < n_virtual - 1) or (e.kind == "B" and e.stage > 0)
             send = p2p if sends else 0.0
-            first, last = e.stage * per_chunk, (e.stage + 1) * per_chunk - 1
+            first, last = sim.stage_layers[e.stage]
             extra = (["embedding"] if e.stage == 0 else []) + (["lm head + loss"] if e.stage == n_virtual - 1
                                                                else [])
             args = {"micro_batch": e.micro_batch, "chunk": chunk, "virtual_stage": e.stage,
@@ -128,9 +111,9 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
                 what = "activations" if e.kind == "F" else "activation gradients"
                 tr.span(f"send {what} mb{e.micro_batch} -> virtual stage {to}", "p2p", r, P2P,
                         e.end - send, e.end, {"micro_batch": e.micro_batch, "to_virtual_stage": to})
-            if zero >= 2 and has_dp:  # per-micro-batch ZeRO-2/3 collectives on the DP stream
-                dur = per_chunk * (ag_layer if e.kind == "F" else rs_layer + (ag_layer if zero == 3 else 0.0))
-                if e.kind == "B" or zero == 3:
+            if zero >= 2:  # per-micro-batch ZeRO-2/3 collectives on the DP stream
+                dur = stage["zero_fwd_s"][chunk] if e.kind == "F" else stage["zero_bwd_s"][chunk]
+                if dur > 0 and (e.kind == "B" or zero == 3):
                     start = max(e.start, dp_free[r])
                     label = "param all-gather" if e.kind == "F" else (
                         "param all-gather + grad reduce-scatter" if zero == 3 else "grad reduce-scatter")
@@ -138,39 +121,30 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
                             {"zero_stage": zero})
                     dp_free[r] = start + dur
             clock = e.end
-            if e.kind == "B":
-                last_b_start[r] = e.start
-        rank_end[r] = clock
 
-    # After the pipeline: data-parallel reduction (as planner/simulate accounts for it).
-    ov = doc.cluster.overlap_slowdown
-    dp_time = t["dp_bwd_comm"]
-    finish = []
+    # After the pipeline: the data-parallel synchronisation the simulation accounted for.
     for r in range(pp):
+        st = sim.per_stage[r]
+        end_r, finish = st["end_s"], st["finish_s"]
         if zero >= 2:
-            end = rank_end[r] + t["dp_exposed"]
-            tr.span(f"exposed ZeRO-{zero} collectives", "dp", r, COMPUTE, rank_end[r], end,
+            tr.span(f"exposed ZeRO-{zero} collectives", "dp", r, COMPUTE, end_r, finish,
                     {"note": "per-micro-batch collectives not hidden behind compute"})
-            if zero == 2 and has_dp:
-                start = max(dp_free[r], rank_end[r])
-                tr.span("param all-gather", "dp", r, DP, start, start + t["dp_ag"], {"zero_stage": 2})
+            if zero == 2 and st["param_gather_s"] > 0:
+                start = max(dp_free[r], end_r)
+                tr.span("param all-gather", "dp", r, DP, start, start + st["param_gather_s"], {"zero_stage": 2})
         else:
-            last_dur = rank_end[r] - last_b_start[r]
-            hidden_end = last_b_start[r] + dp_time
-            reduce_end = max(rank_end[r], hidden_end) + ov * min(dp_time, last_dur)
-            end = reduce_end + t["dp_exposed_fwd"]
+            start = st["last_backward_start_s"]
             label = "grad all-reduce" if zero == 0 else "grad reduce-scatter"
-            tr.span(label, "dp", r, DP, last_b_start[r], hidden_end,
+            tr.span(label, "dp", r, DP, start, start + st["grad_sync_s"],
                     {"note": "overlaps the last backward", "zero_stage": zero})
-            tr.span("wait for gradient reduction", "dp", r, COMPUTE, rank_end[r], reduce_end,
+            tr.span("wait for gradient reduction", "dp", r, COMPUTE, end_r, st["sync_end_s"],
                     {"note": "exposed part of the reduction, incl. the overlap slowdown"})
-            tr.span("param all-gather (exposed)", "dp", r, DP, reduce_end, end, {"zero_stage": zero})
-        finish.append(end)
-    sync = max(finish) if finish else 0.0
-    emb_end = sync + t["emb"]
-    step_end = emb_end + t["optimizer"]
+            tr.span("param all-gather (exposed)", "dp", r, DP, st["sync_end_s"], finish, {"zero_stage": zero})
+    sync = sim.sync_s
+    emb_end = sync + sim.emb_sync_s
+    step_end = emb_end + sim.optimizer_s
     for r in range(pp):
-        tr.span("idle (waiting for other stages)", "bubble", r, COMPUTE, finish[r], sync)
+        tr.span("idle (waiting for other stages)", "bubble", r, COMPUTE, sim.per_stage[r]["finish_s"], sync)
         if r in (0, pp - 1) and pp > 1:
             tr.span("tied-embedding grad all-reduce", "dp", r, DP, sync, emb_end, {"group": "first + last stage"})
         else:
@@ -181,7 +155,7 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
         "traceEvents": tr.events,
         "displayTimeUnit": "ms",
         "otherData": {
-            "source": "planner predicted step (planner/simulate discrete-event simulation)",
+            "source": "planner predicted step (planner/simulate step simulation)",
             "plan_hash": doc.hash,
             "plan": p.describe(),
             "model": m.name,

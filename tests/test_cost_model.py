@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.cost import batch_from_plans, estimate, evaluate
+from planner.cost import batch_from_plans, cost_terms, estimate, evaluate
 from planner.cost.memory import layer_activation_bytes
 from planner.errors import PlanError
 from planner.graph import build_graph
@@ -125,8 +125,9 @@ def test_layer_activation_bytes_match_korthikanti(t: int, sp: bool, rc: str) -> 
     s, h, a = m.seq_len, m.hidden, m.num_heads
     rc_i = ["none", "selective", "full"].index(rc)
     for b in (1, 4):
-        kept, full = layer_activation_bytes(lg, np.array([b * s], dtype=float), np.array([s]),
-                                            np.array([t]), np.array([sp]), np.array([rc_i]))
+        args = (lg.layer_ops, "bf16", h, np.array([b * s], dtype=float), np.array([s]), np.array([t]),
+                np.array([sp]))
+        kept, full = layer_activation_bytes(*args, rc_i), layer_activation_bytes(*args, 0)
         assert kept[0] == pytest.approx(_korthikanti(s, b, h, a, t, sp, rc), rel=1e-12)
         assert full[0] == pytest.approx(_korthikanti(s, b, h, a, t, sp, "none"), rel=1e-12)
 
@@ -135,8 +136,8 @@ def test_unparallelised_layer_is_34sbh_plus_5as2b() -> None:
     m = model_preset("megatron-22b")
     lg = build_graph(m, "bf16", flash_attention=False)
     s, h, a, b = m.seq_len, m.hidden, m.num_heads, 2
-    kept, _ = layer_activation_bytes(lg, np.array([b * s], dtype=float), np.array([s]), np.array([1]),
-                                     np.array([False]), np.array([0]))
+    kept = layer_activation_bytes(lg.layer_ops, "bf16", h, np.array([b * s], dtype=float), np.array([s]),
+                                  np.array([1]), np.array([False]), 0)
     assert kept[0] == 34 * s * b * h + 5 * a * s * s * b
 
 
@@ -233,7 +234,8 @@ def test_bubble_is_p_minus_1_over_v_stage_times(pp: int, schedule: str, vpp: int
     plan = Plan(tp=8, pp=pp, dp=dp, micro_batch=mb, global_batch=1536, schedule=schedule, vpp=vpp)
     sc = scores(m, plan)
     n_mb = plan.grad_accum
-    mid = m.num_layers / pp * (sc.layer_fwd[0] + sc.layer_bwd[0]) + sc.pp_comm[0] / n_mb
+    terms = cost_terms(m, cluster(1024), batch_from_plans([plan]))
+    mid = m.num_layers / pp * (terms.layer_fwd[0, 0] + terms.layer_bwd[0, 0]) + sc.pp_comm[0] / n_mb
     formula = (pp - 1) / vpp * mid
     assert formula <= sc.bubble[0] <= 1.01 * formula
     pred = estimate(m, cluster(1024), plan)

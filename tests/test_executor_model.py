@@ -48,8 +48,7 @@ def test_every_graph_op_matches_its_module(key: str) -> None:
     graph = build_graph(spec)
     modules = dict(model.named_modules())
     matched = 0
-    for node, data in graph.graph.nodes(data=True):
-        op = data["op"]
+    for node, op, _ in graph.nodes():
         mine = sum(n for name, n in counts.items() if name.startswith(node + "."))
         assert mine == op.params, f"{node}: graph {op.params} params, module {mine}"
         if op.params > 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import networkx as nx
 import pytest
 
 from planner.graph import DTYPE_BYTES, build_graph
@@ -36,34 +35,20 @@ def llama(**kw: object) -> ModelSpec:
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama3-8b", "mixtral-8x7b", "bert-base"])
-def test_graph_is_a_chain_with_two_residual_edges_per_layer(name: str) -> None:
+def test_nodes_visit_every_op_in_execution_order(name: str) -> None:
+    """`nodes()` lists the embedding, then every layer's ops in order, then the head and loss, each
+    under the executor's module path (`layers.<i>.<op>`)."""
     m = model_preset(name)
     lg = build_graph(m)
-    g = lg.graph
-    n_ops = len(lg.pre_ops) + m.num_layers * len(lg.layer_ops) + len(lg.post_ops)
-    assert g.number_of_nodes() == n_ops
-    assert nx.is_directed_acyclic_graph(g)
-    residual = [e for e in g.edges(data=True) if e[2].get("residual")]
-    assert len(residual) == 2 * m.num_layers
-    # the main path visits every op once: n-1 chain edges plus the residual skips
-    assert g.number_of_edges() == n_ops - 1 + 2 * m.num_layers
-    order = list(nx.topological_sort(g))
-    assert order[0] == "embed" and order[-1] == "loss"
-    assert nx.dag_longest_path_length(g) == n_ops - 1
-    for node, data in g.nodes(data=True):
-        op = data["op"]
-        if node.startswith("layers."):
-            i = int(node.split(".")[1])
-            assert data["layer"] == i and node == f"layers.{i}.{op.name}"
-        else:
-            assert data["layer"] is None and node == op.name
-
-
-def test_residual_edges_skip_each_sublayer() -> None:
-    g = build_graph(gpt()).graph
-    assert g.has_edge("embed", "layers.0.attn.residual")
-    assert g.has_edge("layers.0.attn.residual", "layers.0.mlp.residual")
-    assert g.has_edge("layers.0.mlp.residual", "layers.1.attn.residual")
+    nodes = list(lg.nodes())
+    assert len(nodes) == len(lg.pre_ops) + m.num_layers * len(lg.layer_ops) + len(lg.post_ops)
+    assert nodes[0][0] == "embed" and nodes[-1][0] == "loss"
+    layer_nodes = [(path, op, i) for path, op, i in nodes if i is not None]
+    assert [i for _, _, i in layer_nodes] == [i for i in range(m.num_layers) for _ in lg.layer_ops]
+    for path, op, i in layer_nodes:
+        assert path == f"layers.{i}.{op.name}"
+    assert [op.name for _, op, i in layer_nodes[:len(lg.layer_ops)]] == [op.name for op in lg.layer_ops]
+    assert sum(op.params for _, op, _ in nodes) == lg.total_params
 
 
 def test_megatron_tp_sharding_of_each_op() -> None:

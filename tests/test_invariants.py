@@ -140,7 +140,11 @@ def test_search_returns_only_legal_fitting_plans(m: ModelSpec, c: ClusterSpec, g
         assert str(exc)
         return
     assert result.plans, "a search that does not raise returns at least one plan"
-    steps = [p["step_time_s"] for p in result.predictions]
+    # The re-ranked plans are ordered by simulated step time, the rest by the closed form.
+    k = min(result.reranked, len(result.plans))
+    simulated = [s["step_time_s"] for s in result.simulations[:k]]
+    assert simulated == sorted(simulated)
+    steps = [p["step_time_s"] for p in result.predictions[k:]]
     assert steps == sorted(steps)
     for plan, pred in [*zip(result.plans, result.predictions, strict=True), *result.pareto]:
         check_plan(m, c, plan)

@@ -9,6 +9,11 @@ import numpy as np
 from planner.plan import DIMS, RECOMPUTE, SCHEDULES, Plan
 
 INT_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc", "zero")
+# Plans equal in these fields share every structure-level cost term (sizes, SP and placement) ...
+STRUCTURE_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sp",
+                    "stride_tp", "stride_cp", "stride_dp", "stride_pp")
+# ... and in these every time term (the schedule changes only memory).
+TIMING_FIELDS = (*STRUCTURE_FIELDS, "rc", "zero")
 
 
 @dataclass
@@ -109,3 +114,20 @@ def batch_from_plans(plans: list[Plan]) -> PlanBatch:
     return PlanBatch(**arr, sp=sp, stride_tp=strides["tp"], stride_cp=strides["cp"],
                      stride_dp=strides["dp"], stride_pp=strides["pp"], placement=placement,
                      dtype=dtype, flash=flash, placements=tuple(orders))
+
+
+def group_index(batch: PlanBatch, level: str) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each group, inverse map) of the plans equal in the fields of `level`.
+
+    "structure" groups share every size, SP and placement; "timing" groups also share the recompute
+    mode and ZeRO stage. Enumerators may precompute these (`PlanBatch.groups`).
+    """
+    if batch.groups and level in batch.groups:
+        return batch.groups[level]
+    names = STRUCTURE_FIELDS if level == "structure" else TIMING_FIELDS
+    key = np.zeros(len(batch), dtype=np.uint64)
+    for f in names:
+        col = getattr(batch, f).astype(np.uint64)
+        key = (key * np.uint64(1_000_003)) ^ (col + np.uint64(0x9E3779B97F4A7C15))
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)

@@ -43,7 +43,9 @@ class StageParams:
     expert: Array  # replicated over dp x cp / ep ranks
 
 
-def _op_params_per_gpu(op: Op, tp: Array, ep: Array) -> Array:
+def op_params_per_gpu(op: Op, tp: Array, ep: Array) -> Array:
+    """Parameters of `op` one GPU holds: column / row / vocabulary-parallel weights split by tp (a
+    row-parallel bias is replicated), routed experts also split by ep."""
     p = float(op.params)
     if op.tp == "replicated":
         return np.full_like(tp, p, dtype=np.float64)
@@ -51,22 +53,18 @@ def _op_params_per_gpu(op: Op, tp: Array, ep: Array) -> Array:
     return shard / ep if op.routed else shard
 
 
-def layer_params(lg: LayerGraph, tp: Array, ep: Array) -> StageParams:
-    """Parameters of one Transformer layer held by one GPU."""
-    zero = np.zeros_like(tp, dtype=np.float64)
-    dense = sum((_op_params_per_gpu(op, tp, ep) for op in lg.layer_ops if not op.routed), zero)
-    expert = sum((_op_params_per_gpu(op, tp, ep) for op in lg.layer_ops if op.routed), zero)
-    return StageParams(dense=dense, expert=expert)
-
-
 def stage_params(lg: LayerGraph, tp: Array, pp: Array, ep: Array, first: bool) -> StageParams:
-    """Parameters on one GPU of the first (`first=True`) or the last pipeline stage."""
-    layers = lg.model.num_layers / pp
-    one = layer_params(lg, tp, ep)
-    dense, expert = one.dense * layers, one.expert * layers
-    pre = sum((_op_params_per_gpu(op, tp, ep) for op in lg.pre_ops), np.zeros_like(tp, dtype=np.float64))
-    post = sum((_op_params_per_gpu(op, tp, ep) for op in lg.post_ops), np.zeros_like(tp, dtype=np.float64))
+    """Parameters on one GPU of the first (`first=True`) or the last pipeline stage (even split)."""
     m = lg.model
+    zero = np.zeros_like(tp, dtype=np.float64)
+    counts = np.asarray(lg.kind_counts, dtype=np.float64)
+    dense, expert = zero.copy(), zero.copy()
+    for n, kind in zip(counts, lg.kinds, strict=True):
+        dense = dense + n * sum((op_params_per_gpu(op, tp, ep) for op in kind.ops if not op.routed), zero)
+        expert = expert + n * sum((op_params_per_gpu(op, tp, ep) for op in kind.ops if op.routed), zero)
+    dense, expert = dense / pp, expert / pp
+    pre = sum((op_params_per_gpu(op, tp, ep) for op in lg.pre_ops), zero)
+    post = sum((op_params_per_gpu(op, tp, ep) for op in lg.post_ops), zero)
     single = pp == 1
     if first:
         dense = dense + pre + np.where(single, post, 0.0)
@@ -95,27 +93,26 @@ def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
     return total
 
 
-def layer_activation_bytes(lg: LayerGraph, tokens: Array, seq: Array, tp: Array, sp: Array,
-                           rc: Array) -> tuple[Array, Array]:
-    """(bytes kept per layer per micro-batch under recompute mode rc, bytes without recompute)."""
-    full = saved_bytes(lg.layer_ops, tokens, seq, tp, sp)
-    selective = saved_bytes(lg.layer_ops, tokens, seq, tp, sp, drop_s2=True)
-    layer_input = DTYPE_BYTES[lg.dtype] * lg.model.hidden * tokens / np.where(sp, tp, 1)
-    kept = np.select([rc == 0, rc == 1], [full, selective], default=layer_input)
-    return kept, full
+def layer_activation_bytes(ops: tuple[Op, ...] | list[Op], dtype: str, hidden: int, tokens: Array, seq: Array,
+                           tp: Array, sp: Array, recompute: int) -> Array:
+    """Bytes one layer of `ops` keeps for backward per micro-batch under recompute mode
+    0 (none), 1 (selective: drop the attention core's recomputable tensors) or 2 (full: keep only
+    the layer's input, sequence-sharded with SP)."""
+    if recompute == 2:
+        return DTYPE_BYTES[dtype] * hidden * tokens / np.where(sp, tp, 1)
+    return saved_bytes(list(ops), tokens, seq, tp, sp, drop_s2=recompute == 1)
 
 
-def in_flight_layers(num_layers: int, pp: Array, vpp: Array, m: Array, sched: Array,
-                     first: bool) -> Array:
-    """Layer-micro-batches of activations held at the peak by the first (or last) pipeline stage."""
-    layers = num_layers / pp
-    chunk = layers / vpp
-    if first:
-        one_f_one_b = np.minimum(pp, m) * layers
-        interleaved = np.minimum(vpp * m, vpp * pp + pp - 1) * chunk
-    else:
-        one_f_one_b = layers
-        interleaved = np.minimum(vpp * m, (vpp - 1) * pp + 1) * chunk
-    gpipe = m * layers
-    held = np.select([sched == 0, sched == 1], [one_f_one_b, interleaved], default=gpipe)
-    return np.where(pp == 1, layers, held)
+def in_flight_microbatches(pp: Array, vpp: Array, m: Array, sched: Array, rank: Array) -> Array:
+    """Micro-batches of a pipeline rank's layers held at its peak (in units of all its layers).
+
+    1F1B: rank r keeps min(p − r, m) micro-batches (Narayanan et al. 2021, Fig. 4); interleaved 1F1B
+    runs 2(p − r − 1) + (v − 1)p warm-up chunk-forwards plus one (Megatron-LM's schedule), each a
+    1/v of the rank's layers; GPipe keeps all m.
+    """
+    p, v = pp.astype(np.float64), vpp.astype(np.float64)
+    mf = m.astype(np.float64)
+    one_f_one_b = np.minimum(p - rank, mf)
+    interleaved = np.minimum(v * mf, 2 * (p - rank - 1) + (v - 1) * p + 1) / v
+    held = np.select([sched == 0, sched == 1], [one_f_one_b, interleaved], default=mf)
+    return np.where(pp == 1, 1.0, held)

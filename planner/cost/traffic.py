@@ -36,8 +36,12 @@ per step; ZeRO-3 reduce-scatters every micro-batch and all-gathers the weights f
 forward and again for its backward. With tied embeddings and pp > 1 the first and the last stage
 all-reduce the embedding gradient once per step (counted under "dp", as model.py's dp_comm does).
 
-Not counted: context parallelism, expert parallelism (all-to-all) and expert-TP collectives, and
-one-off collectives (set-up, pipeline shape inference, DDP bucket rebuilds).
+Context parallelism ("cp"): per layer, micro-batch and direction the ring exchange of the K and V
+chunks, counted as one all-gather of the full K and V (forward once, backward twice). Expert parallelism
+("ep"): a dispatch and a combine all-to-all per MoE layer in each direction. Not counted: expert-TP
+collectives and one-off collectives (set-up, pipeline shape inference, DDP bucket rebuilds).
+
+The counts and buffers are `planner.cost.terms.CostTerms.comms`, the same objects the time model prices.
 
 Where this repository's executor (PyTorch's DTensor / FSDP2 / DDP / pipelining) does otherwise, the
 cross-check names and measures the difference instead of folding it in here: without SP its separate
@@ -51,14 +55,13 @@ torch.distributed.pipelining sends the full activation from every TP rank.
 
 from __future__ import annotations
 
-import numpy as np
-
-from planner.cost.memory import GRAD_BYTES, WEIGHT_BYTES, stage_params
-from planner.graph import DTYPE_BYTES, LOSS_BYTES, build_graph
+from planner.cost.batch import batch_from_plans
+from planner.cost.terms import cost_terms
 from planner.plan import Plan
+from planner.specs.catalog import cluster_preset
 from planner.specs.model import ModelSpec
 
-KINDS = ("tp", "pp", "dp")
+KINDS = ("tp", "cp", "ep", "pp", "dp")
 
 
 def comm_terms(model: ModelSpec, plan: Plan) -> dict[str, float]:
@@ -66,58 +69,19 @@ def comm_terms(model: ModelSpec, plan: Plan) -> dict[str, float]:
 
     A term is present only where the plan has it; the prefix before the dot is its kind.
     """
-    lg = build_graph(model, plan.dtype, plan.flash_attention)
-    beta = DTYPE_BYTES[plan.dtype]
-    t, p, m, v = plan.tp, plan.pp, plan.grad_accum, plan.vpp
-    sp = plan.sequence_parallel and t > 1
-    tokens = plan.micro_batch * model.seq_len / plan.cp
-    act = tokens * model.hidden * beta
-    layers = model.num_layers / p
-    holds_head = p == 1  # the first stage holds the LM head only without pipelining
-    grad_b, w_b = GRAD_BYTES[plan.dtype], WEIGHT_BYTES[plan.dtype]
-    terms: dict[str, float] = {}
-
-    if t > 1:
-        sync = 2 * act if sp else act  # one all-reduce, or one all-gather + reduce-scatter pair
-        syncs = 2 + 2 + (2 if plan.recompute == "full" else 0)  # forward, backward, recomputed forward
-        terms["tp.layers"] = m * layers * syncs * sync
-        if sp:  # QKV and MLP up in every layer, and the LM head
-            terms["tp.regather"] = m * (layers * 2 + (1 if holds_head else 0)) * act
-        terms["tp.embedding"] = m * sync
-        if holds_head:
-            terms["tp.lm_head"] = m * sync
-            terms["tp.loss"] = m * 3 * tokens * LOSS_BYTES
-        if p > 1 and not sp:
-            terms["tp.pp_gather"] = m * (2 * v - 1) * act
-        if sp:
-            replicated = layers * sum(op.params for op in lg.layer_ops if op.tp == "replicated")
-            replicated += sum(op.params for op in lg.pre_ops if op.tp == "replicated")
-            if holds_head:
-                replicated += sum(op.params for op in lg.post_ops if op.tp == "replicated")
-            terms["tp.sp_grads"] = replicated * grad_b
-
-    if p > 1:
-        terms["pp.p2p"] = m * (2 * v - 1) * act / t
-
-    g = plan.dp * plan.cp
-    if g > 1:
-        tp_a, pp_a, ep_a = np.array([float(t)]), np.array([float(p)]), np.array([float(plan.ep)])
-        first = stage_params(lg, tp_a, pp_a, ep_a, first=True)
-        params = float(first.dense[0] + first.expert[0])
-        z = plan.zero_stage
-        reductions = 1 if z <= 1 else m  # ZeRO-2/3 reduce-scatter every micro-batch
-        terms["dp.grads"] = reductions * params * grad_b
-        if z in (1, 2):
-            terms["dp.weights"] = params * w_b
-        elif z == 3:
-            terms["dp.weights"] = 2 * m * params * w_b
-    if p > 1 and model.tied_embeddings:
-        terms["dp.tied_embedding"] = model.vocab_size * model.hidden / t * grad_b
-    return terms
+    # Volumes do not depend on link speeds: any cluster of the plan's size prices them alike.
+    cluster = cluster_preset("dgx-a100-80gb").with_gpus(plan.world_size)
+    terms = cost_terms(model, cluster, batch_from_plans([plan]), volumes=True)
+    out: dict[str, float] = {}
+    for c in terms.comms:
+        total = float(c.nbytes[0] * c.calls[0])
+        if total > 0:
+            out[c.name] = out.get(c.name, 0.0) + total
+    return out
 
 
 def comm_volume(model: ModelSpec, plan: Plan) -> dict[str, float]:
-    """Bytes per step on one rank of the first stage: {"tp": ..., "pp": ..., "dp": ...}."""
+    """Bytes per step on one rank of the first stage: {"tp": ..., "cp": ..., "pp": ..., "dp": ...}."""
     out = dict.fromkeys(KINDS, 0.0)
     for name, value in comm_terms(model, plan).items():
         out[name.split(".", 1)[0]] += value

@@ -1,0 +1,173 @@
+"""Which layers each pipeline stage holds, and the stage classes the vectorised cost model prices.
+
+A plan with pp pipeline ranks and vpp model chunks per rank has G = pp·vpp virtual stages; virtual
+stage g = chunk·pp + rank holds a contiguous run of layers (Megatron-LM's interleaved assignment,
+Narayanan et al. 2021 Sec. 2.2: chunk c of rank r holds layers from (c·pp + r)·L/G). The first virtual
+stage also embeds, the last also runs the final norm, the LM head and the loss.
+
+The closed-form model needs, per rank, how many layers of each kind it holds and whether it carries
+the embedding or the head. Ranks with the same counts and extras form a *class*; for a uniform model
+split evenly there are at most three (the first rank, the middle ranks, the last rank), so the
+vectorised model prices a few classes instead of every rank. A class's `first_rank` is its lowest
+rank: under every schedule, lower ranks keep at least as many micro-batches in flight, so that rank
+has the class's peak activation memory.
+
+A class is *dominated* when another holds the same layers, every extra it holds (embedding, head) and
+a lower first rank: its time, data-parallel traffic, optimizer step and memory are never larger, so
+the maxima the closed form takes need only the others. Classes are ordered with the non-dominated
+first (for an even split of a uniform model: the first and the last rank; the middle ranks are
+dominated by the first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """The layers of one (pp, vpp) split: per virtual stage and per rank, counted by layer kind."""
+
+    pp: int
+    vpp: int
+    virtual_layers: tuple[tuple[int, ...], ...]  # [g][kind]: layers of each kind on virtual stage g
+    # Rank classes (see the module docstring), in rank order of their first member.
+    class_layers: tuple[tuple[int, ...], ...]  # [c][kind]
+    class_size: tuple[int, ...]  # ranks in the class
+    class_first_rank: tuple[int, ...]
+    class_has_pre: tuple[bool, ...]  # holds the embedding (virtual stage 0)
+    class_has_post: tuple[bool, ...]  # holds the head and loss (virtual stage G-1)
+    rank_class: tuple[int, ...]  # [rank]: its class
+    critical: int  # classes [0, critical) are not dominated (see the module docstring)
+
+    @property
+    def rank_layers(self) -> np.ndarray:
+        """(pp, kinds): layers of each kind on each pipeline rank (all its chunks)."""
+        v = np.asarray(self.virtual_layers, dtype=np.int64)
+        return v.reshape(self.vpp, self.pp, -1).sum(axis=0)
+
+
+def split_layers(num_layers: int, stages: int, first: int | None = None, last: int | None = None) -> list[int]:
+    """Layers per pipeline rank: even, or with the first / last rank's count fixed and the rest even
+    (Megatron-LM's `--decoder-first-pipeline-num-layers` / `--decoder-last-pipeline-num-layers`).
+
+    Raises ValueError naming the rule when the layers cannot be split so.
+    """
+    if stages == 1:
+        if first not in (None, num_layers) or last not in (None, num_layers):
+            raise ValueError("with one pipeline stage the first / last stage holds every layer")
+        return [num_layers]
+    counts: list[int | None] = [None] * stages
+    if first is not None:
+        counts[0] = first
+    if last is not None:
+        counts[-1] = last
+    fixed = sum(c for c in counts if c is not None)
+    free = sum(1 for c in counts if c is None)
+    rest = num_layers - fixed
+    if rest < 0 or (free and rest % free) or (not free and rest):
+        raise ValueError(f"{num_layers} layers cannot be split over {stages} stages with first={first}, "
+                         f"last={last} (the other stages must hold equal counts)")
+    each = rest // free if free else 0
+    return [c if c is not None else each for c in counts]
+
+
+@lru_cache(maxsize=4096)
+def stage_layout(pattern: tuple[int, ...], n_kinds: int, pp: int, vpp: int, first: int | None = None,
+                 last: int | None = None) -> StageLayout:
+    """The layout of layers `pattern` (kind index per layer) on pp ranks x vpp chunks.
+
+    `first` / `last` fix the layers of the first / last pipeline rank (all its chunks); each rank's
+    layers are split evenly over its chunks. Raises ValueError if that is impossible.
+    """
+    per_rank = split_layers(len(pattern), pp, first, last)
+    for r, n in enumerate(per_rank):
+        if n % vpp:
+            raise ValueError(f"pipeline rank {r} holds {n} layers, not divisible by {vpp} model chunks")
+    # Virtual stage g = chunk·pp + rank; its layer count is that rank's count / vpp, and virtual
+    # stages hold consecutive layers in g order.
+    sizes = [per_rank[g % pp] // vpp for g in range(pp * vpp)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    pat = np.asarray(pattern, dtype=np.int64)
+    virtual = tuple(tuple(int(x) for x in np.bincount(pat[starts[g]:starts[g + 1]], minlength=n_kinds))
+                    for g in range(pp * vpp))
+    ranks = np.asarray(virtual, dtype=np.int64).reshape(vpp, pp, n_kinds).sum(axis=0)
+    g_last = pp * vpp - 1
+    keys: dict[tuple, int] = {}
+    layers, size, first_rank, pre, post, rank_class = [], [], [], [], [], []
+    for r in range(pp):
+        key = (tuple(int(x) for x in ranks[r]), r == 0, r == g_last % pp)
+        if key not in keys:
+            keys[key] = len(layers)
+            layers.append(key[0])
+            size.append(0)
+            first_rank.append(r)
+            pre.append(key[1])
+            post.append(key[2])
+        size[keys[key]] += 1
+        rank_class.append(keys[key])
+
+    def dominated(i: int) -> bool:
+        return any(j != i and layers[j] == layers[i] and first_rank[j] < first_rank[i]
+                   and pre[j] >= pre[i] and post[j] >= post[i] for j in range(len(layers)))
+
+    order = sorted(range(len(layers)), key=lambda i: (dominated(i), first_rank[i]))
+    critical = sum(1 for i in order if not dominated(i))
+    new = {old: n for n, old in enumerate(order)}
+    return StageLayout(pp=pp, vpp=vpp, virtual_layers=virtual, class_layers=tuple(layers[i] for i in order),
+                       class_size=tuple(size[i] for i in order), class_first_rank=tuple(first_rank[i] for i in order),
+                       class_has_pre=tuple(pre[i] for i in order), class_has_post=tuple(post[i] for i in order),
+                       rank_class=tuple(new[c] for c in rank_class), critical=critical)
+
+
+@dataclass(frozen=True)
+class ClassArrays:
+    """Stage classes of many plans as padded arrays (rows, C[, kinds]); unused slots have size 0."""
+
+    layers: Array  # (rows, C, kinds) float
+    size: Array  # (rows, C) ranks in the class (0 = padding)
+    first_rank: Array  # (rows, C)
+    has_pre: Array  # (rows, C) bool
+    has_post: Array  # (rows, C) bool
+    critical: int = 0  # classes [0, critical) of every row include all its non-dominated ones
+
+    @property
+    def valid(self) -> Array:
+        return self.size > 0
+
+    def head(self) -> ClassArrays:
+        """Only the first `critical` classes (enough for every maximum over classes)."""
+        c = self.critical or self.size.shape[-1]
+        return ClassArrays(layers=self.layers[..., :c, :], size=self.size[..., :c],
+                           first_rank=self.first_rank[..., :c], has_pre=self.has_pre[..., :c],
+                           has_post=self.has_post[..., :c], critical=c)
+
+
+def class_arrays(pattern: tuple[int, ...], n_kinds: int, pp: Array, vpp: Array) -> ClassArrays:
+    """Stage classes of every row (pp[i] ranks x vpp[i] chunks), evenly split, padded to the widest."""
+    key = pp.astype(np.int64) * (1 << 32) + vpp.astype(np.int64)
+    uniq, inv = np.unique(key, return_inverse=True)
+    inv = inv.reshape(-1)
+    layouts = [stage_layout(pattern, n_kinds, int(k >> 32), int(k & 0xFFFFFFFF)) for k in uniq]
+    width = max(len(lay.class_size) for lay in layouts)
+    u = len(layouts)
+    layers = np.zeros((u, width, n_kinds))
+    size = np.zeros((u, width))
+    first_rank = np.zeros((u, width))
+    has_pre = np.zeros((u, width), dtype=bool)
+    has_post = np.zeros((u, width), dtype=bool)
+    for i, lay in enumerate(layouts):
+        c = len(lay.class_size)
+        layers[i, :c] = lay.class_layers
+        size[i, :c] = lay.class_size
+        first_rank[i, :c] = lay.class_first_rank
+        has_pre[i, :c] = lay.class_has_pre
+        has_post[i, :c] = lay.class_has_post
+    critical = max(lay.critical for lay in layouts)
+    return ClassArrays(layers=layers[inv], size=size[inv], first_rank=first_rank[inv], has_pre=has_pre[inv],
+                       has_post=has_post[inv], critical=critical)

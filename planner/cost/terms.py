@@ -1,0 +1,502 @@
+"""The per-micro-batch cost terms of many plans: the one contract between the cost model's consumers.
+
+`cost_terms(model, cluster, batch)` prices every row of a PlanBatch once; the closed form
+(planner/cost/model.py), the step simulation (planner/simulate.py), the trace (planner/trace.py) and
+the traffic counts (planner/cost/traffic.py) all read the resulting `CostTerms`, so a term is computed,
+and cited, in exactly one place: here (compute in compute.py, collectives in comm.py, bytes per
+parameter and saved activations in memory.py, overlap rules in overlap.py).
+
+Tensor parallelism (Shoeybi et al. 2019; Korthikanti et al. 2022 Sec. 4.2.2): per layer two sync
+points in forward and two in backward, each an all-reduce, or with sequence parallelism an all-gather
++ reduce-scatter pair; backward also re-gathers the sequence-sharded inputs of the column-parallel
+linears. The backward reduction of a column-parallel linear's input gradient overlaps its
+weight-gradient GEMM (Megatron-LM's async TP all-reduce).
+Pipeline p2p (Narayanan et al. 2021 Sec. 4.1): each TP rank sends 1/t of the activation; without
+sequence parallelism the receiver all-gathers it over TP.
+Context parallelism: a ring exchange of K and V chunks overlapped with the attention core (Liu et al.
+2023, Ring Attention): forward once, backward twice (K/V and their gradients).
+Expert parallelism: a dispatch and a combine all-to-all per MoE layer in each direction (Lepikhin et
+al. 2021, GShard).
+Data parallelism: gradients reduced in fp32 in 25 MiB buckets (PyTorch DDP's default, Li et al. 2020),
+parameters gathered in the training dtype; ZeRO-2/3 issue per-layer collectives every micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost.batch import PlanBatch, group_index
+from planner.cost.comm import collective_time, p2p_time, product_layout
+from planner.cost.compute import ops_times
+from planner.cost.memory import (
+    OPTIMIZER_STEP_BYTES,
+    WEIGHT_BYTES,
+    layer_activation_bytes,
+    op_params_per_gpu,
+    saved_bytes,
+)
+from planner.cost.overlap import hide
+from planner.cost.stages import ClassArrays, class_arrays
+from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+Array = np.ndarray
+GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype)
+DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
+OPTIMIZER_KERNELS_PER_TENSOR = 8  # AdamW per tensor: lerp, mul, addcmul, sqrt, div, add, addcdiv + grad zeroing
+RECOMPUTE_INDEX = {"none": 0, "selective": 1, "full": 2}
+
+
+@dataclass(frozen=True)
+class Comm:
+    """One communication of a training step on one rank of the first pipeline stage.
+
+    `nbytes` is the buffer handed to each call (all-reduce: the tensor; all-gather: the gathered
+    output; reduce-scatter: the full input; all-to-all: what one rank holds; p2p: the tensor sent),
+    `calls` the calls per step, `seconds` the time of one call on its links. Arrays over rows.
+    """
+
+    name: str  # "<kind>.<what>", kind one of tp, cp, ep, pp, dp
+    op: str  # all_reduce | all_gather | reduce_scatter | all_to_all | p2p
+    nbytes: Array
+    calls: Array
+    seconds: Array
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class PlanAxes:
+    """The plan fields the closed form reads, broadcastable to the terms' leading shape."""
+
+    pp: Array
+    vpp: Array
+    m: Array  # micro-batches per step (gradient accumulation)
+    gb: Array  # global batch (sequences)
+    rc: Array  # recompute index into planner.plan.RECOMPUTE
+    zero: Array  # ZeRO stage
+
+
+@dataclass(frozen=True)
+class CostTerms:
+    """Cost terms of many plans (seconds per micro-batch unless noted).
+
+    Every array has the leading shape `grid`: (plans,) from `cost_terms`, or (structures, recompute
+    policies, ZeRO stages) from `cost_grid`, where the search prices every recompute x ZeRO variant of
+    a structure at once; arrays broadcast along axes they do not depend on (size 1). Layer terms
+    have a trailing axis over layer kinds (`LayerGraph.kinds`), stage-class terms one over stage
+    classes (`planner.cost.stages`: ranks holding the same layers and extras).
+    """
+
+    grid: tuple[int, ...]
+    axes: PlanAxes
+    dtype: str  # training precision (bytes per parameter of the model states)
+    # One layer of each kind, one micro-batch: (..., kinds).
+    layer_fwd: Array  # forward compute + exposed TP / CP / EP communication + host overheads
+    layer_bwd: Array  # backward, incl. recompute, exposed communication and host overheads
+    layer_compute: Array  # forward + backward + recompute compute alone (no communication)
+    layer_tp: Array  # TP communication, all of it (exposed or not), forward + backward + recompute
+    layer_cp: Array  # CP ring exchange, all of it
+    layer_ep: Array  # EP all-to-alls, all of them
+    layer_act: Array  # bytes kept for backward under the plan's recompute policy
+    layer_act_full: Array  # bytes a layer holds while it runs without recompute (full recompute's working set)
+    layer_weights: Array  # weight bytes of one layer per GPU (ZeRO-3 gathers two at a time)
+    # The embedding on the first virtual stage and the head + loss on the last: (...).
+    pre_fwd: Array
+    pre_bwd: Array
+    post_fwd: Array
+    post_bwd: Array
+    pre_compute: Array
+    post_compute: Array
+    pre_saved: Array  # bytes the embedding saves per micro-batch
+    post_saved: Array  # bytes the head and loss save per micro-batch
+    logits: Array  # bytes of one micro-batch's logits buffer (last stage)
+    # Pipeline: (...).
+    p2p: Array  # one blocking send to a neighbouring stage (incl. the TP re-gather without SP)
+    pp_host: Array  # host cost of the pipeline schedule per micro-batch per model chunk
+    # Stage classes: (..., classes).
+    classes: ClassArrays
+    params_dense: Array  # parameters per GPU replicated over dp x cp ranks
+    params_expert: Array  # expert parameters per GPU replicated over (dp / ep) x cp ranks
+    dp_reduce: Array  # once-per-step gradient reduction (ZeRO-0 all-reduce, ZeRO-1 reduce-scatter)
+    dp_reduce_mb: Array  # per-micro-batch gradient reduce-scatter, per layer (ZeRO-2/3), whole stage
+    dp_gather: Array  # once-per-step parameter all-gather (ZeRO-1/2)
+    dp_gather_mb: Array  # per-micro-batch parameter all-gather, per layer (ZeRO-3), whole stage, one pass
+    optimizer: Array  # optimizer step (s per step)
+    # Per step: (...).
+    emb_sync: Array  # tied-embedding gradient all-reduce between the first and last stage
+    has_dp: Array  # bool: there is a data-parallel (dp x cp) replica to synchronise with
+    dp_group: Array  # ranks a dense parameter is replicated over (dp x cp): ZeRO shards over them
+    edp_group: Array  # ranks an expert parameter is replicated over ((dp / ep) x cp)
+    total_layers: Array  # (kinds,) layers of each kind in the model
+    comms: tuple[Comm, ...] = ()  # every communication's volume, count and time (first stage), if asked
+
+    def select(self, index: tuple[Array, ...]) -> CostTerms:
+        """The terms at grid positions `index` (one index array per grid axis), as (len,) rows."""
+        lead = len(self.grid)
+
+        def pick(x: Array) -> Array:
+            x = np.asarray(x)
+            if x.ndim < lead:
+                return x
+            full = np.broadcast_to(x, self.grid + x.shape[lead:])
+            return full[index]
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out: dict[str, object] = {}
+        for name, value in fields.items():
+            if name == "grid":
+                out[name] = (len(index[0]),)
+            elif name == "dtype":
+                out[name] = value
+            elif name in ("axes", "classes"):
+                parts = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+                out[name] = type(value)(**{k: pick(x) if isinstance(x, np.ndarray) else x for k, x in parts.items()})
+            elif name in ("total_layers", "comms"):
+                out[name] = value
+            else:
+                out[name] = pick(value)
+        return CostTerms(**out)  # type: ignore[arg-type]
+
+
+def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
+    zero = np.zeros_like(like, dtype=np.float64)
+    return (cols + [zero] * n)[:n]
+
+
+def _count_tensors(op: Op, two_norm: bool) -> int:
+    """Parameter tensors of an op (a weight, plus a bias or a LayerNorm's beta)."""
+    if not op.params:
+        return 0
+    return 2 if op.bias or (two_norm and op.name.endswith("norm")) else 1
+
+
+def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch) -> dict[str, Array]:
+    """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
+    gpu, dt = cluster.gpu, b.dtype
+    t = b.tp.astype(np.float64)
+    c = b.cp.astype(np.float64)
+    e = b.ep.astype(np.float64)
+    sp = b.sp
+    seq = np.full_like(t, model.seq_len)
+    tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
+    h, beta = model.hidden, DTYPE_BYTES[dt]
+    ov = cluster.overlap_slowdown
+
+    # Host-side cost of the framework (a third in forward, two in backward): per layer, per
+    # micro-batch (split over the two ends), and the extra of the tensor-parallel implementation.
+    host_l = cluster.host_layer_overhead_s + np.where(b.tp > 1, cluster.tp_layer_overhead_s, 0.0) \
+        + np.where((b.tp > 1) & sp, cluster.sp_layer_overhead_s, 0.0)
+    host_mb = cluster.host_microbatch_overhead_s / 2 + np.where(b.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)
+
+    # Tensor parallel: two sync points per layer in each direction.
+    act = tokens * h * beta
+    ar = collective_time(cluster, "all_reduce", act, b.tp, b.stride_tp)
+    ag = collective_time(cluster, "all_gather", act, b.tp, b.stride_tp)
+    rs = collective_time(cluster, "reduce_scatter", act, b.tp, b.stride_tp)
+    tp_fwd = np.where(sp, 2 * (ag + rs), 2 * ar)
+    tp_bwd_total = np.where(sp, 4 * ag + 2 * rs, 2 * ar)
+    # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
+    kv = 2 * tokens * model.kv_hidden * beta / t
+    cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
+
+    out: dict[str, list[Array]] = {k: [] for k in (
+        "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_bwd", "tp_bwd_total", "ep", "cp_fwd",
+        "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
+        "tensors")}
+    two_norm = model.norm == "layernorm"
+    for kind in lg.kinds:
+        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
+        cols = _pad(lay.col_gemm, 2, t)
+        # Backward: the column-parallel input-gradient reduction overlaps the weight-gradient GEMM;
+        # with SP the re-gather of the saved input overlaps the input-gradient GEMM, and the gather
+        # of the output gradient ahead of each row-parallel GEMM is exposed.
+        tp_bwd = np.where(sp, 2 * ag + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
+                          sum(hide(ar, w, ov) for w in cols))
+        routed = any(op.routed for op in kind.ops)
+        if routed:
+            nbytes = act * model.top_k * model.capacity_factor / np.where(sp, t, 1)
+            a2a = 2 * collective_time(cluster, "all_to_all", nbytes, b.ep, b.stride_dp)
+        else:
+            a2a = np.zeros_like(t)
+        out["fwd"].append(lay.fwd + host_l / 3)
+        out["bwd"].append(lay.bwd + 2 * host_l / 3)
+        out["compute_fwd"].append(lay.fwd)
+        out["compute_bwd"].append(lay.bwd)
+        out["attn_fwd"].append(lay.attn_fwd)
+        out["tp_fwd"].append(tp_fwd)
+        out["tp_bwd"].append(tp_bwd)
+        out["tp_bwd_total"].append(tp_bwd_total)
+        out["ep"].append(a2a)
+        out["cp_fwd"].append(hide(cp_ring, lay.attn_fwd, ov))
+        out["cp_bwd"].append(hide(2 * cp_ring, lay.attn_bwd, ov))
+        out["cp_total"].append(3 * cp_ring)
+        acts = [layer_activation_bytes(kind.ops, dt, h, tokens, seq, t, sp, r) for r in range(3)]
+        out["act_none"].append(acts[0])
+        out["act_selective"].append(acts[1])
+        out["act_full"].append(acts[2])
+        dense = sum((op_params_per_gpu(op, t, e) for op in kind.ops if not op.routed), np.zeros_like(t))
+        expert = sum((op_params_per_gpu(op, t, e) for op in kind.ops if op.routed), np.zeros_like(t))
+        out["params_dense"].append(dense)
+        out["params_expert"].append(expert)
+        out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in kind.ops)))
+    res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
+
+    pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
+    post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
+    # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
+    small = collective_time(cluster, "all_reduce", tokens * float(LOSS_BYTES), b.tp, b.stride_tp)
+    head_w = _pad(post.col_gemm, 1, t)[0]
+    res["pre_fwd"] = pre.fwd + host_mb / 3 + np.where(sp, rs, ar)
+    res["pre_bwd"] = pre.bwd + 2 * host_mb / 3
+    res["post_fwd"] = post.fwd + host_mb / 3 + np.where(sp, ag, 0.0) + 3 * small
+    res["post_bwd"] = post.bwd + 2 * host_mb / 3 + np.where(sp, hide(rs, head_w, ov), hide(ar, head_w, ov))
+    res["pre_compute"] = pre.fwd + pre.bwd + host_mb
+    res["post_compute"] = post.fwd + post.bwd + host_mb
+    res["pre_tp"] = np.where(sp, rs, ar)
+    res["post_tp"] = np.where(sp, ag + rs, ar) + 3 * small
+    res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp)
+    res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp)
+    res["logits"] = beta * model.vocab_size * tokens / t
+    res["pre_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops), np.zeros_like(t))
+    res["post_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops), np.zeros_like(t))
+    # With pipelining, the last stage keeps its own copy of a tied embedding for the LM head.
+    res["tied_copy"] = np.full_like(t, model.vocab_size * h) / t if model.tied_embeddings else np.zeros_like(t)
+    res["pre_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.pre_ops))
+    res["post_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.post_ops))
+    res["tokens"] = tokens
+    res["act_bytes"] = act
+    res["tp_ar"], res["tp_ag"], res["tp_rs"], res["tp_small"] = ar, ag, rs, small
+    res["cp_ring"], res["kv_bytes"] = cp_ring, kv * c
+
+    # Pipeline p2p: each TP rank sends 1/t of the activation; without SP the receiver re-gathers it.
+    p2p = p2p_time(cluster, act / t, b.pp, b.stride_pp)
+    res["p2p_send"] = p2p
+    res["p2p"] = p2p + np.where(sp | (b.tp == 1), 0.0, ag)
+
+    # Gradient groups span two dimensions: dense weights are replicated over dp x cp ranks, expert
+    # weights over (dp / ep) x cp ranks (expert groups are ep consecutive dp ranks).
+    gpn = cluster.gpus_per_node
+    g_dp, k_dp, n_dp = product_layout([(b.dp, b.stride_dp), (b.cp, b.stride_cp)], gpn)
+    g_edp, k_edp, n_edp = product_layout([(b.dp // b.ep, b.stride_dp * b.ep), (b.cp, b.stride_cp)], gpn)
+    res["g_dp"], res["g_edp"] = g_dp.astype(np.float64), g_edp.astype(np.float64)
+    res["k_dp"], res["n_dp"], res["k_edp"], res["n_edp"] = k_dp, n_dp, k_edp, n_edp
+
+    # Tied embeddings under pipelining: first and last stage all-reduce the embedding gradient.
+    # The pair is stride_pp·(pp−1) ranks apart; when the whole pipeline group sits in one node so
+    # do they (group_layout's gpus_per_node // stride would misplace e.g. a stride of 6 in 8).
+    if model.tied_embeddings:
+        pair_stride = np.where(b.stride_pp * b.pp <= gpn, b.stride_pp, b.stride_pp * (b.pp - 1))
+        emb_bytes = model.vocab_size * h / t * GRAD_REDUCE_BYTES
+        emb = collective_time(cluster, "all_reduce", emb_bytes, np.full_like(b.pp, 2), pair_stride)
+        res["emb_sync"] = np.where(b.pp > 1, emb, 0.0)
+        res["emb_bytes"] = np.where(b.pp > 1, emb_bytes, 0.0)
+    else:
+        res["emb_sync"] = np.zeros_like(t)
+        res["emb_bytes"] = np.zeros_like(t)
+
+    # Stage classes: parameters, data-parallel collectives and the optimizer per class.
+    classes = class_arrays(lg.pattern, len(lg.kinds), b.pp, b.vpp)
+    single = (b.pp == 1)[:, None]
+    layers = classes.layers  # (rows, C, K)
+    dense = np.einsum("rck,rk->rc", layers, res["params_dense"]) \
+        + np.where(classes.has_pre, res["pre_params"][:, None], 0.0) \
+        + np.where(classes.has_post, res["post_params"][:, None], 0.0) \
+        + np.where(classes.has_post & ~single, res["tied_copy"][:, None], 0.0)
+    expert = np.einsum("rck,rk->rc", layers, res["params_expert"])
+    n_layers = layers.sum(axis=2)
+    res["class_layers"], res["class_size"], res["class_first_rank"] = layers, classes.size, classes.first_rank
+    res["class_has_pre"], res["class_has_post"] = classes.has_pre, classes.has_post
+    res["class_dense"], res["class_expert"] = dense, expert
+    res["critical"] = np.full(len(b), classes.critical)
+    res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
+
+    def dp_coll(op: str, per_param: float, per_layer: bool) -> Array:
+        """One DP collective over all of a class's parameters, issued in buckets (or per layer)."""
+        total = np.zeros_like(dense)
+        for params, g, k, n in ((dense, g_dp, k_dp, n_dp), (expert, g_edp, k_edp, n_edp)):
+            if not np.any(params):
+                continue
+            nbytes = params * per_param
+            calls = np.maximum(n_layers, 1.0) if per_layer else np.maximum(1.0, np.ceil(nbytes / DDP_BUCKET_BYTES))
+            g2, k2, n2 = (np.broadcast_to(x[:, None], params.shape) for x in (g, k, n))
+            total = total + calls * collective_time(cluster, op, nbytes / calls, g2, layout=(k2, n2))
+        return np.where((g_dp > 1)[:, None], total, 0.0)
+
+    w_b = WEIGHT_BYTES[dt]
+    res["dp_ar"] = dp_coll("all_reduce", GRAD_REDUCE_BYTES, False)
+    res["dp_rs"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, False)
+    res["dp_ag"] = dp_coll("all_gather", w_b, False)
+    res["dp_rs_layers"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, True)
+    res["dp_ag_layers"] = dp_coll("all_gather", w_b, True)
+    tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
+        + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
+        + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
+    # Optimizer: memory bound, plus one launch per parameter tensor for each element-wise op; ZeRO-1+
+    # steps only the local shard.
+    kernels = OPTIMIZER_KERNELS_PER_TENSOR * tensors
+    for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (g_dp, g_edp))):
+        local = dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
+            + expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
+        res[name] = gpu.memory_time(local * OPTIMIZER_STEP_BYTES[dt], kernels) * cluster.compute_slowdown
+    return res
+
+
+def cost_grid(model: ModelSpec, cluster: ClusterSpec, structures: PlanBatch, recompute: Array,
+              zero: Array) -> CostTerms:
+    """Terms of every structure (row of `structures`: sizes, SP, placement) under each recompute
+    policy index in `recompute` and each ZeRO stage in `zero`: leading shape (rows, R, Z)."""
+    lg = build_graph(model, structures.dtype, structures.flash)
+    st = _structure(model, cluster, lg, structures)
+    return _variants(cluster, lg, structures, st, np.asarray(recompute), np.asarray(zero))
+
+
+def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes: bool = False) -> CostTerms:
+    """Price every plan of `batch` (for `cluster.num_gpus` GPUs): leading shape (plans,).
+
+    Structures are priced once. `volumes` also lists every communication (`CostTerms.comms`).
+    """
+    lg = build_graph(model, batch.dtype, batch.flash)
+    s_first, s_inv = group_index(batch, "structure")
+    sb = batch.take(s_first)
+    st = _structure(model, cluster, lg, sb)
+    rcs, r_inv = np.unique(batch.rc, return_inverse=True)
+    zeros, z_inv = np.unique(batch.zero, return_inverse=True)
+    terms = _variants(cluster, lg, sb, st, rcs, zeros).select((s_inv, r_inv.reshape(-1), z_inv.reshape(-1)))
+    if volumes:
+        rows = {k: v[s_inv] for k, v in st.items()}
+        terms = dataclasses.replace(terms, comms=_comms(model, lg, batch, rows, terms))
+    return terms
+
+
+def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array], recompute: Array,
+              zero: Array) -> CostTerms:
+    """Apply each recompute policy and ZeRO stage to the structures' terms (leading (n, R, Z))."""
+    n = len(b)
+
+    def s(x: Array) -> Array:  # a structure term, broadcast over the recompute and ZeRO axes
+        x = np.asarray(x)
+        return x.reshape((n, 1, 1, *x.shape[1:]))
+
+    rc = recompute.reshape(1, -1, 1, 1)  # (1, R, 1, kinds)
+    z = zero.reshape(1, 1, -1)
+    zc = z[..., None]  # (1, 1, Z, classes)
+
+    # One layer, one micro-batch. Selective recompute repeats the attention core in backward, full
+    # recompute the whole forward (with its TP communication).
+    layer_f0 = s(st["fwd"] + st["tp_fwd"] + st["ep"] + st["cp_fwd"])
+    layer_b0 = s(st["bwd"] + st["tp_bwd"] + st["ep"] + st["cp_bwd"])
+    attn = s(st["attn_fwd"])
+    recompute_t = np.where(rc == 2, layer_f0, np.where(rc == 1, attn, 0.0))
+    has_dp = st["g_dp"] > 1
+    # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch.
+    fsdp = np.where((z >= 2) & s(has_dp), cluster.fsdp_layer_overhead_s, 0.0)[..., None]
+    cf = s(st["compute_fwd"])
+    layer_act = np.where(rc == 0, s(st["act_none"]), np.where(rc == 1, s(st["act_selective"]), s(st["act_full"])))
+    classes = ClassArrays(layers=s(st["class_layers"]), size=s(st["class_size"]),
+                          first_rank=s(st["class_first_rank"]), has_pre=s(st["class_has_pre"]),
+                          has_post=s(st["class_has_post"]), critical=int(st["critical"].max(initial=0)))
+    pp = s(b.pp)
+    return CostTerms(
+        grid=(n, len(recompute), len(zero)), dtype=b.dtype,
+        axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
+                      zero=z),
+        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
+        layer_compute=s(st["compute_fwd"] + st["compute_bwd"]) + np.where(rc == 2, cf, np.where(rc == 1, attn, 0.0)),
+        layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"]) + np.where(rc == 2, s(st["tp_fwd"]), 0.0),
+        layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
+        layer_weights=s(st["layer_weights"]),
+        pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
+        pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_saved=s(st["pre_saved"]),
+        post_saved=s(st["post_saved"]), logits=s(st["logits"]),
+        p2p=s(np.where(b.pp > 1, st["p2p"], 0.0)),
+        pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
+        classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
+        dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_rs"]), 0.0)),
+        dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
+        dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
+        dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
+        optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"])),
+        emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_dp"]), edp_group=s(st["g_edp"]),
+        total_layers=np.asarray(lg.kind_counts, dtype=np.float64),
+    )
+
+
+def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array], terms: CostTerms) -> tuple[Comm, ...]:
+    """Every communication of one step on one rank of the first stage (class 0 holds rank 0), per plan.
+
+    Data-parallel collectives are counted as one call over the stage's parameters (their bucketing,
+    or per-layer issue under ZeRO-2/3, is inside `seconds`)."""
+    classes = terms.classes
+    class_params = terms.params_dense + terms.params_expert
+    has_dp = terms.has_dp
+    dp = {"reduce": terms.dp_reduce[:, 0], "reduce_mb": terms.dp_reduce_mb[:, 0],
+          "gather": terms.dp_gather[:, 0], "gather_mb": terms.dp_gather_mb[:, 0]}
+    m = (b.gb // (b.dp * b.mb)).astype(np.float64)
+    v = b.vpp.astype(np.float64)
+    t = b.tp.astype(np.float64)
+    sp = b.sp & (b.tp > 1)
+    tp_on = b.tp > 1
+    rc_full = b.rc == 2
+    first = classes.layers[:, 0, :]  # (rows, K)
+    layers = first.sum(axis=1)
+    holds_head = b.pp == 1
+    act = st["act_bytes"]
+    z = b.zero
+    grad_b, w_b = float(GRAD_REDUCE_BYTES), float(WEIGHT_BYTES[b.dtype])
+    zero = np.zeros_like(t)
+
+    def on(mask: Array, x: Array) -> Array:
+        return np.where(mask, x, 0.0)
+
+    routed = np.array([any(op.routed for op in k.ops) for k in lg.kinds])
+    moe_layers = first[:, routed].sum(axis=1) if routed.any() else zero
+    syncs = 4 + np.where(rc_full, 2, 0)  # forward, backward, recomputed forward
+    out = [
+        # TP: per layer, an all-reduce (or with SP an all-gather + a reduce-scatter) per sync point.
+        Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * layers * syncs), st["tp_ar"]),
+        Comm("tp.layers_sp_gather", "all_gather", act, on(sp, m * layers * syncs), st["tp_ag"]),
+        Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * layers * syncs), st["tp_rs"]),
+        # With SP, backward re-gathers the sequence-sharded inputs of QKV and MLP up (and the LM head).
+        Comm("tp.regather", "all_gather", act, on(sp, m * (2 * layers + holds_head)), st["tp_ag"]),
+        Comm("tp.embedding", "all_reduce", act, on(tp_on & ~sp, m), st["tp_ar"]),
+        Comm("tp.embedding_sp", "reduce_scatter", act, on(sp, m), st["tp_rs"]),
+        Comm("tp.embedding_sp_grad", "all_gather", act, on(sp, m), st["tp_ag"]),
+        Comm("tp.lm_head", "all_reduce", act, on(tp_on & ~sp & holds_head, m), st["tp_ar"]),
+        Comm("tp.lm_head_sp", "all_gather", act, on(sp & holds_head, m), st["tp_ag"]),
+        Comm("tp.lm_head_sp_grad", "reduce_scatter", act, on(sp & holds_head, m), st["tp_rs"]),
+        Comm("tp.loss", "all_reduce", st["tokens"] * float(LOSS_BYTES), on(tp_on & holds_head, 3 * m),
+             st["tp_small"]),
+        # Without SP a pipeline receive arrives as 1/t per TP rank and is all-gathered over TP.
+        Comm("tp.pp_gather", "all_gather", act, on(tp_on & ~sp & (b.pp > 1), m * (2 * v - 1)), st["tp_ag"]),
+        Comm("pp.p2p", "p2p", act / t, on(b.pp > 1, m * (2 * v - 1)), st["p2p_send"]),
+        Comm("cp.ring", "all_gather", st["kv_bytes"], on(b.cp > 1, m * layers * 3), st["cp_ring"]),
+        Comm("ep.all_to_all", "all_to_all",
+             act * model.top_k * model.capacity_factor / np.where(sp, t, 1),
+             on(b.ep > 1, m * moe_layers * 4), st["ep"][:, 0] / 2 if routed.any() else zero),
+    ]
+    if lg.kinds and any(op.tp == "replicated" and op.params for k in lg.kinds for op in k.ops):
+        # Once per step with SP: gradients of replicated weights (norms) are partial sums over the
+        # sequence shards and are all-reduced (Megatron-LM's layernorm-gradient all-reduce).
+        rep = np.einsum("rk,k->r", first, np.array([sum(op.params for op in k.ops if op.tp == "replicated")
+                                                    for k in lg.kinds], dtype=np.float64))
+        rep = rep + sum(op.params for op in lg.pre_ops if op.tp == "replicated") \
+            + np.where(holds_head, sum(op.params for op in lg.post_ops if op.tp == "replicated"), 0.0)
+        out.append(Comm("tp.sp_grads", "all_reduce", rep * grad_b, on(sp, np.ones_like(t)), zero))
+    params = class_params[:, 0]
+    out += [
+        Comm("dp.grads", "all_reduce", params * grad_b, on(has_dp & (z == 0), np.ones_like(t)), dp["reduce"]),
+        Comm("dp.grads_rs", "reduce_scatter", params * grad_b, on(has_dp & (z >= 1), np.where(z >= 2, m, 1.0)),
+             np.where(z >= 2, dp["reduce_mb"], dp["reduce"])),
+        Comm("dp.weights", "all_gather", params * w_b, on(has_dp & (z >= 1), np.where(z == 3, 2 * m, 1.0)),
+             np.where(z == 3, dp["gather_mb"], dp["gather"])),
+        Comm("dp.tied_embedding", "all_reduce", st["emb_bytes"], on(st["emb_bytes"] > 0, np.ones_like(t)),
+             st["emb_sync"]),
+    ]
+    return tuple(out)
