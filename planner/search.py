@@ -299,6 +299,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     limit_bytes = None if c.max_memory_gib is None else c.max_memory_gib * 2**30
     pruned: Counter = Counter()
     space = scored = fitting = 0
+    least_memory = float("inf")
     best: list[tuple[np.ndarray, PlanBatch, Scores]] = []  # candidate pools per chunk
     pareto_pool: list[tuple[PlanBatch, Scores]] = []
     for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned):
@@ -306,6 +307,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
         scored += len(batch)
         s = evaluate(model, cluster, batch, headroom)
         ok = s.fits if limit_bytes is None else s.fits & (s.mem_total <= limit_bytes)
+        least_memory = min(least_memory, float(s.mem_total.min()))
         n_ok = int(ok.sum())
         fitting += n_ok
         pruned["does not fit in memory"] += len(batch) - n_ok
@@ -325,8 +327,11 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
             progress(space, fitting)
     if not best:
         reasons = ", ".join(f"{k}: {v}" for k, v in pruned.most_common()) or "no legal size combination"
+        hint = _nearest_legal(model, cluster, global_batch, c) if space == 0 else \
+            f"; the leanest legal plan needs {least_memory / 2**30:.1f} GiB per GPU (limit " \
+            f"{cluster.gpu.memory_bytes * (1 - headroom) / 2**30:.1f} GiB): add GPUs, recompute or shard more"
         raise PlanError(f"no plan fits {model.name} on {cluster.num_gpus} x {cluster.gpu.name} with "
-                        f"global batch {global_batch} ({reasons})", field="plan")
+                        f"global batch {global_batch} ({reasons}){hint}", field="plan")
     plans, preds = _rank(best, cluster, objective, max(top_k, rerank), dt)
     pareto = _pareto(pareto_pool, cluster, dt)
     searched = time.perf_counter() - start
@@ -335,6 +340,43 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
                         scored=scored, fitting=fitting, pruned=dict(pruned), seconds=searched,
                         simulations=sims[:top_k], reranked=min(rerank, len(plans)),
                         rerank_seconds=time.perf_counter() - start - searched)
+
+
+def _legal(model: ModelSpec, gpus: int, global_batch: int, c: Constraints) -> bool:
+    """Whether any (tp, cp, pp, dp) split passes the divisibility rules."""
+    return next(_size_combos(model, gpus, global_batch, c, Counter()), None) is not None
+
+
+def _nearest(value: int, ok: Callable[[int], bool], step: int = 1, limit: int = 4096) -> list[int]:
+    """The nearest values below and above `value` (multiples of `step`) for which `ok` holds."""
+    found: list[int] = []
+    for direction in (-1, 1):
+        v = (value // step + (1 if direction > 0 else 0)) * step
+        if direction < 0 and v == value:
+            v -= step
+        for _ in range(limit):
+            if v < 1:
+                break
+            if ok(v):
+                found.append(v)
+                break
+            v += direction * step
+    return found
+
+
+def _nearest_legal(model: ModelSpec, cluster: ClusterSpec, global_batch: int, c: Constraints) -> str:
+    """'; nearest global batches that work: ...; nearest GPU counts: ...' for a space that divisibility
+    rules out entirely (whole nodes for multi-node clusters)."""
+    n = cluster.num_gpus
+    batches = _nearest(global_batch, lambda b: _legal(model, n, b, c))
+    step = cluster.gpus_per_node if n > cluster.gpus_per_node else 1
+    gpus = _nearest(n, lambda g: _legal(model, g, global_batch, c), step=step, limit=1024)
+    parts = []
+    if batches:
+        parts.append(f"nearest global batches that work on {n} GPUs: {' or '.join(map(str, batches))}")
+    if gpus:
+        parts.append(f"nearest GPU counts that work with global batch {global_batch}: {' or '.join(map(str, gpus))}")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _rerank(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan], preds: list[dict],

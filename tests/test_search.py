@@ -300,3 +300,50 @@ def test_search_at_least_as_fast_as_the_published_megatron_configuration(
     published = search(model, cluster, batch, top_k=1, constraints=Constraints(tp=tp, pp=pp))
     best = search(model, cluster, batch, top_k=1)
     assert best.predictions[0]["step_time_s"] <= published.predictions[0]["step_time_s"] * (1 + 1e-12)
+
+
+def _legal_by_brute_force(model: Any, gpus: int, global_batch: int) -> bool:
+    """Some tp x cp x pp x dp = gpus passes the rules check_plan states (heads, kv heads and FFN width
+    divisible by tp, sequence by cp, layers by pp, global batch by dp)."""
+    for tp, cp, pp in itertools.product(divisors(gpus), repeat=3):
+        if gpus % (tp * cp * pp):
+            continue
+        dp = gpus // (tp * cp * pp)
+        if (model.num_heads % tp == 0 and model.num_kv_heads % tp == 0 and model.ffn_hidden % tp == 0
+                and model.seq_len % cp == 0 and model.num_layers % pp == 0 and global_batch % dp == 0):
+            return True
+    return False
+
+
+def test_no_legal_split_names_the_nearest_batches_and_gpu_counts() -> None:
+    """Calculon's README problem (GPT-3 on 5128 GPUs at batch 2520): 5128 = 8 x 641 and 641 is a prime
+    that divides neither the heads, the layers, the sequence nor the batch, so nothing is legal. The
+    error names the nearest batches (and whole-node GPU counts) that are legal, checked here by brute
+    force: they are legal and nothing between them and the request is."""
+    model = model_preset("gpt3-175b")
+    cluster = cluster_preset("dgx-a100-80gb").with_gpus(5128)
+    with pytest.raises(PlanError) as err:
+        search(model, cluster, 2520)
+    msg = str(err.value)
+    batches = [int(x) for x in msg.split("nearest global batches that work on 5128 GPUs: ")[1].split(";")[0]
+               .split(" or ")]
+    gpus = [int(x) for x in msg.split("with global batch 2520: ")[1].split(" or ")]
+    assert batches[0] < 2520 < batches[1] and gpus[0] < 5128 < gpus[1]
+    for b in batches:
+        assert _legal_by_brute_force(model, 5128, b)
+    for b in range(batches[0] + 1, batches[1]):
+        assert not _legal_by_brute_force(model, 5128, b)
+    for g in gpus:
+        assert g % 8 == 0 and _legal_by_brute_force(model, g, 2520)
+    for g in range(gpus[0] + 8, gpus[1], 8):
+        assert not _legal_by_brute_force(model, g, 2520)
+
+
+def test_nothing_fits_says_how_much_memory_the_leanest_plan_needs() -> None:
+    """GPT-3 175B on one 8-GPU node: its weights and optimizer states alone (18 bytes per parameter,
+    sharded at most 8 ways) are about 18 x 175e9 / 8 bytes = 367 GiB per GPU."""
+    model = model_preset("gpt3-175b")
+    with pytest.raises(PlanError, match=r"leanest legal plan needs (\d+\.\d) GiB") as err:
+        search(model, cluster_preset("dgx-a100-80gb").with_gpus(8), 8)
+    need = float(str(err.value).split("needs ")[1].split(" GiB")[0])
+    assert 18 * model.params / 8 / 2**30 <= need <= 1.1 * 18 * model.params / 8 / 2**30
