@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.cost.comm import _factor
+from planner.cost.comm import ring_factor
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.specs.catalog import gpu_names, gpu_preset, localhost_cpu
@@ -36,7 +36,7 @@ MAX_OVERHEAD_S = 10.0  # the largest host overhead a ClusterSpec accepts
 
 def fit_alpha_beta(op: str, group: int, rows: list[list[float]]) -> tuple[float, float]:
     """(alpha s, busbw B/s) minimising relative error of t = alpha + bytes x factor / busbw."""
-    x = np.array([r[0] for r in rows], dtype=np.float64) * float(_factor(op, np.array(group))[1])
+    x = np.array([r[0] for r in rows], dtype=np.float64) * float(ring_factor(op, np.array(group))[1])
     t = np.array([r[1] for r in rows], dtype=np.float64)
     w = 1.0 / np.maximum(t, 1e-9)  # relative error
     a = np.stack([np.ones_like(x), x], axis=1) * w[:, None]

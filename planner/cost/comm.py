@@ -33,7 +33,7 @@ def group_layout(size: Array, stride: Array, gpus_per_node: int) -> tuple[Array,
     return k, n_nodes
 
 
-def _factor(op: str, g: Array) -> tuple[Array, Array]:
+def ring_factor(op: str, g: Array) -> tuple[Array, Array]:
     """(algorithm steps, bytes factor) of a ring collective over g ranks."""
     g = np.asarray(g, dtype=np.float64)
     if op == "all_reduce":
@@ -48,7 +48,7 @@ def _factor(op: str, g: Array) -> tuple[Array, Array]:
 def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array) -> Array:
     """One ring over a single link tier, using measured (alpha, busbw) when the profile has them."""
     g = np.asarray(g, dtype=np.float64)
-    steps, factor = _factor(op, g)
+    steps, factor = ring_factor(op, g)
     measured = link.measured(op, g)
     if measured is not None:
         alpha, busbw = measured
