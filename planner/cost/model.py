@@ -216,6 +216,7 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     step = pipeline + dp_exposed + emb + optimizer
     compute = m * stage_compute
     crit_layers = np.stack([_pick(cls.layers[..., k], crit) for k in range(cls.layers.shape[-1])], axis=-1)
+    crit_pre, crit_post = _pick(pre, crit), _pick(post, crit)
 
     # FLOPs (Narayanan et al. 2021 convention: backward = 2x forward).
     seqs = ax.gb.astype(np.float64)
@@ -237,7 +238,8 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
         "step_time": step, "compute": full(compute),
         "exposed": np.maximum(step - compute - bubble - optimizer, 0.0),
         "bubble": full(bubble), "optimizer": full(optimizer),
-        "tp_comm": full(m * _over_kinds(crit_layers, terms.layer_tp)),
+        "tp_comm": full(m * (_over_kinds(crit_layers, terms.layer_tp) + np.where(crit_pre, terms.pre_tp, 0.0)
+                             + np.where(crit_post, terms.post_tp, 0.0))),
         "pp_comm": full(m * p2p_mb), "dp_comm": full(dp_total + emb),
         "cp_comm": full(m * _over_kinds(crit_layers, terms.layer_cp)),
         "ep_comm": full(m * _over_kinds(crit_layers, terms.layer_ep)),

@@ -100,7 +100,7 @@ class CostTerms:
     # One layer of each kind, one micro-batch: (..., kinds).
     layer_fwd: Array  # forward compute + exposed TP / CP / EP communication + host overheads
     layer_bwd: Array  # backward, incl. recompute, exposed communication and host overheads
-    layer_compute: Array  # forward + backward + recompute compute alone (no communication)
+    layer_compute: Array  # forward + backward + recompute compute and host time alone (no communication)
     layer_tp: Array  # TP communication, all of it (exposed or not), forward + backward + recompute
     layer_cp: Array  # CP ring exchange, all of it
     layer_ep: Array  # EP all-to-alls, all of them
@@ -114,6 +114,8 @@ class CostTerms:
     post_bwd: Array
     pre_compute: Array
     post_compute: Array
+    pre_tp: Array  # the embedding's TP communication, all of it (vocabulary-parallel output reduction)
+    post_tp: Array  # the head's and the loss's TP communication, all of it
     pre_saved: Array  # bytes the embedding saves per micro-batch
     post_saved: Array  # bytes the head and loss save per micro-batch
     logits: Array  # bytes of one micro-batch's logits buffer (last stage)
@@ -227,8 +229,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             a2a = np.zeros_like(t)
         out["fwd"].append(lay.fwd + host_l / 3)
         out["bwd"].append(lay.bwd + 2 * host_l / 3)
-        out["compute_fwd"].append(lay.fwd)
-        out["compute_bwd"].append(lay.bwd)
+        out["compute_fwd"].append(lay.fwd + host_l / 3)  # the framework's host time is busy time too
+        out["compute_bwd"].append(lay.bwd + 2 * host_l / 3)
         out["attn_fwd"].append(lay.attn_fwd)
         out["tp_fwd"].append(tp_fwd)
         out["tp_bwd"].append(tp_bwd)
@@ -254,12 +256,13 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     small = collective_time(cluster, "all_reduce", tokens * float(LOSS_BYTES), b.tp, b.stride_tp)
     head_w = _pad(post.col_gemm, 1, t)[0]
     res["pre_fwd"] = pre.fwd + host_mb / 3 + np.where(sp, rs, ar)
-    res["pre_bwd"] = pre.bwd + 2 * host_mb / 3
+    # With SP the embedding's output gradient is all-gathered back to the full sequence in backward.
+    res["pre_bwd"] = pre.bwd + 2 * host_mb / 3 + np.where(sp, ag, 0.0)
     res["post_fwd"] = post.fwd + host_mb / 3 + np.where(sp, ag, 0.0) + 3 * small
     res["post_bwd"] = post.bwd + 2 * host_mb / 3 + np.where(sp, hide(rs, head_w, ov), hide(ar, head_w, ov))
     res["pre_compute"] = pre.fwd + pre.bwd + host_mb
     res["post_compute"] = post.fwd + post.bwd + host_mb
-    res["pre_tp"] = np.where(sp, rs, ar)
+    res["pre_tp"] = np.where(sp, rs + ag, ar)
     res["post_tp"] = np.where(sp, ag + rs, ar) + 3 * small
     res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp)
     res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp)
@@ -408,12 +411,14 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z),
         layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
-        layer_compute=s(st["compute_fwd"] + st["compute_bwd"]) + np.where(rc == 2, cf, np.where(rc == 1, attn, 0.0)),
+        layer_compute=s(st["compute_fwd"] + st["compute_bwd"]) + np.where(rc == 2, cf, np.where(rc == 1, attn, 0.0))
+        + fsdp,
         layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"]) + np.where(rc == 2, s(st["tp_fwd"]), 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
-        pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_saved=s(st["pre_saved"]),
+        pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_tp=s(st["pre_tp"]),
+        post_tp=s(st["post_tp"]), pre_saved=s(st["pre_saved"]),
         post_saved=s(st["post_saved"]), logits=s(st["logits"]),
         p2p=s(np.where(b.pp > 1, st["p2p"], 0.0)),
         pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
