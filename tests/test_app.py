@@ -1,9 +1,13 @@
-"""The Streamlit dashboard (app.py): AppTest runs of the page, and its upload / comparison helpers."""
+"""The Streamlit dashboard (app.py) run with streamlit.testing.v1.AppTest: every view, the one state
+and its URL, what-if, cost, compare, nearest feasible plan, measured evidence.
+
+The browser-level checks (clicks on charts, dark mode, what a user sees) are in test_app_browser.py.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -15,29 +19,25 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from planner.cost import estimate
-from planner.plan import Plan, PlanDocument, plan_hash
+from planner.dashboard.codes import plan_code
+from planner.errors import PlanError
+from planner.plan import Plan, PlanDocument, check_plan, plan_hash
+from planner.search import search
 from planner.specs.catalog import load_cluster, load_model
+from planner.whatif import legal_values, vary
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 HF = Path(__file__).resolve().parent / "fixtures" / "hf"
 TIMEOUT = 120  # seconds per script run; generous for a shared 2-core machine
+VIEWS = ["Plans", "Selected plan", "Compare", "Pipeline schedule", "What-if", "Measured"]
 
 
-def _load_app() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("dashboard_app", APP)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
-
-
-def new_app() -> AppTest:
-    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+def new_app(**query: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at
 
 
 def ok(at: AppTest) -> AppTest:
@@ -47,16 +47,38 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def plain(markdown: str) -> str:
+    """Text as the page shows it (the app escapes markdown with backslashes)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("  \n", "\n")
+
+
+def captions(at: AppTest) -> str:
+    return " ".join(plain(c.value) for c in at.caption)
+
+
+def errors(at: AppTest) -> str:
+    return "\n".join(plain(str(e.value)) for e in at.error)
+
+
+def warnings(at: AppTest) -> str:
+    return "\n".join(plain(str(w.value)) for w in at.warning)
+
+
 def plans_table(at: AppTest) -> Any:
-    return at.dataframe[0].value
+    return next(d.value for d in at.dataframe if "step s" in d.value.columns)
 
 
 def charts(at: AppTest) -> list[Any]:
     return list(at.get("plotly_chart"))
 
 
-def errors(at: AppTest) -> str:
-    return "\n".join(str(e.value) for e in at.error)
+def show(at: AppTest, view: str) -> AppTest:
+    at.session_state["view"] = view
+    return ok(at.run())
+
+
+def url(at: AppTest) -> dict[str, str]:
+    return {k: at.query_params[k] for k in at.query_params}
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +93,23 @@ def test_default_problem_renders_every_view(default_app: AppTest) -> None:
     at = default_app
     table = plans_table(at)
     assert len(table) == 20 and list(table["rank"]) == list(range(1, 21))
-    assert table["step s"].is_monotonic_increasing  # objective "time": best first
-    assert "llama3-8b on 64 x H100" in " ".join(c.value for c in at.caption)
-    # Pareto chart, memory + time breakdown, schedule, what-if memory + time
-    assert len(charts(at)) >= 6
-    assert [t.label for t in at.tabs] == ["Plans", "Selected plan", "Pipeline schedule", "What-if",
-                                          "Measured"]
-    assert any(b.label == "Plan JSON" for b in at.get("download_button"))
-    assert at.info[0].value == "No measurements loaded yet."
+    assert table["simulated s"].is_monotonic_increasing  # objective "time": the search's re-ranked order
+    assert "llama3-8b on 64 x H100" in captions(at)
+    assert [t.label for t in at.tabs] == VIEWS
+    assert len(charts(at)) == 1  # only the open view runs: the Pareto chart
+    expected = {"Selected plan": 2, "Compare": 2, "Pipeline schedule": 1, "What-if": 2, "Measured": 0}
+    for view, n in expected.items():
+        show(at, view)
+        assert len(charts(at)) == n, view
+    assert any(b.label == "Plan JSON" for b in show(at, "Selected plan").get("download_button"))
+    assert show(at, "Measured").info[0].value == "No measurements loaded yet."
+    show(at, "Plans")
+
+
+def test_the_search_ranks_as_the_library_does(default_app: AppTest) -> None:
+    """The table is the search's ranking, not a re-sort of it."""
+    result = search(load_model("llama3-8b"), load_cluster("dgx-h100", gpus=64), 512, top_k=20)
+    assert list(plans_table(default_app)["plan"]) == [plan_code(p) for p in result.plans]
 
 
 @pytest.mark.parametrize(("model", "cluster", "gpus", "batch"), [
@@ -94,9 +125,10 @@ def test_presets_run_without_exceptions(model: str, cluster: str, gpus: int, bat
     at.number_input(key="gpus").set_value(gpus)
     at.number_input(key="global_batch").set_value(batch)
     ok(at.run())
-    caption = " ".join(c.value for c in at.caption)
-    assert f"{model} on {gpus} x" in caption and f"global batch {batch}" in caption
-    assert len(plans_table(at)) > 0 and len(charts(at)) >= 6
+    assert f"{model} on {gpus} x" in captions(at) and f"global batch {batch}" in captions(at)
+    assert len(plans_table(at)) > 0 and len(charts(at)) == 1
+    for view in VIEWS[1:]:
+        show(at, view)
 
 
 def test_changing_widgets_changes_the_results() -> None:
@@ -107,7 +139,8 @@ def test_changing_widgets_changes_the_results() -> None:
     ok(at.run())
     fixed = plans_table(at)
     assert all(p.startswith("tp2 pp2 ") for p in fixed["plan"])
-    assert fixed["step s"].iloc[0] >= before["step s"].iloc[0]  # a constrained optimum is no better
+    assert fixed["step s"].min() >= before["step s"].min()  # a constrained optimum is no better
+    assert url(at)["tp"] == "2" and url(at)["pp"] == "2"
 
     at.selectbox(key="fix_tp").set_value("any")
     at.selectbox(key="fix_pp").set_value("any")
@@ -116,51 +149,88 @@ def test_changing_widgets_changes_the_results() -> None:
     ok(at.run())
     capped = plans_table(at)
     assert (capped["mem GiB"] <= 20.0).all() and (capped["ZeRO"] == 3).all()
+    assert "tp" not in url(at) and url(at)["zero"] == "3" and url(at)["max_memory_gib"] == "20"
 
     at.number_input(key="global_batch").set_value(128)
     ok(at.run())
-    assert "global batch 128" in " ".join(c.value for c in at.caption)
+    assert "global batch 128" in captions(at) and url(at)["global_batch"] == "128"
     assert not plans_table(at).equals(capped)
 
 
-def test_selecting_a_plan_updates_the_breakdowns(default_app: AppTest) -> None:
-    at = default_app
-    first = at.subheader[0].value
-    options = at.selectbox(key="selected").options
-    pareto = [i for i, o in enumerate(options) if o.startswith("Pareto:")]
-    assert pareto, "the Pareto plans are offered for inspection"
-    at.selectbox(key="selected").set_value(pareto[-1])
-    ok(at.run())
-    assert at.subheader[0].value != first
-    assert options[pareto[-1]].split("  (")[0].removeprefix("Pareto: ") == at.subheader[0].value
+# ---- one state: selection follows the problem; the URL names the state ----------------------------------
 
 
-def test_whatif_rescores_and_reports_illegal_plans() -> None:
+def test_selection_never_outlives_its_problem() -> None:
+    """The stale-state bug: after a problem change, 'Plan to inspect' and every view show the new
+    problem's plan and numbers, never the previous one's."""
     at = ok(new_app().run())
-
-    def slider(prefix: str) -> Any:
-        return next(s for s in at.select_slider if s.key.startswith(prefix))
-
-    step_before = at.metric[4].value
-    slider("wi_pp").set_value(2)
+    third = plans_table(at)["plan"].iloc[2]
+    at.selectbox(key="pick").set_value(third)
     ok(at.run())
-    assert at.metric[4].value != step_before
-    assert any("pp2" in m.value for m in at.markdown)
+    assert at.selectbox(key="pick").value == third and url(at)["plan"] == third
+    assert plain(show(at, "Selected plan").subheader[0].value) == third
+    at.session_state["view"] = "Plans"
+    at.number_input(key="global_batch").set_value(256)
+    ok(at.run())
+    table = plans_table(at)
+    best, best_step = table["plan"].iloc[0], table["step s"].iloc[0]
+    pick = at.selectbox(key="pick")
+    assert pick.value == best and "plan" not in url(at)
+    assert f"#1 {best}  ({best_step:.4g} s" in pick.format_func(pick.value)
+    selected = show(at, "Selected plan")
+    assert plain(selected.subheader[0].value) == best
+    assert next(m.value for m in selected.metric if m.label == "Step time") == f"{best_step:#.3g} s"
 
-    slider("wi_tp").set_value(16)  # llama3-8b has 8 kv heads
-    at.run()
-    assert not at.exception
-    assert "Illegal plan" in errors(at) and "num_kv_heads 8 is not divisible by tp 16" in errors(at)
 
-
-def test_plan_that_fits_nowhere_shows_the_reason() -> None:
-    at = new_app().run()
-    at.selectbox(key="model").set_value("llama3-405b")
-    at.number_input(key="gpus").set_value(8)
+def test_url_round_trip_reproduces_the_page() -> None:
+    at = ok(new_app().run())
+    at.selectbox(key="model").set_value("llama2-70b")
     at.number_input(key="global_batch").set_value(64)
-    at.run()
+    at.number_input(key="seq_len").set_value(2048)
+    at.selectbox(key="objective").set_value("cost")
+    at.text_input(key="tokens").set_value("2T")
+    at.number_input(key="price").set_value(2.5)
+    at.multiselect(key="schedules").set_value(["1f1b", "gpipe"])
+    ok(at.run())
+    second = plans_table(at)["plan"].iloc[1]
+    at.selectbox(key="pick").set_value(second)
+    ok(at.run())
+    show(at, "Compare")
+    link = url(at)
+    assert link == {"model": "llama2-70b", "seq_len": "2048", "global_batch": "64", "objective": "cost",
+                    "tokens": "2T", "price": "2.5", "schedules": "1f1b,gpipe", "plan": second, "view": "Compare"}
+    again = ok(new_app(**link).run())  # a copied link, or a reload
+    assert url(again) == link
+    assert again.selectbox(key="pick").value == second and again.session_state["view"] == "Compare"
+    assert plans_table(show(again, "Plans")).equals(plans_table(show(at, "Plans")))
+    assert "x seq 2048" in captions(again)
+
+
+def test_invalid_url_parameters_warn_and_valid_ones_apply() -> None:
+    at = ok(new_app(seq_len="abc", objective="speed", model="no-such-model", colour="red", gpus="12x").run())
+    text = warnings(at)
+    for name in ("?seq_len=abc", "?objective=speed", "?model=no-such-model", "?colour=red", "?gpus=12x"):
+        assert f"ignoring {name}" in text, name
+    assert "llama3-8b on 64 x" in captions(at)  # defaults stand in
+    good = ok(new_app(seq_len="2048", objective="throughput", global_batch="128").run())
+    assert not good.warning and "x seq 2048" in captions(good) and good.selectbox(key="objective").value == "throughput"
+    linked = ok(new_app(plan="tp8 pp8 dp1 mb1").run())  # a well-formed code this problem did not rank
+    assert "the linked plan tp8 pp8 dp1 mb1 is not among this problem's plans" in warnings(linked)
+
+
+def test_error_text_is_shown_literally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Markdown must not eat '*' or '_' in messages: "pp*vpp = 8*4" stays as it is."""
+    import planner.search
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PlanError("num_layers 30 is not divisible by pp*vpp = 8*4 (see __init__)", field="pp")
+
+    monkeypatch.setattr(planner.search, "search", refuse)
+    at = new_app(model="tiny", cluster="localhost-cpu", gpus="2", global_batch="6").run()  # not searched elsewhere
     assert not at.exception
-    assert "no plan fits llama3-405b on 8 x" in errors(at)
+    raw = "\n".join(str(e.value) for e in at.error)
+    assert r"pp\*vpp \= 8\*4" in raw and r"\_\_init\_\_" in raw
+    assert "pp*vpp = 8*4 (see __init__)" in errors(at)
 
 
 def test_internal_errors_are_one_line_and_the_rest_of_the_page_renders(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,13 +241,10 @@ def test_internal_errors_are_one_line_and_the_rest_of_the_page_renders(monkeypat
 
     monkeypatch.setattr(planner.search, "search", broken)
     monkeypatch.delenv("PLANNER_DEBUG", raising=False)
-    at = new_app()
-    for k, v in {"model": "tiny", "cluster": "localhost-cpu", "gpus": "3", "global_batch": "3"}.items():
-        at.query_params[k] = v  # a problem no other test searches (results are cached per input)
-    at.run()
+    at = new_app(model="tiny", cluster="localhost-cpu", gpus="3", global_batch="3", view="Measured").run()
     assert not at.exception
     assert "search: internal error: KeyError: 'p2p' (set PLANNER_DEBUG=1 for a traceback)" in errors(at)
-    assert at.info[-1].value == "No measurements loaded yet."  # the Measured tab still works
+    assert at.info[-1].value == "No measurements loaded yet."  # the Measured view still works
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -185,10 +252,11 @@ def test_internal_errors_are_one_line_and_the_rest_of_the_page_renders(monkeypat
     ("zero", [], "choose at least one ZeRO stage"),
     ("recompute", [], "choose at least one recompute mode"),
     ("schedules", [], "choose at least one pipeline schedule"),
+    ("tokens", "15 trillion", "expected a token count such as 15T"),
 ])
 def test_bad_inputs_show_messages(key: str, value: Any, message: str) -> None:
     at = new_app().run()
-    widget = at.number_input(key=key) if key == "gpus" else at.multiselect(key=key)
+    widget = {"gpus": at.number_input, "tokens": at.text_input}.get(key, at.multiselect)(key=key)
     widget.set_value(value)
     at.run()
     assert not at.exception
@@ -197,59 +265,70 @@ def test_bad_inputs_show_messages(key: str, value: Any, message: str) -> None:
 
 def test_sequence_length_changes_the_problem(default_app: AppTest) -> None:
     at = default_app
-    best = plans_table(at)["step s"].iloc[0]
-    at.number_input(key="seq_len:llama3-8b").set_value(2048)
+    best = plans_table(at)["step s"].min()
+    at.number_input(key="seq_len").set_value(2048)
     ok(at.run())
-    assert "x seq 2048" in " ".join(c.value for c in at.caption)
-    assert plans_table(at)["step s"].iloc[0] < best  # a quarter of the tokens per step
-    at.number_input(key="seq_len:llama3-8b").set_value(8192)
+    assert "x seq 2048" in captions(at)
+    assert plans_table(at)["step s"].min() < best  # a quarter of the tokens per step
+    at.number_input(key="seq_len").set_value(None)
     ok(at.run())
+    assert "x seq 8192" in captions(at) and "seq_len" not in url(at)
 
 
-def test_url_query_sets_initial_inputs() -> None:
-    at = new_app()
-    at.query_params["model"] = "gpt2"
-    at.query_params["cluster"] = "localhost-cpu"
-    at.query_params["gpus"] = "4"
-    at.query_params["global_batch"] = "8"
-    at.query_params["pp"] = "2"
-    at.query_params["schedules"] = "gpipe"
-    ok(at.run())
-    assert "gpt2 on 4 x cpu-core" in " ".join(c.value for c in at.caption)
+# ---- what planners need: cost, compare, legends, nearest feasible ------------------------------------------
+
+
+def test_training_cost_per_plan() -> None:
+    """Days, GPU-hours and dollars for N tokens at each plan's predicted throughput and the given price."""
+    at = ok(new_app(tokens="15T", price="2").run())
     table = plans_table(at)
-    assert (table["schedule"] == "gpipe").all() and all(" pp2 " in p for p in table["plan"])
-    bad = new_app()
-    bad.query_params["model"] = "no-such-model"
-    bad.run()
-    assert not bad.exception and "ignoring ?model=no-such-model" in bad.warning[0].value
+    first = table.iloc[0]
+    tokens_per_s = first["tokens/s/GPU"] * 64
+    assert first["days"] == pytest.approx(15e12 / tokens_per_s / 86400, rel=1e-9)
+    assert first["GPU-hours"] == pytest.approx(15e12 / tokens_per_s / 3600 * 64, rel=1e-9)
+    assert first["cost $"] == pytest.approx(first["GPU-hours"] * 2.0, rel=1e-9)
+    assert "Training 15T tokens" in captions(at)
+    # the catalog price is the default, with its source and date
+    default = ok(new_app().run())
+    assert "lambda.ai/instances (read 2026-09-20" in captions(default)
+    assert plans_table(default)["cost $"].iloc[0] == pytest.approx(plans_table(default)["GPU-hours"].iloc[0] * 3.99)
+    cost = ok(new_app(objective="cost").run())
+    assert any(m.label == "Cost per million tokens" and m.value.startswith("$") for m in cost.metric)
 
 
-def test_export_buttons_appear_only_when_the_exporters_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, str]] = []
-
-    def export_plan(doc: PlanDocument, fmt: str) -> str:
-        seen.append((doc.plan.describe(), fmt))
-        return f"# {fmt}\n"
-
-    fake_export = types.ModuleType("planner.export")
-    fake_export.export_plan = export_plan  # type: ignore[attr-defined]
-    fake_trace = types.ModuleType("planner.trace")
-    fake_trace.predicted_trace = lambda doc: {"traceEvents": []}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "planner.export", fake_export)
-    monkeypatch.setitem(sys.modules, "planner.trace", fake_trace)
-    at = ok(new_app().run())
-    labels = {b.label for b in at.get("download_button")}
-    assert {"Plan JSON", "megatron", "torchtitan", "deepspeed", "Perfetto trace"} <= labels
-    assert {fmt for _, fmt in seen} == {"megatron", "torchtitan", "deepspeed"}
-
-    monkeypatch.setitem(sys.modules, "planner.export", None)  # an import that fails
-    monkeypatch.setitem(sys.modules, "planner.trace", None)
-    at = ok(new_app().run())
-    labels = {b.label for b in at.get("download_button")}
-    assert "Plan JSON" in labels and not labels & {"megatron", "torchtitan", "deepspeed", "Perfetto trace"}
+def test_compare_shows_two_plans_and_their_differences(default_app: AppTest) -> None:
+    at = show(default_app, "Compare")
+    picked = at.multiselect(key="compare_pick").value
+    table = plans_table(show(at, "Plans"))
+    assert picked == [table["plan"].iloc[0], table["plan"].iloc[1]]  # the selected (best) plan and the next
+    at = show(at, "Compare")
+    frames = [d.value for d in at.dataframe]
+    metrics = frames[0]
+    assert list(metrics[""])[:4] == ["step time", "tokens/s", "MFU", "memory per GPU"]
+    diff = frames[1]
+    a, b = (plan_of(table, i) for i in (0, 1))
+    differing = {k for k in ("tp", "pp", "dp", "cp", "micro_batch", "zero_stage", "placement")
+                 if getattr(a, k) != getattr(b, k)}
+    assert len(diff) >= len(differing) > 0
+    at.multiselect(key="compare_pick").set_value([table["plan"].iloc[0], table["plan"].iloc[2],
+                                                  table["plan"].iloc[4]])
+    ok(at.run())
+    assert url(at)["compare"].count(";") == 2
+    assert len(charts(at)) == 2
+    show(at, "Plans")
 
 
-# ---- uploads -----------------------------------------------------------------------------------------
+def plan_of(table: Any, i: int) -> Plan:
+    from planner.dashboard.codes import parse_plan_code
+
+    return parse_plan_code(table["plan"].iloc[i]).plan(512, "bf16")
+
+
+def test_plan_code_legend_and_parameter_counts() -> None:
+    at = ok(new_app(model="mixtral-8x7b", global_batch="256").run())
+    assert "How to read plan codes" in " ".join(e.label for e in at.expander)
+    # published: Mixtral 8x7B has 46.7B parameters, 12.9B active per token (Mistral AI, 2023)
+    assert "46.7B parameters, 12.9B active per token" in captions(at)
 
 
 def test_model_and_cluster_upload_in_the_page() -> None:
@@ -265,7 +344,12 @@ def test_model_and_cluster_upload_in_the_page() -> None:
     at.number_input(key="gpus").set_value(8)
     at.number_input(key="global_batch").set_value(32)
     ok(at.run())
-    assert "uploaded-model on 8 x H100" in " ".join(c.value for c in at.caption)
+    assert "uploaded-model on 8 x H100" in captions(at)
+    assert "494M parameters" in captions(at)  # Qwen2-0.5B: 494,032,768 on its model card
+    link = url(at)
+    assert "model_spec" in link and "cluster_spec" in link and "model" not in link
+    again = ok(new_app(**link).run())  # the uploaded specs travel in the link
+    assert "uploaded-model on 8 x H100" in captions(again) and plans_table(again).equals(plans_table(at))
 
     at.file_uploader(key="model_file").set_value(("config.json", b"\xff\xfe garbage", "application/json"))
     at.run()
@@ -274,7 +358,114 @@ def test_model_and_cluster_upload_in_the_page() -> None:
     at.file_uploader(key="model_file").set_value(incomplete)
     at.run()
     assert not at.exception and "config.json: num_attention_heads: missing" in errors(at)
-    assert len(at.dataframe) == 0  # nothing searched while the input is bad
+    assert not [d for d in at.dataframe if "step s" in d.value.columns]  # nothing searched while the input is bad
+
+
+def test_no_plan_fits_offers_the_nearest_feasible_problem() -> None:
+    at = new_app(model="llama3-405b", gpus="8", global_batch="64").run()
+    assert not at.exception
+    assert "no plan fits llama3-405b on 8 x" in errors(at)  # the search's message, verbatim
+    offers = [b for b in at.button if b.key and b.key.startswith("alt:")]
+    assert offers and any("GPUs (asked 8)" in plain(m.value) for m in at.markdown)
+    offers[0].click()
+    ok(at.run())
+    gpus = at.number_input(key="gpus").value
+    assert gpus > 8 and f"llama3-405b on {gpus} x" in captions(at)
+    # the offered problem really is the nearest of those tried: every smaller GPU count fails
+    model = load_model("llama3-405b")
+    for n in (16, 32, 64):
+        if n < gpus:
+            with pytest.raises(PlanError):
+                search(model, load_cluster("dgx-h100", gpus=n), 64, top_k=1)
+
+
+def test_selecting_a_pareto_plan_updates_the_views(default_app: AppTest) -> None:
+    at = default_app
+    options = at.selectbox(key="pick").options
+    pareto = [o for o in options if o.startswith("Pareto ")]
+    assert pareto, "the Pareto plans are offered for inspection"
+    code = pareto[-1].removeprefix("Pareto ").split("  (")[0]
+    at.selectbox(key="pick").set_value(code)
+    ok(at.run())
+    assert plain(show(at, "Selected plan").subheader[0].value) == code
+    assert url(at)["plan"] == code
+    best = plans_table(show(at, "Plans"))["plan"].iloc[0]
+    at.selectbox(key="pick").set_value(best)
+    ok(at.run())
+    assert "plan" not in url(at)
+
+
+# ---- what-if -------------------------------------------------------------------------------------------------
+
+
+def test_whatif_offers_only_legal_values_and_rescores() -> None:
+    at = ok(new_app(global_batch="512", pp="2", view="What-if").run())
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", gpus=64)
+    code = at.selectbox(key="pick").value
+    from planner.dashboard.codes import parse_plan_code
+
+    plan = parse_plan_code(code).plan(512, "bf16")
+    for knob in ("tp", "pp", "cp", "vpp", "micro_batch", "zero_stage"):
+        widget = next((s for s in at.select_slider if s.key == f"wi_{knob}"), None)
+        if widget is None:
+            continue
+        offered = [int(o) for o in widget.options]
+        legal = []
+        for v in range(1, 65) if knob != "zero_stage" else range(4):  # brute force with check_plan
+            try:
+                check_plan(model, cluster, vary(plan, 64, **{knob: v}))
+            except PlanError:
+                continue
+            legal.append(v)
+        assert offered == legal == legal_values(model, cluster, plan, knob), knob
+    step_before = next(m.value for m in at.metric if m.label == "Step time")
+    slider = next(s for s in at.select_slider if s.key == "wi_pp")
+    slider.set_value(int(slider.options[-1]))
+    ok(at.run())
+    step = next(m for m in at.metric if m.label == "Step time")
+    assert step.value != step_before and re.fullmatch(r"[+-][0-9.,k]+ s \([+-][0-9.]+%\)", step.delta or "")
+    memory = next(m for m in at.metric if m.label == "Memory per GPU")
+    assert memory.delta is None or memory.delta.split(" ")[1] == "GiB"
+    assert url(at)["whatif"].startswith("tp") and f"pp{slider.value}" in url(at)["whatif"]
+    gpus = next(s for s in at.select_slider if s.key == "wi_gpus")
+    assert all(int(n) <= 8 or int(n) % 8 == 0 for n in gpus.options)  # a part of one node, or whole nodes
+    at.button(key="wi_reset").click()
+    ok(at.run())
+    assert "whatif" not in url(at)
+
+
+def test_linked_whatif_that_is_illegal_warns() -> None:
+    """A link naming an illegal what-if plan warns with the rule it breaks, escaped as typed."""
+    at = ok(new_app(whatif="tp1 pp8 dp8 v3 mb1", view="What-if").run())
+    assert "num_layers 32 is not divisible by pp*vpp = 8*3" in warnings(at)
+
+
+# ---- exports ---------------------------------------------------------------------------------------------------
+
+
+def test_export_buttons_appear_only_when_the_exporters_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def export_plan(doc: PlanDocument, fmt: str) -> str:
+        seen.append((doc.plan.describe(), fmt))
+        return f"# {fmt}\n"
+
+    fake_export = types.ModuleType("planner.export")
+    fake_export.export_plan = export_plan  # type: ignore[attr-defined]
+    fake_trace = types.ModuleType("planner.trace")
+    fake_trace.predicted_trace = lambda doc: {"traceEvents": []}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "planner.export", fake_export)
+    monkeypatch.setitem(sys.modules, "planner.trace", fake_trace)
+    at = ok(new_app(view="Selected plan").run())
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Plan JSON", "megatron", "torchtitan", "deepspeed", "Perfetto trace"} <= labels
+    assert {fmt for _, fmt in seen} == {"megatron", "torchtitan", "deepspeed"}
+
+    monkeypatch.setitem(sys.modules, "planner.export", None)  # an import that fails
+    monkeypatch.setitem(sys.modules, "planner.trace", None)
+    at = ok(new_app(view="Selected plan").run())
+    labels = {b.label for b in at.get("download_button")}
+    assert "Plan JSON" in labels and not labels & {"megatron", "torchtitan", "deepspeed", "Perfetto trace"}
 
 
 # ---- measured.json / validation.json ----------------------------------------------------------------
@@ -299,25 +490,9 @@ def _measured(doc: dict[str, Any], median: float = 0.5) -> dict[str, Any]:
             "env": {"torch": "test"}}
 
 
-# The shape `planner validate` writes (planner/validate.py); the numbers are test data.
-VALIDATION = {
-    "kind": "validation", "model": "tiny", "cluster": {"name": "localhost-cpu", "gpu": {"name": "cpu"}},
-    "nproc_per_node": 2, "global_batch": 8,
-    "summary": {"n_plans": 2, "mape": 0.2, "spearman": 1.0, "worst_plan": "dp"},
-    "plans": [
-        {"name": "dp", "plan": "tp1 pp1 dp2 mb2", "predicted_step_time_s": 0.016,
-         "measured_step_time_s": 0.02, "error": -0.2, "launch_medians_s": [0.019, 0.021],
-         "predicted_time": {"compute": 0.01}},
-        {"name": "pp", "plan": "tp1 pp2 dp1 mb1", "predicted_step_time_s": 0.04,
-         "measured_step_time_s": 0.05, "error": -0.2, "launch_medians_s": [0.05],
-         "predicted_time": {"compute": 0.02}},
-    ],
-}
-
-
-def test_measured_tab_shows_predicted_vs_measured(tmp_path: Path) -> None:
+def test_measured_view_shows_predicted_vs_measured(tmp_path: Path) -> None:
     doc = _plan_doc()
-    at = new_app().run()
+    at = new_app(view="Measured").run()
     at.file_uploader(key="measured_files").set_value([
         ("plan.json", json.dumps(doc).encode(), "application/json"),
         ("measured.json", json.dumps(_measured(doc)).encode(), "application/json"),
@@ -326,33 +501,21 @@ def test_measured_tab_shows_predicted_vs_measured(tmp_path: Path) -> None:
     at.run()
     assert not at.exception
     assert "junk.json" in errors(at)
-    runs = next(d.value for d in at.dataframe if "measured step s" in d.value.columns)
-    assert runs["measured step s"].iloc[0] == pytest.approx(0.5)
+    runs = next(d.value for d in at.dataframe if "measured step ms" in d.value.columns)
+    assert runs["measured step ms"].iloc[0] == pytest.approx(500.0)
+    assert runs["step error %"].iloc[0] == pytest.approx((doc["prediction"]["step_time_s"] - 0.5) / 0.5 * 100)
     assert at.get("plotly_chart")
 
-    (tmp_path / "measured.json").write_text(json.dumps(_measured(doc, median=0.75)))
-    (tmp_path / "plan.json").write_text(json.dumps(doc))
-    (tmp_path / "validation.json").write_text(json.dumps(VALIDATION))
-    at.file_uploader(key="measured_files").set_value(None)
-    at.text_input(key="measured_folder").set_value(str(tmp_path))
+
+def test_measured_view_summarises_validation_reports() -> None:
+    """The shipped validation report: MAPE, Spearman and the worst plan as the README quotes them."""
+    folder = ROOT / "examples" / "validation" / "cpu-2ranks"
+    at = new_app(view="Measured").run()
+    at.text_input(key="measured_folder").set_value(str(folder))
     ok(at.run())
-    runs = next(d.value for d in at.dataframe if "measured step s" in d.value.columns)
-    assert runs["measured step s"].iloc[0] == pytest.approx(0.75)
-    assert any("Validation report" in h.value for h in at.subheader)
-    assert any("predicted_step_time_s" in d.value.columns for d in at.dataframe)
-
-
-# ---- pure helpers ------------------------------------------------------------------------------------
-
-
-def test_schedule_figure_draws_every_op_and_the_bubbles() -> None:
-    model, cluster = load_model("tiny"), load_cluster("localhost-cpu", gpus=4)
-    plan = Plan(pp=4, micro_batch=1, global_batch=8, dtype="fp32")
-    sim = app.cached_simulation(app._spec_key(model), app._spec_key(cluster), json.dumps(plan.to_dict()))
-    fig, note = app.schedule_figure(sim, plan.pp, plan.grad_accum)
-    by_name = {t.name: t for t in fig.data}
-    assert len(by_name["forward"].x) == len(by_name["backward"].x) == 4 * 8
-    assert len(by_name["idle (bubble)"].x) > 0 and note == ""
-    many = {**sim, "events": sim["events"] * 200}
-    _, note = app.schedule_figure(many, plan.pp, plan.grad_accum)
-    assert note.startswith("showing micro-batches")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Step-time MAPE"] == "11.2%" and metrics["Spearman"] == "0.91"
+    assert metrics["Worst error"] == "22.0%" and metrics["Plans measured"] == "12"
+    assert "worst plan: TP + SP" in captions(at)
+    table = next(d.value for d in at.dataframe if "predicted step ms" in d.value.columns)
+    assert len(table) == 12 and table["step error %"].abs().max() == pytest.approx(22.0, abs=0.05)
