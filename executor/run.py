@@ -43,6 +43,7 @@ from executor.trainer import TrainOptions
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.plan import PlanDocument, load_plan, plan_hash
+from planner.precision import recipe
 
 
 def check_executable(doc: PlanDocument) -> None:
@@ -51,6 +52,10 @@ def check_executable(doc: PlanDocument) -> None:
     if doc.model.head != "lm":
         raise UnsupportedPlan(f"model {doc.model.name!r} has an {doc.model.head!r} head; the executor runs "
                               "decoder language models only", field="model.head")
+    if recipe(doc.plan.dtype).low_precision:
+        raise UnsupportedPlan(f"the executor does not run {doc.plan.dtype} training yet (it needs FP8/FP4 "
+                              "GEMM kernels); plan, estimate and export it, or run it with --dtype bf16",
+                              field="dtype")
 
 
 def load_checked(path: str | Path) -> tuple[PlanDocument, dict[str, Any]]:

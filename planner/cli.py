@@ -14,6 +14,7 @@ from planner.errors import PlannerError
 from planner.graph import build_graph
 from planner.io import dumps
 from planner.plan import DEFAULT_PLACEMENT, RECOMPUTE, SCHEDULES, Plan, PlanDocument, load_plan, save_plan
+from planner.precision import PRECISIONS
 from planner.report import explain, plans_table, seconds, table
 from planner.search import DEFAULT_RERANK
 from planner.specs.catalog import (
@@ -304,6 +305,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     if args.published:
         return _validate_published(args)
+    if args.dry_run:
+        from planner.dry_run_report import validate_dry_run
+
+        return validate_dry_run(args)
     from planner.validate import run_validation
 
     return run_validation(args)
@@ -405,8 +410,9 @@ def _add_problem(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=_positive_int, required=True, help="total GPUs (ranks)")
     p.add_argument("--global-batch", type=_positive_int, required=True, help="sequences per step")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length (default: the model's)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
-                   help="training precision (default: the model's; fp32 on CPU clusters)")
+    p.add_argument("--dtype", choices=PRECISIONS,
+                   help="training precision: bf16 / fp16 / fp32, or a low-precision recipe (fp8, mxfp8, nvfp4: "
+                        "linear layers in 8 / 4 bits, the rest bf16); default: the model's, fp32 on CPU clusters")
     p.add_argument("--no-flash-attention", action="store_true",
                    help="unfused attention that stores the s^2 softmax (Megatron-LM 2022)")
     p.add_argument("--headroom", type=_fraction, default=DEFAULT_HEADROOM,
@@ -505,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="predicted vs measured: local runs, or --published measurements")
     p.add_argument("--published", action="store_true",
                    help="predict the shipped published Megatron-LM measurements instead of running plans")
+    p.add_argument("--dry-run", action="store_true",
+                   help="dry-run the search's best plans of several presets at 64-4,096 ranks and compare every "
+                        "built rank with the cost model (planner run --dry-run); nothing is launched")
     p.add_argument("--cluster", default=None,
                    help="cluster profile to predict with (default: calibrate this machine first, into "
                         "OUT_DIR/cluster-profile.json)")
@@ -542,9 +551,19 @@ def _add_optional_commands(sub: Any) -> None:
         from executor.launch import add_run_arguments, run_command
     except ImportError:  # pragma: no cover - executor always ships with the planner
         return
-    p = sub.add_parser("run", help="execute a plan with torchrun and compare with its prediction")
+    from planner.dry_run_report import add_dry_run_arguments
+
+    p = sub.add_parser("run", help="execute a plan with torchrun and compare with its prediction (or --dry-run: "
+                                   "build its ranks at full size in this process)")
     add_run_arguments(p)
-    p.set_defaults(func=run_command)
+    add_dry_run_arguments(p)
+    p.set_defaults(func=lambda a: _dry_run(a) if a.dry_run else run_command(a))
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from planner.dry_run_report import dry_run_command
+
+    return dry_run_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

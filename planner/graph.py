@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from planner.precision import DTYPE_BYTES, base_dtype
 from planner.specs.model import ModelSpec
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 MASK_BYTES = 1  # dropout masks are stored as bool (1 byte per element)
 LOSS_BYTES = 4  # cross-entropy keeps fp32 softmax / log-probabilities for backward
 LSE_BYTES = 4  # flash attention saves an fp32 log-sum-exp per head and token
@@ -319,7 +319,7 @@ def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: boo
     `flash_attention` selects the attention kernel: fused (no s^2 activations) or the unfused
     "math" path of Megatron-LM 2022 (softmax and dropout tensors of size a·s^2·b are kept).
     """
-    dt = dtype or model.dtype
+    dt = base_dtype(dtype or model.dtype)  # a low-precision recipe keeps activations in its base format
     b = DTYPE_BYTES[dt]
     pre = _pre_ops(model, b)
     layer = [

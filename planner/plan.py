@@ -18,8 +18,9 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.io import atomic_write_json, load_json
+from planner.precision import PRECISIONS, check_precision
 from planner.specs.cluster import ClusterSpec
-from planner.specs.model import DTYPES, ModelSpec
+from planner.specs.model import ModelSpec
 
 SCHEMA_VERSION = 1
 SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
@@ -63,8 +64,8 @@ class Plan:
             raise PlanError(f"must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}", field="recompute")
         if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
             raise PlanError(f"must be 0, 1, 2 or 3, got {self.zero_stage!r}", field="zero_stage")
-        if self.dtype not in DTYPES:
-            raise PlanError(f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}", field="dtype")
+        if self.dtype not in PRECISIONS:
+            raise PlanError(f"must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}", field="dtype")
         for f in ("sequence_parallel", "flash_attention"):
             if not isinstance(getattr(self, f), bool):
                 raise PlanError(f"must be true or false, got {getattr(self, f)!r}", field=f)
@@ -156,8 +157,7 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
         if p.grad_accum % p.pp:
             raise PlanError(f"interleaved-1f1b needs the micro-batch count {p.grad_accum} to be a "
                             f"multiple of pp {p.pp}", field="global_batch")
-    if p.dtype not in cluster.gpu.peak_flops:
-        raise PlanError(f"{cluster.gpu.name} has no {p.dtype} peak FLOP/s", field="dtype")
+    check_precision(p.dtype, cluster)
 
 
 # ---- the JSON document ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from planner.cost.batch import PlanBatch, strides_for
 from planner.cost.model import Scores
 from planner.errors import PlanError
 from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, Plan
+from planner.precision import PRECISIONS, check_precision
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -295,6 +296,9 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
         raise PlanError(f"must be a positive integer, got {global_batch!r}", field="global_batch")
     dt = dtype or ("fp32" if cluster.device == "cpu" else model.dtype)
+    if dt not in PRECISIONS:
+        raise PlanError(f"must be one of {', '.join(PRECISIONS)}, got {dt!r}", field="dtype")
+    check_precision(dt, cluster)
     c = constraints or Constraints()
     limit_bytes = None if c.max_memory_gib is None else c.max_memory_gib * 2**30
     pruned: Counter = Counter()

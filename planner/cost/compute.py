@@ -7,6 +7,11 @@ Each op runs at max(compute-bound time, memory-bound time):
 Backward is 2x the forward GEMM work (input gradient + weight gradient, Narayanan et al. 2021) and 2x
 1.5x the memory traffic of element-wise ops; a fused (flash) attention backward is 2.5x its forward (it
 recomputes the scores: five matmuls against two, Dao 2023).
+
+Low-precision recipes (planner/precision.py) run the linear layers' GEMMs (not the LM head, not the
+MoE router) at the GPU's FP8 / FP4 peak, plus the memory-bound quantisation of their operands: in
+forward the input and the weight, in backward the output gradient and (per-tensor FP8 on Hopper)
+transposed copies of the input and the weight.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.graph import DTYPE_BYTES, LayerGraph, Op
+from planner.precision import RECIPES, base_dtype, gemm_peak_key
 from planner.specs.cluster import GPUSpec
 
 Array = np.ndarray
@@ -40,9 +46,18 @@ def _divisor(op: Op, tp: Array, sp: Array) -> Array:
     return np.where(sp, tp, 1)  # replicated ops (and the embedding output): split by SP only
 
 
+def low_precision(op: Op, dtype: str) -> bool:
+    """Whether `op` runs in the low-precision format of recipe `dtype` (linear layers only; the LM
+    head and the MoE router stay in the base format, as Transformer Engine and torchao leave them)."""
+    return RECIPES[dtype].low_precision and op.kind == "gemm" and op.tp != "vocab" and op.name != "moe.router"
+
+
 def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep: Array,
                   num_experts: int) -> OpTimes:
-    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens."""
+    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`."""
+    lowp = low_precision(op, dtype)
+    base = base_dtype(dtype)
+    peak_key = gemm_peak_key(dtype, gpu.peak_flops) if lowp else base
     fin, fout, copies = op.gemm  # type: ignore[misc]
     k = np.full_like(tp, fin, dtype=np.float64)
     n = np.full_like(tp, fout, dtype=np.float64)
@@ -53,17 +68,25 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     inst = (num_experts / ep) if op.routed else np.ones_like(tp, dtype=np.float64)
     m = tokens * copies / inst
     flops = 2.0 * m * k * n
-    nbytes = gpu.memory_time(DTYPE_BYTES[dtype] * (m * k + k * n + m * n))
+    b = DTYPE_BYTES[base]
+    e = RECIPES[dtype].element_bytes if lowp else b
+    nbytes = gpu.memory_time(e * (m * k + k * n) + b * m * n)
     # forward writes m x n; backward computes the input gradient (m x k) and the weight gradient (k x n)
-    fwd = inst * np.maximum(gpu.gemm_time(flops, dtype, (m, n)), nbytes)
-    dgrad = inst * np.maximum(gpu.gemm_time(flops, dtype, (m, k)), nbytes)
-    wgrad = inst * np.maximum(gpu.gemm_time(flops, dtype, (k, n)), nbytes)
+    fwd = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, n)), nbytes)
+    dgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, k)), nbytes)
+    wgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (k, n)), nbytes)
+    if lowp:  # quantise: read the bf16 operand, write the low-precision one and its scales
+        passes = RECIPES[dtype].quantise_passes_bwd
+        fwd = fwd + inst * gpu.memory_time((b + e) * (m * k + k * n), 2)
+        bwd_q = (b + e) * m * n + (2 * e * (m * k + k * n) if passes else 0.0)
+        return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, 1 + passes))
     return OpTimes(fwd=fwd, bwd=dgrad + wgrad)
 
 
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
                     seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int) -> OpTimes:
     """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys."""
+    dtype = base_dtype(dtype)
     flops = op.flops_s * tokens * seq / tp
     b = DTYPE_BYTES[dtype]
     if flash:

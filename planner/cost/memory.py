@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.graph import DTYPE_BYTES, LayerGraph, Op
+from planner.precision import RECIPES
 
 Array = np.ndarray
 
@@ -33,6 +34,11 @@ OPTIMIZER_BYTES = {"bf16": 12, "fp16": 12, "fp32": 8}
 # Bytes the optimizer step streams per parameter: read master/param, grad, m, v; write master, m, v
 # (+ the 16-bit copy); gradient clipping (read grads) and zeroing (write grads).
 OPTIMIZER_STEP_BYTES = {"bf16": 30 + 8, "fp16": 30 + 8, "fp32": 28 + 8}
+# Low-precision recipes keep the bf16 weights and fp32 masters, gradients and moments of their base
+# format (their low-precision weight copies are counted per linear layer, planner/cost/terms.py).
+for _name, _r in RECIPES.items():
+    for _table in (WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, OPTIMIZER_STEP_BYTES):
+        _table.setdefault(_name, _table[_r.base])
 
 
 @dataclass

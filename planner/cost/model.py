@@ -22,6 +22,7 @@ from planner.cost.overlap import core_sharing_stretch, data_parallel
 from planner.cost.terms import CostTerms, cost_grid
 from planner.graph import build_graph
 from planner.plan import SCHEDULES
+from planner.precision import base_dtype
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -287,11 +288,15 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
     def flat(x: Array) -> Array:
         return np.broadcast_to(x, shape).reshape(-1, c)
 
+    # Low-precision weight copies: for every local layer, or under ZeRO-3 for the two gathered ones.
+    zero3 = (zero == 3) & has_dp
+    lowp = np.where(zero3, 0.0, terms.lowp_copies[..., :c])
+    lowp_buffer = np.where(zero3, 2.0 * _max_last(terms.layer_lowp)[e], 0.0)
     return MemoryParts(
-        weights=flat((dense / d3 + expert / e3) * dt_w), grads=flat((dense / d2 + expert / e2) * dt_g),
+        weights=flat((dense / d3 + expert / e3) * dt_w + lowp), grads=flat((dense / d2 + expert / e2) * dt_g),
         optimizer=flat((dense / d1 + expert / e1) * dt_o),
         other=flat(cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
-                   + np.where((zero == 3) & has_dp, zero3_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)),
+                   + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)),
         per_microbatch=flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)),
         head=flat(np.where(cls.has_post, terms.post_saved[e], 0.0)), first_rank=flat(cls.first_rank),
         valid=flat(cls.valid))
@@ -306,7 +311,7 @@ def prediction(scores: Scores, i: int, cluster: ClusterSpec, dtype: str) -> dict
     """The contract `prediction` object of plan i (units in the key names)."""
     n = cluster.num_gpus
     step = float(scores.step_time[i])
-    peak = cluster.gpu.peak(dtype)
+    peak = cluster.gpu.peak(base_dtype(dtype))  # MFU against the 16-bit peak, also for FP8 / FP4 recipes
     tflops = float(scores.model_flops[i]) / step / n
     hw = float(scores.hw_flops[i]) / step / n
     tok = float(scores.tokens[i]) / step

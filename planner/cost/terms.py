@@ -30,7 +30,7 @@ import numpy as np
 
 from planner.cost.batch import PlanBatch, group_index
 from planner.cost.comm import collective_time, p2p_time, product_layout
-from planner.cost.compute import ops_times
+from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
@@ -41,6 +41,7 @@ from planner.cost.memory import (
 from planner.cost.overlap import hide
 from planner.cost.stages import ClassArrays, class_arrays
 from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
+from planner.precision import base_dtype, recipe
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -107,6 +108,7 @@ class CostTerms:
     layer_act: Array  # bytes kept for backward under the plan's recompute policy
     layer_act_full: Array  # bytes a layer holds while it runs without recompute (full recompute's working set)
     layer_weights: Array  # weight bytes of one layer per GPU (ZeRO-3 gathers two at a time)
+    layer_lowp: Array  # bytes of one layer's low-precision weight copies per GPU (0 in bf16 / fp32)
     # The embedding on the first virtual stage and the head + loss on the last: (...).
     pre_fwd: Array
     pre_bwd: Array
@@ -126,6 +128,7 @@ class CostTerms:
     classes: ClassArrays
     params_dense: Array  # parameters per GPU replicated over dp x cp ranks
     params_expert: Array  # expert parameters per GPU replicated over (dp / ep) x cp ranks
+    lowp_copies: Array  # bytes of the class's low-precision weight copies (kept for every layer unless ZeRO-3)
     dp_reduce: Array  # once-per-step gradient reduction (ZeRO-0 all-reduce, ZeRO-1 reduce-scatter)
     dp_reduce_mb: Array  # per-micro-batch gradient reduce-scatter, per layer (ZeRO-2/3), whole stage
     dp_gather: Array  # once-per-step parameter all-gather (ZeRO-1/2)
@@ -188,7 +191,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     sp = b.sp
     seq = np.full_like(t, model.seq_len)
     tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
-    h, beta = model.hidden, DTYPE_BYTES[dt]
+    h, beta = model.hidden, DTYPE_BYTES[base_dtype(dt)]
+    rec = recipe(dt)
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
@@ -211,7 +215,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_bwd", "tp_bwd_total", "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
-        "tensors")}
+        "tensors", "lowp_copies")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
@@ -239,7 +243,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["cp_fwd"].append(hide(cp_ring, lay.attn_fwd, ov))
         out["cp_bwd"].append(hide(2 * cp_ring, lay.attn_bwd, ov))
         out["cp_total"].append(3 * cp_ring)
-        acts = [layer_activation_bytes(kind.ops, dt, h, tokens, seq, t, sp, r) for r in range(3)]
+        acts = [layer_activation_bytes(kind.ops, base_dtype(dt), h, tokens, seq, t, sp, r) for r in range(3)]
         out["act_none"].append(acts[0])
         out["act_selective"].append(acts[1])
         out["act_full"].append(acts[2])
@@ -248,6 +252,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["params_dense"].append(dense)
         out["params_expert"].append(expert)
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in kind.ops)))
+        # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
+        lowp = sum((op_params_per_gpu(op, t, e) for op in kind.ops if low_precision(op, dt)), np.zeros_like(t))
+        out["lowp_copies"].append(lowp * rec.weight_copies * rec.element_bytes)
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
     pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
@@ -317,6 +324,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["class_layers"], res["class_size"], res["class_first_rank"] = layers, classes.size, classes.first_rank
     res["class_has_pre"], res["class_has_post"] = classes.has_pre, classes.has_post
     res["class_dense"], res["class_expert"] = dense, expert
+    res["class_lowp"] = np.einsum("rck,rk->rc", layers, res["lowp_copies"])
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
 
@@ -415,7 +423,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         + fsdp,
         layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"]) + np.where(rc == 2, s(st["tp_fwd"]), 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
-        layer_weights=s(st["layer_weights"]),
+        layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
         pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_tp=s(st["pre_tp"]),
         post_tp=s(st["post_tp"]), pre_saved=s(st["pre_saved"]),
@@ -423,6 +431,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         p2p=s(np.where(b.pp > 1, st["p2p"], 0.0)),
         pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
         classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
+        lowp_copies=s(st["class_lowp"]),
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_rs"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),

@@ -1,0 +1,115 @@
+"""Training precision recipes: which ops run in low precision, what that costs, what it stores.
+
+A plan's `dtype` names a recipe. fp32 / fp16 / bf16 run every op in that format. The low-precision
+recipes run the linear layers' GEMMs in 8 or 4 bits and keep everything else (attention core, norms,
+embedding, LM head, router) in bf16, as NVIDIA Transformer Engine and torchao do (the LM head and
+router are excluded from low precision in both by default):
+
+- fp8: FP8 (E4M3 forward, E5M2 gradients) with one scale per tensor, delayed or current scaling
+  (Micikevicius et al. 2022, "FP8 Formats for Deep Learning"; Transformer Engine's DelayedScaling /
+  Float8CurrentScaling; torchao float8 "tensorwise"). Hopper's FP8 tensor cores need both GEMM
+  operands K-major, so backward also writes transposed FP8 copies of the saved input and the weight.
+- mxfp8: OCP Microscaling MXFP8 (Rouhani et al. 2023; OCP MX spec v1.0): FP8 elements with one
+  E8M0 scale per 32 elements, on Blackwell's block-scaled tensor cores (no transpose copies: the
+  hardware reads either layout, but the scales run along the reduction axis, so the operands are
+  quantised once per direction).
+- nvfp4: NVIDIA NVFP4 (E2M1 elements, one E4M3 scale per 16 elements plus a per-tensor fp32 scale;
+  NVIDIA Blackwell architecture technical brief, and "Pretraining LLMs with NVFP4", NVIDIA 2025), the
+  GEMMs at the FP4 peak.
+
+Costs beyond the GEMM: every low-precision GEMM operand is quantised by a memory-bound kernel that
+reads the bf16 tensor and writes the low-precision one plus its scales (and computes an amax): in
+forward the input and the weight, in backward the output gradient, plus (fp8) the transposed input
+and weight. What is stored: the low-precision weight copy (and, for fp8, its transpose) beside the
+bf16 weight and the fp32 master weights, gradients and Adam moments, which are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from planner.errors import PlanError
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a training precision runs (see the module docstring)."""
+
+    name: str
+    base: str  # the format of activations, weights and every op outside the low-precision GEMMs
+    gemm_peak: str  # the GPU peak_flops key the linear layers' GEMMs run at
+    element_bytes: float  # bytes per low-precision GEMM operand element, scales included
+    weight_copies: int  # low-precision copies of each linear weight kept (fp8: rowwise + transpose)
+    quantise_passes_bwd: int  # backward quantisations beyond the output gradient (transposed copies)
+
+    @property
+    def low_precision(self) -> bool:
+        return self.name != self.base
+
+
+RECIPES: dict[str, Recipe] = {
+    "fp32": Recipe("fp32", "fp32", "fp32", 4.0, 0, 0),
+    "fp16": Recipe("fp16", "fp16", "fp16", 2.0, 0, 0),
+    "bf16": Recipe("bf16", "bf16", "bf16", 2.0, 0, 0),
+    # one byte per element; one fp32 scale per tensor (negligible)
+    "fp8": Recipe("fp8", "bf16", "fp8", 1.0, 2, 2),
+    # one byte per element + one E8M0 scale byte per 32 elements
+    "mxfp8": Recipe("mxfp8", "bf16", "fp8", 1.0 + 1.0 / 32, 2, 0),
+    # half a byte per element + one E4M3 scale byte per 16 elements
+    "nvfp4": Recipe("nvfp4", "bf16", "fp4", 0.5 + 1.0 / 16, 2, 0),
+}
+PRECISIONS = tuple(RECIPES)
+# The hardware each low-precision format needs, as GPU architectures (for refusals that name them).
+NEEDS = {
+    "fp8": "FP8 tensor cores (Hopper, Ada, Blackwell; MI300)",
+    "mxfp8": "block-scaled MXFP8 tensor cores (Blackwell)",
+    "nvfp4": "FP4 tensor cores (Blackwell)",
+}
+
+
+def recipe(dtype: str) -> Recipe:
+    """The recipe a plan's `dtype` names (KeyError for an unknown name)."""
+    return RECIPES[dtype]
+
+
+def base_dtype(dtype: str) -> str:
+    """The 16/32-bit format of activations and weights under `dtype`."""
+    return RECIPES[dtype].base
+
+
+# The GPU peak_flops keys that advertise each low-precision format (MXFP8 runs at the FP8 rate on
+# Blackwell; a GPU lists "mxfp8" to say it has block-scaled tensor cores).
+PEAK_KEYS = {"fp8": ("fp8",), "mxfp8": ("mxfp8",), "nvfp4": ("nvfp4", "fp4")}
+
+
+def gemm_peak_key(dtype: str, peak_flops: dict[str, float]) -> str:
+    """The peak_flops key of `dtype`'s low-precision GEMMs on a GPU with `peak_flops`."""
+    r = RECIPES[dtype]
+    for key in PEAK_KEYS.get(dtype, (r.gemm_peak,)):
+        if key in peak_flops:
+            return key
+    return r.gemm_peak
+
+
+def supports(peak_flops: dict[str, float], dtype: str) -> bool:
+    """Whether a GPU with these peaks can train in `dtype`."""
+    r = RECIPES[dtype]
+    if not r.low_precision:
+        return r.base in peak_flops
+    return r.base in peak_flops and any(k in peak_flops for k in PEAK_KEYS[dtype])
+
+
+def check_precision(dtype: str, cluster: Any) -> None:
+    """Raise PlanError naming the catalog GPUs that support `dtype` if `cluster`'s GPU does not."""
+    gpu = cluster.gpu
+    if supports(gpu.peak_flops, dtype):
+        return
+    from planner.specs.catalog import gpu_names, gpu_preset
+
+    able = [name for name in gpu_names() if supports(gpu_preset(name).peak_flops, dtype)]
+    need = NEEDS.get(dtype, f"a {dtype} peak FLOP/s")
+    raise PlanError(f"{dtype} needs {need}; {gpu.name} has none (GPUs that do: "
+                    f"{', '.join(able) if able else 'none in the catalog'})", field="dtype")

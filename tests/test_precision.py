@@ -1,0 +1,111 @@
+"""Low-precision training recipes (planner/precision.py): bytes per parameter by hand (the worked
+example in docs/cost-model.md), GEMMs at the low-precision peak plus their quantisation, and the
+refusal of a recipe the GPU cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from planner.cost import estimate
+from planner.cost.compute import gemm_op_times
+from planner.errors import PlanError
+from planner.graph import build_graph
+from planner.plan import Plan
+from planner.search import search
+from planner.specs.catalog import cluster_preset, model_preset
+
+GIB = 2**30
+H100 = cluster_preset("dgx-h100")
+# A Blackwell-like GPU for the block-scaled recipes (the catalog's peaks are another engineer's data):
+# FP8 / MXFP8 at 2x and FP4 at 4x the BF16 rate.
+BLACKWELL = dataclasses.replace(
+    H100, gpu=dataclasses.replace(H100.gpu, name="test-blackwell", peak_flops={
+        "bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15, "mxfp8": 4.5e15, "nvfp4": 9e15, "fp32": 7.5e13}))
+
+
+def _linear_params(model_name: str) -> tuple[int, int]:
+    """(all parameters, parameters of the linear layers that run in low precision): every layer's
+    GEMM weights and biases (not the embedding, not the LM head)."""
+    lg = build_graph(model_preset(model_name))
+    linear = sum(op.params for op in lg.layer_ops if op.kind == "gemm")
+    return lg.total_params, lg.model.num_layers * linear
+
+
+@pytest.mark.parametrize(("dtype", "copy_bytes"), [
+    ("bf16", 0.0),
+    ("fp8", 2 * 1.0),  # an FP8 copy and its transpose, 1 byte each
+    ("mxfp8", 2 * (1 + 1 / 32)),  # rowwise and columnwise MXFP8: 1 byte + a 1-byte scale per 32
+    ("nvfp4", 2 * (0.5 + 1 / 16)),  # rowwise and columnwise NVFP4: half a byte + a 1-byte scale per 16
+])
+def test_bytes_per_parameter_by_hand(dtype: str, copy_bytes: float) -> None:
+    """docs/cost-model.md §3 worked example: Llama 3 8B on one GPU (no sharding). Every parameter keeps
+    2 B of bf16 weight, 4 B of fp32 gradient and 12 B of Adam state (fp32 master, m, v); each linear
+    parameter also keeps the recipe's low-precision copies."""
+    psi, linear = _linear_params("llama3-8b")
+    model = model_preset("llama3-8b")
+    cluster = (BLACKWELL if dtype in ("mxfp8", "nvfp4") else H100).with_gpus(1)
+    mem = estimate(model, cluster, Plan(global_batch=1, dtype=dtype))["memory"]
+    assert mem["weights"] * GIB == pytest.approx(2 * psi + copy_bytes * linear, rel=1e-9)
+    assert mem["grads"] * GIB == pytest.approx(4 * psi, rel=1e-9)
+    assert mem["optimizer"] * GIB == pytest.approx(12 * psi, rel=1e-9)
+
+
+def test_zero3_keeps_low_precision_copies_only_of_the_gathered_layers() -> None:
+    model = model_preset("llama3-8b")
+    cluster = H100.with_gpus(8)
+    bf16 = estimate(model, cluster, Plan(dp=8, global_batch=8, zero_stage=3))["memory"]
+    fp8 = estimate(model, cluster, Plan(dp=8, global_batch=8, zero_stage=3, dtype="fp8"))["memory"]
+    _, linear = _linear_params("llama3-8b")
+    per_layer = linear / model.num_layers
+    assert fp8["weights"] == bf16["weights"]
+    assert (fp8["other"] - bf16["other"]) * GIB == pytest.approx(2 * 2 * per_layer, rel=1e-9)
+
+
+def test_linear_gemms_run_at_the_fp8_peak_plus_their_quantisation() -> None:
+    """A large MLP GEMM (8192 tokens x 4096 x 14336): at the same efficiency, FP8's doubled peak
+    halves the GEMM time; on top come the memory-bound casts: forward reads the bf16 input and weight
+    and writes FP8 copies (3 bytes per element), backward casts the output gradient (3 bytes per
+    element) and writes transposed FP8 copies of input and weight (2 bytes per element)."""
+    model = model_preset("llama3-8b")
+    op = next(o for o in build_graph(model).layer_ops if o.name == "mlp.down")
+    gpu = dataclasses.replace(H100.gpu, num_sms=0)  # no wave quantisation: the hand numbers stay simple
+    tokens, one = np.array([8192.0]), np.array([1.0])
+    bf16 = gemm_op_times(op, gpu, "bf16", tokens, one, one, 0)
+    fp8 = gemm_op_times(op, gpu, "fp8", tokens, one, one, 0)
+    k, n = op.gemm[0], op.gemm[1]
+    m = 8192.0
+    bw = gpu.memory_bandwidth * gpu.memory_efficiency
+    cast_fwd = 3 * (m * k + k * n) / bw + 2 * gpu.kernel_overhead_s
+    cast_bwd = (3 * m * n + 2 * (m * k + k * n)) / bw + 3 * gpu.kernel_overhead_s
+    gemm_bf16 = 2 * m * k * n / (gpu.peak("bf16") * gpu.gemm_efficiency)
+    assert bf16.fwd[0] == pytest.approx(gemm_bf16 + gpu.gemm_overhead_s, rel=0.02)  # compute bound
+    assert fp8.fwd[0] == pytest.approx(gemm_bf16 / 2 + gpu.gemm_overhead_s + cast_fwd, rel=0.02)
+    assert fp8.bwd[0] == pytest.approx(2 * (gemm_bf16 / 2 + gpu.gemm_overhead_s) + cast_bwd, rel=0.02)
+
+
+def test_attention_and_lm_head_stay_in_bf16() -> None:
+    """Only the layers' linear GEMMs change: the LM head's time is the same under fp8."""
+    model = model_preset("llama3-8b")
+    head = next(o for o in build_graph(model).post_ops if o.name == "lm_head")
+    tokens, one = np.array([8192.0]), np.array([1.0])
+    a = gemm_op_times(head, H100.gpu, "bf16", tokens, one, one, 0)
+    b = gemm_op_times(head, H100.gpu, "fp8", tokens, one, one, 0)
+    assert (a.fwd[0], a.bwd[0]) == (b.fwd[0], b.bwd[0])
+
+
+@pytest.mark.parametrize(("cluster", "dtype", "names"), [
+    ("dgx-a100-80gb", "fp8", "H100"),
+    ("dgx-h100", "nvfp4", "FP4 tensor cores"),
+    ("dgx-h100", "mxfp8", "MXFP8"),
+])
+def test_unsupported_recipe_is_refused_naming_what_supports_it(cluster: str, dtype: str, names: str) -> None:
+    model = model_preset("llama3-8b")
+    c = cluster_preset(cluster).with_gpus(8)
+    with pytest.raises(PlanError, match=names) as err:
+        estimate(model, c, Plan(dp=8, global_batch=8, dtype=dtype))
+    assert err.value.field == "dtype"
+    with pytest.raises(PlanError, match=names):
+        search(model, c, 8, dtype=dtype)
