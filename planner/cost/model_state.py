@@ -28,7 +28,8 @@ from planner.specs.model import ModelSpec
 @dataclass(frozen=True)
 class ModelStateBytes:
     """Weights, gradients and optimizer state one GPU holds (bytes), and the parameters behind each
-    (per GPU, after ZeRO sharding; fractional where a count does not divide evenly)."""
+    (per GPU, after ZeRO sharding; fractional where a count does not divide evenly). `dense_params`
+    and `expert_params` are the GPU's parameters before ZeRO sharding, by how they are replicated."""
 
     weights: float
     grads: float
@@ -36,6 +37,8 @@ class ModelStateBytes:
     weight_params: float
     grad_params: float
     optimizer_params: float
+    dense_params: float
+    expert_params: float
 
     @property
     def total(self) -> float:
@@ -74,4 +77,5 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     w, g, o = sharded(3), sharded(2), sharded(1)
     dt = plan.dtype
     return ModelStateBytes(weights=w * WEIGHT_BYTES[dt], grads=g * GRAD_BYTES[dt], optimizer=o * OPTIMIZER_BYTES[dt],
-                           weight_params=w, grad_params=g, optimizer_params=o)
+                           weight_params=w, grad_params=g, optimizer_params=o, dense_params=dense,
+                           expert_params=expert)
