@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -13,7 +14,17 @@ from planner.cost import DEFAULT_HEADROOM, estimate
 from planner.errors import PlannerError
 from planner.graph import build_graph
 from planner.io import dumps
-from planner.plan import DEFAULT_PLACEMENT, RECOMPUTE, SCHEDULES, Plan, PlanDocument, load_plan, save_plan
+from planner.plan import (
+    DEFAULT_PLACEMENT,
+    FINETUNE,
+    LORA_TARGETS,
+    RECOMPUTE,
+    SCHEDULES,
+    Plan,
+    PlanDocument,
+    load_plan,
+    save_plan,
+)
 from planner.precision import PRECISIONS
 from planner.report import explain, plans_table, seconds, table
 from planner.search import DEFAULT_RERANK
@@ -45,6 +56,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     if v > 1 << 40:
         raise argparse.ArgumentTypeError(f"{text} is beyond any real cluster")
+    return v
+
+
+def _layers(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer count, got {text!r}") from None
+    if not 0 <= v <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected a layer count in 0..100000, got {text!r}")
     return v
 
 
@@ -115,11 +136,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sequence_parallel=args.sequence_parallel,
         zero_stages=tuple(args.zero) if args.zero is not None else (0, 1, 2, 3),
         max_memory_gib=args.max_memory_gib, placements=not args.no_placement_search,
+        first_stage_layers=args.first_stage_layers, last_stage_layers=args.last_stage_layers,
+        recompute_every=args.recompute_every,
     )
     progress = _progress_printer() if sys.stderr.isatty() else None
+    ft = _finetune(args)
+    lora = (ft.get("lora_rank", Plan.OPTIONAL["lora_rank"]), ft.get("lora_targets", LORA_TARGETS)) if ft else None
     result = search(model, cluster, args.global_batch, dtype=_dtype(args, model, cluster),
                     flash=not args.no_flash_attention, constraints=cons, objective=args.objective,
-                    top_k=args.top, headroom=args.headroom, rerank=args.simulate_top, progress=progress)
+                    top_k=args.top, headroom=args.headroom, rerank=args.simulate_top, lora=lora, progress=progress)
     if progress:
         sys.stderr.write("\r" + " " * 70 + "\r")
     rate = result.scored / max(result.seconds, 1e-9)
@@ -173,12 +198,29 @@ def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterS
     count unless given, the schedule from vpp unless given)."""
     from planner.whatif import build_plan
 
-    return build_plan(cluster.num_gpus, args.global_batch, tp=args.tp or 1, pp=args.pp or 1, cp=args.cp or 1,
+    plan = build_plan(cluster.num_gpus, args.global_batch, tp=args.tp or 1, pp=args.pp or 1, cp=args.cp or 1,
                       dp=args.dp, ep=args.ep or 1, vpp=args.vpp or 1, micro_batch=args.micro_batch or 1,
                       schedule=args.schedule, recompute=args.recompute[0] if args.recompute else "none",
                       sequence_parallel=bool(args.sequence_parallel), zero_stage=args.zero[0] if args.zero else 0,
                       dtype=_dtype(args, model, cluster), placement=args.placement or DEFAULT_PLACEMENT,
                       flash_attention=not args.no_flash_attention)
+    return dataclasses.replace(plan, first_stage_layers=args.first_stage_layers,
+                               last_stage_layers=args.last_stage_layers, recompute_every=args.recompute_every,
+                               **_finetune(args))
+
+
+def _finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan fields of `--finetune lora --lora-rank R --lora-targets ...` (none for full training)."""
+    if args.finetune != "lora":
+        if args.lora_rank is not None or args.lora_targets is not None:
+            raise PlannerError("--lora-rank / --lora-targets need --finetune lora", field="finetune")
+        return {}
+    out: dict[str, Any] = {"finetune": "lora"}
+    if args.lora_rank is not None:
+        out["lora_rank"] = args.lora_rank
+    if args.lora_targets is not None:
+        out["lora_targets"] = tuple(args.lora_targets)
+    return out
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -425,6 +467,17 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
     for flag in ("tp", "pp", "dp", "cp", "ep", "vpp"):
         p.add_argument(f"--{flag}", type=_positive_int, help=f"{what} the {flag} degree")
     p.add_argument("--micro-batch", type=_positive_int, help=f"{what} the micro-batch size")
+    p.add_argument("--first-stage-layers", type=_layers,
+                   help="layers of the first pipeline rank (uneven split; Megatron-LM's "
+                        "--decoder-first-pipeline-num-layers)")
+    p.add_argument("--last-stage-layers", type=_layers, help="layers of the last pipeline rank (uneven split)")
+    p.add_argument("--recompute-every", type=_positive_int, default=1,
+                   help="with full recompute: recompute 1 of every k layers (default 1: all)")
+    p.add_argument("--finetune", choices=FINETUNE, default="full",
+                   help="full training, or LoRA adapters on frozen base weights")
+    p.add_argument("--lora-rank", type=_positive_int, help="LoRA rank (default 16)")
+    p.add_argument("--lora-targets", nargs="+", choices=LORA_TARGETS,
+                   help=f"linear layers LoRA adapts (default: {' '.join(LORA_TARGETS)})")
     if search:
         p.add_argument("--recompute", nargs="+", choices=RECOMPUTE, help="allowed recompute modes")
         p.add_argument("--zero", nargs="+", type=int, choices=(0, 1, 2, 3), help="allowed ZeRO stages")

@@ -61,6 +61,7 @@ class Op:
     elements: float = 0.0  # activation-function evaluations per token (GELU / SiLU): arithmetic bound on CPUs
     kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
+    frozen: bool = False  # fine-tuning: parameters not trained (no gradient, optimizer state, weight-grad GEMM)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,15 @@ class LayerGraph:
 
         layers = sum(n * ops_flops(k.ops) for n, k in zip(self.kind_counts, self.kinds, strict=True))
         return ops_flops(self.pre_ops) + layers + ops_flops(self.post_ops)
+
+    def train_flops(self, batch: int, seq: int) -> float:
+        """FLOPs of one forward and backward pass (Narayanan et al. 2021: backward = 2x forward), less
+        the weight-gradient GEMMs of frozen layers (one forward's worth each)."""
+        tokens = batch * seq
+        frozen = sum(op.flops * n for n, k in zip(self.kind_counts, self.kinds, strict=True) for op in k.ops
+                     if op.frozen and op.kind == "gemm")
+        frozen += sum(op.flops for op in self.pre_ops + self.post_ops if op.frozen and op.kind == "gemm")
+        return 3.0 * self.forward_flops(batch, seq) - frozen * tokens
 
     def layer_saved_bytes(self, batch: int, seq: int) -> float:
         """Bytes one layer saves for backward (no parallelism, no recompute), averaged over the layers."""
@@ -312,8 +322,40 @@ def _post_ops(m: ModelSpec, b: int) -> list[Op]:
     return ops
 
 
+LORA_OPS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "up": ("mlp.up", "moe.experts.up"),
+            "down": ("mlp.down", "moe.experts.down")}
+
+
+def _lora(ops: tuple[Op, ...], rank: int, targets: tuple[str, ...], b: int) -> tuple[Op, ...]:
+    """LoRA (Hu et al. 2021) on a layer: every base parameter frozen; each targeted linear layer W (in x
+    out) gets adapters A (in x r) and B (r x out), y = x W + (x A) B. Tensor parallelism splits A's input
+    for a row-parallel W and B's output for a column-parallel one (the other factor is replicated).
+    Frozen layers need not save their input (no weight gradient); A saves it, B saves x A."""
+    names = {n for t in targets for n in LORA_OPS[t]}
+    out: list[Op] = []
+    for op in ops:
+        if not op.params:
+            out.append(op)
+            continue
+        target = op.kind == "gemm" and op.name in names
+        keep_input = op.kind != "gemm"  # norms still need their input for the input gradient
+        out.append(replace(op, frozen=True, saved=op.saved if keep_input else 0.0))
+        if target:
+            fin, fout, copies = op.gemm  # type: ignore[misc]
+            experts = (op.params - op.bias) // (fin * fout)  # expert copies of the weight (1 if dense)
+            a_tp, b_tp = ("row", "replicated") if op.tp == "row" else ("replicated", "column")
+            out.append(Op(name=f"{op.name}.lora_a", kind="gemm", tp=a_tp, group=op.group, params=experts * fin * rank,
+                          flops=2.0 * fin * rank * copies, gemm=(fin, rank, copies), saved=b * fin * copies,
+                          routed=op.routed))
+            out.append(Op(name=f"{op.name}.lora_b", kind="gemm", tp=b_tp, group=op.group,
+                          params=experts * rank * fout, flops=2.0 * rank * fout * copies, gemm=(rank, fout, copies),
+                          saved=b * rank * copies, routed=op.routed))
+    return tuple(out)
+
+
 @lru_cache(maxsize=256)
-def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: bool = True) -> LayerGraph:
+def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: bool = True,
+                lora: tuple[int, tuple[str, ...]] | None = None) -> LayerGraph:
     """The layer graph of `model`, with activation sizes for `dtype` (default: the model's dtype).
 
     `flash_attention` selects the attention kernel: fused (no s^2 activations) or the unfused
@@ -332,5 +374,17 @@ def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: boo
     ]
     post = _post_ops(model, b)
     kind = LayerKind(name="moe" if model.is_moe else "dense", ops=tuple(layer))
-    return LayerGraph(model=model, dtype=dt, pre_ops=tuple(pre), kinds=(kind,),
-                      pattern=(0,) * model.num_layers, post_ops=tuple(post))
+    lg = LayerGraph(model=model, dtype=dt, pre_ops=tuple(pre), kinds=(kind,),
+                    pattern=(0,) * model.num_layers, post_ops=tuple(post))
+    return with_lora(lg, lora)
+
+
+def with_lora(lg: LayerGraph, lora: tuple[int, tuple[str, ...]] | None) -> LayerGraph:
+    """`lg` fine-tuned with LoRA adapters of rank lora[0] on the layers named lora[1] (None: `lg`)."""
+    if not lora:
+        return lg
+    rank, targets = lora
+    b = DTYPE_BYTES[lg.dtype]
+    return replace(lg, pre_ops=_lora(lg.pre_ops, rank, (), b),
+                   kinds=tuple(replace(k, ops=_lora(k.ops, rank, targets, b)) for k in lg.kinds),
+                   post_ops=_lora(lg.post_ops, rank, (), b))

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from planner.errors import PlanError
 from planner.io import atomic_write_json, load_json
@@ -24,7 +24,12 @@ from planner.specs.model import ModelSpec
 
 SCHEMA_VERSION = 1
 SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
-RECOMPUTE = ("none", "selective", "full")
+# none; selective: Megatron-LM's (the attention core, Korthikanti et al. 2022); full: every layer's
+# forward (or 1 of every `recompute_every` layers); op-selective: torchtitan's per-op policy (saves the
+# attention output and every other matmul's output, recomputes the rest).
+RECOMPUTE = ("none", "selective", "full", "op-selective")
+FINETUNE = ("full", "lora")
+LORA_TARGETS = ("qkv", "proj", "up", "down")  # the linear layers LoRA adapters attach to
 DIMS = ("tp", "cp", "dp", "pp")
 DEFAULT_PLACEMENT = ("tp", "cp", "dp", "pp")  # innermost (consecutive ranks) first, as Megatron-LM
 
@@ -50,6 +55,19 @@ class Plan:
     dtype: str = "bf16"
     placement: tuple[str, ...] = DEFAULT_PLACEMENT
     flash_attention: bool = True  # fused attention kernel (no s^2 activations)
+    # Uneven pipelines: the first / last pipeline rank's layer count (Megatron-LM's
+    # --decoder-first/last-pipeline-num-layers); None: every rank holds the same.
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
+    recompute_every: int = 1  # with recompute "full": recompute 1 of every k layers (torchtitan's int option)
+    finetune: str = "full"  # full training, or LoRA adapters on frozen base weights
+    lora_rank: int = 16
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+
+    # Fields written to JSON only when they differ from these defaults (so plans written before
+    # they existed keep their hash).
+    OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None, "recompute_every": 1,
+                "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS}
 
     def __post_init__(self) -> None:
         for k in SIZE_KEYS:
@@ -74,6 +92,27 @@ class Plan:
             raise PlanError(f"must be an ordering of {', '.join(DIMS)}, got {self.placement!r}",
                             field="placement")
         object.__setattr__(self, "placement", placement)
+        for f in ("first_stage_layers", "last_stage_layers"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000):
+                raise PlanError(f"must be a layer count (0-100000) or null, got {v!r}", field=f)
+        for f, hi in (("recompute_every", 100_000), ("lora_rank", 1 << 16)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise PlanError(f"must be an integer in 1..{hi}, got {v!r}", field=f)
+        if self.recompute_every > 1 and self.recompute != "full":
+            raise PlanError("recompute_every > 1 needs recompute 'full'", field="recompute_every")
+        if self.finetune not in FINETUNE:
+            raise PlanError(f"must be one of {', '.join(FINETUNE)}, got {self.finetune!r}", field="finetune")
+        targets = tuple(self.lora_targets) if isinstance(self.lora_targets, (list, tuple)) else None
+        if not targets or any(t not in LORA_TARGETS for t in targets) or len(set(targets)) != len(targets):
+            raise PlanError(f"must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}",
+                            field="lora_targets")
+        object.__setattr__(self, "lora_targets", targets)
+
+    @property
+    def uneven(self) -> bool:
+        return self.first_stage_layers is not None or self.last_stage_layers is not None
 
     @property
     def world_size(self) -> int:
@@ -96,16 +135,26 @@ class Plan:
         if self.sequence_parallel:
             parts.append("sp")
         if self.recompute != "none":
-            parts.append(f"rc-{self.recompute}")
+            parts.append(f"rc-{self.recompute}" + (f"/{self.recompute_every}" if self.recompute_every > 1 else ""))
         if self.zero_stage:
             parts.append(f"z{self.zero_stage}")
         if self.pp > 1 and self.schedule == "gpipe":
             parts.append("gpipe")
+        if self.first_stage_layers is not None:
+            parts.append(f"first{self.first_stage_layers}")
+        if self.last_stage_layers is not None:
+            parts.append(f"last{self.last_stage_layers}")
+        if self.finetune == "lora":
+            parts.append(f"lora{self.lora_rank}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["placement"] = list(self.placement)
+        d["lora_targets"] = list(self.lora_targets)
+        for k, default in self.OPTIONAL.items():
+            if getattr(self, k) == default:
+                d.pop(k)
         d["grad_accum"] = self.grad_accum
         return d
 
@@ -128,9 +177,20 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
         raise PlanError(f"num_kv_heads {m.num_kv_heads} is not divisible by tp {p.tp}", field="tp")
     if m.ffn_hidden % p.tp:
         raise PlanError(f"ffn_hidden {m.ffn_hidden} is not divisible by tp {p.tp}", field="tp")
-    if m.num_layers % (p.pp * p.vpp):
-        raise PlanError(f"num_layers {m.num_layers} is not divisible by pp*vpp = {p.pp}*{p.vpp}",
-                        field="pp")
+    if p.uneven:
+        from planner.cost.stages import split_layers
+
+        try:
+            counts = split_layers(m.num_layers, p.pp, p.first_stage_layers, p.last_stage_layers)
+        except ValueError as exc:
+            raise PlanError(str(exc), field="first_stage_layers") from None
+        bad = [r for r, n in enumerate(counts) if n % p.vpp or n == 0]
+        if bad:
+            raise PlanError(f"pipeline rank {bad[0]} would hold {counts[bad[0]]} layers: each rank needs a "
+                            f"positive multiple of vpp = {p.vpp}", field="first_stage_layers")
+    elif m.num_layers % (p.pp * p.vpp):
+        raise PlanError(f"num_layers {m.num_layers} is not divisible by pp*vpp = {p.pp}*{p.vpp} (an uneven "
+                        f"split needs first_stage_layers / last_stage_layers)", field="pp")
     if p.global_batch % (p.dp * p.micro_batch):
         raise PlanError(f"global_batch {p.global_batch} is not divisible by dp*micro_batch = "
                         f"{p.dp}*{p.micro_batch}", field="global_batch")

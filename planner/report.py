@@ -91,6 +91,17 @@ def explain(doc: dict[str, Any]) -> str:
         f"{doc['recompute']}, sequence parallel {'on' if doc['sequence_parallel'] else 'off'}, ZeRO "
         f"{doc['zero_stage']}, {doc['dtype']}, placement {' > '.join(doc['placement'])} (innermost first)",
     ]
+    extras = []
+    if doc.get("first_stage_layers") is not None or doc.get("last_stage_layers") is not None:
+        extras.append(f"uneven pipeline: first rank {doc.get('first_stage_layers', 'even')} layers, last rank "
+                      f"{doc.get('last_stage_layers', 'even')} layers, the others equal")
+    if doc.get("recompute_every", 1) > 1:
+        extras.append(f"full recompute of 1 in every {doc['recompute_every']} layers")
+    if doc.get("finetune") == "lora":
+        extras.append(f"LoRA fine-tuning: rank {doc.get('lora_rank', 16)} adapters on "
+                      f"{', '.join(doc.get('lora_targets', ('qkv', 'proj', 'up', 'down')))}; base weights frozen")
+    if extras:
+        lines.append("         " + "; ".join(extras))
     if pr is None:
         return "\n".join([*lines, "(no prediction in this file: run `planner estimate` to add one)"])
     t, mem = pr["time"], pr["memory"]

@@ -51,6 +51,9 @@ class Constraints:
     schedules: tuple[str, ...] = SCHEDULES
     max_memory_gib: float | None = None
     placements: bool = True  # search rank placement; False keeps the default order
+    first_stage_layers: int | None = None  # fix an uneven pipeline split (with last_stage_layers)
+    last_stage_layers: int | None = None
+    recompute_every: int = 1  # full recompute of 1 in every k layers (plans with recompute "full")
 
 
 @dataclass
@@ -98,8 +101,8 @@ def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraint
             for pp in divisors(rest // cp):
                 if c.pp is not None and pp != c.pp:
                     continue
-                if model.num_layers % pp:
-                    pruned["pp does not divide num_layers"] += 1
+                if not pipeline_splits(model.num_layers, pp, c):
+                    pruned["no split of the layers over pp stages"] += 1
                     continue
                 dp = rest // cp // pp
                 if c.dp is not None and dp != c.dp:
@@ -108,6 +111,44 @@ def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraint
                     pruned["dp does not divide global_batch"] += 1
                     continue
                 yield tp, cp, pp, dp
+
+
+def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int, int, list[int]]]:
+    """(first, last, vpp options) of the layer splits searched over pp ranks; (-1, -1) is even.
+
+    Even when pp divides the layers; otherwise the middle ranks hold floor or ceil(L / pp) layers and
+    the first and last share the rest (Megatron-LM's --decoder-first/last-pipeline-num-layers), e.g.
+    126 layers on 8 ranks: 15 + 6 x 16 + 15. A fixed first / last (the constraints) is used as given.
+    """
+    from planner.cost.stages import split_layers
+
+    if c.first_stage_layers is not None or c.last_stage_layers is not None:
+        options = {(c.first_stage_layers, c.last_stage_layers)}
+    elif num_layers % pp == 0:
+        options = {(None, None)}
+    elif pp == 2:
+        half = num_layers // 2
+        options = {(half, num_layers - half), (num_layers - half, half)}
+    else:
+        options = set()
+        for mid in (num_layers // pp, -(-num_layers // pp)):
+            rest = num_layers - mid * (pp - 2)
+            if rest >= 2:
+                options |= {(rest // 2, rest - rest // 2), (rest - rest // 2, rest // 2)}
+    out = []
+    for first, last in sorted(options, key=lambda o: (o[0] is not None, o)):
+        try:
+            counts = split_layers(num_layers, pp, first, last)
+        except ValueError:
+            continue
+        if min(counts) < 1:
+            continue
+        vpps = [v for v in divisors(math.gcd(*counts)) if pp > 1 or v == 1]
+        if c.vpp is not None:
+            vpps = [v for v in vpps if v == c.vpp]
+        if vpps:
+            out.append((-1 if first is None else first, -1 if last is None else last, vpps))
+    return out
 
 
 def _layout(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
@@ -146,7 +187,8 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
 
 def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, dtype: str,
                     flash: bool = True, constraints: Constraints | None = None,
-                    pruned: Counter | None = None) -> Iterator[PlanBatch]:
+                    pruned: Counter | None = None,
+                    lora: tuple[int, tuple[str, ...]] | None = None) -> Iterator[PlanBatch]:
     """Yield PlanBatches (about CHUNK plans each) covering the legal plan space.
 
     Plans are laid out structure by structure (sizes, SP, placement), each followed by all its
@@ -157,6 +199,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
     pruned = pruned if pruned is not None else Counter()
     sched_idx = {s: i for i, s in enumerate(SCHEDULES)}
     rc_opts = [RECOMPUTE.index(r) for r in c.recompute]
+    full_rc = RECOMPUTE.index("full")
     placements: list[tuple[str, ...]] = []
     place_index: dict[tuple[str, ...], int] = {}
     blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (structure rows, inner rows)
@@ -167,7 +210,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         nonlocal pending
         s_rows = [b[0] for b in blocks]
         reps = [len(b[1]) for b in blocks]
-        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement
+        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last
         inner = np.concatenate([np.tile(b[1], (len(b[0]), 1)) for b in blocks])
         rep = np.repeat(np.arange(len(struct)), np.repeat(reps, [len(r) for r in s_rows]))
         cols = struct[rep]
@@ -195,8 +238,10 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             mb=cols[:, 6], gb=np.full(n, global_batch, dtype=np.int64), sched=inner[:, 2], rc=inner[:, 0],
             sp=cols[:, 7].astype(bool), zero=inner[:, 1], stride_tp=strides["tp"][rep],
             stride_cp=strides["cp"][rep], stride_dp=strides["dp"][rep], stride_pp=strides["pp"][rep],
-            placement=cols[:, 8], dtype=dtype, flash=flash, placements=tuple(placements),
-            groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
+            placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10],
+            every=np.where(inner[:, 0] == full_rc, c.recompute_every, 1), dtype=dtype, flash=flash,
+            placements=tuple(placements), groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
+            lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (),
         )
 
     for tp, cp, pp, dp in _size_combos(model, cluster.num_gpus, global_batch, c, pruned):
@@ -209,14 +254,12 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                 continue
             eps = [c.ep]
         mbs = [b for b in divisors(global_batch // dp) if c.micro_batch is None or b == c.micro_batch]
-        vpps = [1] if pp == 1 else divisors(model.num_layers // pp)
-        if c.vpp is not None:
-            vpps = [v for v in vpps if v == c.vpp]
+        splits = pipeline_splits(model.num_layers, pp, c)
         sps = [False, True] if tp > 1 and (model.seq_len // cp) % tp == 0 else [False]
         if c.sequence_parallel is not None:
             sps = [s for s in sps if s == c.sequence_parallel]
         zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
-        if not (mbs and vpps and sps and zeros and rc_opts):
+        if not (mbs and splits and sps and zeros and rc_opts):
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
         pidx = []
@@ -225,7 +268,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                 place_index[o] = len(placements)
                 placements.append(o)
             pidx.append(place_index[o])
-        for v in vpps:
+        for v, first, last in ((v, f, la) for f, la, vs in splits for v in vs):
             if pp == 1:
                 scheds = [sched_idx["1f1b"]]
             elif v == 1:
@@ -239,7 +282,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                     pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
             if not scheds or not mb_ok:
                 continue
-            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl) for e, b, s, pl
+            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last) for e, b, s, pl
                                in itertools.product(eps, mb_ok, sps, pidx)], dtype=np.int64)
             key = (tuple(zeros), tuple(scheds))
             inner = inner_cache.get(key)
@@ -281,11 +324,13 @@ def _pareto_mask(t: np.ndarray, mem: np.ndarray) -> np.ndarray:
 def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: str | None = None,
            flash: bool = True, constraints: Constraints | None = None, objective: str = "time",
            top_k: int = 10, headroom: float = DEFAULT_HEADROOM, rerank: int = DEFAULT_RERANK,
+           lora: tuple[int, tuple[str, ...]] | None = None,
            progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Score the whole legal space and return the `top_k` best fitting plans and the Pareto front.
 
     The closed form ranks every plan; the best max(top_k, rerank) are kept, the first `rerank` of them
-    simulated and re-ordered by simulated step time (0: closed form only).
+    simulated and re-ordered by simulated step time (0: closed form only). `lora` = (rank, targets)
+    plans LoRA fine-tuning on frozen base weights.
     """
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
         raise PlanError(f"must be a non-negative integer, got {rerank!r}", field="rerank")
@@ -306,7 +351,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     least_memory = float("inf")
     best: list[tuple[np.ndarray, PlanBatch, Scores]] = []  # candidate pools per chunk
     pareto_pool: list[tuple[PlanBatch, Scores]] = []
-    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned):
+    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora):
         space += len(batch)
         scored += len(batch)
         s = evaluate(model, cluster, batch, headroom)

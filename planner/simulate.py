@@ -27,8 +27,8 @@ import numpy as np
 
 from planner.cost import CostTerms, batch_from_plans, cost_terms
 from planner.cost.overlap import core_sharing_stretch, data_parallel
-from planner.cost.stages import stage_layout
-from planner.graph import build_graph
+from planner.cost.stages import StageLayout, stage_layout
+from planner.graph import LayerGraph
 from planner.plan import Plan
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -294,10 +294,12 @@ def _events(graph: _Graph, ends: Array, d: Array) -> list[Event]:
 # ---- whole plans ------------------------------------------------------------------------------
 
 
-def _stage_durations(model: ModelSpec, terms: CostTerms, rows: Array, pp: int, vpp: int) -> tuple[Array, Array]:
+def _layout(lg: LayerGraph, plan: Plan) -> StageLayout:
+    return stage_layout(lg.pattern, len(lg.kinds), plan.pp, plan.vpp, plan.first_stage_layers, plan.last_stage_layers)
+
+
+def _stage_durations(terms: CostTerms, rows: Array, layout: StageLayout) -> tuple[Array, Array]:
     """Forward and backward seconds per micro-batch of every virtual stage, (len(rows), G)."""
-    lg = build_graph(model)
-    layout = stage_layout(lg.pattern, len(lg.kinds), pp, vpp)
     vl = np.asarray(layout.virtual_layers, dtype=np.float64)  # (G, K)
     fwd = terms.layer_fwd[rows] @ vl.T
     bwd = terms.layer_bwd[rows] @ vl.T
@@ -318,12 +320,12 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         return []
     batch = batch_from_plans(plans)
     terms = cost_terms(model, cluster, batch)
-    lg = build_graph(model)
     shapes = [(p.schedule if p.pp > 1 else "1f1b", p.pp, p.vpp, p.grad_accum) for p in plans]
+    layouts = [_layout(terms.graph, p) for p in plans]
     graphs = [_graph(*shape) for shape in shapes]
     durations = []
-    for i, (g, (_, pp, vpp, _)) in enumerate(zip(graphs, shapes, strict=True)):
-        fwd, bwd = _stage_durations(model, terms, np.array([i]), pp, vpp)
+    for i, g in enumerate(graphs):
+        fwd, bwd = _stage_durations(terms, np.array([i]), layouts[i])
         durations.append(_durations(g, fwd[0], bwd[0], float(terms.p2p[i])))
     ends_all = _solve(_pad(graphs, durations))  # (L, n, P)
     ov = cluster.overlap_slowdown
@@ -337,7 +339,7 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         stretch = float(core_sharing_stretch(busy.sum() / pp, makespan, cluster.compute_slowdown))
         rank_end, last_b, makespan, busy = rank_end * stretch, last_b * stretch, makespan * stretch, busy * stretch
         # Data-parallel synchronisation per rank (its class's parameters), overlapping its last backward.
-        layout = stage_layout(lg.pattern, len(lg.kinds), pp, vpp)
+        layout = layouts[i]
         rc = np.asarray(layout.rank_class)
         layers = terms.classes.layers[i]  # (C, K)
         fwd_w = (layers @ terms.layer_fwd[i])[rc]

@@ -97,7 +97,7 @@ def test_vectorised_scores_equal_scalar_scores_exactly(brute: dict[Plan, dict[st
 
 
 def test_top_plans_are_the_brute_force_optimum(brute: dict[Plan, dict[str, Any]]) -> None:
-    result = search(MODEL, CLUSTER, GLOBAL_BATCH, dtype=DTYPE, headroom=HEADROOM, top_k=10)
+    result = search(MODEL, CLUSTER, GLOBAL_BATCH, dtype=DTYPE, headroom=HEADROOM, top_k=10, rerank=0)
     fitting = sorted(pred["step_time_s"] for pred in brute.values() if pred["fits"])
     got = [pred["step_time_s"] for pred in result.predictions]
     assert got[0] <= fitting[0]
@@ -263,9 +263,9 @@ def test_impossible_constraint_raises_plan_error() -> None:
 
 
 def test_pruned_reasons_are_counted() -> None:
-    result = search(MODEL, cluster_preset("dgx-a100-80gb").with_gpus(8), 6, top_k=1)
-    assert result.pruned.get("pp does not divide num_layers", 0) >= 1  # pp 8 vs 12 layers
-    assert result.pruned.get("dp does not divide global_batch", 0) >= 1  # dp 4, 8 vs batch 6
+    result = search(MODEL, cluster_preset("dgx-a100-80gb").with_gpus(16), 6, top_k=1)
+    assert result.pruned.get("no split of the layers over pp stages", 0) >= 1  # pp 16 vs 12 layers
+    assert result.pruned.get("dp does not divide global_batch", 0) >= 1  # dp 4, 8, 16 vs batch 6
 
 
 @pytest.mark.parametrize(("kw", "field"), [({"objective": "speed"}, "objective")])
@@ -304,13 +304,14 @@ def test_search_at_least_as_fast_as_the_published_megatron_configuration(
 
 def _legal_by_brute_force(model: Any, gpus: int, global_batch: int) -> bool:
     """Some tp x cp x pp x dp = gpus passes the rules check_plan states (heads, kv heads and FFN width
-    divisible by tp, sequence by cp, layers by pp, global batch by dp)."""
+    divisible by tp, sequence by cp, at least one layer per pipeline rank (uneven splits allowed),
+    global batch by dp)."""
     for tp, cp, pp in itertools.product(divisors(gpus), repeat=3):
         if gpus % (tp * cp * pp):
             continue
         dp = gpus // (tp * cp * pp)
         if (model.num_heads % tp == 0 and model.num_kv_heads % tp == 0 and model.ffn_hidden % tp == 0
-                and model.seq_len % cp == 0 and model.num_layers % pp == 0 and global_batch % dp == 0):
+                and model.seq_len % cp == 0 and pp <= model.num_layers and global_batch % dp == 0):
             return True
     return False
 

@@ -9,11 +9,12 @@ import numpy as np
 from planner.plan import DIMS, RECOMPUTE, SCHEDULES, Plan
 
 INT_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc", "zero")
-# Plans equal in these fields share every structure-level cost term (sizes, SP and placement) ...
+# Plans equal in these fields share every structure-level cost term (sizes, SP, placement, the
+# pipeline's layer split) ...
 STRUCTURE_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sp",
-                    "stride_tp", "stride_cp", "stride_dp", "stride_pp")
+                    "stride_tp", "stride_cp", "stride_dp", "stride_pp", "first", "last")
 # ... and in these every time term (the schedule changes only memory).
-TIMING_FIELDS = (*STRUCTURE_FIELDS, "rc", "zero")
+TIMING_FIELDS = (*STRUCTURE_FIELDS, "rc", "zero", "every")
 
 
 @dataclass
@@ -41,15 +42,31 @@ class PlanBatch:
     stride_dp: np.ndarray
     stride_pp: np.ndarray
     placement: np.ndarray  # index into the batch's list of placement orders
+    first: np.ndarray | None = None  # layers of the first pipeline rank (-1: even split)
+    last: np.ndarray | None = None  # layers of the last pipeline rank (-1: even split)
+    every: np.ndarray | None = None  # full recompute of 1 in `every` layers (1: all)
     dtype: str = "bf16"
     flash: bool = True
+    lora_rank: int = 0  # LoRA adapters of this rank on frozen base weights (0: full training)
+    lora_targets: tuple[str, ...] = ()
     placements: tuple[tuple[str, ...], ...] = (("tp", "cp", "dp", "pp"),)
     # Optional precomputed grouping (first row of each group, inverse map), keyed by level:
     # "structure" (sizes, SP, placement) and "timing" (structure x recompute x ZeRO stage).
     groups: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
+    def __post_init__(self) -> None:
+        n = len(self.tp)
+        for name, fill in (("first", -1), ("last", -1), ("every", 1)):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(n, fill, dtype=np.int64))
+
     def __len__(self) -> int:
         return len(self.tp)
+
+    @property
+    def lora(self) -> tuple[int, tuple[str, ...]] | None:
+        """(rank, targets) of LoRA fine-tuning, or None for full training."""
+        return (self.lora_rank, self.lora_targets) if self.lora_rank else None
 
     @property
     def m(self) -> np.ndarray:
@@ -73,6 +90,11 @@ class PlanBatch:
             recompute=RECOMPUTE[int(self.rc[i])], sequence_parallel=bool(self.sp[i]),
             zero_stage=int(self.zero[i]), dtype=self.dtype,
             placement=self.placements[int(self.placement[i])], flash_attention=self.flash,
+            first_stage_layers=None if self.first[i] < 0 else int(self.first[i]),
+            last_stage_layers=None if self.last[i] < 0 else int(self.last[i]),
+            recompute_every=int(self.every[i]),
+            **({"finetune": "lora", "lora_rank": self.lora_rank, "lora_targets": self.lora_targets}
+               if self.lora_rank else {}),
         )
 
 
@@ -87,12 +109,14 @@ def strides_for(order: tuple[str, ...], sizes: dict[str, np.ndarray]) -> dict[st
 
 
 def batch_from_plans(plans: list[Plan]) -> PlanBatch:
-    """Pack `Plan` objects (same dtype and attention kernel) into a PlanBatch."""
+    """Pack `Plan` objects (same dtype, attention kernel and fine-tuning) into a PlanBatch."""
     if not plans:
         raise ValueError("no plans")
-    dtype, flash = plans[0].dtype, plans[0].flash_attention
-    if any(p.dtype != dtype or p.flash_attention != flash for p in plans):
-        raise ValueError("a PlanBatch shares dtype and flash_attention; split the plans first")
+    p0 = plans[0]
+    shared = (p0.dtype, p0.flash_attention, p0.finetune, p0.lora_rank, p0.lora_targets)
+    if any((p.dtype, p.flash_attention, p.finetune, p.lora_rank, p.lora_targets) != shared for p in plans):
+        raise ValueError("a PlanBatch shares dtype, flash_attention and fine-tuning; split the plans first")
+    dtype, flash = p0.dtype, p0.flash_attention
     orders = sorted({p.placement for p in plans})
     col = {
         "tp": [p.tp for p in plans], "pp": [p.pp for p in plans], "dp": [p.dp for p in plans],
@@ -111,9 +135,17 @@ def batch_from_plans(plans: list[Plan]) -> PlanBatch:
         st = strides_for(order, {d: arr[d] for d in DIMS})
         for d in DIMS:
             strides[d][sel] = st[d][sel]
+    def col(values: list[int]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)
+
+    lora = p0.finetune == "lora"
     return PlanBatch(**arr, sp=sp, stride_tp=strides["tp"], stride_cp=strides["cp"],
                      stride_dp=strides["dp"], stride_pp=strides["pp"], placement=placement,
-                     dtype=dtype, flash=flash, placements=tuple(orders))
+                     first=col([-1 if p.first_stage_layers is None else p.first_stage_layers for p in plans]),
+                     last=col([-1 if p.last_stage_layers is None else p.last_stage_layers for p in plans]),
+                     every=col([p.recompute_every for p in plans]), dtype=dtype, flash=flash,
+                     placements=tuple(orders), lora_rank=p0.lora_rank if lora else 0,
+                     lora_targets=p0.lora_targets if lora else ())
 
 
 def group_index(batch: PlanBatch, level: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.cost.memory import op_sac_recomputed
 from planner.graph import DTYPE_BYTES, LayerGraph, Op
 from planner.precision import RECIPES, base_dtype, gemm_peak_key
 from planner.specs.cluster import GPUSpec
@@ -37,6 +38,7 @@ class OpTimes:
 
     fwd: Array
     bwd: Array
+    wgrad: Array | float = 0.0  # the part of bwd that computes weight gradients (skipped for frozen weights)
 
 
 def _divisor(op: Op, tp: Array, sp: Array) -> Array:
@@ -79,8 +81,8 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
         passes = RECIPES[dtype].quantise_passes_bwd
         fwd = fwd + inst * gpu.memory_time((b + e) * (m * k + k * n), 2)
         bwd_q = (b + e) * m * n + (2 * e * (m * k + k * n) if passes else 0.0)
-        return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, 1 + passes))
-    return OpTimes(fwd=fwd, bwd=dgrad + wgrad)
+        return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, 1 + passes), wgrad=inst * wgrad)
+    return OpTimes(fwd=fwd, bwd=dgrad + wgrad, wgrad=wgrad)
 
 
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
@@ -124,20 +126,26 @@ class LayerTimes:
     attn_fwd: Array  # the attention core alone (what selective recompute repeats)
     attn_bwd: Array
     col_gemm: list[Array]  # forward time of each column-parallel GEMM (= its dgrad = its wgrad time)
+    op_sac_fwd: Array  # the forward work torchtitan's per-op selective checkpointing repeats in backward
 
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
               seq: Array, tp: Array, sp: Array, ep: Array) -> LayerTimes:
-    """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch."""
+    """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch. A frozen linear
+    layer (fine-tuning: LoRA) computes no weight gradient."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
-    fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()
+    fwd, bwd, attn_f, attn_b, sac = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy()
     cols: list[Array] = []
+    recomputed = op_sac_recomputed(ops, m)
     for op in ops:
         if op.kind == "gemm":
             t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
             if op.tp == "column" and not op.routed:
-                cols.append(t.fwd)
+                # the window the input-gradient reduction hides in: the weight-gradient GEMM (none if frozen)
+                cols.append(np.zeros_like(t.fwd) if op.frozen else t.fwd)
+            if op.frozen:
+                t = OpTimes(fwd=t.fwd, bwd=t.bwd - t.wgrad)
         elif op.kind == "attention":
             t = attention_times(op, gpu, dtype, flash, m.causal, tokens, seq, tp, m.num_heads,
                                 m.kv_hidden, m.hidden)
@@ -145,4 +153,5 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
         else:  # elementwise, embedding, loss: memory bound
             t = elementwise_times(op, gpu, tokens, tp, sp)
         fwd, bwd = fwd + t.fwd, bwd + t.bwd
-    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols)
+        sac = sac + recomputed.get(op.name, 0.0) * t.fwd
+    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols, op_sac_fwd=sac)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.graph import DTYPE_BYTES, LayerGraph, Op
+from planner.graph import DTYPE_BYTES, LSE_BYTES, LayerGraph, Op
 from planner.precision import RECIPES
+from planner.specs.model import ModelSpec
 
 Array = np.ndarray
 
@@ -107,6 +108,68 @@ def layer_activation_bytes(ops: tuple[Op, ...] | list[Op], dtype: str, hidden: i
     if recompute == 2:
         return DTYPE_BYTES[dtype] * hidden * tokens / np.where(sp, tp, 1)
     return saved_bytes(list(ops), tokens, seq, tp, sp, drop_s2=recompute == 1)
+
+
+def matmul_outputs(op: Op, model: ModelSpec) -> list[float]:
+    """Per-token output widths of the separate matmuls a GEMM op stands for, in execution order as
+    torchtitan's Llama / PyTorch modules run them: the fused QKV is wq, wk, wv; a gated MLP's up is w1
+    (gate), w3 (up); everything else one matmul."""
+    _fin, fout, copies = op.gemm  # type: ignore[misc]
+    if op.name == "attn.qkv":
+        q = fout - 2 * model.kv_hidden
+        return [q, model.kv_hidden, model.kv_hidden]
+    if op.name in ("mlp.up", "moe.experts.up") and model.activation == "swiglu":
+        return [fout / 2 * copies, fout / 2 * copies]
+    return [fout * copies]
+
+
+def _op_sac_plan(ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> list[tuple[Op, float, float]]:
+    """torchtitan's per-op selective activation checkpointing on one layer (its `_custom_policy`:
+    save the output of every compute op in its save list — matmuls and the SDPA kernel — except every
+    second matmul; recompute the rest). (GEMM op, output width saved, fraction of its matmul work
+    recomputed) for each GEMM op, counting its matmuls in execution order."""
+    out = []
+    count = 0
+    for op in ops:
+        if op.kind != "gemm":
+            continue
+        widths = matmul_outputs(op, model)
+        saved = 0.0
+        for w in widths:
+            count += 1
+            if count % 2:  # the 1st, 3rd, ... matmul of the layer is saved
+                saved += w
+        total = sum(widths)
+        out.append((op, saved, (total - saved) / total if total else 0.0))
+    return out
+
+
+def op_sac_recomputed(ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> dict[str, float]:
+    """Fraction of each op's forward that per-op selective checkpointing repeats in backward: every
+    memory-bound op (norms, activations, rope, residuals), none of the attention core (its output is
+    saved), and each GEMM's recomputed matmuls."""
+    frac = {op.name: 1.0 for op in ops if op.kind not in ("gemm", "attention", "embedding", "loss")}
+    frac.update({op.name: f for op, _, f in _op_sac_plan(ops, model)})
+    return frac
+
+
+def op_sac_saved_bytes(ops: tuple[Op, ...] | list[Op], model: ModelSpec, dtype: str, tokens: Array, tp: Array,
+                       sp: Array) -> Array:
+    """Bytes one layer keeps under per-op selective checkpointing: its input (the checkpoint's), the
+    attention core's output and fp32 log-sum-exp, and the saved matmul outputs (column-parallel ones
+    split by tp; row-parallel ones are partial sums of the full width, reduce-scattered with SP)."""
+    b = DTYPE_BYTES[dtype]
+    seq_split = np.where(sp, tp, 1)
+    total = b * model.hidden * tokens / seq_split
+    for op in ops:
+        if op.kind == "attention":
+            total = total + (b * model.num_heads * model.head_dim + LSE_BYTES * model.num_heads) * tokens / tp
+    for op, saved, _ in _op_sac_plan(ops, model):
+        if not saved:
+            continue
+        div = tp if op.tp in ("column", "vocab") else (seq_split if op.tp == "row" else np.where(sp, tp, 1))
+        total = total + b * saved * tokens / div
+    return total
 
 
 def in_flight_microbatches(pp: Array, vpp: Array, m: Array, sched: Array, rank: Array) -> Array:

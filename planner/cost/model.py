@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.batch import PlanBatch, group_index
-from planner.cost.memory import GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES, in_flight_microbatches
+from planner.cost.memory import GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES, in_flight_microbatches, op_sac_recomputed
 from planner.cost.overlap import core_sharing_stretch, data_parallel
-from planner.cost.terms import CostTerms, cost_grid
-from planner.graph import build_graph
+from planner.cost.terms import RC_CODE, CostTerms, cost_grid
 from planner.plan import SCHEDULES
 from planner.precision import base_dtype
 from planner.specs.cluster import ClusterSpec
@@ -174,7 +173,7 @@ def _argmax_last(x: Array) -> Array:
 
 def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict[str, Array]:
     """The closed-form step time and its breakdown, arrays of the terms' leading shape."""
-    lg = build_graph(model)
+    lg = terms.graph
     ax = terms.axes
     p = ax.pp.astype(np.float64)
     v = ax.vpp.astype(np.float64)
@@ -224,10 +223,13 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     s_len = model.seq_len
     layer_fwd_seq = np.array([s_len * sum(op.flops + op.flops_s * s_len for op in k.ops) for k in lg.kinds])
     attn_fwd_seq = np.array([s_len * sum(op.flops_s * s_len for op in k.ops) for k in lg.kinds])
-    model_flops = 3.0 * lg.forward_flops(1, s_len) * seqs
+    sac_fwd_seq = np.array([s_len * sum(op.flops * op_sac_recomputed(k.ops, model).get(op.name, 0.0)
+                                        for op in k.ops) for k in lg.kinds])
+    model_flops = lg.train_flops(1, s_len) * seqs
     rc = ax.rc
-    extra = np.where(rc == 2, terms.total_layers @ layer_fwd_seq,
-                     np.where(rc == 1, terms.total_layers @ attn_fwd_seq, 0.0)) * seqs
+    extra = np.select([rc == 2, rc == 1, rc == 3],
+                      [terms.total_layers @ layer_fwd_seq / ax.every, terms.total_layers @ attn_fwd_seq,
+                       terms.total_layers @ sac_fwd_seq], 0.0) * seqs
     shape = step.shape
 
     def full(x: Array) -> Array:
@@ -257,11 +259,11 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch,
     its schedule), so that the cost of a plan is a few array operations.
     """
     s_first, s_inv = group_index(batch, "structure")
-    rcs, r_inv = np.unique(batch.rc, return_inverse=True)
+    codes, r_inv = np.unique(batch.rc * RC_CODE + batch.every, return_inverse=True)
     zeros, z_inv = np.unique(batch.zero, return_inverse=True)
-    terms = cost_grid(model, cluster, batch.take(s_first), rcs, zeros)
+    terms = cost_grid(model, cluster, batch.take(s_first), codes // RC_CODE, zeros, codes % RC_CODE)
     timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
-    cell = (s_inv * len(rcs) + r_inv.reshape(-1)) * len(zeros) + z_inv.reshape(-1)
+    cell = (s_inv * len(codes) + r_inv.reshape(-1)) * len(zeros) + z_inv.reshape(-1)
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
     plans = {"pp": batch.pp, "vpp": batch.vpp, "m": batch.m, "sched": batch.sched}
     return Scores(timing, memory_parts(cluster, terms), cell, plans, limit)
@@ -279,6 +281,7 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
     d3, d2, d1 = (np.where(zero >= k, terms.dp_group[e], 1.0) for k in (3, 2, 1))
     e3, e2, e1 = (np.where(zero >= k, terms.edp_group[e], 1.0) for k in (3, 2, 1))
     dense, expert = terms.params_dense[..., :c], terms.params_expert[..., :c]
+    t_dense, t_expert = terms.train_dense[..., :c], terms.train_expert[..., :c]
     dt_w, dt_g, dt_o = _state_bytes(terms)
     rc = ax.rc[e]
     full_ws = _max_last(terms.layer_act_full)[e]
@@ -293,8 +296,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
     lowp = np.where(zero3, 0.0, terms.lowp_copies[..., :c])
     lowp_buffer = np.where(zero3, 2.0 * _max_last(terms.layer_lowp)[e], 0.0)
     return MemoryParts(
-        weights=flat((dense / d3 + expert / e3) * dt_w + lowp), grads=flat((dense / d2 + expert / e2) * dt_g),
-        optimizer=flat((dense / d1 + expert / e1) * dt_o),
+        weights=flat((dense / d3 + expert / e3) * dt_w + lowp), grads=flat((t_dense / d2 + t_expert / e2) * dt_g),
+        optimizer=flat((t_dense / d1 + t_expert / e1) * dt_o),
         other=flat(cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
                    + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)),
         per_microbatch=flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)),

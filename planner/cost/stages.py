@@ -148,12 +148,24 @@ class ClassArrays:
                            has_post=self.has_post[..., :c], critical=c)
 
 
-def class_arrays(pattern: tuple[int, ...], n_kinds: int, pp: Array, vpp: Array) -> ClassArrays:
-    """Stage classes of every row (pp[i] ranks x vpp[i] chunks), evenly split, padded to the widest."""
-    key = pp.astype(np.int64) * (1 << 32) + vpp.astype(np.int64)
-    uniq, inv = np.unique(key, return_inverse=True)
+def class_arrays(pattern: tuple[int, ...], n_kinds: int, pp: Array, vpp: Array, first: Array | None = None,
+                 last: Array | None = None) -> ClassArrays:
+    """Stage classes of every row (pp[i] ranks x vpp[i] chunks; first[i] / last[i] layers on the first /
+    last rank, -1 for an even split), padded to the widest."""
+    n = len(pp)
+    first = np.full(n, -1) if first is None else first
+    last = np.full(n, -1) if last is None else last
+    keys = np.stack([pp, vpp, first, last], axis=1).astype(np.int64)
+    # one integer per row (pp < 2^17, vpp < 2^10, first + 1 and last + 1 < 2^18: 63 bits)
+    key = (keys[:, 0] << 46) + (keys[:, 1] << 36) + ((keys[:, 2] + 1) << 18) + (keys[:, 3] + 1)
+    _, first_rows, inv = np.unique(key, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
-    layouts = [stage_layout(pattern, n_kinds, int(k >> 32), int(k & 0xFFFFFFFF)) for k in uniq]
+
+    def opt(v: int) -> int | None:
+        return None if v < 0 else int(v)
+
+    layouts = [stage_layout(pattern, n_kinds, int(keys[r, 0]), int(keys[r, 1]), opt(keys[r, 2]), opt(keys[r, 3]))
+               for r in first_rows]
     width = max(len(lay.class_size) for lay in layouts)
     u = len(layouts)
     layers = np.zeros((u, width, n_kinds))

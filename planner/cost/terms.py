@@ -36,6 +36,7 @@ from planner.cost.memory import (
     WEIGHT_BYTES,
     layer_activation_bytes,
     op_params_per_gpu,
+    op_sac_saved_bytes,
     saved_bytes,
 )
 from planner.cost.overlap import hide
@@ -49,7 +50,7 @@ Array = np.ndarray
 GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype)
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
 OPTIMIZER_KERNELS_PER_TENSOR = 8  # AdamW per tensor: lerp, mul, addcmul, sqrt, div, add, addcdiv + grad zeroing
-RECOMPUTE_INDEX = {"none": 0, "selective": 1, "full": 2}
+RC_CODE = 1 << 20  # a recompute variant is rc x RC_CODE + every (every < 2^20)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class PlanAxes:
     gb: Array  # global batch (sequences)
     rc: Array  # recompute index into planner.plan.RECOMPUTE
     zero: Array  # ZeRO stage
+    every: Array  # full recompute of 1 in every k layers
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class CostTerms:
     params_dense: Array  # parameters per GPU replicated over dp x cp ranks
     params_expert: Array  # expert parameters per GPU replicated over (dp / ep) x cp ranks
     lowp_copies: Array  # bytes of the class's low-precision weight copies (kept for every layer unless ZeRO-3)
+    train_dense: Array  # of params_dense, those trained (gradients, optimizer states); fewer when fine-tuning
+    train_expert: Array
     dp_reduce: Array  # once-per-step gradient reduction (ZeRO-0 all-reduce, ZeRO-1 reduce-scatter)
     dp_reduce_mb: Array  # per-micro-batch gradient reduce-scatter, per layer (ZeRO-2/3), whole stage
     dp_gather: Array  # once-per-step parameter all-gather (ZeRO-1/2)
@@ -140,6 +144,7 @@ class CostTerms:
     dp_group: Array  # ranks a dense parameter is replicated over (dp x cp): ZeRO shards over them
     edp_group: Array  # ranks an expert parameter is replicated over ((dp / ep) x cp)
     total_layers: Array  # (kinds,) layers of each kind in the model
+    graph: LayerGraph  # the layer graph the terms were priced on (kinds, adapters)
     comms: tuple[Comm, ...] = ()  # every communication's volume, count and time (first stage), if asked
 
     def select(self, index: tuple[Array, ...]) -> CostTerms:
@@ -163,7 +168,7 @@ class CostTerms:
             elif name in ("axes", "classes"):
                 parts = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
                 out[name] = type(value)(**{k: pick(x) if isinstance(x, np.ndarray) else x for k, x in parts.items()})
-            elif name in ("total_layers", "comms"):
+            elif name in ("total_layers", "comms", "graph"):
                 out[name] = value
             else:
                 out[name] = pick(value)
@@ -215,7 +220,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_bwd", "tp_bwd_total", "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
-        "tensors", "lowp_copies")}
+        "tensors", "lowp_copies", "op_sac_fwd", "act_op_sac", "train_dense", "train_expert")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
@@ -236,6 +241,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["compute_fwd"].append(lay.fwd + host_l / 3)  # the framework's host time is busy time too
         out["compute_bwd"].append(lay.bwd + 2 * host_l / 3)
         out["attn_fwd"].append(lay.attn_fwd)
+        out["op_sac_fwd"].append(lay.op_sac_fwd)
+        out["act_op_sac"].append(op_sac_saved_bytes(kind.ops, model, base_dtype(dt), tokens, t, sp))
         out["tp_fwd"].append(tp_fwd)
         out["tp_bwd"].append(tp_bwd)
         out["tp_bwd_total"].append(tp_bwd_total)
@@ -251,7 +258,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         expert = sum((op_params_per_gpu(op, t, e) for op in kind.ops if op.routed), np.zeros_like(t))
         out["params_dense"].append(dense)
         out["params_expert"].append(expert)
-        out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in kind.ops)))
+        train = [op for op in kind.ops if not op.frozen]
+        out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
+        out["train_expert"].append(sum((op_params_per_gpu(op, t, e) for op in train if op.routed), np.zeros_like(t)))
+        out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in train)))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, t, e) for op in kind.ops if low_precision(op, dt)), np.zeros_like(t))
         out["lowp_copies"].append(lowp * rec.weight_copies * rec.element_bytes)
@@ -278,8 +288,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops), np.zeros_like(t))
     # With pipelining, the last stage keeps its own copy of a tied embedding for the LM head.
     res["tied_copy"] = np.full_like(t, model.vocab_size * h) / t if model.tied_embeddings else np.zeros_like(t)
-    res["pre_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.pre_ops))
-    res["post_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.post_ops))
+    res["pre_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.pre_ops if not op.frozen))
+    res["post_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.post_ops if not op.frozen))
+    res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
+    res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
+    frozen_head = any(op.frozen for op in lg.post_ops)
     res["tokens"] = tokens
     res["act_bytes"] = act
     res["tp_ar"], res["tp_ag"], res["tp_rs"], res["tp_small"] = ar, ag, rs, small
@@ -312,7 +325,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         res["emb_bytes"] = np.zeros_like(t)
 
     # Stage classes: parameters, data-parallel collectives and the optimizer per class.
-    classes = class_arrays(lg.pattern, len(lg.kinds), b.pp, b.vpp)
+    classes = class_arrays(lg.pattern, len(lg.kinds), b.pp, b.vpp, b.first, b.last)
     single = (b.pp == 1)[:, None]
     layers = classes.layers  # (rows, C, K)
     dense = np.einsum("rck,rk->rc", layers, res["params_dense"]) \
@@ -324,14 +337,23 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["class_layers"], res["class_size"], res["class_first_rank"] = layers, classes.size, classes.first_rank
     res["class_has_pre"], res["class_has_post"] = classes.has_pre, classes.has_post
     res["class_dense"], res["class_expert"] = dense, expert
+    # Trained parameters (all of them, unless fine-tuning freezes the base weights): gradients,
+    # optimizer states and their data-parallel reductions.
+    train_dense = np.einsum("rck,rk->rc", layers, res["train_dense"]) \
+        + np.where(classes.has_pre, res["pre_train"][:, None], 0.0) \
+        + np.where(classes.has_post, res["post_train"][:, None], 0.0) \
+        + np.where(classes.has_post & ~single & ~frozen_head, res["tied_copy"][:, None], 0.0)
+    train_expert = np.einsum("rck,rk->rc", layers, res["train_expert"])
+    res["class_train_dense"], res["class_train_expert"] = train_dense, train_expert
     res["class_lowp"] = np.einsum("rck,rk->rc", layers, res["lowp_copies"])
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
 
-    def dp_coll(op: str, per_param: float, per_layer: bool) -> Array:
-        """One DP collective over all of a class's parameters, issued in buckets (or per layer)."""
+    def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True) -> Array:
+        """One DP collective over a class's (trained) parameters, issued in buckets (or per layer)."""
         total = np.zeros_like(dense)
-        for params, g, k, n in ((dense, g_dp, k_dp, n_dp), (expert, g_edp, k_edp, n_edp)):
+        pd, pe = (train_dense, train_expert) if trained else (dense, expert)
+        for params, g, k, n in ((pd, g_dp, k_dp, n_dp), (pe, g_edp, k_edp, n_edp)):
             if not np.any(params):
                 continue
             nbytes = params * per_param
@@ -345,7 +367,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["dp_rs"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, False)
     res["dp_ag"] = dp_coll("all_gather", w_b, False)
     res["dp_rs_layers"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, True)
-    res["dp_ag_layers"] = dp_coll("all_gather", w_b, True)
+    res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)  # ZeRO-3 gathers frozen weights too
     tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
@@ -353,19 +375,21 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # steps only the local shard.
     kernels = OPTIMIZER_KERNELS_PER_TENSOR * tensors
     for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (g_dp, g_edp))):
-        local = dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
-            + expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
+        local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
+            + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
         res[name] = gpu.memory_time(local * OPTIMIZER_STEP_BYTES[dt], kernels) * cluster.compute_slowdown
     return res
 
 
 def cost_grid(model: ModelSpec, cluster: ClusterSpec, structures: PlanBatch, recompute: Array,
-              zero: Array) -> CostTerms:
+              zero: Array, every: Array | None = None) -> CostTerms:
     """Terms of every structure (row of `structures`: sizes, SP, placement) under each recompute
-    policy index in `recompute` and each ZeRO stage in `zero`: leading shape (rows, R, Z)."""
-    lg = build_graph(model, structures.dtype, structures.flash)
+    policy index in `recompute` (with `every[i]`: full recompute of 1 in every k layers) and each ZeRO
+    stage in `zero`: leading shape (rows, R, Z)."""
+    lg = build_graph(model, structures.dtype, structures.flash, structures.lora)
     st = _structure(model, cluster, lg, structures)
-    return _variants(cluster, lg, structures, st, np.asarray(recompute), np.asarray(zero))
+    every = np.ones_like(np.asarray(recompute)) if every is None else np.asarray(every)
+    return _variants(cluster, lg, structures, st, np.asarray(recompute), np.asarray(zero), every)
 
 
 def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes: bool = False) -> CostTerms:
@@ -373,13 +397,15 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
 
     Structures are priced once. `volumes` also lists every communication (`CostTerms.comms`).
     """
-    lg = build_graph(model, batch.dtype, batch.flash)
+    lg = build_graph(model, batch.dtype, batch.flash, batch.lora)
     s_first, s_inv = group_index(batch, "structure")
     sb = batch.take(s_first)
     st = _structure(model, cluster, lg, sb)
-    rcs, r_inv = np.unique(batch.rc, return_inverse=True)
+    rc_code = batch.rc * RC_CODE + batch.every
+    codes, r_inv = np.unique(rc_code, return_inverse=True)
     zeros, z_inv = np.unique(batch.zero, return_inverse=True)
-    terms = _variants(cluster, lg, sb, st, rcs, zeros).select((s_inv, r_inv.reshape(-1), z_inv.reshape(-1)))
+    terms = _variants(cluster, lg, sb, st, codes // RC_CODE, zeros, codes % RC_CODE).select(
+        (s_inv, r_inv.reshape(-1), z_inv.reshape(-1)))
     if volumes:
         rows = {k: v[s_inv] for k, v in st.items()}
         terms = dataclasses.replace(terms, comms=_comms(model, lg, batch, rows, terms))
@@ -387,7 +413,7 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
 
 
 def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array], recompute: Array,
-              zero: Array) -> CostTerms:
+              zero: Array, every: Array) -> CostTerms:
     """Apply each recompute policy and ZeRO stage to the structures' terms (leading (n, R, Z))."""
     n = len(b)
 
@@ -396,20 +422,28 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         return x.reshape((n, 1, 1, *x.shape[1:]))
 
     rc = recompute.reshape(1, -1, 1, 1)  # (1, R, 1, kinds)
+    frac = 1.0 / every.reshape(1, -1, 1, 1)  # the share of layers full recompute repeats
     z = zero.reshape(1, 1, -1)
     zc = z[..., None]  # (1, 1, Z, classes)
 
     # One layer, one micro-batch. Selective recompute repeats the attention core in backward, full
-    # recompute the whole forward (with its TP communication).
+    # recompute the whole forward (with its TP communication) of 1 in every k layers, per-op selective
+    # the non-saved matmuls and every memory-bound op (and, without SP, the layer's all-reduces, whose
+    # outputs it does not save).
     layer_f0 = s(st["fwd"] + st["tp_fwd"] + st["ep"] + st["cp_fwd"])
     layer_b0 = s(st["bwd"] + st["tp_bwd"] + st["ep"] + st["cp_bwd"])
     attn = s(st["attn_fwd"])
-    recompute_t = np.where(rc == 2, layer_f0, np.where(rc == 1, attn, 0.0))
+    sac = s(st["op_sac_fwd"])
+    sac_tp = s(np.where(b.sp[:, None], 0.0, st["tp_fwd"]))
+    recompute_t = np.select([rc == 2, rc == 1, rc == 3], [frac * layer_f0, attn, sac + sac_tp], 0.0)
     has_dp = st["g_dp"] > 1
     # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch.
     fsdp = np.where((z >= 2) & s(has_dp), cluster.fsdp_layer_overhead_s, 0.0)[..., None]
     cf = s(st["compute_fwd"])
-    layer_act = np.where(rc == 0, s(st["act_none"]), np.where(rc == 1, s(st["act_selective"]), s(st["act_full"])))
+    act_none = s(st["act_none"])
+    layer_act = np.select([rc == 1, rc == 2, rc == 3],
+                          [s(st["act_selective"]), frac * s(st["act_full"]) + (1 - frac) * act_none,
+                           s(st["act_op_sac"])], act_none)
     classes = ClassArrays(layers=s(st["class_layers"]), size=s(st["class_size"]),
                           first_rank=s(st["class_first_rank"]), has_pre=s(st["class_has_pre"]),
                           has_post=s(st["class_has_post"]), critical=int(st["critical"].max(initial=0)))
@@ -417,11 +451,12 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     return CostTerms(
         grid=(n, len(recompute), len(zero)), dtype=b.dtype,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
-                      zero=z),
+                      zero=z, every=every.reshape(1, -1, 1)),
         layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
-        layer_compute=s(st["compute_fwd"] + st["compute_bwd"]) + np.where(rc == 2, cf, np.where(rc == 1, attn, 0.0))
-        + fsdp,
-        layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"]) + np.where(rc == 2, s(st["tp_fwd"]), 0.0),
+        layer_compute=s(st["compute_fwd"] + st["compute_bwd"])
+        + np.select([rc == 2, rc == 1, rc == 3], [frac * cf, attn, sac], 0.0) + fsdp,
+        layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"])
+        + np.select([rc == 2, rc == 3], [frac * s(st["tp_fwd"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
@@ -431,14 +466,15 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         p2p=s(np.where(b.pp > 1, st["p2p"], 0.0)),
         pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
         classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
-        lowp_copies=s(st["class_lowp"]),
+        lowp_copies=s(st["class_lowp"]), train_dense=s(st["class_train_dense"]),
+        train_expert=s(st["class_train_expert"]),
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_rs"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
         optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"])),
         emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_dp"]), edp_group=s(st["g_edp"]),
-        total_layers=np.asarray(lg.kind_counts, dtype=np.float64),
+        total_layers=np.asarray(lg.kind_counts, dtype=np.float64), graph=lg,
     )
 
 
@@ -449,6 +485,7 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     or per-layer issue under ZeRO-2/3, is inside `seconds`)."""
     classes = terms.classes
     class_params = terms.params_dense + terms.params_expert
+    trained = (terms.train_dense + terms.train_expert)[:, 0]
     has_dp = terms.has_dp
     dp = {"reduce": terms.dp_reduce[:, 0], "reduce_mb": terms.dp_reduce_mb[:, 0],
           "gather": terms.dp_gather[:, 0], "gather_mb": terms.dp_gather_mb[:, 0]}
@@ -505,11 +542,13 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
         out.append(Comm("tp.sp_grads", "all_reduce", rep * grad_b, on(sp, np.ones_like(t)), zero))
     params = class_params[:, 0]
     out += [
-        Comm("dp.grads", "all_reduce", params * grad_b, on(has_dp & (z == 0), np.ones_like(t)), dp["reduce"]),
-        Comm("dp.grads_rs", "reduce_scatter", params * grad_b, on(has_dp & (z >= 1), np.where(z >= 2, m, 1.0)),
+        Comm("dp.grads", "all_reduce", trained * grad_b, on(has_dp & (z == 0), np.ones_like(t)), dp["reduce"]),
+        Comm("dp.grads_rs", "reduce_scatter", trained * grad_b, on(has_dp & (z >= 1), np.where(z >= 2, m, 1.0)),
              np.where(z >= 2, dp["reduce_mb"], dp["reduce"])),
-        Comm("dp.weights", "all_gather", params * w_b, on(has_dp & (z >= 1), np.where(z == 3, 2 * m, 1.0)),
-             np.where(z == 3, dp["gather_mb"], dp["gather"])),
+        # ZeRO-1/2 gather the updated (trained) parameters once per step; ZeRO-3 gathers all of them
+        # before every forward and backward.
+        Comm("dp.weights", "all_gather", np.where(z == 3, params, trained) * w_b,
+             on(has_dp & (z >= 1), np.where(z == 3, 2 * m, 1.0)), np.where(z == 3, dp["gather_mb"], dp["gather"])),
         Comm("dp.tied_embedding", "all_reduce", st["emb_bytes"], on(st["emb_bytes"] > 0, np.ones_like(t)),
              st["emb_sync"]),
     ]

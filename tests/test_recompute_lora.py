@@ -1,0 +1,99 @@
+"""Activation-checkpointing policies beyond Megatron-LM's (torchtitan's per-op selective, full on 1 of
+every k layers) and LoRA fine-tuning, against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner.cost import batch_from_plans, cost_terms, estimate
+from planner.cost.memory import op_sac_saved_bytes
+from planner.graph import build_graph
+from planner.plan import Plan
+from planner.specs.catalog import cluster_preset, model_preset
+
+GIB = 2**30
+H100 = cluster_preset("dgx-h100")
+
+
+def test_per_op_selective_saves_what_torchtitans_policy_saves() -> None:
+    """torchtitan's per-op SAC on a Llama layer runs wq, wk, wv, wo, w1, w3, w2 and saves every other
+    matmul's output (wq, wv, w1, w2) plus the SDPA output and its fp32 log-sum-exp, and the checkpoint's
+    input. Llama 3 8B, tp 1, bf16, per token: 2 x (4096 input + 4096 q + 1024 v + 4096 attention out +
+    14336 w1 + 4096 w2) + 4 x 32 heads = 63,616 bytes."""
+    m = model_preset("llama3-8b")
+    lg = build_graph(m)
+    one, tokens = np.array([1.0]), np.array([1000.0])
+    saved = op_sac_saved_bytes(lg.layer_ops, m, "bf16", tokens, one, np.array([False]))
+    assert saved[0] == pytest.approx(1000 * 63_616)
+
+
+def test_per_op_selective_sits_between_none_and_full() -> None:
+    """Same plan under each policy: per-op SAC keeps less than no recompute (and Megatron's selective,
+    which with flash attention keeps nearly everything) and more than full recompute; it recomputes
+    more than selective and less than full."""
+    m = model_preset("llama3-8b")
+    c = H100.with_gpus(8)
+    preds = {rc: estimate(m, c, Plan(dp=8, micro_batch=1, global_batch=8, zero_stage=3, recompute=rc))
+             for rc in ("none", "selective", "op-selective", "full")}
+    act = {rc: p["memory"]["activations"] for rc, p in preds.items()}
+    hw = {rc: p["hw_tflops_per_gpu"] * p["step_time_s"] for rc, p in preds.items()}
+    assert act["full"] < act["op-selective"] < act["selective"] <= act["none"]
+    assert hw["none"] < hw["selective"] < hw["op-selective"] < hw["full"]
+
+
+def test_full_recompute_of_every_other_layer_by_hand() -> None:
+    """Full recompute of 1 in 2 layers keeps, per layer on average, half a layer input and half a full
+    layer's activations (Korthikanti et al. 2022's 2sbh and sbh(34 + 5as/h) for GPT-3 with dropout)."""
+    m = model_preset("gpt3-175b")
+    s, h, a = m.seq_len, m.hidden, m.num_heads
+    c = cluster_preset("dgx-a100-80gb").with_gpus(8)
+    plan = Plan(tp=8, micro_batch=1, global_batch=1, recompute="full", recompute_every=2, flash_attention=False)
+    terms = cost_terms(m, c, batch_from_plans([plan]))
+    full_layer = s * h * (10 + 24 / 8 + 5 * a * s / (h * 8))
+    assert terms.layer_act[0, 0] == pytest.approx((2 * s * h + full_layer) / 2, rel=1e-12)
+    # and it repeats half of a layer's forward in backward
+    every = cost_terms(m, c, batch_from_plans([Plan(tp=8, micro_batch=1, global_batch=1, recompute="full",
+                                                    flash_attention=False)]))
+    none = cost_terms(m, c, batch_from_plans([Plan(tp=8, micro_batch=1, global_batch=1, flash_attention=False)]))
+    extra_all = float(every.layer_bwd[0, 0] - none.layer_bwd[0, 0])
+    assert float(terms.layer_bwd[0, 0] - none.layer_bwd[0, 0]) == pytest.approx(extra_all / 2, rel=1e-12)
+
+
+def _adapters(m, rank: int) -> int:
+    """LoRA parameters per layer, by hand: r (in + out) for each of the fused QKV (h -> h + 2 kv), the
+    out-projection (h -> h), the fused gate + up (h -> 2 f) and the down projection (f -> h)."""
+    h, kv, f = m.hidden, m.kv_hidden, m.ffn_hidden
+    return rank * ((h + h + 2 * kv) + (h + h) + (h + 2 * f) + (f + h))
+
+
+def test_lora_model_states_by_hand() -> None:
+    """LoRA rank 16 on Llama 3 8B, one GPU: every weight (8.03 B base + the adapters) is kept in bf16
+    (2 B), gradients (4 B) and Adam state (12 B) only for the adapters (Hu et al. 2021)."""
+    m = model_preset("llama3-8b")
+    adapters = m.num_layers * _adapters(m, 16)
+    assert adapters == 35_651_584
+    psi = build_graph(m).total_params
+    mem = estimate(m, H100.with_gpus(1), Plan(global_batch=1, finetune="lora", lora_rank=16))["memory"]
+    assert mem["weights"] * GIB == pytest.approx(2 * (psi + adapters), rel=1e-12)
+    assert mem["grads"] * GIB == pytest.approx(4 * adapters, rel=1e-12)
+    assert mem["optimizer"] * GIB == pytest.approx(12 * adapters, rel=1e-12)
+
+
+def test_lora_skips_the_frozen_weight_gradients() -> None:
+    """Model FLOPs of a LoRA step: forward + input gradients of every GEMM (2x forward), the weight
+    gradients only of the adapters, attention 3x: 3 F - F_frozen_GEMMs per token."""
+    m = model_preset("llama3-8b")
+    s = m.seq_len
+    full = estimate(m, H100.with_gpus(8), Plan(dp=8, global_batch=8))
+    lora = estimate(m, H100.with_gpus(8), Plan(dp=8, global_batch=8, finetune="lora", lora_rank=8,
+                                                 lora_targets=("qkv",)))
+    lg = build_graph(m)
+    frozen_gemm = (m.num_layers * sum(op.flops for op in lg.layer_ops if op.kind == "gemm")
+                   + sum(op.flops for op in lg.post_ops if op.kind == "gemm"))
+    adapters = m.num_layers * 2 * 8 * (m.hidden + m.hidden + 2 * m.kv_hidden)  # 2 r (in + out) per token
+    tokens = 8 * s
+    expected = full["tflops_per_gpu"] * full["step_time_s"] * 8 * 1e12 - frozen_gemm * tokens + 3 * adapters * tokens
+    assert lora["tflops_per_gpu"] * lora["step_time_s"] * 8 * 1e12 == pytest.approx(expected, rel=1e-9)
+    assert lora["step_time_s"] < full["step_time_s"]
+    assert lora["time"]["dp_comm"] < full["time"]["dp_comm"] / 100  # only the adapters' gradients
