@@ -1,0 +1,294 @@
+"""Published measured runs as plans (planner.measured) and the two benchmarks that report on them.
+
+The expected values below were read by hand from the shipped CSVs and the sources SOURCES.md cites
+(not from the parser): sizes from the table titles / configuration tables, step times computed by hand
+from the printed tokens/s, shapes from the text above each BLOOM table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from planner.measured import (
+    SOURCES,
+    MeasuredRun,
+    NotExpressed,
+    express,
+    express_all,
+    planner_features,
+    printed_runs,
+)
+from planner.measured.accuracy import Prediction, comparable_memory_gib, summarise
+from planner.measured.bloom import implied_tflops
+from planner.measured.models import MODELS, bloom_shape
+from planner.measured.reasons import PATTERNS, TEMPLATES, key_of, kind, reason
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_FEATURES = planner_features()
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, list]:
+    return {s: printed_runs([s]) for s in SOURCES}
+
+
+# ---- the shipped copies are the cited files ------------------------------------------------------
+
+
+def test_shipped_tables_match_the_checksums_in_sources_md() -> None:
+    d = resources.files("planner.data").joinpath("validation", "measured-2026")
+    sources_md = d.joinpath("SOURCES.md").read_text(encoding="utf-8")
+    for name, rows in (("dgxc_benchmarking_step_times.csv", 288), ("torchtitan_benchmarks.csv", 53),
+                       ("bloom_176b_prequel_topology_benchmarks_a100.csv", 158)):
+        data = d.joinpath(name).read_bytes()
+        assert f"`{hashlib.sha256(data).hexdigest()[:16]}`" in sources_md, name
+        assert f"| `{name}` | {rows} |" in sources_md
+
+
+def test_every_row_is_read(runs: dict[str, list]) -> None:
+    assert [len(runs[s]) for s in SOURCES] == [288, 53, 158]
+
+
+# ---- dgxc: hand-read rows ------------------------------------------------------------------------
+
+
+def test_dgxc_grok_proxy_row(runs: dict[str, list]) -> None:
+    # v24.11.1 grok1 README config table: 8 GPUs, 2 layers, seq 4096, TP 4, EP 2, MBS 1, GBS 1024; 24.03 s/step
+    r = runs["dgxc"][0]
+    assert (r.model, r.framework, r.system, r.num_gpus, r.num_layers, r.seq_len) == (
+        "grok1-314b-nemo", "nemo", "dgx-h100", 8, 2, 4096)
+    assert (r.tp, r.pp, r.cp, r.ep, r.dp, r.micro_batch, r.global_batch) == (4, 1, 1, 2, 2, 1, 1024)
+    assert (r.precision, r.recompute, r.step_time_s) == ("bf16", "none", 24.03)
+
+
+def test_dgxc_row_with_a_split_step_time(runs: dict[str, list]) -> None:
+    # "8.7  5" s; 126 x 8192 tokens / 117965 tokens/s = 8.75 s. Title: TP 8, CP 2, VP 7; column: 21 layers, PP 3
+    r = runs["dgxc"][19]
+    assert r.step_time_s == pytest.approx(8.75)
+    assert (r.tp, r.pp, r.cp, r.vpp, r.dp, r.num_layers, r.global_batch) == (8, 3, 2, 7, 2, 21, 126)
+    assert (r.schedule, r.model) == ("interleaved-1f1b", "llama3.1-405b-dgxc2409")
+
+
+def test_dgxc_lora_row_with_the_pp41_typo(runs: dict[str, list]) -> None:
+    # v25.03 "Llama3 8b Finetuning LORA BF16 (TP=1, PP=41, ...)" on 8 GPUs: PP=1 per the v25.04.01 table
+    r = runs["dgxc"][204]
+    assert (r.model, r.finetune, r.pp, r.dp, r.seq_len, r.global_batch, r.step_time_s) == (
+        "llama3-8b", "lora", 1, 8, 4096, 32, 0.92)
+    assert r.lora_targets == ("qkv",)
+
+
+def test_dgxc_405b_on_pp8_vp8_counts_embedding_and_loss(runs: dict[str, list]) -> None:
+    # v25.04.01: 126 layers, TP 8, PP 8, CP 2, VP 8 on 512 GPUs: 128 slots of 2, first and last rank 15 layers
+    r = runs["dgxc"][245]
+    assert (r.model, r.first_stage_layers, r.last_stage_layers, r.uneven_virtual, r.dp) == (
+        "llama3-405b", 15, 15, True, 4)
+    res = express(r, features=frozenset({"bf16", "uneven"}))
+    if isinstance(res, NotExpressed):  # a planner without per-virtual-stage layer counts refuses it by name
+        assert res.reasons == (reason("uneven_virtual"),)
+
+
+def test_dgxc_maxtext_hybrid_sharding_row(runs: dict[str, list]) -> None:
+    # v24.11.1 MaxText Llama2 70B on 512 GPUs: "FSDP=128 GBS=1024", MBS 2; remat save_dot_except_mlpwi (bf16)
+    r = runs["dgxc"][55]
+    assert (r.framework, r.model, r.fsdp, r.zero_stage, r.dp, r.micro_batch, r.global_batch) == (
+        "maxtext", "llama2-70b", 128, 3, 512, 2, 1024)
+    res = express(r, features=frozenset({"bf16"}))
+    assert isinstance(res, NotExpressed)
+    assert res.reasons == (reason("remat", name="save_dot_except_mlpwi"), reason("hsdp"))
+
+
+def test_dgxc_missing_features_are_named() -> None:
+    r = printed_runs(["dgxc"])[9]  # Grok FP8 8 GPUs
+    assert r.precision == "fp8"
+    res = express(r, features=frozenset({"bf16"}))
+    assert isinstance(res, NotExpressed) and res.reasons == ("precision fp8 not supported by the planner yet",)
+    lora = printed_runs(["dgxc"])[204]
+    res = express(lora, features=frozenset({"bf16"}))
+    assert isinstance(res, NotExpressed) and res.reasons == ("LoRA fine-tuning not supported by the planner yet",)
+
+
+def test_dgxc_expressed_row_is_the_printed_plan(runs: dict[str, list]) -> None:
+    # v24.11.1 Llama 3.1 70B BF16 (TP=4, PP=4, CP=2, VP=5, MBS=1, GA=64) on 64 GPUs, GBS 128
+    r = next(x for x in runs["dgxc"] if "70b 24.09 BF16" in x.label and x.num_gpus == 64)
+    res = express(r, features=ALL_FEATURES)
+    assert isinstance(res, MeasuredRun)
+    p = res.plan
+    assert (p.tp, p.pp, p.cp, p.dp, p.vpp, p.micro_batch, p.global_batch, p.grad_accum) == (4, 4, 2, 2, 5, 1, 128, 64)
+    assert (p.schedule, p.sequence_parallel, p.dtype, res.cluster.num_gpus) == ("interleaved-1f1b", True, "bf16", 64)
+    assert res.model.num_layers == 80 and res.model.seq_len == 8192
+    assert (res.step_time_s, res.framework, res.source) == (14.72, "nemo", "dgxc")
+
+
+# ---- torchtitan ----------------------------------------------------------------------------------
+
+
+def test_torchtitan_fsdp_row_step_time_from_tokens_per_second(runs: dict[str, list]) -> None:
+    # Table 1 FSDP: 8 GPUs, local batch 2, global 16, seq 8192, 5,762 tokens/s/GPU, 82.4 GiB
+    r = runs["torchtitan"][0]
+    assert r.step_time_s == pytest.approx(16 * 8192 / (5762 * 8))
+    assert (r.system, r.fsdp, r.zero_stage, r.micro_batch, r.recompute) == ("h100-96gb-500w", 8, 3, 2, "op-selective")
+    assert (r.memory_gib, r.memory_definition) == (82.4, "reserved")
+
+
+def test_torchtitan_context_parallel_row(runs: dict[str, list]) -> None:
+    # Table 2 "FSDP 4, CP 2", seq 65536, local batch 1: global batch 4, 4 x 65536 / (2540 x 8) s
+    r = runs["torchtitan"][4]
+    assert (r.dp, r.cp, r.global_batch, r.seq_len, r.precision, r.recompute) == (4, 2, 4, 65536, "fp8", "full")
+    assert r.step_time_s == pytest.approx(4 * 65536 / (2540 * 8))
+
+
+def test_torchtitan_pipeline_rows(runs: dict[str, list]) -> None:
+    # Table 5: 405B (126 layers), PP 8, local batch 32 -> 8 micro-batches of 4; split 15 / 16 x 6 / 15
+    one = runs["torchtitan"][12]
+    assert (one.pp, one.vpp, one.micro_batch, one.first_stage_layers, one.last_stage_layers) == (8, 1, 4, 15, 15)
+    assert (one.zero_stage, one.sequence_parallel, one.global_batch) == (2, True, 256)
+    assert one.step_time_s == pytest.approx(256 * 8192 / (100 * 512))
+    inter = runs["torchtitan"][13]  # 16 stages of 7, 8 x 14, 7: ranks 0 and 7 hold 15, the others 16
+    assert (inter.vpp, inter.schedule, inter.first_stage_layers, inter.uneven_virtual) == (
+        2, "interleaved-1f1b", 15, True)
+
+
+def test_torchtitan_recompute_and_hardware_variants(runs: dict[str, list]) -> None:
+    layer = runs["torchtitan"][21]  # docs/performance.md "8B | 1 | selective layer" on 64 A100
+    assert (layer.recompute, layer.recompute_every, layer.system) == ("every-k", 2, "a100-80gb")
+    nvfp4 = runs["torchtitan"][47]  # nvfp4.md: Blackwell SKU not stated, AC not printed
+    assert (nvfp4.precision, nvfp4.system) == ("nvfp4", "blackwell-unknown")
+    res = express(nvfp4, features=ALL_FEATURES)
+    assert isinstance(res, NotExpressed)
+    assert set(res.reasons) == {reason("recompute_unknown"), reason("sku")}
+    assert all(kind(x) == "source" for x in res.reasons)
+
+
+# ---- BLOOM ---------------------------------------------------------------------------------------
+
+
+def test_bloom_best_tflops_row(runs: dict[str, list]) -> None:
+    # "20B model: TP=8, PP=1, NLAYERS=8, NHIDDEN=14400, NHEADS=32 ... GBS=2048", fp16 table: 67GB, no Sec/it
+    r = runs["bloom"][0]
+    assert (r.model, r.tp, r.pp, r.dp, r.global_batch, r.precision) == ("bloom:14400:8:32", 8, 1, 1, 2048, "fp16")
+    assert (r.step_time_s, r.memory_gib, r.memory_definition) == (None, 67.0, "device")
+    assert (r.recompute, r.flash_attention, r.zero_stage) == ("full", False, 1)
+
+
+def test_bloom_rows_without_layer_counts_are_source_incomplete(runs: dict[str, list]) -> None:
+    r = runs["bloom"][14]  # "Choosing the fastest 3D Topology": 200B, layers "tweaked to fit PP", not printed
+    res = express(r, features=ALL_FEATURES)
+    assert isinstance(res, NotExpressed) and res.reasons == (reason("shape"),)
+
+
+def test_bloom_gbs_that_reproduces_the_printed_tflops(runs: dict[str, list]) -> None:
+    # "NHIDDEN=14336 / NLAYERS=6 / GBS=512" above a table whose GBS column says 2048: 143.48 TFLOPs at
+    # 130.43 s on 8 GPUs follow from 512 sequences (Megatron-DeepSpeed's printed formula), not 2048.
+    assert implied_tflops(14336, 6, 512, 130.43, 8) == pytest.approx(143.48, rel=0.005)
+    assert implied_tflops(14336, 6, 2048, 130.43, 8) == pytest.approx(4 * 143.48, rel=0.005)
+    assert [runs["bloom"][i].global_batch for i in (59, 60, 61)] == [512, 512, 512]
+
+
+def test_bloom_pipeline_partitions(runs: dict[str, list]) -> None:
+    # "Rebalancing layers": HIDDEN=12288, NLAYERS=106, PP 12, embeddings as layers: (106 + 2) / 12 = 9 per rank
+    r = runs["bloom"][138]
+    assert (r.model, r.first_stage_layers, r.last_stage_layers, r.precision) == ("bloom:12288:106:64", 8, 8, "bf16")
+    assert (r.step_time_s, r.memory_gib) == (116.54, 67.0)
+    # "78/12=6.5 - so the last stage has 1 block, while the rest have 7"
+    assert (runs["bloom"][112].last_stage_layers, runs["bloom"][112].first_stage_layers) == (1, None)
+
+
+def test_bloom_oom_rows(runs: dict[str, list]) -> None:
+    assert [r.row for r in runs["bloom"] if r.oom] == [98, 105, 106, 142, 143, 157]
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, published", [
+    ("nemotron4-15b", 15.7e9),  # 3.2B embedding + 12.5B non-embedding (Parmar et al. 2024)
+    ("nemotron4-340b", 341.0e9),  # 9.4B + 331.6B (Nemotron-4 340B report, Table 1)
+])
+def test_measured_models_match_published_totals(name: str, published: float) -> None:
+    assert MODELS[name].params == pytest.approx(published, rel=0.01)
+
+
+def test_bloom_176b_shape_matches_the_paper() -> None:
+    # Le Scao et al. 2022 Table 3: 176,247M parameters (70 layers, 14336 hidden, 112 heads)
+    assert bloom_shape(14336, 70, 112).params == pytest.approx(176_247e6, rel=1e-4)
+
+
+# ---- reasons -------------------------------------------------------------------------------------
+
+
+def test_reasons_are_stable_declared_strings() -> None:
+    first = express_all(printed_runs())
+    second = express_all(printed_runs())
+    reasons = [r.reasons for r in first if isinstance(r, NotExpressed)]
+    assert reasons == [r.reasons for r in second if isinstance(r, NotExpressed)]
+    distinct = {x for rs in reasons for x in rs}
+    assert distinct and all(key_of(x) in TEMPLATES for x in distinct)
+    # no row-specific text: far fewer distinct reasons than blocked rows
+    assert len(distinct) <= 2 * len(TEMPLATES) < len(reasons)
+
+
+def test_reason_templates_round_trip() -> None:
+    for key, (_, template) in TEMPLATES.items():
+        text = reason(key, name="x") if "{name}" in template else reason(key)
+        assert key_of(text) == key and PATTERNS[key].match(text)
+    with pytest.raises(ValueError):
+        key_of("something else")
+
+
+# ---- accuracy arithmetic -------------------------------------------------------------------------
+
+
+def test_summary_arithmetic() -> None:
+    s = summarise([(0.1, "a"), (-0.3, "b"), (0.05, "c")])
+    assert (s.rows, s.mape, s.bias, s.worst, s.worst_label) == (3, pytest.approx(0.15), pytest.approx(-0.05),
+                                                                 -0.3, "b")
+
+
+def test_memory_is_compared_on_the_measured_definition(runs: dict[str, list]) -> None:
+    tt = express(runs["torchtitan"][0], substitute=True, features=ALL_FEATURES)
+    assert isinstance(tt, MeasuredRun) and tt.substitutions
+    reserve = tt.cluster.reserved_memory_bytes / 2**30
+    assert comparable_memory_gib({"memory_gib_per_gpu": 50.0}, tt) == pytest.approx(50.0 - reserve)
+    bloom = express(runs["bloom"][138], features=ALL_FEATURES)
+    assert isinstance(bloom, MeasuredRun)
+    assert comparable_memory_gib({"memory_gib_per_gpu": 50.0}, bloom) == 50.0
+    p = Prediction(tt, 2.0, 2.2, 41.2, True)
+    assert p.error == pytest.approx(2.0 / tt.step_time_s - 1)
+    assert p.memory_error == pytest.approx(41.2 / 82.4 - 1)
+
+
+# ---- the benchmark scripts run (smoke, not timing) -----------------------------------------------
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+
+def test_measured_runs_script_smoke() -> None:
+    out = _run("measured_runs.py", "--limit", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["summary"]["all"]["rows"] == 12 and len(doc["rows"]) == 12
+    text = _run("measured_runs.py", "--limit", "4", "--source", "bloom")
+    assert text.returncode == 0 and "| bloom " in text.stdout
+    bad = _run("measured_runs.py", "--limit", "-1")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_accuracy_script_smoke() -> None:
+    out = _run("accuracy_measured.py", "--limit", "3", "--source", "dgxc", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["rows"]) == 3 and doc["sources"]["dgxc"]["estimate"]["rows"] == 3
+    for row in doc["rows"]:
+        assert row["error"] == pytest.approx(row["estimate_s"] / row["measured_s"] - 1)
+    text = _run("accuracy_measured.py", "--limit", "2")
+    assert text.returncode == 0 and "MAPE" in text.stdout
