@@ -1,6 +1,7 @@
 """Pipeline parallelism with `torch.distributed.pipelining` (GPipe, 1F1B, interleaved 1F1B).
 
-The model is cut into pp·vpp stages of equal layer counts; the first stage also holds the embedding
+The model is cut into pp·vpp stages of equal layer counts (or the plan's uneven first / last stage
+counts, each rank's layers split evenly over its chunks); the first stage also holds the embedding
 and the last the final norm and LM head (the uneven stages the planner's simulation models). With
 virtual stages, pipeline rank r holds stages r, r+pp, r+2pp, ... (Narayanan et al. 2021, Sec. 2.2).
 Each stage is a copy of the (meta-device) model with the other parts removed, so parameter names are
@@ -22,6 +23,8 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from executor.model import Transformer
+from planner.cost.stages import split_layers
+from planner.plan import Plan
 
 
 def stage_indices(pp_rank: int, pp: int, vpp: int) -> list[int]:
@@ -29,19 +32,31 @@ def stage_indices(pp_rank: int, pp: int, vpp: int) -> list[int]:
     return [pp_rank + v * pp for v in range(vpp)]
 
 
-def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
+def stage_layers(num_layers: int, num_stages: int, stage: int, ranges: list[range] | None = None) -> range:
+    """Layers of virtual stage `stage`: `ranges[stage]` when the plan splits unevenly, else an equal share."""
+    if ranges is not None:
+        return ranges[stage]
     per = num_layers // num_stages
     return range(stage * per, (stage + 1) * per)
 
 
-def split_stage(model: Transformer, stage: int, num_stages: int) -> Transformer:
+def plan_stage_ranges(plan: Plan, num_layers: int) -> list[range]:
+    """Layer range of every virtual stage g = chunk·pp + rank under `plan` (even or uneven split), the
+    same split the cost model prices (planner.cost.stages)."""
+    counts = split_layers(num_layers, plan.pp, plan.first_stage_layers, plan.last_stage_layers)
+    sizes = [counts[g % plan.pp] // plan.vpp for g in range(plan.pp * plan.vpp)]
+    starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
+    return [range(starts[g], starts[g + 1]) for g in range(len(sizes))]
+
+
+def split_stage(model: Transformer, stage: int, num_stages: int, ranges: list[range] | None = None) -> Transformer:
     """A copy of `model` (normally on the meta device) holding only `stage`'s parts.
 
     Only the parts the stage keeps are copied (one `deepcopy` with a shared memo, so a tied
     embedding / LM head pair stays tied): copying the whole model per stage made building the
     63 chunks of an interleaved 126-layer model take 20 s.
     """
-    keep = [str(i) for i in stage_layers(model.spec.num_layers, num_stages, stage)]
+    keep = [str(i) for i in stage_layers(model.spec.num_layers, num_stages, stage, ranges)]
     dropped = {"layers": model.layers, "embed": model.embed, "final_norm": model.final_norm,
                "lm_head": model.lm_head}
     shell_memo: dict[int, object] = {id(m): None for m in dropped.values() if m is not None}

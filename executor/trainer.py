@@ -28,7 +28,13 @@ from executor.expert_parallel import (
 from executor.model import Transformer, init_weights
 from executor.options import OPTIMIZERS
 from executor.parallel_dims import ParallelDims
-from executor.pipeline_parallel import TiedEmbeddingSync, build_schedule, split_stage, stage_indices
+from executor.pipeline_parallel import (
+    TiedEmbeddingSync,
+    build_schedule,
+    plan_stage_ranges,
+    split_stage,
+    stage_indices,
+)
 from executor.tensor_parallel import apply_tp
 from planner.plan import PlanDocument
 
@@ -82,7 +88,8 @@ class Trainer:
         if dims.pp > 1:
             self.pp_rank = mesh["pp"].get_local_rank()
             self.stage_ids = stage_indices(self.pp_rank, dims.pp, dims.vpp)
-            self.parts = [split_stage(full, s, self.num_stages) for s in self.stage_ids]
+            ranges = plan_stage_ranges(plan, spec.num_layers)
+            self.parts = [split_stage(full, s, self.num_stages, ranges) for s in self.stage_ids]
         else:
             self.pp_rank, self.stage_ids, self.parts = 0, [0], [full]
         self.dp_rank = mesh["dp"].get_local_rank() if dims.dp > 1 else 0
@@ -100,7 +107,7 @@ class Trainer:
                 apply_tp(part, mesh["tp"], plan.sequence_parallel)
             if dims.ep > 1:
                 apply_ep(part, ep_mesh["ep"])
-            apply_ac(part, plan.recompute)
+            apply_ac(part, plan.recompute, plan.recompute_every)
             if materialize:
                 part.to_empty(device=device)
                 part.tie_weights()

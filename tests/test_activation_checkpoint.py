@@ -1,0 +1,73 @@
+"""The executor's activation checkpointing policies: numerics unchanged, and the per-op selective
+policy keeps exactly the matmul outputs the cost model counts (planner/cost/memory.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils import checkpoint as ckpt
+
+from executor.activation_checkpoint import apply_ac
+from executor.model import build_model
+from executor.trainer import loss_fn
+from planner.cost.memory import matmul_outputs, op_sac_recomputed
+from planner.graph import build_graph
+from planner.specs.catalog import model_preset
+
+GPT = dataclasses.replace(model_preset("tiny"), num_layers=2, seq_len=64, max_position=64)
+LLAMA = dataclasses.replace(GPT, name="tiny-llama", activation="swiglu", norm="rmsnorm", position="rope",
+                            bias=False, qkv_bias=False, num_kv_heads=2, tied_embeddings=False, max_position=0)
+
+
+def _grads(spec, mode: str, every: int = 1) -> tuple[float, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    x = torch.randint(0, spec.vocab_size, (2, spec.seq_len + 1))
+    model = build_model(spec, True, seed=0)
+    apply_ac(model, mode, every)
+    loss = loss_fn(model(x[:, :-1]), x[:, 1:])
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("spec", [GPT, LLAMA], ids=["gpt", "llama"])
+@pytest.mark.parametrize(("mode", "every"), [("op-selective", 1), ("full", 2), ("selective", 1)])
+def test_recompute_leaves_the_gradients_unchanged(spec, mode: str, every: int) -> None:
+    base_loss, base = _grads(spec, "none")
+    loss, grads = _grads(spec, mode, every)
+    assert loss == base_loss
+    for a, b in zip(grads, base, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec", [GPT, LLAMA], ids=["gpt", "llama"])
+def test_op_selective_saves_the_matmuls_the_cost_model_counts(spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record the policy's decision for every matmul in one block's forward: the outputs it keeps
+    must have the widths planner.cost.memory assigns to the saved matmuls (every other one, in the
+    order the modules run), and as many recomputed as it assigns to recomputation."""
+    decisions: list[tuple[int, bool]] = []
+    original = ckpt.create_selective_checkpoint_contexts
+
+    def recording(policy):
+        def wrapped(ctx, func, *args, **kwargs):
+            decision = policy(ctx, func, *args, **kwargs)
+            if not ctx.is_recompute and func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                b = args[-1] if func == torch.ops.aten.addmm.default else args[1]
+                decisions.append((b.shape[-1], decision == ckpt.CheckpointPolicy.MUST_SAVE))
+            return decision
+        return original(wrapped)
+
+    monkeypatch.setattr("executor.activation_checkpoint.create_selective_checkpoint_contexts", recording)
+    model = build_model(dataclasses.replace(spec, num_layers=1), True, seed=0)
+    apply_ac(model, "op-selective")
+    x = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+    model(x).sum().backward()
+    lg = build_graph(spec, "fp32")
+    widths = [w for op in lg.layer_ops if op.kind == "gemm" for w in matmul_outputs(op, spec)]
+    assert [w for w, _ in decisions] == widths  # one executor matmul per modelled matmul, same order
+    saved = [w for i, w in enumerate(widths) if i % 2 == 0]
+    assert [w for w, keep in decisions if keep] == saved
+    frac = op_sac_recomputed(lg.layer_ops, spec)
+    recomputed = sum(frac[op.name] * sum(matmul_outputs(op, spec)) for op in lg.layer_ops if op.kind == "gemm")
+    assert sum(w for w, keep in decisions if not keep) == pytest.approx(recomputed)
