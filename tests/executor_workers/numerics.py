@@ -51,6 +51,9 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "tp2-sp-moe": ("moe", {"tp": 2, "sequence_parallel": True}),
         "dp2-ep2-moe": ("moe", {"dp": 2, "ep": 2}),
         "dp2-ep2-zero1-moe": ("moe", {"dp": 2, "ep": 2, "zero_stage": 1}),
+        "pp2-uneven-1-3": ("gpt", {"pp": 2, "first_stage_layers": 1, "last_stage_layers": 3}),
+        "dp2-op-selective-llama": ("llama", {"dp": 2, "recompute": "op-selective"}),
+        "pp2-full-every2": ("gpt", {"pp": 2, "recompute": "full", "recompute_every": 2}),
     },
     "w4": {
         "tp2-pp2": ("gpt", {"tp": 2, "pp": 2}),
