@@ -118,12 +118,14 @@ def oom_lines(runs: list[MeasuredRun], preds: list[Prediction]) -> list[str]:
     return lines
 
 
-def report(runs: list[MeasuredRun], preds: list[Prediction], failed: list, n_rows: int, wall: float) -> str:
+def report(runs: list[MeasuredRun], preds: list[Prediction], failed: list, n_rows: int, wall: float,
+           command: str = "python benchmarks/accuracy_measured.py") -> str:
     no_time = sum(1 for r in runs if r.step_time_s is None)
-    out = [f"Predicted vs measured step time of the published runs ({provenance()}; "
-           f"`python benchmarks/accuracy_measured.py`)", "",
+    subs = sum(1 for r in runs if r.substitutions)
+    out = [f"Predicted vs measured step time of the published runs ({provenance()}; `{command}`)", "",
            f"{n_rows} rows read, {len(runs)} expressible, {len(preds)} predicted "
-           f"({no_time} expressible rows print no step time; {len(failed)} failed in the cost model).", "",
+           f"({no_time} expressible rows print no step time; {len(failed)} failed in the cost model"
+           + (f"; {subs} rows on a substituted system" if subs else "") + ").", "",
            "Per source (closed form = `planner.cost.estimate`; simulated = `planner.simulate.simulate_plans`):", "",
            source_table(preds, runs), "", "By bucket (all sources):", "", bucket_tables(preds), "",
            "Memory, where the source measured it:", "", memory_table(preds), "", *oom_lines(runs, preds)]
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"measured {p.measured_s:.3g} s predicted {p.estimate_s:.3g} s | {p.run.plan.describe()} "
                   f"{p.run.plan.dtype} | {p.run.run.label}")
     else:
-        print(report(runs, preds, failed, n_rows, time.perf_counter() - t0))
+        command = " ".join(["python benchmarks/accuracy_measured.py", *(argv if argv is not None else sys.argv[1:])])
+        print(report(runs, preds, failed, n_rows, time.perf_counter() - t0, command))
     return 0
 
 

@@ -52,7 +52,7 @@ def load(sources: list[str], limit: int, substitute: bool) -> list[MeasuredRun |
     return express_all(runs, substitute)
 
 
-def tables(results: list[MeasuredRun | NotExpressed], substitute: bool) -> str:
+def tables(results: list[MeasuredRun | NotExpressed]) -> str:
     t = tally(results)
     head = ["source", "rows", "expressible", "incomplete in the source", "blocked by the planner",
             "expressible of complete rows"]
@@ -64,8 +64,8 @@ def tables(results: list[MeasuredRun | NotExpressed], substitute: bool) -> str:
     rhead = ["reason", "kind", *sources, "all", "rows it alone blocks"]
     rbody = [[r, kind(r), *[t[s].reasons.get(r, 0) for s in sources], n, t["all"].alone.get(r, 0)]
              for r, n in reasons]
-    out = [f"Published measured runs expressible as planner plans ({provenance()}; "
-           f"`python benchmarks/measured_runs.py{' --substitute' if substitute else ''}`)", "",
+    command = " ".join(["python benchmarks/measured_runs.py", *sys.argv[1:]])
+    out = [f"Published measured runs expressible as planner plans ({provenance()}; `{command}`)", "",
            markdown(head, body), "",
            "Reasons (rows citing each; a row may cite several; 'alone' = the only reason a row is not expressible):",
            "", markdown(rhead, rbody, right=set(range(2, len(rhead))))]
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.rows:
         print(row_lines(results))
     else:
-        print(tables(results, args.substitute))
+        print(tables(results))
     return 0
 
 

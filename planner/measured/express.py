@@ -71,7 +71,14 @@ def planner_features() -> frozenset[str]:
         feats.add("op-selective")
     if "recompute_every" in fields:
         feats.add("every-k")
+    if "framework" in fields:
+        feats.add("framework")
     return frozenset(feats)
+
+
+# The framework profile each source's runs used, by the names issue 14 proposes for `--framework`
+# (applied only when `Plan` has a `framework` field and accepts the name).
+FRAMEWORK_PROFILES = {"nemo": "nemo", "torchtitan": "torchtitan", "megatron-deepspeed": "deepspeed"}
 
 
 def _blockers(run: PrintedRun, feats: frozenset[str], substitute: bool) -> tuple[list[str], ClusterSpec | None,
@@ -139,8 +146,16 @@ def express(run: PrintedRun, substitute: bool = False,
         cluster = base.with_gpus(run.num_gpus)
     except SpecError as exc:
         return NotExpressed(run, (reason("rejected", name=exc.field or "gpus"),))
+    fields = plan_fields(run)
+    profile = FRAMEWORK_PROFILES.get(run.framework)
+    if "framework" in feats and profile:
+        try:
+            Plan(**fields, framework=profile)
+            fields["framework"] = profile
+        except (PlanError, TypeError):
+            subs.append(f"framework profile {profile} not accepted by the planner")
     try:
-        plan = Plan(**plan_fields(run))
+        plan = Plan(**fields)
         check_plan(model, cluster, plan)
     except PlanError as exc:
         if run.uneven_virtual and exc.field == "first_stage_layers":
