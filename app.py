@@ -730,6 +730,19 @@ def on_whatif(doc: PlanDocument, knob: str) -> None:
     ss["whatif"] = None if new == doc.plan else plan_code(new)
 
 
+def breakdown_table(pred: dict[str, Any], old: dict[str, Any]) -> pd.DataFrame:
+    """The what-if plan's step and memory by component beside the selected plan's, with units."""
+    rows = []
+    for label, key in charts.TIME_PARTS:
+        new_v, old_v = pred["time"].get(key, 0.0), (old.get("time") or {}).get(key)
+        rows.append((f"time: {label}", seconds(new_v), seconds(old_v), delta(new_v, old_v, "s") or ""))
+    for kind, gib in pred["memory"].items():
+        old_v = (old.get("memory") or {}).get(kind)
+        rows.append((f"memory: {kind}", f"{gib:.2f} GiB", "-" if old_v is None else f"{old_v:.2f} GiB",
+                     delta(gib, old_v, "GiB") or ""))
+    return pd.DataFrame(rows, columns=["component", "what-if", "selected plan", "change"]).set_index("component")
+
+
 @st.fragment
 def show_whatif(doc: PlanDocument, problem: Problem) -> None:
     """Controls offering only legal values; each step re-scores one plan with planner.cost.estimate."""
@@ -785,9 +798,12 @@ def show_whatif(doc: PlanDocument, problem: Problem) -> None:
     if not pred["fits"]:
         st.warning(md_escape(f"Does not fit: {pred['memory_gib_per_gpu']:.1f} GiB per GPU, "
                              f"{pred['memory_limit_gib']:.1f} GiB usable."))
-    left, right = st.columns([1, 2])
-    left.plotly_chart(charts.memory_figure(pred, cluster.gpu.memory_bytes / GIB), key="wi_memory")
-    right.plotly_chart(charts.time_figure(pred), key="wi_time")
+    st.table(breakdown_table(pred, old))
+    with st.expander("Memory and time charts", key="wi_charts", on_change="rerun") as box:
+        if box.open:
+            left, right = st.columns([1, 2])
+            left.plotly_chart(charts.memory_figure(pred, cluster.gpu.memory_bytes / GIB), key="wi_memory")
+            right.plotly_chart(charts.time_figure(pred), key="wi_time")
     wdoc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=pred)
     st.download_button("What-if plan JSON", lambda: dumps(wdoc.to_json()) + "\n",
                        file_name=f"plan_{plan.describe().replace(' ', '_')}.json", mime="application/json",

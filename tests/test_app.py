@@ -97,7 +97,7 @@ def test_default_problem_renders_every_view(default_app: AppTest) -> None:
     assert "llama3-8b on 64 x H100" in captions(at)
     assert [t.label for t in at.tabs] == VIEWS
     assert len(charts(at)) == 1  # only the open view runs: the Pareto chart
-    expected = {"Selected plan": 2, "Compare": 2, "Pipeline schedule": 1, "What-if": 2, "Measured": 0}
+    expected = {"Selected plan": 2, "Compare": 2, "Pipeline schedule": 1, "What-if": 0, "Measured": 0}
     for view, n in expected.items():
         show(at, view)
         assert len(charts(at)) == n, view

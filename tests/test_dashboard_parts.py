@@ -145,16 +145,17 @@ def test_pareto_chart_keeps_the_useful_range() -> None:
     cutoff = max(slowest_ranked * 1.1, min(max(everything.values()), best * charts.OUTLIER_FACTOR))
     assert chart.axis_max_s == pytest.approx(cutoff)
     assert chart.off_scale == sum(t > cutoff for t in everything.values()) > 0  # ZeRO-3 + full recompute plans
-    data = [t for t in chart.figure.data if t.customdata is not None]
-    drawn = {c: y for t in data for c, y in zip(t.customdata, t.y, strict=True)}
+    data = [t for t in chart.figure.data if t.get("customdata") is not None]
+    drawn = {c: y for t in data for c, y in zip(t["customdata"], t["y"], strict=True)}
     assert set(drawn) == set(everything) and max(drawn.values()) <= cutoff * (1 + 1e-12)
-    legend = [t.name for t in chart.figure.data if t.showlegend is not False]
+    legend = [t["name"] for t in chart.figure.data if t.get("showlegend") is not False]
     depths = {p.pp for p, _ in [*ranked, *front]}
     assert len(legend) <= len(depths) + 5 and len(legend) == len(set(legend))  # no repeated entries
-    colors = [t.marker.color for t in chart.figure.data if t.name and t.name.startswith("pp") and t.showlegend]
+    colors = [t["marker"]["color"] for t in chart.figure.data
+              if t["name"].startswith("pp") and t.get("showlegend") is not False]
     assert len(colors) == len(set(colors))  # one colour per pipeline depth
-    line = next(t for t in chart.figure.data if t.name == "Pareto front")
-    assert line.line.color == charts.NEUTRAL
+    line = next(t for t in chart.figure.data if t["name"] == "Pareto front")
+    assert line["line"]["color"] == charts.NEUTRAL
 
 
 def _relative_luminance(hex_color: str) -> float:
@@ -181,8 +182,8 @@ def _schedule(pp: int = 4, batch: int = 64) -> tuple[Plan, dict]:
     return plan, {"events": events, "step_time_s": float(sim.step_time_s), "pipeline_s": float(sim.pipeline_s)}
 
 
-def _bars(fig: object) -> dict[str, list[tuple[str, float, float]]]:
-    return {t.name: list(zip(t.y, t.base, t.x, strict=True)) for t in fig.data}  # type: ignore[attr-defined]
+def _bars(fig: charts.Figure) -> dict[str, list[tuple[str, float, float]]]:
+    return {t["name"]: list(zip(t["y"], t["base"], t["x"], strict=True)) for t in fig.data}
 
 
 def test_schedule_draws_every_operation_and_every_gap() -> None:
@@ -211,10 +212,10 @@ def test_schedule_at_many_micro_batches_overview_and_window() -> None:
         assert covered == pytest.approx(window[1] - window[0], rel=1e-9)
     overview = charts.schedule_overview(events, plan.pp, plan.grad_accum, sim["pipeline_s"], window)
     heat = overview.data[0]
-    width = sim["pipeline_s"] / len(heat.x)
+    width = sim["pipeline_s"] / len(heat["x"])
     for r in range(plan.pp):  # the busy shares add up to the stage's busy time
         busy = sum(e[5] - e[4] for e in events if e[0] == r)
-        assert sum(heat.z[r]) * width == pytest.approx(busy, rel=1e-6)
+        assert sum(heat["z"][r]) * width == pytest.approx(busy, rel=1e-6)
 
 
 # ---- the nearest feasible problem --------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Plotly figures of the dashboard: pure functions of plans, predictions and simulated events.
 
+Figures are plain plotly JSON (`{"data": [...], "layout": {...}}`, which st.plotly_chart takes as
+is): building `plotly.graph_objects` validates every property and costs ~0.1-0.3 s per chart, more
+than the rest of a page run.
+
 Readable at realistic sizes in light and dark themes: axes carry units, log axes are labelled at
 1-2-5 steps or decades (never at every digit), plans far slower than the useful range are drawn at
 its edge with a distinct marker instead of squashing it, legends are few and horizontal, and lines
@@ -12,8 +16,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import plotly.graph_objects as go
 
 from planner.dashboard.codes import plan_code
 from planner.plan import Plan
@@ -30,6 +32,36 @@ DETAIL_EVENTS_PER_STAGE = 64  # above this the schedule shows an overview plus a
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0}
 
 Point = tuple[Plan, dict[str, Any]]
+
+
+class Figure(dict):
+    """Plotly JSON with the three `go.Figure` methods the builders use."""
+
+    def __init__(self, *traces: dict[str, Any]) -> None:
+        super().__init__(data=list(traces), layout={})
+
+    @property
+    def data(self) -> list[dict[str, Any]]:
+        return self["data"]
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return self["layout"]
+
+    def add_trace(self, trace: dict[str, Any]) -> None:
+        self["data"].append(trace)
+
+    def update_layout(self, **layout: Any) -> None:
+        self["layout"].update(layout)
+
+    def add_shape(self, **shape: Any) -> None:
+        self["layout"].setdefault("shapes", []).append(shape)
+
+
+def _trace(kind: str, **props: Any) -> dict[str, Any]:
+    if "marker_color" in props:
+        props["marker"] = {**props.get("marker", {}), "color": props.pop("marker_color")}
+    return {"type": kind, **props}
 
 
 # ---- axes ------------------------------------------------------------------------------------------------
@@ -73,7 +105,8 @@ def value_axis(lo: float, hi: float, title: str, log_if_ratio: float = 4.0) -> d
     if lo > 0 and hi / lo > log_if_ratio:
         return log_axis(lo / 1.15, hi * 1.15, title)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
-    return {"type": "linear", "title": title, "range": [max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad]}
+    return {"type": "linear", "title": title, "range": [max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad],
+            "nticks": 8}
 
 
 def _rule(axis: str, at: float, text: str, color: str, dash: str,
@@ -101,7 +134,7 @@ def _hover(p: Plan, pr: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ParetoChart:
-    figure: go.Figure
+    figure: Figure
     off_scale: int  # plans slower than the time axis shows, drawn at its top edge
     axis_max_s: float
 
@@ -121,7 +154,7 @@ def pareto_figure(ranked: Sequence[Point], front: Sequence[Point], selected: Pla
     off = 0
     depths = sorted({p.pp for p, _ in seen.values()})
     colors = {pp: PALETTE[i % len(PALETTE)] for i, pp in enumerate(depths)}
-    fig = go.Figure()
+    fig = Figure()
     for pp in depths:
         items = [(code, p, pr) for code, (p, pr) in seen.items() if p.pp == pp]
         ys, symbols, sizes = [], [], []
@@ -131,17 +164,17 @@ def pareto_figure(ranked: Sequence[Point], front: Sequence[Point], selected: Pla
             ys.append(y_max if beyond else pr["step_time_s"])
             symbols.append("triangle-up" if beyond else ("diamond" if code in on_front else "circle"))
             sizes.append(12 if code in on_front or beyond else 9)
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=[pr["memory_gib_per_gpu"] for _, _, pr in items], y=ys, mode="markers", name=f"pp{pp}",
             customdata=[code for code, _, _ in items], hovertext=[_hover(p, pr) for _, p, pr in items],
             hoverinfo="text", legendgroup=f"pp{pp}", showlegend=False,
             marker={"color": colors[pp], "symbol": symbols, "size": sizes, "opacity": 0.9,
                     "line": {"width": 1, "color": NEUTRAL}}))
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"pp{pp}", legendgroup=f"pp{pp}",
+        fig.add_trace(_trace("scatter", x=[None], y=[None], mode="markers", name=f"pp{pp}", legendgroup=f"pp{pp}",
                                  legendgrouptitle={"text": "pipeline stages"} if pp == depths[0] else None,
                                  marker={"color": colors[pp], "symbol": "square", "size": 11}, hoverinfo="skip"))
     fs = sorted(front, key=lambda e: e[1]["memory_gib_per_gpu"])
-    fig.add_trace(go.Scatter(x=[pr["memory_gib_per_gpu"] for _, pr in fs],
+    fig.add_trace(_trace("scatter", x=[pr["memory_gib_per_gpu"] for _, pr in fs],
                              y=[min(pr["step_time_s"], y_max) for _, pr in fs], mode="lines",
                              name="Pareto front", hoverinfo="skip", legendgroup="marks",
                              legendgrouptitle={"text": "marks"},
@@ -150,11 +183,11 @@ def pareto_figure(ranked: Sequence[Point], front: Sequence[Point], selected: Pla
                          ("slower than the axis", "triangle-up")):
         if symbol == "triangle-up" and not off:
             continue
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="marks",
+        fig.add_trace(_trace("scatter", x=[None], y=[None], mode="markers", name=name, legendgroup="marks",
                                  marker={"symbol": symbol, "color": NEUTRAL, "size": 10}, hoverinfo="skip"))
     if selected is not None and plan_code(selected) in seen:
         _, pr = seen[plan_code(selected)]
-        fig.add_trace(go.Scatter(x=[pr["memory_gib_per_gpu"]], y=[min(pr["step_time_s"], y_max)], mode="markers",
+        fig.add_trace(_trace("scatter", x=[pr["memory_gib_per_gpu"]], y=[min(pr["step_time_s"], y_max)], mode="markers",
                                  name="selected", hoverinfo="skip", legendgroup="marks",
                                  marker={"size": 20, "symbol": "star", "color": "#edc948",
                                          "line": {"color": NEUTRAL, "width": 1.5}}))
@@ -171,11 +204,11 @@ def pareto_figure(ranked: Sequence[Point], front: Sequence[Point], selected: Pla
 # ---- one plan: memory and time ------------------------------------------------------------------------
 
 
-def memory_figure(pred: dict[str, Any], hbm_gib: float) -> go.Figure:
+def memory_figure(pred: dict[str, Any], hbm_gib: float) -> Figure:
     """Stacked memory per GPU by kind, against the device memory and the usable limit."""
-    fig = go.Figure()
+    fig = Figure()
     for i, (kind, gib) in enumerate(pred["memory"].items()):
-        fig.add_trace(go.Bar(x=["per GPU"], y=[gib], name=kind, marker_color=PALETTE[i % len(PALETTE)],
+        fig.add_trace(_trace("bar", x=["per GPU"], y=[gib], name=kind, marker_color=PALETTE[i % len(PALETTE)],
                              hovertemplate=f"{kind}: %{{y:.2f}} GiB<extra></extra>"))
     hbm = _rule("y", hbm_gib, f"device {hbm_gib:.0f} GiB", LIMIT, "solid")
     usable = _rule("y", pred["memory_limit_gib"], "usable", NEUTRAL, "dash")
@@ -192,16 +225,16 @@ TIME_PARTS = (("compute", "compute"), ("exposed communication", "exposed"), ("bu
 COMM_PARTS = (("TP", "tp_comm"), ("PP", "pp_comm"), ("DP", "dp_comm"), ("CP", "cp_comm"), ("EP", "ep_comm"))
 
 
-def time_figure(pred: dict[str, Any]) -> go.Figure:
+def time_figure(pred: dict[str, Any]) -> Figure:
     """The step split into compute / exposed communication / bubble / optimizer, and every
     communication kind's total time (hidden behind compute or not)."""
     t = pred["time"]
-    fig = go.Figure()
+    fig = Figure()
     for i, (name, key) in enumerate(TIME_PARTS):
-        fig.add_trace(go.Bar(y=["step"], x=[t.get(key, 0.0)], name=name, orientation="h",
+        fig.add_trace(_trace("bar", y=["step"], x=[t.get(key, 0.0)], name=name, orientation="h",
                              marker_color=PALETTE[i], hovertemplate=f"{name}: %{{x:.4g}} s<extra></extra>"))
     for i, (name, key) in enumerate(COMM_PARTS):
-        fig.add_trace(go.Bar(y=["communication<br>(hidden + exposed)"], x=[t.get(key, 0.0)], name=f"{name} comm",
+        fig.add_trace(_trace("bar", y=["communication<br>(hidden + exposed)"], x=[t.get(key, 0.0)], name=f"{name} comm",
                              orientation="h", marker_color=PALETTE[(i + 4) % len(PALETTE)],
                              hovertemplate=f"{name} communication: %{{x:.4g}} s<extra></extra>"))
     fig.update_layout(barmode="stack", title=f"Step time: {pred['step_time_s']:.4g} s",
@@ -212,9 +245,9 @@ def time_figure(pred: dict[str, Any]) -> go.Figure:
 # ---- several plans side by side -------------------------------------------------------------------------
 
 
-def compare_bars(names: Sequence[str], preds: Sequence[dict[str, Any]], what: str) -> go.Figure:
+def compare_bars(names: Sequence[str], preds: Sequence[dict[str, Any]], what: str) -> Figure:
     """Stacked bars per plan: `what` = "time" (step breakdown, s) or "memory" (GiB per GPU)."""
-    fig = go.Figure()
+    fig = Figure()
     if what == "time":
         parts = [(label, [pr["time"].get(key, 0.0) for pr in preds]) for label, key in TIME_PARTS]
         title, unit = "Step time breakdown", "s"
@@ -223,7 +256,7 @@ def compare_bars(names: Sequence[str], preds: Sequence[dict[str, Any]], what: st
         parts = [(k, [pr["memory"].get(k, 0.0) for pr in preds]) for k in kinds]
         title, unit = "Memory per GPU", "GiB"
     for i, (label, values) in enumerate(parts):
-        fig.add_trace(go.Bar(x=list(names), y=values, name=label, marker_color=PALETTE[i % len(PALETTE)],
+        fig.add_trace(_trace("bar", x=list(names), y=values, name=label, marker_color=PALETTE[i % len(PALETTE)],
                              hovertemplate=f"{label}: %{{y:.4g}} {unit}<extra></extra>"))
     fig.update_layout(barmode="stack", title=title, yaxis={"title": unit}, xaxis={"type": "category"},
                       height=420, legend=LEGEND_BELOW,
@@ -249,7 +282,7 @@ def default_window(events: Sequence[Event], pp: int, pipeline_s: float) -> tuple
 
 
 def schedule_figure(events: Sequence[Event], pp: int, micro_batches: int, step_time_s: float, pipeline_s: float,
-                    window: tuple[float, float] | None = None) -> go.Figure:
+                    window: tuple[float, float] | None = None) -> Figure:
     """Every operation of every stage as a bar (micro-batch index where it fits; `.chunk` for
     interleaved virtual stages) and the idle gaps between them; `window` limits it to a time range."""
     lo, hi = window or (0.0, pipeline_s)
@@ -266,10 +299,10 @@ def schedule_figure(events: Sequence[Event], pp: int, micro_batches: int, step_t
             t = max(t, end)
         if pipeline_s - t > 1e-12:
             _add(bars["idle"], rank, t, pipeline_s, "", lo, hi)
-    fig = go.Figure()
+    fig = Figure()
     for kind, b in bars.items():
         if b["x"]:
-            fig.add_trace(go.Bar(y=b["y"], base=b["base"], x=b["x"], text=b["text"], orientation="h",
+            fig.add_trace(_trace("bar", y=b["y"], base=b["base"], x=b["x"], text=b["text"], orientation="h",
                                  name=KIND_NAMES[kind], marker_color=KIND_COLORS[kind], textposition="inside",
                                  insidetextanchor="middle", textangle=0,
                                  hovertemplate=f"{KIND_NAMES[kind]} %{{text}}<br>from %{{base:.4g}} s, "
@@ -299,7 +332,7 @@ def _add(bar: dict[str, list[Any]], rank: int, start: float, end: float, text: s
 
 
 def schedule_overview(events: Sequence[Event], pp: int, micro_batches: int, pipeline_s: float,
-                      window: tuple[float, float] | None = None, bins: int = 240) -> go.Figure:
+                      window: tuple[float, float] | None = None, bins: int = 240) -> Figure:
     """The whole step at once: per stage and time slice, the share of time spent computing (forward
     or backward) and idle. Bubbles show as the pale wedges at the start and end; `window` outlines
     the time range the detailed chart shows."""
@@ -316,7 +349,7 @@ def schedule_overview(events: Sequence[Event], pp: int, micro_batches: int, pipe
     busy = [[min(1.0, f + b) for f, b in zip(fr, br, strict=True)] for fr, br in zip(fwd, bwd, strict=True)]
     text = [[f"forward {f * 100:.0f}%, backward {b * 100:.0f}%, idle {max(0.0, 1 - f - b) * 100:.0f}%"
              for f, b in zip(fr, br, strict=True)] for fr, br in zip(fwd, bwd, strict=True)]
-    fig = go.Figure(go.Heatmap(
+    fig = Figure(_trace("heatmap",
         z=busy, x=[(i + 0.5) * width for i in range(bins)], y=[f"stage {r}" for r in range(pp)], text=text,
         zmin=0, zmax=1, colorscale=[[0, "#bab0ac"], [1, "#4e79a7"]],
         colorbar={"title": "busy", "tickvals": [0, 0.5, 1], "ticktext": ["idle", "50%", "busy"], "len": 0.8},
@@ -335,19 +368,19 @@ def schedule_overview(events: Sequence[Event], pp: int, micro_batches: int, pipe
 
 
 def predicted_vs_measured(names: Sequence[str], predicted: Sequence[float], measured: Sequence[float],
-                          low: Sequence[float | None], high: Sequence[float | None], title: str) -> go.Figure:
+                          low: Sequence[float | None], high: Sequence[float | None], title: str) -> Figure:
     """Predicted vs measured step time per run (ms), min-max (or p10-p90) as error bars, y = x dotted."""
     pts = [(n, p * 1e3, m * 1e3, (lo or m) * 1e3, (hi or m) * 1e3)
            for n, p, m, lo, hi in zip(names, predicted, measured, low, high, strict=True) if p and m]
-    fig = go.Figure()
+    fig = Figure()
     if pts:
         values = [v for _, p, m, lo, hi in pts for v in (p, m, lo, hi)]
         lo_v, hi_v = min(values), max(values)
         ax = value_axis(lo_v, hi_v, "")
         a, b = (10 ** ax["range"][0], 10 ** ax["range"][1]) if ax["type"] == "log" else tuple(ax["range"])
-        fig.add_trace(go.Scatter(x=[a, b], y=[a, b], mode="lines", name="predicted = measured",
+        fig.add_trace(_trace("scatter", x=[a, b], y=[a, b], mode="lines", name="predicted = measured",
                                  line={"dash": "dot", "color": NEUTRAL, "width": 2}, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=[m for _, _, m, _, _ in pts], y=[p for _, p, _, _, _ in pts], mode="markers", name="runs",
             text=[n for n, *_ in pts], marker={"size": 10, "color": PALETTE[0]},
             hovertemplate="%{text}<br>measured %{x:.4g} ms<br>predicted %{y:.4g} ms<extra></extra>",
