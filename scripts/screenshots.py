@@ -4,8 +4,8 @@ Usage: python scripts/screenshots.py [--out docs/img] [--measured RUNS_FOLDER]
 
 Starts `streamlit run app.py` on a free localhost port, opens it in Debian's headless Chromium through
 Playwright (Playwright's own browser download is not needed), clicks through the tabs and saves one
-PNG per view. The helpers (`free_port`, `serve`, `launch_chromium`, `wait_for_chart`) are shared with
-tests/test_app_browser.py.
+PNG per view. The helpers (`free_port`, `serve`, `launch_chromium`, `wait_for_chart`, `wait_idle`,
+`wait_for_table`) are shared with tests/test_app_browser.py and benchmarks/bench_dashboard.py.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# (file name, tab, URL query, page height): the default problem, and a pipelined one for the schedule
+# (file name, tab, URL query, page height): the default problem, a pipelined one, and one with many
+# micro-batches for the schedule's overview
 PIPELINED = "?model=llama2-70b&global_batch=32&pp=4&schedules=1f1b,gpipe"
-VIEWS = (("plans", "Plans", "", 1400), ("selected", "Selected plan", "", 1080),
-         ("schedule", "Pipeline schedule", PIPELINED, 700), ("whatif", "What-if", PIPELINED, 1150))
+MANY = "?model=llama2-70b&global_batch=1024&pp=8"
+VIEWS = (("plans", "Plans", "", 1500), ("selected", "Selected plan", "", 1150),
+         ("compare", "Compare", PIPELINED, 1500), ("schedule", "Pipeline schedule", PIPELINED, 760),
+         ("schedule-overview", "Pipeline schedule", MANY, 1250), ("whatif", "What-if", PIPELINED, 1250))
+MEASURED = ROOT / "examples" / "validation" / "cpu-2ranks"
 
 
 def missing_requirements() -> str | None:
@@ -94,14 +98,28 @@ def wait_for_chart(page: Any, title: str, timeout_ms: int = 90_000) -> None:
     page.wait_for_selector(f".js-plotly-plot .gtitle:has-text('{title}')", timeout=timeout_ms)
 
 
+def wait_idle(page: Any, timeout_ms: int = 120_000) -> None:
+    """Wait until the app script is not running (Streamlit's status widget shows while it runs)."""
+    page.wait_for_function("() => { const s = document.querySelector(\"[data-testid='stApp']\"); "
+                           "return s && s.getAttribute('data-test-script-state') === 'notRunning'; }",
+                           timeout=timeout_ms)
+
+
+def wait_for_table(page: Any, timeout_ms: int = 120_000) -> None:
+    """Wait until the ranked plans table and the search summary are on the page."""
+    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=timeout_ms)
+    page.get_by_text("plans in", exact=False).first.wait_for(timeout=timeout_ms)
+
+
 def open_app(page: Any, url: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     wait_for_chart(page, "Pareto front")
+    wait_idle(page)
     page.wait_for_timeout(500)  # let the remaining charts finish drawing
 
 
-def capture(out_dir: Path, measured: Path | None = None, width: int = 1500) -> list[Path]:
-    """Save one screenshot per main view (and of the Measured tab reading `measured`)."""
+def capture(out_dir: Path, measured: Path | None = MEASURED, width: int = 1500) -> list[Path]:
+    """Save one screenshot per main view (and of the Measured view reading `measured`)."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,24 +131,27 @@ def capture(out_dir: Path, measured: Path | None = None, width: int = 1500) -> l
             page = browser.new_page(viewport={"width": width, "height": 1000})
             for name, tab, query, height in VIEWS:
                 page.set_viewport_size({"width": width, "height": height})
-                open_app(page, url + "/" + query)
-                page.get_by_role("tab", name=tab).click()
+                joiner = "&" if query else "?"
+                page.goto(url + "/" + query + f"{joiner}view={tab.replace(' ', '+')}", wait_until="domcontentloaded")
+                page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+                wait_idle(page)
                 if name == "whatif":  # one step up the pp slider, so the deltas show
-                    page.get_by_role("slider", name="Pipeline parallel (pp)").press("ArrowRight")
-                    page.wait_for_selector(r"text=/tp\d+ pp8 /")
-                page.wait_for_timeout(1200)
+                    page.get_by_role("slider", name="Pipeline stages (pp)").press("ArrowRight")
+                    page.wait_for_selector(".st-key-wi_head :text('micro-batches per step')")
+                    wait_idle(page)
+                page.wait_for_timeout(1500)
                 path = out_dir / f"dashboard-{name}.png"
                 page.screenshot(path=str(path))
                 saved.append(path)
             if measured is not None:
-                page.set_viewport_size({"width": width, "height": 1900})
-                open_app(page, url)
-                page.get_by_role("tab", name="Measured").click()
+                page.set_viewport_size({"width": width, "height": 1500})
+                page.goto(url + "/?view=Measured", wait_until="domcontentloaded")
                 box = page.get_by_label("...or a folder to scan (on this machine)")
                 box.fill(str(measured))
                 box.press("Enter")
                 wait_for_chart(page, "Step time: predicted vs measured")
-                page.wait_for_timeout(1200)
+                wait_idle(page)
+                page.wait_for_timeout(1500)
                 path = out_dir / "dashboard-measured.png"
                 page.screenshot(path=str(path))
                 saved.append(path)
@@ -143,8 +164,9 @@ def capture(out_dir: Path, measured: Path | None = None, width: int = 1500) -> l
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
-    ap.add_argument("--measured", type=Path,
-                    help="a folder of plan + measured.json files for the Measured view")
+    ap.add_argument("--measured", type=Path, default=MEASURED,
+                    help="a folder of plan + measured.json / validation.json files for the Measured view "
+                         "(default: examples/validation/cpu-2ranks)")
     args = ap.parse_args()
     why = missing_requirements()
     if why:
