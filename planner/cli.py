@@ -592,7 +592,7 @@ def _add_optional_commands(sub: Any) -> None:
     """Commands whose implementation lives in other modules (each exposes `register(sub)`)."""
     import importlib
 
-    for name in ("planner.export", "planner.trace", "planner.compare", "planner.dashboard_cmd"):
+    for name in ("planner.export", "planner.trace", "planner.compare", "planner.dashboard_cmd", "planner.serve.cli"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -300,6 +300,9 @@ def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
     if doc["schema_version"] > SCHEMA_VERSION:
         raise PlanError(f"{source}: schema_version {doc['schema_version']} is newer than this planner "
                         f"({SCHEMA_VERSION}); upgrade the planner", field="schema_version")
+    if doc.get("kind") == "serve":
+        raise PlanError(f"{source}: is a serving plan (kind \"serve\"): `planner run` runs it, `planner serve` "
+                        "makes one; training commands need a training plan", field="kind")
     model = ModelSpec.from_dict(doc["model"], source=f"{source}.model")
     cluster = ClusterSpec.from_dict(doc["cluster"], where=f"{source}.cluster")
     plan = Plan.from_dict(doc)

@@ -270,7 +270,7 @@ def test_huge_and_deep_files(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 # ---- plan JSON ----------------------------------------------------------------------------------
 
-REQUIRED_PLAN_KEYS = set(schema()["required"])
+REQUIRED_PLAN_KEYS = set(schema()["required"]) | set(schema()["else"]["required"])  # training plans
 _bad_size = st.one_of(wrong_type, st.integers(max_value=0), st.sampled_from([10**30, 2**41, -7]))
 BAD_PLAN_VALUES: dict[str, st.SearchStrategy[Any]] = {
     **dict.fromkeys(("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "global_batch", "seq_len", "num_gpus"),

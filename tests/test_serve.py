@@ -1,0 +1,372 @@
+"""Serving planner: every term against an independent reference (published configs by hand, worked
+examples in docs/serving.md, queueing theory), the search's contracts, and `planner serve` bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planner.cli import main
+from planner.errors import PlanError
+from planner.plan import load_plan, validate_document
+from planner.serve.kv import (
+    context_limit,
+    kv_bytes_per_token,
+    max_concurrency,
+    model_kv,
+    request_kv_bytes_per_gpu,
+    stage_layers,
+)
+from planner.serve.plan import (
+    SLO,
+    ServeDocument,
+    ServePlan,
+    ServePool,
+    Workload,
+    load_serve_plan,
+    save_serve_plan,
+)
+from planner.serve.predict import predict
+from planner.serve.scheduler import Scheduler
+from planner.serve.search import ServeConstraints, search_serving
+from planner.serve.step import StepCost
+from planner.serve.stream import run_stream, simulate_scheduler
+from planner.specs.catalog import load_cluster, model_preset
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+LLAMA70 = model_preset("llama3-70b")
+# DeepSeek-V3 (Hugging Face deepseek-ai/DeepSeek-V3 config.json): 61 layers, hidden 7168, 128 heads,
+# kv_lora_rank 512, qk_rope_head_dim 64; the MLA fields go in `extra` until ModelSpec has them.
+DEEPSEEK_V3 = ModelSpec(name="deepseek-v3-attention", num_layers=61, hidden=7168, num_heads=128, ffn_hidden=18432,
+                        vocab_size=129280, seq_len=4096, activation="swiglu", norm="rmsnorm", position="rope",
+                        tied_embeddings=False, bias=False,
+                        extra={"kv_lora_rank": 512, "qk_rope_head_dim": 64, "max_position_embeddings": 163840})
+
+
+# ---- KV cache ---------------------------------------------------------------------------------------
+
+
+def test_llama3_70b_kv_bytes_per_token_by_hand() -> None:
+    # 80 layers x (K and V) x 8 KV heads x 128 head_dim x 2 bytes (bf16) = 327,680 B = 320 KiB
+    assert kv_bytes_per_token(LLAMA70, "bf16") == 80 * 2 * 8 * 128 * 2 == 327_680
+    assert kv_bytes_per_token(LLAMA70, "fp8") == 163_840
+
+
+def test_deepseek_v3_mla_latent_cache_by_hand() -> None:
+    # 61 layers x (kv_lora_rank 512 + rope key 64) x 2 bytes = 70,272 B per token, ~4.7x less than Llama-3-70B
+    assert kv_bytes_per_token(DEEPSEEK_V3, "bf16") == 61 * 576 * 2 == 70_272
+    layers = model_kv(DEEPSEEK_V3, "bf16")
+    # the latent is shared by all heads: every TP rank holds all of it
+    assert layers[0].bytes_per_gpu_token(8) == layers[0].bytes_per_gpu_token(1) == 1152
+    assert context_limit(DEEPSEEK_V3) == 163_840
+
+
+def test_gqa_cache_splits_over_tp_and_replicates_beyond_the_kv_heads() -> None:
+    layer = model_kv(LLAMA70, "bf16")[0]  # 8 KV heads: 4096 B per token per layer
+    assert layer.bytes_per_gpu_token(8) == 4096 / 8
+    assert layer.bytes_per_gpu_token(16) == 4096 / 8  # one head per rank, not half a head
+
+
+def test_sliding_window_layers_keep_at_most_the_window() -> None:
+    # gpt-oss-style alternation: even layers slide over 128 tokens, odd layers see everything
+    m = ModelSpec(name="swa", num_layers=4, hidden=512, num_heads=8, num_kv_heads=2, ffn_hidden=1024,
+                  vocab_size=1000, seq_len=4096, position="rope",
+                  extra={"sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 2})
+    per_layer = 2 * 2 * 64 * 2  # K and V, 2 KV heads, head_dim 64, bf16 = 512 B per token
+    # a 1000-token request: 2 full layers hold 1008 tokens (63 blocks of 16), 2 windowed hold 128
+    assert request_kv_bytes_per_gpu(model_kv(m, "bf16"), 1000, 1, 16) == per_layer * (2 * 1008 + 2 * 128)
+
+
+def test_paged_capacity_rounds_up_to_blocks() -> None:
+    layers = model_kv(LLAMA70, "bf16")
+    # 1000 tokens -> 63 blocks of 16 = 1008 tokens per layer, TP8: 40,960 B per token per GPU
+    per_req = request_kv_bytes_per_gpu(layers, 1000, 8, 16)
+    assert per_req == 1008 * 327_680 / 8
+    assert max_concurrency(10 * per_req - 1, per_req) == 9
+
+
+def test_stage_layers_cover_every_layer_once() -> None:
+    for n in (1, 7, 61, 80, 126):
+        for pp in (1, 2, 3, 4, 8):
+            if pp > n:
+                continue
+            got = [i for s in range(pp) for i in stage_layers(n, pp, s)]
+            assert got == list(range(n))
+
+
+# ---- step cost: worked examples of docs/serving.md ---------------------------------------------------
+
+
+def _idealised(cluster: ClusterSpec, memory_only: bool) -> ClusterSpec:
+    """The catalog cluster with free links and no fixed kernel costs, and either unbounded compute
+    (memory_only) or unbounded memory bandwidth."""
+    gpu = dataclasses.replace(cluster.gpu, kernel_overhead_s=0.0, gemm_overhead_s=0.0)
+    if memory_only:
+        gpu = dataclasses.replace(gpu, peak_flops={k: 1e18 for k in gpu.peak_flops})
+    else:
+        gpu = dataclasses.replace(gpu, memory_bandwidth=1e15)
+    link = dataclasses.replace(cluster.intra_node, latency=0.0, bandwidth=1e15)
+    return dataclasses.replace(cluster, gpu=gpu, intra_node=link, inter_node=link)
+
+
+def test_decode_step_is_weights_plus_kv_over_bandwidth() -> None:
+    """docs/serving.md worked example: Llama-3-70B, TP8 on H100, one sequence at context 1024."""
+    cluster = _idealised(load_cluster("dgx-h100", gpus=8), memory_only=True)
+    cost = StepCost(LLAMA70, cluster, "bf16", "bf16", np.array([8]), np.array([1]))
+    t = float(cost.step_time(1, 1, 1, 1024.0, 0, 0.0)[0])
+    embedding = 128_256 * 8_192
+    weights = (70_553_706_496 - embedding) / 8 * 2  # published parameters, the embedding table is not read
+    kv = 1024 * 327_680 / 8
+    bandwidth = 3.35e12 * 0.85  # H100 SXM datasheet x the catalog's achieved fraction
+    expected = (weights + kv) / bandwidth
+    assert expected == pytest.approx(6.117e-3, rel=1e-3)
+    assert t == pytest.approx(expected, rel=0.005)
+
+
+def test_prefill_is_quadratic_compute() -> None:
+    """docs/serving.md worked example: a 2048-token prompt of Llama-3-70B on TP8 H100, compute bound."""
+    cluster = _idealised(load_cluster("dgx-h100", gpus=8), memory_only=False)
+    cost = StepCost(LLAMA70, cluster, "bf16", "bf16", np.array([8]), np.array([1]))
+    s = 2048
+    t = float(cost.step_time(s, 1, 0, 0.0, s, s * s / 2.0)[0])
+    emb = 128_256 * 8_192
+    linear = 2 * (70_553_706_496 - 2 * emb) * s + 2 * emb  # the LM head runs for the last token only
+    attention = 4 * 8192 * 80 * s * s / 2  # 4 h FLOPs per causal query-key pair
+    expected = (linear + attention) / 8 / (989.4e12 * 0.6)
+    assert expected == pytest.approx(60.2e-3, rel=2e-3)
+    assert t == pytest.approx(expected, rel=0.01)
+    # doubling the prompt more than doubles the attention part (quadratic)
+    t2 = float(cost.step_time(2 * s, 1, 0, 0.0, 2 * s, 2.0 * s * s)[0])
+    assert t2 > 2 * t
+
+
+def test_fp8_weights_halve_the_memory_bound_decode() -> None:
+    cluster = _idealised(load_cluster("dgx-h100", gpus=8), memory_only=True)
+    t16 = StepCost(LLAMA70, cluster, "bf16", "bf16", np.array([8]), np.array([1])).step_time(1, 1, 1, 1.0, 0, 0.0)
+    t8 = StepCost(LLAMA70, cluster, "fp8", "bf16", np.array([8]), np.array([1])).step_time(1, 1, 1, 1.0, 0, 0.0)
+    # linear weights at 1 byte, the LM head stays 16-bit: 1.05e9 of 69.5e9 read parameters
+    head = 128_256 * 8_192
+    read16 = (70_553_706_496 - head) * 2
+    read8 = (70_553_706_496 - 2 * head) * 1 + head * 2
+    assert float(t8[0] / t16[0]) == pytest.approx(read8 / read16, rel=0.01)
+
+
+def test_timer_matches_the_vectorised_step() -> None:
+    cluster = load_cluster("dgx-h100", gpus=16)
+    rng = np.random.default_rng(1)
+    for model, tp, pp in ((LLAMA70, 4, 2), (model_preset("mixtral-8x7b"), 2, 1)):
+        cost = StepCost(model, cluster, "bf16", "bf16", np.array([tp]), np.array([pp]))
+        timer = cost.timer(2048, 256)
+        for _ in range(20):
+            n, c, p = int(rng.integers(0, 256)), int(rng.integers(0, 1792)), int(rng.integers(0, 4000))
+            ctx = float(n * rng.integers(1, 4000))
+            args = (n + c, n + (1 if c else 0), n, ctx, c, c * (p + c / 2))
+            ref = float(cost.step_time(*(np.array([a]) for a in args))[0])
+            assert timer(*args) == pytest.approx(ref, rel=1e-4)
+        stretch = timer.decode_stretch(64, 64 * 900.0, 30)
+        assert stretch[17] == pytest.approx(timer(64, 64, 64, 64 * 900.0 + 17 * 64, 0, 0.0), rel=1e-9)
+
+
+def test_moe_decode_reads_only_the_routed_experts() -> None:
+    """Mixtral 8x7B (top-2 of 8): one token reads 2 experts per layer; two tokens read
+    8 (1 - (6/8)^2) = 3.5 on average (uniform routing), 1.5 experts' weights more."""
+    m = model_preset("mixtral-8x7b")
+    cluster = _idealised(load_cluster("dgx-h100", gpus=8), memory_only=True)
+    cost = StepCost(m, cluster, "bf16", "bf16", np.array([1]), np.array([1]))
+    one = float(cost.step_time(1, 1, 1, 1.0, 0, 0.0)[0])
+    two = float(cost.step_time(2, 2, 2, 2.0, 0, 0.0)[0])
+    expert = 3 * 4096 * 14336 * 32 * 2  # bytes of one expert (gate, up, down) in all 32 layers
+    assert two - one == pytest.approx(1.5 * expert / (3.35e12 * 0.85), rel=0.02)
+
+
+# ---- the stream simulation -------------------------------------------------------------------------
+
+
+class ConstantTimer:
+    """Every step takes `dt` seconds (independent of the cost model)."""
+
+    window = None
+
+    def __init__(self, dt: float = 1.0) -> None:
+        self.dt = dt
+
+    def __call__(self, *args: object) -> float:
+        return self.dt
+
+    def decode_stretch(self, decode_seqs: int, decode_ctx: float, steps: int) -> np.ndarray:
+        return np.full(steps, self.dt)
+
+
+def test_chunked_prefill_takes_ceil_isl_over_budget_steps() -> None:
+    # Sarathi-Serve: a lone 1000-token prompt with a 256-token budget needs 4 steps, then 9 decodes
+    r = simulate_scheduler(ConstantTimer(), 1000, 10, 8, 256, 100, mode="closed", users=1, num_requests=1)
+    assert r.ttft_s.tolist() == [4.0]
+    assert r.tpot_s.tolist() == [1.0]
+
+
+def test_batch_limit_queues_the_extra_users() -> None:
+    # 4 users, 2 slots, whole prompts in one step: the third and fourth wait for the first two
+    sched = Scheduler(isl=10, osl=5, max_batch=2, chunk_size=64, kv_slots=100)
+    reqs, _, _ = run_stream(ConstantTimer(), sched, users=4, num_requests=4)
+    # first two: prefill together (TTFT 1), 4 decode steps -> finish at 5; then the next two
+    assert [r.ttft for r in reqs] == [1.0, 1.0, 6.0, 6.0]
+    assert [r.finish for r in reqs] == [5.0, 5.0, 10.0, 10.0]
+
+
+def test_md1_waiting_time_at_batch_one() -> None:
+    """One request at a time, Poisson arrivals, deterministic service: M/D/1, mean wait
+    rho S / (2 (1 - rho)) (Pollaczek-Khinchine)."""
+    isl, osl, dt = 256, 3, 0.01
+    service = (1 + (osl - 1)) * dt  # one prefill step, osl - 1 decode steps
+    for rho in (0.3, 0.6):
+        rate = rho / service
+        r = simulate_scheduler(ConstantTimer(dt), isl, osl, 1, 512, 10, mode="open", rate=rate,
+                               num_requests=20000, seed=3)
+        wait = float(r.ttft_s.mean()) - dt  # TTFT = wait + the prefill step
+        assert wait == pytest.approx(rho * service / (2 * (1 - rho)), rel=0.06)
+
+
+def test_closed_loop_obeys_littles_law() -> None:
+    cluster = load_cluster("dgx-h100", gpus=8)
+    cost = StepCost(LLAMA70, cluster, "bf16", "bf16", np.array([8]), np.array([1]))
+    users = 24
+    r = simulate_scheduler(cost.timer(1024, 32), 512, 64, 32, 1024, 1000, mode="closed", users=users,
+                           num_requests=600)
+    # every user always has one request in the system: users = throughput x mean time in system
+    assert r.requests_per_s * float(r.e2e_s.mean()) == pytest.approx(users, rel=0.03)
+    assert r.output_tokens_per_s == pytest.approx(r.requests_per_s * 64, rel=0.03)
+
+
+# ---- plans, documents, search -------------------------------------------------------------------------
+
+
+def _doc(tmp_path: Path) -> Path:
+    cluster = load_cluster("dgx-h100", gpus=8)
+    plan = ServePlan(pools=(ServePool(tp=8, max_batch=64, chunk_size=2048),))
+    w = Workload(isl=1024, osl=128, concurrency=16)
+    doc = ServeDocument(plan=plan, model=LLAMA70, cluster=cluster, workload=w, slo=SLO(tpot_ms=50),
+                        prediction=predict(LLAMA70, cluster, plan, w, SLO(tpot_ms=50)))
+    path = tmp_path / "serve.json"
+    save_serve_plan(path, doc)
+    return path
+
+
+def test_serve_document_round_trips_and_training_commands_refuse_it(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = _doc(tmp_path)
+    doc = load_serve_plan(path)
+    assert doc.plan.pools[0].tp == 8 and doc.workload.concurrency == 16
+    raw = json.loads(path.read_text())
+    validate_document(raw)
+    for key in ("ttft_ms", "tpot_ms"):
+        assert set(raw["prediction"][key]) >= {"p50", "p90", "p99"}
+    with pytest.raises(PlanError, match="serving plan"):
+        load_plan(path)
+    assert main(["explain", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "serving plan" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_ranks_by_tokens_per_gpu_and_respects_fixed_sizes() -> None:
+    cluster = load_cluster("dgx-h100", gpus=16)
+    w = Workload(isl=512, osl=128)
+    r = search_serving(LLAMA70, cluster, w, SLO(tpot_ms=60), constraints=ServeConstraints(tp=4), top_k=4)
+    assert r.documents
+    per_gpu = [d.prediction["tokens_per_s_per_gpu"] for d in r.documents]
+    assert per_gpu == sorted(per_gpu, reverse=True)
+    for d in r.documents:
+        assert d.plan.pools[0].tp == 4
+        assert d.prediction["tpot_ms"]["p90"] <= 60
+        assert d.plan.num_gpus == 16
+    # the front: no simulated plan beats a front plan on both axes (brute force)
+    pts = [(d.prediction["tokens_per_s_per_gpu"], d.prediction["tokens_per_s_per_user"]) for d in r.pareto]
+    for a in pts:
+        assert not any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in pts)
+
+
+def test_disaggregated_search_matches_rates_and_moves_kv() -> None:
+    cluster = load_cluster("dgx-h100", gpus=16)
+    r = search_serving(LLAMA70, cluster, Workload(isl=2048, osl=128, request_rate=4.0), SLO(tpot_ms=40),
+                       disaggregated=True, top_k=2, rerank=2)
+    d = r.documents[0]
+    assert [p.role for p in d.plan.pools] == ["prefill", "decode"] and d.plan.num_gpus <= 16
+    dis = d.prediction["disaggregated"]
+    # the decode GPUs each receive their share of the 2048-token prompt's KV cache over InfiniBand
+    decode = d.plan.pool("decode")
+    per_gpu = 2048 * 327_680 / decode.tp / decode.pp
+    assert dis["kv_transfer_ms"] == pytest.approx((6e-6 + per_gpu / 45e9) * 1e3, rel=0.05)
+    assert min(dis["prefill_capacity_rps"], dis["decode_capacity_rps"]) >= 4.0
+
+
+# ---- planner serve: output and bad input ------------------------------------------------------------
+
+SERVE = ["serve", "--model", "llama3-70b", "--cluster", "dgx-h100", "--gpus", "8"]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_serve_json_contract(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "best.json"
+    code, out, err = run([*SERVE, "--isl", "512", "--osl", "128", "--tpot-ms", "60", "--json", "--top", "2",
+                          "--out", str(out_file)], capsys)
+    assert code == 0, err
+    docs = json.loads(out)
+    assert 1 <= len(docs) <= 2
+    for d in docs:
+        assert d["kind"] == "serve"
+        p = d["prediction"]
+        for k in ("ttft_ms", "tpot_ms"):
+            assert {"p50", "p90", "p99"} <= set(p[k])
+        for k in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "kv_cache_gib_per_gpu", "max_concurrency",
+                  "memory_gib_per_gpu"):
+            assert k in p
+    assert json.loads(out_file.read_text())["pools"] == docs[0]["pools"]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--isl", "8000", "--osl", "500"], ["context of 8192", "--osl 192"]),
+    (["--isl", "1024", "--osl", "256", "--tpot-ms", "0.5"], ["no plan meets", "nearest feasible", "--tpot-ms"]),
+    (["--isl", "1024", "--osl", "256", "--tp", "1", "--pp", "1"], ["weights", "no room", "more GPUs"]),
+    (["--isl", "1024", "--osl", "256", "--concurrency", "4", "--request-rate", "2"], ["not allowed with"]),
+    (["--isl", "0", "--osl", "256"], ["--isl", "positive integer"]),
+])
+def test_serve_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[str],
+                                            words: list[str]) -> None:
+    code, out, err = run([*SERVE, *args], capsys)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_kv_cache_that_cannot_hold_one_request_names_the_longest_that_fits(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # llama3-70b on 2 x A100-80GB at TP2: 0.85 x 80 GiB - 2 GiB reserved - 70.55 GB of weights leaves
+    # ~0.3 GB per GPU, 163,840 B per token: ~1,900 tokens, not 8,192
+    code, _, err = run(["serve", "--model", "llama3-70b", "--cluster", "dgx-a100-80gb", "--gpus", "2",
+                        "--isl", "4096", "--osl", "4096", "--tp", "2", "--memory-utilization", "0.85"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "KV cache" in err and "isl + osl <=" in err
+    longest = int(err.split("isl + osl <= ")[1].split()[0])
+    assert 1500 < longest < 2300
+
+
+def test_kv_bytes_math_is_consistent_with_published_ratio() -> None:
+    # MLA's point (DeepSeek-V2 paper, Table 1): a far smaller cache than GQA of a similar-size model
+    assert kv_bytes_per_token(LLAMA70, "bf16") / kv_bytes_per_token(DEEPSEEK_V3, "bf16") == pytest.approx(
+        327_680 / 70_272)
+    assert math.isclose(kv_bytes_per_token(DEEPSEEK_V3, "fp8"), 35_136)
