@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from planner.export import export_files
-from planner.export.check import check_deepspeed, check_torchtitan, framework_versions
+from planner.export.check import check_deepspeed, check_torchtitan, framework_versions, materialised_gib_per_rank
 from planner.plan import load_plan
 
 
@@ -30,8 +30,12 @@ def check_folder(folder: Path) -> list[tuple[str, bool | None, str]]:
             last = (doc.plan.pp - 1) * (doc.plan.world_size // doc.plan.pp)
             with tempfile.TemporaryDirectory() as tmp:
                 results = [check_torchtitan(doc, files, Path(tmp) / str(r), rank=r) for r in sorted({0, last})]
-            failed = [r for r in results if not r.passed]
-            out.append(("torchtitan", not failed, (failed or results)[0].reason))
+            if None in results:
+                out.append(("torchtitan", None, f"one rank materialises {materialised_gib_per_rank(doc):.0f} GiB of "
+                            "parameters when torchtitan builds the trainer: more than half this machine's memory"))
+            else:
+                failed = [r for r in results if r is not None and not r.passed]
+                out.append(("torchtitan", not failed, (failed or results)[0].reason))  # type: ignore[union-attr]
     if "ds_config.json" in manifest:
         doc = load_plan(folder / manifest["ds_config.json"]["plan"])
         if versions["deepspeed"] == "absent":
@@ -56,7 +60,11 @@ def main() -> int:
     bad = 0
     for arg in sys.argv[1:]:
         folder = Path(arg)
-        for fmt, passed, reason in check_folder(folder):
+        try:
+            results = check_folder(folder)
+        except Exception as exc:  # one folder's failure must not hide the others' verdicts
+            results = [("export", False, f"{type(exc).__name__}: {exc}")]
+        for fmt, passed, reason in results:
             verdict = "skipped" if passed is None else "passed" if passed else "failed"
             bad += passed is False
             print(f"{folder.name} {fmt}: {verdict}: {reason}")

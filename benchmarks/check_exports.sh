@@ -4,15 +4,21 @@
 #   (DeepSpeedConfig) in the project's venv; Megatron-Core 0.19.2 (parse_args + validate_args +
 #   initialize_model_parallel on a fake process group) in a Python 3.12 venv this script creates
 #   outside the repository (megatron-core needs Python >= 3.12).
+# --variants: the same for every exporter branch (tests/test_export.py's VARIANTS) instead of the examples.
 # Prints one line per export: passed / failed / skipped with the reason; exit 1 if any failed.
+# Megatron-DeepSpeed (no wheel): with MEGATRON_DEEPSPEED_SRC=<checkout>, parse_args + validate_args +
+#   initialize_model_parallel, then DeepSpeedConfig with that parallel state, in the same venv.
 # Env: CHECK_EXPORTS_HOME (default ~/.cache/planner-check-exports: the 3.12 venv, ~5 GB: torch's
 # only cp312 2.13.0 wheel is the CUDA build, which runs on the CPU), PYTHON312 (a python3.12).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 HOME_DIR="${CHECK_EXPORTS_HOME:-$HOME/.cache/planner-check-exports}"
-if [ "$#" -gt 0 ]; then FOLDERS=("$@"); else FOLDERS=(examples/exports/*/); fi
 PROJECT_PY=python
 if [ -x .venv/bin/python ]; then PROJECT_PY=.venv/bin/python; fi
+if [ "${1:-}" = "--variants" ]; then  # every exporter branch (tests/test_export.py's VARIANTS), not only the examples
+  VARIANTS_DIR="$(mktemp -d)"
+  mapfile -t FOLDERS < <("$PROJECT_PY" benchmarks/write_export_variants.py "$VARIANTS_DIR")
+elif [ "$#" -gt 0 ]; then FOLDERS=("$@"); else FOLDERS=(examples/exports/*/); fi
 
 # torchtitan and DeepSpeed (and the committed files against a fresh export)
 "$PROJECT_PY" benchmarks/check_exports.py "${FOLDERS[@]}"
@@ -45,7 +51,32 @@ for d in "${FOLDERS[@]}"; do
     [ "$rc" -eq 0 ] || status=1
   fi
   if [ -f "$d/ds_config.megatron-deepspeed.args" ]; then
-    echo "$(basename "$d") megatron-deepspeed: skipped: its parser is not run yet (argument names are checked against microsoft/Megatron-DeepSpeed f4157be in tests/test_export.py)"
+    if [ -z "${MEGATRON_DEEPSPEED_SRC:-}" ]; then
+      echo "$(basename "$d") megatron-deepspeed: skipped: set MEGATRON_DEEPSPEED_SRC to a microsoft/Megatron-DeepSpeed checkout (it has no wheel)"
+    else
+      if ! "$VENV/bin/python" -c "import deepspeed, transformers, six" >/dev/null 2>&1; then
+        "$VENV/bin/pip" install -q "deepspeed==0.19.8" "transformers<=5.12.1,>=5.8" six >>"$HOME_DIR/install.log" 2>&1
+      fi
+      line="$(PYTHONPATH="$MEGATRON_DEEPSPEED_SRC" "$VENV/bin/python" benchmarks/check_megatron_deepspeed.py "$d" ds_config \
+        2>"$HOME_DIR/megatron-deepspeed-$(basename "$d").log")"
+      rc=$?
+      echo "$(basename "$d") megatron-deepspeed: ${line:-failed: no verdict (see $HOME_DIR/megatron-deepspeed-$(basename "$d").log)}"
+      [ "$rc" -eq 0 ] || status=1
+    fi
+  fi
+done
+# control: the same check must fail when the launch script does not export what Megatron asserts
+for d in "${FOLDERS[@]}"; do
+  d="${d%/}"
+  if grep -q '^export CUDA_DEVICE_MAX_CONNECTIONS' "$d/megatron.launch.sh" 2>/dev/null; then
+    ctl="$(mktemp -d)"
+    cp "$d/plan.json" "$d/megatron.args" "$ctl/"
+    grep -v '^export CUDA_DEVICE_MAX_CONNECTIONS' "$d/megatron.launch.sh" >"$ctl/megatron.launch.sh"
+    line="$("$VENV/bin/python" benchmarks/check_megatron.py "$ctl" megatron 2>/dev/null)"
+    echo "control ($(basename "$d") megatron.launch.sh without CUDA_DEVICE_MAX_CONNECTIONS, must fail): $line"
+    case "$line" in failed:*) ;; *) status=1 ;; esac
+    rm -rf "$ctl"
+    break
   fi
 done
 exit "$status"

@@ -25,6 +25,7 @@ import re
 import shlex
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 # Compute capability by GPU family (NVIDIA's CUDA GPUs table), as planner/export/common.py.
@@ -112,6 +113,7 @@ def main() -> int:
     except SystemExit as exc:  # argparse refuses a flag
         print(f"failed: Megatron's argument parser exited ({exc.code}): see the message above")
     except BaseException as exc:
+        traceback.print_exc()  # to stderr: check_exports.sh keeps it in a log file
         print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400])
     return 1
 

@@ -69,9 +69,32 @@ def _last_error(log: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def materialised_gib_per_rank(doc: PlanDocument) -> float:
+    """fp32 parameters one rank materialises when torchtitan builds the trainer (model / (tp pp), FSDP-sharded)."""
+    p = doc.plan
+    shard = p.dp * p.cp if (p.zero_stage > 0 or p.tp > 1 or p.pp > 1 or p.cp > 1) else 1
+    return doc.model.params / (p.tp * p.pp * shard) * 4 / 2**30
+
+
+def _available_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
 def check_torchtitan(doc: PlanDocument, files: dict[str, str], workdir: Path, rank: int = 0,
-                     timeout_s: float = 900) -> CheckResult:
-    """Parse the exported config module and build torchtitan's Trainer on the fake backend at the plan's world size."""
+                     timeout_s: float = 900) -> CheckResult | None:
+    """Parse the exported config module and build torchtitan's Trainer on the fake backend at the plan's world size.
+
+    None when this machine cannot hold one rank's parameters (the dry run materialises them).
+    """
+    need, have = materialised_gib_per_rank(doc), _available_gib()
+    if need > have / 2:
+        return None
     workdir.mkdir(parents=True, exist_ok=True)
     module_file = next(n for n in files if n.endswith("_job.py"))
     (workdir / module_file).write_text(files[module_file])

@@ -23,8 +23,9 @@ CHECKED_WITH = {
                   "Trainer built on the fake communication backend at the plan's world size)",
     "deepspeed": "DeepSpeed 0.19.8 (deepspeed.runtime.config.DeepSpeedConfig with the plan's data-parallel "
                  "size, as Megatron-DeepSpeed's parallel state passes it)",
-    "megatron-deepspeed": "Megatron-DeepSpeed main @ f4157be argument names (megatron/arguments.py), "
-                          "DeepSpeed 0.19.8",
+    "megatron-deepspeed": "Megatron-DeepSpeed main @ f4157be (megatron/arguments.py parse_args + validate_args, "
+                          "parallel_state.initialize_model_parallel on a fake process group, then DeepSpeedConfig "
+                          "with that parallel state) and DeepSpeed 0.19.8",
 }
 
 # Compute capability (major, minor) by GPU family: Megatron-LM's start-up checks depend on it

@@ -218,7 +218,10 @@ def deepspeed_files(doc: PlanDocument, strict: bool, name: str = "ds_config") ->
               '--data-path "$DATA_PREFIX" --split 99,1,0 --tokenizer-type HFTokenizer --tokenizer-model "$TOKENIZER"',
               '--train-iters "$TRAIN_STEPS"', '--save "$CKPT_DIR" --load "$CKPT_DIR" --save-interval 1000'],
         loss_rank=c.num_gpus - 1)
-    return {f"{name}.json": json.dumps(config, indent=2) + "\n",
+    # JSON has no comments: DeepSpeed ignores unknown top-level keys, so the header travels as one.
+    documented = {"_comment": [*header(doc, "deepspeed", []), PARALLEL_STATE_NOTE,
+                               f"parallel layout and launch: {args_name}, {name}.launch.sh"], **config}
+    return {f"{name}.json": json.dumps(documented, indent=2) + "\n",
             args_name: comment(head + warnings + b.notes) + args_text(items),
             f"{name}.launch.sh": launch_script(doc, launch, head + warnings + [PARALLEL_STATE_NOTE]),
             f"{name}.sbatch": sbatch_script(doc, launch, head + warnings)}

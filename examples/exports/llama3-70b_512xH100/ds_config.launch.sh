@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # plan d52c750df21cfe26: tp8 pp2 dp32 mb1 sp z1 (schedule 1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,dp,pp,cp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 32 micro-batches of 1 per replica
-# checked with: Megatron-DeepSpeed main @ f4157be argument names (megatron/arguments.py), DeepSpeed 0.19.8
+# checked with: Megatron-DeepSpeed main @ f4157be (megatron/arguments.py parse_args + validate_args, parallel_state.initialize_model_parallel on a fake process group, then DeepSpeedConfig with that parallel state) and DeepSpeed 0.19.8
 # predicted: 18 s/step, 44.3% MFU, 56.0 GiB/GPU
 # you supply: MEGATRON_DEEPSPEED: a microsoft/Megatron-DeepSpeed checkout (its pretrain_gpt.py)
 # you supply: data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); Megatron-DeepSpeed has no mock-data option
