@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from planner.cost import DEFAULT_HEADROOM, estimate
 from planner.errors import PlannerError
-from planner.graph import build_graph
+from planner.graph import build_graph, key_positions
 from planner.io import dumps
 from planner.plan import (
     DEFAULT_PLACEMENT,
@@ -422,12 +422,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model, seq_len=args.seq_len)
     g = build_graph(model)
     s = model.seq_len
-    ops = [{"op": op.name, "kind": op.kind, "tp": op.tp, "params": op.params,
-            "forward_flops_per_token": op.flops + op.flops_s * s,
-            "saved_bytes_per_token": op.saved + op.saved_s * s} for op in g.layer_ops]
+
+    def rows(ops: tuple) -> list[dict]:
+        return [{"op": op.name, "kind": op.kind, "tp": op.tp, "params": op.params,
+                 "forward_flops_per_token": op.flops + op.flops_s * key_positions(op, s),
+                 "saved_bytes_per_token": op.saved + op.saved_s * key_positions(op, s)} for op in ops]
+
+    kinds = [{"kind": k.name, "layers": [i for i, p in enumerate(g.pattern) if p == n], "ops": rows(k.ops)}
+             for n, k in enumerate(g.kinds)]
     info = {**model.to_dict(), "params": g.total_params, "active_params": g.active_params,
             "layer_params": g.layer_params, "forward_flops_per_token": g.forward_flops(1, s) / s,
-            "layer_ops": ops}
+            "layer_kinds": kinds, "post_ops": rows(g.post_ops)}
+    if len(kinds) == 1:
+        info["layer_ops"] = kinds[0]["ops"]
     if args.json:
         _emit_json(info)
         return 0
@@ -436,11 +443,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     fields = model.to_dict()
     print("  " + ", ".join(f"{k}={v}" for k, v in fields.items() if k not in ("source", "name")))
     print(f"  source: {model.source}")
-    print(f"\nper layer (x{model.num_layers}):")
-    print(table(["op", "kind", "tp", "params", "fwd FLOP/token", "saved B/token"],
-                [[o["op"], o["kind"], o["tp"], o["params"], o["forward_flops_per_token"],
-                  o["saved_bytes_per_token"]] for o in ops], align="lllrrr"))
+    header = ["op", "kind", "tp", "params", "fwd FLOP/token", "saved B/token"]
+    for k in kinds:
+        layers = k["layers"]
+        print(f"\nper layer of kind {k['kind']} (x{len(layers)}: layers {_ranges(layers)}):")
+        print(table(header, [[o["op"], o["kind"], o["tp"], o["params"], o["forward_flops_per_token"],
+                              o["saved_bytes_per_token"]] for o in k["ops"]], align="lllrrr"))
+    print("\nhead (last stage):")
+    print(table(header, [[o["op"], o["kind"], o["tp"], o["params"], o["forward_flops_per_token"],
+                          o["saved_bytes_per_token"]] for o in info["post_ops"]], align="lllrrr"))
     return 0
+
+
+def _ranges(indices: list[int]) -> str:
+    """0-2, 5, 7-9: layer indices as runs."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 # ---- parser -----------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ Saved-activation accounting follows Korthikanti et al. 2022 ("Reducing Activatio
 Large Transformer Models", Sec. 4.1): with dropout, a GPT layer saves 34·s·b·h + 5·a·s²·b bytes in
 16-bit precision, of which 10·sbh is replicated across TP ranks (norm inputs, dropout masks, inputs of
 the column-parallel linears) and 24·sbh + 5as²b is split by TP.
+
+Layers differ in the 2025 families (DeepSeek-V3's first dense layers, Llama 4's interleaved MoE and
+RoPE-free layers, gpt-oss's alternating sliding-window layers): each distinct layer is a `LayerKind`
+and `LayerGraph.pattern` says which kind every layer is. Local attention counts the keys a query sees
+(`key_positions`: min(window, s) for a sliding window, the chunk for chunked attention) where full
+attention counts all s. Multi-token prediction modules (DeepSeek-V3) are extra ops after the head
+(`post_ops`, named `mtp.<d>.*`): Megatron-LM builds them on the last pipeline stage, beside the head,
+outside the decoder layers it splits over the stages.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
+
+import numpy as np
 
 from planner.precision import DTYPE_BYTES, base_dtype
 from planner.specs.model import ModelSpec
@@ -61,7 +72,42 @@ class Op:
     elements: float = 0.0  # activation-function evaluations per token (GELU / SiLU): arithmetic bound on CPUs
     kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
+    # Attention cores only: heads, the query + key and value + output widths per token (what the kernel
+    # reads and writes), and local attention (a query sees a sliding window of `window` keys, or its
+    # `chunk` of the sequence).
+    heads: int = 0
+    qk_width: int = 0
+    vo_width: int = 0
+    window: int = 0
+    chunk: int = 0
     frozen: bool = False  # fine-tuning: parameters not trained (no gradient, optimizer state, weight-grad GEMM)
+
+
+def key_positions(op: Op, seq: Any) -> Any:
+    """Keys each query is counted against in a sequence of `seq` tokens (numbers or numpy arrays).
+
+    Full attention: all s (Megatron-LM's model-FLOPs convention; a causal kernel computes about half,
+    see `causal_fraction`). A sliding window: min(window, s), what a kernel restricted to the window
+    computes for a query at the end of the sequence. Chunked attention: s is cut into chunks of
+    `chunk` tokens (the last one shorter) and each is attended on its own: (sum of chunk^2) / s.
+    """
+    if op.window:
+        return np.minimum(op.window, seq)
+    if op.chunk:
+        whole, rest = np.floor_divide(seq, op.chunk), np.mod(seq, op.chunk)
+        return (whole * op.chunk * op.chunk + rest * rest) / seq
+    return seq
+
+
+def causal_fraction(op: Op, seq: Any) -> Any:
+    """Fraction of the counted query-key products a causal fused kernel computes (it skips masked
+    blocks): 1/2 for full or chunked attention; for a window w < s the queries see
+    sum_i min(w, i) = s w - w (w - 1) / 2 keys, i.e. 1 - (w - 1) / (2 s) of s w. Kernels compute whole
+    tiles, so a window of a tile or two computes up to one more tile per query row (left out)."""
+    if op.window:
+        w = np.minimum(op.window, seq)
+        return np.where(np.asarray(seq) > op.window, 1.0 - (w - 1) / (2.0 * seq), 0.5)
+    return 0.5
 
 
 @dataclass(frozen=True)
@@ -127,17 +173,24 @@ class LayerGraph:
         if not m.is_moe:
             return total
         inactive = 0
-        for n, kind in zip(self.kind_counts, self.kinds, strict=True):
-            expert = sum(op.params for op in kind.ops if op.routed)
+        groups = [(n, kind.ops) for n, kind in zip(self.kind_counts, self.kinds, strict=True)]
+        for n, ops in [*groups, (1, self.pre_ops + self.post_ops)]:
+            expert = sum(op.params for op in ops if op.routed)
             inactive += n * (expert * (m.num_experts - m.top_k) // m.num_experts)
         return total - inactive
 
+    @property
+    def mtp_params(self) -> int:
+        """Parameters of the multi-token prediction modules (DeepSeek-V3: not in its 671B)."""
+        return sum(op.params for op in self.post_ops if op.name.startswith("mtp."))
+
     def forward_flops(self, batch: int, seq: int) -> float:
-        """Model forward FLOPs for `batch` sequences of `seq` tokens (full s^2 attention, as Megatron counts)."""
+        """Model forward FLOPs for `batch` sequences of `seq` tokens (full s^2 attention, as Megatron
+        counts; local attention its window or chunk: `key_positions`)."""
         tokens = batch * seq
 
         def ops_flops(ops: tuple[Op, ...]) -> float:
-            return sum(op.flops * tokens + op.flops_s * tokens * seq for op in ops)
+            return sum(op.flops * tokens + op.flops_s * tokens * key_positions(op, seq) for op in ops)
 
         layers = sum(n * ops_flops(k.ops) for n, k in zip(self.kind_counts, self.kinds, strict=True))
         return ops_flops(self.pre_ops) + layers + ops_flops(self.post_ops)
@@ -154,8 +207,8 @@ class LayerGraph:
     def layer_saved_bytes(self, batch: int, seq: int) -> float:
         """Bytes one layer saves for backward (no parallelism, no recompute), averaged over the layers."""
         tokens = batch * seq
-        per_kind = [sum((op.saved + op.saved_sel) * tokens + op.saved_s * tokens * seq for op in k.ops)
-                    for k in self.kinds]
+        per_kind = [sum((op.saved + op.saved_sel) * tokens + op.saved_s * tokens * key_positions(op, seq)
+                        for op in k.ops) for k in self.kinds]
         return sum(n * b for n, b in zip(self.kind_counts, per_kind, strict=True)) / len(self.pattern)
 
     def nodes(self) -> Iterator[tuple[str, Op, int | None]]:
@@ -203,15 +256,61 @@ def _norm(name: str, width: int, m: ModelSpec, tp: str, group: str, dtype_b: int
               saved=2 * dtype_b * width, io=3.0 * dtype_b * width, kernels=4)
 
 
-def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
-    h, kv, a = m.hidden, m.kv_hidden, m.num_heads
-    qkv = _linear("attn.qkv", h, h + 2 * kv, "column", m.qkv_bias, "layer", b)
+def _qkv_ops(m: ModelSpec, b: int, rope: bool) -> list[Op]:
+    """The projections to queries, keys and values (and a per-head q/k norm).
+
+    Multi-head latent attention (DeepSeek-V2 Sec. 2.1, DeepSeek-V3 Sec. 2.1.1): the hidden state goes
+    down to a query latent (q_down, normalised, then q_up to every head's nope + rope query) and to a
+    key-value latent plus one shared rotary key (kv_down; the latent is normalised and kv_up gives every
+    head's nope key and value). As Megatron-LM splits it, the down projections are replicated over TP
+    ranks and the up projections column-parallel (whole heads).
+    """
+    h = m.hidden
+    if not m.is_mla:
+        ops = [_linear("attn.qkv", h, m.q_width + 2 * m.kv_hidden, "column", m.qkv_bias, "layer", b)]
+        if m.qk_norm != "none" and rope:
+            # Qwen3 (every layer), Llama 4 (its RoPE layers): a norm over each query and key head, applied
+            # to the local heads, after the projections. RMSNorm with a weight saves its input and the
+            # normalised tensor; the weightless one (Llama 4's L2Norm) its input.
+            width = m.q_width + m.num_kv_heads * m.head_dim
+            weighted = m.qk_norm == "rmsnorm"
+            ops.append(Op(name="attn.qk_norm", kind="elementwise", tp="heads", group="layer",
+                          params=2 * m.head_dim if weighted else 0, saved=(2 if weighted else 1) * b * width,
+                          io=(3 if weighted else 2) * b * width, kernels=4 if weighted else 3))
+        return ops
+    dqk, a = m.qk_head_dim, m.num_heads
+    if m.q_lora_rank:
+        q = [_linear("attn.q_down", h, m.q_lora_rank, "replicated", False, "layer", b),
+             _norm("attn.q_norm", m.q_lora_rank, m, "replicated", "layer", b),
+             _linear("attn.q_up", m.q_lora_rank, a * dqk, "column", False, "layer", b)]
+    else:
+        q = [_linear("attn.q", h, a * dqk, "column", False, "layer", b)]
+    kv = [_linear("attn.kv_down", h, m.kv_lora_rank + m.qk_rope_head_dim, "replicated", False, "layer", b),
+          _norm("attn.kv_norm", m.kv_lora_rank, m, "replicated", "layer", b),
+          _linear("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), "column", False,
+                  "layer", b)]
+    return q + kv
+
+
+def _attention_ops(m: ModelSpec, b: int, flash: bool, window: int = 0, chunk: int = 0,
+                   rope: bool = True) -> list[Op]:
+    """Norm-free attention sub-layer: projections, (RoPE), the core, the out-projection.
+
+    Widths per token: queries q = a·d_qk, keys k = kv_heads·d_qk (MLA: a·d_qk, the shared rotary key
+    expanded to every head), values v = kv_heads·d_v, output a·d_v (d_qk = d_v = h/a for GPT/Llama).
+    The core's FLOPs per key are 2·a·(d_qk + d_v) (QK^T and PV; 4h when d = h/a).
+    """
+    a, dqk, dv = m.num_heads, m.qk_head_dim, m.head_dim
+    kv_heads = a if m.is_mla else m.num_kv_heads
+    q, k, v, out = a * dqk, kv_heads * dqk, kv_heads * dv, a * dv
+    sinks = a if m.attention_sinks else 0  # one learned logit per head, split with the heads
+    common = dict(name="attn.core", kind="attention", tp="heads", group="layer", params=sinks,
+                  flops_s=2.0 * a * (dqk + dv), heads=a, qk_width=q + k, vo_width=v + out, window=window,
+                  chunk=chunk)
     if flash:
         # Fused kernel (FlashAttention / SDPA): saves Q, K, V and the fp32 log-sum-exp; the output it
         # also needs is the out-projection's input, counted there. No s^2 tensors are materialised.
-        core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
-                  flops_s=4.0 * h, saved=b * (h + 2 * kv) + LSE_BYTES * a, io=b * 2.0 * (h + kv),
-                  kernels=1)
+        core = Op(**common, saved=b * (q + k + v) + LSE_BYTES * a, io=b * (q + k + v + out), kernels=1)
     else:
         # Unfused ("math") attention as in Megatron-LM 2022: QK^T saves Q and K, softmax saves its
         # output (2as^2b), dropout its mask (as^2b) and output (2as^2b), which the context bmm saves
@@ -219,19 +318,20 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
         # repeats K and V to every query head (Megatron-LM's DotProductAttention, PyTorch's math SDPA),
         # so the bmms save the expanded K and V: 2(h - kv) more per token. Selective recompute keeps
         # only the core's inputs Q, K, V (unexpanded) and drops the expansion with the s^2 tensors.
+        # Local attention keeps these tensors for the keys a query sees only (`key_positions`).
         dropout = m.dropout > 0
         saved_s = a * (b + (MASK_BYTES + b if dropout else 0))
         # Fused scale-mask-softmax reads the scores and writes the probabilities; dropout reads them
         # and writes its output and mask. (The bmm outputs/inputs are counted with the bmm.)
         io_s = a * (2 * b + ((2 * b + MASK_BYTES) if dropout else 0))
-        core = Op(name="attn.core", kind="attention", tp="heads", group="layer",
-                  flops_s=4.0 * h, saved=b * (h + 2 * kv), saved_sel=2.0 * b * (h - kv), saved_s=saved_s,
+        core = Op(**common, saved=b * (q + k + v), saved_sel=b * (a * (dqk + dv) - k - v), saved_s=saved_s,
                   io_s=io_s, kernels=4 if dropout else 3)
-    proj = _linear("attn.proj", h, h, "row", m.bias, "layer", b)
-    ops = [qkv, core, proj]
-    if m.position == "rope":
-        ops.insert(1, Op(name="attn.rope", kind="elementwise", tp="heads", group="layer",
-                         io=2.0 * b * (h + kv), kernels=2))
+    proj = _linear("attn.proj", out, m.hidden, "row", m.bias, "layer", b)
+    ops = [*_qkv_ops(m, b, rope), core, proj]
+    if rope:  # rotates the rotary part of every query and key head (MLA: d_rope of each, one shared key)
+        rot = a * m.qk_rope_head_dim + m.qk_rope_head_dim if m.is_mla else q + k
+        ops.insert(len(ops) - 2, Op(name="attn.rope", kind="elementwise", tp="heads", group="layer",
+                                    io=2.0 * b * rot, kernels=2))
     return ops
 
 
@@ -247,11 +347,12 @@ def _residual(name: str, m: ModelSpec, b: int) -> Op:
               io=3.0 * b * h + (MASK_BYTES * h if dropout else 0.0))
 
 
-def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
+def _mlp_ops(m: ModelSpec, b: int, moe: bool | None = None) -> list[Op]:
+    """A dense MLP of ffn_hidden, or (`moe`, default: the model's) the mixture of experts."""
     h, f = m.hidden, m.ffn_hidden
     gated = m.activation == "swiglu"
     up_width = 2 * f if gated else f
-    if not m.is_moe:
+    if not (m.is_moe if moe is None else moe):
         # GELU saves its input (f); SwiGLU, silu(gate) * up as PyTorch runs it, saves the gate, the
         # silu output and the up projection (3f).
         act = Op(name="mlp.act", kind="elementwise", tp="column", group="layer",
@@ -266,8 +367,11 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
     # The router is a linear layer: it saves its input (the norm output, which no other op saves in an
     # MoE layer) for its weight gradient, plus the fp32 routing probabilities.
     e, k = m.num_experts, m.top_k
+    f = m.expert_ffn
+    up_width = 2 * f if gated else f
     work = k * m.capacity_factor  # expert-token pairs computed per token
-    router = Op(name="moe.router", kind="gemm", tp="replicated", group="layer", params=h * e,
+    router = Op(name="moe.router", kind="gemm", tp="replicated", group="layer",
+                params=h * e + (e if m.router_bias else 0), bias=e if m.router_bias else 0,
                 flops=2.0 * h * e, gemm=(h, e, 1.0), saved=b * h + LOSS_BYTES * e, io=b * 2.0 * e,
                 kernels=3)
     dispatch = Op(name="moe.dispatch", kind="elementwise", tp="replicated", group="layer",
@@ -281,7 +385,26 @@ def _mlp_ops(m: ModelSpec, b: int) -> list[Op]:
                    params_copies=e, routed=True)
     combine = Op(name="moe.combine", kind="elementwise", tp="replicated", group="layer",
                  saved=b * h * k, io=3.0 * b * h * k, kernels=2)
-    return [router, dispatch, up, act, down, combine]
+    return [router, dispatch, up, act, down, combine, *_shared_expert_ops(m, b)]
+
+
+def _shared_expert_ops(m: ModelSpec, b: int) -> list[Op]:
+    """The shared expert (DeepSeekMoE, Dai et al. 2024; DeepSeek-V3; Llama 4): a dense MLP every token
+    of an MoE layer passes beside its routed experts, split by TP like a dense MLP. Qwen2-MoE scales
+    its output by sigmoid(x w) (a replicated h -> 1 gate)."""
+    h, f = m.hidden, m.shared_ffn_hidden
+    if not f:
+        return []
+    gated = m.activation == "swiglu"
+    up_width = 2 * f if gated else f
+    ops = [_linear("moe.shared.up", h, up_width, "column", m.bias, "layer", b),
+           Op(name="moe.shared.act", kind="elementwise", tp="column", group="layer",
+              saved=b * (3 * f if gated else f), io=b * (up_width + f) + (b * 2 * f if gated else 0),
+              kernels=2 if gated else 1, elements=f),
+           _linear("moe.shared.down", f, h, "row", m.bias, "layer", b)]
+    if m.shared_expert_gate:
+        ops.append(_linear("moe.shared.gate", h, 1, "replicated", False, "layer", b, save_input=False))
+    return ops
 
 
 def _pre_ops(m: ModelSpec, b: int) -> list[Op]:
@@ -320,6 +443,63 @@ def _post_ops(m: ModelSpec, b: int) -> list[Op]:
     ops.append(Op(name="loss", kind="loss", tp="vocab", group="post", saved=LOSS_BYTES * v,
                   io=(b + 2 * LOSS_BYTES) * v, kernels=3))
     return ops
+
+
+def _mtp_ops(m: ModelSpec, b: int, flash: bool) -> list[Op]:
+    """Multi-token prediction (DeepSeek-V3 Sec. 2.2): module d predicts token t + 1 + d from the previous
+    module's (or the model's) hidden state and the embedding of token t + d: both normalised
+    (`enorm`, `hnorm`), concatenated and projected 2h -> h (`proj`), one Transformer layer (an MoE layer
+    with full attention), a final norm and the shared output head, and its own cross-entropy. The
+    embedding and the head are the model's (no parameters here); the projection is column-parallel
+    with its output gathered, as Megatron-LM's MTP does."""
+    h, v = m.hidden, m.vocab_size
+    ops: list[Op] = []
+    for d in range(m.mtp_layers):
+        p = f"mtp.{d}."
+        layer = [replace(op, name=p + "layer." + op.name, group="post") for op in _layer_ops(m, b, flash, m.is_moe)]
+        ops += [Op(name=p + "embed", kind="embedding", tp="vocab", group="post", io=b * 3.0 * h),
+                _norm(p + "enorm", h, m, "replicated", "post", b),
+                _norm(p + "hnorm", h, m, "replicated", "post", b),
+                _linear(p + "proj", 2 * h, h, "column", False, "post", b),
+                *layer,
+                _norm(p + "norm", h, m, "replicated", "post", b),
+                replace(_linear(p + "lm_head", h, v, "vocab", False, "post", b), params=0),
+                Op(name=p + "loss", kind="loss", tp="vocab", group="post", saved=LOSS_BYTES * v,
+                   io=(b + 2 * LOSS_BYTES) * v, kernels=3)]
+    return ops
+
+
+def _layer_ops(m: ModelSpec, b: int, flash: bool, moe: bool, window: int = 0, chunk: int = 0,
+               rope: bool | None = None) -> list[Op]:
+    """One Transformer layer: pre-norm attention and MLP (or MoE) sub-layers with residuals."""
+    return [
+        _norm("attn.norm", m.hidden, m, "replicated", "layer", b),
+        *_attention_ops(m, b, flash, window, chunk, m.position == "rope" if rope is None else rope),
+        _residual("attn.residual", m, b),
+        _norm("mlp.norm", m.hidden, m, "replicated", "layer", b),
+        *_mlp_ops(m, b, moe),
+        _residual("mlp.residual", m, b),
+    ]
+
+
+def _layer_kinds(m: ModelSpec, b: int, flash: bool) -> tuple[tuple[LayerKind, ...], tuple[int, ...]]:
+    """The distinct layers of `m` (MLP or MoE, full or local attention, with or without RoPE) in order
+    of first appearance, and the kind of every layer."""
+    keys: dict[tuple[bool, int, int, bool], int] = {}
+    kinds: list[LayerKind] = []
+    pattern: list[int] = []
+    for i in range(m.num_layers):
+        window, chunk = m.layer_window(i)
+        key = (m.layer_is_moe(i), window, chunk, m.layer_rope(i))
+        if key not in keys:
+            moe, _, _, rope = key
+            name = "moe" if moe else "dense"
+            name += f".window{window}" if window else f".chunk{chunk}" if chunk else ""
+            name += ".nope" if m.position == "rope" and not rope else ""
+            keys[key] = len(kinds)
+            kinds.append(LayerKind(name=name, ops=tuple(_layer_ops(m, b, flash, moe, window, chunk, rope))))
+        pattern.append(keys[key])
+    return tuple(kinds), tuple(pattern)
 
 
 LORA_OPS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "up": ("mlp.up", "moe.experts.up"),
@@ -364,18 +544,10 @@ def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: boo
     dt = base_dtype(dtype or model.dtype)  # a low-precision recipe keeps activations in its base format
     b = DTYPE_BYTES[dt]
     pre = _pre_ops(model, b)
-    layer = [
-        _norm("attn.norm", model.hidden, model, "replicated", "layer", b),
-        *_attention_ops(model, b, flash_attention),
-        _residual("attn.residual", model, b),
-        _norm("mlp.norm", model.hidden, model, "replicated", "layer", b),
-        *_mlp_ops(model, b),
-        _residual("mlp.residual", model, b),
-    ]
-    post = _post_ops(model, b)
-    kind = LayerKind(name="moe" if model.is_moe else "dense", ops=tuple(layer))
-    lg = LayerGraph(model=model, dtype=dt, pre_ops=tuple(pre), kinds=(kind,),
-                    pattern=(0,) * model.num_layers, post_ops=tuple(post))
+    kinds, pattern = _layer_kinds(model, b, flash_attention)
+    post = _post_ops(model, b) + _mtp_ops(model, b, flash_attention)
+    lg = LayerGraph(model=model, dtype=dt, pre_ops=tuple(pre), kinds=kinds, pattern=pattern,
+                    post_ops=tuple(post))
     return with_lora(lg, lora)
 
 

@@ -3,6 +3,7 @@ cluster presets, and the (de)serialisation round trip of every preset."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from planner.errors import SpecError
+from planner.graph import build_graph
 from planner.specs.catalog import (
     cluster_names,
     cluster_preset,
@@ -38,6 +40,16 @@ HF_MATCHES_PRESET = {
     "mixtral-8x7b": "mixtral-8x7b",
     "gpt2": "gpt2",
     "bert-base-uncased": "bert-base",
+    "deepseek-v3": "deepseek-v3",
+    "kimi-k2-instruct": "kimi-k2",
+    "qwen3-8b": "qwen3-8b",
+    "qwen3-32b": "qwen3-32b",
+    "qwen3-30b-a3b": "qwen3-30b-a3b",
+    "qwen3-235b-a22b": "qwen3-235b-a22b",
+    "gpt-oss-20b": "gpt-oss-20b",
+    "gpt-oss-120b": "gpt-oss-120b",
+    "llama4-scout": "llama4-scout",
+    "llama4-maverick": "llama4-maverick",
 }
 
 # HF fixture -> total parameters of the Hub checkpoint (tied embeddings counted once).
@@ -73,16 +85,52 @@ def test_every_preset_but_tiny_has_a_published_count() -> None:
         assert value > 0 and precision >= 1, name
 
 
+def _as_published(name: str, which: str) -> int:
+    """The preset's total (`which` = "params") or active parameters, counted as its source counts them:
+    without what `published_<which>_excludes` names (the MTP module: the model built without it; the
+    input embedding), plus what `published_params_includes` adds (Llama 4's vision encoder)."""
+    entry = model_catalog()[name]
+    model = model_preset(name)
+    excludes = entry.get(f"published_{which}_excludes", [])
+    assert set(excludes) <= {"mtp", "embedding"}, excludes
+    lg = build_graph(dataclasses.replace(model, mtp_layers=0) if "mtp" in excludes else model)
+    count = lg.total_params if which == "params" else lg.active_params
+    if "embedding" in excludes:
+        count -= sum(op.params for op in lg.pre_ops)
+    if which == "params":
+        count += sum(entry.get("published_params_includes", {}).values())
+    return count
+
+
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_preset_params_match_published(name: str) -> None:
     entry = model_catalog()[name]
     model = model_preset(name)
-    assert _within(model.params, entry["published_params"]), (name, model.params, entry["published_params"])
+    ours = _as_published(name, "params")
+    assert _within(ours, entry["published_params"]), (name, ours, entry["published_params"])
     if "published_active_params" in entry:
         assert model.is_moe
-        assert _within(model.active_params, entry["published_active_params"]), (name, model.active_params)
-    else:
+        ours = _as_published(name, "active_params")
+        assert _within(ours, entry["published_active_params"]), (name, ours, entry["published_active_params"])
+    elif not model.is_moe:
         assert model.active_params == model.params
+
+
+def test_deepseek_v3_mtp_module_matches_published() -> None:
+    """DeepSeek-V3's README_WEIGHTS.md: the MTP module has 11.5B unique parameters (the embedding and
+    output head it shares with the main model excluded), on top of the 671B main model."""
+    full = build_graph(model_preset("deepseek-v3"))
+    main = build_graph(dataclasses.replace(model_preset("deepseek-v3"), mtp_layers=0))
+    assert full.mtp_params == full.total_params - main.total_params > 0
+    assert _within(full.mtp_params, model_catalog()["deepseek-v3"]["published_mtp_params"]), full.mtp_params
+
+
+def test_kimi_k2_equals_its_checkpoint() -> None:
+    """Kimi K2's README prints 1T / 32B. Its Hub checkpoint's weight tensors (61 layers: 1 dense, 60
+    with 384 experts and a shared one, MLA, untied 163840-token embeddings) hold 1,026,408,209,408
+    parameters, without the FP8 scale factors and the routers' score-correction biases (a buffer of
+    the routing rule): exactly what the graph counts."""
+    assert model_preset("kimi-k2").params == 1_026_408_209_408
 
 
 def test_exact_published_counts_are_exact() -> None:
@@ -239,6 +287,9 @@ def test_hf_config_matches_preset(fixture: str, preset: str) -> None:
         assert getattr(ours, f) == getattr(ref, f), f
     assert (ours.num_experts, ours.top_k, ours.bias, ours.qkv_bias) == (
         ref.num_experts, ref.top_k, ref.bias, ref.qkv_bias)
+    # Everything else but the training sequence length (the preset's is the published pre-training one).
+    assert dataclasses.replace(ours, name=ref.name, seq_len=ref.seq_len, source=ref.source, dropout=ref.dropout,
+                               dtype=ref.dtype) == ref
     assert ours.params == ref.params
     assert ours.active_params == ref.active_params
 

@@ -17,7 +17,7 @@ from planner.errors import InputFileError, PlannerError, SpecError
 from planner.io import MAX_JSON_DEPTH, load_json, parse_json_text
 from planner.specs.catalog import cluster_preset, gpu_preset, load_cluster, load_model, model_preset
 from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
-from planner.specs.hf import from_hf_config
+from planner.specs.hf import IGNORED, from_hf_config
 from planner.specs.model import ModelSpec
 
 HF = Path(__file__).parent / "fixtures" / "hf"
@@ -327,8 +327,30 @@ def test_unsupported_hf_model_type_from_a_file(tmp_path: Path) -> None:
     (hf(attention_dropout="0.1"), "attention_dropout"),
     (hf(attention_dropout=[0.1]), "attention_dropout"),
     (hf(attention_dropout=10**400), "attention_dropout"),
-    (hf(head_dim=64), "head_dim"),  # decoupled head_dim (64 x 32 != 4096)
+    (hf(head_dim=-64), "head_dim"),
     (hf(head_dim={}), "head_dim"),
+    # Silently wrong models before (issue 13): now refused naming the field.
+    (hf(hidden_act="gelu"), "hidden_act"),  # Llama's MLP is gated: a gated GELU is not modelled
+    (hf(num_key_value_heads=0), "num_key_value_heads"),  # 0 is not "unset" in a Hub config
+    (hf("gpt2", activation_function="silu"), "activation_function"),  # GPT-2's MLP is not gated
+    (hf("gpt-neox-20b", hidden_act="silu"), "hidden_act"),
+    (hf(attention_bias=True), "attention_bias"),  # o_proj bias without MLP biases
+    (hf(some_new_feature=True), "some_new_feature"),  # not understood: refused, not ignored
+    (hf("mixtral-8x7b", num_experts=8), "num_experts"),  # Mixtral's key is num_local_experts
+    (hf("qwen3-30b-a3b", mlp_only_layers=[0, 48]), "mlp_only_layers"),  # beyond the 48 layers
+    (hf("qwen3-30b-a3b", mlp_only_layers="0"), "mlp_only_layers"),
+    (hf("gpt-oss-20b", layer_types=["sliding_attention"] * 3), "layer_types"),
+    (hf("gpt-oss-20b", experts_per_token=2), "experts_per_token"),
+    (hf("deepseek-v3", index_n_heads=64, index_topk=2048), "index_n_heads"),  # V3.2's sparse attention
+    (hf("deepseek-v3", num_key_value_heads=8), "num_key_value_heads"),
+    (hf("deepseek-v3", head_dim=128), "head_dim"),
+    (hf("bert-base-uncased", position_embedding_type="relative_key"), "position_embedding_type"),
+    ({**hf("llama4-scout"), "text_config": {**hf("llama4-scout")["text_config"], "moe_dim": 3}},
+     "text_config.moe_dim"),
+    ({**hf("llama4-scout"), "text_config": {**hf("llama4-scout")["text_config"], "hidden_act": "gelu"}},
+     "text_config.hidden_act"),
+    ({**hf("llama4-scout"), "text_config": {**hf("llama4-scout")["text_config"], "moe_layers": [48]}},
+     "text_config.moe_layers"),
     (hf("mixtral-8x7b", num_experts_per_tok=9), "num_experts_per_tok"),
     (hf("mixtral-8x7b", num_local_experts="8"), "num_local_experts"),
     (hf("gpt2", n_embd=770), "n_embd"),
@@ -338,12 +360,36 @@ def test_unsupported_hf_model_type_from_a_file(tmp_path: Path) -> None:
     (hf("gpt2", resid_pdrop=1.5), "resid_pdrop"),
     (hf("bert-base-uncased", type_vocab_size=-2), "type_vocab_size"),
     (hf("qwen2-7b", model_type="qwen2_moe", num_experts=60, num_experts_per_tok=4,
-        moe_intermediate_size=1408, shared_expert_intermediate_size=5632), "shared_expert_intermediate_size"),
+        moe_intermediate_size=1408, shared_expert_intermediate_size=-1), "shared_expert_intermediate_size"),
     ({"architectures": "LlamaForCausalLM"}, "architectures"),
     ({"architectures": 5}, "architectures"),
 ])
 def test_bad_hf_fields_are_named_by_their_hf_key(cfg: dict[str, Any], field: str) -> None:
     assert names(spec_error(from_hf_config, cfg), field)
+
+
+def test_ignored_hf_fields_change_nothing() -> None:
+    """Keys on the importer's explicit ignore list (token ids, initialisation, epsilons, routing
+    numerics, the checkpoint's quantisation) leave the model as it is; they are a documented list."""
+    for name in ("llama3-8b", "deepseek-v3", "gpt-oss-20b", "qwen3-30b-a3b"):
+        base = from_hf_config(hf(name))
+        noisy = {**hf(name), "bos_token_id": 7, "initializer_range": 0.5, "rms_norm_eps": 0.1, "rope_theta": 1.0,
+                 "norm_topk_prob": False, "quantization_config": {"quant_method": "fp8"}, "use_cache": False}
+        assert from_hf_config(noisy) == base, name
+    assert all(reason for reason in IGNORED.values()) and "hidden_act" not in IGNORED
+
+
+def test_qwen_moe_dense_layers_are_honoured() -> None:
+    """mlp_only_layers / decoder_sparse_step (Qwen2-MoE, Qwen3-MoE) make those layers dense MLPs of
+    intermediate_size (they used to be silently MoE): each listed layer trades its 128 experts of
+    3 h f_e and the h x 128 router for 3 h f (hand count)."""
+    h, f, fe, e = 2048, 6144, 768, 128
+    base = from_hf_config(hf("qwen3-30b-a3b"))
+    dense = from_hf_config(hf("qwen3-30b-a3b", mlp_only_layers=[0, 5]))
+    assert dense.dense_layers == (0, 5)
+    assert base.params - dense.params == 2 * (e * 3 * h * fe + h * e - 3 * h * f)
+    every_other = from_hf_config(hf("qwen3-30b-a3b", decoder_sparse_step=2))
+    assert every_other.dense_layers == tuple(range(0, 48, 2))
 
 
 def test_missing_hf_field() -> None:
@@ -405,7 +451,7 @@ def check_model(m: ModelSpec) -> None:
     assert isinstance(m, ModelSpec)
     hash(m)
     assert ModelSpec.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    assert m.num_heads % m.num_kv_heads == 0 and m.hidden % m.num_heads == 0
+    assert m.num_heads % m.num_kv_heads == 0 and m.head_dim > 0
     if m.num_layers <= 64:
         assert m.params > 0 and 0 < m.active_params <= m.params
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.memory import op_sac_recomputed
-from planner.graph import DTYPE_BYTES, LayerGraph, Op
+from planner.graph import DTYPE_BYTES, LayerGraph, Op, causal_fraction, key_positions
 from planner.precision import RECIPES, base_dtype, gemm_peak_key
 from planner.specs.cluster import GPUSpec
 
@@ -87,22 +87,32 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
 
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
                     seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int) -> OpTimes:
-    """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys."""
+    """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys.
+
+    A query is counted against `key_positions(op, seq)` keys (all s, or its sliding window / chunk);
+    a causal fused kernel computes `causal_fraction` of those products. Widths come from the op (the
+    graph's heads, q + k and v + out per token); `heads`, `kv_hidden` and `hidden` are used only for an
+    op that carries none (a plain GPT/Llama core: q = out = hidden, k = v = kv_hidden).
+    """
     dtype = base_dtype(dtype)
-    flops = op.flops_s * tokens * seq / tp
+    keys = key_positions(op, seq)
+    flops = op.flops_s * tokens * keys / tp
     b = DTYPE_BYTES[dtype]
+    if op.heads:
+        heads, qk, vo = op.heads, op.qk_width, op.vo_width
+    else:
+        qk, vo = hidden + kv_hidden, hidden + kv_hidden
     if flash:
-        work = flops * (0.5 if causal else 1.0)  # fused kernels skip fully masked blocks
-        io = b * tokens * (2.0 * hidden + 2.0 * kv_hidden) / tp
+        work = flops * (causal_fraction(op, seq) if causal else 1.0)  # fused kernels skip masked blocks
+        io = b * tokens * (qk + vo) / tp
         core = work / (gpu.peak(dtype) * gpu.attention_efficiency) if gpu.attention_efficiency \
             else gpu.gemm_time(work, dtype)
         fwd = np.maximum(core, gpu.memory_time(io))
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
-    scores = b * (heads / tp) * tokens * seq  # bytes of one a x s x s tensor
-    qk = b * tokens * (hidden + kv_hidden) / tp
-    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype), gpu.memory_time(scores + qk))
-    elem = gpu.memory_time(op.io_s * tokens * seq / tp, op.kernels - 2)
+    scores = b * (heads / tp) * tokens * keys  # bytes of one a x s x keys tensor
+    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype), gpu.memory_time(scores + b * tokens * qk / tp))
+    elem = gpu.memory_time(op.io_s * tokens * keys / tp, op.kernels - 2)
     fwd = 2.0 * bmm + elem
     bwd = 4.0 * bmm + ELEMENTWISE_BWD_FACTOR * elem
     return OpTimes(fwd=fwd, bwd=bwd)

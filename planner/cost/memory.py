@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.graph import DTYPE_BYTES, LSE_BYTES, LayerGraph, Op
+from planner.graph import DTYPE_BYTES, LSE_BYTES, LayerGraph, Op, key_positions
 from planner.precision import RECIPES
 from planner.specs.model import ModelSpec
 
@@ -95,7 +95,7 @@ def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
     for op in ops:
         total = total + op.saved * tokens / _saved_divisor(op, tp, sp)
         if op.saved_s or op.saved_sel:  # the attention core's (head-split) recomputable tensors
-            s2 = (op.saved_s * seq + op.saved_sel) * tokens / tp
+            s2 = (op.saved_s * key_positions(op, seq) + op.saved_sel) * tokens / tp
             total = total + np.where(drop_s2, 0.0, s2)
     return total
 
