@@ -20,6 +20,7 @@ from planner.plan import (
     LORA_TARGETS,
     RECOMPUTE,
     SCHEDULES,
+    SEARCHED_RECOMPUTE,
     Plan,
     PlanDocument,
     load_plan,
@@ -132,7 +133,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cons = Constraints(
         tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
         micro_batch=args.micro_batch,
-        recompute=tuple(args.recompute) if args.recompute else RECOMPUTE,
+        recompute=tuple(args.recompute) if args.recompute else SEARCHED_RECOMPUTE,
         sequence_parallel=args.sequence_parallel,
         zero_stages=tuple(args.zero) if args.zero is not None else (0, 1, 2, 3),
         max_memory_gib=args.max_memory_gib, placements=not args.no_placement_search,
@@ -345,6 +346,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.serve:
+        from planner.serve.validate import run_serve_validation
+
+        return run_serve_validation(args)
     if args.published:
         return _validate_published(args)
     if args.dry_run:
@@ -502,7 +507,8 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
     p.add_argument("--lora-targets", nargs="+", choices=LORA_TARGETS,
                    help=f"linear layers LoRA adapts (default: {' '.join(LORA_TARGETS)})")
     if search:
-        p.add_argument("--recompute", nargs="+", choices=RECOMPUTE, help="allowed recompute modes")
+        p.add_argument("--recompute", nargs="+", choices=RECOMPUTE,
+                       help=f"allowed recompute modes (default: {' '.join(SEARCHED_RECOMPUTE)})")
         p.add_argument("--zero", nargs="+", type=int, choices=(0, 1, 2, 3), help="allowed ZeRO stages")
         p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
                        help="fix sequence parallelism on or off")
@@ -587,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="predicted vs measured: local runs, or --published measurements")
     p.add_argument("--published", action="store_true",
                    help="predict the shipped published Megatron-LM measurements instead of running plans")
+    p.add_argument("--serve", action="store_true",
+                   help="serve a set of serving plans (batch, context, tp 1/2, load) and compare TTFT / TPOT")
     p.add_argument("--dry-run", action="store_true",
                    help="dry-run the search's best plans of several presets at 64-4,096 ranks and compare every "
                         "built rank with the cost model (planner run --dry-run); nothing is launched")
@@ -633,7 +641,26 @@ def _add_optional_commands(sub: Any) -> None:
                                    "build its ranks at full size in this process)")
     add_run_arguments(p)
     add_dry_run_arguments(p)
-    p.set_defaults(func=lambda a: _dry_run(a) if a.dry_run else run_command(a))
+    p.set_defaults(func=lambda a: _run_serve(a) if _is_serve_plan(a.plan) else
+                   _dry_run(a) if a.dry_run else run_command(a))
+
+
+def _is_serve_plan(path: str) -> bool:
+    """Whether `path` holds a serving plan (kind "serve"); unreadable files go to the training path,
+    which reports them."""
+    from planner.io import load_json
+    from planner.serve.plan import is_serve_document
+
+    try:
+        return is_serve_document(load_json(path))
+    except PlannerError:
+        return False
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from executor.serve_launch import run_serve_command
+
+    return run_serve_command(args)
 
 
 def _dry_run(args: argparse.Namespace) -> int:

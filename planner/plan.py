@@ -28,6 +28,9 @@ SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
 # forward (or 1 of every `recompute_every` layers); op-selective: torchtitan's per-op policy (saves the
 # attention output and every other matmul's output, recomputes the rest).
 RECOMPUTE = ("none", "selective", "full", "op-selective")
+# What the search tries unless told otherwise (Megatron-LM's policies; per-op selective is torchtitan's
+# and is searched when asked for, e.g. --recompute none op-selective full).
+SEARCHED_RECOMPUTE = ("none", "selective", "full")
 FINETUNE = ("full", "lora")
 LORA_TARGETS = ("qkv", "proj", "up", "down")  # the linear layers LoRA adapters attach to
 DIMS = ("tp", "cp", "dp", "pp")
@@ -297,12 +300,12 @@ def validate_document(doc: Any, source: str = "plan") -> None:
 def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
     """Validate (schema, then specs, then legality) and build a PlanDocument."""
     validate_document(doc, source)
-    if doc["schema_version"] > SCHEMA_VERSION:
-        raise PlanError(f"{source}: schema_version {doc['schema_version']} is newer than this planner "
-                        f"({SCHEMA_VERSION}); upgrade the planner", field="schema_version")
     if doc.get("kind") == "serve":
         raise PlanError(f"{source}: is a serving plan (kind \"serve\"): `planner run` runs it, `planner serve` "
                         "makes one; training commands need a training plan", field="kind")
+    if doc["schema_version"] > SCHEMA_VERSION:
+        raise PlanError(f"{source}: schema_version {doc['schema_version']} is newer than this planner "
+                        f"({SCHEMA_VERSION}); upgrade the planner", field="schema_version")
     model = ModelSpec.from_dict(doc["model"], source=f"{source}.model")
     cluster = ClusterSpec.from_dict(doc["cluster"], where=f"{source}.cluster")
     plan = Plan.from_dict(doc)

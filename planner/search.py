@@ -24,7 +24,7 @@ from planner.cost import DEFAULT_HEADROOM, evaluate, prediction
 from planner.cost.batch import PlanBatch, strides_for
 from planner.cost.model import Scores
 from planner.errors import PlanError
-from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, Plan
+from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, SEARCHED_RECOMPUTE, Plan
 from planner.precision import PRECISIONS, check_precision
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -45,7 +45,7 @@ class Constraints:
     ep: int | None = None
     vpp: int | None = None
     micro_batch: int | None = None
-    recompute: tuple[str, ...] = RECOMPUTE
+    recompute: tuple[str, ...] = SEARCHED_RECOMPUTE
     sequence_parallel: bool | None = None
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     schedules: tuple[str, ...] = SCHEDULES
@@ -116,9 +116,11 @@ def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraint
 def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int, int, list[int]]]:
     """(first, last, vpp options) of the layer splits searched over pp ranks; (-1, -1) is even.
 
-    Even when pp divides the layers; otherwise the middle ranks hold floor or ceil(L / pp) layers and
-    the first and last share the rest (Megatron-LM's --decoder-first/last-pipeline-num-layers), e.g.
-    126 layers on 8 ranks: 15 + 6 x 16 + 15. A fixed first / last (the constraints) is used as given.
+    Even when pp divides the layers; otherwise the middle ranks hold ceil(L / pp) layers and the first
+    and last share the rest, the first (which also embeds) taking the smaller half (Megatron-LM's
+    --decoder-first/last-pipeline-num-layers as NeMo sets them, e.g. 126 layers on 8 ranks: 15 + 6 x 16
+    + 15). One split per pp keeps the space small; any other is expressed with the constraints (the
+    CLI's --first-stage-layers / --last-stage-layers).
     """
     from planner.cost.stages import split_layers
 
@@ -127,14 +129,14 @@ def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int,
     elif num_layers % pp == 0:
         options = {(None, None)}
     elif pp == 2:
-        half = num_layers // 2
-        options = {(half, num_layers - half), (num_layers - half, half)}
+        options = {(num_layers // 2, num_layers - num_layers // 2)}
     else:
         options = set()
-        for mid in (num_layers // pp, -(-num_layers // pp)):
+        for mid in (-(-num_layers // pp), num_layers // pp):  # the floor only if the ceiling leaves too few
             rest = num_layers - mid * (pp - 2)
             if rest >= 2:
-                options |= {(rest // 2, rest - rest // 2), (rest - rest // 2, rest // 2)}
+                options = {(rest // 2, rest - rest // 2)}
+                break
     out = []
     for first, last in sorted(options, key=lambda o: (o[0] is not None, o)):
         try:
@@ -354,7 +356,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora):
         space += len(batch)
         scored += len(batch)
-        s = evaluate(model, cluster, batch, headroom)
+        s = evaluate(model, cluster, batch, headroom, only_fitting=limit_bytes is None)
         ok = s.fits if limit_bytes is None else s.fits & (s.mem_total <= limit_bytes)
         least_memory = min(least_memory, float(s.mem_total.min()))
         n_ok = int(ok.sum())

@@ -64,7 +64,7 @@ def brute() -> dict[Plan, dict[str, Any]]:
 
 def _enumerated(constraints: Constraints | None = None) -> list[tuple[Any, Any]]:
     return list(enumerate_plans(MODEL, CLUSTER, GLOBAL_BATCH, DTYPE, True,
-                                constraints or Constraints(placements=False)))
+                                constraints or Constraints(placements=False, recompute=RECOMPUTE)))
 
 
 def test_enumeration_is_the_brute_force_space(brute: dict[Plan, dict[str, Any]]) -> None:
@@ -97,7 +97,8 @@ def test_vectorised_scores_equal_scalar_scores_exactly(brute: dict[Plan, dict[st
 
 
 def test_top_plans_are_the_brute_force_optimum(brute: dict[Plan, dict[str, Any]]) -> None:
-    result = search(MODEL, CLUSTER, GLOBAL_BATCH, dtype=DTYPE, headroom=HEADROOM, top_k=10, rerank=0)
+    result = search(MODEL, CLUSTER, GLOBAL_BATCH, dtype=DTYPE, headroom=HEADROOM, top_k=10, rerank=0,
+                    constraints=Constraints(recompute=RECOMPUTE))
     fitting = sorted(pred["step_time_s"] for pred in brute.values() if pred["fits"])
     got = [pred["step_time_s"] for pred in result.predictions]
     assert got[0] <= fitting[0]
@@ -157,7 +158,7 @@ def test_pareto_front_against_brute_force(brute: dict[Plan, dict[str, Any]]) -> 
     """No fitting plan of the whole space dominates a front member, and every fitting plan is
     dominated by (or ties with) one."""
     result = search(MODEL, CLUSTER, GLOBAL_BATCH, dtype=DTYPE, headroom=HEADROOM,
-                    constraints=Constraints(placements=False))
+                    constraints=Constraints(placements=False, recompute=RECOMPUTE))
     front = [(pred["step_time_s"], pred["memory_gib_per_gpu"]) for _, pred in result.pareto]
     pts = [(pred["step_time_s"], pred["memory_gib_per_gpu"]) for pred in brute.values() if pred["fits"]]
     for f in front:

@@ -34,31 +34,33 @@ GIB = 2**30
 class MemoryParts:
     """Per-GPU memory of each cost-grid cell and stage class (bytes), before the schedule is known.
 
-    A plan's memory on a class is state + held · per_microbatch + head · head_held, where held is the
-    micro-batches its schedule keeps in flight on the class's first rank; its memory per GPU is the
-    largest over the classes.
+    A plan's memory on a class is state + held · per_microbatch + head · head_held, where held (and
+    head_held, for the head's saved tensors) are the micro-batches its schedule keeps in flight on the
+    class's first rank, a small table per structure and schedule; its memory per GPU is the largest over
+    the classes.
     """
 
     weights: Array  # (cells, C)
     grads: Array
     optimizer: Array
     other: Array  # runtime reserve, recompute working set, ZeRO-3 gather buffers, logits
+    state: Array  # weights + grads + optimizer + other; -inf for padding classes
     per_microbatch: Array  # activations of one in-flight micro-batch (the class's layers + embedding)
     head: Array  # what the head and loss save per micro-batch (last class)
-    first_rank: Array
-    valid: Array
+    held: Array  # (structures, schedules, C)
+    head_held: Array  # (structures, schedules)
+    cells_per_structure: int
+    totals: Array  # (cells, schedules): the memory per GPU of every cell under each schedule
 
-    def plan_memory(self, rows: Array, pp: Array, vpp: Array, m: Array, sched: Array,
-                    breakdown: bool) -> dict[str, Array]:
-        """Memory of plans whose cells are `rows`: mem_total (and the breakdown of its class)."""
-        e = (slice(None), None)
-        held = in_flight_microbatches(pp[e], vpp[e], m[e], sched[e], self.first_rank[rows])
-        # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards
-        # run before the first backward); 1F1B runs the last stage's backward right after its forward.
-        head_held = np.where((sched == SCHEDULES.index("gpipe")) & (pp > 1), m, 1).astype(np.float64)
-        acts = held * self.per_microbatch[rows] + self.head[rows] * head_held[e]
-        state = self.weights[rows] + self.grads[rows] + self.optimizer[rows] + self.other[rows]
-        total = np.where(self.valid[rows], state + acts, -np.inf)
+    def plan_memory(self, rows: Array, sched: Array, breakdown: bool) -> dict[str, Array]:
+        """Memory of plans whose cells are `rows` under schedules `sched`: mem_total (and the breakdown
+        of its largest class)."""
+        if not breakdown:
+            return {"mem_total": self.totals[rows, sched]}
+        structure = rows // self.cells_per_structure
+        held = self.held[structure, sched]
+        acts = held * self.per_microbatch[rows] + self.head[rows] * self.head_held[structure, sched][:, None]
+        total = self.state[rows] + acts
         out = {"mem_total": _max_last(total)}
         if breakdown:
             pick = _argmax_last(total)
@@ -83,12 +85,12 @@ class Scores:
 
     MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other")
 
-    def __init__(self, timing: dict[str, Array], memory: MemoryParts, rows: Array, plans: dict[str, Array],
+    def __init__(self, timing: dict[str, Array], memory: MemoryParts, rows: Array, sched: Array,
                  mem_limit: float) -> None:
         self._timing = timing  # (cells,)
         self._memory = memory
         self._rows = rows  # the cell of each plan
-        self._plans = plans  # pp, vpp, m, sched of each plan
+        self._sched = sched  # the schedule of each plan
         self.mem_limit = mem_limit
 
     def __len__(self) -> int:
@@ -103,9 +105,7 @@ class Scores:
         elif name == "fits":
             value = self.mem_total <= self.mem_limit
         elif name == "mem_total" or name in self.MEMORY:
-            p = d["_plans"]
-            parts = self._memory.plan_memory(d["_rows"], p["pp"], p["vpp"], p["m"], p["sched"],
-                                             breakdown=name != "mem_total")
+            parts = self._memory.plan_memory(d["_rows"], d["_sched"], breakdown=name != "mem_total")
             for k, v in parts.items():
                 d.setdefault(k, v)
             return d[name]
@@ -116,8 +116,7 @@ class Scores:
 
     def take(self, idx: Array) -> Scores:
         """The scores of plans `idx` (gathering only what they need)."""
-        out = Scores(self._timing, self._memory, self._rows[idx], {k: v[idx] for k, v in self._plans.items()},
-                     self.mem_limit)
+        out = Scores(self._timing, self._memory, self._rows[idx], self._sched[idx], self.mem_limit)
         if "mem_total" in self.__dict__:
             out.mem_total = self.__dict__["mem_total"][idx]
         return out
@@ -250,23 +249,39 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     }
 
 
-def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch,
-             headroom: float = DEFAULT_HEADROOM) -> Scores:
+def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom: float = DEFAULT_HEADROOM,
+             only_fitting: bool = False) -> Scores:
     """Score every plan of `batch` (all for `cluster.num_gpus` GPUs) and return the breakdowns.
 
     Terms are computed once per distinct structure (sizes, SP, placement), then for every recompute
-    x ZeRO variant of it at once (the time terms and the memory parts), then per plan (memory under
-    its schedule), so that the cost of a plan is a few array operations.
+    x ZeRO variant of it at once (the time terms and the memory), then gathered per plan, so that the
+    cost of a plan is a few array operations. `only_fitting` (the search) times only the variants
+    that have a plan fitting in memory; the others read +inf.
     """
     s_first, s_inv = group_index(batch, "structure")
     codes, r_inv = np.unique(batch.rc * RC_CODE + batch.every, return_inverse=True)
     zeros, z_inv = np.unique(batch.zero, return_inverse=True)
     terms = cost_grid(model, cluster, batch.take(s_first), codes // RC_CODE, zeros, codes % RC_CODE)
-    timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
     cell = (s_inv * len(codes) + r_inv.reshape(-1)) * len(zeros) + z_inv.reshape(-1)
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
-    plans = {"pp": batch.pp, "vpp": batch.vpp, "m": batch.m, "sched": batch.sched}
-    return Scores(timing, memory_parts(cluster, terms), cell, plans, limit)
+    memory = memory_parts(cluster, terms)
+    n_cells = int(np.prod(terms.grid))
+    needed = None
+    if only_fitting:
+        mask = np.zeros(n_cells, dtype=bool)
+        mask[cell[memory.totals[cell, batch.sched] <= limit]] = True
+        needed = np.flatnonzero(mask) if mask.sum() < 0.4 * n_cells else None
+    if needed is None:
+        timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
+    else:  # time the needed cells alone (a gather of their terms is cheaper than timing them all)
+        index = np.unravel_index(needed, terms.grid)
+        part = step_times(model, cluster, terms.select(index))
+        timing = {}
+        for k, v in part.items():
+            full = np.full(n_cells, np.inf)
+            full[needed] = v
+            timing[k] = full
+    return Scores(timing, memory, cell, batch.sched, limit)
 
 
 def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
@@ -295,14 +310,33 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
     zero3 = (zero == 3) & has_dp
     lowp = np.where(zero3, 0.0, terms.lowp_copies[..., :c])
     lowp_buffer = np.where(zero3, 2.0 * _max_last(terms.layer_lowp)[e], 0.0)
-    return MemoryParts(
-        weights=flat((dense / d3 + expert / e3) * dt_w + lowp), grads=flat((t_dense / d2 + t_expert / e2) * dt_g),
-        optimizer=flat((t_dense / d1 + t_expert / e1) * dt_o),
-        other=flat(cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
-                   + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)),
-        per_microbatch=flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)),
-        head=flat(np.where(cls.has_post, terms.post_saved[e], 0.0)), first_rank=flat(cls.first_rank),
-        valid=flat(cls.valid))
+    weights = flat((dense / d3 + expert / e3) * dt_w + lowp)
+    grads = flat((t_dense / d2 + t_expert / e2) * dt_g)
+    optimizer = flat((t_dense / d1 + t_expert / e1) * dt_o)
+    other = flat(cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
+                 + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0))
+    state = np.where(flat(cls.valid), weights + grads + optimizer + other, -np.inf)
+    # Micro-batches in flight per structure (the grid's first axis), schedule and class.
+    n_s = terms.grid[0]
+    struct = (slice(None), 0, 0)
+    pp, vpp, m = (np.broadcast_to(x, terms.grid)[struct][:, None] for x in (ax.pp, ax.vpp, ax.m))
+    first_rank = np.broadcast_to(cls.first_rank, (*terms.grid, c))[struct]
+    held = np.stack([in_flight_microbatches(pp, vpp, m, np.full((n_s, 1), k), first_rank)
+                     for k in range(len(SCHEDULES))], axis=1)
+    gpipe = np.arange(len(SCHEDULES))[None, :] == SCHEDULES.index("gpipe")
+    # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards run
+    # before the first backward); 1F1B runs the last stage's backward right after its forward.
+    head_held = np.where(gpipe & (pp > 1), m, 1).astype(np.float64)
+    per_mb = flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0))
+    head = flat(np.where(cls.has_post, terms.post_saved[e], 0.0))
+    cps = int(np.prod(terms.grid[1:]))
+    # Every cell under every schedule: (cells, schedules), the largest class.
+    structure = np.arange(state.shape[0]) // cps
+    totals = np.stack([_max_last(state + held[structure, k] * per_mb + head * head_held[structure, k][:, None])
+                       for k in range(len(SCHEDULES))], axis=1)
+    return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other=other, state=state,
+                       per_microbatch=per_mb, head=head, held=held, head_held=head_held, cells_per_structure=cps,
+                       totals=totals)
 
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:
