@@ -67,15 +67,17 @@ Array = np.ndarray
 class Overheads:
     """Host seconds an engine step spends beyond its ops (see the module docstring)."""
 
-    step_s: float = 0.0
-    layer_s: float = 0.0
-    tp_layer_s: float = 0.0
-    sequence_layer_s: float = 0.0
+    step_s: float = 0.0  # per engine step: scheduling, input preparation, sampling
+    tp_step_s: float = 0.0  # per step with tp > 1: the scheduler's broadcast of the batch to the other ranks
+    layer_s: float = 0.0  # per layer and step: the framework's dispatch of the layer's ops
+    tp_layer_s: float = 0.0  # per layer and step with tp > 1: DTensor dispatch and redistribution
+    sequence_layer_s: float = 0.0  # per sequence, layer and step: per-sequence attention calls
     source: str = "none: the host runs ahead of the device (CUDA graphs)"
 
+    NAMES = ("step_s", "tp_step_s", "layer_s", "tp_layer_s", "sequence_layer_s")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"step_s": self.step_s, "layer_s": self.layer_s, "tp_layer_s": self.tp_layer_s,
-                "sequence_layer_s": self.sequence_layer_s, "source": self.source}
+        return {**{k: getattr(self, k) for k in self.NAMES}, "source": self.source}
 
 
 SERVING_PROVENANCE_KEY = "serving"
@@ -85,8 +87,7 @@ def overheads_for(cluster: ClusterSpec) -> Overheads:
     """The serving host overheads a calibrated profile carries (`provenance["serving"]`), else none."""
     raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
     if isinstance(raw, dict):
-        names = ("step_s", "layer_s", "tp_layer_s", "sequence_layer_s")
-        return Overheads(**{k: float(raw.get(k, 0.0)) for k in names},
+        return Overheads(**{k: float(raw.get(k, 0.0)) for k in Overheads.NAMES},
                          source=str(raw.get("source", "measured")))
     return Overheads()
 
@@ -354,7 +355,8 @@ class StepCost:
         slowest = np.where(self.pp > 1, np.maximum(first, self.stage_time("last", *args)), first)
         nbytes = np.asarray(tokens, dtype=np.float64) * self.model.hidden * self.act_bytes
         hop = p2p_time(self.cluster, nbytes, self.pp, self.stage_gpus)
-        return self.pp * slowest + (self.pp - 1) * hop + self.overheads.step_s
+        o = self.overheads
+        return self.pp * slowest + (self.pp - 1) * hop + o.step_s + np.where(self.tp > 1, o.tp_step_s, 0.0)
 
     # ---- memory -------------------------------------------------------------------------------
 
@@ -446,7 +448,7 @@ class StepTimer:
         h, b = cost.model.hidden, cost.act_bytes
         self.pp = int(cost.pp.reshape(-1)[0])
         tp = int(cost.tp.reshape(-1)[0])
-        self.step_s = o.step_s
+        self.step_s = o.step_s + (o.tp_step_s if tp > 1 else 0.0)
         self.hop = ((self.pp - 1) * p2p_time(cl, tokens * h * b, cost.pp.reshape(-1), cost.stage_gpus.reshape(-1))
                     ).tolist()
         final = tuple(op for op in lg.post_ops if op.name != "lm_head")

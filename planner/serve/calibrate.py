@@ -1,0 +1,70 @@
+"""Serving host overheads, fitted from the executor's decode steps of calibration models.
+
+Why: on CPU ranks an engine step's time is largely host work the op costs do not cover (Python,
+PyTorch dispatch, DTensor redistribution, one attention call per sequence). `executor.serve
+--calibrate` times decode steps of tiny models (1 and 5 layers, batch 1 and 8, tp 1 and 2) whose
+ops cost next to nothing; the time beyond what the step model predicts for their ops is
+
+    step_s [+ tp_step_s] + L (layer_s [+ tp_layer_s]) + L b sequence_layer_s,
+
+fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). The fitted
+values go into the cluster profile's `provenance["serving"]`, which `planner.serve.step.overheads_for`
+reads. The calibration models are not the models validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from planner.serve.step import SERVING_PROVENANCE_KEY, Overheads, StepCost
+from planner.specs.cluster import ClusterSpec
+from planner.specs.model import ModelSpec
+
+
+def _ops_time(spec: ModelSpec, cluster: ClusterSpec, tp: int, layers: int, batch: int, context: int) -> float:
+    cost = StepCost(spec, cluster.with_gpus(tp), "fp32", "fp32", np.array([tp]), np.array([1]), overheads=Overheads())
+    ctx = batch * (context + 1.0)
+    return float(cost.step_time(batch, batch, batch, ctx, 0, 0.0)[0])
+
+
+def _nonneg_lstsq(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0 (drop a negative one and refit)."""
+    cols = list(range(a.shape[1]))
+    while True:
+        coef, *_ = np.linalg.lstsq(a[:, cols], y, rcond=None)
+        if (coef >= 0).all() or not cols:
+            out = np.zeros(a.shape[1])
+            out[cols] = coef
+            return out
+        cols.pop(int(np.argmin(coef)))
+
+
+def fit_overheads(cluster: ClusterSpec, rows: list[dict[str, Any]], spec_of: Any) -> Overheads:
+    """Overheads from calibration rows {layers, batch, tp, context, step_s}; `spec_of(layers)` gives
+    the calibration model."""
+    def residual(r: dict[str, Any]) -> float:
+        return r["step_s"] - _ops_time(spec_of(r["layers"]), cluster, r["tp"], r["layers"], r["batch"], r["context"])
+
+    one = [r for r in rows if r["tp"] == 1]
+    a = np.array([[1.0, r["layers"], r["layers"] * r["batch"]] for r in one])
+    y = np.array([residual(r) for r in one])
+    step_s, layer_s, seq_s = _nonneg_lstsq(a, y) if one else (0.0, 0.0, 0.0)
+    multi = [r for r in rows if r["tp"] > 1]
+    tp_step_s = tp_layer_s = 0.0
+    if multi:
+        a = np.array([[1.0, r["layers"]] for r in multi])
+        y = np.array([residual(r) - step_s - r["layers"] * (layer_s + r["batch"] * seq_s) for r in multi])
+        tp_step_s, tp_layer_s = _nonneg_lstsq(a, y)
+    return Overheads(step_s=float(step_s), tp_step_s=float(tp_step_s), layer_s=float(layer_s),
+                     tp_layer_s=float(tp_layer_s), sequence_layer_s=float(seq_s),
+                     source="fitted by planner validate --serve from the executor's calibration decode steps")
+
+
+def with_overheads(cluster: ClusterSpec, overheads: Overheads, rows: list[dict[str, Any]]) -> ClusterSpec:
+    """The profile with the serving overheads (and the calibration rows they came from) recorded."""
+    prov = dict(cluster.provenance)
+    prov[SERVING_PROVENANCE_KEY] = {**overheads.to_dict(), "calibration": rows}
+    return dataclasses.replace(cluster, provenance=prov)
