@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from planner.cost import estimate, evaluate
+from planner.cost import cost_terms, estimate
 from planner.cost.batch import batch_from_plans
 from planner.plan import Plan
 from planner.specs.catalog import load_cluster
@@ -117,11 +117,11 @@ def published_rows(cluster: ClusterSpec | None = None,
         plan = Plan(tp=int(r["tensor_parallel_size"]), micro_batch=int(r["microbatch_size"]),
                     global_batch=int(r["microbatch_size"]), recompute=rc, sequence_parallel=sp,
                     dtype="bf16", flash_attention=False)
-        scores = evaluate(m22, c22, batch_from_plans([plan]))
+        terms = cost_terms(m22, c22, batch_from_plans([plan]))
         rows.append(Row(f"22B layer {r['experiment']}", "layer_forward_ms", float(r["forward_ms"]),
-                        float(scores.layer_fwd[0]) * 1e3, "table4", "ms"))
+                        float(terms.layer_fwd[0, 0]) * 1e3, "table4", "ms"))
         rows.append(Row(f"22B layer {r['experiment']}", "layer_backward_ms", float(r["backward_ms"]),
-                        float(scores.layer_bwd[0]) * 1e3, "table4", "ms"))
+                        float(terms.layer_bwd[0, 0]) * 1e3, "table4", "ms"))
 
     # Figures 1 and 7: memory per GPU of the first pipeline stage.
     by_name = {r["model"]: r for r in configs}

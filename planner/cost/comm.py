@@ -12,6 +12,13 @@ for a group of g ranks moving a buffer of S bytes:
 A group that spans nodes with k members per node and N nodes runs hierarchically (the 2-D algorithm
 NCCL uses across NVLink + InfiniBand): an intra-node reduce-scatter / all-gather over k ranks and the
 inter-node part over N ranks on S/k bytes, each GPU driving its own NIC.
+
+All-reduce across nodes also has NCCL's double binary tree (Sanders, Speck & Träff 2009, as NCCL
+implements it): NCCL's tuning model (src/graph/tuning.cc, ncclTopoTuneModel) charges a tree
+2 x ((k - 1) intra-node hops + log2(N) network hops) of latency where a ring pays 2 (N - 1) network
+hops, and moves the same bytes at 0.9 of the ring's bus bandwidth; NCCL runs whichever of the two its
+model says is faster for the message size, and so does this model. (A 641-node ring pays 1,280 network
+latencies per call; the tree 19.)
 """
 
 from __future__ import annotations
@@ -58,6 +65,22 @@ def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array) -> Array:
     return np.where(g > 1, t, 0.0)
 
 
+TREE_BANDWIDTH = 0.9  # NCCL's tuning model: a tree's bus bandwidth is 0.9 of the ring's (tuning.cc)
+
+
+def tree_all_reduce(link: LinkSpec, nbytes: Array, n: Array) -> Array:
+    """All-reduce of `nbytes` over `n` ranks (one per node) by NCCL's double binary tree: reduce up
+    and broadcast down, 2 log2(n) latencies, each byte over each rank's link twice at 0.9 of the
+    ring's bus bandwidth (NCCL tuning model)."""
+    n = np.asarray(n, dtype=np.float64)
+    busbw = link.bus_bandwidth
+    measured = link.measured("all_reduce", n)
+    if measured is not None:  # a calibrated profile: its all-reduce, which NCCL already picks the best of
+        return np.where(n > 1, measured[0] + 2.0 * (n - 1) / n * nbytes / measured[1], 0.0)
+    t = 2.0 * np.log2(np.maximum(n, 1.0)) * link.latency + 2.0 * nbytes / (TREE_BANDWIDTH * busbw)
+    return np.where(n > 1, t, 0.0)
+
+
 def product_layout(dims: list[tuple[Array, Array]], gpus_per_node: int) -> tuple[Array, Array, Array]:
     """(size, members per node, nodes spanned) of a group spanning several dimensions at once (e.g.
     the data-parallel x context-parallel gradient group): its members per node multiply."""
@@ -83,8 +106,9 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     if np.all(one_node):
         return t_flat
     if op == "all_reduce":
-        t_multi = 2.0 * _flat(intra, "reduce_scatter", nbytes, k) + _flat(inter, "all_reduce", nbytes / k,
-                                                                          n_nodes)
+        intra_rs = _flat(intra, "reduce_scatter", nbytes, k)
+        ring = 2.0 * intra_rs + _flat(inter, "all_reduce", nbytes / k, n_nodes)
+        t_multi = np.minimum(ring, 2.0 * intra_rs + tree_all_reduce(inter, nbytes / k, n_nodes))
     elif op in ("all_gather", "reduce_scatter"):
         t_multi = _flat(intra, op, nbytes, k) + _flat(inter, op, nbytes / k, n_nodes)
     elif op == "all_to_all":

@@ -1,0 +1,49 @@
+"""Collective times against hand computations: the ring within a node, the hierarchical ring across
+nodes, and NCCL's tree for all-reduce across many nodes (NCCL's tuning model, src/graph/tuning.cc)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from planner.cost.comm import collective_time
+from planner.specs.catalog import cluster_preset
+
+DGX = cluster_preset("dgx-h100")
+
+
+def _one(op: str, nbytes: float, size: int, stride: int, gpus: int) -> float:
+    return float(collective_time(DGX.with_gpus(gpus), op, np.array([nbytes]), np.array([size]),
+                                 np.array([stride]))[0])
+
+
+def test_ring_within_a_node_by_hand() -> None:
+    """8 GPUs on NVLink 4: 2 (g - 1) latencies + 2 (g - 1)/g S / busbw."""
+    link = DGX.intra_node
+    s = 256 * 2**20
+    expected = 14 * link.latency + 2 * 7 / 8 * s / link.bus_bandwidth
+    assert _one("all_reduce", s, 8, 1, 8) == pytest.approx(expected, rel=1e-12)
+
+
+def test_many_node_all_reduce_takes_the_tree() -> None:
+    """A data-parallel group of 641 GPUs, one per node (stride 8 on 8-GPU nodes): a ring pays 2 x 640
+    network latencies per call, NCCL's double binary tree 2 log2(641); for a small bucket the tree
+    wins and the time is its formula (latency + 2 S / (0.9 busbw))."""
+    inter = DGX.inter_node
+    s = 64 * 2**10  # 64 KiB
+    t = _one("all_reduce", s, 641, 8, 641 * 8)
+    tree = 2 * math.log2(641) * inter.latency + 2 * s / (0.9 * inter.bus_bandwidth)
+    ring = 2 * 640 * inter.latency + 2 * 640 / 641 * s / inter.bus_bandwidth
+    assert t == pytest.approx(tree, rel=1e-12)
+    assert t < ring / 20
+
+
+def test_large_messages_keep_the_ring() -> None:
+    """At 1 GiB over 4 nodes the ring's full bus bandwidth beats the tree's 0.9 of it."""
+    inter = DGX.inter_node
+    s = 2**30
+    t = _one("all_reduce", s, 4, 8, 32)
+    ring = 2 * 3 * inter.latency + 2 * 3 / 4 * s / inter.bus_bandwidth
+    assert t == pytest.approx(ring, rel=1e-12)
