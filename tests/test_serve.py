@@ -160,13 +160,15 @@ def test_fp8_weights_halve_the_memory_bound_decode() -> None:
 def test_timer_matches_the_vectorised_step() -> None:
     cluster = load_cluster("dgx-h100", gpus=16)
     rng = np.random.default_rng(1)
-    for model, tp, pp in ((LLAMA70, 4, 2), (model_preset("mixtral-8x7b"), 2, 1)):
+    for model, tp, pp in ((LLAMA70, 4, 2), (model_preset("mixtral-8x7b"), 2, 1), (model_preset("gpt-oss-20b"), 2, 2),
+                          (model_preset("deepseek-v3"), 8, 2)):
         cost = StepCost(model, cluster, "bf16", "bf16", np.array([tp]), np.array([pp]))
         timer = cost.timer(2048, 256)
         for _ in range(20):
             n, c, p = int(rng.integers(0, 256)), int(rng.integers(0, 1792)), int(rng.integers(0, 4000))
             ctx = float(n * rng.integers(1, 4000))
-            args = (n + c, n + (1 if c else 0), n, ctx, c, c * (p + c / 2))
+            window = timer.window or 1 << 30
+            args = (n + c, n + (1 if c else 0), n, ctx, c, c * (p + c / 2), c * min(p + c / 2, window))
             ref = float(cost.step_time(*(np.array([a]) for a in args))[0])
             assert timer(*args) == pytest.approx(ref, rel=1e-4)
         stretch = timer.decode_stretch(64, 64 * 900.0, 30)

@@ -98,6 +98,13 @@ def experts_touched(num_experts: int, top_k: int, tokens: Array) -> Array:
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** t)
 
 
+def full_attention(op: Op) -> Op:
+    """The attention core without its local window / chunk: serving passes the pairs with the window
+    already applied (a prefill chunk's queries start at its prior context, not at position 0)."""
+    fields = {f: 0 for f in ("window", "chunk") if getattr(op, f, 0)}
+    return dataclasses.replace(op, **fields) if fields else op
+
+
 def _prequantised_gemm(op: Op, gpu: Any, dtype: str, tokens: Array, tp: Array, ep: Array,
                        num_experts: Array) -> Array:
     """Forward roofline of a linear layer whose weights are stored in the low-precision format (a
@@ -164,27 +171,6 @@ class StepCost:
             out[:, self.pp == p] = counts[:, None]
         return out
 
-    def stage_kv(self, stage: str) -> tuple[Array, Array]:
-        """(full-context, windowed) KV bytes per cached token one GPU of `stage` holds (vectorised)."""
-        key = ("kv", stage)
-        if key not in self._cache:
-            self._cache[key] = self._stage_kv(stage)
-        return self._cache[key]
-
-    def _stage_kv(self, stage: str) -> tuple[Array, Array]:
-        full = np.zeros(self.pp.shape)
-        win = np.zeros(self.pp.shape)
-        for p in np.unique(self.pp):
-            for t in np.unique(self.tp):
-                mask = (self.pp == p) & (self.tp == t)
-                if not mask.any():
-                    continue
-                idx = stage_layers(self.model.num_layers, int(p), 0 if stage == "first" else int(p) - 1)
-                layers = [self.kv_layers[i] for i in idx]
-                full[mask] = sum(x.bytes_per_gpu_token(int(t)) for x in layers if x.window is None)
-                win[mask] = sum(x.bytes_per_gpu_token(int(t)) for x in layers if x.window is not None)
-        return full, win
-
     @property
     def window(self) -> int | None:
         """The sliding window of the model's windowed layers (None: none)."""
@@ -230,14 +216,26 @@ class StepCost:
                 t = t + elementwise_times(op, self.gpu, tokens, self.tp.astype(np.float64), no_sp).fwd
         return t
 
+    def kind_kv(self, kind_index: int) -> LayerKV:
+        """What one layer of layer kind `kind_index` caches (its first layer's description)."""
+        return self.kv_layers[self.lg.pattern.index(kind_index)]
+
+    def _kind_kv_bytes(self, kind_index: int) -> Array:
+        """KV bytes per cached token one GPU holds for one layer of the kind (vectorised over tp)."""
+        layer = self.kind_kv(kind_index)
+        out = np.zeros(self.tp.shape)
+        for t in np.unique(self.tp):
+            out[self.tp == t] = layer.bytes_per_gpu_token(int(t))
+        return out
+
     def attention_time(self, stage: str, decode_seqs: Array, decode_ctx: Array, prefill_tokens: Array,
                        prefill_pairs: Array, prefill_pairs_window: Array | None = None) -> Array:
         """Attention cores of a stage's layers: decode KV reads and prefill FLOPs.
 
         `decode_ctx`: summed context of the decoding sequences; `prefill_pairs`: sum over prefill
-        chunks of c (p + c/2) causal query-key pairs (`prefill_pairs_window` the same capped at the
-        window, for windowed layers). Windowed layers read min(ctx, window) per sequence, taken as
-        min(decode_ctx, decode_seqs x window).
+        chunks of c (p + c/2) causal query-key pairs (`prefill_pairs_window` the same with each
+        query's keys capped at the window, for local-attention layers). A local-attention layer reads
+        min(ctx, window) keys per decoding sequence, taken as min(decode_ctx, decode_seqs x window).
         """
         gpu, dt = self.gpu, self.base
         dec_n = np.asarray(decode_seqs, dtype=np.float64)
@@ -246,40 +244,32 @@ class StepCost:
         pairs = np.asarray(prefill_pairs, dtype=np.float64)
         pairs_w = pairs if prefill_pairs_window is None else np.asarray(prefill_pairs_window, dtype=np.float64)
         counts = self.stage_kind_counts(stage)
-        full_kv, win_kv = self.stage_kv(stage)
-        window = self.window
-        win_ctx = dec_ctx if window is None else np.minimum(dec_ctx, dec_n * window)
-        n_layers = counts.sum(axis=0)
-        n_win = np.zeros_like(n_layers)
-        if window is not None:
-            n_win = np.full_like(n_layers, 0.0)
-            for p in np.unique(self.pp):
-                idx = stage_layers(self.model.num_layers, int(p), 0 if stage == "first" else int(p) - 1)
-                n_win[self.pp == p] = sum(1 for i in idx if self.kv_layers[i].window is not None)
         tp = self.tp.astype(np.float64)
         total = np.zeros(np.broadcast(dec_ctx, pre_c, tp).shape)
         for kind_i, kind in enumerate(self.lg.kinds):
             core = next((op for op in kind.ops if op.kind == "attention"), None)
             if core is None:
                 continue
-            n_kind = counts[kind_i]
-            share_win = np.where(n_layers > 0, n_win / np.maximum(n_layers, 1), 0.0)
+            layer = self.kind_kv(kind_i)
+            local = layer.window is not None
+            ctx = np.minimum(dec_ctx, dec_n * layer.window) if local else dec_ctx
             # decode: the fused kernel's FLOPs (no causal mask: one query sees every key) against the
-            # KV bytes it reads (per layer of this kind, the stage's KV bytes shared evenly)
-            flops = core.flops_s * (dec_ctx * (1 - share_win) + win_ctx * share_win) / tp
+            # KV bytes it reads
+            flops = core.flops_s * ctx / tp
             if gpu.attention_efficiency:
                 compute = flops / (gpu.peak(dt) * gpu.attention_efficiency)
             else:
                 compute = gpu.gemm_time(flops, dt)
-            kv_read = (full_kv * dec_ctx + win_kv * win_ctx) / np.maximum(n_layers, 1)
+            kv_read = self._kind_kv_bytes(kind_i) * ctx
             decode = np.where(dec_n > 0, np.maximum(compute, gpu.memory_time(kv_read, 1)), 0.0)
-            # prefill: causal pairs; attention_times counts 0.5 x tokens x seq pairs when causal
-            eff_pairs = pairs * (1 - share_win) + pairs_w * share_win
-            seq = np.where(pre_c > 0, 2.0 * eff_pairs / np.maximum(pre_c, 1.0), 0.0)
-            pre = attention_times(core, gpu, dt, self.flash, True, pre_c, seq, tp, self.model.num_heads,
-                                  self.model.kv_hidden, self.model.hidden).fwd
+            # prefill: the chunk's causal pairs (the window already applied to them), priced by
+            # attention_times as `tokens` queries of a causal sequence of `seq` = 2 pairs / tokens keys
+            eff_pairs = pairs_w if local else pairs
+            seq = np.where(pre_c > 0, 2.0 * eff_pairs / np.maximum(pre_c, 1.0), 1.0)
+            pre = attention_times(full_attention(core), gpu, dt, self.flash, True, pre_c, np.maximum(seq, 1.0), tp,
+                                  self.model.num_heads, self.model.kv_hidden, self.model.hidden).fwd
             pre = np.where(pre_c > 0, pre, 0.0)
-            total = total + n_kind * (decode + pre)
+            total = total + counts[kind_i] * (decode + pre)
         return total
 
     # ---- communication ------------------------------------------------------------------------
@@ -461,8 +451,8 @@ class StepTimer:
         self.layers: list[list[float]] = []
         self.seq_host: list[float] = []
         self.ends_s: list[list[float]] = []
-        self.decode: list[list[tuple[float, float, float, float, float]]] = []
-        self.prefill: list[list[tuple[float, float, float]]] = []
+        self.decode: list[list[tuple[float, float, float, float]]] = []
+        self.prefill: list[list[tuple[float, float, float, bool]]] = []
         gpu = cost.gpu
         self.window = cost.window
         self.mem_rate = gpu.memory_bandwidth * gpu.memory_efficiency
@@ -489,22 +479,20 @@ class StepTimer:
             with_head = stage == "last" or self.pp == 1
             self.ends_s.append((post_s if with_head else np.zeros_like(post_s)).tolist())
             self.seq_host.append(n_layers * o.sequence_layer_s)
-            full_kv, win_kv = (float(x.reshape(-1)[0]) for x in cost.stage_kv(stage))
-            n_win = 0.0
-            if self.window is not None:
-                idx = stage_layers(cost.model.num_layers, self.pp, 0 if stage == "first" else self.pp - 1)
-                n_win = float(sum(1 for i in idx if cost.kv_layers[i].window is not None))
-            share_win = n_win / n_layers if n_layers else 0.0
             dec, pref = [], []
             for kind_i, kind in enumerate(lg.kinds):
                 core = next((op for op in kind.ops if op.kind == "attention"), None)
                 if core is None or not counts[kind_i]:
                     continue
+                layer = cost.kind_kv(kind_i)
+                window = float(layer.window) if layer.window is not None else 0.0
                 per_ctx_flops = core.flops_s / tp
-                dec.append((float(counts[kind_i]), per_ctx_flops, share_win,
-                            full_kv / max(n_layers, 1.0), win_kv / max(n_layers, 1.0)))
-                io_per_token = b * (2.0 * cost.model.hidden + 2.0 * cost.model.kv_hidden) / tp
-                pref.append((float(counts[kind_i]), per_ctx_flops, io_per_token))
+                dec.append((float(counts[kind_i]), per_ctx_flops, layer.bytes_per_gpu_token(tp), window))
+                if getattr(core, "heads", 0):
+                    qk, vo = core.qk_width, core.vo_width
+                else:
+                    qk = vo = cost.model.hidden + cost.model.kv_hidden
+                pref.append((float(counts[kind_i]), per_ctx_flops, b * (qk + vo) / tp, bool(window)))
             self.decode.append(dec)
             self.prefill.append(pref)
 
@@ -522,20 +510,17 @@ class StepTimer:
                  prefill_pairs: float, prefill_pairs_window: float | None = None) -> float:
         """Seconds of one scheduler step (arguments as `StepCost.step_time`)."""
         pairs_w = prefill_pairs if prefill_pairs_window is None else prefill_pairs_window
-        win_ctx = decode_ctx if self.window is None else min(decode_ctx, decode_seqs * self.window)
         slowest = 0.0
         for s in range(len(self.layers)):
             t = self.layers[s][tokens] + self.ends_s[s][seqs] + self.seq_host[s] * seqs
             if decode_seqs:
-                for n, per_ctx, share_win, full_kv, win_kv in self.decode[s]:
-                    flops = per_ctx * (decode_ctx * (1 - share_win) + win_ctx * share_win)
-                    read = full_kv * decode_ctx + win_kv * win_ctx
-                    t += n * max(self._compute(flops), read / self.mem_rate + self.kernel_s)
+                for n, per_ctx, kv_bytes, window in self.decode[s]:
+                    ctx = min(decode_ctx, decode_seqs * window) if window else decode_ctx
+                    t += n * max(self._compute(per_ctx * ctx), kv_bytes * ctx / self.mem_rate + self.kernel_s)
             if prefill_tokens:
-                for n, per_ctx, shape_io in self.prefill[s]:
-                    share_win = self.decode[s][0][2] if self.decode[s] else 0.0
-                    flops = per_ctx * (prefill_pairs * (1 - share_win) + pairs_w * share_win)
-                    t += n * max(self._compute(flops), shape_io * prefill_tokens / self.mem_rate)
+                for n, per_ctx, io_per_token, local in self.prefill[s]:
+                    flops = per_ctx * (pairs_w if local else prefill_pairs)
+                    t += n * max(self._compute(flops), io_per_token * prefill_tokens / self.mem_rate)
             slowest = max(slowest, t)
         return self.pp * slowest + self.hop[tokens] + self.step_s
 
@@ -546,19 +531,18 @@ class StepTimer:
         n = decode_seqs
         if steps <= 8:  # numpy's fixed costs exceed a few scalar calls
             return np.array([self(n, n, n, decode_ctx + n * i, 0, 0.0) for i in range(steps)])
-        ctx = decode_ctx + n * np.arange(steps, dtype=np.float64)
-        win_ctx = ctx if self.window is None else np.minimum(ctx, n * float(self.window))
+        ctx0 = decode_ctx + n * np.arange(steps, dtype=np.float64)
         slowest = np.zeros(steps)
         for s in range(len(self.layers)):
             t = np.full(steps, self.layers[s][n] + self.ends_s[s][n] + self.seq_host[s] * n)
-            for k, per_ctx, share_win, full_kv, win_kv in self.decode[s]:
-                flops = per_ctx * (ctx * (1 - share_win) + win_ctx * share_win)
+            for k, per_ctx, kv_bytes, window in self.decode[s]:
+                ctx = np.minimum(ctx0, n * window) if window else ctx0
+                flops = per_ctx * ctx
                 if self.att_rate:
                     compute = flops / self.att_rate
                 else:
                     x = np.clip(np.log10(np.maximum(flops, 1.0)), 0.0, 18.0)
                     compute = np.where(flops > 0, np.interp(x, self.log_flops, self.flops_arr), 0.0)
-                read = full_kv * ctx + win_kv * win_ctx
-                t = t + k * np.maximum(compute, read / self.mem_rate + self.kernel_s)
+                t = t + k * np.maximum(compute, kv_bytes * ctx / self.mem_rate + self.kernel_s)
             slowest = np.maximum(slowest, t)
         return self.pp * slowest + self.hop[n] + self.step_s
