@@ -27,7 +27,7 @@ import streamlit as st
 
 from planner.cost import estimate
 from planner.dashboard import charts
-from planner.dashboard.codes import LEGEND, parse_plan_code, plan_code
+from planner.dashboard.codes import LEGEND, plan_code
 from planner.dashboard.fmt import compact, count, delta, md_escape, money, seconds
 from planner.dashboard.state import (
     DEFAULT_CLUSTER,
@@ -36,8 +36,10 @@ from planner.dashboard.state import (
     TOP_K,
     VIEWS,
     DashboardState,
+    format_whatif,
     from_query,
     pack_spec,
+    parse_whatif,
     to_query,
     unpack_spec,
 )
@@ -332,7 +334,8 @@ def sidebar_problem() -> Problem | None:
         max_mem = st.number_input("Max memory per GPU (GiB)", min_value=0.0, max_value=1e6, value=None, step=8.0,
                                   key="max_mem", placeholder="the device's usable memory")
         zero = st.multiselect("Allowed ZeRO stages", [0, 1, 2, 3], key="zero")
-        rc = st.multiselect("Allowed recompute", list(RECOMPUTE), key="recompute")
+        rc = st.multiselect("Allowed recompute", list(RECOMPUTE), key="recompute",
+                            help="the default set is the one planner plan searches")
         scheds = st.multiselect("Allowed pipeline schedules", list(SCHEDULES), key="schedules")
         sp = st.selectbox("Sequence parallel", SP_CHOICES, key="sp")
     bad = [m for m, ok in (("choose at least one ZeRO stage", zero), ("choose at least one recompute mode", rc),
@@ -703,19 +706,29 @@ WHATIF_LABELS = {"tp": "Tensor parallel (tp)", "pp": "Pipeline stages (pp)", "cp
 
 
 def whatif_plan(doc: PlanDocument) -> Plan:
-    """The what-if plan of the state (its code), or the selected plan when there is none or it is
-    illegal (a linked one then adds a warning naming the rule it breaks)."""
+    """The selected plan with the state's what-if changes; the selected plan itself when there are
+    none or they make an illegal plan (a linked one then adds a warning naming the rule it breaks)."""
     ss = st.session_state
-    code = ss.get("whatif")
-    if code:
+    text = ss.get("whatif")
+    if text:
         try:
-            plan = parse_plan_code(code).plan(doc.plan.global_batch, doc.plan.dtype, doc.plan.flash_attention)
+            changes = parse_whatif(text)
+            gpus = changes.pop("gpus", doc.plan.world_size)
+            plan = vary(doc.plan, gpus, **changes)
             check_plan(doc.model, load_cluster(doc.cluster, gpus=plan.world_size), plan)
             return plan
-        except PlannerError as exc:
-            ss["_url_warnings"] = [*ss.get("_url_warnings", []), f"ignoring ?whatif={code}: {exc}"]
+        except (PlannerError, ValueError, TypeError) as exc:
+            ss["_url_warnings"] = [*ss.get("_url_warnings", []), f"ignoring ?whatif={text}: {exc}"]
             ss["whatif"] = None
     return doc.plan
+
+
+def whatif_changes(base: Plan, plan: Plan) -> str | None:
+    """The `whatif` state naming `plan` as changes to `base` (None when they are the same plan)."""
+    changes: dict[str, Any] = {k: getattr(plan, k) for k in KNOBS if getattr(plan, k) != getattr(base, k)}
+    if plan.world_size != base.world_size:
+        changes["gpus"] = plan.world_size
+    return format_whatif(changes)
 
 
 def on_whatif(doc: PlanDocument, knob: str) -> None:
@@ -727,7 +740,7 @@ def on_whatif(doc: PlanDocument, knob: str) -> None:
         new = vary(plan, int(value)) if knob == "gpus" else vary(plan, plan.world_size, **{knob: value})
     except PlannerError:
         return
-    ss["whatif"] = None if new == doc.plan else plan_code(new)
+    ss["whatif"] = whatif_changes(doc.plan, new)
 
 
 def breakdown_table(pred: dict[str, Any], old: dict[str, Any]) -> pd.DataFrame:
@@ -808,7 +821,7 @@ def show_whatif(doc: PlanDocument, problem: Problem) -> None:
     st.download_button("What-if plan JSON", lambda: dumps(wdoc.to_json()) + "\n",
                        file_name=f"plan_{plan.describe().replace(' ', '_')}.json", mime="application/json",
                        key="dl_whatif")
-    want = plan_code(plan) if changed else None
+    want = whatif_changes(doc.plan, plan)
     if st.query_params.get("whatif") != want:  # the fragment keeps the URL in step without a page rerun
         if want is None:
             del st.query_params["whatif"]
@@ -956,7 +969,9 @@ def use_alternative(alt: dict[str, Any]) -> None:
     if alt["relaxed"]:
         ss["fix_tp"] = ss["fix_pp"] = "any"
         ss["max_mem"] = None
-        ss["zero"], ss["recompute"], ss["schedules"], ss["sp"] = [0, 1, 2, 3], list(RECOMPUTE), list(SCHEDULES), "any"
+        default = DashboardState()
+        ss["zero"], ss["recompute"] = list(default.zero), list(default.recompute)
+        ss["schedules"], ss["sp"] = list(default.schedules), default.sp
     select_plan(None)
 
 

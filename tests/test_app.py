@@ -22,7 +22,7 @@ from planner.cost import estimate
 from planner.dashboard.codes import plan_code
 from planner.errors import PlanError
 from planner.plan import Plan, PlanDocument, check_plan, plan_hash
-from planner.search import search
+from planner.search import Constraints, search
 from planner.specs.catalog import load_cluster, load_model
 from planner.whatif import legal_values, vary
 
@@ -319,9 +319,9 @@ def test_compare_shows_two_plans_and_their_differences(default_app: AppTest) -> 
 
 
 def plan_of(table: Any, i: int) -> Plan:
-    from planner.dashboard.codes import parse_plan_code
-
-    return parse_plan_code(table["plan"].iloc[i]).plan(512, "bf16")
+    """The plan a row of the default problem's table names (looked up among the search's plans)."""
+    r = search(load_model("llama3-8b"), load_cluster("dgx-h100", gpus=64), 512, top_k=20)
+    return next(p for p in r.plans if plan_code(p) == table["plan"].iloc[i])
 
 
 def test_plan_code_legend_and_parameter_counts() -> None:
@@ -357,7 +357,7 @@ def test_model_and_cluster_upload_in_the_page() -> None:
     incomplete = ("config.json", b'{"model_type": "llama"}', "application/json")
     at.file_uploader(key="model_file").set_value(incomplete)
     at.run()
-    assert not at.exception and "config.json: num_attention_heads: missing" in errors(at)
+    assert not at.exception and re.search(r"config\.json: \w+: missing", errors(at))  # names the first field
     assert not [d for d in at.dataframe if "step s" in d.value.columns]  # nothing searched while the input is bad
 
 
@@ -402,9 +402,8 @@ def test_whatif_offers_only_legal_values_and_rescores() -> None:
     at = ok(new_app(global_batch="512", pp="2", view="What-if").run())
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", gpus=64)
     code = at.selectbox(key="pick").value
-    from planner.dashboard.codes import parse_plan_code
-
-    plan = parse_plan_code(code).plan(512, "bf16")
+    r = search(model, cluster, 512, constraints=Constraints(pp=2), top_k=20)
+    plan = next(p for p in [*r.plans, *(p for p, _ in r.pareto)] if plan_code(p) == code)
     for knob in ("tp", "pp", "cp", "vpp", "micro_batch", "zero_stage"):
         widget = next((s for s in at.select_slider if s.key == f"wi_{knob}"), None)
         if widget is None:
@@ -426,7 +425,7 @@ def test_whatif_offers_only_legal_values_and_rescores() -> None:
     assert step.value != step_before and re.fullmatch(r"[+-][0-9.,k]+ s \([+-][0-9.]+%\)", step.delta or "")
     memory = next(m for m in at.metric if m.label == "Memory per GPU")
     assert memory.delta is None or memory.delta.split(" ")[1] == "GiB"
-    assert url(at)["whatif"].startswith("tp") and f"pp{slider.value}" in url(at)["whatif"]
+    assert f"pp={slider.value}" in url(at)["whatif"].split(",")
     gpus = next(s for s in at.select_slider if s.key == "wi_gpus")
     assert all(int(n) <= 8 or int(n) % 8 == 0 for n in gpus.options)  # a part of one node, or whole nodes
     at.button(key="wi_reset").click()
@@ -436,7 +435,8 @@ def test_whatif_offers_only_legal_values_and_rescores() -> None:
 
 def test_linked_whatif_that_is_illegal_warns() -> None:
     """A link naming an illegal what-if plan warns with the rule it breaks, escaped as typed."""
-    at = ok(new_app(whatif="tp1 pp8 dp8 v3 mb1", view="What-if").run())
+    at = ok(new_app(whatif="pp=8,vpp=3", view="What-if").run())
+    assert "ignoring ?whatif=pp=8,vpp=3" in warnings(at)
     assert "num_layers 32 is not divisible by pp*vpp = 8*3" in warnings(at)
 
 

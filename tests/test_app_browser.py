@@ -142,7 +142,7 @@ def test_url_round_trip_and_reload(browser: Any, server: str) -> None:
 
 def test_bad_link_parameters_warn_and_messages_keep_their_characters(browser: Any, server: str) -> None:
     """'?objective=' / '?seq_len=' were ignored silently, and markdown ate '*' in messages."""
-    bad = {"seq_len": "abc", "objective": "speed", "whatif": "tp1 pp8 dp8 v3 mb1"}
+    bad = {"seq_len": "abc", "objective": "speed", "whatif": "pp=8,vpp=3"}
     page = open_page(browser, f"{server}/?{urlencode(bad)}")
     text = page.locator("[data-testid='stAlert']").first.inner_text()
     assert "ignoring ?seq_len=abc" in text and "ignoring ?objective=speed" in text

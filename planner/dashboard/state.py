@@ -19,12 +19,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from planner.dashboard.codes import parse_plan_code
+from planner.dashboard.codes import looks_like_code
 from planner.errors import PlannerError
 from planner.plan import RECOMPUTE, SCHEDULES
 from planner.pricing import parse_tokens
 from planner.search import OBJECTIVES
 from planner.specs.catalog import cluster_names, model_names
+from planner.whatif import KNOBS
+
+try:  # the recompute modes `planner plan` searches by default, where the plan module names them
+    from planner.plan import SEARCHED_RECOMPUTE as DEFAULT_RECOMPUTE
+except ImportError:  # every mode is searched by default
+    DEFAULT_RECOMPUTE = RECOMPUTE
 
 DEFAULT_MODEL, DEFAULT_CLUSTER, DEFAULT_GPUS, DEFAULT_BATCH = "llama3-8b", "dgx-h100", 64, 512
 VIEWS = ("Plans", "Selected plan", "Compare", "Pipeline schedule", "What-if", "Measured")
@@ -51,14 +57,14 @@ class DashboardState:
     pp: int | None = None
     max_memory_gib: float | None = None
     zero: tuple[int, ...] = (0, 1, 2, 3)
-    recompute: tuple[str, ...] = RECOMPUTE
+    recompute: tuple[str, ...] = DEFAULT_RECOMPUTE
     schedules: tuple[str, ...] = SCHEDULES
     sp: str = "any"
     tokens: str | None = None  # e.g. "15T"; None: 20 tokens per parameter
     price: float | None = None  # USD per GPU-hour; None: the catalog's for the GPU
     plan: str | None = None  # plan code of the selected plan; None: the best
     compare: tuple[str, ...] = ()
-    whatif: str | None = None  # plan code of the what-if plan; None: the selected plan
+    whatif: str | None = None  # the what-if plan's changes to the selected plan ("pp=4,vpp=2,gpus=128")
     view: str = VIEWS[0]
 
 
@@ -127,11 +133,46 @@ def _tokens(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    try:
-        parse_plan_code(text)
-    except PlannerError as exc:
-        raise ValueError(str(exc).removeprefix("plan: ")) from None
-    return " ".join(text.split())
+    code = " ".join(text.split())
+    if not looks_like_code(code):
+        raise ValueError("not a plan code (e.g. tp4 pp2 dp8 mb1 z1)")
+    return code
+
+
+WHATIF_TYPES: dict[str, Callable[[str], Any]] = {
+    **{k: int for k in ("tp", "pp", "cp", "ep", "vpp", "micro_batch", "zero_stage", "gpus")},
+    "schedule": str, "recompute": str, "sequence_parallel": lambda v: {"on": True, "off": False}[v]}
+
+
+def parse_whatif(text: str) -> dict[str, Any]:
+    """The changes a `whatif` parameter names ("pp=4,vpp=2,gpus=128"; ValueError naming the bad part)."""
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        if key not in WHATIF_TYPES or key in out:
+            raise ValueError(f"{part[:30]!r} is not a what-if change (one of {', '.join(WHATIF_TYPES)}, once each)")
+        try:
+            v = WHATIF_TYPES[key](value)
+        except (ValueError, KeyError):
+            raise ValueError(f"{part[:30]!r} has a bad value") from None
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_INT:
+            raise ValueError(f"{part[:30]!r} is out of range")
+        out[key] = v
+    if not out:
+        raise ValueError("no changes named")
+    return out
+
+
+def format_whatif(changes: dict[str, Any]) -> str | None:
+    """`changes` as a `whatif` parameter (None for no change); the inverse of parse_whatif."""
+    order = [*KNOBS, "gpus"]
+    parts = [f"{k}={('on' if v else 'off') if isinstance(v, bool) else v}"
+             for k, v in sorted(changes.items(), key=lambda kv: order.index(kv[0]))]
+    return ",".join(parts) or None
+
+
+def _whatif(text: str) -> str:
+    return format_whatif(parse_whatif(text)) or ""
 
 
 def _codes(text: str) -> tuple[str, ...]:
@@ -158,7 +199,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "global_batch": _int, "objective": _one_of(OBJECTIVES, "objective"), "top_k": _top_k,
     "tp": _int, "pp": _int, "max_memory_gib": _gib, "zero": _subset((0, 1, 2, 3)),
     "recompute": _subset(RECOMPUTE), "schedules": _subset(SCHEDULES), "sp": _one_of(SP_CHOICES, "setting"),
-    "tokens": _tokens, "price": _price, "plan": _code, "compare": _codes, "whatif": _code, "view": _view,
+    "tokens": _tokens, "price": _price, "plan": _code, "compare": _codes, "whatif": _whatif, "view": _view,
 }
 ALIASES = {"batch": "global_batch", "max_mem": "max_memory_gib", "top": "top_k"}
 
