@@ -52,6 +52,10 @@ def check_executable(doc: PlanDocument) -> None:
     if doc.model.head != "lm":
         raise UnsupportedPlan(f"model {doc.model.name!r} has an {doc.model.head!r} head; the executor runs "
                               "decoder language models only", field="model.head")
+    if doc.model.mtp_layers and doc.plan.pp > 1:
+        raise UnsupportedPlan("the executor runs multi-token prediction without pipeline parallelism only "
+                              "(its last stage would need the token ids); plan and export it, or set mtp_layers 0",
+                              field="pp")
     if recipe(doc.plan.dtype).low_precision:
         raise UnsupportedPlan(f"the executor does not run {doc.plan.dtype} training yet (it needs FP8/FP4 "
                               "GEMM kernels); plan, estimate and export it, or run it with --dtype bf16",

@@ -49,9 +49,30 @@ class TrainOptions:
     seed: int = 0
 
 
+# DeepSeek-V3 (Sec. 2.2 and 4.2): L = L_main + lambda / D x sum_d L_MTP,d with lambda = 0.3 for the first
+# 10T training tokens (0.1 after). Only the loss value depends on it, not what a step computes.
+MTP_LOSS_WEIGHT = 0.3
+
+
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over a micro-batch (fp32 logits, as the graph's `loss` op)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1))
+    """Mean next-token cross-entropy over a micro-batch (fp32 logits, as the graph's `loss` op).
+
+    With multi-token prediction the model returns the logits of its D prediction depths after its own
+    along the sequence (D + 1 times the targets' length): depth d predicts the target d positions
+    later, its last d positions have none (ignored), and its mean loss is added with MTP_LOSS_WEIGHT.
+    """
+    t = targets.shape[1]
+    depths = logits.shape[1] // t - 1
+    main = F.cross_entropy(logits[:, :t].flatten(0, 1).float(), targets.flatten(0, 1))
+    if depths == 0:
+        return main
+    extra = []
+    for d in range(1, depths + 1):
+        shifted = torch.roll(targets, -d, dims=1).clone()
+        shifted[:, -d:] = -100  # no target d tokens past the end
+        extra.append(F.cross_entropy(logits[:, d * t:(d + 1) * t].flatten(0, 1).float(), shifted.flatten(0, 1),
+                                     ignore_index=-100))
+    return main + MTP_LOSS_WEIGHT * torch.stack(extra).mean()
 
 
 def amp_dtype(device: torch.device, plan_dtype: str) -> torch.dtype | None:

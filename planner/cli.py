@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from planner.cost import DEFAULT_HEADROOM, estimate
 from planner.errors import PlannerError
+from planner.framework import framework_names
 from planner.graph import build_graph, key_positions
 from planner.io import dumps
 from planner.plan import (
@@ -20,7 +21,6 @@ from planner.plan import (
     LORA_TARGETS,
     RECOMPUTE,
     SCHEDULES,
-    SEARCHED_RECOMPUTE,
     Plan,
     PlanDocument,
     load_plan,
@@ -133,7 +133,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cons = Constraints(
         tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
         micro_batch=args.micro_batch,
-        recompute=tuple(args.recompute) if args.recompute else SEARCHED_RECOMPUTE,
+        recompute=tuple(args.recompute) if args.recompute else None,
         sequence_parallel=args.sequence_parallel,
         zero_stages=tuple(args.zero) if args.zero is not None else (0, 1, 2, 3),
         max_memory_gib=args.max_memory_gib, placements=not args.no_placement_search,
@@ -145,7 +145,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     lora = (ft.get("lora_rank", Plan.OPTIONAL["lora_rank"]), ft.get("lora_targets", LORA_TARGETS)) if ft else None
     result = search(model, cluster, args.global_batch, dtype=_dtype(args, model, cluster),
                     flash=not args.no_flash_attention, constraints=cons, objective=args.objective,
-                    top_k=args.top, headroom=args.headroom, rerank=args.simulate_top, lora=lora, progress=progress)
+                    top_k=args.top, headroom=args.headroom, rerank=args.simulate_top, lora=lora,
+                    framework=args.framework, progress=progress)
     if progress:
         sys.stderr.write("\r" + " " * 70 + "\r")
     rate = result.scored / max(result.seconds, 1e-9)
@@ -207,7 +208,7 @@ def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterS
                       flash_attention=not args.no_flash_attention)
     return dataclasses.replace(plan, first_stage_layers=args.first_stage_layers,
                                last_stage_layers=args.last_stage_layers, recompute_every=args.recompute_every,
-                               **_finetune(args))
+                               framework=args.framework, **_finetune(args))
 
 
 def _finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -423,6 +424,23 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frameworks(args: argparse.Namespace) -> int:
+    from planner.framework import framework
+
+    rows = [framework(n) for n in framework_names()]
+    if args.json:
+        _emit_json([{"name": f.name, "description": f.description, "tp_overlap": f.tp_overlap,
+                     "dp_overlap": f.dp_overlap, "param_gather_overlap": f.param_gather_overlap,
+                     "pp_overlap": f.pp_overlap, "optimizer_launches_per_tensor": f.optimizer_launches_per_tensor,
+                     "recompute": list(f.recompute), "source": f.source} for f in rows])
+        return 0
+    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "recompute", "what"],
+                [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
+                  "yes" if f.pp_overlap else "no", " ".join(f.recompute), f.description] for f in rows],
+                align="lllllll"))
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model, seq_len=args.seq_len)
     g = build_graph(model)
@@ -485,6 +503,9 @@ def _add_problem(p: argparse.ArgumentParser) -> None:
                         "linear layers in 8 / 4 bits, the rest bf16); default: the model's, fp32 on CPU clusters")
     p.add_argument("--no-flash-attention", action="store_true",
                    help="unfused attention that stores the s^2 softmax (Megatron-LM 2022)")
+    p.add_argument("--framework", choices=framework_names(),
+                   help="the framework that runs the plan: what it overlaps and fuses (default: megatron-lm on "
+                        "GPUs, this project's executor ('this') on CPU hosts; planner frameworks lists them)")
     p.add_argument("--headroom", type=_fraction, default=DEFAULT_HEADROOM,
                    help=f"fraction of device memory kept free (default {DEFAULT_HEADROOM})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -508,7 +529,7 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
                    help=f"linear layers LoRA adapts (default: {' '.join(LORA_TARGETS)})")
     if search:
         p.add_argument("--recompute", nargs="+", choices=RECOMPUTE,
-                       help=f"allowed recompute modes (default: {' '.join(SEARCHED_RECOMPUTE)})")
+                       help="allowed recompute modes (default: the framework's policies)")
         p.add_argument("--zero", nargs="+", type=int, choices=(0, 1, 2, 3), help="allowed ZeRO stages")
         p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
                        help="fix sequence parallelism on or off")
@@ -543,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sizes(p, search=False)
     p.add_argument("--out", help="also write the plan document to this file")
     p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("frameworks", help="list the framework profiles (what each overlaps and fuses)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_frameworks)
 
     p = sub.add_parser("explain", help="explain a plan file's prediction")
     p.add_argument("plan")

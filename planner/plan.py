@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from planner.errors import PlanError
+from planner.framework import framework_names
 from planner.io import atomic_write_json, load_json
 from planner.precision import PRECISIONS, check_precision
 from planner.specs.cluster import ClusterSpec
@@ -28,9 +29,6 @@ SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
 # forward (or 1 of every `recompute_every` layers); op-selective: torchtitan's per-op policy (saves the
 # attention output and every other matmul's output, recomputes the rest).
 RECOMPUTE = ("none", "selective", "full", "op-selective")
-# What the search tries unless told otherwise (Megatron-LM's policies; per-op selective is torchtitan's
-# and is searched when asked for, e.g. --recompute none op-selective full).
-SEARCHED_RECOMPUTE = ("none", "selective", "full")
 FINETUNE = ("full", "lora")
 LORA_TARGETS = ("qkv", "proj", "up", "down")  # the linear layers LoRA adapters attach to
 DIMS = ("tp", "cp", "dp", "pp")
@@ -66,11 +64,15 @@ class Plan:
     finetune: str = "full"  # full training, or LoRA adapters on frozen base weights
     lora_rank: int = 16
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # the framework that runs the plan (planner/data/frameworks.json); None: the cluster's default
+    # (this project's executor on CPU hosts, Megatron-LM on GPUs)
+    framework: str | None = None
 
     # Fields written to JSON only when they differ from these defaults (so plans written before
     # they existed keep their hash).
     OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None, "recompute_every": 1,
-                "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS}
+                "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS,
+                "framework": None}
 
     def __post_init__(self) -> None:
         for k in SIZE_KEYS:
@@ -112,6 +114,8 @@ class Plan:
             raise PlanError(f"must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}",
                             field="lora_targets")
         object.__setattr__(self, "lora_targets", targets)
+        if self.framework is not None and self.framework not in framework_names():
+            raise PlanError(f"must be one of {', '.join(framework_names())}, got {self.framework!r}", field="framework")
 
     @property
     def uneven(self) -> bool:
@@ -149,6 +153,8 @@ class Plan:
             parts.append(f"last{self.last_stage_layers}")
         if self.finetune == "lora":
             parts.append(f"lora{self.lora_rank}")
+        if self.framework is not None:
+            parts.append(f"@{self.framework}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

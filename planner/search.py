@@ -11,6 +11,7 @@ validate` and the benchmarks all call `search`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -24,7 +25,9 @@ from planner.cost import DEFAULT_HEADROOM, evaluate, prediction
 from planner.cost.batch import PlanBatch, strides_for
 from planner.cost.model import Scores
 from planner.errors import PlanError
-from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, SEARCHED_RECOMPUTE, Plan
+from planner.framework import default_framework
+from planner.framework import framework as framework_profile
+from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, Plan
 from planner.precision import PRECISIONS, check_precision
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -45,7 +48,7 @@ class Constraints:
     ep: int | None = None
     vpp: int | None = None
     micro_batch: int | None = None
-    recompute: tuple[str, ...] = SEARCHED_RECOMPUTE
+    recompute: tuple[str, ...] | None = None  # None: the framework's policies
     sequence_parallel: bool | None = None
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     schedules: tuple[str, ...] = SCHEDULES
@@ -190,7 +193,8 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
 def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, dtype: str,
                     flash: bool = True, constraints: Constraints | None = None,
                     pruned: Counter | None = None,
-                    lora: tuple[int, tuple[str, ...]] | None = None) -> Iterator[PlanBatch]:
+                    lora: tuple[int, tuple[str, ...]] | None = None,
+                    framework: str | None = None) -> Iterator[PlanBatch]:
     """Yield PlanBatches (about CHUNK plans each) covering the legal plan space.
 
     Plans are laid out structure by structure (sizes, SP, placement), each followed by all its
@@ -198,6 +202,8 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
     model never has to discover them.
     """
     c = constraints or Constraints()
+    if c.recompute is None:
+        c = dataclasses.replace(c, recompute=framework_profile(framework or default_framework(cluster)).recompute)
     pruned = pruned if pruned is not None else Counter()
     sched_idx = {s: i for i, s in enumerate(SCHEDULES)}
     rc_opts = [RECOMPUTE.index(r) for r in c.recompute]
@@ -243,7 +249,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10],
             every=np.where(inner[:, 0] == full_rc, c.recompute_every, 1), dtype=dtype, flash=flash,
             placements=tuple(placements), groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
-            lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (),
+            lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (), framework=framework,
         )
 
     for tp, cp, pp, dp in _size_combos(model, cluster.num_gpus, global_batch, c, pruned):
@@ -326,13 +332,15 @@ def _pareto_mask(t: np.ndarray, mem: np.ndarray) -> np.ndarray:
 def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: str | None = None,
            flash: bool = True, constraints: Constraints | None = None, objective: str = "time",
            top_k: int = 10, headroom: float = DEFAULT_HEADROOM, rerank: int = DEFAULT_RERANK,
-           lora: tuple[int, tuple[str, ...]] | None = None,
+           lora: tuple[int, tuple[str, ...]] | None = None, framework: str | None = None,
            progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Score the whole legal space and return the `top_k` best fitting plans and the Pareto front.
 
     The closed form ranks every plan; the best max(top_k, rerank) are kept, the first `rerank` of them
     simulated and re-ordered by simulated step time (0: closed form only). `lora` = (rank, targets)
-    plans LoRA fine-tuning on frozen base weights.
+    plans LoRA fine-tuning on frozen base weights. `framework` names the profile of what runs the plans
+    (default: this project's executor on CPU hosts, Megatron-LM on GPUs); its recompute policies are
+    the ones searched unless the constraints name others.
     """
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
         raise PlanError(f"must be a non-negative integer, got {rerank!r}", field="rerank")
@@ -346,14 +354,17 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     if dt not in PRECISIONS:
         raise PlanError(f"must be one of {', '.join(PRECISIONS)}, got {dt!r}", field="dtype")
     check_precision(dt, cluster)
+    fw = framework_profile(framework or default_framework(cluster))  # (the plans record `framework` as given)
     c = constraints or Constraints()
+    if c.recompute is None:
+        c = dataclasses.replace(c, recompute=fw.recompute)
     limit_bytes = None if c.max_memory_gib is None else c.max_memory_gib * 2**30
     pruned: Counter = Counter()
     space = scored = fitting = 0
     least_memory = float("inf")
     best: list[tuple[np.ndarray, PlanBatch, Scores]] = []  # candidate pools per chunk
     pareto_pool: list[tuple[PlanBatch, Scores]] = []
-    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora):
+    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora, framework):
         space += len(batch)
         scored += len(batch)
         s = evaluate(model, cluster, batch, headroom, only_fitting=limit_bytes is None)

@@ -342,8 +342,9 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         layout = layouts[i]
         rc = np.asarray(layout.rank_class)
         layers = terms.classes.layers[i]  # (C, K)
-        fwd_w = (layers @ terms.layer_fwd[i])[rc]
-        bwd_w = (layers @ terms.layer_bwd[i])[rc]
+        fw = terms.framework
+        fwd_w = (layers @ terms.layer_fwd[i])[rc] * (1.0 if fw.param_gather_overlap else 0.0)
+        bwd_w = (layers @ terms.layer_bwd[i])[rc] * (1.0 if fw.dp_overlap else 0.0)
         dp = data_parallel(batch.zero[i], terms.has_dp[i], np.float64(m), terms.dp_reduce[i][rc],
                            terms.dp_reduce_mb[i][rc], terms.dp_gather[i][rc], terms.dp_gather_mb[i][rc],
                            fwd_w, bwd_w, ov)
@@ -352,7 +353,8 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
             sync_end = rank_end + dp.exposed
             finish = sync_end
         else:
-            hidden_end = last_b + dp.after_backward
+            # the reduction starts with the last backward (overlapped) or after it
+            hidden_end = (last_b if fw.dp_overlap else rank_end) + dp.after_backward
             sync_end = np.maximum(rank_end, hidden_end) + ov * np.minimum(dp.after_backward, rank_end - last_b)
             finish = sync_end + dp.before_forward
         optimizer = float(np.max(terms.optimizer[i][terms.classes.valid[i]]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,10 @@ from executor.trainer import loss_fn
 from planner.graph import build_graph
 from planner.specs.catalog import model_preset
 from planner.specs.model import ModelSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "executor_workers"))
+
+from families import FAMILIES
 
 torch.set_num_threads(1)
 
@@ -32,6 +38,7 @@ SPECS = {
     "moe-gelu-bias": dataclasses.replace(BASE, num_experts=3, top_k=1),
     "token-types-noncausal-dropout": dataclasses.replace(BASE, type_vocab_size=2, causal=False, dropout=0.1,
                                                          max_position=32),
+    **FAMILIES,
 }
 
 

@@ -49,6 +49,7 @@ class PlanBatch:
     flash: bool = True
     lora_rank: int = 0  # LoRA adapters of this rank on frozen base weights (0: full training)
     lora_targets: tuple[str, ...] = ()
+    framework: str | None = None  # the training framework's profile (planner.framework); None: the cluster's default
     placements: tuple[tuple[str, ...], ...] = (("tp", "cp", "dp", "pp"),)
     # Optional precomputed grouping (first row of each group, inverse map), keyed by level:
     # "structure" (sizes, SP, placement) and "timing" (structure x recompute x ZeRO stage).
@@ -94,7 +95,7 @@ class PlanBatch:
             last_stage_layers=None if self.last[i] < 0 else int(self.last[i]),
             recompute_every=int(self.every[i]),
             **({"finetune": "lora", "lora_rank": self.lora_rank, "lora_targets": self.lora_targets}
-               if self.lora_rank else {}),
+               if self.lora_rank else {}), framework=self.framework,
         )
 
 
@@ -113,9 +114,10 @@ def batch_from_plans(plans: list[Plan]) -> PlanBatch:
     if not plans:
         raise ValueError("no plans")
     p0 = plans[0]
-    shared = (p0.dtype, p0.flash_attention, p0.finetune, p0.lora_rank, p0.lora_targets)
-    if any((p.dtype, p.flash_attention, p.finetune, p.lora_rank, p.lora_targets) != shared for p in plans):
-        raise ValueError("a PlanBatch shares dtype, flash_attention and fine-tuning; split the plans first")
+    shared = (p0.dtype, p0.flash_attention, p0.finetune, p0.lora_rank, p0.lora_targets, p0.framework)
+    if any((p.dtype, p.flash_attention, p.finetune, p.lora_rank, p.lora_targets, p.framework) != shared
+           for p in plans):
+        raise ValueError("a PlanBatch shares dtype, flash_attention, fine-tuning and framework; split the plans first")
     dtype, flash = p0.dtype, p0.flash_attention
     orders = sorted({p.placement for p in plans})
     col = {
@@ -145,7 +147,7 @@ def batch_from_plans(plans: list[Plan]) -> PlanBatch:
                      last=col([-1 if p.last_stage_layers is None else p.last_stage_layers for p in plans]),
                      every=col([p.recompute_every for p in plans]), dtype=dtype, flash=flash,
                      placements=tuple(orders), lora_rank=p0.lora_rank if lora else 0,
-                     lora_targets=p0.lora_targets if lora else ())
+                     lora_targets=p0.lora_targets if lora else (), framework=p0.framework)
 
 
 def group_index(batch: PlanBatch, level: str) -> tuple[np.ndarray, np.ndarray]:

@@ -135,7 +135,9 @@ class LayerTimes:
     bwd: Array
     attn_fwd: Array  # the attention core alone (what selective recompute repeats)
     attn_bwd: Array
-    col_gemm: list[Array]  # forward time of each column-parallel GEMM (= its dgrad = its wgrad time)
+    col_gemm: list[Array]  # weight-gradient time of each column-parallel GEMM (0 if frozen): a backward window
+    col_fwd: list[Array]  # forward time of each column-parallel GEMM (= its input-gradient time)
+    row_fwd: list[Array]  # forward time of each row-parallel GEMM (= its input-gradient time)
     op_sac_fwd: Array  # the forward work torchtitan's per-op selective checkpointing repeats in backward
 
 
@@ -147,13 +149,18 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     zero = np.zeros_like(tokens, dtype=np.float64)
     fwd, bwd, attn_f, attn_b, sac = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy()
     cols: list[Array] = []
+    col_fwd: list[Array] = []
+    row_fwd: list[Array] = []
     recomputed = op_sac_recomputed(ops, m)
     for op in ops:
         if op.kind == "gemm":
             t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
-            if op.tp == "column" and not op.routed:
+            if op.tp == "column" and not op.routed and not op.name.endswith(".lora_b"):
                 # the window the input-gradient reduction hides in: the weight-gradient GEMM (none if frozen)
                 cols.append(np.zeros_like(t.fwd) if op.frozen else t.fwd)
+                col_fwd.append(t.fwd)
+            elif op.tp == "row" and not op.routed and not op.name.endswith(".lora_a"):
+                row_fwd.append(t.fwd)
             if op.frozen:
                 t = OpTimes(fwd=t.fwd, bwd=t.bwd - t.wgrad)
         elif op.kind == "attention":
@@ -164,4 +171,5 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
             t = elementwise_times(op, gpu, tokens, tp, sp)
         fwd, bwd = fwd + t.fwd, bwd + t.bwd
         sac = sac + recomputed.get(op.name, 0.0) * t.fwd
-    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols, op_sac_fwd=sac)
+    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols, col_fwd=col_fwd,
+                      row_fwd=row_fwd, op_sac_fwd=sac)

@@ -41,6 +41,7 @@ from planner.cost.memory import (
 )
 from planner.cost.overlap import hide
 from planner.cost.stages import ClassArrays, class_arrays
+from planner.framework import Framework, default_framework, framework
 from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
 from planner.precision import base_dtype, recipe
 from planner.specs.cluster import ClusterSpec
@@ -49,7 +50,6 @@ from planner.specs.model import ModelSpec
 Array = np.ndarray
 GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype)
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
-OPTIMIZER_KERNELS_PER_TENSOR = 8  # AdamW per tensor: lerp, mul, addcmul, sqrt, div, add, addcdiv + grad zeroing
 RC_CODE = 1 << 20  # a recompute variant is rc x RC_CODE + every (every < 2^20)
 
 
@@ -100,6 +100,7 @@ class CostTerms:
     grid: tuple[int, ...]
     axes: PlanAxes
     dtype: str  # training precision (bytes per parameter of the model states)
+    framework: Framework  # what the framework overlaps (the data-parallel and pipeline overlap rules read it)
     # One layer of each kind, one micro-batch: (..., kinds).
     layer_fwd: Array  # forward compute + exposed TP / CP / EP communication + host overheads
     layer_bwd: Array  # backward, incl. recompute, exposed communication and host overheads
@@ -163,7 +164,7 @@ class CostTerms:
         for name, value in fields.items():
             if name == "grid":
                 out[name] = (len(index[0]),)
-            elif name == "dtype":
+            elif name in ("dtype", "framework"):
                 out[name] = value
             elif name in ("axes", "classes"):
                 parts = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
@@ -190,6 +191,7 @@ def _count_tensors(op: Op, two_norm: bool) -> int:
 def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch) -> dict[str, Array]:
     """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
     gpu, dt = cluster.gpu, b.dtype
+    fw = framework(b.framework or default_framework(cluster))
     t = b.tp.astype(np.float64)
     c = b.cp.astype(np.float64)
     e = b.ep.astype(np.float64)
@@ -218,18 +220,30 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
 
     out: dict[str, list[Array]] = {k: [] for k in (
-        "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_bwd", "tp_bwd_total", "ep", "cp_fwd",
+        "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
+        "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "lowp_copies", "op_sac_fwd", "act_op_sac", "train_dense", "train_expert")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
         cols = _pad(lay.col_gemm, 2, t)
-        # Backward: the column-parallel input-gradient reduction overlaps the weight-gradient GEMM;
-        # with SP the re-gather of the saved input overlaps the input-gradient GEMM, and the gather
-        # of the output gradient ahead of each row-parallel GEMM is exposed.
-        tp_bwd = np.where(sp, 2 * ag + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
-                          sum(hide(ar, w, ov) for w in cols))
+        col_f, row_f = _pad(lay.col_fwd, 2, t), _pad(lay.row_fwd, 2, t)
+        if fw.tp_overlap == "none":  # every TP collective on the compute stream
+            tp_fwd_k, tp_bwd = tp_fwd, tp_bwd_total
+        elif fw.tp_overlap == "backward":
+            # The column-parallel input-gradient reduction overlaps the weight-gradient GEMM; with SP
+            # the re-gather of the saved input overlaps the input-gradient GEMM, and the gather of
+            # the output gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
+            tp_fwd_k = tp_fwd
+            tp_bwd = np.where(sp, 2 * ag + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
+                              sum(hide(ar, w, ov) for w in cols))
+        else:  # "all": each collective chunked and pipelined with the GEMM it feeds or drains
+            tp_fwd_k = np.where(sp, sum(hide(ag, w, ov) for w in col_f) + sum(hide(rs, w, ov) for w in row_f),
+                                sum(hide(ar, w, ov) for w in row_f))
+            tp_bwd = np.where(sp, sum(hide(ag, w, ov) for w in row_f)
+                              + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
+                              sum(hide(ar, w, ov) for w in cols))
         routed = any(op.routed for op in kind.ops)
         if routed:
             nbytes = act * model.top_k * model.capacity_factor / np.where(sp, t, 1)
@@ -243,7 +257,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["attn_fwd"].append(lay.attn_fwd)
         out["op_sac_fwd"].append(lay.op_sac_fwd)
         out["act_op_sac"].append(op_sac_saved_bytes(kind.ops, model, base_dtype(dt), tokens, t, sp))
-        out["tp_fwd"].append(tp_fwd)
+        out["tp_fwd"].append(tp_fwd_k)  # exposed
+        out["tp_fwd_total"].append(tp_fwd)
         out["tp_bwd"].append(tp_bwd)
         out["tp_bwd_total"].append(tp_bwd_total)
         out["ep"].append(a2a)
@@ -373,7 +388,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
     # Optimizer: memory bound, plus one launch per parameter tensor for each element-wise op; ZeRO-1+
     # steps only the local shard.
-    kernels = OPTIMIZER_KERNELS_PER_TENSOR * tensors
+    kernels = fw.optimizer_launches_per_tensor * tensors
     for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (g_dp, g_edp))):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
@@ -448,22 +463,23 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
                           first_rank=s(st["class_first_rank"]), has_pre=s(st["class_has_pre"]),
                           has_post=s(st["class_has_post"]), critical=int(st["critical"].max(initial=0)))
     pp = s(b.pp)
+    fw = framework(b.framework or default_framework(cluster))
     return CostTerms(
-        grid=(n, len(recompute), len(zero)), dtype=b.dtype,
+        grid=(n, len(recompute), len(zero)), dtype=b.dtype, framework=fw,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z, every=every.reshape(1, -1, 1)),
         layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
         layer_compute=s(st["compute_fwd"] + st["compute_bwd"])
         + np.select([rc == 2, rc == 1, rc == 3], [frac * cf, attn, sac], 0.0) + fsdp,
-        layer_tp=s(st["tp_fwd"] + st["tp_bwd_total"])
-        + np.select([rc == 2, rc == 3], [frac * s(st["tp_fwd"]), sac_tp], 0.0),
+        layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
+        + np.select([rc == 2, rc == 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
         pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_tp=s(st["pre_tp"]),
         post_tp=s(st["post_tp"]), pre_saved=s(st["pre_saved"]),
         post_saved=s(st["post_saved"]), logits=s(st["logits"]),
-        p2p=s(np.where(b.pp > 1, st["p2p"], 0.0)),
+        p2p=s(np.where((b.pp > 1) & (not fw.pp_overlap), st["p2p"], 0.0)),
         pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
         classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
         lowp_copies=s(st["class_lowp"]), train_dense=s(st["class_train_dense"]),

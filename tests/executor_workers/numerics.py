@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from families import FAMILIES, FAMILIES_PIPELINED
 
 from executor.data import SyntheticData
 from executor.model import ModelSpec, build_model, canonical_name
@@ -29,7 +30,7 @@ LLAMA = dataclasses.replace(BASE, name="llama", norm="rmsnorm", position="rope",
                             bias=False, num_kv_heads=2, tied_embeddings=False)
 MOE = dataclasses.replace(BASE, name="moe", norm="rmsnorm", position="rope", activation="swiglu", bias=False,
                           num_experts=4, top_k=2)
-MODELS = {"gpt": BASE, "llama": LLAMA, "moe": MOE}
+MODELS = {"gpt": BASE, "llama": LLAMA, "moe": MOE, **FAMILIES, **FAMILIES_PIPELINED}
 
 # name: (model, plan fields). Global batch 8, micro-batch 2 unless given.
 SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -68,6 +69,28 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "dp-outer-tp2-dp2": ("gpt", {"tp": 2, "dp": 2, "placement": ["dp", "tp", "cp", "pp"]}),
         "dp4-ep2-moe": ("moe", {"dp": 4, "ep": 2}),
         "pp2-dp2-ep2-zero3-moe": ("moe", {"pp": 2, "dp": 2, "ep": 2, "zero_stage": 3}),
+    },
+    # The 2025 families (tests/test_model_families_dist.py).
+    "families-w2": {
+        "tp2-sp-deepseek-v3": ("deepseek-v3", {"tp": 2, "sequence_parallel": True}),
+        "tp2-mla-no-q-latent": ("mla-no-q-latent", {"tp": 2}),
+        "dp2-ep2-deepseek-v3": ("deepseek-v3", {"dp": 2, "ep": 2}),
+        "pp2-deepseek-v3-no-mtp": ("deepseek-v3-no-mtp", {"pp": 2}),
+        "dp2-full-recompute-deepseek-v3": ("deepseek-v3", {"dp": 2, "recompute": "full"}),
+        "tp2-sp-qwen3": ("qwen3", {"tp": 2, "sequence_parallel": True}),
+        "tp2-qwen3-moe": ("qwen3-moe", {"tp": 2}),
+        "pp2-qwen3-moe": ("qwen3-moe", {"pp": 2}),
+        "dp2-zero3-qwen2-moe-shared": ("qwen2-moe-shared", {"dp": 2, "zero_stage": 3}),
+        "tp2-gpt-oss-math": ("gpt-oss", {"tp": 2, "flash_attention": False}),
+        "dp2-ep2-gpt-oss": ("gpt-oss", {"dp": 2, "ep": 2}),
+        "tp2-sp-llama4": ("llama4", {"tp": 2, "sequence_parallel": True}),
+        "pp2-vpp2-llama4": ("llama4", {"pp": 2, "vpp": 2, "schedule": "interleaved-1f1b"}),
+    },
+    "families-w4": {
+        "tp2-dp2-deepseek-v3": ("deepseek-v3", {"tp": 2, "dp": 2}),
+        "tp2-pp2-llama4": ("llama4", {"tp": 2, "pp": 2}),
+        "tp2-dp2-zero3-qwen3": ("qwen3", {"tp": 2, "dp": 2, "zero_stage": 3}),
+        "pp2-dp2-ep2-gpt-oss": ("gpt-oss", {"pp": 2, "dp": 2, "ep": 2}),
     },
 }
 

@@ -1,0 +1,77 @@
+"""Framework profiles: what the training framework that runs a plan overlaps and fuses.
+
+The same plan costs differently under Megatron-LM, Megatron-Core / NeMo, torchtitan, DeepSpeed or
+FSDP because they overlap different communication with compute (TP, DP, pipeline p2p), fuse different
+kernels and default to different recompute policies. A profile states those as switches and counts
+with a meaning and a source (planner/data/frameworks.json); the cost model (planner/cost/terms.py)
+reads them like it reads the cluster:
+
+- tp_overlap: "none" (every TP collective on the compute stream, exposed), "backward" (the
+  column-parallel input-gradient all-reduce overlaps the weight-gradient GEMM: Megatron-LM's async
+  TP all-reduce), "all" (all-gather / reduce-scatter chunked and pipelined with the GEMMs they feed,
+  forward and backward: Megatron-Core's TP communication overlap, torch's async TP);
+- dp_overlap / param_gather_overlap: the gradient reduction overlaps the backward, the parameter
+  all-gather the forward (else they run after the backward / before the forward, exposed);
+- pp_overlap: pipeline sends overlap compute (Megatron-Core's --overlap-p2p-communication);
+- optimizer_launches_per_tensor: kernel launches of one optimizer step per parameter tensor (8 for
+  an unfused per-tensor AdamW; a fused multi-tensor Adam launches once per dozens of tensors);
+- recompute: the activation-checkpointing policies the framework offers (what the search tries).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from planner.errors import SpecError
+
+TP_OVERLAPS = ("none", "backward", "all")
+DEFAULT_FRAMEWORK = "megatron-lm"
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    description: str
+    tp_overlap: str
+    dp_overlap: bool
+    param_gather_overlap: bool
+    pp_overlap: bool
+    optimizer_launches_per_tensor: float
+    recompute: tuple[str, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.tp_overlap not in TP_OVERLAPS:
+            raise SpecError(f"must be one of {', '.join(TP_OVERLAPS)}, got {self.tp_overlap!r}",
+                            field=f"framework[{self.name}].tp_overlap")
+        if not 0 <= self.optimizer_launches_per_tensor <= 100:
+            raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, dict]:
+    text = resources.files("planner.data").joinpath("frameworks.json").read_text(encoding="utf-8")
+    return json.loads(text)["frameworks"]
+
+
+def framework_names() -> list[str]:
+    return list(_catalog())
+
+
+@lru_cache(maxsize=32)
+def framework(name: str) -> Framework:
+    """The profile `name` (SpecError naming the known ones otherwise)."""
+    entry = _catalog().get(name)
+    if entry is None:
+        raise SpecError(f"unknown framework {name!r} (one of {', '.join(framework_names())})", field="framework")
+    return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"])})
+
+
+def default_framework(cluster: object) -> str:
+    """The profile assumed when none is named: this project's executor on CPU hosts (what `planner
+    calibrate` measured), Megatron-LM on GPU clusters (the settings of the published runs the catalog's
+    efficiencies reproduce)."""
+    return "this" if getattr(cluster, "device", "cuda") == "cpu" else DEFAULT_FRAMEWORK

@@ -1,0 +1,71 @@
+"""Framework profiles: what each overlaps changes the step as the overlap rules say, by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from planner.cost import batch_from_plans, cost_terms, estimate
+from planner.errors import PlanError
+from planner.framework import framework_names
+from planner.plan import Plan
+from planner.search import search
+from planner.specs.catalog import cluster_preset, model_preset
+
+M = model_preset("llama3-70b").with_seq_len(8192)
+C = cluster_preset("dgx-h100").with_gpus(64)
+TP_PLAN = dict(tp=8, dp=8, global_batch=128, recompute="full", zero_stage=1)
+
+
+def test_more_overlap_never_costs_more() -> None:
+    """The same TP + DP plan: no TP overlap (Megatron-DeepSpeed 2022) >= the backward all-reduce hidden
+    (Megatron-LM) >= every TP collective pipelined with its GEMM (Megatron-Core)."""
+    step = {fw: estimate(M, C, Plan(**TP_PLAN, framework=fw))["step_time_s"]
+            for fw in ("deepspeed", "megatron-lm", "megatron-core")}
+    assert step["deepspeed"] > step["megatron-lm"] > step["megatron-core"]
+
+
+def test_no_tp_overlap_exposes_all_of_it() -> None:
+    """tp_overlap 'none': a layer's exposed TP time is the whole of its forward and backward
+    collectives (2 all-reduces each way without SP), what `layer_tp` totals."""
+    plan = Plan(tp=8, dp=8, global_batch=128, framework="torchtitan")
+    t = cost_terms(M, C, batch_from_plans([plan]))
+    ref = cost_terms(M, C, batch_from_plans([dataclasses.replace(plan, tp=8, framework="megatron-lm")]))
+    # compute is the same; only the exposed communication differs
+    exposed_none = float(t.layer_fwd[0, 0] + t.layer_bwd[0, 0])
+    exposed_bwd = float(ref.layer_fwd[0, 0] + ref.layer_bwd[0, 0])
+    assert exposed_none - exposed_bwd > 0
+    assert float(t.layer_tp[0, 0]) == pytest.approx(float(ref.layer_tp[0, 0]))
+    compute = float(t.layer_compute[0, 0])
+    assert exposed_none - compute == pytest.approx(float(t.layer_tp[0, 0]), rel=1e-9)
+
+
+def test_without_gather_overlap_the_all_gather_is_exposed() -> None:
+    """Megatron-DeepSpeed 2022's ZeRO-1 all-gathers the updated parameters after the optimizer step
+    (no forward to hide it behind): its step is at least compute + optimizer + the whole all-gather,
+    which a profile that overlaps the gather (Megatron-LM) partly hides."""
+    plan = Plan(dp=64, global_batch=64, zero_stage=1, recompute="full")
+    ds = dataclasses.replace(plan, framework="deepspeed")
+    gather = float(cost_terms(M, C, batch_from_plans([ds])).dp_gather[0, 0])
+    pred = estimate(M, C, ds)
+    t = pred["time"]
+    assert gather > 0
+    assert pred["step_time_s"] >= t["compute"] + t["optimizer"] + t["bubble"] + gather
+    hidden = estimate(M, C, dataclasses.replace(plan, framework="megatron-lm"))
+    assert hidden["step_time_s"] < pred["step_time_s"]
+
+
+def test_unknown_framework_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(PlanError, match="megatron-core") as err:
+        Plan(framework="megatron-x")
+    assert err.value.field == "framework"
+    assert "this" in framework_names()
+
+
+def test_the_search_tries_the_frameworks_recompute_policies() -> None:
+    m = model_preset("llama3-8b")
+    c = cluster_preset("dgx-h100").with_gpus(8)
+    titan = search(m, c, 8, framework="torchtitan", top_k=50, rerank=0)
+    assert {p.recompute for p in titan.plans} <= {"none", "op-selective", "full"}
+    assert all(p.framework == "torchtitan" for p in titan.plans)
