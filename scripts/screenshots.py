@@ -133,7 +133,8 @@ def capture(out_dir: Path, measured: Path | None = MEASURED, width: int = 1500) 
                 page.set_viewport_size({"width": width, "height": height})
                 joiner = "&" if query else "?"
                 page.goto(url + "/" + query + f"{joiner}view={tab.replace(' ', '+')}", wait_until="domcontentloaded")
-                page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+                page.locator(".st-key-wi_head" if name == "whatif" else ".js-plotly-plot").first.wait_for(
+                    timeout=120_000)
                 wait_idle(page)
                 if name == "whatif":  # one step up the pp slider, so the deltas show
                     page.get_by_role("slider", name="Pipeline stages (pp)").press("ArrowRight")
@@ -147,7 +148,8 @@ def capture(out_dir: Path, measured: Path | None = MEASURED, width: int = 1500) 
                 page.set_viewport_size({"width": width, "height": 1500})
                 page.goto(url + "/?view=Measured", wait_until="domcontentloaded")
                 box = page.get_by_label("...or a folder to scan (on this machine)")
-                box.fill(str(measured))
+                inside = measured.resolve().is_relative_to(ROOT)  # shown relative to the served checkout
+                box.fill(str(measured.resolve().relative_to(ROOT)) if inside else str(measured))
                 box.press("Enter")
                 wait_for_chart(page, "Step time: predicted vs measured")
                 wait_idle(page)
