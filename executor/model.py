@@ -563,7 +563,7 @@ def _init_value(spec: ModelSpec, name: str, shape: torch.Size, seed: int) -> tor
     Scheme as GPT-2: N(0, 0.02), output projections N(0, 0.02/√(2L)), norms 1, biases 0.
     """
     leaf = name.rsplit(".", 1)[-1]
-    if leaf.startswith("b_") or leaf in ("bias", "sinks"):
+    if leaf.startswith("b_") or leaf in ("bias", "sinks") or ".lora_b." in name:  # LoRA's B starts at zero
         return torch.zeros(shape)
     if any(part.endswith("norm") for part in name.split(".")[:-1]):  # norm, q_norm, qk_norm.q, enorm, ...
         return torch.ones(shape)

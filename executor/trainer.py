@@ -25,6 +25,7 @@ from executor.expert_parallel import (
     expert_param_names,
     expert_params,
 )
+from executor.lora import apply_lora
 from executor.model import Transformer, init_weights
 from executor.options import OPTIMIZERS
 from executor.parallel_dims import ParallelDims
@@ -128,6 +129,8 @@ class Trainer:
                 apply_tp(part, mesh["tp"], plan.sequence_parallel)
             if dims.ep > 1:
                 apply_ep(part, ep_mesh["ep"])
+            if plan.finetune == "lora":
+                apply_lora(part, plan.lora_rank, plan.lora_targets)
             apply_ac(part, plan.recompute, plan.recompute_every)
             if materialize:
                 part.to_empty(device=device)
@@ -164,10 +167,12 @@ class Trainer:
     # ---- construction helpers ------------------------------------------------------------------
 
     def parameters(self) -> list[nn.Parameter]:
+        """The trained parameters (all of them, or the LoRA adapters) of this rank."""
         seen: dict[int, nn.Parameter] = {}
         for part in self.parts:
             for p in part.parameters():
-                seen.setdefault(id(p), p)
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
         return list(seen.values())
 
     def _make_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -266,8 +271,16 @@ class Trainer:
                 full = p.full_tensor() if hasattr(p, "full_tensor") else p
                 yield name, full.detach()
 
+    def all_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of this rank, trained or frozen."""
+        seen: dict[int, nn.Parameter] = {}
+        for part in self.parts:
+            for p in part.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
     def weights_bytes(self) -> int:
-        return sum(local_tensor(p).nbytes for p in self.parameters())
+        return sum(local_tensor(p).nbytes for p in self.all_parameters())
 
     def optimizer_bytes(self) -> int:
         total = 0

@@ -57,16 +57,18 @@ def numerics_w4(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return _numerics(4, "w4", tmp_path_factory)
 
 
-def _check(result: dict[str, Any]) -> None:
+def _check(result: dict[str, Any], min_update: float = 1e-2) -> None:
     assert "error" not in result, result
     assert result["loss_err"] <= LOSS_RTOL, result
     assert result["param_ratio"] <= 1.0, result  # |p - p_ref| <= 1e-7 + 1e-5 |p_ref| elementwise
-    assert result["max_update"] > 1e-2, result  # the step moved the parameters: the check has teeth
+    assert result["max_update"] > min_update, result  # the step moved the parameters: the check has teeth
 
 
 @pytest.mark.parametrize("layout", [k for k in SETS["w2"] if not k.startswith("control")])
 def test_two_rank_layout_matches_single_process(numerics_w2: dict[str, Any], layout: str) -> None:
-    _check(numerics_w2[layout])
+    # LoRA trains only the adapters, and B starts at zero: its first updates are small, still 10^4 x
+    # the tolerance of the parameter check.
+    _check(numerics_w2[layout], 1e-3 if "lora" in layout else 1e-2)
 
 
 @pytest.mark.parametrize("layout", list(SETS["w4"]))

@@ -19,7 +19,8 @@ import torch.distributed as dist
 from families import FAMILIES, FAMILIES_PIPELINED
 
 from executor.data import SyntheticData
-from executor.model import ModelSpec, build_model, canonical_name
+from executor.lora import apply_lora
+from executor.model import ModelSpec, Transformer, build_model, canonical_name, init_weights
 from executor.parallel_dims import ParallelDims
 from executor.plans import local_plan
 from executor.trainer import Trainer, TrainOptions, loss_fn
@@ -55,6 +56,8 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "pp2-uneven-1-3": ("gpt", {"pp": 2, "first_stage_layers": 1, "last_stage_layers": 3}),
         "dp2-op-selective-llama": ("llama", {"dp": 2, "recompute": "op-selective"}),
         "pp2-full-every2": ("gpt", {"pp": 2, "recompute": "full", "recompute_every": 2}),
+        "dp2-lora-llama": ("llama", {"dp": 2, "finetune": "lora", "lora_rank": 4}),
+        "pp2-lora": ("gpt", {"pp": 2, "finetune": "lora", "lora_rank": 4, "lora_targets": ["qkv", "down"]}),
     },
     "w4": {
         "tp2-pp2": ("gpt", {"tp": 2, "pp": 2}),
@@ -99,10 +102,18 @@ STEPS = 2  # the second step catches state that breaks after the first (DDP buck
 RTOL, ATOL = 1e-5, 1e-7  # fp32: parallel layouts only reorder sums
 
 
-def reference(spec: ModelSpec, flash: bool, batches: list[torch.Tensor]
+def reference(spec: ModelSpec, flash: bool, batches: list[torch.Tensor], lora: tuple[int, tuple[str, ...]] | None = None
               ) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single process: one SGD step per global batch, each batch in one piece."""
-    model = build_model(spec, flash, seed=0)
+    """Single process: one SGD step per global batch, each batch in one piece (LoRA: the same adapters)."""
+    if lora:
+        with torch.device("meta"):
+            model = Transformer(spec, flash)
+        apply_lora(model, *lora)
+        model.to_empty(device="cpu")
+        model.tie_weights()
+        init_weights(model, spec, 0)
+    else:
+        model = build_model(spec, flash, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses = []
     for batch in batches:
@@ -122,10 +133,10 @@ def run_layout(name: str, model_key: str, fields: dict[str, Any], world: int) ->
     dims = ParallelDims.from_plan(doc.plan)
     mesh = dims.build_mesh("cpu")
     data = SyntheticData(spec.vocab_size, spec.seq_len, seed=1)
+    lora = (doc.plan.lora_rank, doc.plan.lora_targets) if doc.plan.finetune == "lora" else None
     ref_losses, ref_params = reference(spec, doc.plan.flash_attention,
-                                       [data.rows(s, 0, doc.plan.global_batch) for s in range(STEPS)])
-    init = build_model(spec, doc.plan.flash_attention, seed=0)
-    init_params = dict(init.named_parameters())
+                                       [data.rows(s, 0, doc.plan.global_batch) for s in range(STEPS)], lora)
+    init_params = dict(reference(spec, doc.plan.flash_attention, [], lora)[1])
     lr = LR * (1.001 if name.startswith("control") else 1.0)  # a negative control must fail the check
     trainer = Trainer(doc, dims, mesh, torch.device("cpu"), TrainOptions(optimizer="sgd", lr=lr, seed=0))
     loss_err = 0.0
