@@ -21,7 +21,7 @@ from planner.errors import PlannerError
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8501
-MAX_UPLOAD_MB = 4  # the same limit as app.MAX_UPLOAD_BYTES and .streamlit/config.toml
+MAX_UPLOAD_MB = 4  # the same limit as planner.uploads.MAX_UPLOAD_BYTES and .streamlit/config.toml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,8 +53,9 @@ def _port(text: str) -> int:
 
 
 def dashboard_command(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> list[str]:
-    """The `streamlit run` command line (every security-relevant setting explicit)."""
-    return [sys.executable, "-m", "streamlit", "run", str(app_path()),
+    """The `streamlit run` command line (every security-relevant setting explicit), through
+    planner.dashboard.serve, which imports the dashboard's libraries before the first visitor."""
+    return [sys.executable, "-m", "planner.dashboard.serve", str(app_path()),
             "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
             "--server.enableXsrfProtection", "true", "--server.runOnSave", "false",

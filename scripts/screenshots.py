@@ -2,10 +2,11 @@
 
 Usage: python scripts/screenshots.py [--out docs/img] [--measured RUNS_FOLDER]
 
-Starts `streamlit run app.py` on a free localhost port, opens it in Debian's headless Chromium through
-Playwright (Playwright's own browser download is not needed), clicks through the tabs and saves one
-PNG per view. The helpers (`free_port`, `serve`, `launch_chromium`, `wait_for_chart`, `wait_idle`,
-`wait_for_table`) are shared with tests/test_app_browser.py and benchmarks/bench_dashboard.py.
+Starts the dashboard as `planner dashboard` does on a free localhost port, opens it in Debian's
+headless Chromium through Playwright (Playwright's own browser download is not needed), clicks
+through the tabs and saves one PNG per view. The helpers (`free_port`, `serve`, `launch_chromium`,
+`wait_for_chart`, `wait_idle`, `wait_for_table`) are shared with tests/test_app_browser.py and
+benchmarks/bench_dashboard.py.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(port: int, log: Path, timeout: float = 60.0) -> Iterator[str]:
-    """Run `streamlit run app.py` on 127.0.0.1:port until the block ends; yields the URL."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    """Serve the dashboard as `planner dashboard` does (streamlit run app.py, libraries imported
+    before the first visitor) on 127.0.0.1:port until the block ends; yields the URL."""
+    from planner.dashboard_cmd import dashboard_command
+
+    cmd = [*dashboard_command("127.0.0.1", port), "--server.fileWatcherType", "none"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

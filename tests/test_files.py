@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import tomllib
 from planner.cli import main
 from planner.dashboard_cmd import MAX_UPLOAD_MB, dashboard_command
 from planner.io import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from planner.uploads import MAX_UPLOAD_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [*sorted((ROOT / "planner").rglob("*.py")), *sorted((ROOT / "executor").rglob("*.py")), ROOT / "app.py"]
@@ -197,15 +197,14 @@ def test_streamlit_config_binds_locally_and_bounds_uploads() -> None:
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1" and config["browser"]["serverAddress"] == "127.0.0.1"
     assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB
-    app_limit = re.search(r"^MAX_UPLOAD_BYTES = (\d+) \* 2\*\*20", (ROOT / "app.py").read_text(), re.M)
-    assert app_limit and int(app_limit.group(1)) == MAX_UPLOAD_MB
+    assert MAX_UPLOAD_BYTES == MAX_UPLOAD_MB * 2**20  # what the app's upload parser refuses beyond
 
 
 def test_dashboard_command_is_explicit(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cmd = dashboard_command()
-    settings = dict(zip(cmd[5::2], cmd[6::2], strict=True))
-    assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    settings = dict(zip(cmd[4::2], cmd[5::2], strict=True))
+    assert cmd[:4] == [sys.executable, "-m", "planner.dashboard.serve", str(ROOT / "app.py")]  # streamlit run
     assert settings["--server.address"] == "127.0.0.1" and settings["--server.maxUploadSize"] == str(MAX_UPLOAD_MB)
     assert settings["--server.enableXsrfProtection"] == "true" and settings["--browser.gatherUsageStats"] == "false"
     monkeypatch.chdir(tmp_path)  # another working directory: no .streamlit/config.toml here
