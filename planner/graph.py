@@ -196,13 +196,23 @@ class LayerGraph:
         return ops_flops(self.pre_ops) + layers + ops_flops(self.post_ops)
 
     def train_flops(self, batch: int, seq: int) -> float:
-        """FLOPs of one forward and backward pass (Narayanan et al. 2021: backward = 2x forward), less
-        the weight-gradient GEMMs of frozen layers (one forward's worth each)."""
+        """FLOPs of one forward and backward pass, op by op in execution order: forward, the input
+        gradient where anything before the op is trained (Narayanan et al. 2021: together with the
+        weight gradient, backward = 2x forward), the weight gradient where its weights are trained.
+        Full training trains the embedding, so every op computes both (3x forward); under LoRA the
+        ops before the first adapter compute no input gradient and frozen layers no weight gradient."""
         tokens = batch * seq
-        frozen = sum(op.flops * n for n, k in zip(self.kind_counts, self.kinds, strict=True) for op in k.ops
-                     if op.frozen and op.kind == "gemm")
-        frozen += sum(op.flops for op in self.pre_ops + self.post_ops if op.frozen and op.kind == "gemm")
-        return 3.0 * self.forward_flops(batch, seq) - frozen * tokens
+        total = 0.0
+        upstream = False  # does the op's input carry a gradient?
+        for _, op, _ in self.nodes():
+            fwd = op.flops * tokens + op.flops_s * tokens * seq
+            trained = not op.frozen and (op.params > 0 or op.kind == "gemm")  # a tied head trains the embedding
+            if op.kind == "gemm":
+                total += fwd * (1 + (1 if upstream else 0) + (1 if trained else 0))
+            else:  # the attention core: its backward (2x) is needed when its inputs carry gradients
+                total += fwd * (3 if upstream else 1)
+            upstream = upstream or trained
+        return total
 
     def layer_saved_bytes(self, batch: int, seq: int) -> float:
         """Bytes one layer saves for backward (no parallelism, no recompute), averaged over the layers."""
@@ -514,9 +524,10 @@ def _lora(ops: tuple[Op, ...], rank: int, targets: tuple[str, ...], b: int) -> t
     names = {n for t in targets for n in LORA_OPS[t]}
     out: list[Op] = []
     for op in ops:
-        if not op.params:
+        if not op.params and op.kind != "gemm":
             out.append(op)
             continue
+        # every base weight is frozen, the LM head's tied weight (the embedding's) too
         target = op.kind == "gemm" and op.name in names
         keep_input = op.kind != "gemm"  # norms still need their input for the input gradient
         out.append(replace(op, frozen=True, saved=op.saved if keep_input else 0.0))

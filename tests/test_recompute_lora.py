@@ -82,7 +82,8 @@ def test_lora_model_states_by_hand() -> None:
 
 def test_lora_skips_the_frozen_weight_gradients() -> None:
     """Model FLOPs of a LoRA step: forward + input gradients of every GEMM (2x forward), the weight
-    gradients only of the adapters, attention 3x: 3 F - F_frozen_GEMMs per token."""
+    gradients only of the adapters, attention 3x: 3 F - F_frozen_GEMMs per token; and, since nothing
+    before the first adapter is trained, layer 0's QKV and its adapter A compute no input gradient."""
     m = model_preset("llama3-8b")
     s = m.seq_len
     full = estimate(m, H100.with_gpus(8), Plan(dp=8, global_batch=8))
@@ -93,7 +94,42 @@ def test_lora_skips_the_frozen_weight_gradients() -> None:
                    + sum(op.flops for op in lg.post_ops if op.kind == "gemm"))
     adapters = m.num_layers * 2 * 8 * (m.hidden + m.hidden + 2 * m.kv_hidden)  # 2 r (in + out) per token
     tokens = 8 * s
-    expected = full["tflops_per_gpu"] * full["step_time_s"] * 8 * 1e12 - frozen_gemm * tokens + 3 * adapters * tokens
+    qkv = next(op for op in lg.layer_ops if op.name == "attn.qkv").flops
+    first_inputs = qkv + 2 * 8 * m.hidden  # layer 0's QKV and A: no input gradient
+    expected = full["tflops_per_gpu"] * full["step_time_s"] * 8 * 1e12 - frozen_gemm * tokens \
+        + 3 * adapters * tokens - first_inputs * tokens
     assert lora["tflops_per_gpu"] * lora["step_time_s"] * 8 * 1e12 == pytest.approx(expected, rel=1e-9)
     assert lora["step_time_s"] < full["step_time_s"]
     assert lora["time"]["dp_comm"] < full["time"]["dp_comm"] / 100  # only the adapters' gradients
+
+
+def test_lora_graph_matches_the_executors_adapters_and_flops() -> None:
+    """The executor's LoRA model (executor/lora.py) has exactly the graph's adapter parameters, and a
+    forward + backward pass counts the graph's training FLOPs under FlopCounterMode (frozen layers
+    compute no weight gradient; the first layer's input gradient is computed as the graph assumes)."""
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from executor.lora import apply_lora
+    from executor.model import Transformer, init_weights
+    from executor.trainer import loss_fn
+
+    spec = dataclasses.replace(model_preset("tiny"), name="tiny-llama", activation="swiglu", norm="rmsnorm",
+                               position="rope", bias=False, qkv_bias=False, num_kv_heads=2, num_layers=2,
+                               seq_len=64, max_position=0)
+    lora = (4, ("qkv", "proj", "up", "down"))
+    lg = build_graph(spec, "fp32", False, lora)
+    with torch.device("meta"):
+        model = Transformer(spec, False)
+    adapters = apply_lora(model, *lora)
+    graph_adapters = sum(op.params for _, op, _ in lg.nodes() if not op.frozen and op.params)
+    assert sum(p.numel() for p in adapters) == graph_adapters
+    model.to_empty(device="cpu")
+    init_weights(model, spec, 0)
+    x = torch.randint(0, spec.vocab_size, (2, spec.seq_len + 1))
+    counter = FlopCounterMode(display=False)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), counter:
+        loss_fn(model(x[:, :-1]), x[:, 1:]).backward()
+    assert counter.get_total_flops() == pytest.approx(lg.train_flops(2, spec.seq_len), rel=0.01)
