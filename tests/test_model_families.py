@@ -179,3 +179,42 @@ def test_decoupled_head_dim() -> None:
     assert ops["attn.proj"].gemm == (8192, 5120, 1.0)
     assert ops["attn.qk_norm"].params == 2 * 128
     assert ops["attn.core"].flops_s == 4 * 8192
+
+
+# ---- consumers that translate a spec field by field say what they drop --------------------------
+
+
+def test_family_features() -> None:
+    assert model_preset("llama3-8b").family_features == []
+    assert model_preset("qwen3-32b").family_features == ["head_width", "qk_norm"]
+    assert model_preset("qwen3-8b").family_features == ["qk_norm"]  # 32 x 128 = 4096: head_dim implied
+    assert "mtp_layers" in model_preset("deepseek-v3").family_features
+    assert model_preset("gpt-oss-20b").family_features[:1] == ["head_width"]
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "deepspeed"])
+def test_exports_name_the_fields_they_do_not_translate(fmt: str) -> None:
+    """A DeepSeek-V3 export would train a plain GQA MoE model: it warns naming the fields, and
+    --strict refuses (exit status 2) instead of writing a silently different job."""
+    from executor.plans import local_plan
+    from planner.export import export_files, export_warnings
+    from planner.export.common import ExportError
+
+    doc = local_plan(model_preset("deepseek-v3"), micro_batch=1, global_batch=1, dtype="bf16")
+    warnings = export_warnings(doc, fmt)
+    assert any("kv_lora_rank" in w and "mtp_layers" in w for w in warnings), warnings
+    with pytest.raises(ExportError, match="kv_lora_rank"):
+        export_files(doc, fmt, True)
+    assert not any("not translated" in w
+                   for w in export_warnings(local_plan(model_preset("llama3-8b"), micro_batch=1, global_batch=1,
+                                                       dtype="bf16"), fmt))
+
+
+def test_torchtitan_refuses_a_llama3_shape_with_family_features() -> None:
+    from planner.export.common import ExportError
+    from planner.export.torchtitan import model_flavor
+
+    llama = model_preset("llama3-8b")
+    assert model_flavor(llama) == "8B"
+    with pytest.raises(ExportError):
+        model_flavor(dataclasses.replace(llama, qk_norm="rmsnorm"))

@@ -166,6 +166,12 @@ def model_flags(m: ModelSpec, b: Build, megatron_deepspeed: bool = False) -> Ite
             items.append(("--moe-expert-capacity-factor", m.capacity_factor))
     if not m.causal or m.head != "lm":
         b.note(f"{m.name} is an encoder model: launch pretrain_bert.py (the flags above still apply)")
+    if m.family_features:
+        # Not translated yet (MLA, expert widths, shared experts, dense layers, MTP, local attention,
+        # q/k norms, ...): the job would train another model, so say which fields it drops.
+        b.deviate("model", f"{', '.join(m.family_features)} not translated to "
+                  f"{'Megatron-DeepSpeed' if megatron_deepspeed else 'Megatron-LM'} flags yet: the exported job "
+                  "trains the model without them")
     return items
 
 

@@ -45,7 +45,7 @@ def model_flavor(m: ModelSpec) -> str:
     """The torchtitan llama3 flavor with exactly this model's shape (ExportError if none)."""
     shape = (m.num_layers, m.hidden, m.num_heads, m.num_kv_heads, m.ffn_hidden, m.vocab_size, m.tied_embeddings)
     llama_like = (m.position == "rope" and m.norm == "rmsnorm" and m.activation == "swiglu" and not m.bias
-                  and not m.qkv_bias and not m.is_moe and m.causal and m.head == "lm")
+                  and not m.qkv_bias and not m.is_moe and m.causal and m.head == "lm" and not m.family_features)
     for flavor, known in LLAMA3_FLAVORS.items():
         if llama_like and shape == known:
             return flavor

@@ -197,11 +197,11 @@ def _attention_dims(r: _Reader) -> dict[str, Any]:
     heads = r.int("num_heads", "num_attention_heads")
     hidden = r.int("hidden", "hidden_size")
     kv = r.get("num_kv_heads", "num_key_value_heads", default=heads)
-    head_dim = r.int("head_dim", "head_dim", default=0, minimum=0)  # 0: hidden / heads
+    head_dim = r.int("head_width", "head_dim", default=0, minimum=0)  # 0: hidden / heads
     if head_dim == hidden // heads and hidden % heads == 0:
         head_dim = 0  # stated but implied (Llama 3.1 configs state it)
     return dict(hidden=hidden, num_heads=heads, num_kv_heads=_positive(r, kv, "num_key_value_heads"),
-                head_dim=head_dim)
+                head_width=head_dim)
 
 
 def _positive(r: _Reader, value: Any, key: str) -> Any:

@@ -29,7 +29,7 @@ _LIMITS = {
     "num_experts": 1 << 16,
     "top_k": 1 << 16,
     "type_vocab_size": 1 << 16,
-    "head_dim": 1 << 16,
+    "head_width": 1 << 16,
     "q_lora_rank": 1 << 20,
     "kv_lora_rank": 1 << 20,
     "qk_nope_head_dim": 1 << 16,
@@ -45,10 +45,10 @@ _LIMITS = {
 # Fields added for the 2025 model families; `to_dict` leaves them out at their defaults so that the
 # plans and model files of the other families keep their JSON (and hash) unchanged.
 _FAMILY_DEFAULTS: dict[str, Any] = {
-    "qk_norm": "none", "q_lora_rank": 0, "kv_lora_rank": 0, "qk_nope_head_dim": 0, "qk_rope_head_dim": 0,
-    "v_head_dim": 0, "sliding_window": 0, "attention_chunk": 0, "window_layers": (), "nope_layers": (),
-    "attention_sinks": False, "moe_ffn_hidden": 0, "shared_ffn_hidden": 0, "shared_expert_gate": False,
-    "router_bias": False, "dense_layers": (), "mtp_layers": 0,
+    "head_width": 0, "qk_norm": "none", "q_lora_rank": 0, "kv_lora_rank": 0, "qk_nope_head_dim": 0,
+    "qk_rope_head_dim": 0, "v_head_dim": 0, "sliding_window": 0, "attention_chunk": 0, "window_layers": (),
+    "nope_layers": (), "attention_sinks": False, "moe_ffn_hidden": 0, "shared_ffn_hidden": 0,
+    "shared_expert_gate": False, "router_bias": False, "dense_layers": (), "mtp_layers": 0,
 }
 
 
@@ -145,7 +145,7 @@ class ModelSpec:
     capacity_factor: float = 1.0  # expert capacity = capacity_factor * tokens * top_k / num_experts
     dtype: str = "bf16"  # training precision of weights and activations
     # ---- attention variants ----
-    head_dim: int = 0  # width of one head; 0 means hidden / num_heads (Qwen3, gpt-oss, Llama 4 decouple it)
+    head_width: int = 0  # width of one head; 0 means hidden / num_heads (Qwen3, gpt-oss, Llama 4 decouple it)
     qk_norm: str = "none"  # norm over each query and key head after the projections
     # Multi-head latent attention (DeepSeek-V2/V3, Kimi K2; on when kv_lora_rank > 0): queries through
     # a rank-q_lora_rank bottleneck (0: a plain projection), keys and values from a shared rank-
@@ -180,7 +180,7 @@ class ModelSpec:
             raise SpecError(f"must be an object, got {type(self.extra).__name__}", field="extra")
         for f in ("num_layers", "hidden", "num_heads", "ffn_hidden", "vocab_size", "seq_len"):
             _check_int(f, getattr(self, f), 1)
-        for f in ("num_kv_heads", "max_position", "num_experts", "top_k", "type_vocab_size", "head_dim",
+        for f in ("num_kv_heads", "max_position", "num_experts", "top_k", "type_vocab_size", "head_width",
                   "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                   "sliding_window", "attention_chunk", "moe_ffn_hidden", "shared_ffn_hidden", "mtp_layers"):
             _check_int(f, getattr(self, f), 0)
@@ -245,21 +245,18 @@ class ModelSpec:
                                 field="num_kv_heads")
             if self.position != "rope":
                 raise SpecError("multi-head latent attention needs rotary positions", field="position")
-            if self.head_dim not in (0, self.v_head_dim):
-                raise SpecError("is v_head_dim with multi-head latent attention", field="head_dim")
+            if self.head_width:
+                raise SpecError("is qk_nope_head_dim + qk_rope_head_dim / v_head_dim with multi-head latent "
+                                "attention", field="head_width")
             if self.qk_norm != "none":
                 raise SpecError("is not modelled with multi-head latent attention", field="qk_norm")
-            # The value head width: what Megatron-LM's kv_channels is for MLA (attention output a x it).
-            object.__setattr__(self, "head_dim", self.v_head_dim)
         else:
             for f in mla:
                 if getattr(self, f):
                     raise SpecError("needs multi-head latent attention (kv_lora_rank > 0)", field=f)
-            if self.head_dim == 0:
-                if self.hidden % self.num_heads:
-                    raise SpecError(f"hidden {self.hidden} is not divisible by num_heads {self.num_heads} "
-                                    "(set head_dim)", field="hidden")
-                object.__setattr__(self, "head_dim", self.hidden // self.num_heads)
+            if self.head_width == 0 and self.hidden % self.num_heads:
+                raise SpecError(f"hidden {self.hidden} is not divisible by num_heads {self.num_heads} "
+                                "(set head_width)", field="hidden")
         if self.sliding_window and self.attention_chunk:
             raise SpecError("a layer's local attention is a sliding window or chunks, not both",
                             field="attention_chunk")
@@ -293,6 +290,14 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def head_dim(self) -> int:
+        """Width of one head: head_width, hidden / num_heads, or with MLA the value head's (what
+        Megatron-LM's kv_channels is for MLA: the attention output is num_heads x it)."""
+        if self.is_mla:
+            return self.v_head_dim
+        return self.head_width or self.hidden // self.num_heads
+
+    @property
     def qk_head_dim(self) -> int:
         """Width of one query (and key) head: head_dim, or MLA's nope + rope dims."""
         return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.head_dim
@@ -323,6 +328,13 @@ class ModelSpec:
     def expert_ffn(self) -> int:
         """Width of one routed expert's MLP."""
         return self.moe_ffn_hidden or self.ffn_hidden
+
+    @property
+    def family_features(self) -> list[str]:
+        """The 2025-family fields this model sets (decoupled head width, MLA, q/k norm, local attention,
+        sinks, RoPE-free layers, expert widths, shared experts, dense layers, MTP), for consumers that
+        translate a ModelSpec field by field (the exports) and must say what they leave out."""
+        return [f for f, default in _FAMILY_DEFAULTS.items() if getattr(self, f) != default]
 
     def layer_is_moe(self, i: int) -> bool:
         return self.is_moe and i not in self.dense_layers
@@ -365,8 +377,6 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         if not d["extra"]:
             d.pop("extra")
-        if d["head_dim"] == (self.v_head_dim if self.is_mla else self.hidden // self.num_heads):
-            d.pop("head_dim")  # implied by the other fields
         for f, default in _FAMILY_DEFAULTS.items():
             if d[f] == default:
                 d.pop(f)

@@ -23,19 +23,19 @@ FAMILIES: dict[str, ModelSpec] = {
         _BASE, name="tiny-mla", num_layers=2, num_kv_heads=4, kv_lora_rank=16, qk_nope_head_dim=16,
         qk_rope_head_dim=8, v_head_dim=16),
     # Qwen3: 4 heads of 32 (128 wide) on a 64-wide model, q/k RMSNorm.
-    "qwen3": dataclasses.replace(_BASE, name="tiny-qwen3", head_dim=32, qk_norm="rmsnorm"),
+    "qwen3": dataclasses.replace(_BASE, name="tiny-qwen3", head_width=32, qk_norm="rmsnorm"),
     # Qwen3-MoE with a dense layer (mlp_only_layers) and Qwen2-MoE's gated shared expert.
-    "qwen3-moe": dataclasses.replace(_BASE, name="tiny-qwen3-moe", head_dim=32, qk_norm="rmsnorm", num_experts=4,
+    "qwen3-moe": dataclasses.replace(_BASE, name="tiny-qwen3-moe", head_width=32, qk_norm="rmsnorm", num_experts=4,
                                      top_k=2, moe_ffn_hidden=32, dense_layers=(1,)),
     "qwen2-moe-shared": dataclasses.replace(_BASE, name="tiny-qwen2-moe", qkv_bias=True, num_experts=4, top_k=2,
                                             moe_ffn_hidden=32, shared_ffn_hidden=64, shared_expert_gate=True),
     # gpt-oss: alternating sliding-window (4 of 16 keys) / full layers, sinks, biases everywhere.
-    "gpt-oss": dataclasses.replace(_BASE, name="tiny-gpt-oss", hidden=48, head_dim=16, bias=True, qkv_bias=True,
+    "gpt-oss": dataclasses.replace(_BASE, name="tiny-gpt-oss", hidden=48, head_width=16, bias=True, qkv_bias=True,
                                    sliding_window=4, window_layers=(0, 2), attention_sinks=True, num_experts=4,
                                    top_k=2, ffn_hidden=48, router_bias=True),
     # Llama 4: dense / MoE layers interleaved, a shared expert, chunked (8 of 16) RoPE layers with a
     # weightless q/k norm, a RoPE-free full-attention layer.
-    "llama4": dataclasses.replace(_BASE, name="tiny-llama4", head_dim=16, num_experts=4, top_k=1, moe_ffn_hidden=32,
+    "llama4": dataclasses.replace(_BASE, name="tiny-llama4", head_width=16, num_experts=4, top_k=1, moe_ffn_hidden=32,
                                   shared_ffn_hidden=32, dense_layers=(0, 2), nope_layers=(3,), attention_chunk=8,
                                   window_layers=(0, 1, 2), qk_norm="rmsnorm-noweight"),
 }
