@@ -87,7 +87,7 @@ def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
 
 def apply_ep(model: Transformer, mesh: DeviceMesh) -> list[nn.Parameter]:
     """Expert parallelism for every MoE layer of `model`; returns the expert weights it sharded."""
-    for layer in model.layers.values():
+    for layer in [*model.layers.values(), *(m.layer for m in model.mtp or ())]:  # MTP: DeepSeek-V3's MoE layer
         if layer.moe is not None:
             parallelize_experts_ep(layer.moe.experts, mesh)
     return expert_params(model)
@@ -96,7 +96,7 @@ def apply_ep(model: Transformer, mesh: DeviceMesh) -> list[nn.Parameter]:
 def expert_param_names(model: nn.Module) -> list[str]:
     """Names of the expert-parallel weights (by name: `to_empty` replaces the parameter objects).
     Only meaningful after `apply_ep`; the down bias stays replicated and is averaged by DP."""
-    return [n for n, _ in model.named_parameters() if n.split(".", 2)[-1] in _SHARDED]
+    return [n for n, _ in model.named_parameters() if any(n.endswith("." + w) for w in _SHARDED)]
 
 
 def expert_params(model: nn.Module) -> list[nn.Parameter]:
