@@ -18,6 +18,8 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -759,6 +761,11 @@ def breakdown_table(pred: dict[str, Any], old: dict[str, Any]) -> pd.DataFrame:
 @st.fragment
 def show_whatif(doc: PlanDocument, problem: Problem) -> None:
     """Controls offering only legal values; each step re-scores one plan with planner.cost.estimate."""
+    with timing("what-if"):
+        whatif_view(doc, problem)
+
+
+def whatif_view(doc: PlanDocument, problem: Problem) -> None:
     ss = st.session_state
     plan = whatif_plan(doc)
     cluster = load_cluster(doc.cluster, gpus=plan.world_size)
@@ -945,6 +952,20 @@ def show_measured() -> None:
 
 
 @contextlib.contextmanager
+def timing(what: str) -> Iterator[None]:
+    """With PLANNER_DASHBOARD_TIMING set, one stderr line per script or fragment run with its duration
+    (benchmarks/bench_dashboard.py sets it to split a wait into server time and browser time)."""
+    if not os.environ.get("PLANNER_DASHBOARD_TIMING"):
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        print(f"dashboard-timing {what} {time.perf_counter() - start:.4f}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
 def guard(where: str) -> Iterator[None]:
     """Show a failure inside one part of the page as a message, as the CLI does (the rest renders).
 
@@ -1002,6 +1023,11 @@ def problem_signature(inputs: dict[str, Any]) -> str:
 
 def main() -> None:
     st.set_page_config(page_title="Parallelism planner", layout="wide")
+    with timing("page"):
+        page()
+
+
+def page() -> None:
     init_from_url()
     restore_widget_defaults()
     ss = st.session_state

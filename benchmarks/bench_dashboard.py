@@ -2,22 +2,28 @@
 
 Usage: python benchmarks/bench_dashboard.py [--repeats 5]
 
-Starts `streamlit run app.py` on a free localhost port (scripts/screenshots.py's helpers) and measures,
-from the browser's side (the action until the new content is on the page and the script is idle):
+Serves the dashboard as `planner dashboard` does (scripts/screenshots.py's helpers) on a free
+localhost port and measures, from the browser's side (the action until the new content is on the
+page and the script is idle):
 
-- the first table on a cold server (the first session imports the library and searches) and in a new
-  session on a warm server (the search is cached);
+- the first table on a fresh server (the first session runs the default search) and in a new
+  session on a running server (the search is cached); each new page is a new browser context, so
+  the browser loads and compiles Streamlit's and plotly's JavaScript every time, as a first visit does;
 - an input change (global batch) whose search is not cached yet, and one whose search is;
-- a what-if step (one slider step: re-scores one plan in the what-if fragment).
+- a what-if step (one step of the pipeline-stages slider on the default problem's best plan:
+  re-scores one plan in the what-if fragment).
 
-Prints a table of the median, fastest and slowest of each; nothing is asserted (the machine is shared
-and times wander), tests/test_app_browser.py checks behaviour, not speed.
+Beside each wait it prints the server's share (the page script's or the what-if fragment's own run
+time, which app.py logs when PLANNER_DASHBOARD_TIMING is set); the rest is the browser drawing and
+the transport. It also prints the load average: on a shared machine the browser's share grows with
+it. Nothing is asserted (times wander); tests/test_app_browser.py checks behaviour, not speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -41,19 +47,36 @@ def _shots() -> Any:
 shots = _shots()
 
 
-def timed(action: Callable[[], None], done: Callable[[], None], page: Any) -> float:
+class ServerLog:
+    """The `dashboard-timing <what> <seconds>` lines the server wrote since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def runs(self, what: str) -> list[float]:
+        text = self.path.read_text(errors="replace")
+        new, self.offset = text[self.offset:], len(text)
+        return [float(line.split()[2]) for line in new.splitlines()
+                if line.startswith("dashboard-timing ") and line.split()[1] == what]
+
+
+def timed(action: Callable[[], None], done: Callable[[], None], page: Any, log: ServerLog,
+          what: str = "page") -> tuple[float, float]:
+    """(seconds the user waits, seconds the server's runs took) for one action."""
+    log.runs(what)
     start = time.perf_counter()
     action()
     done()
     shots.wait_idle(page)
-    return time.perf_counter() - start
+    wait = time.perf_counter() - start
+    return wait, sum(log.runs(what))
 
 
-def first_table(page: Any, url: str) -> float:
-    return timed(lambda: page.goto(url, wait_until="commit"), lambda: shots.wait_for_table(page), page)
+def first_table(page: Any, url: str, log: ServerLog) -> tuple[float, float]:
+    return timed(lambda: page.goto(url, wait_until="commit"), lambda: shots.wait_for_table(page), page, log)
 
 
-def set_batch(page: Any, batch: int) -> float:
+def set_batch(page: Any, batch: int, log: ServerLog) -> tuple[float, float]:
     box = page.get_by_label("Global batch (sequences)")
 
     def act() -> None:
@@ -61,50 +84,49 @@ def set_batch(page: Any, batch: int) -> float:
         box.press("Enter")
 
     return timed(act, lambda: page.get_by_text(f"global batch {batch} x seq").first.wait_for(timeout=120_000),
-                 page)
+                 page, log)
 
 
-def whatif_step(page: Any, key: str = "ArrowRight") -> float:
-    head = page.locator(".st-key-wi_head")
-    before = head.inner_text()
-    slider = page.get_by_role("slider", name="Micro-batch")
+def whatif_step(page: Any, key: str, log: ServerLog) -> tuple[float, float]:
+    before = page.locator(".st-key-wi_head").inner_text()
+    slider = page.get_by_role("slider", name="Pipeline stages (pp)")
 
     def changed() -> None:
         page.wait_for_function("([sel, old]) => { const e = document.querySelector(sel); "
                                "return e && e.innerText !== old; }", arg=[".st-key-wi_head", before], timeout=60_000)
 
-    return timed(lambda: slider.press(key), changed, page)
+    return timed(lambda: slider.press(key), changed, page, log, "what-if")
 
 
-def run(repeats: int) -> list[tuple[str, list[float]]]:
+def run(repeats: int) -> list[tuple[str, list[tuple[float, float]]]]:
     from playwright.sync_api import sync_playwright
 
-    results: dict[str, list[float]] = {}
-    log = Path(tempfile.gettempdir()) / "bench-dashboard.streamlit.log"
-    with shots.serve(shots.free_port(), log) as url, sync_playwright() as pw:
+    results: dict[str, list[tuple[float, float]]] = {}
+    path = Path(tempfile.gettempdir()) / f"bench-dashboard-{os.getpid()}.streamlit.log"
+    os.environ["PLANNER_DASHBOARD_TIMING"] = "1"
+    with shots.serve(shots.free_port(), path) as url, sync_playwright() as pw:
+        log = ServerLog(path)
         browser = shots.launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            results["first table, cold server (imports + search)"] = [first_table(page, url)]
+            results["first table, fresh server (the search runs)"] = [first_table(page, url, log)]
             warm = []
             for _ in range(repeats):
                 fresh = browser.new_page(viewport={"width": 1440, "height": 1000})
-                warm.append(first_table(fresh, url))
+                warm.append(first_table(fresh, url, log))
                 fresh.close()
             results["first table, new session (search cached)"] = warm
             batches = [256, 128, 1024, 64, 2048, 32, 4096][:repeats]
-            results["input change, search not cached"] = [set_batch(page, b) for b in batches]
-            results["input change, search cached"] = [set_batch(page, b) for b in [512, *batches][:repeats]]
+            results["input change, search not cached"] = [set_batch(page, b, log) for b in batches]
+            results["input change, search cached"] = [set_batch(page, b, log) for b in [*batches[:repeats - 1], 512]]
             page.get_by_role("tab", name="What-if").click()
             page.locator(".st-key-wi_head").wait_for(timeout=60_000)
             shots.wait_idle(page)
-            steps = []
-            for i in range(repeats):
-                steps.append(whatif_step(page, "ArrowRight" if i % 2 == 0 else "ArrowLeft"))
-            results["what-if step (one slider step)"] = steps
+            results["what-if step (one slider step)"] = [
+                whatif_step(page, "ArrowRight" if i % 2 == 0 else "ArrowLeft", log) for i in range(repeats)]
         finally:
             browser.close()
-    log.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
     return list(results.items())
 
 
@@ -116,11 +138,16 @@ def main() -> int:
     if why:
         print(f"bench_dashboard: {why}", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]
     rows = run(max(1, args.repeats))
-    print("| measurement | median s | fastest s | slowest s | runs |")
-    print("|---|---:|---:|---:|---:|")
-    for name, times in rows:
-        print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | {len(times)} |")
+    load_after = os.getloadavg()[0]
+    print(f"{os.cpu_count()} CPUs; load average {load_before:.1f} before, {load_after:.1f} after")
+    print("| measurement | wait, median s | fastest s | slowest s | server run, median s | runs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, pairs in rows:
+        waits, server = [w for w, _ in pairs], [s for _, s in pairs]
+        print(f"| {name} | {statistics.median(waits):.2f} | {min(waits):.2f} | {max(waits):.2f} | "
+              f"{statistics.median(server):.3f} | {len(pairs)} |")
     return 0
 
 
