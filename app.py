@@ -326,20 +326,29 @@ def sidebar_problem() -> Problem | None:
     price_note = "your price" if price is not None else (
         f"on-demand list price: {gpu_price.citation()}" if gpu_price else "no catalog price for this GPU")
     sb.caption(md_escape(price_note))
-    with sb.expander("Constraints", expanded=False):
-        options = ["any", *divisors(cluster.num_gpus if cluster else 1)]
-        for key in ("fix_tp", "fix_pp"):
-            if st.session_state.get(key) not in options:
-                st.session_state[key] = "any"
-        tp = st.selectbox("Fix tp", options, key="fix_tp")
-        pp = st.selectbox("Fix pp", options, key="fix_pp")
-        max_mem = st.number_input("Max memory per GPU (GiB)", min_value=0.0, max_value=1e6, value=None, step=8.0,
-                                  key="max_mem", placeholder="the device's usable memory")
-        zero = st.multiselect("Allowed ZeRO stages", [0, 1, 2, 3], key="zero")
-        rc = st.multiselect("Allowed recompute", list(RECOMPUTE), key="recompute",
-                            help="the default set is the one planner plan searches")
-        scheds = st.multiselect("Allowed pipeline schedules", list(SCHEDULES), key="schedules")
-        sp = st.selectbox("Sequence parallel", SP_CHOICES, key="sp")
+    ss = st.session_state
+    options = ["any", *divisors(cluster.num_gpus if cluster else 1)]
+    for key in ("fix_tp", "fix_pp"):
+        if ss.get(key) not in options:
+            ss[key] = "any"
+    # drawn only while open (each widget keeps its value while closed): the page stays light
+    with sb.expander("Constraints", key="constraints_box", on_change="rerun") as box:
+        if box.open:
+            keep = {"persist_state": "session"}
+            st.selectbox("Fix tp", options, key="fix_tp", **keep)
+            st.selectbox("Fix pp", options, key="fix_pp", **keep)
+            st.number_input("Max memory per GPU (GiB)", min_value=0.0, max_value=1e6, value=None, step=8.0,
+                            key="max_mem", placeholder="the device's usable memory", **keep)
+            st.multiselect("Allowed ZeRO stages", [0, 1, 2, 3], key="zero", **keep)
+            st.multiselect("Allowed recompute", list(RECOMPUTE), key="recompute",
+                           help="the default set is the one planner plan searches", **keep)
+            st.multiselect("Allowed pipeline schedules", list(SCHEDULES), key="schedules", **keep)
+            st.selectbox("Sequence parallel", SP_CHOICES, key="sp", **keep)
+    tp, pp, max_mem, zero, rc, scheds, sp = (ss[k] for k in ("fix_tp", "fix_pp", "max_mem", "zero", "recompute",
+                                                             "schedules", "sp"))
+    chosen_constraints = constraints_note(widget_state())
+    if chosen_constraints and not box.open:
+        sb.caption(md_escape(f"constraints: {chosen_constraints}"))
     bad = [m for m, ok in (("choose at least one ZeRO stage", zero), ("choose at least one recompute mode", rc),
                            ("choose at least one pipeline schedule", scheds)) if not ok]
     for msg in bad:
@@ -363,6 +372,20 @@ def sidebar_problem() -> Problem | None:
                               sequence_parallel=None if sp == "any" else sp == "on")
     chosen = price if price is not None else (gpu_price.usd_per_gpu_hour if gpu_price else None)
     return Problem(model, cluster, batch, objective, constraints, top_k, tokens, tokens_default, chosen, price_note)
+
+
+def constraints_note(inputs: dict[str, Any]) -> str:
+    """The constraints that differ from the defaults, in words ("tp 2, ZeRO 1/3")."""
+    default = DashboardState()
+    parts = [f"{k} {inputs[k]}" for k in ("tp", "pp") if inputs.get(k) is not None]
+    if inputs.get("max_memory_gib"):
+        parts.append(f"at most {inputs['max_memory_gib']:g} GiB")
+    for key, label in (("zero", "ZeRO"), ("recompute", "recompute"), ("schedules", "schedules")):
+        if inputs.get(key) is not None and tuple(inputs[key]) != getattr(default, key):
+            parts.append(f"{label} {'/'.join(map(str, inputs[key])) or 'none'}")
+    if inputs.get("sp") not in (None, "any"):
+        parts.append(f"sequence parallel {inputs['sp']}")
+    return ", ".join(parts)
 
 
 def current_state(problem_inputs: dict[str, Any]) -> DashboardState:
@@ -505,8 +528,10 @@ PLAN_COLUMNS = {
 
 
 def legend_expander() -> None:
-    with st.expander("How to read plan codes, e.g. tp4 pp4 dp16 cp2 v4 mb1 sp z1 [tp>dp>cp>pp]"):
-        st.table(pd.DataFrame(LEGEND, columns=["code", "meaning"]).set_index("code"))
+    with st.expander("How to read plan codes, e.g. tp4 pp4 dp16 cp2 v4 mb1 sp z1 [tp>dp>cp>pp]", key="legend_box",
+                     on_change="rerun") as box:
+        if box.open:
+            st.table(pd.DataFrame(LEGEND, columns=["code", "meaning"]).set_index("code"))
 
 
 def cost_line(problem: Problem, c: TrainingCost) -> str:
@@ -557,9 +582,10 @@ def show_plans(result: Result, problem: Problem, selected: str) -> None:
                      "at the top edge (hover for their time; zoom out with the autoscale button).")
     st.caption(" ".join(md_escape(n) for n in notes))
     if r["pruned"]:
-        with st.expander("Why other plans were pruned"):
-            st.dataframe(pd.DataFrame(sorted(r["pruned"].items(), key=lambda kv: -kv[1]),
-                                      columns=["reason", "plans"]), hide_index=True)
+        with st.expander("Why other plans were pruned", key="pruned_box", on_change="rerun") as box:
+            if box.open:
+                st.dataframe(pd.DataFrame(sorted(r["pruned"].items(), key=lambda kv: -kv[1]),
+                                          columns=["reason", "plans"]), hide_index=True)
 
 
 def show_downloads(doc: PlanDocument, key: str) -> None:

@@ -77,6 +77,12 @@ def show(at: AppTest, view: str) -> AppTest:
     return ok(at.run())
 
 
+def open_constraints(at: AppTest) -> AppTest:
+    """The sidebar's Constraints expander draws its widgets only while open."""
+    at.session_state["constraints_box"] = True
+    return at.run()
+
+
 def url(at: AppTest) -> dict[str, str]:
     return {k: at.query_params[k] for k in at.query_params}
 
@@ -132,7 +138,7 @@ def test_presets_run_without_exceptions(model: str, cluster: str, gpus: int, bat
 
 
 def test_changing_widgets_changes_the_results() -> None:
-    at = ok(new_app().run())
+    at = ok(open_constraints(new_app().run()))
     before = plans_table(at)
     at.selectbox(key="fix_tp").set_value(2)
     at.selectbox(key="fix_pp").set_value(2)
@@ -190,8 +196,11 @@ def test_url_round_trip_reproduces_the_page() -> None:
     at.selectbox(key="objective").set_value("cost")
     at.text_input(key="tokens").set_value("2T")
     at.number_input(key="price").set_value(2.5)
+    open_constraints(at)
     at.multiselect(key="schedules").set_value(["1f1b", "gpipe"])
+    at.session_state["constraints_box"] = False
     ok(at.run())
+    assert "constraints: schedules 1f1b/gpipe" in captions(at)  # set, though the box is closed
     second = plans_table(at)["plan"].iloc[1]
     at.selectbox(key="pick").set_value(second)
     ok(at.run())
@@ -255,7 +264,7 @@ def test_internal_errors_are_one_line_and_the_rest_of_the_page_renders(monkeypat
     ("tokens", "15 trillion", "expected a token count such as 15T"),
 ])
 def test_bad_inputs_show_messages(key: str, value: Any, message: str) -> None:
-    at = new_app().run()
+    at = open_constraints(new_app().run())
     widget = {"gpus": at.number_input, "tokens": at.text_input}.get(key, at.multiselect)(key=key)
     widget.set_value(value)
     at.run()
