@@ -57,7 +57,7 @@ from planner.specs.catalog import cluster_names, load_cluster, load_model, model
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.uploads import cluster_from_upload, model_from_upload
-from planner.whatif import KNOBS, legal_gpu_counts, legal_values, vary
+from planner.whatif import KNOBS, changes, legal_gpu_counts, legal_values, vary
 
 EXPORT_FORMATS = {"megatron": "args", "torchtitan": "toml", "deepspeed": "json"}  # fallback suffixes
 TOKENS_PER_PARAM = 20  # default training length: compute-optimal tokens per parameter (Hoffmann et al. 2022)
@@ -753,10 +753,7 @@ def whatif_plan(doc: PlanDocument) -> Plan:
 
 def whatif_changes(base: Plan, plan: Plan) -> str | None:
     """The `whatif` state naming `plan` as changes to `base` (None when they are the same plan)."""
-    changes: dict[str, Any] = {k: getattr(plan, k) for k in KNOBS if getattr(plan, k) != getattr(base, k)}
-    if plan.world_size != base.world_size:
-        changes["gpus"] = plan.world_size
-    return format_whatif(changes)
+    return format_whatif(changes(base, plan))
 
 
 def on_whatif(doc: PlanDocument, knob: str) -> None:

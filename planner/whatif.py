@@ -61,6 +61,15 @@ def vary(base: Plan, n_gpus: int, **changes: Any) -> Plan:
     return dataclasses.replace(base, dp=dp, **values)
 
 
+def changes(base: Plan, plan: Plan) -> dict[str, Any]:
+    """The knobs (and the GPU count, as "gpus") in which `plan` differs from `base`: what `vary`
+    needs to turn `base` into `plan` (dp follows from the GPU count)."""
+    out: dict[str, Any] = {k: getattr(plan, k) for k in KNOBS if getattr(plan, k) != getattr(base, k)}
+    if plan.world_size != base.world_size:
+        out["gpus"] = plan.world_size
+    return out
+
+
 def is_legal(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> bool:
     try:
         check_plan(model, cluster, plan)

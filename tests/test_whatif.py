@@ -13,7 +13,7 @@ from planner.errors import PlannerError
 from planner.plan import Plan, check_plan
 from planner.search import Constraints, search
 from planner.specs.catalog import load_cluster, load_model
-from planner.whatif import build_plan, legal_gpu_counts, legal_values, nearest, vary
+from planner.whatif import build_plan, changes, legal_gpu_counts, legal_values, nearest, vary
 
 
 def test_build_plan_derives_dp_and_schedule() -> None:
@@ -91,6 +91,16 @@ def test_legal_gpu_counts_match_brute_force() -> None:
         expected.append(n)
     assert legal_gpu_counts(model, base_cluster, plan) == expected  # 8 .. 2048 in powers of two
     assert 64 in expected and 12 not in expected
+
+
+def test_changes_are_what_vary_needs() -> None:
+    base = Plan(tp=2, pp=2, dp=16, micro_batch=1, global_batch=512)
+    for kw, n in (({"pp": 4}, 64), ({"vpp": 2}, 64), ({"tp": 4, "zero_stage": 1}, 128), ({}, 32)):
+        plan = vary(base, n, **kw)
+        diff = changes(base, plan)
+        assert vary(base, diff.pop("gpus", base.world_size), **diff) == plan
+    assert changes(base, base) == {}
+    assert changes(base, vary(base, 64, vpp=2)) == {"vpp": 2, "schedule": "interleaved-1f1b"}  # 64 GPUs already
 
 
 def test_nearest() -> None:
