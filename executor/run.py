@@ -63,22 +63,6 @@ def check_executable(doc: PlanDocument) -> None:
         raise UnsupportedPlan(f"the executor does not run {doc.plan.dtype} training yet (it needs FP8/FP4 "
                               "GEMM kernels); plan, estimate and export it, or run it with --dtype bf16",
                               field="dtype")
-    plan = doc.plan
-    # Plan options the planner prices but this executor does not implement (found by the dry run: such
-    # plans used to fail inside torchrun with a traceback instead of this one line).
-    unsupported = (
-        (plan.recompute not in ("none", "selective", "full"), "recompute",
-         f"recompute {plan.recompute!r} (the executor runs none, selective and full)"),
-        (getattr(plan, "recompute_every", 1) != 1, "recompute_every",
-         f"recompute_every {getattr(plan, 'recompute_every', 1)} (the executor recomputes every layer)"),
-        (getattr(plan, "finetune", "full") != "full", "finetune",
-         f"finetune {getattr(plan, 'finetune', 'full')!r} (the executor trains every weight)"),
-        (getattr(plan, "first_stage_layers", None) is not None or getattr(plan, "last_stage_layers", None)
-         is not None, "first_stage_layers", "uneven pipeline stages (the executor splits layers evenly)"),
-    )
-    for bad, field, what in unsupported:
-        if bad:
-            raise UnsupportedPlan(f"the executor does not run {what} yet", field=field)
 
 
 def load_checked(path: str | Path) -> tuple[PlanDocument, dict[str, Any]]:
