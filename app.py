@@ -47,6 +47,8 @@ from planner.dashboard.state import (
 )
 from planner.errors import PlannerError
 from planner.evidence import Evidence, compare_runs, scan_folder, validation_points, validation_summary
+from planner.framework import default_framework, framework_names
+from planner.framework import framework as framework_profile
 from planner.graph import build_graph
 from planner.io import dumps
 from planner.plan import RECOMPUTE, SCHEDULES, Plan, PlanDocument, check_plan, plan_hash
@@ -75,21 +77,23 @@ def constraints_key(c: Constraints) -> tuple[tuple[str, Any], ...]:
     return tuple((f.name, getattr(c, f.name)) for f in dataclasses.fields(c))
 
 
-def _search_options() -> dict[str, Any]:
-    """Keyword arguments as `planner plan` passes them by default (re-ranking the best plans by
-    simulation), so the dashboard ranks exactly as the CLI does."""
-    return {"rerank": DEFAULT_RERANK} if "rerank" in inspect.signature(search).parameters else {}
+def _search_options(framework: str | None = None) -> dict[str, Any]:
+    """Keyword arguments as `planner plan` passes them (re-ranking the best plans by simulation; the
+    framework, None for the cluster's default), so the dashboard ranks exactly as the CLI does."""
+    accepted = inspect.signature(search).parameters
+    options = {"rerank": DEFAULT_RERANK, "framework": framework}
+    return {k: v for k, v in options.items() if k in accepted}
 
 
 @st.cache_data(max_entries=32, show_spinner="Searching the plan space...")
 def cached_search(model_json: str, cluster_json: str, global_batch: int, objective: str,
-                  constraints: tuple[tuple[str, Any], ...], top_k: int) -> dict[str, Any]:
+                  constraints: tuple[tuple[str, Any], ...], top_k: int, framework: str | None = None) -> dict[str, Any]:
     """planner.search.search on a problem given as JSON text; a PlannerError is returned (and cached)."""
     model = ModelSpec.from_dict(json.loads(model_json))
     cluster = ClusterSpec.from_dict(json.loads(cluster_json))
     try:
         r = search(model, cluster, global_batch, constraints=Constraints(**dict(constraints)),
-                   objective=objective, top_k=top_k, **_search_options())
+                   objective=objective, top_k=top_k, **_search_options(framework))
     except PlannerError as exc:
         return {"error": str(exc)}
     sims = list(getattr(r, "simulations", None) or [None] * len(r.plans))
@@ -100,13 +104,13 @@ def cached_search(model_json: str, cluster_json: str, global_batch: int, objecti
 
 @st.cache_data(max_entries=16, show_spinner="Looking for the nearest problem with a plan...")
 def cached_alternatives(model_json: str, cluster_json: str, global_batch: int, objective: str,
-                        constraints: tuple[tuple[str, Any], ...]) -> list[dict[str, Any]]:
+                        constraints: tuple[tuple[str, Any], ...], framework: str | None = None) -> list[dict[str, Any]]:
     from planner.feasible import nearest_feasible
 
     model = ModelSpec.from_dict(json.loads(model_json))
     cluster = ClusterSpec.from_dict(json.loads(cluster_json))
     alts = nearest_feasible(model, cluster, global_batch, Constraints(**dict(constraints)), objective=objective,
-                            **_search_options())
+                            **_search_options(framework))
     return [dataclasses.asdict(a) | {"plan": a.plan} for a in alts]
 
 
@@ -153,11 +157,14 @@ WIDGETS: dict[str, tuple[str, Any, Any]] = {
     "top_k": ("top_k", int, int), "tokens": ("tokens", None, None), "price": ("price", None, None),
     "fix_tp": ("tp", lambda v: None if v == "any" else int(v), lambda v: "any" if v is None else v),
     "fix_pp": ("pp", lambda v: None if v == "any" else int(v), lambda v: "any" if v is None else v),
-    "max_mem": ("max_memory_gib", None, None), "zero": ("zero", tuple, list), "recompute": ("recompute", tuple, list),
-    "schedules": ("schedules", tuple, list), "sp": ("sp", str, str),
+    "max_mem": ("max_memory_gib", None, None), "zero": ("zero", tuple, list),
+    # the framework's policies (None) until the user chooses others, as `planner plan --recompute`
+    "recompute": ("recompute", lambda v: None if list(v) == st.session_state.get("_rc_default") else tuple(v),
+                  lambda v: None if v is None else list(v)),
+    "schedules": ("schedules", tuple, list), "sp": ("sp", str, str), "framework": ("framework", None, None),
 }
 PROBLEM_FIELDS = ("model", "model_spec", "seq_len", "cluster", "cluster_spec", "gpus", "global_batch", "objective",
-                  "top_k", "tp", "pp", "max_memory_gib", "zero", "recompute", "schedules", "sp")
+                  "top_k", "tp", "pp", "max_memory_gib", "zero", "recompute", "schedules", "sp", "framework")
 
 
 def init_from_url() -> None:
@@ -213,6 +220,7 @@ class Problem:
     tokens_default: bool
     price: float | None
     price_note: str
+    framework: str | None = None  # None: the cluster's default, as `planner plan`
 
     def cost(self, pred: dict[str, Any], gpus: int | None = None) -> TrainingCost:
         return training_cost(self.tokens, pred["tokens_per_s"], gpus or self.cluster.num_gpus, self.price)
@@ -315,6 +323,11 @@ def sidebar_problem() -> Problem | None:
                              help="time: step time; throughput: tokens/s per GPU; cost: GPU-hours (and dollars) "
                                   "per token. With a fixed GPU count and batch all three rank alike.")
     top_k = int(sb.slider("Plans to rank", min_value=TOP_K[0], max_value=TOP_K[1], key="top_k"))
+    default_fw = default_framework(cluster) if cluster is not None else None
+    fw = sb.selectbox("Framework", [None, *framework_names()], key="framework",
+                      format_func=lambda f: f"default ({default_fw})" if f is None else f,
+                      help="what runs the plan: what it overlaps and fuses, and the recompute policies searched "
+                           "(planner frameworks lists them)")
     sb.header("Training cost")
     tokens_text = sb.text_input("Tokens to train", key="tokens", placeholder="e.g. 15T, 300B",
                                 help=f"empty: {TOKENS_PER_PARAM} tokens per parameter (compute-optimal, "
@@ -327,6 +340,10 @@ def sidebar_problem() -> Problem | None:
         f"on-demand list price: {gpu_price.citation()}" if gpu_price else "no catalog price for this GPU")
     sb.caption(md_escape(price_note))
     ss = st.session_state
+    rc_default = list(framework_profile(fw or default_fw).recompute) if default_fw else list(RECOMPUTE)
+    if ss.get("recompute") is None or ss.get("recompute") == ss.get("_rc_default"):
+        ss["recompute"] = rc_default  # follows the framework until the user chooses other modes
+    ss["_rc_default"] = rc_default
     options = ["any", *divisors(cluster.num_gpus if cluster else 1)]
     for key in ("fix_tp", "fix_pp"):
         if ss.get(key) not in options:
@@ -341,7 +358,8 @@ def sidebar_problem() -> Problem | None:
                             key="max_mem", placeholder="the device's usable memory", **keep)
             st.multiselect("Allowed ZeRO stages", [0, 1, 2, 3], key="zero", **keep)
             st.multiselect("Allowed recompute", list(RECOMPUTE), key="recompute",
-                           help="the default set is the one planner plan searches", **keep)
+                           help="the default set is the framework's policies, the set planner plan searches",
+                           **keep)
             st.multiselect("Allowed pipeline schedules", list(SCHEDULES), key="schedules", **keep)
             st.selectbox("Sequence parallel", SP_CHOICES, key="sp", **keep)
     tp, pp, max_mem, zero, rc, scheds, sp = (ss[k] for k in ("fix_tp", "fix_pp", "max_mem", "zero", "recompute",
@@ -367,11 +385,12 @@ def sidebar_problem() -> Problem | None:
         return None
     constraints = Constraints(tp=None if tp == "any" else int(tp), pp=None if pp == "any" else int(pp),
                               max_memory_gib=float(max_mem) if max_mem else None, zero_stages=tuple(sorted(zero)),
-                              recompute=tuple(r for r in RECOMPUTE if r in rc),
+                              recompute=None if list(rc) == rc_default else tuple(r for r in RECOMPUTE if r in rc),
                               schedules=tuple(s for s in SCHEDULES if s in scheds),
                               sequence_parallel=None if sp == "any" else sp == "on")
     chosen = price if price is not None else (gpu_price.usd_per_gpu_hour if gpu_price else None)
-    return Problem(model, cluster, batch, objective, constraints, top_k, tokens, tokens_default, chosen, price_note)
+    return Problem(model, cluster, batch, objective, constraints, top_k, tokens, tokens_default, chosen, price_note,
+                   fw)
 
 
 def constraints_note(inputs: dict[str, Any]) -> str:
@@ -381,7 +400,7 @@ def constraints_note(inputs: dict[str, Any]) -> str:
     if inputs.get("max_memory_gib"):
         parts.append(f"at most {inputs['max_memory_gib']:g} GiB")
     for key, label in (("zero", "ZeRO"), ("recompute", "recompute"), ("schedules", "schedules")):
-        if inputs.get(key) is not None and tuple(inputs[key]) != getattr(default, key):
+        if inputs.get(key) is not None and tuple(inputs[key]) != (getattr(default, key) or ()):
             parts.append(f"{label} {'/'.join(map(str, inputs[key])) or 'none'}")
     if inputs.get("sp") not in (None, "any"):
         parts.append(f"sequence parallel {inputs['sp']}")
@@ -1014,7 +1033,7 @@ def use_alternative(alt: dict[str, Any]) -> None:
         ss["fix_tp"] = ss["fix_pp"] = "any"
         ss["max_mem"] = None
         default = DashboardState()
-        ss["zero"], ss["recompute"] = list(default.zero), list(default.recompute)
+        ss["zero"], ss["recompute"] = list(default.zero), None  # None: the framework's policies again
         ss["schedules"], ss["sp"] = list(default.schedules), default.sp
     select_plan(None)
 
@@ -1023,7 +1042,7 @@ def show_no_plan(message: str, problem: Problem) -> None:
     """The search's message verbatim, and the nearest problems that have a plan."""
     st.error(md_escape(message))
     alts = cached_alternatives(spec_key(problem.model), spec_key(problem.cluster), problem.global_batch,
-                               problem.objective, constraints_key(problem.constraints))
+                               problem.objective, constraints_key(problem.constraints), problem.framework)
     if not alts:
         st.info("No nearby problem (other global batch, GPU count or no constraints) has a plan either.")
         return
@@ -1068,7 +1087,8 @@ def page() -> None:
     if problem is not None:
         with guard("search"):
             raw = cached_search(spec_key(problem.model), spec_key(problem.cluster), problem.global_batch,
-                                problem.objective, constraints_key(problem.constraints), problem.top_k)
+                                problem.objective, constraints_key(problem.constraints), problem.top_k,
+                                problem.framework)
             if "error" in raw:
                 show_no_plan(raw["error"], problem)
             else:

@@ -112,10 +112,19 @@ def test_default_problem_renders_every_view(default_app: AppTest) -> None:
     show(at, "Plans")
 
 
-def test_the_search_ranks_as_the_library_does(default_app: AppTest) -> None:
-    """The table is the search's ranking, not a re-sort of it."""
+def test_the_dashboard_ranks_as_planner_plan_does(default_app: AppTest, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table is `planner plan`'s ranking (the same search, re-rank and defaults), not a re-sort."""
+    from planner.cli import main
+    from planner.plan import document_from_json
+
+    argv = ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "64", "--global-batch", "512",
+            "--top", "20", "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    cli = [plan_code(document_from_json(d).plan) for d in json.loads(capsys.readouterr().out)]
+    assert list(plans_table(default_app)["plan"]) == cli
     result = search(load_model("llama3-8b"), load_cluster("dgx-h100", gpus=64), 512, top_k=20)
-    assert list(plans_table(default_app)["plan"]) == [plan_code(p) for p in result.plans]
+    assert cli == [plan_code(p) for p in result.plans]
 
 
 @pytest.mark.parametrize(("model", "cluster", "gpus", "batch"), [

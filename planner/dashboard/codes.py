@@ -25,9 +25,10 @@ LEGEND = (
     ("gpipe", "GPipe schedule (all forwards, then all backwards); else 1F1B"),
     ("first4 / last2", "uneven pipeline: layers on the first / last stage"),
     ("lora16", "LoRA fine-tuning with adapters of rank 16"),
+    ("@torchtitan", "the framework that runs the plan, when not the cluster's default"),
     ("[tp>dp>cp>pp]", "rank placement, innermost (fastest links) first; omitted for tp>cp>dp>pp"),
 )
-CODE_CHARACTERS = re.compile(r"^[a-z0-9 ./\[\]>-]{1,200}$")
+CODE_CHARACTERS = re.compile(r"^[a-z0-9 ./@_\[\]>-]{1,200}$")
 
 
 def plan_code(plan: Plan) -> str:

@@ -21,16 +21,12 @@ from typing import Any
 
 from planner.dashboard.codes import looks_like_code
 from planner.errors import PlannerError
+from planner.framework import framework_names
 from planner.plan import RECOMPUTE, SCHEDULES
 from planner.pricing import parse_tokens
 from planner.search import OBJECTIVES
 from planner.specs.catalog import cluster_names, model_names
 from planner.whatif import KNOBS
-
-try:  # the recompute modes `planner plan` searches by default, where the plan module names them
-    from planner.plan import SEARCHED_RECOMPUTE as DEFAULT_RECOMPUTE
-except ImportError:  # every mode is searched by default
-    DEFAULT_RECOMPUTE = RECOMPUTE
 
 DEFAULT_MODEL, DEFAULT_CLUSTER, DEFAULT_GPUS, DEFAULT_BATCH = "llama3-8b", "dgx-h100", 64, 512
 VIEWS = ("Plans", "Selected plan", "Compare", "Pipeline schedule", "What-if", "Measured")
@@ -57,9 +53,10 @@ class DashboardState:
     pp: int | None = None
     max_memory_gib: float | None = None
     zero: tuple[int, ...] = (0, 1, 2, 3)
-    recompute: tuple[str, ...] = DEFAULT_RECOMPUTE
+    recompute: tuple[str, ...] | None = None  # None: the framework's policies, as `planner plan` searches
     schedules: tuple[str, ...] = SCHEDULES
     sp: str = "any"
+    framework: str | None = None  # None: the cluster's default framework, as `planner plan`
     tokens: str | None = None  # e.g. "15T"; None: 20 tokens per parameter
     price: float | None = None  # USD per GPU-hour; None: the catalog's for the GPU
     plan: str | None = None  # plan code of the selected plan; None: the best
@@ -199,7 +196,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "global_batch": _int, "objective": _one_of(OBJECTIVES, "objective"), "top_k": _top_k,
     "tp": _int, "pp": _int, "max_memory_gib": _gib, "zero": _subset((0, 1, 2, 3)),
     "recompute": _subset(RECOMPUTE), "schedules": _subset(SCHEDULES), "sp": _one_of(SP_CHOICES, "setting"),
-    "tokens": _tokens, "price": _price, "plan": _code, "compare": _codes, "whatif": _whatif, "view": _view,
+    "framework": _one_of(framework_names, "framework"), "tokens": _tokens, "price": _price, "plan": _code,
+    "compare": _codes, "whatif": _whatif, "view": _view,
 }
 ALIASES = {"batch": "global_batch", "max_mem": "max_memory_gib", "top": "top_k"}
 
