@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -78,11 +77,9 @@ def constraints_key(c: Constraints) -> tuple[tuple[str, Any], ...]:
 
 
 def _search_options(framework: str | None = None) -> dict[str, Any]:
-    """Keyword arguments as `planner plan` passes them (re-ranking the best plans by simulation; the
-    framework, None for the cluster's default), so the dashboard ranks exactly as the CLI does."""
-    accepted = inspect.signature(search).parameters
-    options = {"rerank": DEFAULT_RERANK, "framework": framework}
-    return {k: v for k, v in options.items() if k in accepted}
+    """Keyword arguments as `planner plan` passes them by default (re-ranking the best plans by
+    simulation; the framework, None for the cluster's default), so both rank alike."""
+    return {"rerank": DEFAULT_RERANK, "framework": framework}
 
 
 @st.cache_data(max_entries=32, show_spinner="Searching the plan space...")
