@@ -320,7 +320,10 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                 why = ("FSDP2 reduce-scatters every micro-batch (ZeRO-1 reduces once per step)" if z == 1 else
                        "torch.distributed.pipelining defers FSDP2's reduce-scatter to the last micro-batch")
                 deps.append(Departure(why, "dp.grads", (exec_rs - model_rs) * ms.dense_params * FP32))
-            if p == 1 or z < 3:
+            # Exact where the order is simple: outside a pipeline (every micro-batch), and ZeRO-1/2 under a
+            # one-chunk schedule (gathered once: nothing reshards). The interleaved schedule reshards the
+            # chunks it is not running (its UNSHARD / RESHARD actions), and ZeRO-3 reshards after forward.
+            if p == 1 or (z < 3 and v == 1):
                 exec_ag = 2 * m if z == 3 else (m if p == 1 else 1)
                 if exec_ag != model_ag:
                     deps.append(Departure("FSDP2 re-gathers the weights every micro-batch (resharded after backward)",
@@ -329,9 +332,9 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                 exec_ag = 0
                 gathers = measured["dp.weights"] / ((dense + pad) * FP32)
                 deps.append(Departure(f"torch.distributed.pipelining re-gathers FSDP2 weights in its schedule's order "
-                                      f"(reshard after each forward, none after backward): {gathers:.2f} gathers of "
-                                      f"the stage per step, the model counts 2m = {2 * m}", "dp.weights",
-                                      0.0, exact=False, bound=2 * m * (dense + pad) * FP32))
+                                      f"(chunks resharded when idle{', and after each forward' if z == 3 else ''}): "
+                                      f"{gathers:.2f} gathers of the stage per step, the model counts {model_ag}",
+                                      "dp.weights", 0.0, exact=False, bound=2 * m * (dense + pad) * FP32))
             if extra:
                 deps.append(Departure("replicated tables reduced with the rest", "dp.grads", exec_rs * extra * FP32))
                 if exec_ag:
@@ -518,26 +521,48 @@ class DryRunCase:
     constraints: dict[str, Any]
 
 
-VALIDATE_CASES = (
-    DryRunCase("dense", "llama3-70b", "dgx-h100", 512, 1024, {"cp": 1}),
-    DryRunCase("dense, 4,096 ranks", "gpt3-175b", "dgx-a100-80gb", 4096, 1536, {"cp": 1}),
-    DryRunCase("MoE with EP", "mixtral-8x7b", "dgx-h100", 256, 1024, {"cp": 1, "tp": 1, "ep": 8}),
-    DryRunCase("interleaved 1F1B", "llama3-70b", "dgx-h100", 1024, 1024,
+VALIDATE_CASES = (  # batches keep a few micro-batches per step: the dry run executes every one of them
+    DryRunCase("dense", "llama3-70b", "dgx-h100", 512, 256, {"cp": 1}),
+    DryRunCase("dense, 4,096 ranks", "gpt3-175b", "dgx-a100-80gb", 4096, 512, {"cp": 1}),
+    DryRunCase("MoE with EP", "mixtral-8x7b", "dgx-h100", 256, 512, {"cp": 1, "tp": 1, "ep": 8}),
+    DryRunCase("interleaved 1F1B", "llama3-70b", "dgx-h100", 1024, 512,
                {"cp": 1, "schedules": ("interleaved-1f1b",)}),
     DryRunCase("ZeRO-3", "llama3-8b", "dgx-h100", 64, 256, {"cp": 1, "zero_stages": (3,)}),
-    DryRunCase("context parallel", "llama3-405b", "dgx-h100", 2048, 2048, {"cp": 2}),
+    DryRunCase("context parallel", "llama3-405b", "dgx-h100", 2048, 1024, {"cp": 2}),
 )
 
 
-def _best_plan(case: DryRunCase) -> PlanDocument:
+def best_buildable_plan(model: ModelSpec, cluster: Any, global_batch: int, constraints: dict[str, Any],
+                        candidates: int = 50) -> tuple[PlanDocument, list[str]]:
+    """The search's best plan that the executor can build, and why each better plan cannot be built
+    (the search also prices options the executor does not implement, e.g. uneven pipeline stages)."""
+    from executor.errors import UnsupportedPlan
+    from executor.run import check_executable
     from planner.search import Constraints, search
+
+    result = search(model, cluster, global_batch, constraints=Constraints(**constraints), top_k=candidates)
+    skipped = []
+    for plan, prediction in zip(result.plans, result.predictions, strict=True):
+        doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=prediction)
+        try:
+            check_executable(doc)
+        except UnsupportedPlan as exc:
+            skipped.append(f"{plan.describe()}: {exc}")
+            continue
+        return doc, skipped
+    if result.plans:  # none buildable: the best, to be reported as not built
+        return PlanDocument(plan=result.plans[0], model=model, cluster=cluster,
+                            prediction=result.predictions[0]), skipped
+    raise PlannerError(f"no plan of {model.name} fits {cluster.num_gpus} GPUs")
+
+
+def _best_plan(case: DryRunCase) -> tuple[PlanDocument, list[str]]:
     from planner.specs.catalog import load_cluster, load_model
 
     model, cluster = load_model(case.model), load_cluster(case.cluster, gpus=case.gpus)
-    result = search(model, cluster, case.global_batch, constraints=Constraints(**case.constraints), top_k=1)
-    if not result.plans:
-        raise PlannerError(f"{case.label}: no plan of {case.model} fits {case.gpus} GPUs")
-    return PlanDocument(plan=result.plans[0], model=model, cluster=cluster, prediction=result.predictions[0])
+    # The executor's recompute modes (none / selective / full); the search also prices others.
+    return best_buildable_plan(model, cluster, case.global_batch,
+                               {"recompute": ("none", "selective", "full"), **case.constraints})
 
 
 def _worst(rows: list[Row]) -> str:
@@ -557,10 +582,11 @@ def validate_dry_run(args: argparse.Namespace, cases: tuple[DryRunCase, ...] = V
     jobs = max(1, min(4, os.cpu_count() or 1))
     rows, records, ok = [], [], True
     for case in cases:
-        doc = _best_plan(case)
+        doc, skipped = _best_plan(case)
         start = time.perf_counter()
         record: dict[str, Any] = {"case": case.label, "model": case.model, "cluster": case.cluster,
-                                  "gpus": case.gpus, "plan": doc.plan.to_dict(), "describe": doc.plan.describe()}
+                                  "gpus": case.gpus, "plan": doc.plan.to_dict(), "describe": doc.plan.describe(),
+                                  "better_plans_not_buildable": skipped}
         try:
             reports = dry_run(doc, jobs=jobs)
         except UnsupportedPlan as exc:
