@@ -159,6 +159,7 @@ WIDGETS: dict[str, tuple[str, Any, Any]] = {
     "recompute": ("recompute", lambda v: None if list(v) == st.session_state.get("_rc_default") else tuple(v),
                   lambda v: None if v is None else list(v)),
     "schedules": ("schedules", tuple, list), "sp": ("sp", str, str), "framework": ("framework", None, None),
+    "measured_folder": ("folder", lambda v: v.strip() or None, lambda v: v or ""),
 }
 PROBLEM_FIELDS = ("model", "model_spec", "seq_len", "cluster", "cluster_spec", "gpus", "global_batch", "objective",
                   "top_k", "tp", "pp", "max_memory_gib", "zero", "recompute", "schedules", "sp", "framework")
@@ -945,7 +946,7 @@ def show_measured() -> None:
     files = st.file_uploader("measured.json / validation.json / plan JSON", type=["json"],
                              accept_multiple_files=True, key="measured_files")
     folder = st.text_input("...or a folder to scan (on this machine)", key="measured_folder",
-                           placeholder="e.g. runs/  (reads *.json up to 4 levels deep)")
+                           placeholder="e.g. runs/  (reads *.json up to 4 levels deep)", persist_state="session")
     ev = Evidence()
     for f in files or []:
         ev.add_bytes(f.getvalue(), f.name)

@@ -537,3 +537,6 @@ def test_measured_view_summarises_validation_reports() -> None:
     assert "worst plan: TP + SP" in captions(at)
     table = next(d.value for d in at.dataframe if "predicted step ms" in d.value.columns)
     assert len(table) == 12 and table["step error %"].abs().max() == pytest.approx(22.0, abs=0.05)
+    assert url(at) == {"view": "Measured", "folder": str(folder)}  # the folder travels in the link
+    again = ok(new_app(**url(at)).run())
+    assert {m.label: m.value for m in again.metric}["Step-time MAPE"] == "11.2%"

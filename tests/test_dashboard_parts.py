@@ -66,7 +66,8 @@ STATES = [
                    sp="on", tokens="15T", price=2.25, plan="tp8 pp4 dp4 mb1 sp z1 [tp>dp>cp>pp]",
                    compare=("tp8 pp4 dp4 mb1 sp z1", "tp8 pp4 dp4 v2 mb1 sp z3"), whatif="pp=2,micro_batch=2,gpus=256",
                    view="What-if"),
-    DashboardState(model_spec=pack_spec({"name": "x", "num_layers": 2}), cluster="dgx-b200", view="Measured"),
+    DashboardState(model_spec=pack_spec({"name": "x", "num_layers": 2}), cluster="dgx-b200", view="Measured",
+                   folder="runs/2026-12 sweep"),
 ]
 
 

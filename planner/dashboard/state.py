@@ -63,6 +63,7 @@ class DashboardState:
     compare: tuple[str, ...] = ()
     whatif: str | None = None  # the what-if plan's changes to the selected plan ("pp=4,vpp=2,gpus=128")
     view: str = VIEWS[0]
+    folder: str | None = None  # the Measured view's folder of runs (uploaded files cannot travel in a link)
 
 
 # ---- parameter codecs: text -> value (ValueError with the reason) and value -> text ------------------
@@ -184,6 +185,12 @@ def _spec(text: str) -> str:
     return text
 
 
+def _folder(text: str) -> str:
+    if not text.strip() or len(text) > 500 or "\0" in text:
+        raise ValueError("not a folder path")
+    return text.strip()
+
+
 def _view(text: str) -> str:
     if text not in VIEWS:
         raise ValueError(f"not one of {', '.join(VIEWS)}")
@@ -197,7 +204,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "tp": _int, "pp": _int, "max_memory_gib": _gib, "zero": _subset((0, 1, 2, 3)),
     "recompute": _subset(RECOMPUTE), "schedules": _subset(SCHEDULES), "sp": _one_of(SP_CHOICES, "setting"),
     "framework": _one_of(framework_names, "framework"), "tokens": _tokens, "price": _price, "plan": _code,
-    "compare": _codes, "whatif": _whatif, "view": _view,
+    "compare": _codes, "whatif": _whatif, "view": _view, "folder": _folder,
 }
 ALIASES = {"batch": "global_batch", "max_mem": "max_memory_gib", "top": "top_k"}
 
