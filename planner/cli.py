@@ -36,6 +36,7 @@ from planner.specs.catalog import (
     load_model,
     model_catalog,
     model_preset,
+    supported_precisions,
 )
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -409,18 +410,24 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     for name in cluster_names():
         c = cluster_preset(name)
         rows.append({"name": name, "gpu": c.gpu.name, "gpus_per_node": c.gpus_per_node,
+                     "nvlink_domain": c.nvlink_domain,
                      "peak_tflops": {k: v / 1e12 for k, v in c.gpu.peak_flops.items()},
+                     "precisions": list(supported_precisions(c.gpu)),
                      "memory_gib": c.gpu.memory_bytes / 2**30,
                      "memory_bandwidth_gbs": c.gpu.memory_bandwidth / 1e9,
                      "intra_node_gbs": c.intra_node.bandwidth / 1e9,
-                     "inter_node_gbs": c.inter_node.bandwidth / 1e9, "device": c.device, "source": c.source})
+                     "inter_node_gbs": c.inter_node.bandwidth / 1e9, "device": c.device,
+                     "topology": c.topology.to_dict() if c.topology is not None else None, "source": c.source})
     if args.json:
         _emit_json(rows)
         return 0
-    print(table(["name", "gpu", "per node", "bf16 TFLOP/s", "mem GiB", "HBM GB/s", "intra GB/s", "inter GB/s"],
+    print(table(["name", "gpu", "per node", "NVLink domain", "bf16 TFLOP/s", "low precision", "mem GiB", "HBM GB/s",
+                 "intra GB/s", "inter GB/s"],
                 [[r["name"], r["gpu"], r["gpus_per_node"] if r["device"] == "cuda" else "host cores",
-                  r["peak_tflops"].get("bf16", 0.0), r["memory_gib"], r["memory_bandwidth_gbs"],
-                  r["intra_node_gbs"], r["inter_node_gbs"]] for r in rows], align="llrrrrrr"))
+                  r["nvlink_domain"] if r["device"] == "cuda" else "-", r["peak_tflops"].get("bf16", 0.0),
+                  " ".join(p for p in r["precisions"] if p not in ("fp32", "fp16", "bf16")) or "-",
+                  r["memory_gib"], r["memory_bandwidth_gbs"], r["intra_node_gbs"], r["inter_node_gbs"]]
+                 for r in rows], align="llrrrlrrrr"))
     return 0
 
 

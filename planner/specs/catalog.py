@@ -55,6 +55,25 @@ def gpu_preset(name: str) -> GPUSpec:
     return GPUSpec(name=name, **entry)
 
 
+def supported_precisions(gpu: GPUSpec | str) -> tuple[str, ...]:
+    """The training precisions (planner.precision recipes) a GPU can run, read from the peak FLOP/s it
+    lists: fp8 needs an `fp8` peak (Hopper, Ada, Blackwell, MI300 and later), mxfp8 an `mxfp8` peak
+    (block-scaled tensor cores: Blackwell, MI355X), nvfp4 an `nvfp4` peak (Blackwell)."""
+    from planner.precision import PRECISIONS, supports
+
+    spec = gpu_preset(gpu) if isinstance(gpu, str) else gpu
+    return tuple(p for p in PRECISIONS if supports(spec.peak_flops, p))
+
+
+def gpus_supporting(precision: str) -> list[str]:
+    """Catalog GPUs that can train in `precision` (SpecError for an unknown precision)."""
+    from planner.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise SpecError(f"unknown precision {show(precision)} (known: {', '.join(PRECISIONS)})", field="dtype")
+    return [name for name in gpu_names() if precision in supported_precisions(gpu_preset(name))]
+
+
 def link_names() -> list[str]:
     return list(_data("clusters.json")["links"])
 
@@ -109,10 +128,8 @@ def cluster_preset(name: str) -> ClusterSpec:
     if name == LOCALHOST:
         return localhost_cpu()
     entry = _entry(_data("clusters.json")["clusters"], name, "cluster preset", "cluster", cluster_names())
-    return ClusterSpec(name=name, gpu=gpu_preset(entry["gpu"]), gpus_per_node=entry["gpus_per_node"],
-                       intra_node=link_preset(entry["intra_node"]),
-                       inter_node=link_preset(entry["inter_node"]),
-                       source=entry["source"])
+    # link and GPU names resolve to their presets; a topology's links are derived from its graph
+    return ClusterSpec.from_dict({"name": name, **entry}, where=f"cluster[{name}]")
 
 
 def _is_path(arg: str) -> bool:

@@ -1,4 +1,5 @@
-"""`ClusterSpec`: *where* a plan runs: a GPU type x GPUs per node x nodes x two link tiers.
+"""`ClusterSpec`: *where* a plan runs: a GPU type x GPUs per node x nodes x two link tiers, and optionally
+the fabric as a graph (`planner.specs.topology`), which says how many GPUs share the fast (NVLink) tier.
 
 Every hardware number is a physical quantity (peak FLOP/s, bytes, bytes/s, seconds) with its source;
 the efficiencies are achieved fractions of those peaks, measured by microbenchmarks (`planner
@@ -17,8 +18,10 @@ import numpy as np
 
 from planner.errors import SpecError
 from planner.specs.model import show, show_key
+from planner.specs.topology import LinkClass, Topology
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p")
+DERIVED = "topology"  # a cluster file's intra_node / inter_node: derive the link from the topology graph
 
 
 def _num(obj: str, name: str, value: Any, lo: float = 0.0, hi: float = math.inf,
@@ -269,6 +272,9 @@ class ClusterSpec:
     fsdp_layer_overhead_s: float = 0.0  # FSDP (ZeRO-2/3) hooks' host time per layer and micro-batch
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
+    # The fabric as a graph (planner/specs/topology.py): GPUs, NVLink switches, NICs, leaf / spine switches.
+    # None: the node is the fast domain. Resized with the cluster (`with_gpus`).
+    topology: Topology | None = None
     source: str = ""
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -308,10 +314,27 @@ class ClusterSpec:
             raise SpecError(f"must be nccl or gloo, got {show(self.backend)}", field="backend")
         if self.reserved_memory_bytes >= self.gpu.memory_bytes:
             raise SpecError("reserved memory leaves nothing for training", field="reserved_memory_bytes")
+        if self.topology is not None:
+            if not isinstance(self.topology, Topology):
+                raise SpecError(f"must be a Topology, got {type(self.topology).__name__}", field="topology")
+            topo = self.topology.for_gpus(self.num_gpus)  # a job on n GPUs uses the fabric's first n ranks
+            object.__setattr__(self, "topology", topo)
+            if topo.gpus_per_host != self.gpus_per_node:
+                raise SpecError(f"{self.gpus_per_node} GPUs per node, but the topology's hosts hold "
+                                f"{topo.gpus_per_host}", field="gpus_per_node")
 
     @property
     def num_gpus(self) -> int:
         return self.gpus_per_node * self.num_nodes
+
+    @property
+    def nvlink_domain(self) -> int:
+        """GPUs that share the fast link tier (`intra_node`): 8 on a DGX, 72 on a GB200 NVL72 rack, whose
+        hosts (`gpus_per_node`, torchrun's --nproc-per-node) hold 4. Ranks r and q share it when
+        r // nvlink_domain == q // nvlink_domain (also when the job has fewer GPUs than a domain holds): a
+        group inside one such block runs on `intra_node`, beyond it on `inter_node`. Without a topology,
+        the node is the domain."""
+        return self.topology.nvlink_domain if self.topology is not None else self.gpus_per_node
 
     @property
     def compute_slowdown(self) -> float:
@@ -340,10 +363,16 @@ class ClusterSpec:
         d["gpu"]["gemm_tile"] = list(self.gpu.gemm_tile)
         if not d["provenance"]:
             d.pop("provenance")
+        if self.topology is None:
+            d.pop("topology")
+        else:
+            d["topology"] = self.topology.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "cluster") -> ClusterSpec:
+        """A cluster file. `intra_node` / `inter_node` name a link preset, give a link object, or say
+        "topology": then they are derived from the cluster's `topology` graph (`links_from_topology`)."""
         from planner.specs.catalog import gpu_preset, link_preset
 
         def preset(lookup: Callable[[str], Any], name: str, key: str) -> Any:
@@ -352,14 +381,54 @@ class ClusterSpec:
             except SpecError as exc:  # re-point the error at this file's key
                 raise SpecError(str(exc).removeprefix(f"{exc.field}: "), field=f"{where}.{key}") from None
 
+        if isinstance(data, dict):
+            data = dict(data)
+            topo = data.get("topology")
+            if topo is not None and not isinstance(topo, Topology):
+                topo = Topology.from_dict(topo, f"{where}.topology", resolve=lambda n: link_class(link_preset(n)))
+                data["topology"] = topo
+            for tier in ("intra_node", "inter_node"):
+                if data.get(tier) == DERIVED:
+                    if topo is None:
+                        raise SpecError(f'"{DERIVED}" needs a topology to derive the link from',
+                                        field=f"{where}.{tier}")
+                    fast, net = links_from_topology(topo, where)
+                    data[tier] = fast if tier == "intra_node" else net
         d = _from_dict(cls, data, where)
         gpu = d["gpu"]  # a GPU preset name (gpus.json) or a full GPU object
         d["gpu"] = (preset(gpu_preset, gpu, "gpu") if isinstance(gpu, str)
                     else GPUSpec.from_dict(gpu, f"{where}.gpu"))
         for tier in ("intra_node", "inter_node"):  # a link preset name (clusters.json) or an object
             link = d[tier]
+            if isinstance(link, LinkSpec):
+                continue
             d[tier] = (preset(link_preset, link, tier) if isinstance(link, str)
                        else LinkSpec.from_dict(link, f"{where}.{tier}"))
         if "provenance" in d and not isinstance(d["provenance"], dict):
             raise SpecError("must be an object", field=f"{where}.provenance")
         return cls(**d)
+
+
+def link_class(link: LinkSpec) -> LinkClass:
+    """A link preset as the topology generators take it (per-GPU bandwidth, end-to-end latency)."""
+    return LinkClass(link.name, link.bandwidth, link.latency, link.efficiency, link.source)
+
+
+def links_from_topology(topology: Topology, where: str = "cluster") -> tuple[LinkSpec, LinkSpec]:
+    """(intra_node, inter_node) as the graph gives them (`Topology.tier_summary`): per-GPU bandwidth and
+    per-step latency of a ring over one fast domain, and of a ring across fast domains; each tier's
+    efficiency and source as the topology's tiers say."""
+    fast, net = topology.tier_summary()
+    if net is None:
+        raise SpecError("the topology has a single fast domain, so the network tier cannot be derived: "
+                        "give inter_node", field=f"{where}.inter_node")
+    if fast.bandwidth == math.inf:  # every GPU its own fast domain: all traffic is network traffic
+        fast = net
+
+    def link(s: Any, what: str) -> LinkSpec:
+        return LinkSpec(name=s.tier.name, bandwidth=s.bandwidth, latency=s.latency, efficiency=s.tier.efficiency,
+                        source=f"from the topology graph: {what}, {s.hops} links per step"
+                               + (f"; {s.tier.source}" if s.tier.source else ""))
+
+    return (link(fast, "a ring over one fast domain, every domain busy"),
+            link(net, "a ring across fast domains, every position busy"))
