@@ -28,6 +28,7 @@ from typing import Any
 from planner.export.common import CHECKED_WITH, Build, Deviation, ExportError, realised_plan
 from planner.export.deepspeed import deepspeed_build, deepspeed_config, deepspeed_files
 from planner.export.megatron import megatron_files, megatron_items
+from planner.export.serving import SERVE_FORMATS, serve_export_files, serve_export_warnings
 from planner.export.torchtitan import torchtitan_files, torchtitan_warnings
 from planner.plan import PlanDocument, load_plan
 
@@ -88,6 +89,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """`planner export`: print the primary artefact, or write all artefacts next to --out."""
     from planner.io import atomic_write_text
 
+    if args.format in SERVE_FORMATS:  # serving plans: vLLM / SGLang / TensorRT-LLM (planner/export/serving.py)
+        return _export_serving(args)
     doc = load_plan(args.plan)
     files = export_files(doc, args.format, args.strict, Path(args.out).name if args.out else None)
     for line in export_warnings(doc, args.format):
@@ -106,11 +109,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_serving(args: argparse.Namespace) -> int:
+    from planner.io import atomic_write_text
+    from planner.serve.plan import load_serve_plan
+
+    doc = load_serve_plan(args.plan)
+    files = serve_export_files(doc, args.format, args.strict, Path(args.out).name.split(".")[0] if args.out else None)
+    for line in serve_export_warnings(doc, args.format):
+        print(f"planner: {line.replace('WARNING: ', 'warning: ', 1)}", file=sys.stderr)
+    if not args.out:
+        sys.stdout.write(next(iter(files.values())))
+        return 0
+    out = Path(args.out)
+    for name, text in files.items():
+        path = out.with_name(name)
+        atomic_write_text(path, text)
+        if name.endswith(".sh"):
+            os.chmod(path, 0o755)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add `planner export` to the CLI's subcommands."""
     p = sub.add_parser("export", help="write a plan as a Megatron-LM / torchtitan / DeepSpeed job with launch scripts")
     p.add_argument("plan", help="plan JSON (from planner plan --out or planner estimate --out)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="target framework")
+    p.add_argument("--format", required=True, choices=FORMATS + SERVE_FORMATS,
+                   help="target framework (vllm, sglang, trtllm: for serving plans from planner serve)")
     p.add_argument("--out", help="primary file to write (default: print it); the launch scripts and other "
                    "companion files are written next to it")
     p.add_argument("--strict", action="store_true",
