@@ -158,7 +158,8 @@ WIDGETS: dict[str, tuple[str, Any, Any]] = {
     # the framework's policies (None) until the user chooses others, as `planner plan --recompute`
     "recompute": ("recompute", lambda v: None if list(v) == st.session_state.get("_rc_default") else tuple(v),
                   lambda v: None if v is None else list(v)),
-    "schedules": ("schedules", tuple, list), "sp": ("sp", str, str), "framework": ("framework", None, None),
+    "schedules": ("schedules", tuple, list), "sp": ("sp", str, str),
+    "framework": ("framework", lambda v: None if v == "default" else v, lambda v: v or "default"),
     "measured_folder": ("folder", lambda v: v.strip() or None, lambda v: v or ""),
 }
 PROBLEM_FIELDS = ("model", "model_spec", "seq_len", "cluster", "cluster_spec", "gpus", "global_batch", "objective",
@@ -322,10 +323,11 @@ def sidebar_problem() -> Problem | None:
                                   "per token. With a fixed GPU count and batch all three rank alike.")
     top_k = int(sb.slider("Plans to rank", min_value=TOP_K[0], max_value=TOP_K[1], key="top_k"))
     default_fw = default_framework(cluster) if cluster is not None else None
-    fw = sb.selectbox("Framework", [None, *framework_names()], key="framework",
-                      format_func=lambda f: f"default ({default_fw})" if f is None else f,
-                      help="what runs the plan: what it overlaps and fuses, and the recompute policies searched "
-                           "(planner frameworks lists them)")
+    fw_choice = sb.selectbox("Framework", ["default", *framework_names()], key="framework",
+                             format_func=lambda f: f"default ({default_fw})" if f == "default" else f,
+                             help="what runs the plan: what it overlaps and fuses, and the recompute policies "
+                                  "searched (planner frameworks lists them)")
+    fw = None if fw_choice == "default" else fw_choice
     sb.header("Training cost")
     tokens_text = sb.text_input("Tokens to train", key="tokens", placeholder="e.g. 15T, 300B",
                                 help=f"empty: {TOKENS_PER_PARAM} tokens per parameter (compute-optimal, "

@@ -230,8 +230,10 @@ def test_invalid_url_parameters_warn_and_valid_ones_apply() -> None:
     for name in ("?seq_len=abc", "?objective=speed", "?model=no-such-model", "?colour=red", "?gpus=12x"):
         assert f"ignoring {name}" in text, name
     assert "llama3-8b on 64 x" in captions(at)  # defaults stand in
-    good = ok(new_app(seq_len="2048", objective="throughput", global_batch="128").run())
+    good = ok(new_app(seq_len="2048", objective="throughput", global_batch="128", framework="torchtitan").run())
     assert not good.warning and "x seq 2048" in captions(good) and good.selectbox(key="objective").value == "throughput"
+    assert good.selectbox(key="framework").value == "torchtitan" and url(good)["framework"] == "torchtitan"
+    assert ok(new_app().run()).selectbox(key="framework").value == "default"  # the cluster's, shown by name
     linked = ok(new_app(plan="tp8 pp8 dp1 mb1").run())  # a well-formed code this problem did not rank
     assert "the linked plan tp8 pp8 dp1 mb1 is not among this problem's plans" in warnings(linked)
 
