@@ -82,6 +82,7 @@ class ParamInfo:
     placements: str  # "dp:Shard(dim=0) tp:Shard(dim=0)" (mesh dimension: placement), "" for a plain tensor
     dtype: str
     local_bytes: int
+    trainable: bool = True  # False: frozen (LoRA's base weights): no gradient, no optimizer state
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def _param_infos(trainer: Trainer) -> list[ParamInfo]:
             loc = local_tensor(p)
             out.append(ParamInfo(name=name, global_shape=tuple(p.shape), local_shape=tuple(loc.shape),
                                  placements=_placements(p), dtype=str(loc.dtype).removeprefix("torch."),
-                                 local_bytes=loc.numel() * loc.element_size()))
+                                 local_bytes=loc.numel() * loc.element_size(), trainable=p.requires_grad))
     return out
 
 
@@ -398,7 +399,7 @@ def dry_run_rank(doc: PlanDocument, rank: int, optimizer: str = "adamw") -> Rank
         grad_bytes, grad_elems = trainer.grads_bytes, trainer.grads_elements
         opt_bytes, opt_params, opt_tensors = _optimizer_state(trainer)
         groups = _groups(dims, rank)
-        weight_elems = sum(local_tensor(p).numel() for p in trainer.parameters())
+        weight_elems = sum(local_tensor(p).numel() for p in trainer.all_parameters())  # trained and frozen
         weight_bytes = trainer.weights_bytes()
         stages = _stage_chunks(trainer)
         description = trainer.dp_description

@@ -13,7 +13,8 @@ time go to measured.json, with the statistics computed exactly as the simulation
 (planner.serve.stream.stream_result), and every step's batch and duration.
 
 `--calibrate` instead times decode steps of small calibration models (1 and 5 layers, batch 1 and 8)
-for `planner validate --serve` to fit the serving host overheads (planner/serve/calibrate.py).
+for `planner validate --serve` to fit the serving host overheads, and (on one rank) forward-only GEMMs
+and weight-streaming GEMVs (planner/serve/calibrate.py).
 """
 
 from __future__ import annotations
@@ -320,6 +321,49 @@ def calibrate(rank: int, world: int, device: torch.device, repeats: int) -> list
     return rows
 
 
+# Forward GEMMs (inference mode) large enough to be compute bound: (m, k, n)
+CALIB_GEMMS = ((128, 512, 512), (128, 512, 2048), (512, 512, 2048), (512, 2048, 512), (2048, 512, 2048),
+               (2048, 2048, 2048))
+STREAM_BYTES = 512 << 20  # weight bytes a decode GEMV streams in the bandwidth benchmark: far beyond any cache
+
+
+def _median_time(fn: Any, device: torch.device, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.inference_mode()
+def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
+    """Forward-only GEMM throughput (what a serving step's linear layers run, without autograd) and the
+    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights)."""
+    gemm = []
+    for m, k, n in CALIB_GEMMS:
+        x = torch.randn(m, k, device=device)
+        w = torch.randn(n, k, device=device)
+        sec = _median_time(lambda x=x, w=w: torch.nn.functional.linear(x, w), device, max(3, repeats // 4))
+        gemm.append([m, k, n, 2.0 * m * k * n, sec])
+    side = 2048
+    mats = [torch.randn(side, side, device=device) for _ in range(max(1, STREAM_BYTES // (side * side * 4)))]
+    v = torch.randn(1, side, device=device)
+
+    def stream() -> None:
+        for w in mats:
+            torch.nn.functional.linear(v, w)
+
+    sec = _median_time(stream, device, 5)
+    return {"gemm": gemm, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
+                                     "seconds": sec, "gemvs": len(mats)}}
+
+
 # ---- entry point --------------------------------------------------------------------------------
 
 
@@ -375,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.calibrate:
             rows = calibrate(rank, world, device, args.repeats)
+            kernels = bench_kernels(device, args.repeats) if world == 1 else None
             if rank == 0:
-                atomic_write_json(args.out, {"kind": "serve-calibration", "world_size": world, "rows": rows})
+                atomic_write_json(args.out, {"kind": "serve-calibration", "world_size": world, "rows": rows,
+                                             "kernels": kernels})
             return 0
         assert doc is not None and raw is not None
         result = serve_and_measure(doc, raw, rank, world, device, threads, args.seed)

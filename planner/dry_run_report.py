@@ -146,15 +146,15 @@ def _expert_bias(model: ModelSpec, plan: Plan) -> float:
     return model.num_layers / plan.pp * model.num_experts * model.hidden * (1 - 1 / plan.ep)
 
 
-def _fsdp_shards(report: Any, plan: Plan) -> tuple[float, float]:
+def _fsdp_shards(report: Any, plan: Plan, trained_only: bool = False) -> tuple[float, float]:
     """(elements this rank holds beyond an even 1/dp share, elements the collectives carry beyond the
-    unpadded tensors) over its FSDP2-sharded parameters. FSDP2 splits dim 0 of each (tensor-parallel
+    unpadded tensors) over its FSDP2-sharded (trained) parameters. FSDP2 splits dim 0 of each (tensor-parallel
     local) tensor in dp chunks of ceil(rows / dp), the last ones shorter or empty, and pads every chunk
     to that length for its all-gathers and reduce-scatters."""
     dp, me = plan.dp, report.coords.get("dp", 0)
     uneven = padding = 0.0
     for p in report.params:
-        if "dp:" not in p.placements:
+        if "dp:" not in p.placements or (trained_only and not p.trainable):
             continue
         rows = p.global_shape[0] if p.global_shape else 1
         if plan.tp > 1 and re.search(r"tp:(_Strided)?Shard\(dim=0", p.placements):
@@ -192,17 +192,20 @@ def memory_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
     # outside FSDP2 / ZeroRedundancyOptimizer, averaged by the executor's own edp all-reduce).
     exec_div = {"fsdp": (dp, dp, dp), "ddp": (1, 1, dp if plan.zero_stage == 1 else 1)}.get(kind, (1, 1, 1))
     per_param = {"weights": FP32, "grads": FP32, "optimizer": ADAM_STATE}
+    # Gradients and optimizer state exist for trained parameters only (LoRA freezes the base weights).
+    dense = {"weights": ms.dense_params, "grads": ms.trained_dense_params, "optimizer": ms.trained_dense_params}
+    expert = {"weights": ms.expert_params, "grads": ms.trained_expert_params, "optimizer": ms.trained_expert_params}
     for i, (family, stage) in enumerate((("weights", 3), ("grads", 2), ("optimizer", 1))):
         model_div = dp if plan.zero_stage >= stage and dp > 1 else 1
         if exec_div[i] != model_div:
             why = {("fsdp", 1): "ZeRO-1 runs as FSDP2 (tp > 1 or pp > 1): weights and gradients sharded too",
                    ("fsdp", 2): "FSDP2 keeps ZeRO-2 weights sharded between steps (gathered per use)"}.get(
                 (kind, plan.zero_stage), f"{kind} shards {family} over {exec_div[i]}")
-            deps.append(Departure(why, family, ms.dense_params * (1 / exec_div[i] - 1 / model_div) * per_param[family]))
+            deps.append(Departure(why, family, dense[family] * (1 / exec_div[i] - 1 / model_div) * per_param[family]))
         expert_div = edp if plan.zero_stage >= stage and edp > 1 else 1
-        if ms.expert_params and expert_div > 1:
+        if expert[family] and expert_div > 1:
             deps.append(Departure("expert weights outside ZeRO / FSDP2 (replicated over the expert-data-parallel "
-                                  "group)", family, ms.expert_params * (1 - 1 / expert_div) * per_param[family]))
+                                  "group)", family, expert[family] * (1 - 1 / expert_div) * per_param[family]))
         for name, extra in _replicated_tables(model, plan, report.pp_rank):
             deps.append(Departure(name, family, extra / exec_div[i] * per_param[family]))
         bias = _expert_bias(model, plan)
@@ -210,11 +213,12 @@ def memory_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
             deps.append(Departure("expert down-projection biases replicated over ep", family,
                                   bias / exec_div[i] * per_param[family]))
     if kind == "fsdp":
-        uneven, _ = _fsdp_shards(report, plan)
+        uneven = {"weights": _fsdp_shards(report, plan)[0]}
+        uneven["grads"] = uneven["optimizer"] = _fsdp_shards(report, plan, trained_only=True)[0]
         for family in MEMORY_FAMILIES:
-            if uneven:
+            if uneven[family]:
                 deps.append(Departure("FSDP2 splits dim 0 in ceil(rows / dp) chunks (uneven shards)", family,
-                                      uneven * per_param[family]))
+                                      uneven[family] * per_param[family]))
     if report.optimizer_tensors:
         deps.append(Departure("AdamW step count (one fp32 scalar per parameter tensor)", "optimizer",
                               FP32 * report.optimizer_tensors))
@@ -289,6 +293,12 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
         if plan.recompute == "full":
             deps.append(Departure("checkpointed recompute stops before a layer's last collective", "tp",
                                   -m * layers * act))
+        if plan.recompute == "op-selective":
+            # The per-op policy saves no collective outputs (torchtitan's saves the reduce-scatters), so
+            # recomputing a block re-runs its forward collectives but the last, as full recompute does.
+            sync = 2 * act if sp else act
+            deps.append(Departure("per-op selective recompute re-runs a layer's forward collectives but the last "
+                                  "(its policy saves no collective output)", "tp", m * layers * (2 * sync - act)))
         if p > 1 and not sp:
             model_only("tp.pp_gather", "pipelining sends whole activations (no scatter / gather over tp)")
             deps.append(Departure("every tp rank sends the whole activation", "pp",
@@ -314,12 +324,15 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
         model_rs = 1 if z <= 1 else m
         model_ag = {0: 0, 1: 1, 2: 1, 3: 2 * m}[z]
         pad = _fsdp_shards(report, plan)[1] if kind == "fsdp" else 0.0
+        trained_pad = _fsdp_shards(report, plan, trained_only=True)[1] if kind == "fsdp" else 0.0
+        trained = ms.trained_dense_params
+        frozen = ms.dense_params - trained
         if kind == "fsdp":
             exec_rs = m if p == 1 else 1
             if exec_rs != model_rs:
                 why = ("FSDP2 reduce-scatters every micro-batch (ZeRO-1 reduces once per step)" if z == 1 else
                        "torch.distributed.pipelining defers FSDP2's reduce-scatter to the last micro-batch")
-                deps.append(Departure(why, "dp.grads", (exec_rs - model_rs) * ms.dense_params * FP32))
+                deps.append(Departure(why, "dp.grads", (exec_rs - model_rs) * trained * FP32))
             # Exact where the order is simple: outside a pipeline (every micro-batch), and ZeRO-1/2 under a
             # one-chunk schedule (gathered once: nothing reshards). The interleaved schedule reshards the
             # chunks it is not running (its UNSHARD / RESHARD actions), and ZeRO-3 reshards after forward.
@@ -327,7 +340,10 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                 exec_ag = 2 * m if z == 3 else (m if p == 1 else 1)
                 if exec_ag != model_ag:
                     deps.append(Departure("FSDP2 re-gathers the weights every micro-batch (resharded after backward)",
-                                          "dp.weights", (exec_ag - model_ag) * ms.dense_params * FP32))
+                                          "dp.weights", (exec_ag - model_ag) * trained * FP32))
+                if frozen and exec_ag and z < 3:
+                    deps.append(Departure("FSDP2 shards and gathers the frozen base weights too (ZeRO-1/2 gather "
+                                          "only what the optimizer updated)", "dp.weights", exec_ag * frozen * FP32))
             else:
                 exec_ag = 0
                 gathers = measured["dp.weights"] / ((dense + pad) * FP32)
@@ -341,7 +357,8 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                     deps.append(Departure("replicated tables gathered with the rest", "dp.weights",
                                           exec_ag * extra * FP32))
             if pad:
-                deps.append(Departure("FSDP2 pads every shard to the longest chunk", "dp.grads", exec_rs * pad * FP32))
+                deps.append(Departure("FSDP2 pads every shard to the longest chunk", "dp.grads",
+                                      exec_rs * trained_pad * FP32))
                 if exec_ag:
                     deps.append(Departure("FSDP2 pads every shard to the longest chunk", "dp.weights",
                                           exec_ag * pad * FP32))
@@ -351,7 +368,7 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                 deps.append(Departure("replicated tables broadcast with the rest", "dp.weights", extra * FP32))
         if ms.expert_params:
             deps.append(Departure("expert gradients all-reduced once per step over the expert-data-parallel group",
-                                  "dp.grads", (1 - model_rs) * ms.expert_params * FP32))
+                                  "dp.grads", (1 - model_rs) * ms.trained_expert_params * FP32))
             if model_ag:
                 deps.append(Departure("expert weights are not sharded, so never gathered", "dp.weights",
                                       -model_ag * ms.expert_params * FP32))

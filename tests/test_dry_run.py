@@ -5,7 +5,8 @@ one process on a fake process group and meta tensors, and compared with the cost
    exactly the collectives (ops, phases, calls, bytes) that real gloo runs issue, and on 4-rank plans
    exactly the weights, gradients and optimizer state real runs report in measured.json.
 2. At hundreds of ranks, for every parallel dimension the executor supports (tp, sp, pp with 1F1B,
-   interleaved and GPipe, dp with ZeRO 0-3, ep), every built rank agrees with the cost model: its
+   interleaved, GPipe and uneven splits, dp with ZeRO 0-3, ep; LoRA, per-op recompute), every built
+   rank agrees with the cost model: its
    model state with `model_state_bytes` within 0.5% and, on first-stage ranks, its communication with
    traffic.py within 5%, once the executor's named departures are applied.
 3. The comparison can fail: a 1% error in the executor's bytes or in the model's parameters, or a
@@ -76,6 +77,10 @@ SCALE: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
                       ("expert weights outside ZeRO", "token counts")),
     "pp2-ep8-zero3": ("moe", {"pp": 2, "dp": 128, "ep": 8, "zero_stage": 3},
                       ("expert weights outside ZeRO", "never gathered")),
+    "pp4-uneven-lora-zero2": ("llama", {"pp": 4, "dp": 64, "first_stage_layers": 1, "last_stage_layers": 1,
+                                        "finetune": "lora", "zero_stage": 2}, ("frozen base weights",)),
+    "tp2-pp2-op-selective": ("gpt", {"tp": 2, "pp": 2, "dp": 64, "recompute": "op-selective"},
+                             ("per-op selective recompute re-runs",)),
 }
 
 
@@ -249,13 +254,13 @@ def test_command_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest
         assert main(["run", str(path), "--dry-run", *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
-    cp = dataclasses.replace(doc, plan=dataclasses.replace(doc.plan, cp=2, dp=2))
-    path = save_plan(tmp_path / "cp.json", cp)
+    lora = dataclasses.replace(doc, plan=dataclasses.replace(doc.plan, finetune="lora"))  # LoRA with tp > 1
+    path = save_plan(tmp_path / "lora.json", lora)
     assert main(["run", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "context parallelism" in err and len(err.splitlines()) == 1
+    assert "LoRA" in err and len(err.splitlines()) == 1, err
     with pytest.raises(UnsupportedPlan):
-        dry_run(cp)
+        dry_run(lora)
 
 
 def test_command_prints_json_and_agrees(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,7 +39,8 @@ from planner.specs.model import ModelSpec
 class ModelStateBytes:
     """Weights, gradients and optimizer state one GPU holds (bytes), and the parameters behind each
     (per GPU, after ZeRO sharding; fractional where a count does not divide evenly). `dense_params`
-    and `expert_params` are the GPU's parameters before ZeRO sharding, by how they are replicated;
+    and `expert_params` are the GPU's parameters before ZeRO sharding, by how they are replicated, and
+    `trained_dense_params` / `trained_expert_params` those of them trained (all but LoRA's frozen base);
     `lowp_bytes` the low-precision weight copies included in `weights`."""
 
     weights: float
@@ -51,6 +52,8 @@ class ModelStateBytes:
     dense_params: float
     expert_params: float
     lowp_bytes: float = 0.0
+    trained_dense_params: float = 0.0
+    trained_expert_params: float = 0.0
 
     @property
     def total(self) -> float:
@@ -110,4 +113,5 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     dt = plan.dtype
     return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * GRAD_BYTES[dt],
                            optimizer=o * OPTIMIZER_BYTES[dt], weight_params=w, grad_params=g, optimizer_params=o,
-                           dense_params=dense, expert_params=expert, lowp_bytes=lowp)
+                           dense_params=dense, expert_params=expert, lowp_bytes=lowp, trained_dense_params=t_dense,
+                           trained_expert_params=t_expert)

@@ -7,9 +7,12 @@ ops cost next to nothing; the time beyond what the step model predicts for their
 
     step_s [+ tp_step_s] + L (layer_s [+ tp_layer_s]) + L b sequence_layer_s,
 
-fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). The fitted
-values go into the cluster profile's `provenance["serving"]`, which `planner.serve.step.overheads_for`
-reads. The calibration models are not the models validated.
+fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). The same launch
+measures what the training calibration measures differently: forward-only GEMMs in inference mode
+(the efficiency curve of a serving step's linear layers, no autograd) and one-token GEMVs over 512 MB of
+weights (the bandwidth at which a decode step streams weights no cache holds). Everything goes into the
+cluster profile's `provenance["serving"]`, which `planner.serve.step.serving_gpu` and `overheads_for`
+read. The calibration models are not the models validated.
 """
 
 from __future__ import annotations
@@ -63,8 +66,25 @@ def fit_overheads(cluster: ClusterSpec, rows: list[dict[str, Any]], spec_of: Any
                      source="fitted by planner validate --serve from the executor's calibration decode steps")
 
 
+def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> ClusterSpec:
+    """The profile with the serving GEMM curve and weight-streaming bandwidth (from `executor.serve
+    --calibrate`'s kernel timings) in `provenance["serving"]`."""
+    if not kernels:
+        return cluster
+    peak = cluster.gpu.peak("fp32" if cluster.device == "cpu" else "bf16")
+    by_flops: dict[float, list[float]] = {}
+    for _, _, _, flops, sec in kernels["gemm"]:
+        by_flops.setdefault(flops, []).append(min(1.0, flops / sec / peak))
+    curve = sorted((f, sum(e) / len(e)) for f, e in by_flops.items())
+    stream = kernels["stream"]
+    prov = dict(cluster.provenance)
+    prov[SERVING_PROVENANCE_KEY] = {**prov.get(SERVING_PROVENANCE_KEY, {}), "gemm_curve": [list(p) for p in curve],
+                                    "memory_bandwidth": stream["bytes"] / stream["seconds"], "kernels": kernels}
+    return dataclasses.replace(cluster, provenance=prov)
+
+
 def with_overheads(cluster: ClusterSpec, overheads: Overheads, rows: list[dict[str, Any]]) -> ClusterSpec:
     """The profile with the serving overheads (and the calibration rows they came from) recorded."""
     prov = dict(cluster.provenance)
-    prov[SERVING_PROVENANCE_KEY] = {**overheads.to_dict(), "calibration": rows}
+    prov[SERVING_PROVENANCE_KEY] = {**prov.get(SERVING_PROVENANCE_KEY, {}), **overheads.to_dict(), "calibration": rows}
     return dataclasses.replace(cluster, provenance=prov)

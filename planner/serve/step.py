@@ -92,6 +92,22 @@ def overheads_for(cluster: ClusterSpec) -> Overheads:
     return Overheads()
 
 
+def serving_gpu(cluster: ClusterSpec) -> Any:
+    """The cluster's GPU as a serving step sees it: no wave quantisation (see the module docstring) and,
+    when the profile carries serving measurements (`planner validate --serve`), the forward-only GEMM
+    efficiency curve and the weight-streaming bandwidth measured for inference instead of the training
+    calibration's (autograd GEMMs, cache-sized copies)."""
+    gpu = dataclasses.replace(cluster.gpu, num_sms=0)
+    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
+    if not isinstance(raw, dict):
+        return gpu
+    if raw.get("gemm_curve"):
+        gpu = dataclasses.replace(gpu, gemm_curve=tuple(tuple(p) for p in raw["gemm_curve"]))
+    if raw.get("memory_bandwidth"):
+        gpu = dataclasses.replace(gpu, memory_bandwidth=float(raw["memory_bandwidth"]), memory_efficiency=1.0)
+    return gpu
+
+
 def experts_touched(num_experts: int, top_k: int, tokens: Array) -> Array:
     """Expected distinct experts that `tokens` tokens route to (top_k of num_experts, uniform)."""
     t = np.asarray(tokens, dtype=np.float64)
@@ -144,7 +160,7 @@ class StepCost:
         self.stage_gpus = self.tp * self.adp
         self.expert_tp = self.stage_gpus // self.ep
         self.model, self.cluster, self.dtype, self.kv_dtype = model, cluster, dtype, kv_dtype
-        self.gpu = dataclasses.replace(cluster.gpu, num_sms=0)  # no wave quantisation (docstring)
+        self.gpu = serving_gpu(cluster)
         self.fused_kernels = cluster.device == "cuda" if fused_kernels is None else fused_kernels
         self.base = base_dtype(dtype)
         self.act_bytes = DTYPE_BYTES[self.base]

@@ -6,8 +6,9 @@ at the batch limit, more users than slots so requests queue, an open Poisson str
 small GQA decoder (`VALIDATION_MODEL`, ~27M parameters, 107 MB in fp32), served in fp32.
 
 Steps: (1) a cluster profile (`--cluster`, or `planner calibrate` now): GEMM efficiency curve, memory
-bandwidth, collectives; (2) the serving host overheads, fitted from the executor's decode steps of
-separate calibration models (planner/serve/calibrate.py); (3) every plan predicted with that profile
+bandwidth, collectives; (2) the serving measurements (planner/serve/calibrate.py): forward-only GEMM
+efficiency and weight-streaming bandwidth, and the host overheads fitted from the executor's decode
+steps of separate calibration models; (3) every plan predicted with that profile
 and served `--launches` times, round robin (the median of each metric over launches is compared, as
 this VM's speed drifts 5-10% between minutes); (4) MAPE of TPOT p50, TTFT p50 (and p90) and output
 tokens/s over the plans, written to OUT_DIR/serve/serve-validation.json with every plan and launch.
@@ -26,7 +27,7 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, dumps
 from planner.report import table
-from planner.serve.calibrate import fit_overheads, with_overheads
+from planner.serve.calibrate import fit_overheads, with_kernels, with_overheads
 from planner.serve.plan import SLO, ServeDocument, ServePlan, ServePool, Workload, save_serve_plan
 from planner.serve.predict import predict
 from planner.specs.catalog import load_cluster
@@ -112,8 +113,12 @@ def run_serve_validation(args: argparse.Namespace) -> int:
     base = load_cluster(args.cluster)
     print("fitting the serving host overheads (executor.serve --calibrate on 1 and 2 ranks)", file=sys.stderr)
     rows: list[dict[str, Any]] = []
+    kernels = None
     for tp in tps:
-        rows += run_serve_calibration(tp, out_dir / f"serve-calibration-tp{tp}.json")["rows"]
+        cal = run_serve_calibration(tp, out_dir / f"serve-calibration-tp{tp}.json")
+        rows += cal["rows"]
+        kernels = kernels or cal.get("kernels")
+    base = with_kernels(base, kernels)
     overheads = fit_overheads(base, rows, calibration_spec)
     profile = with_overheads(base, overheads, rows)
     atomic_write_json(out_dir / "serve-profile.json", profile.to_dict())
