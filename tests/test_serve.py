@@ -372,3 +372,44 @@ def test_kv_bytes_math_is_consistent_with_published_ratio() -> None:
     assert kv_bytes_per_token(LLAMA70, "bf16") / kv_bytes_per_token(DEEPSEEK_V3, "bf16") == pytest.approx(
         327_680 / 70_272)
     assert math.isclose(kv_bytes_per_token(DEEPSEEK_V3, "fp8"), 35_136)
+
+
+# ---- serving calibration ------------------------------------------------------------------------------
+
+
+def test_overhead_fit_recovers_known_overheads() -> None:
+    """Synthetic calibration rows built with known host overheads on top of the op costs: the fit
+    returns them (the executor's rows are measured the same way)."""
+    from executor.serve import CALIB_BATCHES, CALIB_CONTEXT, CALIB_LAYERS, calibration_spec
+    from planner.serve.calibrate import fit_overheads
+    from planner.serve.step import Overheads
+    from planner.specs.catalog import localhost_cpu
+
+    cluster = localhost_cpu()
+    truth = Overheads(step_s=4e-4, tp_step_s=3e-4, layer_s=2e-4, tp_layer_s=9e-4, sequence_layer_s=5e-5)
+    rows = []
+    for tp in (1, 2):
+        for layers in CALIB_LAYERS:
+            for batch in CALIB_BATCHES:
+                spec = calibration_spec(layers)
+                cost = StepCost(spec, cluster.with_gpus(tp), "fp32", "fp32", np.array([tp]), np.array([1]),
+                                overheads=truth)
+                t = float(cost.step_time(batch, batch, batch, batch * (CALIB_CONTEXT + 1.0), 0, 0.0)[0])
+                rows.append({"layers": layers, "batch": batch, "tp": tp, "context": CALIB_CONTEXT, "step_s": t})
+    fit = fit_overheads(cluster, rows, calibration_spec)
+    for name in Overheads.NAMES:
+        assert getattr(fit, name) == pytest.approx(getattr(truth, name), rel=1e-6, abs=1e-9), name
+
+
+def test_serving_kernels_replace_the_training_gemm_curve_and_bandwidth() -> None:
+    from planner.serve.calibrate import with_kernels
+    from planner.serve.step import serving_gpu
+    from planner.specs.catalog import localhost_cpu
+
+    cluster = localhost_cpu()
+    peak = cluster.gpu.peak("fp32")
+    kernels = {"gemm": [[512, 512, 2048, 2.0 * 512 * 512 * 2048, 2.0 * 512 * 512 * 2048 / (0.25 * peak)]],
+               "stream": {"bytes": 1e9, "seconds": 0.125}}
+    gpu = serving_gpu(with_kernels(cluster, kernels))
+    assert gpu.gemm_curve == ((2.0 * 512 * 512 * 2048, pytest.approx(0.25)),)
+    assert gpu.memory_bandwidth == 8e9 and gpu.memory_efficiency == 1.0
