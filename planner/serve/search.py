@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -479,6 +478,3 @@ def _explain_nothing_fits(model: ModelSpec, cluster: ClusterSpec, workload: Work
                     f"GPU but the leanest plan ({p.describe()}) leaves {left / GIB:.2f} GiB; nearest feasible: "
                     f"isl + osl <= {min(longest, limit)} tokens, --kv-dtype fp8, or more GPUs", field="kv_cache")
 
-
-def serve_documents_json(result: ServeResult) -> list[dict[str, Any]]:
-    return [d.to_json() for d in result.documents]
