@@ -343,8 +343,9 @@ def _median_time(fn: Any, device: torch.device, repeats: int) -> float:
 
 @torch.inference_mode()
 def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
-    """Forward-only GEMM throughput (what a serving step's linear layers run, without autograd) and the
-    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights)."""
+    """Forward-only GEMM throughput (what a serving step's linear layers run, without autograd), the
+    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights), and
+    the decode attention kernel's time against 256-4096 cached keys (its FLOP rate is the slope)."""
     gemm = []
     for m, k, n in CALIB_GEMMS:
         x = torch.randn(m, k, device=device)
@@ -360,8 +361,21 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
             torch.nn.functional.linear(v, w)
 
     sec = _median_time(stream, device, 5)
+    # decode attention: one query per sequence against keys and values sliced from a cache (GQA)
+    attention = []
+    for heads, kv_heads, dim in ((16, 4, 64), (8, 8, 128)):
+        cache = torch.randn(2, 2, kv_heads, 4096, dim, device=device)
+        q = torch.randn(1, heads, 1, dim, device=device)
+        gqa = heads != kv_heads
+        for ctx in (256, 1024, 4096):
+            def attend(cache: torch.Tensor = cache, q: torch.Tensor = q, ctx: int = ctx, gqa: bool = gqa) -> None:
+                k, v = cache[0, 1, :, :ctx][None], cache[1, 1, :, :ctx][None]
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+
+            sec_a = _median_time(attend, device, max(5, repeats))
+            attention.append([heads, kv_heads, dim, ctx, 4.0 * heads * dim * ctx, sec_a])
     return {"gemm": gemm, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
-                                     "seconds": sec, "gemvs": len(mats)}}
+                                     "seconds": sec, "gemvs": len(mats)}, "decode_attention": attention}
 
 
 # ---- entry point --------------------------------------------------------------------------------

@@ -413,3 +413,11 @@ def test_serving_kernels_replace_the_training_gemm_curve_and_bandwidth() -> None
     gpu = serving_gpu(with_kernels(cluster, kernels))
     assert gpu.gemm_curve == ((2.0 * 512 * 512 * 2048, pytest.approx(0.25)),)
     assert gpu.memory_bandwidth == 8e9 and gpu.memory_efficiency == 1.0
+
+
+def test_decode_attention_rate_is_the_slope_over_context() -> None:
+    from planner.serve.calibrate import decode_attention_flops_per_s
+
+    rows = [[16, 4, 64, ctx, 4.0 * 16 * 64 * ctx, 2e-5 + 4.0 * 16 * 64 * ctx / 3e9] for ctx in (256, 1024, 4096)]
+    rows += [[8, 8, 128, ctx, 4.0 * 8 * 128 * ctx, 5e-5 + 4.0 * 8 * 128 * ctx / 5e9] for ctx in (256, 1024, 4096)]
+    assert decode_attention_flops_per_s(rows) == pytest.approx(4e9)  # the two kernels' rates averaged

@@ -9,8 +9,9 @@ ops cost next to nothing; the time beyond what the step model predicts for their
 
 fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). The same launch
 measures what the training calibration measures differently: forward-only GEMMs in inference mode
-(the efficiency curve of a serving step's linear layers, no autograd) and one-token GEMVs over 512 MB of
-weights (the bandwidth at which a decode step streams weights no cache holds). Everything goes into the
+(the efficiency curve of a serving step's linear layers, no autograd), one-token GEMVs over 512 MB of
+weights (the bandwidth at which a decode step streams weights no cache holds) and the decode attention
+kernel against 256-4096 cached keys (its FLOP rate: the slope of time over FLOPs). Everything goes into the
 cluster profile's `provenance["serving"]`, which `planner.serve.step.serving_gpu` and `overheads_for`
 read. The calibration models are not the models validated.
 """
@@ -66,6 +67,23 @@ def fit_overheads(cluster: ClusterSpec, rows: list[dict[str, Any]], spec_of: Any
                      source="fitted by planner validate --serve from the executor's calibration decode steps")
 
 
+def decode_attention_flops_per_s(rows: list[list[float]]) -> float:
+    """The decode attention kernel's FLOP rate: per head configuration, the least-squares slope of time
+    against FLOPs over the context lengths (the intercept is the call's fixed cost, which the host
+    overhead fit covers); the configurations' rates averaged. 0 without rows."""
+    by_shape: dict[tuple[float, ...], list[tuple[float, float]]] = {}
+    for heads, kv_heads, dim, _, flops, sec in rows:
+        by_shape.setdefault((heads, kv_heads, dim), []).append((flops, sec))
+    rates = []
+    for pts in by_shape.values():
+        if len(pts) < 2:
+            continue
+        slope = float(np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
+        if slope > 0:
+            rates.append(1.0 / slope)
+    return sum(rates) / len(rates) if rates else 0.0
+
+
 def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> ClusterSpec:
     """The profile with the serving GEMM curve and weight-streaming bandwidth (from `executor.serve
     --calibrate`'s kernel timings) in `provenance["serving"]`."""
@@ -77,9 +95,13 @@ def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> Cluste
         by_flops.setdefault(flops, []).append(min(1.0, flops / sec / peak))
     curve = sorted((f, sum(e) / len(e)) for f, e in by_flops.items())
     stream = kernels["stream"]
+    serving = {"gemm_curve": [list(p) for p in curve], "memory_bandwidth": stream["bytes"] / stream["seconds"],
+               "kernels": kernels}
+    rate = decode_attention_flops_per_s(kernels.get("decode_attention") or [])
+    if rate:
+        serving["decode_attention_flops_per_s"] = rate
     prov = dict(cluster.provenance)
-    prov[SERVING_PROVENANCE_KEY] = {**prov.get(SERVING_PROVENANCE_KEY, {}), "gemm_curve": [list(p) for p in curve],
-                                    "memory_bandwidth": stream["bytes"] / stream["seconds"], "kernels": kernels}
+    prov[SERVING_PROVENANCE_KEY] = {**prov.get(SERVING_PROVENANCE_KEY, {}), **serving}
     return dataclasses.replace(cluster, provenance=prov)
 
 

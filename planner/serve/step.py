@@ -108,6 +108,13 @@ def serving_gpu(cluster: ClusterSpec) -> Any:
     return gpu
 
 
+def decode_attention_rate(cluster: ClusterSpec) -> float:
+    """Achieved FLOP/s of the decode attention kernel (one query against a cached context) when the
+    profile measured it (`planner validate --serve`), else 0: the GPU's attention efficiency applies."""
+    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
+    return float(raw.get("decode_attention_flops_per_s", 0.0)) if isinstance(raw, dict) else 0.0
+
+
 def experts_touched(num_experts: int, top_k: int, tokens: Array) -> Array:
     """Expected distinct experts that `tokens` tokens route to (top_k of num_experts, uniform)."""
     t = np.asarray(tokens, dtype=np.float64)
@@ -161,6 +168,7 @@ class StepCost:
         self.expert_tp = self.stage_gpus // self.ep
         self.model, self.cluster, self.dtype, self.kv_dtype = model, cluster, dtype, kv_dtype
         self.gpu = serving_gpu(cluster)
+        self.decode_rate = decode_attention_rate(cluster)
         self.fused_kernels = cluster.device == "cuda" if fused_kernels is None else fused_kernels
         self.base = base_dtype(dtype)
         self.act_bytes = DTYPE_BYTES[self.base]
@@ -272,7 +280,9 @@ class StepCost:
             # decode: the fused kernel's FLOPs (no causal mask: one query sees every key) against the
             # KV bytes it reads
             flops = core.flops_s * ctx / tp
-            if gpu.attention_efficiency:
+            if self.decode_rate:
+                compute = flops / self.decode_rate
+            elif gpu.attention_efficiency:
                 compute = flops / (gpu.peak(dt) * gpu.attention_efficiency)
             else:
                 compute = gpu.gemm_time(flops, dt)
@@ -474,6 +484,7 @@ class StepTimer:
         self.mem_rate = gpu.memory_bandwidth * gpu.memory_efficiency
         self.kernel_s = gpu.kernel_overhead_s
         self.att_rate = gpu.peak(cost.base) * gpu.attention_efficiency if gpu.attention_efficiency else 0.0
+        self.decode_rate = cost.decode_rate
         # GEMM-curve compute time of attention FLOPs when no attention efficiency is measured:
         # tabulated on a fine log grid (interpolated in log FLOPs, as GPUSpec.gemm_time does)
         self.log_flops = np.linspace(0.0, 18.0, 1801)
@@ -512,6 +523,9 @@ class StepTimer:
             self.decode.append(dec)
             self.prefill.append(pref)
 
+    def _decode_compute(self, flops: float) -> float:
+        return flops / self.decode_rate if self.decode_rate else self._compute(flops)
+
     def _compute(self, flops: float) -> float:
         if flops <= 0:
             return 0.0
@@ -532,7 +546,7 @@ class StepTimer:
             if decode_seqs:
                 for n, per_ctx, kv_bytes, window in self.decode[s]:
                     ctx = min(decode_ctx, decode_seqs * window) if window else decode_ctx
-                    t += n * max(self._compute(per_ctx * ctx), kv_bytes * ctx / self.mem_rate + self.kernel_s)
+                    t += n * max(self._decode_compute(per_ctx * ctx), kv_bytes * ctx / self.mem_rate + self.kernel_s)
             if prefill_tokens:
                 for n, per_ctx, io_per_token, local in self.prefill[s]:
                     flops = per_ctx * (pairs_w if local else prefill_pairs)
@@ -554,7 +568,9 @@ class StepTimer:
             for k, per_ctx, kv_bytes, window in self.decode[s]:
                 ctx = np.minimum(ctx0, n * window) if window else ctx0
                 flops = per_ctx * ctx
-                if self.att_rate:
+                if self.decode_rate:
+                    compute = flops / self.decode_rate
+                elif self.att_rate:
                     compute = flops / self.att_rate
                 else:
                     x = np.clip(np.log10(np.maximum(flops, 1.0)), 0.0, 18.0)
