@@ -324,6 +324,7 @@ def calibrate(rank: int, world: int, device: torch.device, repeats: int) -> list
 # Forward GEMMs (inference mode) large enough to be compute bound: (m, k, n)
 CALIB_GEMMS = ((128, 512, 512), (128, 512, 2048), (512, 512, 2048), (512, 2048, 512), (2048, 512, 2048),
                (2048, 2048, 2048))
+CALIB_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # GEMM rows (tokens) of the row-count efficiency curve
 STREAM_BYTES = 512 << 20  # weight bytes a decode GEMV streams in the bandwidth benchmark: far beyond any cache
 
 
@@ -352,6 +353,17 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
         w = torch.randn(n, k, device=device)
         sec = _median_time(lambda x=x, w=w: torch.nn.functional.linear(x, w), device, max(3, repeats // 4))
         gemm.append([m, k, n, 2.0 * m * k * n, sec])
+    rows = []  # GEMMs by row count, weights streamed from 32 distinct 4 MB matrices (no cache reuse)
+    weights = [torch.randn(1024, 1024, device=device) for _ in range(32)]
+    for m in CALIB_ROWS:
+        x = torch.randn(m, 1024, device=device)
+
+        def sweep(x: torch.Tensor = x) -> None:
+            for w in weights:
+                torch.nn.functional.linear(x, w)
+
+        sec = _median_time(sweep, device, max(3, repeats // 4)) / len(weights)
+        rows.append([m, 1024, 1024, 2.0 * m * 1024 * 1024, sec])
     side = 2048
     mats = [torch.randn(side, side, device=device) for _ in range(max(1, STREAM_BYTES // (side * side * 4)))]
     v = torch.randn(1, side, device=device)
@@ -374,7 +386,7 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
 
             sec_a = _median_time(attend, device, max(5, repeats))
             attention.append([heads, kv_heads, dim, ctx, 4.0 * heads * dim * ctx, sec_a])
-    return {"gemm": gemm, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
+    return {"gemm": gemm, "gemm_rows": rows, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
                                      "seconds": sec, "gemvs": len(mats)}, "decode_attention": attention}
 
 

@@ -97,6 +97,8 @@ def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> Cluste
     stream = kernels["stream"]
     serving = {"gemm_curve": [list(p) for p in curve], "memory_bandwidth": stream["bytes"] / stream["seconds"],
                "kernels": kernels}
+    if kernels.get("gemm_rows"):  # efficiency by row count: BLAS picks GEMV / small-m / blocked kernels by m
+        serving["gemm_rows_curve"] = [[m, min(1.0, flops / sec / peak)] for m, _, _, flops, sec in kernels["gemm_rows"]]
     rate = decode_attention_flops_per_s(kernels.get("decode_attention") or [])
     if rate:
         serving["decode_attention_flops_per_s"] = rate

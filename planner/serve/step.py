@@ -115,6 +115,15 @@ def decode_attention_rate(cluster: ClusterSpec) -> float:
     return float(raw.get("decode_attention_flops_per_s", 0.0)) if isinstance(raw, dict) else 0.0
 
 
+def gemm_rows_curve(cluster: ClusterSpec) -> tuple[tuple[float, float], ...]:
+    """Measured GEMM efficiency by row count (tokens), when the profile has it: CPU BLAS libraries run a
+    one-row GEMM as a streaming GEMV and a few-row GEMM on a slower small-m kernel, which an efficiency
+    indexed by FLOPs cannot tell apart. Empty: the GPU's FLOP-indexed curve applies."""
+    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
+    pts = raw.get("gemm_rows_curve") if isinstance(raw, dict) else None
+    return tuple(sorted((float(m), float(e)) for m, e in pts)) if pts else ()
+
+
 def experts_touched(num_experts: int, top_k: int, tokens: Array) -> Array:
     """Expected distinct experts that `tokens` tokens route to (top_k of num_experts, uniform)."""
     t = np.asarray(tokens, dtype=np.float64)
@@ -169,6 +178,7 @@ class StepCost:
         self.model, self.cluster, self.dtype, self.kv_dtype = model, cluster, dtype, kv_dtype
         self.gpu = serving_gpu(cluster)
         self.decode_rate = decode_attention_rate(cluster)
+        self.rows_curve = gemm_rows_curve(cluster)
         self.fused_kernels = cluster.device == "cuda" if fused_kernels is None else fused_kernels
         self.base = base_dtype(dtype)
         self.act_bytes = DTYPE_BYTES[self.base]
@@ -203,7 +213,27 @@ class StepCost:
 
     # ---- compute ------------------------------------------------------------------------------
 
+    def _rows_gemm(self, op: Op, tokens: Array, tp: Array, ep: Array, experts: Array | float) -> Array:
+        """A linear layer's roofline with the efficiency of its row count (`gemm_rows_curve`)."""
+        fin, fout, copies = op.gemm  # type: ignore[misc]
+        k = np.full_like(tp, fin, dtype=np.float64)
+        n = np.full_like(tp, fout, dtype=np.float64)
+        if op.tp == "row":
+            k = k / tp
+        elif op.tp in ("column", "vocab"):
+            n = n / tp
+        inst = (np.asarray(experts, dtype=np.float64) / ep) if op.routed else np.ones_like(tp, dtype=np.float64)
+        m = tokens * copies / inst
+        b = DTYPE_BYTES[self.base]
+        xs = np.log([p[0] for p in self.rows_curve])
+        eff = np.interp(np.log(np.maximum(m, 1.0)), xs, [p[1] for p in self.rows_curve])
+        compute = 2.0 * m * k * n / (self.gpu.peak(self.base) * eff)
+        t = inst * np.maximum(compute, self.gpu.memory_time(b * (m * k + k * n + m * n)))
+        return np.where(m > 0, t, 0.0)
+
     def _gemm(self, op: Op, tokens: Array, tp: Array, ep: Array, experts: Array | float) -> Array:
+        if self.rows_curve and not low_precision(op, self.dtype):
+            return self._rows_gemm(op, tokens, tp.astype(np.float64), ep.astype(np.float64), experts)
         if low_precision(op, self.dtype):
             return _prequantised_gemm(op, self.gpu, self.dtype, tokens, tp.astype(np.float64),
                                       ep.astype(np.float64), np.asarray(experts, dtype=np.float64))
@@ -228,9 +258,10 @@ class StepCost:
             if op.kind == "gemm":
                 if op.routed:
                     t = t + self._gemm(op, total / self.ep, self.expert_tp, self.ep, touched)
-                elif op.name == "lm_head":
-                    t = t + self._gemm(op, np.asarray(seqs, dtype=np.float64), self.tp, np.ones_like(self.ep),
-                                       1.0)
+                elif op.name == "lm_head":  # only the sequences that sample a token
+                    n_seq = np.asarray(seqs, dtype=np.float64)
+                    head = self._gemm(op, n_seq, self.tp, np.ones_like(self.ep), 1.0)
+                    t = t + np.where(n_seq > 0, head, 0.0)
                 else:
                     t = t + self._gemm(op, tokens, self.tp, np.ones_like(self.ep), 1.0)
             elif op.routed:
