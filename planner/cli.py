@@ -208,7 +208,8 @@ def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterS
                       dtype=_dtype(args, model, cluster), placement=args.placement or DEFAULT_PLACEMENT,
                       flash_attention=not args.no_flash_attention)
     return dataclasses.replace(plan, first_stage_layers=args.first_stage_layers,
-                               last_stage_layers=args.last_stage_layers, recompute_every=args.recompute_every,
+                               last_stage_layers=args.last_stage_layers, embedding_in_split=args.embedding_in_split,
+                               loss_in_split=args.loss_in_split, recompute_every=args.recompute_every,
                                framework=args.framework, **_finetune(args))
 
 
@@ -527,6 +528,12 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
                    help="layers of the first pipeline rank (uneven split; Megatron-LM's "
                         "--decoder-first-pipeline-num-layers)")
     p.add_argument("--last-stage-layers", type=_layers, help="layers of the last pipeline rank (uneven split)")
+    if not search:
+        p.add_argument("--embedding-in-split", action="store_true",
+                       help="count the embedding as a layer in the pipeline split (Megatron-LM's "
+                            "--account-for-embedding-in-pipeline-split)")
+        p.add_argument("--loss-in-split", action="store_true",
+                       help="count the loss as a layer in the pipeline split")
     p.add_argument("--recompute-every", type=_positive_int, default=1,
                    help="with full recompute: recompute 1 of every k layers (default 1: all)")
     p.add_argument("--finetune", choices=FINETUNE, default="full",

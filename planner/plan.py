@@ -60,6 +60,10 @@ class Plan:
     # --decoder-first/last-pipeline-num-layers); None: every rank holds the same.
     first_stage_layers: int | None = None
     last_stage_layers: int | None = None
+    # ... or the embedding / the loss counted as one layer each in an even split over the virtual
+    # stages (Megatron-LM's --account-for-embedding-in-pipeline-split / -loss-in-pipeline-split)
+    embedding_in_split: bool = False
+    loss_in_split: bool = False
     recompute_every: int = 1  # with recompute "full": recompute 1 of every k layers (torchtitan's int option)
     finetune: str = "full"  # full training, or LoRA adapters on frozen base weights
     lora_rank: int = 16
@@ -70,7 +74,8 @@ class Plan:
 
     # Fields written to JSON only when they differ from these defaults (so plans written before
     # they existed keep their hash).
-    OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None, "recompute_every": 1,
+    OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None,
+                                          "embedding_in_split": False, "loss_in_split": False, "recompute_every": 1,
                 "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS,
                 "framework": None}
 
@@ -89,7 +94,7 @@ class Plan:
             raise PlanError(f"must be 0, 1, 2 or 3, got {self.zero_stage!r}", field="zero_stage")
         if self.dtype not in PRECISIONS:
             raise PlanError(f"must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}", field="dtype")
-        for f in ("sequence_parallel", "flash_attention"):
+        for f in ("sequence_parallel", "flash_attention", "embedding_in_split", "loss_in_split"):
             if not isinstance(getattr(self, f), bool):
                 raise PlanError(f"must be true or false, got {getattr(self, f)!r}", field=f)
         placement = tuple(self.placement) if isinstance(self.placement, (list, tuple)) else None
@@ -119,7 +124,12 @@ class Plan:
 
     @property
     def uneven(self) -> bool:
-        return self.first_stage_layers is not None or self.last_stage_layers is not None
+        return self.first_stage_layers is not None or self.last_stage_layers is not None or self.account > 0
+
+    @property
+    def account(self) -> int:
+        """Bit mask of the units counted as layers in the pipeline split (planner.cost.stages)."""
+        return (1 if self.embedding_in_split else 0) | (2 if self.loss_in_split else 0)
 
     @property
     def world_size(self) -> int:
@@ -151,6 +161,9 @@ class Plan:
             parts.append(f"first{self.first_stage_layers}")
         if self.last_stage_layers is not None:
             parts.append(f"last{self.last_stage_layers}")
+        if self.account:
+            units = ("+emb" if self.embedding_in_split else "") + ("+loss" if self.loss_in_split else "")
+            parts.append(f"split{units}")
         if self.finetune == "lora":
             parts.append(f"lora{self.lora_rank}")
         if self.framework is not None:
@@ -186,20 +199,27 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
         raise PlanError(f"num_kv_heads {m.num_kv_heads} is not divisible by tp {p.tp}", field="tp")
     if m.ffn_hidden % p.tp:
         raise PlanError(f"ffn_hidden {m.ffn_hidden} is not divisible by tp {p.tp}", field="tp")
+    for name in ("moe_ffn_hidden", "shared_ffn_hidden"):
+        width = getattr(m, name, 0)
+        if width and width % p.tp:
+            raise PlanError(f"{name} {width} is not divisible by tp {p.tp}", field="tp")
     if p.uneven:
-        from planner.cost.stages import split_layers
+        from planner.cost.stages import virtual_stage_sizes
 
+        field = "embedding_in_split" if p.account else "first_stage_layers"
         try:
-            counts = split_layers(m.num_layers, p.pp, p.first_stage_layers, p.last_stage_layers)
+            sizes = virtual_stage_sizes(m.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers,
+                                        p.account)
         except ValueError as exc:
-            raise PlanError(str(exc), field="first_stage_layers") from None
-        bad = [r for r, n in enumerate(counts) if n % p.vpp or n == 0]
-        if bad:
-            raise PlanError(f"pipeline rank {bad[0]} would hold {counts[bad[0]]} layers: each rank needs a "
-                            f"positive multiple of vpp = {p.vpp}", field="first_stage_layers")
+            raise PlanError(str(exc), field=field) from None
+        per_rank = [sum(sizes[r::p.pp]) for r in range(p.pp)]
+        if min(per_rank) == 0:
+            raise PlanError(f"pipeline rank {per_rank.index(0)} would hold no layer (each rank needs a positive "
+                            f"multiple of vpp = {p.vpp})", field=field)
     elif m.num_layers % (p.pp * p.vpp):
         raise PlanError(f"num_layers {m.num_layers} is not divisible by pp*vpp = {p.pp}*{p.vpp} (an uneven "
-                        f"split needs first_stage_layers / last_stage_layers)", field="pp")
+                        f"split needs first_stage_layers / last_stage_layers, or embedding_in_split / "
+                        f"loss_in_split)", field="pp")
     if p.global_batch % (p.dp * p.micro_batch):
         raise PlanError(f"global_batch {p.global_batch} is not divisible by dp*micro_batch = "
                         f"{p.dp}*{p.micro_batch}", field="global_batch")

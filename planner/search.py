@@ -116,43 +116,48 @@ def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraint
                 yield tp, cp, pp, dp
 
 
-def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int, int, list[int]]]:
-    """(first, last, vpp options) of the layer splits searched over pp ranks; (-1, -1) is even.
+def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int, int, int, list[int]]]:
+    """(first, last, account, vpp options) of the layer splits searched over pp ranks; (-1, -1, 0) is even.
 
-    Even when pp divides the layers; otherwise the middle ranks hold ceil(L / pp) layers and the first
-    and last share the rest, the first (which also embeds) taking the smaller half (Megatron-LM's
+    Even when pp divides the layers; otherwise (a) the middle ranks hold ceil(L / pp) layers and the
+    first and last share the rest, the first (which also embeds) taking the smaller half (Megatron-LM's
     --decoder-first/last-pipeline-num-layers as NeMo sets them, e.g. 126 layers on 8 ranks: 15 + 6 x 16
-    + 15). One split per pp keeps the space small; any other is expressed with the constraints (the
-    CLI's --first-stage-layers / --last-stage-layers).
+    + 15), and (b) when L + 2 divides evenly, the embedding and the loss counted as one layer each
+    (--account-for-embedding/loss-in-pipeline-split, which NeMo's 405B recipes use with interleaving).
+    Any other split is expressed with the constraints (--first-stage-layers / --last-stage-layers).
     """
-    from planner.cost.stages import split_layers
+    from planner.cost.stages import virtual_stage_sizes
 
-    if c.first_stage_layers is not None or c.last_stage_layers is not None:
-        options = {(c.first_stage_layers, c.last_stage_layers)}
+    fixed = c.first_stage_layers is not None or c.last_stage_layers is not None
+    if fixed:
+        options = {(c.first_stage_layers, c.last_stage_layers, 0)}
     elif num_layers % pp == 0:
-        options = {(None, None)}
+        options = {(None, None, 0)}
     elif pp == 2:
-        options = {(num_layers // 2, num_layers - num_layers // 2)}
+        options = {(num_layers // 2, num_layers - num_layers // 2, 0)}
     else:
         options = set()
         for mid in (-(-num_layers // pp), num_layers // pp):  # the floor only if the ceiling leaves too few
             rest = num_layers - mid * (pp - 2)
             if rest >= 2:
-                options = {(rest // 2, rest - rest // 2)}
+                options = {(rest // 2, rest - rest // 2, 0)}
                 break
+    if not fixed and num_layers % pp and (num_layers + 2) % pp == 0:
+        options.add((None, None, 3))
     out = []
-    for first, last in sorted(options, key=lambda o: (o[0] is not None, o)):
-        try:
-            counts = split_layers(num_layers, pp, first, last)
-        except ValueError:
-            continue
-        if min(counts) < 1:
-            continue
-        vpps = [v for v in divisors(math.gcd(*counts)) if pp > 1 or v == 1]
-        if c.vpp is not None:
-            vpps = [v for v in vpps if v == c.vpp]
+    for first, last, account in sorted(options, key=lambda o: (o[0] is not None, o[2], o[:2] if o[0] else ())):
+        vpps = []
+        for v in range(1, num_layers + 3) if pp > 1 else [1]:  # virtual_stage_sizes says which are legal
+            if c.vpp is not None and v != c.vpp:
+                continue
+            try:
+                sizes = virtual_stage_sizes(num_layers, pp, v, first, last, account)
+            except ValueError:
+                continue
+            if min(sum(sizes[r::pp]) for r in range(pp)) >= 1:
+                vpps.append(v)
         if vpps:
-            out.append((-1 if first is None else first, -1 if last is None else last, vpps))
+            out.append((-1 if first is None else first, -1 if last is None else last, account, vpps))
     return out
 
 
@@ -218,7 +223,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         nonlocal pending
         s_rows = [b[0] for b in blocks]
         reps = [len(b[1]) for b in blocks]
-        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last
+        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last account
         inner = np.concatenate([np.tile(b[1], (len(b[0]), 1)) for b in blocks])
         rep = np.repeat(np.arange(len(struct)), np.repeat(reps, [len(r) for r in s_rows]))
         cols = struct[rep]
@@ -246,7 +251,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             mb=cols[:, 6], gb=np.full(n, global_batch, dtype=np.int64), sched=inner[:, 2], rc=inner[:, 0],
             sp=cols[:, 7].astype(bool), zero=inner[:, 1], stride_tp=strides["tp"][rep],
             stride_cp=strides["cp"][rep], stride_dp=strides["dp"][rep], stride_pp=strides["pp"][rep],
-            placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10],
+            placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10], account=cols[:, 11],
             every=np.where(inner[:, 0] == full_rc, c.recompute_every, 1), dtype=dtype, flash=flash,
             placements=tuple(placements), groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
             lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (), framework=framework,
@@ -276,7 +281,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                 place_index[o] = len(placements)
                 placements.append(o)
             pidx.append(place_index[o])
-        for v, first, last in ((v, f, la) for f, la, vs in splits for v in vs):
+        for v, first, last, account in ((v, f, la, ac) for f, la, ac, vs in splits for v in vs):
             if pp == 1:
                 scheds = [sched_idx["1f1b"]]
             elif v == 1:
@@ -290,7 +295,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                     pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
             if not scheds or not mb_ok:
                 continue
-            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last) for e, b, s, pl
+            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last, account) for e, b, s, pl
                                in itertools.product(eps, mb_ok, sps, pidx)], dtype=np.int64)
             key = (tuple(zeros), tuple(scheds))
             inner = inner_cache.get(key)

@@ -295,7 +295,8 @@ def _events(graph: _Graph, ends: Array, d: Array) -> list[Event]:
 
 
 def _layout(lg: LayerGraph, plan: Plan) -> StageLayout:
-    return stage_layout(lg.pattern, len(lg.kinds), plan.pp, plan.vpp, plan.first_stage_layers, plan.last_stage_layers)
+    return stage_layout(lg.pattern, len(lg.kinds), plan.pp, plan.vpp, plan.first_stage_layers, plan.last_stage_layers,
+                        plan.account)
 
 
 def _stage_durations(terms: CostTerms, rows: Array, layout: StageLayout) -> tuple[Array, Array]:

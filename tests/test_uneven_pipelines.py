@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from planner.cost import batch_from_plans, cost_terms, estimate
-from planner.cost.stages import split_layers, stage_layout
+from planner.cost.stages import split_layers, stage_layout, virtual_stage_sizes
 from planner.errors import PlanError
 from planner.plan import Plan, check_plan
 from planner.search import Constraints, search
@@ -44,7 +44,7 @@ def test_legality_names_the_rule() -> None:
     assert "first_stage_layers" in str(err.value)
     with pytest.raises(PlanError, match="equal counts"):
         check_plan(m, c, Plan(pp=4, global_batch=4, first_stage_layers=2, last_stage_layers=3))
-    with pytest.raises(PlanError, match="multiple of vpp"):
+    with pytest.raises(PlanError, match="not divisible by 2 model chunks"):
         check_plan(m, c, Plan(pp=4, vpp=2, schedule="interleaved-1f1b", global_batch=8, first_stage_layers=1,
                               last_stage_layers=3))
 
@@ -101,6 +101,26 @@ def test_search_expresses_layer_counts_pp_does_not_divide() -> None:
     assert result.plans
     for p in result.plans:
         assert p.uneven
-        counts = split_layers(126, 8, p.first_stage_layers, p.last_stage_layers)
+        sizes = virtual_stage_sizes(126, 8, p.vpp, p.first_stage_layers, p.last_stage_layers, p.account)
+        counts = [sum(sizes[r::8]) for r in range(8)]
         assert sum(counts) == 126 and len(set(counts[1:-1])) == 1 and counts[1] in (15, 16)
         check_plan(m, c, p)
+
+
+def test_embedding_and_loss_counted_as_layers_as_nemo_405b() -> None:
+    """NeMo's Llama 3.1 405B recipe: pp 8, vpp 8, the embedding and the loss counted as layers:
+    126 + 2 = 128 units, 2 per virtual stage; the first virtual stage holds the embedding and 1 layer,
+    the last 1 layer and the loss, every other one 2 layers; rank 0 thus 15 layers, rank 7 15, the rest 16."""
+
+    sizes = virtual_stage_sizes(126, 8, 8, account=3)
+    assert sizes[0] == 1 and sizes[-1] == 1 and set(sizes[1:-1]) == {2} and sum(sizes) == 126
+    assert [sum(sizes[r::8]) for r in range(8)] == [15, 16, 16, 16, 16, 16, 16, 15]
+    m = model_preset("llama3-405b")
+    c = cluster_preset("dgx-h100").with_gpus(512)
+    plan = Plan(tp=8, pp=8, dp=8, vpp=8, schedule="interleaved-1f1b", global_batch=256, recompute="full",
+                embedding_in_split=True, loss_in_split=True)
+    check_plan(m, c, plan)
+    with pytest.raises(PlanError, match="not divisible by pp"):
+        check_plan(m, c, dataclasses.replace(plan, embedding_in_split=False, loss_in_split=False))
+    sim = simulate_plan(m, c, plan, events=False)
+    assert sim.stage_layers[0] == (0, 0) and sim.stage_layers[1] == (1, 2) and sim.stage_layers[-1] == (125, 125)

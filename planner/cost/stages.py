@@ -77,21 +77,49 @@ def split_layers(num_layers: int, stages: int, first: int | None = None, last: i
     return [c if c is not None else each for c in counts]
 
 
-@lru_cache(maxsize=4096)
-def stage_layout(pattern: tuple[int, ...], n_kinds: int, pp: int, vpp: int, first: int | None = None,
-                 last: int | None = None) -> StageLayout:
-    """The layout of layers `pattern` (kind index per layer) on pp ranks x vpp chunks.
+EMBEDDING_UNIT, LOSS_UNIT = 1, 2  # `account` bits: the embedding / the loss counted as a layer in the split
 
-    `first` / `last` fix the layers of the first / last pipeline rank (all its chunks); each rank's
-    layers are split evenly over its chunks. Raises ValueError if that is impossible.
+
+def virtual_stage_sizes(num_layers: int, pp: int, vpp: int, first: int | None = None, last: int | None = None,
+                        account: int = 0) -> list[int]:
+    """Transformer layers of each virtual stage g = chunk·pp + rank (they hold consecutive layers).
+
+    Even; or with the first / last rank's count fixed (each rank's layers split evenly over its
+    chunks); or, with `account` (Megatron-LM's --account-for-embedding-in-pipeline-split /
+    --account-for-loss-in-pipeline-split), the embedding and / or the loss counted as one layer each:
+    L + 2 units split evenly over the pp·vpp virtual stages, the first holding one layer fewer for the
+    embedding and the last one fewer for the loss (NeMo's Llama 3.1 405B: 126 + 2 = 128 units on
+    8 x 8 virtual stages, 2 each). Raises ValueError naming the rule when impossible.
     """
-    per_rank = split_layers(len(pattern), pp, first, last)
+    n_virtual = pp * vpp
+    if account:
+        if first is not None or last is not None:
+            raise ValueError("give either the first / last stage layer counts or count the embedding / loss as "
+                             "layers, not both")
+        e, lo = int(bool(account & EMBEDDING_UNIT)), int(bool(account & LOSS_UNIT))
+        units = num_layers + e + lo
+        if units % n_virtual:
+            raise ValueError(f"{num_layers} layers + {e + lo} for the embedding / loss = {units} are not divisible "
+                             f"by pp*vpp = {n_virtual}")
+        sizes = [units // n_virtual] * n_virtual
+        sizes[0] -= e
+        sizes[-1] -= lo
+        if min(sizes) < 0:
+            raise ValueError("a virtual stage would hold fewer than zero layers")
+        return sizes
+    per_rank = split_layers(num_layers, pp, first, last)
     for r, n in enumerate(per_rank):
         if n % vpp:
             raise ValueError(f"pipeline rank {r} holds {n} layers, not divisible by {vpp} model chunks")
-    # Virtual stage g = chunk·pp + rank; its layer count is that rank's count / vpp, and virtual
-    # stages hold consecutive layers in g order.
-    sizes = [per_rank[g % pp] // vpp for g in range(pp * vpp)]
+    return [per_rank[g % pp] // vpp for g in range(n_virtual)]
+
+
+@lru_cache(maxsize=4096)
+def stage_layout(pattern: tuple[int, ...], n_kinds: int, pp: int, vpp: int, first: int | None = None,
+                 last: int | None = None, account: int = 0) -> StageLayout:
+    """The layout of layers `pattern` (kind index per layer) on pp ranks x vpp chunks, split as
+    `virtual_stage_sizes` says. Raises ValueError if that split is impossible."""
+    sizes = virtual_stage_sizes(len(pattern), pp, vpp, first, last, account)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     pat = np.asarray(pattern, dtype=np.int64)
     virtual = tuple(tuple(int(x) for x in np.bincount(pat[starts[g]:starts[g + 1]], minlength=n_kinds))
@@ -149,23 +177,24 @@ class ClassArrays:
 
 
 def class_arrays(pattern: tuple[int, ...], n_kinds: int, pp: Array, vpp: Array, first: Array | None = None,
-                 last: Array | None = None) -> ClassArrays:
+                 last: Array | None = None, account: Array | None = None) -> ClassArrays:
     """Stage classes of every row (pp[i] ranks x vpp[i] chunks; first[i] / last[i] layers on the first /
-    last rank, -1 for an even split), padded to the widest."""
+    last rank, -1 for an even split; account[i] the embedding / loss units), padded to the widest."""
     n = len(pp)
     first = np.full(n, -1) if first is None else first
     last = np.full(n, -1) if last is None else last
-    keys = np.stack([pp, vpp, first, last], axis=1).astype(np.int64)
-    # one integer per row (pp < 2^17, vpp < 2^10, first + 1 and last + 1 < 2^18: 63 bits)
-    key = (keys[:, 0] << 46) + (keys[:, 1] << 36) + ((keys[:, 2] + 1) << 18) + (keys[:, 3] + 1)
+    account = np.zeros(n, dtype=np.int64) if account is None else account
+    keys = np.stack([pp, vpp, first, last, account], axis=1).astype(np.int64)
+    # one integer per row (pp < 2^15, vpp < 2^10, first + 1 and last + 1 < 2^18, account < 4: 63 bits)
+    key = (keys[:, 0] << 48) + (keys[:, 1] << 38) + ((keys[:, 2] + 1) << 20) + ((keys[:, 3] + 1) << 2) + keys[:, 4]
     _, first_rows, inv = np.unique(key, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
 
     def opt(v: int) -> int | None:
         return None if v < 0 else int(v)
 
-    layouts = [stage_layout(pattern, n_kinds, int(keys[r, 0]), int(keys[r, 1]), opt(keys[r, 2]), opt(keys[r, 3]))
-               for r in first_rows]
+    layouts = [stage_layout(pattern, n_kinds, int(keys[r, 0]), int(keys[r, 1]), opt(keys[r, 2]), opt(keys[r, 3]),
+                            int(keys[r, 4])) for r in first_rows]
     width = max(len(lay.class_size) for lay in layouts)
     u = len(layouts)
     layers = np.zeros((u, width, n_kinds))

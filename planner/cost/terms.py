@@ -340,7 +340,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         res["emb_bytes"] = np.zeros_like(t)
 
     # Stage classes: parameters, data-parallel collectives and the optimizer per class.
-    classes = class_arrays(lg.pattern, len(lg.kinds), b.pp, b.vpp, b.first, b.last)
+    classes = class_arrays(lg.pattern, len(lg.kinds), b.pp, b.vpp, b.first, b.last, b.account)
     single = (b.pp == 1)[:, None]
     layers = classes.layers  # (rows, C, K)
     dense = np.einsum("rck,rk->rc", layers, res["params_dense"]) \

@@ -56,6 +56,7 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "pp2-uneven-1-3": ("gpt", {"pp": 2, "first_stage_layers": 1, "last_stage_layers": 3}),
         "dp2-op-selective-llama": ("llama", {"dp": 2, "recompute": "op-selective"}),
         "pp2-full-every2": ("gpt", {"pp": 2, "recompute": "full", "recompute_every": 2}),
+        "pp2-split-emb-loss": ("llama", {"pp": 2, "embedding_in_split": True, "loss_in_split": True}),
         "dp2-lora-llama": ("llama", {"dp": 2, "finetune": "lora", "lora_rank": 4}),
         "pp2-lora": ("gpt", {"pp": 2, "finetune": "lora", "lora_rank": 4, "lora_targets": ["qkv", "down"]}),
     },
