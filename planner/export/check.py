@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.io import atomic_write_text
 from planner.plan import PlanDocument
 
 # Runs torchtitan.train on the CPU: torchtitan picks "cuda" when no accelerator is present, and its
@@ -97,7 +98,7 @@ def check_torchtitan(doc: PlanDocument, files: dict[str, str], workdir: Path, ra
         return None
     workdir.mkdir(parents=True, exist_ok=True)
     module_file = next(n for n in files if n.endswith("_job.py"))
-    (workdir / module_file).write_text(files[module_file])
+    atomic_write_text(workdir / module_file, files[module_file])
     world = str(doc.plan.world_size)
     env = {**os.environ, "NGPU": world, "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": world,
            "PYTHONPATH": f"{workdir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
