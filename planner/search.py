@@ -276,7 +276,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
         pidx = []
-        for o in _placements(tp, cp, pp, dp, eps, cluster.gpus_per_node, c.placements, model.is_moe):
+        for o in _placements(tp, cp, pp, dp, eps, cluster.nvlink_domain, c.placements, model.is_moe):
             if o not in place_index:
                 place_index[o] = len(placements)
                 placements.append(o)

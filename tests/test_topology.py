@@ -5,6 +5,7 @@ numbers their sources quote, and bad topologies refused with the field named."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -452,3 +453,23 @@ def test_every_preset_loads_its_topology_and_planner_clusters_lists_them(capsys:
 def test_link_class_from_a_link_preset() -> None:
     link = link_class(link_preset("nvlink5"))
     assert (link.bandwidth, link.latency, link.efficiency) == (900e9, 3e-6, 0.8)
+
+
+def test_cost_model_prices_groups_inside_the_nvlink_domain_on_nvlink() -> None:
+    """On a GB200 NVL72 rack (4-GPU trays, one 72-GPU NVLink domain) an 8-way tensor-parallel group and a
+    16-way data-parallel group span trays but never leave the rack: they cost what they cost on one
+    hypothetical 72-GPU host with the same NVLink (no topology), and far less than over InfiniBand."""
+    from planner.cost import estimate
+    from planner.plan import Plan
+    from planner.specs.catalog import load_cluster, model_preset
+
+    rack = load_cluster("gb200-nvl72", gpus=64)
+    assert (rack.gpus_per_node, rack.nvlink_domain) == (4, 72)
+    one_host = dataclasses.replace(rack, topology=None, gpus_per_node=64, num_nodes=1)
+    trays_on_ib = dataclasses.replace(rack, topology=None)  # the same trays, joined only by InfiniBand
+    model = model_preset("llama3-70b")
+    plan = Plan(tp=8, dp=8, micro_batch=1, global_batch=64, sequence_parallel=True, zero_stage=1)
+    on_rack, on_host, on_ib = (estimate(model, c, plan)["time"] for c in (rack, one_host, trays_on_ib))
+    for term in ("tp_comm", "dp_comm"):
+        assert on_rack[term] == pytest.approx(on_host[term], rel=1e-9), term
+        assert on_ib[term] > 2 * on_rack[term], term

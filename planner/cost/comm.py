@@ -99,7 +99,7 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     (or laid out as `layout` = (members per node, nodes spanned))."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
     size = np.asarray(size)
-    k, n_nodes = layout if layout is not None else group_layout(size, stride, cluster.gpus_per_node)
+    k, n_nodes = layout if layout is not None else group_layout(size, stride, cluster.nvlink_domain)
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
     t_flat = _flat(intra, op, nbytes, size)
@@ -134,7 +134,7 @@ def p2p_time(cluster: ClusterSpec, nbytes: Array, size: Array, stride: Array) ->
     inter-node link on its critical path.
     """
     stride = np.asarray(stride)
-    same_node = stride * np.asarray(size) <= cluster.gpus_per_node
+    same_node = stride * np.asarray(size) <= cluster.nvlink_domain
     t_in = _flat(cluster.intra_node, "p2p", nbytes, np.full(stride.shape, 2))
     t_out = _flat(cluster.inter_node, "p2p", nbytes, np.full(stride.shape, 2))
     return np.where(same_node, t_in, t_out)

@@ -320,7 +320,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
 
     # Gradient groups span two dimensions: dense weights are replicated over dp x cp ranks, expert
     # weights over (dp / ep) x cp ranks (expert groups are ep consecutive dp ranks).
-    gpn = cluster.gpus_per_node
+    gpn = cluster.nvlink_domain  # the fast tier spans the NVLink domain (72 GPUs on an NVL72 rack)
     g_dp, k_dp, n_dp = product_layout([(b.dp, b.stride_dp), (b.cp, b.stride_cp)], gpn)
     g_edp, k_edp, n_edp = product_layout([(b.dp // b.ep, b.stride_dp * b.ep), (b.cp, b.stride_cp)], gpn)
     res["g_dp"], res["g_edp"] = g_dp.astype(np.float64), g_edp.astype(np.float64)

@@ -341,7 +341,7 @@ class StepCost:
         link = self.cluster.intra_node
         g = np.asarray(group, dtype=np.float64)
         one_shot = 2.0 * link.latency + np.asarray(nbytes) * (g - 1) / link.bus_bandwidth
-        inside = g <= self.cluster.gpus_per_node
+        inside = g <= self.cluster.nvlink_domain
         return np.where((g > 1) & inside, np.minimum(ring, one_shot), ring)
 
     def layer_comm(self, kind_ops: tuple[Op, ...], tokens: Array) -> Array:
