@@ -12,6 +12,7 @@ validate` and the benchmarks all call `search`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -126,11 +127,20 @@ def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int,
     (--account-for-embedding/loss-in-pipeline-split, which NeMo's 405B recipes use with interleaving).
     Any other split is expressed with the constraints (--first-stage-layers / --last-stage-layers).
     """
+    return [(f, la, ac, list(vs)) for f, la, ac, vs in
+            _pipeline_splits(num_layers, pp, c.first_stage_layers, c.last_stage_layers, c.vpp)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _pipeline_splits(num_layers: int, pp: int, first_layers: int | None, last_layers: int | None,
+                     vpp: int | None) -> tuple[tuple[int, int, int, tuple[int, ...]], ...]:
+    """`pipeline_splits` on hashable arguments, cached: the nearest-legal hint asks it for every pp of
+    thousands of batch sizes and GPU counts."""
     from planner.cost.stages import virtual_stage_sizes
 
-    fixed = c.first_stage_layers is not None or c.last_stage_layers is not None
+    fixed = first_layers is not None or last_layers is not None
     if fixed:
-        options = {(c.first_stage_layers, c.last_stage_layers, 0)}
+        options = {(first_layers, last_layers, 0)}
     elif num_layers % pp == 0:
         options = {(None, None, 0)}
     elif pp == 2:
@@ -148,7 +158,7 @@ def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int,
     for first, last, account in sorted(options, key=lambda o: (o[0] is not None, o[2], o[:2] if o[0] else ())):
         vpps = []
         for v in range(1, num_layers + 3) if pp > 1 else [1]:  # virtual_stage_sizes says which are legal
-            if c.vpp is not None and v != c.vpp:
+            if vpp is not None and v != vpp:
                 continue
             try:
                 sizes = virtual_stage_sizes(num_layers, pp, v, first, last, account)
@@ -157,8 +167,8 @@ def pipeline_splits(num_layers: int, pp: int, c: Constraints) -> list[tuple[int,
             if min(sum(sizes[r::pp]) for r in range(pp)) >= 1:
                 vpps.append(v)
         if vpps:
-            out.append((-1 if first is None else first, -1 if last is None else last, account, vpps))
-    return out
+            out.append((-1 if first is None else first, -1 if last is None else last, account, tuple(vpps)))
+    return tuple(out)
 
 
 def _layout(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
