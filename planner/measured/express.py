@@ -125,10 +125,14 @@ def plan_fields(run: PrintedRun) -> dict[str, Any]:
         dtype=run.precision, flash_attention=run.flash_attention)
     if run.recompute == "every-k":
         kw["recompute_every"] = run.recompute_every
-    if run.first_stage_layers is not None:
-        kw["first_stage_layers"] = run.first_stage_layers
-    if run.last_stage_layers is not None:
-        kw["last_stage_layers"] = run.last_stage_layers
+    if run.uneven_virtual and {"embedding_in_split", "loss_in_split"} <= {f.name for f in dataclasses.fields(Plan)}:
+        # Megatron's --account-for-embedding/loss-in-pipeline-split: the same stages, also when interleaved
+        kw.update(embedding_in_split=True, loss_in_split=True)
+    else:
+        if run.first_stage_layers is not None:
+            kw["first_stage_layers"] = run.first_stage_layers
+        if run.last_stage_layers is not None:
+            kw["last_stage_layers"] = run.last_stage_layers
     if run.finetune == "lora":
         kw.update(finetune="lora", lora_rank=run.lora_rank, lora_targets=run.lora_targets)
     return kw
