@@ -616,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    from planner import fit_cmd
+
+    fit_cmd.add_parser(sub)
+
     p = sub.add_parser("calibrate", help="measure this machine and write a cluster profile JSON")
     p.add_argument("--nproc-per-node", type=_positive_int, default=os.cpu_count() or 2,
                    help="ranks per node (default: CPU cores, or GPUs on a GPU node)")

@@ -71,7 +71,8 @@ def test_linear_gemms_run_at_the_fp8_peak_plus_their_quantisation() -> None:
     element) and writes transposed FP8 copies of input and weight (2 bytes per element)."""
     model = model_preset("llama3-8b")
     op = next(o for o in build_graph(model).layer_ops if o.name == "mlp.down")
-    gpu = dataclasses.replace(H100.gpu, num_sms=0)  # no wave quantisation: the hand numbers stay simple
+    # No wave quantisation (the hand numbers stay simple) and one efficiency for both formats.
+    gpu = dataclasses.replace(H100.gpu, num_sms=0, gemm_efficiency_by_dtype={})
     tokens, one = np.array([8192.0]), np.array([1.0])
     bf16 = gemm_op_times(op, gpu, "bf16", tokens, one, one, 0)
     fp8 = gemm_op_times(op, gpu, "fp8", tokens, one, one, 0)
@@ -84,6 +85,11 @@ def test_linear_gemms_run_at_the_fp8_peak_plus_their_quantisation() -> None:
     assert bf16.fwd[0] == pytest.approx(gemm_bf16 + gpu.gemm_overhead_s, rel=0.02)  # compute bound
     assert fp8.fwd[0] == pytest.approx(gemm_bf16 / 2 + gpu.gemm_overhead_s + cast_fwd, rel=0.02)
     assert fp8.bwd[0] == pytest.approx(2 * (gemm_bf16 / 2 + gpu.gemm_overhead_s) + cast_bwd, rel=0.02)
+    # An FP8 efficiency of its own (fitted: planner fit) replaces the 16-bit one for FP8 GEMMs only.
+    slow = dataclasses.replace(gpu, gemm_efficiency_by_dtype={"fp8": gpu.gemm_efficiency / 2})
+    assert gemm_op_times(op, slow, "fp8", tokens, one, one, 0).fwd[0] == pytest.approx(
+        gemm_bf16 + gpu.gemm_overhead_s + cast_fwd, rel=0.02)
+    assert gemm_op_times(op, slow, "bf16", tokens, one, one, 0).fwd[0] == bf16.fwd[0]
 
 
 def test_attention_and_lm_head_stay_in_bf16() -> None:

@@ -109,8 +109,9 @@ def _idealised(cluster: ClusterSpec, memory_only: bool) -> ClusterSpec:
     gpu = dataclasses.replace(cluster.gpu, kernel_overhead_s=0.0, gemm_overhead_s=0.0)
     if memory_only:
         gpu = dataclasses.replace(gpu, peak_flops={k: 1e18 for k in gpu.peak_flops})
-    else:
-        gpu = dataclasses.replace(gpu, memory_bandwidth=1e15)
+    else:  # the worked example's efficiency: 0.6 of peak for GEMMs and the attention kernel alike
+        gpu = dataclasses.replace(gpu, memory_bandwidth=1e15, gemm_efficiency=0.6, attention_efficiency=0.0,
+                                  gemm_efficiency_by_dtype={})
     link = dataclasses.replace(cluster.intra_node, latency=0.0, bandwidth=1e15)
     return dataclasses.replace(cluster, gpu=gpu, intra_node=link, inter_node=link)
 

@@ -120,6 +120,6 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
         source_blockers=tuple(dict.fromkeys(blockers)), notes=tuple(notes), **kw)
 
 
-def read() -> list[PrintedRun]:
-    """Every row of the BLOOM prequel table, in file order."""
-    return [_row(i, r) for i, r in enumerate(read_csv(FILE))]
+def read(rows: list[dict[str, str]] | None = None) -> list[PrintedRun]:
+    """Every row of the BLOOM prequel table, in file order (or of `rows`: a table in its columns read elsewhere)."""
+    return [_row(i, r) for i, r in enumerate(read_csv(FILE) if rows is None else rows)]

@@ -73,6 +73,9 @@ class GPUSpec:
     memory_bytes: float  # device memory (HBM) per GPU
     memory_bandwidth: float  # bytes/s, datasheet
     gemm_efficiency: float = 0.7  # sustained fraction of peak on large GEMMs
+    # Sustained fraction of a low-precision peak (peak_flops key -> fraction: "fp8", "mxfp8", "nvfp4")
+    # where it differs from gemm_efficiency: FP8 GEMMs run nearer their memory and quantisation bounds.
+    gemm_efficiency_by_dtype: dict[str, float] = field(default_factory=dict, hash=False)
     gemm_overhead_s: float = 5e-6  # fixed time per GEMM kernel
     memory_efficiency: float = 0.85  # achieved fraction of memory bandwidth by streaming kernels
     kernel_overhead_s: float = 4e-6  # fixed time per memory-bound kernel launch
@@ -100,6 +103,13 @@ class GPUSpec:
         _num(w, "memory_bytes", self.memory_bytes, hi=1e15)
         _num(w, "memory_bandwidth", self.memory_bandwidth, hi=1e15)
         _num(w, "gemm_efficiency", self.gemm_efficiency, hi=1.0)
+        if not isinstance(self.gemm_efficiency_by_dtype, dict):
+            raise SpecError("must map peak_flops keys to fractions of that peak", field=f"{w}.gemm_efficiency_by_dtype")
+        for k, v in self.gemm_efficiency_by_dtype.items():
+            if k not in self.peak_flops:
+                raise SpecError(f"no peak_flops entry {show(k)} for this efficiency",
+                                field=f"{w}.gemm_efficiency_by_dtype")
+            _num(w, f"gemm_efficiency_by_dtype.{k}", v, hi=1.0)
         _num(w, "gemm_overhead_s", self.gemm_overhead_s, strict_lo=False, hi=1.0)
         _num(w, "memory_efficiency", self.memory_efficiency, hi=1.0)
         _num(w, "kernel_overhead_s", self.kernel_overhead_s, strict_lo=False, hi=1.0)
@@ -155,7 +165,8 @@ class GPUSpec:
             ys = np.array([p[1] for p in self.gemm_curve])
             eff = np.interp(np.log10(np.maximum(f, 1.0)), xs, ys)
             return np.where(f > 0, f / (peak * eff * waves), 0.0)
-        return np.where(f > 0, f / (peak * self.gemm_efficiency * waves) + self.gemm_overhead_s, 0.0)
+        eff = self.gemm_efficiency_by_dtype.get(dtype, self.gemm_efficiency)
+        return np.where(f > 0, f / (peak * eff * waves) + self.gemm_overhead_s, 0.0)
 
     def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
         """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
@@ -361,6 +372,8 @@ class ClusterSpec:
         d = dataclasses.asdict(self)
         d["gpu"]["gemm_curve"] = [list(p) for p in self.gpu.gemm_curve]
         d["gpu"]["gemm_tile"] = list(self.gpu.gemm_tile)
+        if not self.gpu.gemm_efficiency_by_dtype:
+            d["gpu"].pop("gemm_efficiency_by_dtype")  # (files written before the field existed hash the same)
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:

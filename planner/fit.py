@@ -1,0 +1,358 @@
+"""Fit the GPU efficiencies of the cost model to measured training runs, and cross-validate the fit.
+
+The cost model prices a GEMM at `gemm_efficiency` of the GPU's datasheet peak (a low-precision GEMM at
+`gemm_efficiency_by_dtype[key]` of that format's peak) and the fused attention kernel at
+`attention_efficiency`; everything else is a datasheet number, a framework profile switch or a
+microbenchmark result. Those three fractions are what measured runs teach: each is a property of one
+GPU (and format) running the kernels the frameworks use, with a unit (achieved / peak FLOP/s) and a
+physical range (0, 1]. Nothing is fitted per row, model, source or framework.
+
+Method. A run's predicted step time t(x) depends on the parameters of its own GPU only, and is close
+to affine in the inverse efficiencies (time = FLOPs / (peak x efficiency) + terms that do not depend
+on them; overlap and `max` bend it a little). So each run's step time is tabulated once by the real
+cost model (`planner.cost.estimate`) on a small grid of efficiencies (GRID, per parameter the run
+depends on) and interpolated multilinearly in 1/efficiency; the fit minimises the mean absolute log
+error, mean |log(t / measured)| (robust to the few rows a model feature misses by far), by a grid
+search over the interpolated surfaces refined to STEP. Errors are reported from the real cost model
+at the fitted values, never from the interpolation. A parameter is fitted only where at least
+MIN_ROWS training runs depend on it; elsewhere the catalog's value stays.
+
+Cross-validation: leave one group out (a source, a model family), fit on the rest, predict the group
+(`cross_validate`): what a user gets on a framework release or a model the fit never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost import estimate
+from planner.measured import MeasuredRun
+from planner.precision import RECIPES, gemm_peak_key
+from planner.specs.cluster import GPUSpec
+
+GEMM = "gemm_efficiency"
+ATTENTION = "attention_efficiency"
+# Tabulated efficiencies, about evenly spaced in 1 / efficiency; their ends bound the fit: a training step
+# sustaining more than 0.9 of peak in GEMMs or attention is beyond what published kernels reach, under 0.3
+# far below them, so a value fitted at either end says the model misses something else on those runs.
+GRID = (0.3, 0.45, 0.65, 0.9)
+STEP = 0.01  # resolution of the fitted values
+MIN_ROWS = 5  # training runs that must depend on a parameter for it to be fitted
+
+# The catalog's value for a GPU no measured run has fitted (docs/cost-model.md section 6: H100-class and
+# Blackwell GEMMs at 0.60 of peak, reproducing the ~47% MFU Megatron-LM reports on H100; attention and
+# low-precision GEMMs at the same fraction). Cross-validation must start from it, not from a catalog
+# already fitted on the runs it holds out.
+ASSUMED_GEMM_EFFICIENCY = 0.60
+
+MEANINGS = {
+    GEMM: "sustained fraction of the 16-bit dense peak reached by the GEMMs of a training step",
+    ATTENTION: "sustained fraction of the 16-bit dense peak reached by the fused (flash) attention kernel",
+}
+
+
+def lowp_parameter(key: str) -> str:
+    """The parameter name of the GEMM efficiency of a low-precision peak (`peak_flops` key)."""
+    return f"{GEMM}[{key}]"
+
+
+def meaning(name: str) -> str:
+    if name in MEANINGS:
+        return MEANINGS[name]
+    return f"sustained fraction of the dense {name[len(GEMM) + 1:-1]} peak reached by low-precision GEMMs"
+
+
+def current_value(gpu: GPUSpec, name: str) -> float:
+    """The value a GPU spec holds for a parameter (what the cost model uses today)."""
+    if name == GEMM:
+        return gpu.gemm_efficiency
+    if name == ATTENTION:
+        return gpu.attention_efficiency  # 0: the fused kernel priced at the GEMM efficiency
+    key = name[len(GEMM) + 1:-1]
+    return gpu.gemm_efficiency_by_dtype.get(key, gpu.gemm_efficiency)
+
+
+def with_values(gpu: GPUSpec, values: dict[str, float]) -> GPUSpec:
+    """`gpu` with the named parameters replaced."""
+    by_dtype = dict(gpu.gemm_efficiency_by_dtype)
+    kw: dict[str, object] = {}
+    for name, v in values.items():
+        if name == GEMM:
+            kw["gemm_efficiency"] = float(v)
+        elif name == ATTENTION:
+            kw["attention_efficiency"] = float(v)
+        else:
+            by_dtype[name[len(GEMM) + 1:-1]] = float(v)
+    return dataclasses.replace(gpu, gemm_efficiency_by_dtype=by_dtype, **kw)
+
+
+def unfitted(gpu: GPUSpec, keep: Iterable[str] = ()) -> GPUSpec:
+    """`gpu` with its fittable parameters back at the assumption (those named in `keep` left as they are)."""
+    keep = set(keep)
+    kw: dict[str, object] = {}
+    if GEMM not in keep:
+        kw["gemm_efficiency"] = ASSUMED_GEMM_EFFICIENCY
+    if ATTENTION not in keep:
+        kw["attention_efficiency"] = 0.0
+    by_dtype = {k: v for k, v in gpu.gemm_efficiency_by_dtype.items() if lowp_parameter(k) in keep}
+    return dataclasses.replace(gpu, gemm_efficiency_by_dtype=by_dtype, **kw)
+
+
+def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
+    """The parameters a run's predicted step time depends on."""
+    names = [GEMM]
+    if run.plan.flash_attention:
+        names.append(ATTENTION)
+    if RECIPES[run.plan.dtype].low_precision:
+        names.append(lowp_parameter(gemm_peak_key(run.plan.dtype, run.cluster.gpu.peak_flops)))
+    return tuple(names)
+
+
+def step_time(run: MeasuredRun, values: dict[str, float]) -> float:
+    """The cost model's step time of `run` with its GPU's parameters set to `values`."""
+    cluster = dataclasses.replace(run.cluster, gpu=with_values(run.cluster.gpu, values))
+    return float(estimate(run.model, cluster, run.plan)["step_time_s"])
+
+
+@dataclass(frozen=True)
+class Surface:
+    """One run's step time tabulated over GRID for each parameter it depends on."""
+
+    run: MeasuredRun
+    names: tuple[str, ...]
+    table: np.ndarray  # shape (len(GRID),) * len(names), seconds
+
+    @property
+    def gpu(self) -> str:
+        return self.run.cluster.gpu.name
+
+    @property
+    def measured_s(self) -> float:
+        return float(self.run.step_time_s or 0.0)
+
+    def at(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Interpolated step times at candidate values (arrays of one shape), multilinear in 1/efficiency."""
+        inv_grid = 1.0 / np.asarray(GRID)[::-1]  # increasing
+        idx, wts = [], []
+        for name in self.names:
+            x = 1.0 / np.clip(values[name], GRID[0], GRID[-1])
+            j = np.clip(np.searchsorted(inv_grid, x) - 1, 0, len(GRID) - 2)
+            w = (x - inv_grid[j]) / (inv_grid[j + 1] - inv_grid[j])
+            # back to GRID's (decreasing 1/eff) index order
+            idx.append(len(GRID) - 1 - j)
+            wts.append(w)
+        out = 0.0
+        for corner in itertools.product((0, 1), repeat=len(self.names)):
+            w = 1.0
+            sub = []
+            for d, c in enumerate(corner):
+                w = w * (wts[d] if c else 1.0 - wts[d])
+                sub.append(idx[d] - c)
+            out = out + w * self.table[tuple(sub)]
+        return np.asarray(out)
+
+
+def tabulate(runs: Sequence[MeasuredRun], progress: Callable[[str], None] | None = None) -> list[Surface]:
+    """Each run's step time on the efficiency grid (len(GRID) ** parameters cost-model calls per run)."""
+    out = []
+    for i, run in enumerate(runs):
+        names = run_parameters(run)
+        table = np.empty((len(GRID),) * len(names))
+        for cell in itertools.product(range(len(GRID)), repeat=len(names)):
+            table[cell] = step_time(run, {n: GRID[c] for n, c in zip(names, cell, strict=True)})
+        out.append(Surface(run, names, table))
+        if progress and (i + 1) % 25 == 0:
+            progress(f"tabulated {i + 1}/{len(runs)} runs")
+    return out
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One fitted parameter."""
+
+    gpu: str
+    name: str
+    value: float
+    before: float  # the catalog's value
+    rows: int  # training runs that depend on it
+    adopted: bool = True  # False: at a bound or pinned; the catalog's value is used, `value` only reported
+
+    @property
+    def meaning(self) -> str:
+        return meaning(self.name)
+
+    @property
+    def at_bound(self) -> bool:
+        """Fitted at an end of the physical range: another mechanism the model lacks shapes these runs."""
+        return _on_bound(self.value)
+
+
+def _objective(surfaces: list[Surface], cand: dict[str, np.ndarray], fixed: dict[str, float | None]
+               ) -> np.ndarray:
+    """Mean |log(t / measured)| at each candidate. A parameter not searched takes its `fixed` value; None
+    (attention efficiency 0 in the catalog) means the cost model prices attention at the GEMM efficiency,
+    so it follows the GEMM candidate."""
+    shape = next(iter(cand.values()))
+    gemm = cand[GEMM] if GEMM in cand else np.full_like(shape, fixed[GEMM])
+
+    def value(n: str) -> np.ndarray:
+        if n in cand:
+            return cand[n]
+        return gemm if fixed[n] is None else np.full_like(shape, fixed[n])
+
+    total = 0.0
+    for s in surfaces:
+        total = total + np.abs(np.log(s.at({n: value(n) for n in s.names}) / s.measured_s))
+    return np.asarray(total) / max(1, len(surfaces))
+
+
+def _search(surfaces: list[Surface], names: list[str], fixed: dict[str, float | None]) -> dict[str, float]:
+    """Grid search on the interpolated surfaces: steps of 0.05 over GRID's range, then windows of +-0.05
+    in steps of STEP around the best, moved until the best stays put (parameters trade off along valleys
+    a single refinement would not leave)."""
+    lo, hi = GRID[0], GRID[-1]
+
+    def best_of(axes: list[np.ndarray]) -> dict[str, float]:
+        mesh = np.meshgrid(*axes, indexing="ij")
+        cand = {n: m.ravel() for n, m in zip(names, mesh, strict=True)}
+        i = int(np.argmin(_objective(surfaces, cand, fixed)))
+        return {n: float(cand[n][i]) for n in names}
+
+    centre = best_of([np.round(np.arange(lo, hi + 0.025, 0.05), 6) for _ in names])
+    for _ in range(100):
+        axes = [np.round(np.arange(max(lo, centre[n] - 0.05), min(hi, centre[n] + 0.05) + STEP / 2, STEP), 6)
+                for n in names]
+        moved = best_of(axes)
+        if moved == centre:
+            break
+        centre = moved
+    return centre
+
+
+def fit(surfaces: Iterable[Surface], gpus: dict[str, GPUSpec],
+        pinned: Iterable[tuple[str, str]] = ()) -> list[Fitted]:
+    """Per GPU, the parameters at least MIN_ROWS of `surfaces` depend on, fitted jointly on that GPU's runs.
+
+    A value that lands on an end of the range is not adopted (it says another mechanism shapes the
+    runs): it is reported, keeps the catalog's value, and the GPU's other parameters are refitted without
+    it. `pinned` (gpu, parameter) pairs keep the catalog's value too (one fitted to a published reference
+    elsewhere); they are still fitted once, to report what these runs alone would give."""
+    by_gpu: dict[str, list[Surface]] = {}
+    for s in surfaces:
+        by_gpu.setdefault(s.gpu, []).append(s)
+    pins = set(pinned)
+    out: list[Fitted] = []
+    for gpu_name, rows in sorted(by_gpu.items()):
+        gpu = gpus[gpu_name]
+        counts: dict[str, int] = {}
+        for s in rows:
+            for n in s.names:
+                counts[n] = counts.get(n, 0) + 1
+        names = [n for n in counts if counts[n] >= MIN_ROWS]
+        if not names:
+            continue
+        catalog: dict[str, float | None] = {n: current_value(gpu, n) or None for n in counts}
+        catalog[GEMM] = gpu.gemm_efficiency
+        alone = _search(rows, names, catalog)  # every parameter free: what these runs alone say
+        held = {n for n in names if (gpu_name, n) in pins or _on_bound(alone[n])}
+        best = dict(alone)
+        while held and len(held) < len(names):
+            free = [n for n in names if n not in held]
+            found = _search(rows, free, catalog)
+            best = {**found, **{n: catalog[n] or found.get(GEMM, gpu.gemm_efficiency) for n in held}}
+            newly = {n for n in free if _on_bound(best[n])}
+            if not newly:
+                break
+            held |= newly
+        for n in names:
+            adopted = n not in held
+            out.append(Fitted(gpu_name, n, best[n] if adopted else alone[n], current_value(gpu, n), counts[n],
+                              adopted=adopted))
+    return out
+
+
+def _on_bound(value: float) -> bool:
+    return value <= GRID[0] + STEP / 2 or value >= GRID[-1] - STEP / 2
+
+
+def values_by_gpu(fitted: Iterable[Fitted]) -> dict[str, dict[str, float]]:
+    """The adopted values by GPU and parameter."""
+    out: dict[str, dict[str, float]] = {}
+    for f in fitted:
+        if f.adopted:
+            out.setdefault(f.gpu, {})[f.name] = f.value
+    return out
+
+
+def predict(runs: Iterable[MeasuredRun], fitted: Iterable[Fitted]) -> list[float]:
+    """The cost model's step times of `runs` with the adopted fitted values (the catalog's elsewhere)."""
+    values = values_by_gpu(fitted)
+    return [step_time(r, values.get(r.cluster.gpu.name, {})) for r in runs]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Step-time errors of a set of runs: (predicted - measured) / measured."""
+
+    rows: int
+    mape: float
+    bias: float
+    worst: float
+
+    @classmethod
+    def of(cls, predicted: Sequence[float], measured: Sequence[float]) -> Score:
+        err = np.asarray(predicted) / np.asarray(measured) - 1.0
+        if not len(err):
+            return cls(0, math.nan, math.nan, math.nan)
+        return cls(len(err), float(np.mean(np.abs(err))), float(np.mean(err)), float(err[np.argmax(np.abs(err))]))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One held-out group of a cross-validation."""
+
+    group: str
+    score: Score
+    fitted: tuple[Fitted, ...]  # what the fit on the other groups gave
+
+
+def cross_validate(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], group: Callable[[MeasuredRun], str],
+                   progress: Callable[[str], None] | None = None,
+                   pinned: Iterable[tuple[str, str]] = ()) -> tuple[list[Fold], Score]:
+    """Leave each group out in turn: fit on the others, predict it with the real cost model.
+    Returns the folds and the pooled score over every held-out run."""
+    pinned = tuple(pinned)
+    groups = sorted({group(s.run) for s in surfaces})
+    folds, pred, meas = [], [], []
+    for g in groups:
+        train = [s for s in surfaces if group(s.run) != g]
+        test = [s.run for s in surfaces if group(s.run) == g]
+        fitted = tuple(fit(train, gpus, pinned))
+        p = predict(test, fitted)
+        m = [float(r.step_time_s or 0.0) for r in test]
+        folds.append(Fold(g, Score.of(p, m), fitted))
+        pred += p
+        meas += m
+        if progress:
+            progress(f"held out {g}: {len(test)} runs")
+    return folds, Score.of(pred, meas)
+
+
+def model_family(run: MeasuredRun) -> str:
+    """The model a run trains, without its size (llama3-8b and llama3-70b are one family): leaving a
+    family out tests a model the fit never saw."""
+    name = run.run.model.lower()
+    m = re.match(r"[a-z]+\d*", name)
+    return m.group(0) if m else name
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
