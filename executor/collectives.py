@@ -96,12 +96,19 @@ class CollectiveLedger(TorchDispatchMode):
 
 
 def classify(rows: list[dict[str, Any]], groups: Sequence[tuple[str, Sequence[int]]]) -> list[dict[str, Any]]:
-    """Tag each row with a kind: p2p -> "pp"; a collective over exactly the ranks of one of `groups`
-    (kind, ranks), the first that matches, -> that kind; else "other". Groups of one rank never match."""
+    """Tag each row with a kind: p2p over a group given as "cp" -> "cp" (the ring attention's exchanges),
+    other p2p -> "pp"; an all-to-all over the "ep" group -> "ep"; another collective over exactly the
+    ranks of one of `groups` (kind, ranks), the first that matches, -> that kind; else "other". Groups
+    of one rank never match."""
     keyed = [(kind, sorted(ranks)) for kind, ranks in groups if len(ranks) > 1]
     out = []
     for r in rows:
         ranks = sorted(r["ranks"])
-        kind = "pp" if r["op"] in ("send", "recv") else next((k for k, g in keyed if g == ranks), "other")
+        if r["op"] in ("send", "recv"):
+            kind = "cp" if ("cp", ranks) in keyed else "pp"
+        elif r["op"] == "all_to_all" and ("ep", ranks) in keyed:  # (the ep group may also be the dp group)
+            kind = "ep"
+        else:
+            kind = next((k for k, g in keyed if g == ranks and k != "cp"), "other")
         out.append({**r, "kind": kind})
     return out

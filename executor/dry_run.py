@@ -59,6 +59,7 @@ import torch.distributed as dist
 
 from executor.collectives import CollectiveLedger, classify
 from executor.errors import UnsupportedPlan
+from executor.expert_parallel import expert_groups
 from executor.parallel_dims import ParallelDims
 from executor.run import check_executable
 from executor.trainer import Trainer, TrainOptions, local_tensor
@@ -129,8 +130,8 @@ class RankReport:
     groups: dict[str, list[int]] = field(default_factory=dict)
 
     def comm_bytes(self) -> dict[str, int]:
-        """Bytes of one step by traffic.py's kinds (tp, pp, dp, ep; what this rank sends) and "other"."""
-        out = {"tp": 0, "pp": 0, "dp": 0, "ep": 0, "other": 0}
+        """Bytes of one step by traffic.py's kinds (tp, cp, pp, dp, ep; what this rank sends) and "other"."""
+        out = {"tp": 0, "cp": 0, "pp": 0, "dp": 0, "ep": 0, "other": 0}
         for c in self.collectives:
             if c.op != "recv":
                 out[TRAFFIC_KIND.get(c.kind, c.kind)] += c.bytes
@@ -356,12 +357,12 @@ def _stage_chunks(trainer: Trainer) -> list[StageChunk]:
 
 
 def _groups(dims: ParallelDims, rank: int) -> dict[str, list[int]]:
-    """This rank's process groups by kind (ep / edp as expert_parallel lays them out)."""
-    out = {d: next(g for g in dims.groups(d) if rank in g) for d in ("tp", "dp", "pp", "cp")}
+    """This rank's process groups by kind: "dp" is the gradient group (dp x cp ranks with context
+    parallelism, as the trainer averages them), ep / edp as expert_parallel lays them out."""
+    out = {d: next(g for g in dims.groups(d) if rank in g) for d in ("tp", "pp", "cp")}
+    out["dp"] = dims.group(("dp", "cp"), rank)
     if dims.ep > 1:
-        dp_group, pos = out["dp"], out["dp"].index(rank)
-        out["ep"] = dp_group[pos - pos % dims.ep: pos - pos % dims.ep + dims.ep]
-        out["edp"] = dp_group[pos % dims.ep::dims.ep]
+        out.update(expert_groups(dims, rank))
     pp_group = out["pp"]
     out["tied"] = sorted({pp_group[0], pp_group[-1]})
     return out
@@ -405,7 +406,7 @@ def dry_run_rank(doc: PlanDocument, rank: int, optimizer: str = "adamw") -> Rank
         description = trainer.dp_description
         pp_rank = trainer.pp_rank
     rows = classify(ledger.rows, [("tp", groups["tp"]), ("dp", groups["dp"]), ("ep", groups.get("ep", [])),
-                                  ("edp", groups.get("edp", [])), ("tied", groups["tied"])])
+                                  ("edp", groups.get("edp", [])), ("tied", groups["tied"]), ("cp", groups["cp"])])
     counts: Counter = Counter()
     sizes: Counter = Counter()
     for r in rows:

@@ -8,14 +8,25 @@ ep groups hold the same experts and form the expert-data-parallel ("edp") group.
 Per MoE layer: routed tokens are sent to the rank owning their expert (all-to-all, with the token
 counts exchanged first), computed there, and sent back (all-to-all); both exchanges are
 differentiable. Expert weights are kept out of the DP wrapper: their gradients (already summed over
-the ep group by the backward all-to-all) are summed over the edp group and divided by dp, which gives
-the same average as data parallelism gives every other weight.
+the ep group by the backward all-to-all) are summed over the edp group and divided by its replica
+count, which gives the same average as data parallelism gives every other weight. With context
+parallelism every cp rank routes its own tokens; the edp group then spans the cp ranks too (expert
+weights are replicated over (dp / ep) x cp ranks, as the cost model counts them).
+
+With tensor parallelism as well (expert tensor parallelism, as Megatron-Core runs ep x tp): each
+expert's weights are also split over the tp ranks (column-split up / gate, row-split down, from
+executor/tensor_parallel.py's `parallelize_experts`), a 2-D DTensor over the (ep, tp) mesh. The tp
+ranks of a group hold the same tokens (the MoE input is replicated over tp, or gathered from the
+sequence shards under SP) and route them alike, each all-to-all runs between the ranks of one tp
+coordinate, and the partial expert outputs are all-reduced over tp on the received tokens before they
+are sent back (the tensor-parallel hooks of `parallelize_experts`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
@@ -30,11 +41,27 @@ EXPERT_WEIGHTS = (("up", ("w_up", "w_gate", "b_up", "b_gate")), ("down", ("w_dow
 _SHARDED = {f"moe.experts.{sub}.{name}" for sub, names in EXPERT_WEIGHTS for name in names}
 
 
+def expert_rank_grid(dims: ParallelDims) -> np.ndarray:
+    """Global ranks on the axes ("other", "edp", "ep", "tp"): "ep" rows are consecutive ranks of a dp
+    group (same cp and tp coordinates); "edp" holds the replicas of one expert shard, dp / ep of them per
+    cp rank; "tp" is the tensor-parallel group (size 1 without tp)."""
+    names = dims.mesh_names
+    order = [n for n in names if n not in ("cp", "dp", "tp")] + ["cp", "dp", "tp"]
+    grid = np.transpose(dims.rank_grid(), [names.index(n) for n in order])
+    return grid.reshape(-1, dims.cp * (dims.dp // dims.ep), dims.ep, dims.tp)
+
+
+def expert_groups(dims: ParallelDims, rank: int) -> dict[str, list[int]]:
+    """This rank's expert-parallel ("ep") and expert-data-parallel ("edp") groups, as global ranks."""
+    grid = expert_rank_grid(dims)
+    o, e, p, t = (int(i) for i in np.argwhere(grid == rank)[0])
+    return {"ep": grid[o, e, :, t].tolist(), "edp": grid[o, :, p, t].tolist()}
+
+
 def build_ep_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
-    """A world mesh ("other", "edp", "ep") whose "ep" rows are consecutive ranks of a dp group."""
-    grid = torch.from_numpy(dims.rank_grid())
-    grid = grid.movedim(dims.mesh_names.index("dp"), -1).reshape(-1, dims.dp // dims.ep, dims.ep)
-    return DeviceMesh(device_type, grid, mesh_dim_names=("other", "edp", "ep"))
+    """A world mesh ("other", "edp", "ep", "tp") laid out as `expert_rank_grid`."""
+    grid = torch.from_numpy(expert_rank_grid(dims))
+    return DeviceMesh(device_type, grid, mesh_dim_names=("other", "edp", "ep", "tp"))
 
 
 def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: dist.ProcessGroup
@@ -43,8 +70,20 @@ def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: di
     return funcol.wait_tensor(y)
 
 
-def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
-    """Shard the expert weights over `mesh` (1-D, the ep group) and route tokens by all-to-all."""
+def _ep_placements(p: torch.Tensor, ep_mesh: DeviceMesh) -> tuple[torch.Tensor, DeviceMesh, list[Any]]:
+    """(full tensor, mesh, placements) of an expert weight split over ep: over the "ep" mesh, or over
+    ("ep", "tp") keeping the tensor-parallel split `parallelize_experts` gave it."""
+    tp_placements = getattr(p, "placements", None)
+    if tp_placements is None:
+        return p, ep_mesh["ep"], [Shard(0)]
+    full = torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device)  # on the meta device: no values
+    return full, ep_mesh["ep", "tp"], [Shard(0), *tp_placements]
+
+
+def parallelize_experts_ep(experts: GroupedExperts, ep_mesh: DeviceMesh) -> None:
+    """Shard the expert weights over the "ep" dimension of `ep_mesh` (build_ep_mesh) and route tokens
+    by all-to-all over it."""
+    mesh = ep_mesh["ep"]
     ep = mesh.size()
     group = mesh.get_group()
     for sub, names in EXPERT_WEIGHTS:
@@ -52,7 +91,8 @@ def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
         for name in names:
             p = getattr(module, name)
             if p is not None:
-                module.register_parameter(name, nn.Parameter(distribute_tensor(p, mesh, [Shard(0)])))
+                full, where, placements = _ep_placements(p, ep_mesh)
+                module.register_parameter(name, nn.Parameter(distribute_tensor(full, where, placements)))
 
     def dispatch(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x, counts = args[0], list(args[1])
@@ -86,7 +126,8 @@ def parallelize_experts_ep(experts: GroupedExperts, mesh: DeviceMesh) -> None:
 
 
 def apply_ep(model: Transformer, mesh: DeviceMesh) -> list[nn.Parameter]:
-    """Expert parallelism for every MoE layer of `model`; returns the expert weights it sharded."""
+    """Expert parallelism for every MoE layer of `model` over `mesh` (build_ep_mesh), after tensor
+    parallelism when tp > 1; returns the expert weights it sharded."""
     for layer in [*model.layers.values(), *(m.layer for m in model.mtp or ())]:  # MTP: DeepSeek-V3's MoE layer
         if layer.moe is not None:
             parallelize_experts_ep(layer.moe.experts, mesh)
@@ -105,11 +146,12 @@ def expert_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 class ExpertGradSync:
-    """Averages expert-weight gradients over data parallelism: sum over edp, divide by dp."""
+    """Averages expert-weight gradients like every other weight's: sum over edp, divide by the replicas
+    of a dense weight (dp x cp: each replica's loss contributed its share through the all-to-all)."""
 
-    def __init__(self, mesh: DeviceMesh, dp: int) -> None:
+    def __init__(self, mesh: DeviceMesh, replicas: int) -> None:
         self.group = mesh["edp"].get_group() if mesh["edp"].size() > 1 else None
-        self.dp = dp
+        self.dp = replicas
 
     def __call__(self, params: list[nn.Parameter]) -> None:
         for p in params:

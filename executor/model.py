@@ -72,12 +72,12 @@ class Embedding(nn.Module):
         self.tok = nn.Embedding(spec.vocab_size, spec.hidden)
         self.pos = nn.Embedding(spec.max_position, spec.hidden) if spec.position == "learned" else None
         self.type = nn.Embedding(spec.type_vocab_size, spec.hidden) if spec.type_vocab_size else None
+        self.positions: torch.Tensor | None = None  # global positions of the tokens seen (None: 0, 1, ...)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok(tokens)
         if self.pos is not None:
-            positions = torch.arange(tokens.shape[-1], device=tokens.device)
-            x = x + self.pos(positions)
+            x = x + self.pos(token_positions(self.positions, tokens.shape[-1], tokens.device))
         if self.type is not None:  # every token has type 0 (single-segment language modelling)
             x = x + self.type.weight[0]
         return x
@@ -96,11 +96,20 @@ class QKV(nn.Module):
         return self.q(x), self.k(x), self.v(x)
 
 
-def rope_tables(seq: int, head_dim: int, device: torch.device, base: float = 10000.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of rotary embeddings (Su et al. 2021), "rotate half" layout as in Llama."""
+def token_positions(positions: torch.Tensor | None, seq: int, device: torch.device) -> torch.Tensor:
+    """The global positions of a module's `seq` tokens: `positions` when set (context parallelism gives
+    each rank chunks of the sequence, executor/context_parallel.py), else 0 .. seq-1."""
+    if positions is None:
+        return torch.arange(seq, device=device)
+    return positions.to(device)
+
+
+def rope_tables(seq: int, head_dim: int, device: torch.device, base: float = 10000.0,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary embeddings (Su et al. 2021), "rotate half" layout as in Llama, for the
+    tokens at `positions` (default 0 .. seq-1)."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq, device=device, dtype=torch.float32), inv)
+    angles = torch.outer(token_positions(positions, seq, device).to(torch.float32), inv)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -209,6 +218,7 @@ class Attention(nn.Module):
         self.qk_norm = QKNorm(spec) if spec.qk_norm != "none" and rope else None
         self.core = AttentionCore(spec, flash, window, chunk)
         self.proj = nn.Linear(spec.attn_width, spec.hidden, bias=spec.bias)
+        self.positions: torch.Tensor | None = None  # global positions of the tokens seen (None: 0, 1, ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(self.norm(x))
@@ -221,7 +231,7 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
         if self.rope:
-            cos, sin = rope_tables(t, self.head_dim, q.device)
+            cos, sin = rope_tables(t, self.head_dim, q.device, positions=self.positions)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = self.core(q, k, v).transpose(1, 2).reshape(b, t, -1)
         return F.dropout(self.proj(out), p=self.dropout, training=self.training)
@@ -251,6 +261,7 @@ class LatentAttention(nn.Module):
         self.kv_up = nn.Linear(self.kv_rank, a * (self.nope + self.v_dim), bias=False)
         self.core = AttentionCore(spec, flash)
         self.proj = nn.Linear(spec.attn_width, h, bias=False)
+        self.positions: torch.Tensor | None = None  # global positions of the tokens seen (None: 0, 1, ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
@@ -261,7 +272,7 @@ class LatentAttention(nn.Module):
         kv = self.kv_up(self.kv_norm(latent)).view(b, t, -1, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         q_nope, q_rope = q.split([self.nope, self.rope_dim], dim=-1)
-        cos, sin = rope_tables(t, self.rope_dim, x.device)
+        cos, sin = rope_tables(t, self.rope_dim, x.device, positions=self.positions)
         q_rope = apply_rope(q_rope, cos, sin)
         k_rope = apply_rope(k_rope.unsqueeze(1), cos, sin).expand(-1, q.shape[1], -1, -1)
         q = torch.cat([q_nope, q_rope], dim=-1)

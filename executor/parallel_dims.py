@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from executor.errors import UnsupportedPlan
 from planner.plan import DIMS, Plan
 
 
@@ -69,14 +68,17 @@ class ParallelDims:
         grid = np.moveaxis(self.rank_grid(), self.mesh_names.index(dim), -1)
         return grid.reshape(-1, getattr(self, dim)).tolist()
 
+    def group(self, names: tuple[str, ...], rank: int) -> list[int]:
+        """The ranks that differ from `rank` only along the dimensions `names`, e.g. ("dp", "cp"): the
+        replicas over which a replicated weight's gradient is averaged."""
+        mine = self.coords(rank)
+        index = tuple(slice(None) if n in names else mine[n] for n in self.mesh_names)
+        return sorted(self.rank_grid()[index].reshape(-1).tolist())
+
     def check_supported(self) -> None:
-        """Raise UnsupportedPlan for the degrees this executor cannot run."""
-        if self.cp > 1:
-            raise UnsupportedPlan(f"context parallelism (cp={self.cp}) is not supported by the executor yet",
-                                  field="cp")
-        if self.ep > 1 and self.tp > 1:
-            raise UnsupportedPlan(f"expert parallelism (ep={self.ep}) together with tensor parallelism "
-                                  f"(tp={self.tp}) is not supported by the executor yet", field="ep")
+        """Raise UnsupportedPlan for the degrees this executor cannot run: every combination of tp, pp,
+        dp, cp and ep runs since context parallelism and expert x tensor parallelism landed; what a
+        model or option excludes is checked by `executor.run.check_executable`."""
 
     def build_mesh(self, device_type: str):  # -> DeviceMesh (import kept local: torch.distributed)
         """The world mesh with named dimensions; slice it with mesh["tp"], mesh["dp"], ..."""

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from executor import faults
+from executor.context_parallel import check_cp
 from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import Ledger, mark_failed, read_run
 from executor.options import (
@@ -49,6 +50,7 @@ from planner.precision import recipe
 def check_executable(doc: PlanDocument) -> None:
     """Raise UnsupportedPlan for what this executor cannot run (checked before any process starts)."""
     ParallelDims.from_plan(doc.plan).check_supported()
+    check_cp(doc.model, doc.plan)
     if doc.model.head != "lm":
         raise UnsupportedPlan(f"model {doc.model.name!r} has an {doc.model.head!r} head; the executor runs "
                               "decoder language models only", field="model.head")

@@ -1,7 +1,8 @@
 """Composes the model and the parallelisms of a plan into one training step (torchtitan's order).
 
-meta-device model → pipeline split → tensor parallel → activation checkpointing → materialise and
-initialise → data parallel (DDP / ZeRO-1 / FSDP2) → optimizer. One `train_step` is one optimizer
+meta-device model → pipeline split → tensor parallel → context parallel (ring attention) → expert
+parallel → LoRA → activation checkpointing → materialise and initialise → data parallel over the dp x cp
+ranks (DDP / ZeRO-1 / FSDP2) → optimizer. One `train_step` is one optimizer
 step over the plan's global batch: `grad_accum` micro-batches per data-parallel replica, run by the
 pipeline schedule when pp > 1.
 """
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from executor.activation_checkpoint import apply_ac
+from executor.context_parallel import Ring, apply_cp, chunk_positions
 from executor.data_parallel import apply_dp, describe_dp, dp_kind, set_grad_sync
 from executor.expert_parallel import (
     ExpertGradSync,
@@ -87,6 +89,17 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def grad_mesh(dims: ParallelDims, mesh: object) -> object:
+    """The mesh over which replicated weights' gradients are averaged: dp, cp, or both flattened (dp x cp,
+    the cost model's gradient group; torchtitan flattens its dp_shard and cp dimensions the same way)."""
+    if dims.cp == 1:
+        return mesh["dp"]
+    if dims.dp == 1:
+        return mesh["cp"]
+    names = tuple(n for n in dims.mesh_names if n in ("dp", "cp"))
+    return mesh[names]._flatten("dp_cp")
+
+
 class Trainer:
     """Builds this rank's part of the model for `doc` and runs optimizer steps."""
 
@@ -115,20 +128,32 @@ class Trainer:
         else:
             self.pp_rank, self.stage_ids, self.parts = 0, [0], [full]
         self.dp_rank = mesh["dp"].get_local_rank() if dims.dp > 1 else 0
-        self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp) if dims.dp > 1 else "none"
-        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, dims.dp)
+        # Replicated weights are averaged over the data-parallel and context-parallel ranks (dp x cp).
+        self.grad_replicas = dims.dp * dims.cp
+        self.grad_mesh = grad_mesh(dims, mesh) if self.grad_replicas > 1 else None
+        self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp) if self.grad_replicas > 1 else "none"
+        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, self.grad_replicas)
+        # Context parallelism: this rank's chunks of every sequence (global positions), and its ring.
+        self.positions: torch.Tensor | None = None
+        ring: Ring | None = None
+        if dims.cp > 1:
+            cp_group = mesh["cp"].get_group()
+            self.positions = chunk_positions(spec.seq_len, dims.cp, mesh["cp"].get_local_rank(), device)
+            ring = Ring(torch.distributed.get_process_group_ranks(cp_group), torch.distributed.get_rank(), cp_group)
 
         self.expert_params: list[nn.Parameter] = []
         self.expert_sync: ExpertGradSync | None = None
         if dims.ep > 1:
             ep_mesh = build_ep_mesh(dims, mesh.device_type)
-            self.expert_sync = ExpertGradSync(ep_mesh, dims.dp)
+            self.expert_sync = ExpertGradSync(ep_mesh, self.grad_replicas)
         self.modules: list[nn.Module] = []
         for part in self.parts:
             if dims.tp > 1:
                 apply_tp(part, mesh["tp"], plan.sequence_parallel)
+            if ring is not None:
+                apply_cp(part, ring, self.positions)
             if dims.ep > 1:
-                apply_ep(part, ep_mesh["ep"])
+                apply_ep(part, ep_mesh)
             if plan.finetune == "lora":
                 apply_lora(part, plan.lora_rank, plan.lora_targets)
             apply_ac(part, plan.recompute, plan.recompute_every)
@@ -136,9 +161,9 @@ class Trainer:
                 part.to_empty(device=device)
                 part.tie_weights()
                 init_weights(part, spec, options.seed)
-            if dims.dp > 1:
+            if self.grad_mesh is not None:
                 ignored = expert_param_names(part) if dims.ep > 1 else []
-                self.modules.append(apply_dp(part, mesh["dp"], plan.zero_stage, dims.tp, dims.pp, device,
+                self.modules.append(apply_dp(part, self.grad_mesh, plan.zero_stage, dims.tp, dims.pp, device,
                                              self.amp, ignored=ignored))
             else:
                 self.modules.append(part)
@@ -184,13 +209,13 @@ class Trainer:
         else:
             cls = torch.optim.AdamW
             kwargs = {"lr": o.lr, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": o.weight_decay}
-        if self.dims.dp > 1 and self.plan.zero_stage == 1 and self.dp_kind == "ddp":
+        if self.grad_mesh is not None and self.plan.zero_stage == 1 and self.dp_kind == "ddp":
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             experts = {id(p) for p in self.expert_params}
             dense = [p for p in self.parameters() if id(p) not in experts]
             opts: list[torch.optim.Optimizer] = [ZeroRedundancyOptimizer(
-                dense, optimizer_class=cls, process_group=self.mesh["dp"].get_group(), **kwargs)]
+                dense, optimizer_class=cls, process_group=self.grad_mesh.get_group(), **kwargs)]
             if self.expert_params:
                 opts.append(cls(self.expert_params, **kwargs))
             return opts
@@ -218,6 +243,8 @@ class Trainer:
     def train_step(self, batch: torch.Tensor, record_grads: bool = False) -> tuple[torch.Tensor, bool]:
         """One optimizer step; returns (mean loss, whether this rank computed it: last stage)."""
         x, y = batch[:, :-1], batch[:, 1:]
+        if self.positions is not None:  # context parallelism: this rank's chunks of every sequence
+            x, y = x[:, self.positions], y[:, self.positions]
         if self.schedule is None:
             loss = self._step_plain(x, y)
             has_loss = True

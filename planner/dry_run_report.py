@@ -112,7 +112,7 @@ def _settle(family: str, measured: float, predicted: float, departures: list[Dep
 
 
 def _dp_kind(plan: Plan) -> str:
-    if plan.dp == 1:
+    if plan.dp * plan.cp == 1:  # gradients are averaged over dp x cp ranks
         return "none"
     from executor.data_parallel import dp_kind
 
@@ -151,10 +151,14 @@ def _fsdp_shards(report: Any, plan: Plan, trained_only: bool = False) -> tuple[f
     unpadded tensors) over its FSDP2-sharded (trained) parameters. FSDP2 splits dim 0 of each (tensor-parallel
     local) tensor in dp chunks of ceil(rows / dp), the last ones shorter or empty, and pads every chunk
     to that length for its all-gathers and reduce-scatters."""
-    dp, me = plan.dp, report.coords.get("dp", 0)
+    # The shard group is dp x cp (executor.trainer.grad_mesh flattens the two in mesh order).
+    c = report.coords
+    dp = plan.dp * plan.cp
+    me = c.get("dp", 0) * plan.cp + c.get("cp", 0) if plan.placement.index("dp") > plan.placement.index("cp") \
+        else c.get("cp", 0) * plan.dp + c.get("dp", 0)
     uneven = padding = 0.0
     for p in report.params:
-        if "dp:" not in p.placements or (trained_only and not p.trainable):
+        if not re.search(r"\bdp(_cp)?:", p.placements) or (trained_only and not p.trainable):
             continue
         rows = p.global_shape[0] if p.global_shape else 1
         if plan.tp > 1 and re.search(r"tp:(_Strided)?Shard\(dim=0", p.placements):
@@ -203,7 +207,7 @@ def memory_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                 (kind, plan.zero_stage), f"{kind} shards {family} over {exec_div[i]}")
             deps.append(Departure(why, family, dense[family] * (1 / exec_div[i] - 1 / model_div) * per_param[family]))
         expert_div = edp if plan.zero_stage >= stage and edp > 1 else 1
-        if expert[family] and expert_div > 1:
+        if expert[family] and expert_div > 1 and plan.ep > 1:  # (ep = 1: the experts are dense weights to FSDP2)
             deps.append(Departure("expert weights outside ZeRO / FSDP2 (replicated over the expert-data-parallel "
                                   "group)", family, expert[family] * (1 - 1 / expert_div) * per_param[family]))
         for name, extra in _replicated_tables(model, plan, report.pp_rank):
@@ -317,7 +321,7 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
                                   exact=False, bound=2 * m * (act + tokens * model.vocab_size * FP32)))
     ms = model_state_bytes(model, plan32, 0)
     kind = _dp_kind(plan)
-    if plan.dp > 1:
+    if plan.dp * plan.cp > 1:
         extra = sum(x for _, x in _replicated_tables(model, plan, 0)) + _expert_bias(model, plan)
         dense = ms.dense_params + extra  # what the data-parallel wrapper reduces and gathers
         z = plan.zero_stage
@@ -366,9 +370,14 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
             deps.append(Departure("replicated tables reduced with the rest", "dp.grads", extra * FP32))
             if z == 1:
                 deps.append(Departure("replicated tables broadcast with the rest", "dp.weights", extra * FP32))
-        if ms.expert_params:
-            deps.append(Departure("expert gradients all-reduced once per step over the expert-data-parallel group",
-                                  "dp.grads", (1 - model_rs) * ms.trained_expert_params * FP32))
+        if ms.expert_params and plan.ep > 1:
+            if plan.dp // plan.ep * plan.cp > 1:
+                deps.append(Departure("expert gradients all-reduced once per step over the expert-data-parallel "
+                                      "group", "dp.grads", (1 - model_rs) * ms.trained_expert_params * FP32))
+            else:  # an expert shard has no replica (dp / ep x cp = 1): nothing to reduce
+                deps.append(Departure("expert gradients have no replica to reduce with (dp / ep x cp = 1); "
+                                      "traffic.py's dp.grads counts them", "dp.grads",
+                                      -model_rs * ms.trained_expert_params * FP32))
             if model_ag:
                 deps.append(Departure("expert weights are not sharded, so never gathered", "dp.weights",
                                       -model_ag * ms.expert_params * FP32))
@@ -378,12 +387,22 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
             full = model.vocab_size * model.hidden / t
             deps.append(Departure("the tied pair all-reduces this rank's shard of the embedding gradient", "dp.tied",
                                   (math.prod(emb.local_shape) - full) * FP32))
+    if plan.cp > 1 and "cp.ring" in terms:
+        deps.append(Departure("ring attention: cp - 1 sends of the local K/V chunk (or its gradient) per pass, "
+                              "(cp - 1)/cp of the all-gather buffer traffic.py counts", "cp",
+                              -terms["cp.ring"] / plan.cp))
     if plan.ep > 1 and model.is_moe:
         deps.append(Departure("token counts exchanged before each dispatch (int64 per expert)", "ep",
                               m * layers * model.num_experts * 8))
         if model.capacity_factor != 1:
             deps.append(Departure("dropless routing: no capacity padding", "ep",
                                   -predicted["ep"] * (1 - 1 / model.capacity_factor)))
+        if sp:
+            # The executor's MoE runs on the sequence gathered over tp, so every tp rank dispatches every
+            # token; Megatron-Core dispatches each rank's sequence shard and gathers within the expert-TP
+            # group after the all-to-all (traffic.py's act / t).
+            deps.append(Departure("with SP every tp rank dispatches the whole gathered sequence", "ep",
+                                  predicted["ep"] / model.capacity_factor * (t - 1)))
     families = [f for f in COMM_FAMILIES if measured.get(f) or predicted.get(f)]
     families += sorted(f for f in set(measured) | set(predicted) if f not in COMM_FAMILIES)
     return tuple(_settle(f, measured.get(f, 0.0), predicted.get(f, 0.0), deps, COMM_RTOL) for f in families)

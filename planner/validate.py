@@ -254,7 +254,7 @@ def write_html(path: Path, results: list[PlanResult], summary: dict[str, Any], t
 def run_validation(args: argparse.Namespace) -> int:
     """The `planner validate` command (local runs)."""
     from executor.launch import RunFailed, run_plan, run_plans
-    from executor.parallel_dims import ParallelDims
+    from executor.run import check_executable
 
     nproc = args.nproc_per_node
     out_dir = Path(args.out_dir)
@@ -270,9 +270,9 @@ def run_validation(args: argparse.Namespace) -> int:
     model = load_model(args.model, seq_len=args.seq_len)
     dtype = "fp32" if cluster.device == "cpu" else model.dtype
 
-    def executable(p: Plan) -> bool:
+    def executable(p: Plan) -> bool:  # what executor.run would refuse (a model / degree combination)
         try:
-            ParallelDims.from_plan(p).check_supported()
+            check_executable(PlanDocument(plan=p, model=model, cluster=cluster))
             return True
         except PlannerError:
             return False

@@ -5,13 +5,15 @@
    attention), and each op's forward FLOPs equal its module's.
 2. Communication: `planner.cost.traffic.comm_terms` (bytes per step per rank of the first stage, buffer
    convention) equal the collectives counted on real 2-rank runs (tp2, tp2+SP, DDP, ZeRO-1, ZeRO-2,
-   FSDP2, 1F1B, interleaved 1F1B), with every place where the executor's implementation differs from
-   the Megatron-LM one the cost model prices named, measured and explained below (`DEVIATIONS`).
+   FSDP2, 1F1B, interleaved 1F1B, cp2 ring attention, dp2 + ep2) and 4-rank runs (tp2 x cp2,
+   cp2 x dp2 ZeRO-1, ep2 x tp2, cp2 x dp2 x ep2), per kind (tp, cp, ep, pp, dp), with every place where
+   the executor's implementation differs from the Megatron-LM one the cost model prices named, measured
+   and explained below (`deviations`).
 3. Activations: `estimate(...)["memory"]["activations"]` equals the bytes one micro-batch's forward
    saves for backward (`saved_tensors_hooks`) on one process (recompute none / selective / full, flash
    and math attention) and per rank under tp2 and tp2+SP.
 
-The measuring code lives in tests/executor_workers/crosscheck.py (one torchrun launch, 2 ranks).
+The measuring code lives in tests/executor_workers/crosscheck.py (one torchrun launch on 2 ranks, one on 4).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "executor_workers"))
 
-from crosscheck import MICRO_BATCH, MICRO_BATCHES, MODELS, PLANS, SavedBytes, plan_fields
+from crosscheck import MICRO_BATCH, MICRO_BATCHES, MODELS, PLANS, PLANS_4, SavedBytes, plan_fields
 
 from executor.activation_checkpoint import apply_ac
 from executor.model import build_model
@@ -185,20 +187,32 @@ def test_activation_check_sees_the_recompute_modes() -> None:
 # ---- 2 and 3b. the 2-rank launch -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("crosscheck") / "results.json"
+def _launch(nproc: int, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp(f"crosscheck{nproc}") / "results.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-           "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(WORKER), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     results = json.loads(out.read_text()) if out.exists() else {}
     assert proc.returncode == 0, f"worker failed: {results}\n{proc.stderr[-3000:]}"
     return results
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _launch(2, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def runs4(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _launch(4, tmp_path_factory)
+
+
+ALL_PLANS = {**PLANS, **PLANS_4}
+
+
 def _plan(name: str) -> tuple[ModelSpec, Any]:
-    model_key, fields = PLANS[name]
+    model_key, fields = ALL_PLANS[name]
     spec = MODELS[model_key]
     return spec, local_plan(spec, **plan_fields(fields))
 
@@ -225,24 +239,31 @@ def _plan(name: str) -> tuple[ModelSpec, Any]:
 #   sequence shard, where Megatron-LM reduce-scatters (same buffer, twice the wire bytes).
 
 
-def _tokens_act(spec: ModelSpec) -> tuple[float, float, float]:
-    """(activation bytes of one micro-batch, logits bytes, micro-batches per step)."""
-    tokens = MICRO_BATCH * spec.seq_len
+def _tokens_act(spec: ModelSpec, cp: int = 1) -> tuple[float, float, float]:
+    """(activation bytes of one micro-batch on one cp rank, its logits bytes, micro-batches per step)."""
+    tokens = MICRO_BATCH * spec.seq_len // cp
     return tokens * spec.hidden * 4.0, tokens * spec.vocab_size * 4.0, float(MICRO_BATCHES)
 
 
 def _column_parallel_linears(spec: ModelSpec) -> int:
-    """Separate ColwiseParallel linears per layer: q, k, v and the MLP up (or gate and up)."""
-    return 3 + (2 if spec.activation == "swiglu" else 1)
+    """Separate ColwiseParallel-style inputs per layer: q, k, v and the MLP up (or gate and up; an MoE
+    layer's experts take their input through one tensor-parallel region)."""
+    return 3 + (1 if spec.is_moe else 2 if spec.activation == "swiglu" else 1)
 
 
-def deviations(name: str) -> tuple[list[tuple[str, str, str, str, float]], list[tuple[str, str | float]]]:
+def _expert_params_per_rank(spec: ModelSpec, plan: Any) -> float:
+    """Routed-expert weights one rank holds (SwiGLU: gate, up and down, h x f each, no biases here)."""
+    assert spec.activation == "swiglu" and not spec.bias
+    return spec.num_layers * spec.num_experts / plan.ep * 3 * spec.hidden * spec.ffn_hidden / plan.tp
+
+
+def deviations(name: str) -> tuple[list[tuple[str, str, str, str, float]], list[tuple[str, str | tuple[str, float]]]]:
     spec, doc = _plan(name)
     plan = doc.plan
-    act, logits, m = _tokens_act(spec)
+    act, logits, m = _tokens_act(spec, plan.cp)
     layers = spec.num_layers
     executor_only: list[tuple[str, str, str, str, float]] = []
-    model_only: list[tuple[str, str | float]] = []
+    model_only: list[tuple[str, str | tuple[str, float]]] = []
     if plan.tp > 1:
         # The LM head is ColwiseParallel(output_layouts=Replicate()): every micro-batch all-gathers the
         # full fp32 logits and computes an ordinary cross-entropy, where Megatron-LM's vocabulary-parallel
@@ -266,13 +287,32 @@ def deviations(name: str) -> tuple[list[tuple[str, str, str, str, float]], list[
         if plan.recompute == "full":
             # Non-reentrant checkpointing stops recomputing once the last tensor backward needs is
             # rebuilt (the MLP down-projection's input), so that projection's all-reduce is not re-run.
-            model_only.append(("recompute stops before the last all-reduce", m * layers * act))
+            model_only.append(("recompute stops before the last all-reduce", ("tp", m * layers * act)))
     if plan.dp > 1 and plan.zero_stage == 2:
         # FSDP2 reshards after every backward, so ZeRO-2 (reshard_after_forward=False) all-gathers the
         # weights again in every micro-batch's forward; ZeRO-2 proper keeps them between micro-batches.
         params = build_graph(spec, "fp32").total_params
         executor_only.append(("weights re-gathered every micro-batch", "dp", "all_gather", "other",
                               (m - 1) * params * 4.0))
+    if plan.ep > 1:
+        # Before each dispatch the ranks of an ep group exchange how many tokens each sends to each
+        # expert (one int64 per expert), so that every rank can size its receive buffers.
+        executor_only.append(("token counts exchanged before each dispatch", "ep", "all_to_all", "other",
+                              m * layers * spec.num_experts * 8.0))
+        if plan.tp > 1:
+            # Expert tensor parallelism: the partial expert outputs are all-reduced over tp on the tokens
+            # the rank received (forward) and the routed tokens' input gradients before they are sent
+            # back (backward): top_k rows per token (dropless), where traffic.py's tp.layers counts one
+            # activation for each of these two sync points of the MLP.
+            extra = m * layers * (spec.top_k - 1) * act
+            executor_only.append(("expert-TP all-reduce of the received tokens", "tp", "all_reduce", "other", extra))
+            executor_only.append(("expert-TP all-reduce of the routed tokens' gradient", "tp", "all_reduce", "bwd",
+                                  extra))
+        if plan.dp // plan.ep * plan.cp == 1:
+            # An expert shard has no replica to average with (its edp group is this rank alone), so the
+            # executor reduces no expert gradient; traffic.py's dp.grads counts every trained parameter.
+            model_only.append(("expert gradients with no replica (dp / ep x cp = 1)",
+                               ("dp", _expert_params_per_rank(spec, plan) * 4.0)))
     return executor_only, model_only
 
 
@@ -284,12 +324,15 @@ def _ledger(rows: list[dict[str, Any]]) -> Counter:
     return out
 
 
-def comm_comparison(name: str, rank_result: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """(measured, predicted) bytes by kind after taking out the listed deviations."""
+def comm_comparison(name: str, rank_results: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(measured, predicted) bytes by kind after taking out the listed deviations; measured is the mean
+    over `rank_results` (one rank, or with expert parallelism every first-stage rank, see below)."""
     spec, doc = _plan(name)
+    plan = doc.plan
     terms = comm_terms(spec, doc.plan)
-    ledger = _ledger(rank_result["rows"])
-    assert not any(k[0] == "other" for k in ledger), ledger  # every collective belongs to tp, pp or dp
+    ledgers = [_ledger(r["rows"]) for r in rank_results]
+    ledger: Counter = Counter({k: sum(x[k] for x in ledgers) / len(ledgers) for k in set().union(*ledgers)})
+    assert not any(k[0] == "other" for k in ledger), ledger  # every collective belongs to tp, cp, ep, pp or dp
     executor_only, model_only = deviations(name)
     for why, kind, op, phase, nbytes in executor_only:
         have = ledger[(kind, op, phase)]
@@ -303,26 +346,51 @@ def comm_comparison(name: str, rank_result: dict[str, Any]) -> tuple[dict[str, f
             assert what in terms, f"{name}: traffic.py has no term {what} ({why})"
             predicted[what.split(".")[0]] -= terms[what]
         else:
-            predicted["tp"] -= what
+            predicted[what[0]] -= what[1]
     measured = dict.fromkeys(KINDS, 0.0)
     for (kind, _op, _phase), nbytes in ledger.items():
         measured[kind] += nbytes
+    if plan.cp > 1:
+        # The ring attention's exchanges are sends of this rank's K/V chunk (or its gradient) to the next
+        # cp rank, cp - 1 per pass: the steps of a ring all-gather, whose buffer (traffic.py's convention:
+        # the gathered output, cp chunks) they carry (cp - 1)/cp of. Expressed in that convention:
+        measured["cp"] *= plan.cp / (plan.cp - 1)
     return measured, predicted
+
+
+def _check_comm(name: str, result: dict[str, Any]) -> None:
+    assert "error" not in result, result
+    first_stage = [r for r in result["ranks"] if r["first_stage"]]
+    assert first_stage
+    _, doc = _plan(name)
+    # With expert parallelism a rank's combine all-to-all (and the expert-TP all-reduce before it) carries
+    # the tokens routed to its experts, which depends on the routing; traffic.py prices balanced routing
+    # (capacity factor 1: every expert gets tokens x top_k / experts). Over the ep group the tokens received
+    # sum to the tokens sent, so the mean over the first-stage ranks (whole ep groups) is the balanced value.
+    groups = [first_stage] if doc.plan.ep > 1 else [[r] for r in first_stage]
+    # Plans with cp or ep agree byte for byte once the deviations are taken out (the README says so).
+    rtol = 1e-9 if doc.plan.cp > 1 or doc.plan.ep > 1 else COMM_RTOL
+    for ranks in groups:
+        measured, predicted = comm_comparison(name, ranks)
+        for kind in KINDS:
+            assert measured[kind] == pytest.approx(predicted[kind], rel=rtol, abs=1.0), \
+                (name, [r["rank"] for r in ranks], kind, measured, predicted)
+        assert sum(measured.values()) > 0
+        for kind in ("cp", "ep"):  # the new dimensions are measured, not only absent on both sides
+            if getattr(doc.plan, kind) > 1:
+                assert measured[kind] > 0, (name, kind, measured)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(PLANS))
 def test_comm_bytes_equal_counted_collectives(runs: dict[str, Any], name: str) -> None:
-    result = runs[name]
-    assert "error" not in result, result
-    first_stage = [r for r in result["ranks"] if r["first_stage"]]
-    assert first_stage
-    for r in first_stage:
-        measured, predicted = comm_comparison(name, r)
-        for kind in KINDS:
-            assert measured[kind] == pytest.approx(predicted[kind], rel=COMM_RTOL, abs=1.0), \
-                (name, r["rank"], kind, measured, predicted)
-        assert sum(measured.values()) > 0
+    _check_comm(name, runs[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PLANS_4))
+def test_comm_bytes_equal_counted_collectives_four_ranks(runs4: dict[str, Any], name: str) -> None:
+    _check_comm(name, runs4[name])
 
 
 @pytest.mark.slow
@@ -356,7 +424,7 @@ def test_ledger_agrees_with_comm_debug_mode(runs: dict[str, Any], name: str) -> 
 
 
 def tp_executor_only(spec: ModelSpec, plan: Any) -> float:
-    tokens, t, beta = MICRO_BATCH * spec.seq_len, plan.tp, 4.0
+    tokens, t, beta = MICRO_BATCH * spec.seq_len // plan.cp, plan.tp, 4.0
     extra = (1 - 1 / t) * tokens * spec.vocab_size * beta  # full-vocabulary log-probabilities
     if plan.sequence_parallel:
         blocks = 2 * spec.num_layers + 1  # QKV and MLP up per layer, and the LM head
@@ -370,6 +438,21 @@ def test_activation_bytes_equal_saved_tensors_per_tp_rank(runs: dict[str, Any], 
     spec, doc = _plan(name)
     predicted = estimate(spec, doc.cluster, doc.plan)["memory"]["activations"] * GIB
     predicted += tp_executor_only(spec, doc.plan)
+    for r in runs[name]["ranks"]:
+        measured = r["saved_bytes"]
+        assert measured == pytest.approx(predicted, rel=ACT_RTOL), (name, r["rank"], measured, predicted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in PLANS if PLANS[n][1].get("cp", 1) > 1])
+def test_activation_bytes_equal_saved_tensors_per_cp_rank(runs: dict[str, Any], name: str) -> None:
+    """Context parallelism: each rank keeps its seq / cp tokens' activations; the ring attention saves
+    what FlashAttention saves (q, k, v, output, log-sum-exp of the local chunks), as the graph counts."""
+    spec, doc = _plan(name)
+    predicted = estimate(spec, doc.cluster, doc.plan)["memory"]["activations"] * GIB
+    whole = local_plan(spec, micro_batch=MICRO_BATCH, global_batch=MICRO_BATCH)
+    assert predicted == pytest.approx(estimate(spec, whole.cluster, whole.plan)["memory"]["activations"] * GIB
+                                      / doc.plan.cp, rel=1e-9)  # the graph's share: 1/cp of one process's
     for r in runs[name]["ranks"]:
         measured = r["saved_bytes"]
         assert measured == pytest.approx(predicted, rel=ACT_RTOL), (name, r["rank"], measured, predicted)

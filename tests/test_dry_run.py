@@ -5,7 +5,7 @@ one process on a fake process group and meta tensors, and compared with the cost
    exactly the collectives (ops, phases, calls, bytes) that real gloo runs issue, and on 4-rank plans
    exactly the weights, gradients and optimizer state real runs report in measured.json.
 2. At hundreds of ranks, for every parallel dimension the executor supports (tp, sp, pp with 1F1B,
-   interleaved, GPipe and uneven splits, dp with ZeRO 0-3, ep; LoRA, per-op recompute), every built
+   interleaved, GPipe and uneven splits, dp with ZeRO 0-3, cp, ep, ep x tp; LoRA, per-op recompute), every built
    rank agrees with the cost model: its
    model state with `model_state_bytes` within 0.5% and, on first-stage ranks, its communication with
    traffic.py within 5%, once the executor's named departures are applied.
@@ -81,6 +81,12 @@ SCALE: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
                                         "finetune": "lora", "zero_stage": 2}, ("frozen base weights",)),
     "tp2-pp2-op-selective": ("gpt", {"tp": 2, "pp": 2, "dp": 64, "recompute": "op-selective"},
                              ("per-op selective recompute re-runs",)),
+    "cp2-tp2-zero3": ("llama", {"cp": 2, "tp": 2, "dp": 32, "zero_stage": 3}, ("ring attention",)),
+    "cp4-pp2-replicate": ("gpt", {"cp": 4, "pp": 2, "dp": 16}, ("ring attention",)),
+    "ep4-tp2-zero1": ("moe", {"tp": 2, "dp": 64, "ep": 4, "zero_stage": 1},
+                      ("expert weights outside ZeRO", "expert tensor parallelism")),
+    "cp2-ep2-tp2-sp-pp2": ("moe", {"cp": 2, "tp": 2, "pp": 2, "dp": 16, "ep": 2, "sequence_parallel": True},
+                           ("ring attention", "whole gathered sequence")),  # all five dimensions
 }
 
 

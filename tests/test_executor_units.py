@@ -49,15 +49,30 @@ def test_placement_dp_innermost() -> None:
         assert sorted(r for g in dims.groups(dim) for r in g) == list(range(4))
 
 
-def test_unsupported_degrees_are_clear_errors() -> None:
+def test_every_degree_combination_is_supported() -> None:
     order = ("tp", "cp", "dp", "pp")
-    with pytest.raises(UnsupportedPlan, match="context parallelism"):
-        ParallelDims(tp=1, pp=1, dp=1, cp=2, ep=1, vpp=1, placement=order).check_supported()
-    with pytest.raises(UnsupportedPlan, match="expert parallelism"):
-        ParallelDims(tp=2, pp=1, dp=2, cp=1, ep=2, vpp=1, placement=order).check_supported()
-    ParallelDims(tp=1, pp=1, dp=2, cp=1, ep=2, vpp=1, placement=order).check_supported()
+    ParallelDims(tp=1, pp=1, dp=1, cp=2, ep=1, vpp=1, placement=order).check_supported()  # context parallel
+    ParallelDims(tp=2, pp=2, dp=2, cp=2, ep=2, vpp=1, placement=order).check_supported()  # ep x tp, with cp, pp
     with pytest.raises(ValueError, match="ep 2 must divide dp 3"):
         ParallelDims(tp=1, pp=1, dp=3, cp=1, ep=2, vpp=1, placement=order)
+
+
+def test_gradient_group_spans_dp_and_cp() -> None:
+    dims = ParallelDims(tp=2, pp=2, dp=2, cp=2, ep=1, vpp=1, placement=("tp", "cp", "dp", "pp"))
+    # rank = ((pp * 2 + dp) * 2 + cp) * 2 + tp: same tp and pp coordinates, every dp and cp
+    assert dims.group(("dp", "cp"), 0) == [0, 2, 4, 6]
+    assert dims.group(("dp", "cp"), 11) == [9, 11, 13, 15]
+    assert dims.group(("cp",), 5) == [5, 7]
+
+
+def test_expert_groups_with_tp_and_cp() -> None:
+    from executor.expert_parallel import expert_groups
+
+    dims = ParallelDims(tp=2, pp=1, dp=4, cp=2, ep=2, vpp=1, placement=("tp", "cp", "dp", "pp"))
+    # rank = (dp * 2 + cp) * 2 + tp. ep: consecutive dp ranks of the same cp and tp coordinates; edp: the
+    # other dp pair and every cp rank at the same ep position and tp coordinate.
+    assert {k: sorted(v) for k, v in expert_groups(dims, 0).items()} == {"ep": [0, 4], "edp": [0, 2, 8, 10]}
+    assert {k: sorted(v) for k, v in expert_groups(dims, 7).items()} == {"ep": [3, 7], "edp": [5, 7, 13, 15]}
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -137,8 +152,8 @@ def test_bad_plans_are_planner_errors(tmp_path: Path, plan_dp2: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(PlannerError, match="malformed JSON"):
         validate(_args(bad))
-    cp = save_plan(tmp_path / "cp2.json", local_plan(SPEC, cp=2, micro_batch=1, global_batch=1))
-    with pytest.raises(UnsupportedPlan, match="context parallelism"):
+    cp = save_plan(tmp_path / "cp8.json", local_plan(SPEC, cp=8, micro_batch=1, global_batch=1))
+    with pytest.raises(UnsupportedPlan, match="2\\*cp = 16 chunks"):  # seq_len 8 cannot be cut into 16 chunks
         validate(_args(cp))
     with pytest.raises(PlannerError, match="steps"):
         validate(_args(plan_dp2, "--steps", "0"))

@@ -5,10 +5,12 @@ and a torchrun worker:
 
     torchrun --standalone --nproc-per-node 2 tests/executor_workers/crosscheck.py --out r.json
 
+(`PLANS` on 2 ranks; `PLANS_4` with --nproc-per-node 4.)
+
 For every plan of `PLANS` the worker trains warm-up steps, then records every collective of one
 training step on each rank with `CollectiveLedger` (and, for tensor-parallel plans, the per-module
-counts of torch's `CommDebugMode` alongside), and for tensor-parallel plans the bytes one micro-batch
-forward saves for backward on each rank. Rank 0 writes the raw measurements as JSON; the test computes
+counts of torch's `CommDebugMode` alongside), and for tensor- and context-parallel plans the bytes one
+micro-batch forward saves for backward on each rank. Rank 0 writes the raw measurements as JSON; the test computes
 the predictions and asserts.
 """
 
@@ -54,6 +56,16 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp2-1f1b": ("gpt", {"pp": 2}),
     "pp2-1f1b-llama": ("llama", {"pp": 2}),
     "pp2-interleaved": ("gpt", {"pp": 2, "vpp": 2, "schedule": "interleaved-1f1b"}),
+    "cp2-llama": ("llama", {"cp": 2}),
+    "cp2-gpt": ("gpt", {"cp": 2}),
+    "dp2-ep2-moe": ("moe", {"dp": 2, "ep": 2}),
+}
+# Plans on four ranks (a second launch).
+PLANS_4: dict[str, tuple[str, dict[str, Any]]] = {
+    "tp2-cp2-llama": ("llama", {"tp": 2, "cp": 2}),
+    "cp2-dp2-zero1": ("gpt", {"cp": 2, "dp": 2, "zero_stage": 1}),
+    "ep2-tp2-moe": ("moe", {"tp": 2, "dp": 2, "ep": 2}),
+    "cp2-dp2-ep2-moe": ("moe", {"cp": 2, "dp": 2, "ep": 2}),
 }
 MICRO_BATCH, MICRO_BATCHES = 2, 2
 WARMUP = 2  # pipeline shape inference (step 0) and DDP's bucket rebuild (step 1) are one-off
@@ -212,19 +224,27 @@ class CollectiveLedger(TorchDispatchMode):
 
 
 def classify(rows: list[dict[str, Any]], groups: dict[str, list[int]]) -> list[dict[str, Any]]:
-    """Tag each row with the traffic.py kind: p2p -> pp; a collective over the tp / dp group -> tp / dp;
-    an all-reduce over the pipeline's first and last rank -> dp (the tied-embedding gradient, which
-    model.py and traffic.py count with the data-parallel traffic)."""
-    tp, dp = sorted(groups["tp"]), sorted(groups["dp"])
+    """Tag each row with the traffic.py kind: p2p over the cp group -> cp (the ring attention's
+    exchanges), other p2p -> pp; a collective over the tp group -> tp; an all-to-all over the ep group
+    -> ep (the token exchanges); a collective over the gradient group (dp, or dp x cp with context parallelism), the
+    expert-data-parallel group or the pipeline's first and last rank -> dp (replicated, expert and
+    tied-embedding gradients, which model.py and traffic.py count with the data-parallel traffic)."""
+    def key(name: str) -> list[int] | None:
+        ranks = sorted(groups.get(name, []))
+        return ranks if len(ranks) > 1 else None
+
     tied = sorted({groups["pp"][0], groups["pp"][-1]})
+    dp_like = [g for g in (key("dp"), key("grad"), key("edp"), tied if len(tied) > 1 else None) if g]
     out = []
     for r in rows:
         ranks = sorted(r["ranks"])
         if r["op"] in ("send", "recv"):
-            kind = "pp"
-        elif len(tp) > 1 and ranks == tp:
+            kind = "cp" if ranks == key("cp") else "pp"
+        elif ranks == key("tp"):
             kind = "tp"
-        elif (len(dp) > 1 and ranks == dp) or (len(tied) > 1 and ranks == tied):
+        elif ranks == key("ep") and r["op"] == "all_to_all":
+            kind = "ep"
+        elif ranks in dp_like:  # (with dp = ep the gradient all-reduce runs on the ep group's ranks)
             kind = "dp"
         else:
             kind = "other"
@@ -248,6 +268,7 @@ def run_plan(name: str, model_key: str, fields: dict[str, Any]) -> dict[str, Any
     from torch.distributed.tensor.debug import CommDebugMode
 
     from executor.data import SyntheticData
+    from executor.expert_parallel import expert_groups
     from executor.parallel_dims import ParallelDims
     from executor.plans import local_plan
     from executor.trainer import Trainer, TrainOptions, loss_fn
@@ -265,24 +286,33 @@ def run_plan(name: str, model_key: str, fields: dict[str, Any]) -> dict[str, Any
     for step in range(WARMUP):
         trainer.train_step(trainer.batch(data, step))
     dist.barrier()
-    groups = {d: dims.groups(d)[[rank in g for g in dims.groups(d)].index(True)] for d in ("tp", "dp", "pp")}
+    groups = {d: dims.groups(d)[[rank in g for g in dims.groups(d)].index(True)] for d in ("tp", "dp", "pp", "cp")}
+    if trainer.grad_mesh is not None:
+        groups["grad"] = dist.get_process_group_ranks(trainer.grad_mesh.get_group())
+    if dims.ep > 1:
+        groups.update(expert_groups(dims, rank))
     ledger = CollectiveLedger()
     with ledger:
         trainer.train_step(trainer.batch(data, WARMUP))
     dist.barrier()
     result: dict[str, Any] = {"rank": rank, "rows": classify(ledger.rows, groups), "dp": trainer.dp_description,
                               "first_stage": trainer.is_first}
-    if dims.tp > 1 and dims.pp == 1:
+    # The parameters' storage is the module's own without a wrapper or under DDP (FSDP2's and replicate's
+    # unsharded copies would count as saved tensors).
+    if (dims.tp > 1 or dims.cp > 1) and dims.pp == 1 and trainer.dp_kind in ("none", "ddp"):
         # One more micro-batch, forward + backward outside the trainer: the bytes its forward (and loss)
         # saves for backward on this rank, and its collectives seen by both CommDebugMode (which can
         # follow one forward and its backward per context, so not a whole accumulating step) and the
         # ledger.
         model = trainer.modules[0]
         batch = trainer.batch(data, WARMUP + 1)[:MICRO_BATCH]
+        x, y = batch[:, :-1], batch[:, 1:]
+        if trainer.positions is not None:  # context parallelism: this rank's chunks of the sequence
+            x, y = x[:, trainer.positions], y[:, trainer.positions]
         debug, mb_ledger = CommDebugMode(), CollectiveLedger()
         with debug, mb_ledger:
             with SavedBytes(model, trainer.parameters()) as saved:
-                loss = loss_fn(model(batch[:, :-1]), batch[:, 1:])
+                loss = loss_fn(model(x), y)
             loss.backward()
         for opt in trainer.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -303,7 +333,8 @@ def main() -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results: dict[str, Any] = {}
-    for name, (model_key, fields) in PLANS.items():
+    plans = PLANS if world == 2 else PLANS_4
+    for name, (model_key, fields) in plans.items():
         if args.only and name not in args.only.split(","):
             continue
         try:

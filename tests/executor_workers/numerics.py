@@ -59,6 +59,11 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "pp2-split-emb-loss": ("llama", {"pp": 2, "embedding_in_split": True, "loss_in_split": True}),
         "dp2-lora-llama": ("llama", {"dp": 2, "finetune": "lora", "lora_rank": 4}),
         "pp2-lora": ("gpt", {"pp": 2, "finetune": "lora", "lora_rank": 4, "lora_targets": ["qkv", "down"]}),
+        # Context parallelism: ring attention, head-tail chunks, global RoPE / learned positions.
+        "cp2-llama": ("llama", {"cp": 2}),
+        "cp2-gpt-math": ("gpt", {"cp": 2, "flash_attention": False}),
+        "cp2-selective-zero1-llama": ("llama", {"cp": 2, "recompute": "selective", "zero_stage": 1}),
+        "cp2-lora-llama": ("llama", {"cp": 2, "finetune": "lora", "lora_rank": 4}),
     },
     "w4": {
         "tp2-pp2": ("gpt", {"tp": 2, "pp": 2}),
@@ -73,6 +78,15 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "dp-outer-tp2-dp2": ("gpt", {"tp": 2, "dp": 2, "placement": ["dp", "tp", "cp", "pp"]}),
         "dp4-ep2-moe": ("moe", {"dp": 4, "ep": 2}),
         "pp2-dp2-ep2-zero3-moe": ("moe", {"pp": 2, "dp": 2, "ep": 2, "zero_stage": 3}),
+        "cp2-dp2-llama": ("llama", {"cp": 2, "dp": 2}),
+        "cp4-gpt": ("gpt", {"cp": 4}),
+        "tp2-sp-cp2-llama": ("llama", {"tp": 2, "cp": 2, "sequence_parallel": True}),
+        "pp2-cp2-full-recompute-gpt": ("gpt", {"pp": 2, "cp": 2, "recompute": "full"}),
+        "cp2-dp2-zero3-llama": ("llama", {"cp": 2, "dp": 2, "zero_stage": 3}),
+        "cp2-dp2-ep2-moe": ("moe", {"cp": 2, "dp": 2, "ep": 2}),
+        # Expert parallelism with expert tensor parallelism.
+        "ep2-tp2-moe": ("moe", {"tp": 2, "dp": 2, "ep": 2}),
+        "ep2-tp2-sp-zero1-moe": ("moe", {"tp": 2, "dp": 2, "ep": 2, "sequence_parallel": True, "zero_stage": 1}),
     },
     # The 2025 families (tests/test_model_families_dist.py).
     "families-w2": {
@@ -89,12 +103,14 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "dp2-ep2-gpt-oss": ("gpt-oss", {"dp": 2, "ep": 2}),
         "tp2-sp-llama4": ("llama4", {"tp": 2, "sequence_parallel": True}),
         "pp2-vpp2-llama4": ("llama4", {"pp": 2, "vpp": 2, "schedule": "interleaved-1f1b"}),
+        "cp2-mla-deepseek-v3-no-mtp": ("deepseek-v3-no-mtp", {"cp": 2}),  # MLA: math ring blocks (d_qk != d_v)
     },
     "families-w4": {
         "tp2-dp2-deepseek-v3": ("deepseek-v3", {"tp": 2, "dp": 2}),
         "tp2-pp2-llama4": ("llama4", {"tp": 2, "pp": 2}),
         "tp2-dp2-zero3-qwen3": ("qwen3", {"tp": 2, "dp": 2, "zero_stage": 3}),
         "pp2-dp2-ep2-gpt-oss": ("gpt-oss", {"pp": 2, "dp": 2, "ep": 2}),
+        "ep2-tp2-qwen3-moe": ("qwen3-moe", {"tp": 2, "dp": 2, "ep": 2}),
     },
 }
 
