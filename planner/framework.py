@@ -15,7 +15,10 @@ reads them like it reads the cluster:
 - pp_overlap: pipeline sends overlap compute (Megatron-Core's --overlap-p2p-communication);
 - optimizer_launches_per_tensor: kernel launches of one optimizer step per parameter tensor (8 for
   an unfused per-tensor AdamW; a fused multi-tensor Adam launches once per dozens of tensors);
-- recompute: the activation-checkpointing policies the framework offers (what the search tries).
+- recompute: the activation-checkpointing policies the framework offers (what the search tries);
+- dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
+  max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
+  the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Framework:
     optimizer_launches_per_tensor: float
     recompute: tuple[str, ...]
     source: str
+    dp_bucket_params: float = 0.0
+    dp_bucket_params_per_rank: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tp_overlap not in TP_OVERLAPS:
@@ -49,6 +54,8 @@ class Framework:
                             field=f"framework[{self.name}].tp_overlap")
         if not 0 <= self.optimizer_launches_per_tensor <= 100:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
+        if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
+            raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
 
 
 @lru_cache(maxsize=1)

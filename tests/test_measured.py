@@ -297,3 +297,22 @@ def test_accuracy_script_smoke() -> None:
         assert row["error"] == pytest.approx(row["estimate_s"] / row["measured_s"] - 1)
     text = _run("accuracy_measured.py", "--limit", "2")
     assert text.returncode == 0 and "MAPE" in text.stdout
+
+
+def test_megatron_core_buckets_keep_data_parallel_scaling_flat(runs: dict[str, list]) -> None:
+    """NeMo's weak scaling of Nemotron-4 15B (v25.02, BF16, tp 4): from 16 to 2048 H100s (dp 4 -> 512) the
+    measured step grows 2.81 -> 2.89 s. Megatron-Core grows its gradient buckets with dp (max(40M, 1M x
+    dp) parameters), so the reduce-scatter / all-gather latencies do not multiply; the predicted growth
+    must match the measured one within 5 points."""
+    from planner.cost import estimate
+
+    rows = [express(r, features=ALL_FEATURES) for r in runs["dgxc"]
+            if r.label.startswith("v25.02 Nemotron4 15b BF16 ") and r.num_gpus in (16, 2048)]
+    assert len(rows) == 2 and all(isinstance(r, MeasuredRun) for r in rows)
+    small, large = sorted(rows, key=lambda r: r.run.num_gpus)
+    assert (small.plan.dp, large.plan.dp) == (4, 512)
+    measured = large.step_time_s / small.step_time_s
+    predicted = (estimate(large.model, large.cluster, large.plan)["step_time_s"]
+                 / estimate(small.model, small.cluster, small.plan)["step_time_s"])
+    assert measured == pytest.approx(2.89 / 2.81, abs=0.005)
+    assert predicted == pytest.approx(measured, abs=0.05)

@@ -17,7 +17,8 @@ Context parallelism: a ring exchange of K and V chunks overlapped with the atten
 2023, Ring Attention): forward once, backward twice (K/V and their gradients).
 Expert parallelism: a dispatch and a combine all-to-all per MoE layer in each direction (Lepikhin et
 al. 2021, GShard).
-Data parallelism: gradients reduced in fp32 in 25 MiB buckets (PyTorch DDP's default, Li et al. 2020),
+Data parallelism: gradients reduced in fp32 in 25 MiB buckets (PyTorch DDP's default, Li et al. 2020;
+Megatron-Core: max(40M, 1M x dp) parameters, the framework profile's dp_bucket_params),
 parameters gathered in the training dtype; ZeRO-2/3 issue per-layer collectives every micro-batch.
 """
 
@@ -372,7 +373,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             if not np.any(params):
                 continue
             nbytes = params * per_param
-            calls = np.maximum(n_layers, 1.0) if per_layer else np.maximum(1.0, np.ceil(nbytes / DDP_BUCKET_BYTES))
+            bucket = DDP_BUCKET_BYTES
+            if fw.dp_bucket_params or fw.dp_bucket_params_per_rank:  # Megatron-Core: grows with dp
+                bucket = np.maximum(fw.dp_bucket_params, fw.dp_bucket_params_per_rank * g)[:, None] * per_param
+            calls = np.maximum(n_layers, 1.0) if per_layer else np.maximum(1.0, np.ceil(nbytes / bucket))
             g2, k2, n2 = (np.broadcast_to(x[:, None], params.shape) for x in (g, k, n))
             total = total + calls * collective_time(cluster, op, nbytes / calls, g2, layout=(k2, n2))
         return np.where((g_dp > 1)[:, None], total, 0.0)
