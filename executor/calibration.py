@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + n_coll + 5, enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
             "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
-            "kernels": bench_kernels(device, dtype, args.quick, bar) if world > 1 else {},
+            "kernels": bench_kernels(device, dtype, args.quick, bar),
             "framework": bench_framework_steps(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
             "contention": bench_contention(device, dtype, args.quick, bar)

@@ -170,8 +170,10 @@ def _fit_host_overheads(profile: ClusterSpec, tp_raw: dict[str, Any], share: flo
 def run_calibration(nproc_per_node: int, quick: bool = False, device: str = "auto",
                     extra_torchrun: list[str] | None = None) -> dict[str, Any]:
     """Launch the microbenchmarks with torchrun and return the raw timings."""
-    if nproc_per_node < 2:
-        raise PlannerError("calibration needs at least 2 ranks to measure collectives", field="nproc_per_node")
+    # One rank (a one-GPU machine) measures GEMMs, memory and kernels but no collectives: the
+    # profile keeps the base preset's links, which single-rank plans never use.
+    if nproc_per_node < 1:
+        raise PlannerError(f"must be >= 1, got {nproc_per_node}", field="nproc_per_node")
     with tempfile.TemporaryDirectory(prefix="planner-calibrate-") as tmp:
         out = Path(tmp) / "raw.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", *(extra_torchrun or ["--standalone"]),
