@@ -276,6 +276,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # ---- calibrate ------------------------------------------------------------------------------
 
 
+def _default_ranks(device: str) -> int:
+    """One rank per GPU on a GPU node (unless --device cpu), else one per CPU core (at least 2)."""
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count():
+            return torch.cuda.device_count()
+    return os.cpu_count() or 2
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from planner.calibrate import build_profile, run_calibration, write_profile
 
@@ -286,6 +296,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         extra = ["--nnodes", str(args.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint,
                  "--rdzv-id", args.rdzv_id]
     start = time.perf_counter()
+    if args.nproc_per_node is None:
+        args.nproc_per_node = _default_ranks(args.device)
     raw = run_calibration(args.nproc_per_node, quick=args.quick, device=args.device, extra_torchrun=extra)
     profile = build_profile(raw, name=args.name)
     write_profile(args.out, profile, raw)
@@ -621,8 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_cmd.add_parser(sub)
 
     p = sub.add_parser("calibrate", help="measure this machine and write a cluster profile JSON")
-    p.add_argument("--nproc-per-node", type=_positive_int, default=os.cpu_count() or 2,
-                   help="ranks per node (default: CPU cores, or GPUs on a GPU node)")
+    p.add_argument("--nproc-per-node", type=_positive_int, default=None,
+                   help="ranks per node (default: the GPUs of a GPU node with --device auto / cuda, else CPU cores)")
     p.add_argument("--out", default="cluster-profile.json", help="profile path (default cluster-profile.json)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and sizes (about a third of the time)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

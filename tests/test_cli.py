@@ -345,3 +345,20 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], words: list[str], file
     assert "Traceback" not in err and "internal error" not in err
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+def test_calibrate_defaults_to_one_rank_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-GPU node with many cores calibrates one rank (one per GPU), not one per core; --device cpu
+    (or no GPU) one per core."""
+    import os
+
+    import torch
+
+    from planner.cli import _default_ranks
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _default_ranks("auto") == 1 and _default_ranks("cuda") == 1
+    assert _default_ranks("cpu") == (os.cpu_count() or 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _default_ranks("auto") == (os.cpu_count() or 2)
