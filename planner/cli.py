@@ -343,7 +343,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"== 1/3 using the calibration in {profile} (--recalibrate to measure again) ==", flush=True)
     print(f"\n== 2/3 planning {args.model} for {n} CPU ranks (planner plan) ==", flush=True)
     plan = out / "plan.json"
-    # --cp 1: the executor does not run context parallelism yet.
+    # --cp 1: the demo stays on layouts `planner validate` has measured on CPU ranks (context parallelism
+    # runs, tests/test_context_parallel.py, but its CPU ring attention is not calibrated yet).
     rc = main(["plan", "--model", args.model, "--cluster", str(profile), "--gpus", str(n), "--global-batch",
                str(args.global_batch), "--top", "5", "--cp", "1", "--out", str(plan)])
     if rc:
