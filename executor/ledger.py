@@ -98,8 +98,12 @@ class Ledger:
         self.busy = busy[:len(self.times)] if len(busy) >= len(self.times) else []
         self.discarded = old
         self.restarts = [d for d in prev.get("restarts", []) if isinstance(d, dict)]
+        status, error = prev.get("status"), prev.get("error")
+        if status == "running":  # torchrun tore the attempt down (a rank died) before rank 0 could say why
+            status, error = "failed", (f"attempt {attempt - 1} was stopped at step {len(losses)} before rank 0 "
+                                       "recorded why (torchrun stops every rank when one fails)")
         self.restarts.append({"attempt": attempt, "resumed_from_step": start_step,
-                              "previous_status": prev.get("status"), "previous_error": prev.get("error")})
+                              "previous_status": status, "previous_error": error})
 
     def record(self, loss: float, seconds: float, persist: bool = True, busy: float | None = None) -> None:
         """One completed step (loss averaged over the ranks that compute it, time of the slowest rank,
