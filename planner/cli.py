@@ -569,7 +569,13 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
                        help="rank order, innermost first (default tp,cp,dp,pp)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("plan", "estimate", "frameworks", "explain", "simulate", "models", "clusters", "inspect", "demo",
+                 "calibrate", "validate")
+
+
+def build_parser(core_only: bool = False) -> argparse.ArgumentParser:
+    """The whole CLI; `core_only` leaves out the commands defined in other modules (fit, export, trace,
+    compare, dashboard, serve, run), whose imports cost a fifth of a second, when one of these runs."""
     parser = _Parser(prog="planner", description="Plan, predict and run parallel Transformer training.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -629,9 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    from planner import fit_cmd
+    if not core_only:
+        from planner import fit_cmd
 
-    fit_cmd.add_parser(sub)
+        fit_cmd.add_parser(sub)
 
     p = sub.add_parser("calibrate", help="measure this machine and write a cluster profile JSON")
     p.add_argument("--nproc-per-node", type=_positive_int, default=None,
@@ -671,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
 
-    _add_optional_commands(sub)
+    if not core_only:
+        _add_optional_commands(sub)
     return parser
 
 
@@ -726,8 +734,9 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(core_only=bool(words) and words[0] in CORE_COMMANDS)
+    args = parser.parse_args(words)
     try:
         return int(args.func(args) or 0)
     except PlannerError as exc:

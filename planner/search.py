@@ -136,7 +136,7 @@ def _pipeline_splits(num_layers: int, pp: int, first_layers: int | None, last_la
                      vpp: int | None) -> tuple[tuple[int, int, int, tuple[int, ...]], ...]:
     """`pipeline_splits` on hashable arguments, cached: the nearest-legal hint asks it for every pp of
     thousands of batch sizes and GPU counts."""
-    from planner.cost.stages import virtual_stage_sizes
+    from planner.cost.stages import split_layers, virtual_stage_sizes
 
     fixed = first_layers is not None or last_layers is not None
     if fixed:
@@ -157,7 +157,17 @@ def _pipeline_splits(num_layers: int, pp: int, first_layers: int | None, last_la
     out = []
     for first, last, account in sorted(options, key=lambda o: (o[0] is not None, o[2], o[:2] if o[0] else ())):
         vpps = []
-        for v in range(1, num_layers + 3) if pp > 1 else [1]:  # virtual_stage_sizes says which are legal
+        if pp == 1:
+            candidates = [1]
+        elif account:  # L + 2 units over pp x vpp virtual stages
+            candidates = [v for v in range(1, (num_layers + 2) // pp + 1) if (num_layers + 2) % (pp * v) == 0]
+        else:  # every rank's layers split evenly over its chunks
+            try:
+                g = math.gcd(*split_layers(num_layers, pp, first, last))
+            except ValueError:
+                continue
+            candidates = [v for v in range(1, g + 1) if g % v == 0]
+        for v in candidates:  # virtual_stage_sizes says which are legal
             if vpp is not None and v != vpp:
                 continue
             try:

@@ -86,10 +86,11 @@ class Scores:
     MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other")
 
     def __init__(self, timing: dict[str, Array], memory: MemoryParts, rows: Array, sched: Array,
-                 mem_limit: float) -> None:
-        self._timing = timing  # (cells,)
+                 mem_limit: float, timing_rows: Array | None = None) -> None:
+        self._timing = timing  # (cells,), or (timed cells + 1,) read through timing_rows
         self._memory = memory
         self._rows = rows  # the cell of each plan
+        self._trows = rows if timing_rows is None else timing_rows  # each plan's row of the timing arrays
         self._sched = sched  # the schedule of each plan
         self.mem_limit = mem_limit
 
@@ -101,7 +102,7 @@ class Scores:
         if "_timing" not in d:
             raise AttributeError(name)
         if name in d["_timing"]:
-            value = d["_timing"][name][d["_rows"]]
+            value = d["_timing"][name][d["_trows"]]
         elif name == "fits":
             value = self.mem_total <= self.mem_limit
         elif name == "mem_total" or name in self.MEMORY:
@@ -116,7 +117,8 @@ class Scores:
 
     def take(self, idx: Array) -> Scores:
         """The scores of plans `idx` (gathering only what they need)."""
-        out = Scores(self._timing, self._memory, self._rows[idx], self._sched[idx], self.mem_limit)
+        out = Scores(self._timing, self._memory, self._rows[idx], self._sched[idx], self.mem_limit,
+                     self._trows[idx])
         if "mem_total" in self.__dict__:
             out.mem_total = self.__dict__["mem_total"][idx]
         return out
@@ -275,15 +277,16 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
         needed = np.flatnonzero(mask) if mask.sum() < 0.4 * n_cells else None
     if needed is None:
         timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
+        rows = cell
     else:  # time the needed cells alone (a gather of their terms is cheaper than timing them all)
         index = np.unravel_index(needed, terms.grid)
         part = step_times(model, cluster, terms.select(index))
-        timing = {}
-        for k, v in part.items():
-            full = np.full(n_cells, np.inf)
-            full[needed] = v
-            timing[k] = full
-    return Scores(timing, memory, cell, batch.sched, limit)
+        # compact rows: the needed cells in order, then one +inf row that every other cell reads
+        timing = {k: np.append(np.broadcast_to(v, (len(needed),)), np.inf) for k, v in part.items()}
+        compact = np.full(n_cells, len(needed), dtype=np.int64)
+        compact[needed] = np.arange(len(needed))
+        rows = compact[cell]
+    return Scores(timing, memory, cell, batch.sched, limit, timing_rows=rows)
 
 
 def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:

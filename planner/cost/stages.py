@@ -111,7 +111,7 @@ def virtual_stage_sizes(num_layers: int, pp: int, vpp: int, first: int | None = 
     for r, n in enumerate(per_rank):
         if n % vpp:
             raise ValueError(f"pipeline rank {r} holds {n} layers, not divisible by {vpp} model chunks")
-    return [per_rank[g % pp] // vpp for g in range(n_virtual)]
+    return [n // vpp for n in per_rank] * vpp  # virtual stage g = chunk·pp + rank
 
 
 @lru_cache(maxsize=4096)
@@ -122,8 +122,9 @@ def stage_layout(pattern: tuple[int, ...], n_kinds: int, pp: int, vpp: int, firs
     sizes = virtual_stage_sizes(len(pattern), pp, vpp, first, last, account)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     pat = np.asarray(pattern, dtype=np.int64)
-    virtual = tuple(tuple(int(x) for x in np.bincount(pat[starts[g]:starts[g + 1]], minlength=n_kinds))
-                    for g in range(pp * vpp))
+    seen = np.zeros((len(pat) + 1, n_kinds), dtype=np.int64)  # layers of each kind before position i
+    seen[1:] = np.cumsum(np.eye(n_kinds, dtype=np.int64)[pat], axis=0)
+    virtual = tuple(map(tuple, (seen[starts[1:]] - seen[starts[:-1]]).tolist()))
     ranks = np.asarray(virtual, dtype=np.int64).reshape(vpp, pp, n_kinds).sum(axis=0)
     g_last = pp * vpp - 1
     keys: dict[tuple, int] = {}

@@ -157,8 +157,11 @@ class CostTerms:
             x = np.asarray(x)
             if x.ndim < lead:
                 return x
-            full = np.broadcast_to(x, self.grid + x.shape[lead:])
-            return full[index]
+            # index only the grid axes x varies along (most terms vary by structure alone)
+            at = tuple(ix if n > 1 else 0 for ix, n in zip(index, x.shape[:lead], strict=True))
+            if all(n == 1 for n in x.shape[:lead]):
+                return np.broadcast_to(x[at], (len(index[0]), *x.shape[lead:]))
+            return x[at]
 
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out: dict[str, object] = {}
