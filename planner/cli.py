@@ -453,12 +453,14 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         _emit_json([{"name": f.name, "description": f.description, "tp_overlap": f.tp_overlap,
                      "dp_overlap": f.dp_overlap, "param_gather_overlap": f.param_gather_overlap,
                      "pp_overlap": f.pp_overlap, "optimizer_launches_per_tensor": f.optimizer_launches_per_tensor,
-                     "recompute": list(f.recompute), "source": f.source} for f in rows])
+                     "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
+                     "source": f.source} for f in rows])
         return 0
-    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "recompute", "what"],
+    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "recompute", "what"],
                 [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
-                  "yes" if f.pp_overlap else "no", " ".join(f.recompute), f.description] for f in rows],
-                align="lllllll"))
+                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", " ".join(f.recompute),
+                  f.description] for f in rows],
+                align="llllllll"))
     return 0
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost import estimate
+from planner.framework import default_framework, framework
 from planner.measured import MeasuredRun
 from planner.precision import RECIPES, gemm_peak_key
 from planner.specs.cluster import GPUSpec
@@ -109,8 +110,9 @@ def unfitted(gpu: GPUSpec, keep: Iterable[str] = ()) -> GPUSpec:
 def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
     """The parameters a run's predicted step time depends on."""
     names = [GEMM]
-    if run.plan.flash_attention:
-        names.append(ATTENTION)
+    kernel = framework(run.plan.framework or default_framework(run.cluster)).attention_kernel
+    if run.plan.flash_attention and (not kernel or kernel not in run.cluster.gpu.attention_efficiency_by_kernel):
+        names.append(ATTENTION)  # (a kernel the catalog cites a rate for, e.g. FlashAttention-2, does not)
     if RECIPES[run.plan.dtype].low_precision:
         names.append(lowp_parameter(gemm_peak_key(run.plan.dtype, run.cluster.gpu.peak_flops)))
     return tuple(names)

@@ -16,6 +16,10 @@ reads them like it reads the cluster:
 - optimizer_launches_per_tensor: kernel launches of one optimizer step per parameter tensor (8 for
   an unfused per-tensor AdamW; a fused multi-tensor Adam launches once per dozens of tensors);
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
+- attention_kernel: the fused attention kernel it calls: "" for the GPU's default (cuDNN fused attention /
+  FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
+  scaled_dot_product_attention flash backend, the flash-attn 2 package), priced at the GPU's
+  `attention_efficiency_by_kernel["fa2"]` where the catalog cites one;
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -31,6 +35,7 @@ from importlib import resources
 from planner.errors import SpecError
 
 TP_OVERLAPS = ("none", "backward", "all")
+ATTENTION_KERNELS = ("", "fa2")  # "": the GPU's default fused kernel (cuDNN / FlashAttention-3 class)
 DEFAULT_FRAMEWORK = "megatron-lm"
 
 
@@ -47,8 +52,12 @@ class Framework:
     source: str
     dp_bucket_params: float = 0.0
     dp_bucket_params_per_rank: float = 0.0
+    attention_kernel: str = ""
 
     def __post_init__(self) -> None:
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise SpecError(f"must be one of {', '.join(repr(k) for k in ATTENTION_KERNELS)}, got "
+                            f"{self.attention_kernel!r}", field=f"framework[{self.name}].attention_kernel")
         if self.tp_overlap not in TP_OVERLAPS:
             raise SpecError(f"must be one of {', '.join(TP_OVERLAPS)}, got {self.tp_overlap!r}",
                             field=f"framework[{self.name}].tp_overlap")

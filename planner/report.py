@@ -76,6 +76,24 @@ def _placement_note(p: Plan) -> str:
     return " [" + ">".join(p.placement) + "]"
 
 
+def _framework_line(doc: dict[str, Any]) -> str:
+    """What the plan's framework profile assumes (planner/data/frameworks.json), in one line."""
+    from planner.framework import default_framework, framework
+
+    c = doc["cluster"]
+    gpu = c["gpu"] if isinstance(c["gpu"], dict) else {}
+    name = doc.get("framework") or default_framework(type("C", (), {"device": c.get("device", "cuda")})())
+    fw = framework(name)
+    eff = gpu.get("attention_efficiency_by_kernel", {}).get(fw.attention_kernel) if fw.attention_kernel else None
+    eff = eff if eff is not None else gpu.get("attention_efficiency") or None
+    kernel = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}[fw.attention_kernel]
+    attention = f"attention {kernel}" + (f" at {eff:.2f} of peak" if eff else " at the GEMM efficiency")
+    return (f"framework {fw.name}{'' if doc.get('framework') else ' (default)'}: TP comm overlap {fw.tp_overlap}, "
+            f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
+            f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "
+            f"{attention}")
+
+
 def explain(doc: dict[str, Any]) -> str:
     """The breakdown of a plan document: sizes, time and memory components, and the formulas."""
     m, c, pr = doc["model"], doc["cluster"], doc.get("prediction")
@@ -102,6 +120,7 @@ def explain(doc: dict[str, Any]) -> str:
                       f"{', '.join(doc.get('lora_targets', ('qkv', 'proj', 'up', 'down')))}; base weights frozen")
     if extras:
         lines.append("         " + "; ".join(extras))
+    lines.append(_framework_line(doc))
     if pr is None:
         return "\n".join([*lines, "(no prediction in this file: run `planner estimate` to add one)"])
     t, mem = pr["time"], pr["memory"]

@@ -146,3 +146,14 @@ def test_cli_writes_fit_and_profile(tmp_path: Path, capsys: pytest.CaptureFixtur
     errs = [estimate(r.model, dataclasses.replace(r.cluster, gpu=cluster.gpu), r.plan)["step_time_s"]
             / r.step_time_s - 1 for r in runs]
     assert doc["in_sample"]["fitted"]["mape"] == pytest.approx(sum(map(abs, errs)) / len(errs), rel=1e-9)
+
+
+def test_a_run_on_a_cited_attention_kernel_does_not_depend_on_the_fitted_one(h100_runs: list[MeasuredRun]) -> None:
+    """The same run under torchtitan (FlashAttention-2, whose H100 rate the catalog cites) is not counted
+    as evidence for `attention_efficiency`, and its step time indeed does not move with it."""
+    run = h100_runs[0]
+    tt = dataclasses.replace(run, plan=dataclasses.replace(run.plan, framework="torchtitan"))
+    assert fit.ATTENTION in fit.run_parameters(run)
+    assert fit.ATTENTION not in fit.run_parameters(tt)
+    times = {fit.step_time(tt, {fit.GEMM: 0.6, fit.ATTENTION: a}) for a in (0.4, 0.8)}
+    assert len(times) == 1

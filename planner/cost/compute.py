@@ -86,13 +86,14 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
 
 
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
-                    seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int) -> OpTimes:
+                    seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int, kernel: str = "") -> OpTimes:
     """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys.
 
     A query is counted against `key_positions(op, seq)` keys (all s, or its sliding window / chunk);
     a causal fused kernel computes `causal_fraction` of those products. Widths come from the op (the
     graph's heads, q + k and v + out per token); `heads`, `kv_hidden` and `hidden` are used only for an
-    op that carries none (a plain GPT/Llama core: q = out = hidden, k = v = kv_hidden).
+    op that carries none (a plain GPT/Llama core: q = out = hidden, k = v = kv_hidden). `kernel` names
+    the fused kernel the framework calls ("" the GPU's default, "fa2" FlashAttention-2).
     """
     dtype = base_dtype(dtype)
     keys = key_positions(op, seq)
@@ -105,8 +106,8 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
     if flash:
         work = flops * (causal_fraction(op, seq) if causal else 1.0)  # fused kernels skip masked blocks
         io = b * tokens * (qk + vo) / tp
-        core = work / (gpu.peak(dtype) * gpu.attention_efficiency) if gpu.attention_efficiency \
-            else gpu.gemm_time(work, dtype)
+        eff = gpu.attention_fraction(kernel)
+        core = work / (gpu.peak(dtype) * eff) if eff else gpu.gemm_time(work, dtype)
         fwd = np.maximum(core, gpu.memory_time(io))
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
@@ -142,9 +143,9 @@ class LayerTimes:
 
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
-              seq: Array, tp: Array, sp: Array, ep: Array) -> LayerTimes:
+              seq: Array, tp: Array, sp: Array, ep: Array, attention_kernel: str = "") -> LayerTimes:
     """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch. A frozen linear
-    layer (fine-tuning: LoRA) computes no weight gradient."""
+    layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
     fwd, bwd, attn_f, attn_b, sac = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy()
@@ -165,7 +166,7 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
                 t = OpTimes(fwd=t.fwd, bwd=t.bwd - t.wgrad)
         elif op.kind == "attention":
             t = attention_times(op, gpu, dtype, flash, m.causal, tokens, seq, tp, m.num_heads,
-                                m.kv_hidden, m.hidden)
+                                m.kv_hidden, m.hidden, attention_kernel)
             attn_f, attn_b = attn_f + t.fwd, attn_b + t.bwd
         else:  # elementwise, embedding, loss: memory bound
             t = elementwise_times(op, gpu, tokens, tp, sp)

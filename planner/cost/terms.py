@@ -230,7 +230,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "tensors", "lowp_copies", "op_sac_fwd", "act_op_sac", "train_dense", "train_expert")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
-        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
+        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
         cols = _pad(lay.col_gemm, 2, t)
         col_f, row_f = _pad(lay.col_fwd, 2, t), _pad(lay.row_fwd, 2, t)
         if fw.tp_overlap == "none":  # every TP collective on the compute stream
@@ -286,8 +286,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["lowp_copies"].append(lowp * rec.weight_copies * rec.element_bytes)
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
-    pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
-    post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e)
+    pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
+    post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
     # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
     small = collective_time(cluster, "all_reduce", tokens * float(LOSS_BYTES), b.tp, b.stride_tp)
     head_w = _pad(post.col_gemm, 1, t)[0]

@@ -87,6 +87,9 @@ class GPUSpec:
     activation_rate: float = 0.0
     # Achieved fraction of peak of the fused (flash) attention kernel; 0: the GEMM efficiency curve.
     attention_efficiency: float = 0.0
+    # The same for other attention kernels a framework may call instead ("fa2": FlashAttention-2),
+    # where they are published for this GPU; a kernel not listed runs at attention_efficiency.
+    attention_efficiency_by_kernel: dict[str, float] = field(default_factory=dict, hash=False)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -115,6 +118,14 @@ class GPUSpec:
         _num(w, "kernel_overhead_s", self.kernel_overhead_s, strict_lo=False, hi=1.0)
         _num(w, "activation_rate", self.activation_rate, strict_lo=False, hi=1e18)
         _num(w, "attention_efficiency", self.attention_efficiency, strict_lo=False, hi=1.0)
+        if not isinstance(self.attention_efficiency_by_kernel, dict):
+            raise SpecError("must map attention kernel names to fractions of the 16-bit peak",
+                            field=f"{w}.attention_efficiency_by_kernel")
+        for k, v in self.attention_efficiency_by_kernel.items():
+            if k not in ("fa2",):
+                raise SpecError(f"unknown attention kernel {show(k)} (known: fa2)",
+                                field=f"{w}.attention_efficiency_by_kernel")
+            _num(w, f"attention_efficiency_by_kernel.{k}", v, hi=1.0)
         if not isinstance(self.gemm_curve, (tuple, list)):
             raise SpecError("must be a list of [flops, efficiency]", field=f"{w}.gemm_curve")
         pts = tuple(tuple(p) if isinstance(p, (tuple, list)) else (p,) for p in self.gemm_curve)
@@ -167,6 +178,12 @@ class GPUSpec:
             return np.where(f > 0, f / (peak * eff * waves), 0.0)
         eff = self.gemm_efficiency_by_dtype.get(dtype, self.gemm_efficiency)
         return np.where(f > 0, f / (peak * eff * waves) + self.gemm_overhead_s, 0.0)
+
+    def attention_fraction(self, kernel: str = "") -> float:
+        """Achieved fraction of the 16-bit peak of fused attention `kernel` ("" the default one); 0:
+        price it on the GEMM efficiency."""
+        return self.attention_efficiency_by_kernel.get(kernel, self.attention_efficiency) if kernel \
+            else self.attention_efficiency
 
     def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
         """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
@@ -374,6 +391,8 @@ class ClusterSpec:
         d["gpu"]["gemm_tile"] = list(self.gpu.gemm_tile)
         if not self.gpu.gemm_efficiency_by_dtype:
             d["gpu"].pop("gemm_efficiency_by_dtype")  # (files written before the field existed hash the same)
+        if not self.gpu.attention_efficiency_by_kernel:
+            d["gpu"].pop("attention_efficiency_by_kernel")
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:
