@@ -302,10 +302,13 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                 placements.append(o)
             pidx.append(place_index[o])
         for v, first, last, account in ((v, f, la, ac) for f, la, ac, vs in splits for v in vs):
+            dominated = False
             if pp == 1:
                 scheds = [sched_idx["1f1b"]]
             elif v == 1:
                 scheds = [sched_idx[s] for s in ("1f1b", "gpipe") if s in c.schedules]
+                dominated = len(scheds) == 2  # GPipe: 1F1B's step time, more micro-batches in flight
+                scheds = scheds[:1]
             else:
                 scheds = [sched_idx["interleaved-1f1b"]] if "interleaved-1f1b" in c.schedules else []
             mb_ok = mbs
@@ -322,6 +325,8 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             if inner is None:
                 inner = np.array(list(itertools.product(rc_opts, zeros, scheds)), dtype=np.int64)
                 inner_cache[key] = inner
+            if dominated:
+                pruned["GPipe: same step time as 1F1B, more memory (dominated)"] += len(struct) * len(inner)
             blocks.append((struct, inner))
             pending += len(struct) * len(inner)
             if pending >= CHUNK:
