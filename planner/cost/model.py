@@ -12,6 +12,7 @@ simulation and the trace read too); the overlap rules from `planner.cost.overlap
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,7 +269,7 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
     terms = cost_grid(model, cluster, batch.take(s_first), codes // RC_CODE, zeros, codes % RC_CODE)
     cell = (s_inv * len(codes) + r_inv.reshape(-1)) * len(zeros) + z_inv.reshape(-1)
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
-    memory = memory_parts(cluster, terms)
+    memory = memory_parts(cluster, terms, np.unique(batch.sched).tolist())
     n_cells = int(np.prod(terms.grid))
     needed = None
     if only_fitting:
@@ -289,8 +290,9 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
     return Scores(timing, memory, cell, batch.sched, limit, timing_rows=rows)
 
 
-def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
-    """The schedule-independent memory of every cell of `terms` per stage class (flattened cells)."""
+def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int] | None = None) -> MemoryParts:
+    """The schedule-independent memory of every cell of `terms` per stage class (flattened cells), and
+    the totals under `schedules` (indices into SCHEDULES; default all)."""
     cls = terms.classes.head()
     c = cls.size.shape[-1]
     ax = terms.axes
@@ -335,10 +337,14 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms) -> MemoryParts:
     per_mb = flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0))
     head = flat(np.where(cls.has_post, terms.post_saved[e], 0.0))
     cps = int(np.prod(terms.grid[1:]))
-    # Every cell under every schedule: (cells, schedules), the largest class.
-    structure = np.arange(state.shape[0]) // cps
-    totals = np.stack([_max_last(state + held[structure, k] * per_mb + head * head_held[structure, k][:, None])
-                       for k in range(len(SCHEDULES))], axis=1)
+    # Every cell under each schedule asked for (+inf under the others): (cells, schedules), the largest
+    # class; a structure's in-flight counts broadcast over its cells (the grid's trailing axes).
+    totals = np.full((state.shape[0], len(SCHEDULES)), np.inf)
+    by_structure = (n_s, cps, c)
+    for k in range(len(SCHEDULES)) if schedules is None else schedules:
+        total = state.reshape(by_structure) + held[:, k][:, None, :] * per_mb.reshape(by_structure) \
+            + head.reshape(by_structure) * head_held[:, k][:, None, None]
+        totals[:, k] = _max_last(total).reshape(-1)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other=other, state=state,
                        per_microbatch=per_mb, head=head, held=held, head_held=head_held, cells_per_structure=cps,
                        totals=totals)
