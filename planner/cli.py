@@ -735,11 +735,27 @@ def _dry_run(args: argparse.Namespace) -> int:
     return dry_run_command(args)
 
 
+INPUT_ARGUMENTS = ("plan", "measured", "model", "cluster", "data", "profile")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that must not be written (planner.io.output_target) before any work starts."""
+    from planner.io import output_target
+
+    inputs = tuple(v for name in INPUT_ARGUMENTS for v in [getattr(args, name, None)]
+                   if isinstance(v, str) and os.path.isfile(v))
+    for name in ("out", "profile_out"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            output_target(value, name.replace("_", "-"), inputs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(core_only=bool(words) and words[0] in CORE_COMMANDS)
     args = parser.parse_args(words)
     try:
+        _check_outputs(args)
         return int(args.func(args) or 0)
     except PlannerError as exc:
         print(f"planner: error: {exc}", file=sys.stderr)

@@ -21,3 +21,8 @@ class PlanError(PlannerError, ValueError):
 
 class InputFileError(PlannerError, ValueError):
     """A file could not be read or parsed (missing, malformed, too large, wrong shape)."""
+
+
+class OutputPathError(PlannerError, ValueError):
+    """An output path the planner must not write: empty, a directory, a device / FIFO / socket, an input
+    of the same command, or in a directory it cannot write."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from planner.errors import InputFileError
+from planner.errors import InputFileError, OutputPathError
 
 MAX_JSON_BYTES = 16 * 1024 * 1024  # no legitimate plan/profile/config is near this
 MAX_JSON_DEPTH = 64
@@ -104,13 +104,50 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
 
 
+def output_target(path: str | os.PathLike[str], field: str = "out",
+                  inputs: tuple[str | os.PathLike[str] | None, ...] = ()) -> Path:
+    """The regular file that writing `path` will replace (a symbolic link is followed, so the link
+    stays), or OutputPathError naming why `path` must not be written: empty, a directory (or a name
+    ending in a separator), an existing device, FIFO or socket (renaming over /dev/null as root would
+    replace the device), one of the command's `inputs`, or a directory that cannot be written.
+    Commands call it before any work starts; the atomic writers call it again at the last moment."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise OutputPathError("is empty: give a file name", field=field)
+    if text.endswith((os.sep, "/")) or Path(text).is_dir():
+        raise OutputPathError(f"{text} is a directory: give a file name", field=field)
+    p = Path(os.path.realpath(text)) if Path(text).is_symlink() else Path(text)
+    if p.exists() and not p.is_file():
+        raise OutputPathError(f"{text} is not a regular file (a device, FIFO or socket): outputs go only to "
+                              "regular files", field=field)
+    for other in inputs:
+        if other is not None and os.fspath(other) and os.path.realpath(other) == os.path.realpath(p):
+            raise OutputPathError(f"{text} is also this command's input: write somewhere else", field=field)
+    parent = p.parent if str(p.parent) else Path(".")
+    existing = next((d for d in (parent, *parent.parents) if d.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {text}: {existing} is not a writable directory", field=field)
+    return p
+
+
+def _file_mode(p: Path) -> int:
+    """The mode a rewritten file keeps, or a new one gets from the umask (mkstemp's 0600 otherwise)."""
+    with contextlib.suppress(OSError):
+        return p.stat().st_mode & 0o7777
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write bytes to a temp file in the same directory, fsync, then rename over the target: a reader
-    (or a crash at any moment) sees the old file or the new one, never a torn one."""
-    p = Path(path)
+    (or a crash at any moment) sees the old file or the new one, never a torn one. Only a regular file
+    is replaced (`output_target`)."""
+    p = output_target(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, _file_mode(p))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -132,9 +169,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """For writers that insist on a file name (e.g. torch.profiler's `export_chrome_trace`): yields a
     temp path in the target's directory and renames it over `path` only if the block succeeds."""
-    p = Path(path)
+    p = output_target(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.fchmod(fd, _file_mode(p))
     os.close(fd)
     try:
         yield Path(tmp)

@@ -1,0 +1,91 @@
+"""Outputs go only to regular files, never over a command's input, checked before any work starts
+(issue "Robustness round 2", item 1): each case here damaged a file or wrote nothing with exit 0 before."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main
+from planner.io import atomic_write_text
+
+PLAN = ["plan", "--model", "tiny", "--cluster", "localhost-cpu", "--gpus", "2", "--global-batch", "8"]
+
+
+def _plan(tmp_path: Path) -> Path:
+    out = tmp_path / "plan.json"
+    assert main([*PLAN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "mknod"), reason="making a device node needs root")
+def test_a_device_is_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As root (containers, CI) `--out /dev/null` used to rename the temp file over the device."""
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # the same device as /dev/null
+    assert main([*PLAN, "--out", str(dev)]) == 2
+    assert stat.S_ISCHR(dev.stat().st_mode)
+    assert "not a regular file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a regular file"):
+        atomic_write_text(dev, "x")  # the writer itself refuses too
+    assert stat.S_ISCHR(dev.stat().st_mode)
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: p.mkdir(), "is a directory"),
+])
+def test_fifo_and_directory_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        make, why: str) -> None:
+    target = tmp_path / "out"
+    make(target)
+    assert main([*PLAN, "--out", str(target)]) == 2
+    err = capsys.readouterr()
+    assert why in err.err and "searched" not in err.err  # refused before the search ran
+    assert not stat.S_ISREG(target.stat().st_mode)
+
+
+def test_empty_name_and_trailing_separator_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*PLAN, "--out", ""]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main([*PLAN, "--out", str(tmp_path / "dir") + "/"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "dir").exists()
+
+
+@pytest.mark.parametrize("command", [["trace"], ["export", "--format", "megatron"]])
+def test_output_over_the_input_plan_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               command: list[str]) -> None:
+    plan = _plan(tmp_path)
+    before = plan.read_bytes()
+    capsys.readouterr()
+    assert main([command[0], str(plan), *command[1:], "--out", str(plan)]) == 2
+    assert "also this command's input" in capsys.readouterr().err
+    assert plan.read_bytes() == before
+
+
+def test_a_symbolic_link_is_written_through(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert main([*PLAN, "--out", str(link)]) == 0
+    assert link.is_symlink() and '"schema_version"' in real.read_text()
+
+
+def test_new_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+    (tmp_path / "a.txt").chmod(0o640)  # a rewritten file keeps its mode
+    atomic_write_text(tmp_path / "a.txt", "y")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
