@@ -108,13 +108,15 @@ def test_hash_ignores_the_prediction_and_sees_the_plan(doc: dict[str, Any]) -> N
     assert plan_hash(other) != h
 
 
-def test_extras_survive_and_unknown_top_level_keys_are_dropped(doc: dict[str, Any]) -> None:
+def test_extras_survive_and_unknown_top_level_keys_are_refused(doc: dict[str, Any]) -> None:
+    """A misspelt key ("zero": 3 for zero_stage) used to load silently as ZeRO-0: now it is named."""
     doc["name"] = "my plan"
     doc["simulation"] = {"step_time_s": 1.25}
-    doc["comment"] = "ignored"
     back = document_from_json(doc)
     assert back.extra == {"name": "my plan", "simulation": {"step_time_s": 1.25}}
-    assert "comment" not in back.to_json()
+    for key, value in (("zero", 3), ("micro_batch_size", 4), ("comment", "x")):
+        err = plan_error({**doc, key: value})
+        assert repr(key) in str(err) and "\n" not in str(err)
 
 
 # ---- hostile documents ------------------------------------------------------------------------
