@@ -367,6 +367,11 @@ def run_command(args: argparse.Namespace) -> int:
     if measured is None:
         print(f"planner run: done; measured.json is written by the node holding global rank 0 ({out})")
         return 0
+    from planner.plan import refresh_prediction
+
+    stale = refresh_prediction(doc)
+    if stale:
+        print(f"planner run: warning: {stale}", file=sys.stderr)
     print(comparison_table(doc, measured))
     if measured.get("restarts"):
         print(f"resumed {len(measured['restarts'])} time(s): from step(s) "

@@ -245,9 +245,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from planner.plan import refresh_prediction
+
     doc = load_plan(args.plan)
-    if doc.prediction is None:
-        doc.prediction = estimate(doc.model, doc.cluster, doc.plan)
+    stale = refresh_prediction(doc)
+    if stale:
+        print(f"planner explain: warning: {stale}", file=sys.stderr)
     out = doc.to_json()
     if args.json:
         _emit_json(out)

@@ -22,7 +22,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.io import dumps, load_json
-from planner.plan import PlanDocument, document_from_json, plan_hash
+from planner.plan import PlanDocument, document_from_json, plan_hash, refresh_prediction
 from planner.specs.model import show
 
 GIB = 2**30
@@ -225,11 +225,9 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
         raise MeasuredError(f"the measured run belongs to another plan ({show(m['plan_hash'], 20)} != this plan's "
                             f"{expected}); run `planner run` on this plan or pass its own measured.json",
                             field="plan_hash")
-    pred, origin = document.prediction, "plan"
-    if not pred:
-        from planner.cost import estimate
-
-        pred, origin = estimate(document.model, document.cluster, document.plan), "estimated"
+    had = bool(document.prediction)
+    stale = refresh_prediction(document)  # always what the file now says, never a stored number
+    pred, origin = document.prediction, ("plan" if had and not stale else "estimated")
     by_metric = {r.metric: r for r in comparison_rows(document, pred, m)}
     order = ["step_time_s", "tokens_per_s", "memory_gib_per_gpu", *(f"time.{name}" for name, _, _ in TIME_COMPONENTS)]
     rows = [by_metric[k] for k in order if k in by_metric]
@@ -237,7 +235,7 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
     rows += [r for r in parts if r.predicted is not None and r.measured is not None]  # where both sides have it
     return {
         "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
-        "error": m.get("error"), "prediction_from": origin,
+        "error": m.get("error"), "prediction_from": origin, "stale_prediction": stale,
         "timed_steps": len(m.get("step_times_s", [])), "steps_completed": m.get("steps_completed"),
         "rows": [r.to_json() for r in rows],
     }
@@ -264,6 +262,8 @@ def render(result: dict[str, Any]) -> str:
             f"plan {result['plan']} ({result['plan_hash']}): {result['timed_steps']} timed steps, status "
             f"{result['status']}")
     lines = [head, table(["metric", "predicted", "measured", "error"], rows, align="lrrr")]
+    if result.get("stale_prediction"):
+        lines.append(f"note: {result['stale_prediction']}")
     if result["status"] != "ok":
         error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
         lines.append(f"note: the run {result['status']}: {error}; the measured values cover the steps "

@@ -350,6 +350,28 @@ def document_from_json(doc: Any, source: str = "plan") -> PlanDocument:
                         extra=extra)
 
 
+def refresh_prediction(doc: PlanDocument) -> str | None:
+    """Replace `doc.prediction` by the cost model's prediction of the plan's contents (model, cluster,
+    sizes), so a hand-edited plan never shows the numbers of what it was before; returns a one-line
+    note when the stored prediction differed (stale), else None."""
+    from planner.cost import estimate
+
+    stored, fresh = doc.prediction, estimate(doc.model, doc.cluster, doc.plan)
+    doc.prediction = fresh
+    if not isinstance(stored, dict):
+        return None
+    changed = []
+    for key, unit in (("step_time_s", "s"), ("memory_gib_per_gpu", "GiB")):
+        old, new = stored.get(key), fresh[key]
+        if not isinstance(old, (int, float)) or abs(old - new) > 1e-6 * max(abs(new), 1e-12):
+            changed.append(f"{key.split('_')[0]} {old if not isinstance(old, (int, float)) else f'{old:.4g}'} "
+                           f"{unit} stored, {new:.4g} {unit} from its contents")
+    if not changed:
+        return None
+    return ("the plan file's stored prediction is stale (" + "; ".join(changed) + "): it was edited or made by "
+            "another version; showing the prediction of what the file now says")
+
+
 def load_plan(path: str | Path) -> PlanDocument:
     """Read a plan file (one plan object, or the first element of a `--json` array)."""
     data = load_json(path)

@@ -89,3 +89,31 @@ def test_new_files_follow_the_umask(tmp_path: Path) -> None:
     (tmp_path / "a.txt").chmod(0o640)  # a rewritten file keeps its mode
     atomic_write_text(tmp_path / "a.txt", "y")
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+
+
+def test_a_hand_edited_plan_is_explained_from_its_contents(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`tp1 dp2` edited to `tp2 dp1` kept its stored 2-way data-parallel prediction; explain now prices
+    what the file says (the same as `planner estimate` of tp2) and says the stored one was stale."""
+    import json
+
+    plan = _plan(tmp_path)
+    doc = json.loads(plan.read_text())
+    assert (doc["tp"], doc["dp"]) == (1, 2)
+    stored = doc["prediction"]["step_time_s"]
+    doc.update(tp=2, dp=1, grad_accum=doc["global_batch"] // doc["micro_batch"])
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    reference = tmp_path / "tp2.json"
+    assert main(["estimate", "--model", "tiny", "--cluster", "localhost-cpu", "--gpus", "2", "--global-batch", "8",
+                 "--tp", "2", "--dp", "1", "--micro-batch", str(doc["micro_batch"]), "--zero", str(doc["zero_stage"]),
+                 "--out", str(reference)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(edited), "--json"]) == 0
+    out = capsys.readouterr()
+    shown = json.loads(out.out)["prediction"]["step_time_s"]
+    assert shown == pytest.approx(json.loads(reference.read_text())["prediction"]["step_time_s"], rel=1e-9)
+    assert shown != pytest.approx(stored, rel=1e-3)
+    assert "stale" in out.err
+    assert main(["explain", str(plan)]) == 0
+    assert "stale" not in capsys.readouterr().err
