@@ -104,6 +104,11 @@ def validate(args: argparse.Namespace) -> PlanDocument:
             f"{args.nproc_per_node * args.nnodes}", field="world_size")
     if args.nnodes > 1 and not args.rdzv_endpoint:
         raise ResourceMismatch("a multi-node run needs --rdzv-endpoint HOST:PORT", field="rdzv_endpoint")
+    if args.rdzv_endpoint:
+        host, colon, port = args.rdzv_endpoint.rpartition(":")
+        if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+            raise ResourceMismatch(f"must be HOST or HOST:PORT with a port in 1..65535, got "
+                                   f"{args.rdzv_endpoint!r}", field="rdzv_endpoint")
     if not 0 <= args.node_rank < args.nnodes:
         raise ResourceMismatch(f"must be in [0, {args.nnodes}), got {args.node_rank}", field="node_rank")
     if args.max_restarts < 0:

@@ -109,6 +109,9 @@ def pick_device(choice: str, local_rank: int) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a collective hung longer than a week is not waiting for anything
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise UnsupportedPlan(f"must be >= 1, got {args.steps}", field="steps")
@@ -116,8 +119,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UnsupportedPlan(f"must be >= 0, got {args.warmup}", field="warmup")
     if args.threads is not None and args.threads < 1:
         raise UnsupportedPlan(f"must be >= 1, got {args.threads}", field="threads")
-    if not args.timeout > 0:
-        raise UnsupportedPlan(f"must be > 0 seconds, got {args.timeout}", field="timeout")
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:  # (inf and 1e300 overflowed timedelta on every rank)
+        raise UnsupportedPlan(f"must be > 0 and at most {MAX_TIMEOUT_S:,} s (7 days), got {args.timeout}",
+                              field="timeout")
     if not args.lr > 0:
         raise UnsupportedPlan(f"must be > 0, got {args.lr}", field="lr")
     if getattr(args, "checkpoint_every", 0) < 0:

@@ -61,6 +61,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+MAX_GLOBAL_BATCH = 1 << 22  # sequences: 4.2 M, some 500x the largest published step (Llama 3 405B's 16 M
+# tokens, Dubey et al. 2024) at 2k tokens; beyond it the step simulation's per-micro-batch arrays explode
+
+
+def _global_batch(text: str) -> int:
+    v = _positive_int(text)
+    if v > MAX_GLOBAL_BATCH:
+        raise argparse.ArgumentTypeError(f"{text} sequences per step is beyond any published training step "
+                                         f"(the limit is {MAX_GLOBAL_BATCH:,})")
+    return v
+
+
 def _layers(text: str) -> int:
     try:
         v = int(text)
@@ -522,7 +534,7 @@ def _add_problem(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name, ModelSpec JSON or Hugging Face config.json")
     p.add_argument("--cluster", required=True, help="preset name or cluster profile JSON")
     p.add_argument("--gpus", type=_positive_int, required=True, help="total GPUs (ranks)")
-    p.add_argument("--global-batch", type=_positive_int, required=True, help="sequences per step")
+    p.add_argument("--global-batch", type=_global_batch, required=True, help="sequences per step")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length (default: the model's)")
     p.add_argument("--dtype", choices=PRECISIONS,
                    help="training precision: bf16 / fp16 / fp32, or a low-precision recipe (fp8, mxfp8, nvfp4: "
@@ -634,7 +646,7 @@ def build_parser(core_only: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="calibrate, plan a small GPT for this machine's CPU ranks, run it, compare")
     p.add_argument("--nproc-per-node", type=_positive_int, default=2, help="CPU ranks (default 2)")
     p.add_argument("--model", default="tiny", help="model (default tiny)")
-    p.add_argument("--global-batch", type=_positive_int, default=8)
+    p.add_argument("--global-batch", type=_global_batch, default=8)
     p.add_argument("--steps", type=_positive_int, default=10)
     p.add_argument("--out-dir", default="demo", help="where the profile, plan and measurements go")
     p.add_argument("--recalibrate", action="store_true")
@@ -672,7 +684,7 @@ def build_parser(core_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", type=_positive_int, default=2, help="ranks (default 2)")
     p.add_argument("--model", default="tiny", help="model to train (default tiny)")
     p.add_argument("--seq-len", type=_positive_int)
-    p.add_argument("--global-batch", type=_positive_int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--global-batch", type=_global_batch, default=8, help="sequences per step (default 8)")
     p.add_argument("--plans", type=_positive_int, default=12, help="number of plans (default 12)")
     p.add_argument("--launches", type=_positive_int, default=3,
                    help="torchrun launches per plan; the median is used (default 3)")

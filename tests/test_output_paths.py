@@ -117,3 +117,28 @@ def test_a_hand_edited_plan_is_explained_from_its_contents(tmp_path: Path,
     assert "stale" in out.err
     assert main(["explain", str(plan)]) == 0
     assert "stale" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["plan", "--model", "tiny", "--cluster", "localhost-cpu", "--gpus", "2", "--global-batch", str(1 << 40)],
+     "--global-batch"),
+    (["run", "{plan}", "--timeout", "inf"], "timeout"),
+    (["run", "{plan}", "--timeout", "1e300"], "timeout"),
+    (["run", "{plan}", "--nnodes", "2", "--rdzv-endpoint", "::bad::"], "rdzv_endpoint"),
+    (["run", "{plan}", "--nnodes", "2", "--rdzv-endpoint", "host:99999"], "rdzv_endpoint"),
+])
+def test_unbounded_or_malformed_sizes_are_refused_before_launch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                argv: list[str], field: str) -> None:
+    """A 2^40 global batch ran the simulator out of memory; an infinite timeout overflowed on every rank;
+    a malformed rendezvous endpoint was a torchrun traceback. Each is now one line, exit 2, nothing run."""
+    plan = _plan(tmp_path)
+    capsys.readouterr()
+    try:
+        rc = main([str(plan) if a == "{plan}" else a for a in argv])
+    except SystemExit as exc:  # argparse's own refusal
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "measured.json").exists()
+
