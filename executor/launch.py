@@ -340,6 +340,7 @@ def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[st
     the output tail). A failed launch leaves measured.json marked `"failed"` with every step rank 0
     persisted (written here when rank 0 itself died)."""
     out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
+    keep_previous(out)
     run_id = uuid.uuid4().hex
     cmd = torchrun_command(args, out, run_id)
     rc, tail = _launch(cmd, args, quiet)
@@ -347,6 +348,27 @@ def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[st
     if rc != 0 and (measured is not None or args.nnodes == 1):
         measured = mark_failed(out, run_id, failure_reason(tail, rc), _failed_header(args, args.plan))
     return rc, measured, tail
+
+
+def previous_path(out: Path) -> Path:
+    """Where the result a new run would overwrite is kept: measured.json -> measured.prev.json."""
+    return out.with_name(out.stem + ".prev" + out.suffix)
+
+
+def keep_previous(out: Path) -> Path | None:
+    """Copy a completed (`"ok"`) measured.json at `out` to `previous_path(out)` before a new run writes
+    there, so a run that fails (at start-up, or a different plan's run in the same folder) never leaves
+    the folder without the last good measurement. Returns the copy, or None when there was nothing to keep."""
+    from planner.errors import PlannerError
+    from planner.io import atomic_write_bytes, load_json
+
+    try:
+        ok = out.is_file() and isinstance(doc := load_json(out), dict) and doc.get("status") == "ok"
+    except PlannerError:
+        return None
+    if not ok:
+        return None
+    return atomic_write_bytes(previous_path(out), out.read_bytes())
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -368,6 +390,8 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             print(f"planner run: failed: {measured.get('error')}; {out} keeps the "
                   f"{measured.get('steps_completed', 0)} completed step(s) (status failed)", file=sys.stderr)
+        if previous_path(out).is_file():
+            print(f"planner run: the previous completed result is kept in {previous_path(out)}", file=sys.stderr)
         return 1
     if measured is None:
         print(f"planner run: done; measured.json is written by the node holding global rank 0 ({out})")

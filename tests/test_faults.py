@@ -82,12 +82,17 @@ def test_hung_rank_fails_within_the_timeout_naming_the_rank(tmp_path: Path, caps
 def test_rank0_killed_leaves_a_failed_measured_json_with_its_steps(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank 0 is the writer; when it is SIGKILLed the launcher marks its file failed, steps kept."""
+    """Rank 0 is the writer; when it is SIGKILLed the launcher marks its file failed, steps kept. The
+    completed result an earlier run left in the folder is kept as measured.prev.json, not lost."""
     plan = save_plan(tmp_path / "dp2.json", local_plan(SPEC, dp=2, micro_batch=1, global_batch=4))
+    earlier = b'{"status": "ok", "run_id": "earlier", "steps_completed": 7}\n'
+    (tmp_path / "measured.json").write_bytes(earlier)
     rc, err, took = planner_run(plan, ["--steps", "5", "--warmup", "1", "--timeout", "30"],
                                 "kill-rank:0:step:4", capsys, monkeypatch)
     assert rc == 1 and took < BOUND_S
-    assert "rank 0 was killed by SIGKILL" in last_line(err), err[-3000:]
+    assert (tmp_path / "measured.prev.json").read_bytes() == earlier
+    assert "previous completed result is kept" in last_line(err)
+    assert "rank 0 was killed by SIGKILL" in err, err[-3000:]
     m = load_json(tmp_path / "measured.json")
     assert m["status"] == "failed" and m["error"].startswith("rank 0 was killed by SIGKILL")
     assert m["steps_completed"] == 4 and len(m["losses"]) == 4 and len(m["step_times_s"]) == 3
