@@ -401,6 +401,10 @@ def run_command(args: argparse.Namespace) -> int:
     stale = refresh_prediction(doc)
     if stale:
         print(f"planner run: warning: {stale}", file=sys.stderr)
+    if doc.cluster.device == "cuda" and not _uses_cuda(args.device):
+        print(f"planner run: warning: the prediction is for {doc.cluster.num_gpus} x {doc.cluster.gpu.name}, but "
+              "these ranks ran on CPU cores: the comparison below is across devices (plan for localhost-cpu or "
+              "a profile from planner calibrate to compare like with like)", file=sys.stderr)
     print(comparison_table(doc, measured))
     if measured.get("restarts"):
         print(f"resumed {len(measured['restarts'])} time(s): from step(s) "

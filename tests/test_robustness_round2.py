@@ -1,5 +1,6 @@
-"""Outputs go only to regular files, never over a command's input, checked before any work starts
-(issue "Robustness round 2", item 1): each case here damaged a file or wrote nothing with exit 0 before."""
+"""Issue "Robustness round 2": outputs only to regular files and never over a command's input, checked
+before any work starts; predictions from what a plan file says; bounds before launch; a GPU plan run on CPU
+says so. Each case here damaged a file, gave a silent wrong answer or a traceback before."""
 
 from __future__ import annotations
 
@@ -142,3 +143,16 @@ def test_unbounded_or_malformed_sizes_are_refused_before_launch(tmp_path: Path, 
     assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "measured.json").exists()
 
+
+
+@pytest.mark.slow
+def test_a_gpu_plan_run_on_cpu_ranks_says_the_comparison_is_across_devices(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dgx-h100 plan ran on CPU and was compared (-94%) with no word that the devices differ."""
+    plan = tmp_path / "h100.json"
+    assert main(["plan", "--model", "tiny", "--cluster", "dgx-h100", "--gpus", "2", "--global-batch", "4",
+                 "--tp", "1", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(plan), "--device", "cpu", "--steps", "2", "--warmup", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "comparison below is across devices" in err and "H100" in err
