@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -324,15 +327,45 @@ def _failed_header(args: argparse.Namespace, plan_path: str | Path) -> dict[str,
             "steps_requested": args.steps, "warmup": args.warmup}
 
 
+class Terminated(BaseException):
+    """The launcher was sent SIGTERM: torchrun and its ranks are stopped before it exits."""
+
+
+STOP_GRACE_S = 30.0  # torchrun's own teardown of its ranks, before the launcher kills what is left
+
+
 def _launch(cmd: list[str], args: argparse.Namespace, quiet: bool) -> tuple[int, str]:
+    """Run torchrun, relaying its output. The launcher owns its children: SIGTERM or SIGINT sent to the
+    launcher alone (a scheduler, `kill`) is forwarded to torchrun, which stops its ranks; whatever is
+    left after STOP_GRACE_S is killed, so no rank keeps training after `planner run` has exited."""
     proc = subprocess.Popen(cmd, env=_child_env(args), cwd=str(REPO_ROOT), text=True, errors="replace",
                             stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE)
+    previous: dict[int, Any] = {}
+
+    def forward(signum: int, _frame: Any) -> None:
+        for sig, handler in previous.items():  # a second signal takes the default path
+            signal.signal(sig, handler)
+        previous.clear()
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
     try:
         tail = _relay(proc.stderr, quiet)
         return proc.wait(), tail
-    except BaseException:  # Ctrl-C: torchrun gets the signal too; wait for it to stop the ranks
-        proc.wait()
+    except BaseException:
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, Any] | None, str]:
@@ -343,7 +376,14 @@ def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[st
     keep_previous(out)
     run_id = uuid.uuid4().hex
     cmd = torchrun_command(args, out, run_id)
-    rc, tail = _launch(cmd, args, quiet)
+    try:
+        rc, tail = _launch(cmd, args, quiet)
+    except (KeyboardInterrupt, Terminated) as exc:
+        reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
+        if _read_measured(out, run_id) is not None or args.nnodes == 1:
+            mark_failed(out, run_id, f"the launcher was {reason}; torchrun and its ranks were stopped",
+                        _failed_header(args, args.plan))
+        raise
     measured = _read_measured(out, run_id)
     if rc != 0 and (measured is not None or args.nnodes == 1):
         measured = mark_failed(out, run_id, failure_reason(tail, rc), _failed_header(args, args.plan))
@@ -381,8 +421,11 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         rc, measured, _ = execute(args)
     except KeyboardInterrupt:
-        print("planner run: interrupted", file=sys.stderr)
+        print("planner run: interrupted; torchrun and its ranks were stopped", file=sys.stderr)
         return 130
+    except Terminated:
+        print("planner run: terminated; torchrun and its ranks were stopped", file=sys.stderr)
+        return 143
     out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
     if rc != 0:
         if measured is None:

@@ -4,7 +4,9 @@ says so. Each case here damaged a file, gave a silent wrong answer or a tracebac
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -96,8 +98,6 @@ def test_a_hand_edited_plan_is_explained_from_its_contents(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """`tp1 dp2` edited to `tp2 dp1` kept its stored 2-way data-parallel prediction; explain now prices
     what the file says (the same as `planner estimate` of tp2) and says the stored one was stale."""
-    import json
-
     plan = _plan(tmp_path)
     doc = json.loads(plan.read_text())
     assert (doc["tp"], doc["dp"]) == (1, 2)
@@ -156,3 +156,42 @@ def test_a_gpu_plan_run_on_cpu_ranks_says_the_comparison_is_across_devices(
     assert main(["run", str(plan), "--device", "cpu", "--steps", "2", "--warmup", "1"]) == 0
     err = capsys.readouterr().err
     assert "comparison below is across devices" in err and "H100" in err
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_launcher_stops_torchrun_and_every_rank(tmp_path: Path, sig: int, code: int) -> None:
+    """SIGTERM to `planner run` used to leave torchrun and the ranks training; SIGINT let the run finish."""
+    import subprocess
+    import sys
+    import time
+
+    plan = _plan(tmp_path)
+    out = tmp_path / "measured.json"
+    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(plan), "--steps", "100000",
+                             "--warmup", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.is_file() and '"losses": [' in out.read_text()):
+        time.sleep(0.5)  # until a step has completed: the ranks are training
+    assert _processes_mentioning(str(out)), "the ranks never started"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == code, err[-2000:]
+    assert "torchrun and its ranks were stopped" in err
+    time.sleep(1)
+    assert _processes_mentioning(str(out)) == []  # torchrun and the ranks name the output file
+    assert json.loads(out.read_text())["status"] == "failed"
