@@ -380,14 +380,19 @@ def execute(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[st
         rc, tail = _launch(cmd, args, quiet)
     except (KeyboardInterrupt, Terminated) as exc:
         reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
-        if _read_measured(out, run_id) is not None or args.nnodes == 1:
-            mark_failed(out, run_id, f"the launcher was {reason}; torchrun and its ranks were stopped",
-                        _failed_header(args, args.plan))
+        _mark_failed_here(args, out, run_id, f"the launcher was {reason}; torchrun and its ranks were stopped")
         raise
-    measured = _read_measured(out, run_id)
-    if rc != 0 and (measured is not None or args.nnodes == 1):
-        measured = mark_failed(out, run_id, failure_reason(tail, rc), _failed_header(args, args.plan))
-    return rc, measured, tail
+    if rc != 0:
+        return rc, _mark_failed_here(args, out, run_id, failure_reason(tail, rc)), tail
+    return rc, _read_measured(out, run_id), tail
+
+
+def _mark_failed_here(args: argparse.Namespace, out: Path, run_id: str, reason: str) -> dict[str, Any] | None:
+    """measured.json marked failed with `reason` where this node holds it (rank 0's node; on one node the
+    launcher writes it even when rank 0 wrote nothing); None on another node of a multi-node run."""
+    if _read_measured(out, run_id) is None and args.nnodes > 1:
+        return None
+    return mark_failed(out, run_id, reason, _failed_header(args, args.plan))
 
 
 def previous_path(out: Path) -> Path:
@@ -399,8 +404,7 @@ def keep_previous(out: Path) -> Path | None:
     """Copy a completed (`"ok"`) measured.json at `out` to `previous_path(out)` before a new run writes
     there, so a run that fails (at start-up, or a different plan's run in the same folder) never leaves
     the folder without the last good measurement. Returns the copy, or None when there was nothing to keep."""
-    from planner.errors import PlannerError
-    from planner.io import atomic_write_bytes, load_json
+    from planner.io import atomic_write_bytes
 
     try:
         ok = out.is_file() and isinstance(doc := load_json(out), dict) and doc.get("status") == "ok"

@@ -111,7 +111,7 @@ def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
     """The parameters a run's predicted step time depends on."""
     names = [GEMM]
     kernel = framework(run.plan.framework or default_framework(run.cluster)).attention_kernel
-    if run.plan.flash_attention and (not kernel or kernel not in run.cluster.gpu.attention_efficiency_by_kernel):
+    if run.plan.flash_attention and kernel not in run.cluster.gpu.attention_efficiency_by_kernel:
         names.append(ATTENTION)  # (a kernel the catalog cites a rate for, e.g. FlashAttention-2, does not)
     if RECIPES[run.plan.dtype].low_precision:
         names.append(lowp_parameter(gemm_peak_key(run.plan.dtype, run.cluster.gpu.peak_flops)))

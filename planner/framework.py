@@ -35,7 +35,8 @@ from importlib import resources
 from planner.errors import SpecError
 
 TP_OVERLAPS = ("none", "backward", "all")
-ATTENTION_KERNELS = ("", "fa2")  # "": the GPU's default fused kernel (cuDNN / FlashAttention-3 class)
+# Attention kernels a profile may name, with what they are ("": the GPU's default fused kernel).
+ATTENTION_KERNELS = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}
 DEFAULT_FRAMEWORK = "megatron-lm"
 
 

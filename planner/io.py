@@ -123,8 +123,7 @@ def output_target(path: str | os.PathLike[str], field: str = "out",
     for other in inputs:
         if other is not None and os.fspath(other) and os.path.realpath(other) == os.path.realpath(p):
             raise OutputPathError(f"{text} is also this command's input: write somewhere else", field=field)
-    parent = p.parent if str(p.parent) else Path(".")
-    existing = next((d for d in (parent, *parent.parents) if d.exists()), Path("."))
+    existing = next((d for d in (p.parent, *p.parent.parents) if d.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {text}: {existing} is not a writable directory", field=field)
     return p

@@ -361,11 +361,12 @@ def refresh_prediction(doc: PlanDocument) -> str | None:
     if not isinstance(stored, dict):
         return None
     changed = []
-    for key, unit in (("step_time_s", "s"), ("memory_gib_per_gpu", "GiB")):
+    for name, key, unit in (("step", "step_time_s", "s"), ("memory", "memory_gib_per_gpu", "GiB")):
         old, new = stored.get(key), fresh[key]
-        if not isinstance(old, (int, float)) or abs(old - new) > 1e-6 * max(abs(new), 1e-12):
-            changed.append(f"{key.split('_')[0]} {old if not isinstance(old, (int, float)) else f'{old:.4g}'} "
-                           f"{unit} stored, {new:.4g} {unit} from its contents")
+        if isinstance(old, (int, float)) and abs(old - new) <= 1e-6 * max(abs(new), 1e-12):
+            continue
+        shown = f"{old:.4g}" if isinstance(old, (int, float)) else repr(old)
+        changed.append(f"{name} {shown} {unit} stored, {new:.4g} {unit} from its contents")
     if not changed:
         return None
     return ("the plan file's stored prediction is stale (" + "; ".join(changed) + "): it was edited or made by "

@@ -78,16 +78,16 @@ def _placement_note(p: Plan) -> str:
 
 def _framework_line(doc: dict[str, Any]) -> str:
     """What the plan's framework profile assumes (planner/data/frameworks.json), in one line."""
-    from planner.framework import default_framework, framework
+    from types import SimpleNamespace
+
+    from planner.framework import ATTENTION_KERNELS, default_framework, framework
+    from planner.specs.cluster import GPUSpec
 
     c = doc["cluster"]
-    gpu = c["gpu"] if isinstance(c["gpu"], dict) else {}
-    name = doc.get("framework") or default_framework(type("C", (), {"device": c.get("device", "cuda")})())
-    fw = framework(name)
-    eff = gpu.get("attention_efficiency_by_kernel", {}).get(fw.attention_kernel) if fw.attention_kernel else None
-    eff = eff if eff is not None else gpu.get("attention_efficiency") or None
-    kernel = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}[fw.attention_kernel]
-    attention = f"attention {kernel}" + (f" at {eff:.2f} of peak" if eff else " at the GEMM efficiency")
+    fw = framework(doc.get("framework") or default_framework(SimpleNamespace(device=c.get("device", "cuda"))))
+    eff = GPUSpec.from_dict(c["gpu"]).attention_fraction(fw.attention_kernel) if isinstance(c["gpu"], dict) else 0.0
+    attention = f"attention {ATTENTION_KERNELS[fw.attention_kernel]}" + (
+        f" at {eff:.2f} of peak" if eff else " at the GEMM efficiency")
     return (f"framework {fw.name}{'' if doc.get('framework') else ' (default)'}: TP comm overlap {fw.tp_overlap}, "
             f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
             f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from planner.errors import SpecError
+from planner.framework import ATTENTION_KERNELS
 from planner.specs.model import show, show_key
 from planner.specs.topology import LinkClass, Topology
 
@@ -121,9 +122,10 @@ class GPUSpec:
         if not isinstance(self.attention_efficiency_by_kernel, dict):
             raise SpecError("must map attention kernel names to fractions of the 16-bit peak",
                             field=f"{w}.attention_efficiency_by_kernel")
+        named = [k for k in ATTENTION_KERNELS if k]
         for k, v in self.attention_efficiency_by_kernel.items():
-            if k not in ("fa2",):
-                raise SpecError(f"unknown attention kernel {show(k)} (known: fa2)",
+            if k not in named:
+                raise SpecError(f"unknown attention kernel {show(k)} (known: {', '.join(named)})",
                                 field=f"{w}.attention_efficiency_by_kernel")
             _num(w, f"attention_efficiency_by_kernel.{k}", v, hi=1.0)
         if not isinstance(self.gemm_curve, (tuple, list)):
@@ -182,8 +184,7 @@ class GPUSpec:
     def attention_fraction(self, kernel: str = "") -> float:
         """Achieved fraction of the 16-bit peak of fused attention `kernel` ("" the default one); 0:
         price it on the GEMM efficiency."""
-        return self.attention_efficiency_by_kernel.get(kernel, self.attention_efficiency) if kernel \
-            else self.attention_efficiency
+        return self.attention_efficiency_by_kernel.get(kernel, self.attention_efficiency)
 
     def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
         """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
