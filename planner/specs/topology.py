@@ -36,9 +36,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
+if TYPE_CHECKING:  # networkx (0.2 s to import) loads only when a fabric graph is built
+    import networkx as nx
 
 from planner.errors import SpecError
 from planner.specs.model import show, show_key
@@ -474,6 +475,8 @@ def _fat_tree_params(data: dict[str, Any], where: str,
 
 def _build_fat_tree(p: dict[str, Any], hosts: int) -> tuple[nx.Graph, tuple[Tier, ...]]:
     """The graph of `rail_fat_tree` (see its docstring) for `hosts` hosts."""
+    import networkx as nx
+
     g = nx.Graph()
     fast, net = p["nvlink"], p["network"]
     gph, hpd, nsw = p["gpus_per_host"], p["hosts_per_domain"], p["nvswitches"]
@@ -521,6 +524,8 @@ def _graph_from_dict(data: dict[str, Any], where: str) -> tuple[nx.Graph, tuple[
             tiers.append(Tier(**d))
         except SpecError as exc:
             raise SpecError(str(exc).removeprefix(f"{exc.field}: "), field=w) from None
+    import networkx as nx
+
     g = nx.Graph()
     if not isinstance(data["nodes"], list) or not data["nodes"]:
         raise SpecError("must be a non-empty list of nodes", field=f"{where}.nodes")
@@ -629,6 +634,8 @@ class Topology:
     @property
     def graph(self) -> nx.Graph:
         """The networkx graph (read-only view): GPUs, switches, NICs; links with bandwidth, latency, tier."""
+        import networkx as nx
+
         return nx.graphviews.generic_graph_view(self._fab.graph)
 
     @property
