@@ -186,9 +186,8 @@ class _Padded:
 
     dur: Array  # (L, n, P) seconds
     dep: Array  # (L, n, P) flat index into the (L·n·P + 1) end times; the last cell is time 0
-    f_link: Array  # (L, n, P) bool: waits for the rank below in the same round
-    b_link: Array  # (L, n, P) bool: waits for the rank above in the same round
-    is_b: Array  # (L, n, P) bool
+    f_link: Array  # (L, n, P) bool: a forward waiting for the rank below in the same round
+    b_link: Array  # (L, n, P) bool: a backward waiting for the rank above in the same round
 
 
 def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
@@ -198,10 +197,9 @@ def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
     l_max = max(g.is_b.shape[1] for g in graphs)
     none = l_max * n * p_max
     dur = np.zeros((l_max, n, p_max))
-    dep = np.full((l_max, n, p_max), none)
+    dep = np.full((l_max, n, p_max), none, dtype=np.intp)
     f_link = np.zeros((l_max, n, p_max), dtype=bool)
     b_link = np.zeros((l_max, n, p_max), dtype=bool)
-    is_b = np.zeros((l_max, n, p_max), dtype=bool)
     shared: dict[int, list[int]] = {}
     for i, g in enumerate(graphs):
         shared.setdefault(id(g), []).append(i)
@@ -220,45 +218,51 @@ def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
         dep[:ln, idx, :pp] = np.where(missing.T[:, None, :], none, flat)
         f_link[:ln, idx, :pp] = (same & (dr == rank - 1)).T[:, None, :]
         b_link[:ln, idx, :pp] = (same & (dr == rank + 1)).T[:, None, :]
-        is_b[:ln, idx, :pp] = g.is_b.T[:, None, :]
-    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, is_b=is_b)
+    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link)
 
 
 def _chain(b: Array, d: Array, link: Array) -> Array:
     """e_r = max(b_r, e_{r-1} if link_r) + d_r along the last axis (a segmented prefix maximum)."""
     csum = np.cumsum(d, axis=-1)
     y = b - (csum - d)
-    reach = link.copy()
-    shift = 1
-    while shift < y.shape[-1] and reach.any():
-        cand = np.where(reach[..., shift:], y[..., :-shift], -np.inf)
-        y[..., shift:] = np.maximum(y[..., shift:], cand)
-        reach[..., shift:] = reach[..., shift:] & reach[..., :-shift]
-        reach[..., :shift] = False
-        shift *= 2
-    return csum + y
+    # Segments restart where a cell does not wait for its neighbour. Lifting segment j by j·span, span a
+    # power of two above y's range, makes every earlier segment's values smaller than any of segment j's,
+    # so one running maximum is the segmented one; the lift is removed again (rounding below 1e-11 s).
+    seg = np.cumsum(~link, axis=-1)
+    lo, hi = float(y.min()), float(y.max())
+    span = 2.0 ** np.ceil(np.log2(hi - lo + 1.0))
+    lift = seg * span
+    return csum + (np.maximum.accumulate(y + lift, axis=-1) - lift)
 
 
 def _solve(pad: _Padded) -> Array:
-    """End time of every op, (L, n, P), round by round."""
+    """End time of every op, (L, n, P), round by round.
+
+    A cell outside every chain gets max(b, ...) + d = b + d from `_chain`, and backwards never wait in a
+    forward chain nor forwards in a backward one (a chain's members wait for their neighbour's op of
+    the same kind), so a round's chains apply to all its cells without masking by kind.
+    """
     l_max, n, p_max = pad.dur.shape
     ends = np.zeros(l_max * n * p_max + 1)
     view = ends[:-1].reshape(l_max, n, p_max)
-    f_rounds = pad.f_link.any(axis=(1, 2))
-    b_rounds = pad.b_link.any(axis=(1, 2))
+    f_rounds = pad.f_link.any(axis=(1, 2)).tolist()
+    b_rounds = pad.b_link.any(axis=(1, 2)).tolist()
     prev = np.zeros((n, p_max))
     ready = np.empty((n, p_max))
     for k in range(l_max):
         # Same-round inputs still read 0 here; the chains below supply them.
-        np.take(ends, pad.dep[k], out=ready)
+        ends.take(pad.dep[k], out=ready)
         b = np.maximum(prev, ready, out=ready)
         e = view[k]
-        np.add(b, pad.dur[k], out=e)
         if f_rounds[k]:
-            e[...] = np.where(pad.is_b[k], e, _chain(b, pad.dur[k], pad.f_link[k]))
-        if b_rounds[k]:
-            up = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
-            e[...] = np.where(pad.is_b[k], up, e)
+            e[...] = _chain(b, pad.dur[k], pad.f_link[k])
+            if b_rounds[k]:
+                up = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+                np.copyto(e, up, where=pad.b_link[k])
+        elif b_rounds[k]:
+            e[...] = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+        else:
+            np.add(b, pad.dur[k], out=e)
         prev = e
     return view
 

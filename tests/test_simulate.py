@@ -106,6 +106,53 @@ def test_events_respect_dependencies_and_never_overlap_on_a_rank() -> None:
         assert all(a[1] <= b[0] + 1e-12 for a, b in itertools.pairwise(mine))
 
 
+def _longest_paths(fwd: np.ndarray, bwd: np.ndarray, m: int, pp: int, vpp: int, schedule: str,
+                   p2p: float) -> list[list[float]]:
+    """Brute force: every op's end time by walking the ranks' sequences until nothing changes (an op
+    starts when its rank is free and its input has ended; a send to a neighbouring stage blocks)."""
+    g_last = pp * vpp - 1
+    orders = [schedule_order(schedule, pp, vpp, m, r) for r in range(pp)]
+    end: dict[tuple[str, int, int], float] = {}
+    done = [0] * pp
+    while any(done[r] < len(orders[r]) for r in range(pp)):
+        progressed = False
+        for r in range(pp):
+            while done[r] < len(orders[r]):
+                kind, mb, chunk = orders[r][done[r]]
+                g = chunk * pp + r
+                dep = None if kind == "F" and g == 0 else \
+                    ("F", g - 1, mb) if kind == "F" else ("F", g, mb) if g == g_last else ("B", g + 1, mb)
+                if dep is not None and dep not in end:
+                    break
+                free = end[orders[r][done[r] - 1][0], orders[r][done[r] - 1][2] * pp + r,
+                           orders[r][done[r] - 1][1]] if done[r] else 0.0
+                sends = g < g_last if kind == "F" else g > 0
+                work = (fwd if kind == "F" else bwd)[g] + (p2p if sends else 0.0)
+                end[kind, g, mb] = max(free, end[dep] if dep else 0.0) + work
+                done[r] += 1
+                progressed = True
+        assert progressed, "schedule deadlocks"
+    return [[end[k, c * pp + r, mb] for k, mb, c in orders[r]] for r in range(pp)]
+
+
+@pytest.mark.parametrize(("schedule", "pp", "vpp", "m"), [
+    ("1f1b", 4, 1, 7), ("1f1b", 5, 1, 3), ("gpipe", 3, 1, 5), ("interleaved-1f1b", 4, 2, 8),
+    ("interleaved-1f1b", 3, 3, 6), ("interleaved-1f1b", 2, 4, 4)])
+def test_uneven_stages_match_brute_force_longest_paths(schedule: str, pp: int, vpp: int, m: int) -> None:
+    """Random uneven stage times: every op's end equals the brute-force longest path (the vectorised
+    rounds and their same-round chains up and down the ranks take no shortcut)."""
+    rng = np.random.default_rng(pp * 100 + vpp * 10 + m)
+    g = pp * vpp
+    fwd, bwd = rng.uniform(0.1, 3.0, g), rng.uniform(0.1, 5.0, g)
+    p2p = float(rng.uniform(0.0, 0.4))
+    _, events, rank_end, _ = run_schedule(fwd, bwd, m, pp, vpp, schedule, p2p=p2p)
+    expected = _longest_paths(fwd, bwd, m, pp, vpp, schedule, p2p)
+    for r in range(pp):
+        mine = [e.end for e in events if e.rank == r]
+        assert mine == pytest.approx(expected[r], rel=1e-12, abs=1e-12)
+        assert rank_end[r] == pytest.approx(expected[r][-1], rel=1e-12)
+
+
 # ---- uneven stages: the simulation, not the closed form, follows the real schedule -------------
 
 
