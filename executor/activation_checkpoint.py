@@ -8,6 +8,10 @@
 - op-selective: checkpoint every block with a per-op policy, as torchtitan's per-op selective
   activation checkpointing decides: keep the outputs of the matmuls and of the fused attention kernel,
   except every second matmul; recompute everything else (norms, activations, rotary, residuals).
+- save-matmuls, save-matmuls-but-mlp-up, save-attn-proj: the JAX checkpoint policies of MaxText and
+  PaxML, per op as well: keep the outputs of the matmuls the policy names
+  (`planner.cost.memory.saved_matmul_flags`, in the order the block runs them) and recompute the
+  rest, the attention kernel included.
 
 Uses the composable `checkpoint` API, which works through module hooks and so leaves parameter names
 (and the planner's op names) unchanged. Modules it applies to are tagged so that the memory
@@ -25,6 +29,8 @@ from torch.distributed._composable import checkpoint
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from executor.model import Transformer
+from planner.cost.memory import MATMUL_POLICIES, saved_matmul_flags, saves_attention
+from planner.graph import build_graph
 
 RECOMPUTE_TAG = "_executor_recompute"
 _aten = torch.ops.aten
@@ -35,9 +41,11 @@ ATTENTION = {getattr(_aten, name).default for name in (
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu") if hasattr(_aten, name)}
 
 
-def op_selective_context() -> Callable[[], tuple[Any, Any]]:
-    """A `context_fn` for checkpoint: the per-op policy (a fresh matmul count per forward and per
-    recompute, so both passes decide the same ops)."""
+def matmul_policy_context(saved: list[bool] | None, keep_attention: bool) -> Callable[[], tuple[Any, Any]]:
+    """A `context_fn` for checkpoint: keep the k-th matmul of the block iff `saved[k]` (None: every
+    second one, the 1st, 3rd, ..., however many the block runs, as torchtitan's policy counts), and the
+    fused attention kernel iff `keep_attention` (a fresh matmul count per forward and per recompute, so
+    both passes decide the same ops)."""
 
     def context_fn() -> tuple[Any, Any]:
         counts = {"forward": 0, "recompute": 0}
@@ -45,9 +53,11 @@ def op_selective_context() -> Callable[[], tuple[Any, Any]]:
         def policy(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
             if func in MATMULS:
                 mode = "recompute" if ctx.is_recompute else "forward"
+                k = counts[mode]
                 counts[mode] += 1
-                return CheckpointPolicy.MUST_SAVE if counts[mode] % 2 else CheckpointPolicy.PREFER_RECOMPUTE
-            if func in ATTENTION:
+                keep = k % 2 == 0 if saved is None else k < len(saved) and saved[k]
+                return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+            if func in ATTENTION and keep_attention:
                 return CheckpointPolicy.MUST_SAVE
             return CheckpointPolicy.PREFER_RECOMPUTE
 
@@ -57,18 +67,21 @@ def op_selective_context() -> Callable[[], tuple[Any, Any]]:
 
 
 def apply_ac(model: Transformer, mode: str, every: int = 1) -> list[nn.Module]:
-    """Apply recompute `mode` (none | selective | full | op-selective) to the blocks of `model`; with
+    """Apply recompute `mode` (none | selective | full | a matmul policy) to the blocks of `model`; with
     full recompute, to one block in every `every` (by global layer index). Returns the modules."""
     if mode == "none":
         return []
-    if mode not in ("selective", "full", "op-selective"):
+    if mode not in ("selective", "full", *MATMUL_POLICIES):
         raise ValueError(f"unknown recompute mode {mode!r}")
+    graph = build_graph(model.spec) if mode in MATMUL_POLICIES and mode != "op-selective" else None
     targets: list[nn.Module] = []
     for name, block in model.layers.items():
         if mode == "full" and int(name) % every:
             continue
-        if mode == "op-selective":
-            checkpoint(block, context_fn=op_selective_context())
+        if mode in MATMUL_POLICIES:
+            saved = None if graph is None else \
+                saved_matmul_flags(mode, graph.kinds[graph.pattern[int(name)]].ops, model.spec)
+            checkpoint(block, context_fn=matmul_policy_context(saved, saves_attention(mode)))
             target = block
         else:
             target = block if mode == "full" else block.attn.core

@@ -61,6 +61,10 @@ def check_executable(doc: PlanDocument) -> None:
     if doc.plan.finetune == "lora" and (doc.plan.tp > 1 or doc.plan.ep > 1):
         raise UnsupportedPlan("the executor runs LoRA plans with tp = 1 and no expert parallelism for now",
                               field="finetune")
+    if doc.plan.recompute.startswith("save-") and (doc.model.is_moe or doc.plan.finetune == "lora"):
+        raise UnsupportedPlan(f"the executor runs recompute {doc.plan.recompute} on dense models without LoRA "
+                              "only (it picks the matmuls to keep by their order in a dense block)",
+                              field="recompute")
     if recipe(doc.plan.dtype).low_precision:
         raise UnsupportedPlan(f"the executor does not run {doc.plan.dtype} training yet (it needs FP8/FP4 "
                               "GEMM kernels); plan, estimate and export it, or run it with --dtype bf16",

@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from planner.cost.memory import OPTIMIZER_BYTES, WEIGHT_BYTES
+from planner.cost.memory import MATMUL_POLICIES, OPTIMIZER_BYTES, WEIGHT_BYTES
 from planner.cost.model_state import model_state_bytes
 from planner.errors import PlannerError
 from planner.plan import Plan, PlanDocument
@@ -297,7 +297,7 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
         if plan.recompute == "full":
             deps.append(Departure("checkpointed recompute stops before a layer's last collective", "tp",
                                   -m * layers * act))
-        if plan.recompute == "op-selective":
+        if plan.recompute in MATMUL_POLICIES:
             # The per-op policy saves no collective outputs (torchtitan's saves the reduce-scatters), so
             # recomputing a block re-runs its forward collectives but the last, as full recompute does.
             sync = 2 * act if sp else act

@@ -27,8 +27,12 @@ SCHEMA_VERSION = 1
 SCHEDULES = ("1f1b", "interleaved-1f1b", "gpipe")
 # none; selective: Megatron-LM's (the attention core, Korthikanti et al. 2022); full: every layer's
 # forward (or 1 of every `recompute_every` layers); op-selective: torchtitan's per-op policy (saves the
-# attention output and every other matmul's output, recomputes the rest).
-RECOMPUTE = ("none", "selective", "full", "op-selective")
+# attention output and every other matmul's output, recomputes the rest); save-matmuls,
+# save-matmuls-but-mlp-up, save-attn-proj: the JAX checkpoint policies of MaxText / PaxML (keep every
+# matmul output, all but the MLP's input projections, the attention projections alone). The last four
+# keep chosen matmul outputs (planner.cost.memory.MATMUL_POLICIES, in that order).
+RECOMPUTE = ("none", "selective", "full", "op-selective", "save-matmuls", "save-matmuls-but-mlp-up",
+             "save-attn-proj")
 FINETUNE = ("full", "lora")
 LORA_TARGETS = ("qkv", "proj", "up", "down")  # the linear layers LoRA adapters attach to
 DIMS = ("tp", "cp", "dp", "pp")

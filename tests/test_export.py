@@ -206,6 +206,26 @@ def test_torchtitan_module_sets_every_registry_default_explicitly() -> None:
     assert "activation-checkpoint:" not in export_files(VARIANTS()[0], "torchtitan")["torchtitan.launch.sh"]
 
 
+def test_recompute_policies_a_framework_lacks_deviate_to_one_it_has() -> None:
+    """torchtitan's SelectiveAC is the per-op policy (op-selective); Megatron's attention-only selective
+    and the JAX named-matmul policies are not torchtitan's and deviate to it (or to full where it does
+    not fit); Megatron-LM has no per-op policy, so those deviate to full recompute (which keeps less)."""
+    def doc(recompute: str, gpus: int = 8, batch: int = 8) -> PlanDocument:
+        return make_doc("llama3-8b", "dgx-h100", gpus, dp=gpus, micro_batch=1, global_batch=batch, zero_stage=3,
+                        recompute=recompute)
+
+    assert "SelectiveAC.Config()" in export_files(doc("op-selective"), "torchtitan")["torchtitan_job.py"]
+    assert not export_warnings(doc("op-selective"), "torchtitan")
+    for policy in ("selective", "save-matmuls", "save-attn-proj"):
+        assert any(f"torchtitan has no {policy} recompute" in w for w in export_warnings(doc(policy), "torchtitan"))
+    for policy in ("op-selective", "save-matmuls-but-mlp-up"):
+        warnings = export_warnings(doc(policy), "megatron")
+        assert any(f"no per-op recompute policy like {policy}" in w for w in warnings)
+        args = export_files(doc(policy), "megatron")["megatron.args"]
+        flags = [line for line in args.splitlines() if not line.startswith("#")]
+        assert "--recompute-granularity full" in flags and not any(policy in line for line in flags)
+
+
 def test_torchtitan_zero_mapping_is_stated() -> None:
     # without pp, FSDP2 shards gradients: ZeRO-1 runs as ZeRO-2, and the export says so
     z1 = make_doc(DEBUG_LLAMA, "dgx-h100", 8, tp=2, dp=4, micro_batch=1, global_batch=8, zero_stage=1)
@@ -213,7 +233,9 @@ def test_torchtitan_zero_mapping_is_stated() -> None:
     assert any("ZeRO-2 runs as ZeRO-1" in w for w in export_warnings(
         make_doc("llama3-8b", "dgx-h100", 16, tp=2, pp=2, dp=4, micro_batch=1, global_batch=16, zero_stage=2),
         "torchtitan"))
-    assert not export_warnings(VARIANTS()[0], "torchtitan")  # ZeRO-1 with pp: deferred gradient sync
+    per_op = make_doc("llama3-70b", "dgx-h100", 64, tp=8, pp=4, dp=2, vpp=5, schedule="interleaved-1f1b",
+                      micro_batch=1, global_batch=64, sequence_parallel=True, zero_stage=1, recompute="op-selective")
+    assert not export_warnings(per_op, "torchtitan")  # ZeRO-1 with pp: deferred gradient sync
     with pytest.raises(ExportError, match="ships no model"):
         export_files(VARIANTS()[1], "torchtitan")
 

@@ -1,5 +1,6 @@
-"""Activation-checkpointing policies beyond Megatron-LM's (torchtitan's per-op selective, full on 1 of
-every k layers) and LoRA fine-tuning, against hand computations."""
+"""Activation-checkpointing policies beyond Megatron-LM's (torchtitan's per-op selective, the JAX
+policies MaxText and PaxML run, full on 1 of every k layers) and LoRA fine-tuning, against hand
+computations."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from planner.cost import batch_from_plans, cost_terms, estimate
-from planner.cost.memory import op_sac_saved_bytes
+from planner.cost.memory import policy_saved_bytes
 from planner.graph import build_graph
 from planner.plan import Plan
 from planner.specs.catalog import cluster_preset, model_preset
@@ -24,8 +25,45 @@ def test_per_op_selective_saves_what_torchtitans_policy_saves() -> None:
     m = model_preset("llama3-8b")
     lg = build_graph(m)
     one, tokens = np.array([1.0]), np.array([1000.0])
-    saved = op_sac_saved_bytes(lg.layer_ops, m, "bf16", tokens, one, np.array([False]))
+    saved = policy_saved_bytes("op-selective", lg.layer_ops, m, "bf16", tokens, one, np.array([False]))
     assert saved[0] == pytest.approx(1000 * 63_616)
+
+
+@pytest.mark.parametrize(("policy", "per_token"), [
+    # 2 x (8192 input + 8192 q + 1024 k + 1024 v + 8192 out + 28672 gate and up + 8192 down)
+    ("save-matmuls", 2 * (8192 + 8192 + 1024 + 1024 + 8192 + 2 * 28672 + 8192)),
+    # the same but for the gate and up projections: 69,632 bytes (docs/cost-model.md's worked example)
+    ("save-matmuls-but-mlp-up", 69_632),
+    # 2 x (8192 input + 8192 q + 1024 k + 1024 v + 8192 out)
+    ("save-attn-proj", 2 * (8192 + 8192 + 1024 + 1024 + 8192)),
+])
+def test_jax_policies_keep_the_named_matmul_outputs(policy: str, per_token: int) -> None:
+    """MaxText's save_dot_except_mlpwi keeps the q / k / v / out projections and the MLP's output
+    projection (`mlpwo`), save_dot_except_mlp the attention projections alone, checkpoint_dots every
+    matmul; none keeps the fused attention kernel's output (it is not a dot): Llama 3 70B, tp 1, bf16."""
+    m = model_preset("llama3-70b")
+    lg = build_graph(m)
+    tokens = np.array([1000.0])
+    saved = policy_saved_bytes(policy, lg.layer_ops, m, "bf16", tokens, np.array([1.0]), np.array([False]))
+    assert saved[0] == pytest.approx(1000 * per_token)
+
+
+def test_jax_policies_recompute_the_attention_kernel_and_what_they_drop() -> None:
+    """Every JAX policy reruns the attention core's forward in backward (selective recompute's work) and
+    the memory-bound ops; save-attn-proj also the whole MLP, save-matmuls-but-mlp-up its input
+    projections: the hardware FLOPs grow in that order and stay below full recompute's."""
+    m = model_preset("llama3-70b")
+    c = H100.with_gpus(64)
+    preds = {rc: estimate(m, c, Plan(dp=64, micro_batch=1, global_batch=64, zero_stage=3, recompute=rc))
+             for rc in ("none", "selective", "save-matmuls", "save-matmuls-but-mlp-up", "save-attn-proj", "full")}
+    flops = {rc: p["hw_tflops_per_gpu"] * p["step_time_s"] for rc, p in preds.items()}
+    assert flops["save-matmuls"] == pytest.approx(flops["selective"], rel=1e-9)  # the attention core only
+    assert flops["none"] < flops["save-matmuls"] < flops["save-matmuls-but-mlp-up"] < flops["save-attn-proj"] \
+        < flops["full"]
+    # Llama 3 70B's gate and up projections: two 8192 x 28672 matrices at 2 FLOPs per multiply-add per
+    # token per layer, 80 layers, 64 x 8192 tokens per step
+    gate_up = 2 * 2 * 8192 * 28672 * 80 * 64 * 8192
+    assert (flops["save-matmuls-but-mlp-up"] - flops["save-matmuls"]) * 64 * 1e12 == pytest.approx(gate_up, rel=1e-6)
 
 
 def test_per_op_selective_sits_between_none_and_full() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.memory import op_sac_recomputed
+from planner.cost.memory import MATMUL_POLICIES, policy_recomputed
 from planner.graph import DTYPE_BYTES, LayerGraph, Op, causal_fraction, key_positions
 from planner.precision import RECIPES, base_dtype, gemm_peak_key
 from planner.specs.cluster import GPUSpec
@@ -139,7 +139,7 @@ class LayerTimes:
     col_gemm: list[Array]  # weight-gradient time of each column-parallel GEMM (0 if frozen): a backward window
     col_fwd: list[Array]  # forward time of each column-parallel GEMM (= its input-gradient time)
     row_fwd: list[Array]  # forward time of each row-parallel GEMM (= its input-gradient time)
-    op_sac_fwd: Array  # the forward work torchtitan's per-op selective checkpointing repeats in backward
+    policy_fwd: tuple[Array, ...]  # [i]: the forward work matmul policy MATMUL_POLICIES[i] repeats in backward
 
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
@@ -148,11 +148,12 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
-    fwd, bwd, attn_f, attn_b, sac = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy()
+    fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()
+    sac = [zero.copy() for _ in MATMUL_POLICIES]
     cols: list[Array] = []
     col_fwd: list[Array] = []
     row_fwd: list[Array] = []
-    recomputed = op_sac_recomputed(ops, m)
+    recomputed = [policy_recomputed(policy, ops, m) for policy in MATMUL_POLICIES]
     for op in ops:
         if op.kind == "gemm":
             t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
@@ -171,6 +172,6 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
         else:  # elementwise, embedding, loss: memory bound
             t = elementwise_times(op, gpu, tokens, tp, sp)
         fwd, bwd = fwd + t.fwd, bwd + t.bwd
-        sac = sac + recomputed.get(op.name, 0.0) * t.fwd
+        sac = [x + r.get(op.name, 0.0) * t.fwd for x, r in zip(sac, recomputed, strict=True)]
     return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols, col_fwd=col_fwd,
-                      row_fwd=row_fwd, op_sac_fwd=sac)
+                      row_fwd=row_fwd, policy_fwd=tuple(sac))

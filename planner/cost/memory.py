@@ -123,48 +123,88 @@ def matmul_outputs(op: Op, model: ModelSpec) -> list[float]:
     return [fout * copies]
 
 
-def _op_sac_plan(ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> list[tuple[Op, float, float]]:
-    """torchtitan's per-op selective activation checkpointing on one layer (its `_custom_policy`:
-    save the output of every compute op in its save list — matmuls and the SDPA kernel — except every
-    second matmul; recompute the rest). (GEMM op, output width saved, fraction of its matmul work
-    recomputed) for each GEMM op, counting its matmuls in execution order."""
+# Checkpoint policies that keep the outputs of chosen matmuls (and the layer's input) and recompute
+# the rest of the layer in backward:
+# - op-selective: torchtitan's per-op selective activation checkpointing (its `_custom_policy`: save
+#   the output of every compute op in its save list, matmuls and the SDPA kernel, except every second
+#   matmul of the layer);
+# - save-matmuls: every matmul output, as JAX's `jax.checkpoint_policies.checkpoint_dots` (PaxML's
+#   `SAVE_DOT_ONLY`); a fused attention kernel is not a dot, so it is recomputed;
+# - save-matmuls-but-mlp-up: every matmul but the MLP's input projections (gate and up), as MaxText's
+#   `save_dot_except_mlpwi` (`save_only_these_names` of the q / k / v / out projections and `mlpwo`);
+# - save-attn-proj: the attention block's projections alone, as MaxText's `save_dot_except_mlp` and
+#   PaxML's `SAVE_QKV_OUT_PROJ` (the combined QKV and output projections).
+MATMUL_POLICIES = ("op-selective", "save-matmuls", "save-matmuls-but-mlp-up", "save-attn-proj")
+
+
+def _mlp_up(op: Op) -> bool:
+    return op.name in ("mlp.up", "moe.experts.up", "moe.shared.up")
+
+
+def saved_matmul_flags(policy: str, ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> list[bool]:
+    """Whether `policy` keeps each matmul of one layer, in the order the modules run them
+    (`matmul_outputs`): what the executor's policy decides per matmul call."""
+    flags: list[bool] = []
+    for op in ops:
+        if op.kind != "gemm":
+            continue
+        for _ in matmul_outputs(op, model):
+            if policy == "op-selective":
+                flags.append(len(flags) % 2 == 0)  # the 1st, 3rd, ... matmul of the layer
+            elif policy == "save-matmuls":
+                flags.append(True)
+            elif policy == "save-matmuls-but-mlp-up":
+                flags.append(not _mlp_up(op))
+            elif policy == "save-attn-proj":
+                flags.append(op.name.startswith("attn."))
+            else:
+                raise ValueError(f"unknown matmul checkpoint policy {policy!r}")
+    return flags
+
+
+def saves_attention(policy: str) -> bool:
+    """Whether `policy` keeps the fused attention kernel's output and log-sum-exp (else it reruns it)."""
+    return policy == "op-selective"
+
+
+def _matmul_plan(policy: str, ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> list[tuple[Op, float, float]]:
+    """(GEMM op, output width saved, fraction of its matmul work recomputed) for each GEMM op."""
+    flags = iter(saved_matmul_flags(policy, ops, model))
     out = []
-    count = 0
     for op in ops:
         if op.kind != "gemm":
             continue
         widths = matmul_outputs(op, model)
-        saved = 0.0
-        for w in widths:
-            count += 1
-            if count % 2:  # the 1st, 3rd, ... matmul of the layer is saved
-                saved += w
+        saved = sum(w for w in widths if next(flags))
         total = sum(widths)
         out.append((op, saved, (total - saved) / total if total else 0.0))
     return out
 
 
-def op_sac_recomputed(ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> dict[str, float]:
-    """Fraction of each op's forward that per-op selective checkpointing repeats in backward: every
-    memory-bound op (norms, activations, rope, residuals), none of the attention core (its output is
-    saved), and each GEMM's recomputed matmuls."""
+def policy_recomputed(policy: str, ops: tuple[Op, ...] | list[Op], model: ModelSpec) -> dict[str, float]:
+    """Fraction of each op's forward that `policy` repeats in backward: every memory-bound op (norms,
+    activations, rope, residuals), the attention core unless the policy saves it, and each GEMM's
+    recomputed matmuls."""
     frac = {op.name: 1.0 for op in ops if op.kind not in ("gemm", "attention", "embedding", "loss")}
-    frac.update({op.name: f for op, _, f in _op_sac_plan(ops, model)})
+    if not saves_attention(policy):
+        frac.update({op.name: 1.0 for op in ops if op.kind == "attention"})
+    frac.update({op.name: f for op, _, f in _matmul_plan(policy, ops, model)})
     return frac
 
 
-def op_sac_saved_bytes(ops: tuple[Op, ...] | list[Op], model: ModelSpec, dtype: str, tokens: Array, tp: Array,
-                       sp: Array) -> Array:
-    """Bytes one layer keeps under per-op selective checkpointing: its input (the checkpoint's), the
-    attention core's output and fp32 log-sum-exp, and the saved matmul outputs (column-parallel ones
-    split by tp; row-parallel ones are partial sums of the full width, reduce-scattered with SP)."""
+def policy_saved_bytes(policy: str, ops: tuple[Op, ...] | list[Op], model: ModelSpec, dtype: str, tokens: Array,
+                       tp: Array, sp: Array) -> Array:
+    """Bytes one layer keeps under `policy`: its input (the checkpoint's), the attention core's output
+    and fp32 log-sum-exp where the policy saves them, and the saved matmul outputs (column-parallel
+    ones split by tp; row-parallel ones are partial sums of the full width, reduce-scattered with SP)."""
     b = DTYPE_BYTES[dtype]
     seq_split = np.where(sp, tp, 1)
     total = b * model.hidden * tokens / seq_split
-    for op in ops:
-        if op.kind == "attention":
-            total = total + (b * model.num_heads * model.head_dim + LSE_BYTES * model.num_heads) * tokens / tp
-    for op, saved, _ in _op_sac_plan(ops, model):
+    if saves_attention(policy):
+        for op in ops:
+            if op.kind == "attention":
+                total = total + (b * model.num_heads * model.head_dim + LSE_BYTES * model.num_heads) * tokens / tp
+    for op, saved, _ in _matmul_plan(policy, ops, model):
         if not saved:
             continue
         div = tp if op.tp in ("column", "vocab") else (seq_split if op.tp == "row" else np.where(sp, tp, 1))

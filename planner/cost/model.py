@@ -18,10 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.batch import PlanBatch, group_index
-from planner.cost.memory import GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES, in_flight_microbatches, op_sac_recomputed
+from planner.cost.memory import (
+    GRAD_BYTES,
+    MATMUL_POLICIES,
+    OPTIMIZER_BYTES,
+    WEIGHT_BYTES,
+    in_flight_microbatches,
+    policy_recomputed,
+)
 from planner.cost.overlap import core_sharing_stretch, data_parallel
 from planner.cost.terms import RC_CODE, CostTerms, cost_grid
-from planner.plan import SCHEDULES
+from planner.plan import RECOMPUTE, SCHEDULES
 from planner.precision import base_dtype
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -227,13 +234,16 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     s_len = model.seq_len
     layer_fwd_seq = np.array([s_len * sum(op.flops + op.flops_s * s_len for op in k.ops) for k in lg.kinds])
     attn_fwd_seq = np.array([s_len * sum(op.flops_s * s_len for op in k.ops) for k in lg.kinds])
-    sac_fwd_seq = np.array([s_len * sum(op.flops * op_sac_recomputed(k.ops, model).get(op.name, 0.0)
-                                        for op in k.ops) for k in lg.kinds])
+    # the forward FLOPs each matmul checkpoint policy repeats (RECOMPUTE[3:], in order)
+    policy_fwd_seq = [np.array([s_len * sum((op.flops + op.flops_s * s_len) * policy_recomputed(pol, k.ops, model)
+                                            .get(op.name, 0.0) for op in k.ops) for k in lg.kinds])
+                      for pol in MATMUL_POLICIES]
     model_flops = lg.train_flops(1, s_len) * seqs
     rc = ax.rc
-    extra = np.select([rc == 2, rc == 1, rc == 3],
-                      [terms.total_layers @ layer_fwd_seq / ax.every, terms.total_layers @ attn_fwd_seq,
-                       terms.total_layers @ sac_fwd_seq], 0.0) * seqs
+    first = RECOMPUTE.index(MATMUL_POLICIES[0])
+    extra = np.select([rc == 2, rc == 1] + [rc == first + i for i in range(len(MATMUL_POLICIES))],
+                      [terms.total_layers @ layer_fwd_seq / ax.every, terms.total_layers @ attn_fwd_seq]
+                      + [terms.total_layers @ x for x in policy_fwd_seq], 0.0) * seqs
     shape = step.shape
 
     def full(x: Array) -> Array:

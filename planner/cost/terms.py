@@ -33,22 +33,26 @@ from planner.cost.batch import PlanBatch, group_index
 from planner.cost.comm import collective_time, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
+    MATMUL_POLICIES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
     layer_activation_bytes,
     op_params_per_gpu,
-    op_sac_saved_bytes,
+    policy_saved_bytes,
     saved_bytes,
 )
 from planner.cost.overlap import hide
 from planner.cost.stages import ClassArrays, class_arrays
 from planner.framework import Framework, default_framework, framework
 from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
+from planner.plan import RECOMPUTE
 from planner.precision import base_dtype, recipe
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
 Array = np.ndarray
+FIRST_MATMUL_POLICY = RECOMPUTE.index(MATMUL_POLICIES[0])
+assert RECOMPUTE[FIRST_MATMUL_POLICY:] == MATMUL_POLICIES, "RECOMPUTE must end with the matmul policies in order"
 GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype)
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
 RC_CODE = 1 << 20  # a recompute variant is rc x RC_CODE + every (every < 2^20)
@@ -227,7 +231,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
-        "tensors", "lowp_copies", "op_sac_fwd", "act_op_sac", "train_dense", "train_expert")}
+        "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
@@ -259,8 +263,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["compute_fwd"].append(lay.fwd + host_l / 3)  # the framework's host time is busy time too
         out["compute_bwd"].append(lay.bwd + 2 * host_l / 3)
         out["attn_fwd"].append(lay.attn_fwd)
-        out["op_sac_fwd"].append(lay.op_sac_fwd)
-        out["act_op_sac"].append(op_sac_saved_bytes(kind.ops, model, base_dtype(dt), tokens, t, sp))
+        # (n, policies): the matmul checkpoint policies' recomputed forward and saved bytes
+        out["policy_fwd"].append(np.stack(lay.policy_fwd, axis=1))
+        out["act_policy"].append(np.stack([policy_saved_bytes(pol, kind.ops, model, base_dtype(dt), tokens, t, sp)
+                                           for pol in MATMUL_POLICIES], axis=1))
         out["tp_fwd"].append(tp_fwd_k)  # exposed
         out["tp_fwd_total"].append(tp_fwd)
         out["tp_bwd"].append(tp_bwd)
@@ -455,17 +461,19 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     layer_f0 = s(st["fwd"] + st["tp_fwd"] + st["ep"] + st["cp_fwd"])
     layer_b0 = s(st["bwd"] + st["tp_bwd"] + st["ep"] + st["cp_bwd"])
     attn = s(st["attn_fwd"])
-    sac = s(st["op_sac_fwd"])
+    # matmul checkpoint policies (RECOMPUTE[3:] = MATMUL_POLICIES): each recompute value's own terms
+    pol = [max(int(r) - FIRST_MATMUL_POLICY, 0) for r in recompute]
+    sac = st["policy_fwd"][:, :, pol].transpose(0, 2, 1)[:, :, None, :]  # (n, R, 1, kinds)
     sac_tp = s(np.where(b.sp[:, None], 0.0, st["tp_fwd"]))
-    recompute_t = np.select([rc == 2, rc == 1, rc == 3], [frac * layer_f0, attn, sac + sac_tp], 0.0)
+    recompute_t = np.select([rc == 2, rc == 1, rc >= 3], [frac * layer_f0, attn, sac + sac_tp], 0.0)
     has_dp = st["g_dp"] > 1
     # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch.
     fsdp = np.where((z >= 2) & s(has_dp), cluster.fsdp_layer_overhead_s, 0.0)[..., None]
     cf = s(st["compute_fwd"])
     act_none = s(st["act_none"])
-    layer_act = np.select([rc == 1, rc == 2, rc == 3],
+    layer_act = np.select([rc == 1, rc == 2, rc >= 3],
                           [s(st["act_selective"]), frac * s(st["act_full"]) + (1 - frac) * act_none,
-                           s(st["act_op_sac"])], act_none)
+                           st["act_policy"][:, :, pol].transpose(0, 2, 1)[:, :, None, :]], act_none)
     classes = ClassArrays(layers=s(st["class_layers"]), size=s(st["class_size"]),
                           first_rank=s(st["class_first_rank"]), has_pre=s(st["class_has_pre"]),
                           has_post=s(st["class_has_post"]), critical=int(st["critical"].max(initial=0)))
@@ -477,9 +485,9 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
                       zero=z, every=every.reshape(1, -1, 1)),
         layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
         layer_compute=s(st["compute_fwd"] + st["compute_bwd"])
-        + np.select([rc == 2, rc == 1, rc == 3], [frac * cf, attn, sac], 0.0) + fsdp,
+        + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp,
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
-        + np.select([rc == 2, rc == 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
+        + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),

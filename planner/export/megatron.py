@@ -75,11 +75,18 @@ def _zero(p: Plan, m: ModelSpec, b: Build) -> Items:
 
 
 def recompute_flags(p: Plan, m: ModelSpec, b: Build) -> Items:
-    """Megatron-LM and Megatron-DeepSpeed spell recompute alike."""
+    """Megatron-LM and Megatron-DeepSpeed spell recompute alike. They have no per-op policy (torchtitan's,
+    or the JAX ones that keep chosen matmul outputs): full recompute is the closest that still fits
+    (it keeps less), so the plan deviates to it."""
     if p.recompute == "none":
         return []
-    items: Items = [("#", f"activation recompute: {p.recompute}"), ("--recompute-granularity", p.recompute)]
-    if p.recompute == "full":
+    recompute = p.recompute
+    if recompute not in ("selective", "full"):
+        b.deviate("recompute", f"{b.framework} has no per-op recompute policy like {recompute}; full recompute "
+                  "(keeps less memory, recomputes more) is exported", recompute="full")
+        recompute = "full"
+    items: Items = [("#", f"activation recompute: {recompute}"), ("--recompute-granularity", recompute)]
+    if recompute == "full":
         items += [("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
     return items
 

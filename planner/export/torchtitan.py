@@ -13,8 +13,10 @@ The mapping from plan fields to `Trainer.Config` attributes is the table `TORCHT
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+from planner.cost import estimate
 from planner.export.architecture import architecture
 from planner.export.common import Build, ExportError, comment, header, placement_order
 from planner.export.launch import Launch, launch_script, sbatch_script
@@ -126,11 +128,22 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
 
 
 def _recompute(p: Plan, m: ModelSpec, b: Build) -> Assignments:
-    if p.recompute == "selective":
-        b.note("selective recompute is torchtitan's per-op SAC, which saves attention and every other matmul "
-               "output (Megatron-style selective recomputes only the attention core)")
-        return [("activation_checkpoint", "SelectiveAC.Config()")]
-    return [("activation_checkpoint", "FullAC.Config()" if p.recompute == "full" else "None")]
+    """torchtitan's SelectiveAC (per-op: attention and every other matmul output kept) is op-selective;
+    it has no attention-only (Megatron) or named-matmul (JAX) policy: those deviate to the per-op one."""
+    if p.recompute == "full":
+        return [("activation_checkpoint", "FullAC.Config()")]
+    if p.recompute == "none":
+        return [("activation_checkpoint", "None")]
+    if p.recompute != "op-selective":
+        per_op = dataclasses.replace(p, recompute="op-selective")
+        if estimate(b.doc.model, b.doc.cluster, per_op)["fits"]:
+            b.deviate("recompute", f"torchtitan has no {p.recompute} recompute; its per-op selective checkpointing "
+                      "(attention and every other matmul output kept) is exported", recompute="op-selective")
+        else:
+            b.deviate("recompute", f"torchtitan has no {p.recompute} recompute and its per-op selective one does "
+                      "not fit; full recompute is exported", recompute="full")
+            return [("activation_checkpoint", "FullAC.Config()")]
+    return [("activation_checkpoint", "SelectiveAC.Config()")]
 
 
 def _cuda_graphs(p: Plan, m: ModelSpec, b: Build) -> Assignments:

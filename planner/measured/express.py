@@ -67,8 +67,8 @@ def planner_features() -> frozenset[str]:
         feats.add("lora")
     if {"first_stage_layers", "last_stage_layers"} <= fields:
         feats.add("uneven")
-    if "op-selective" in getattr(plan_module, "RECOMPUTE", ()):
-        feats.add("op-selective")
+    recompute = getattr(plan_module, "RECOMPUTE", ())
+    feats.update(r for r in ("op-selective", *JAX_REMAT.values()) if r in recompute)
     if "recompute_every" in fields:
         feats.add("every-k")
     if "framework" in fields:
@@ -78,7 +78,23 @@ def planner_features() -> frozenset[str]:
 
 # The framework profile each source's runs used, by the names issue 14 proposes for `--framework`
 # (applied only when `Plan` has a `framework` field and accepts the name).
-FRAMEWORK_PROFILES = {"nemo": "nemo", "torchtitan": "torchtitan", "megatron-deepspeed": "deepspeed"}
+FRAMEWORK_PROFILES = {"nemo": "nemo", "torchtitan": "torchtitan", "megatron-deepspeed": "deepspeed",
+                      "maxtext": "maxtext", "paxml": "paxml"}
+# JAX checkpoint policies (MaxText `remat_policy`, praxis `AutodiffCheckpointType`) -> the planner's
+# recompute policy that keeps the same tensors (planner.cost.memory says which).
+JAX_REMAT = {"minimal": "save-matmuls", "SAVE_DOT_ONLY": "save-matmuls",
+             "save_dot_except_mlpwi": "save-matmuls-but-mlp-up", "save_dot_except_mlp": "save-attn-proj",
+             "SAVE_QKV_OUT_PROJ": "save-attn-proj"}
+
+
+def planner_recompute(run: PrintedRun) -> str:
+    """The planner's name of the run's recompute policy (a JAX policy translated where one matches)."""
+    if run.recompute == "every-k":
+        return "full"
+    if run.recompute.startswith("remat:"):
+        name = run.recompute.removeprefix("remat:")
+        return JAX_REMAT.get(name, run.recompute)
+    return run.recompute
 
 
 def _blockers(run: PrintedRun, feats: frozenset[str], substitute: bool) -> tuple[list[str], ClusterSpec | None,
@@ -99,7 +115,7 @@ def _blockers(run: PrintedRun, feats: frozenset[str], substitute: bool) -> tuple
             subs.append(note)
     if run.precision not in feats:
         reasons.append(reason("precision", name=run.precision))
-    if run.recompute.startswith("remat:"):
+    if run.recompute.startswith("remat:") and planner_recompute(run) not in feats:
         reasons.append(reason("remat", name=run.recompute.removeprefix("remat:")))
     elif run.recompute in ("op-selective", "every-k") and run.recompute not in feats:
         reasons.append(reason("op_selective" if run.recompute == "op-selective" else "every_k"))
@@ -120,7 +136,7 @@ def plan_fields(run: PrintedRun) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
         tp=run.tp, pp=run.pp, dp=run.dp, cp=run.cp, ep=run.ep, vpp=run.vpp, micro_batch=run.micro_batch,
         global_batch=run.global_batch, schedule=run.schedule if run.pp > 1 else "1f1b",
-        recompute="full" if run.recompute == "every-k" else run.recompute,
+        recompute=planner_recompute(run),
         sequence_parallel=run.sequence_parallel and run.tp > 1, zero_stage=run.zero_stage,
         dtype=run.precision, flash_attention=run.flash_attention)
     if run.recompute == "every-k":
