@@ -12,7 +12,10 @@ fails after the first step (its bucket rebuild sees every micro-batch's backward
 `static_graph=True`, gives wrong gradients; `replicate` is what torchtitan uses there.
 ZeroRedundancyOptimizer broadcasts plain tensors, so ZeRO-1 in those layouts runs as ZeRO-2
 (gradients sharded as well); `describe_dp` says so in measured.json.
-FSDP2 is applied per Transformer block and then to the root, as torchtitan does.
+FSDP2 is applied per Transformer block and then to the root, as torchtitan does. Hybrid sharding
+(a plan's `shard_group` below dp x cp) runs FSDP2 on a 2-D (replicate, shard) mesh: parameters,
+gradients and optimizer state sharded inside each shard group, gradients all-reduced across them
+(ZeRO-1 there runs as ZeRO-2, as with tp or pp).
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from torch.distributed.device_mesh import DeviceMesh
 from executor.model import Transformer
 
 
-def dp_kind(zero_stage: int, tp: int, pp: int) -> str:
-    """Which wrapper runs this ZeRO stage: ddp | replicate | fsdp."""
+def dp_kind(zero_stage: int, tp: int, pp: int, hybrid: bool = False) -> str:
+    """Which wrapper runs this ZeRO stage: ddp | replicate | fsdp (hybrid sharding: always FSDP2, on a
+    (replicate, shard) mesh)."""
+    if hybrid and zero_stage >= 1:
+        return "fsdp"
     plain = tp == 1 and pp == 1
     if zero_stage == 0:
         return "ddp" if plain else "replicate"
@@ -34,25 +40,29 @@ def dp_kind(zero_stage: int, tp: int, pp: int) -> str:
     return "fsdp"
 
 
-def describe_dp(zero_stage: int, tp: int, pp: int, dp: int) -> str:
+def describe_dp(zero_stage: int, tp: int, pp: int, dp: int, shard_group: int | None = None) -> str:
     if dp == 1:
         return "none"
-    kind = dp_kind(zero_stage, tp, pp)
+    hybrid = shard_group is not None
+    kind = dp_kind(zero_stage, tp, pp, hybrid)
     if kind == "ddp":
         return "DDP + ZeroRedundancyOptimizer (ZeRO-1)" if zero_stage == 1 else "DDP (ZeRO-0)"
     if kind == "replicate":
         return "composable replicate (ZeRO-0)"
     reshard = zero_stage == 3
-    note = " (ZeRO-1 requested; run as ZeRO-2 because tp > 1 or pp > 1)" if zero_stage == 1 else ""
-    return f"FSDP2 fully_shard(reshard_after_forward={reshard}){note}"
+    why = "hybrid sharding" if hybrid else "tp > 1 or pp > 1"
+    note = f" (ZeRO-1 requested; run as ZeRO-2 because of {why})" if zero_stage == 1 else ""
+    mesh = f" on a (replicate {dp // shard_group}, shard {shard_group}) mesh" if hybrid else ""
+    return f"FSDP2 fully_shard(reshard_after_forward={reshard}){mesh}{note}"
 
 
 def apply_dp(model: Transformer, mesh: DeviceMesh, zero_stage: int, tp: int, pp: int, device: torch.device,
-             param_dtype: torch.dtype | None = None, ignored: list[str] | None = None) -> nn.Module:
+             param_dtype: torch.dtype | None = None, ignored: list[str] | None = None,
+             hybrid: bool = False) -> nn.Module:
     """Wrap `model` (a whole model or a stage) for data parallelism over `mesh`; returns the module
     to call (a DDP wrapper, or `model` itself for the composable APIs). Parameters named in `ignored`
     (expert weights under expert parallelism) are left alone: their gradients are averaged elsewhere."""
-    kind = dp_kind(zero_stage, tp, pp)
+    kind = dp_kind(zero_stage, tp, pp, hybrid)
     named = dict(model.named_parameters())
     skip = {named[n] for n in ignored or ()}
     if kind == "ddp":

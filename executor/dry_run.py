@@ -356,11 +356,16 @@ def _stage_chunks(trainer: Trainer) -> list[StageChunk]:
     return out
 
 
-def _groups(dims: ParallelDims, rank: int) -> dict[str, list[int]]:
+def _groups(dims: ParallelDims, rank: int, shard_group: int | None = None) -> dict[str, list[int]]:
     """This rank's process groups by kind: "dp" is the gradient group (dp x cp ranks with context
-    parallelism, as the trainer averages them), ep / edp as expert_parallel lays them out."""
+    parallelism, as the trainer averages them), ep / edp as expert_parallel lays them out; with hybrid
+    sharding "shard" (f neighbouring gradient ranks) and "replicate" (the ranks f apart)."""
     out = {d: next(g for g in dims.groups(d) if rank in g) for d in ("tp", "pp", "cp")}
     out["dp"] = dims.group(("dp", "cp"), rank)
+    if shard_group is not None:
+        i = out["dp"].index(rank)
+        out["shard"] = out["dp"][i - i % shard_group:i - i % shard_group + shard_group]
+        out["replicate"] = out["dp"][i % shard_group::shard_group]
     if dims.ep > 1:
         out.update(expert_groups(dims, rank))
     pp_group = out["pp"]
@@ -399,13 +404,14 @@ def dry_run_rank(doc: PlanDocument, rank: int, optimizer: str = "adamw") -> Rank
         step_s = time.perf_counter() - t1
         grad_bytes, grad_elems = trainer.grads_bytes, trainer.grads_elements
         opt_bytes, opt_params, opt_tensors = _optimizer_state(trainer)
-        groups = _groups(dims, rank)
+        groups = _groups(dims, rank, plan.shard_group if plan.hybrid else None)
         weight_elems = sum(local_tensor(p).numel() for p in trainer.all_parameters())  # trained and frozen
         weight_bytes = trainer.weights_bytes()
         stages = _stage_chunks(trainer)
         description = trainer.dp_description
         pp_rank = trainer.pp_rank
-    rows = classify(ledger.rows, [("tp", groups["tp"]), ("dp", groups["dp"]), ("ep", groups.get("ep", [])),
+    rows = classify(ledger.rows, [("tp", groups["tp"]), ("dp", groups["dp"]), ("dp", groups.get("shard", [])),
+                                  ("dp", groups.get("replicate", [])), ("ep", groups.get("ep", [])),
                                   ("edp", groups.get("edp", [])), ("tied", groups["tied"]), ("cp", groups["cp"])])
     counts: Counter = Counter()
     sizes: Counter = Counter()

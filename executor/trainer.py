@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,6 +101,21 @@ def grad_mesh(dims: ParallelDims, mesh: object) -> object:
     return mesh[names]._flatten("dp_cp")
 
 
+def hybrid_mesh(dims: ParallelDims, shard: int, device_type: str) -> object:
+    """The 2-D (replicate, shard) mesh FSDP2 runs hybrid sharding on: each dp x cp gradient group (its
+    ranks in rank order, as `grad_mesh` flattens them) cut into groups of `shard` consecutive ranks, the
+    planner's shard groups (planner.plan.Plan.shard_group)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    names = dims.mesh_names
+    inner = [names.index(n) for n in names if n in ("dp", "cp")]
+    grid = np.moveaxis(dims.rank_grid(), inner, list(range(len(names) - len(inner), len(names))))
+    group = dims.dp * dims.cp
+    grid = grid.reshape(-1, group // shard, shard)
+    mesh = DeviceMesh(device_type, torch.from_numpy(grid), mesh_dim_names=("rest", "replicate", "shard"))
+    return mesh[("replicate", "shard")]
+
+
 class Trainer:
     """Builds this rank's part of the model for `doc` and runs optimizer steps."""
 
@@ -131,8 +147,12 @@ class Trainer:
         # Replicated weights are averaged over the data-parallel and context-parallel ranks (dp x cp).
         self.grad_replicas = dims.dp * dims.cp
         self.grad_mesh = grad_mesh(dims, mesh) if self.grad_replicas > 1 else None
-        self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp) if self.grad_replicas > 1 else "none"
-        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, self.grad_replicas)
+        hybrid = plan.shard_group if plan.hybrid else None
+        self.dp_kind = dp_kind(plan.zero_stage, dims.tp, dims.pp, hybrid is not None) if self.grad_replicas > 1 \
+            else "none"
+        self.dp_description = describe_dp(plan.zero_stage, dims.tp, dims.pp, self.grad_replicas, hybrid)
+        # Hybrid sharding: FSDP2 on a (replicate, shard) mesh of the gradient group.
+        shard_mesh = hybrid_mesh(dims, hybrid, mesh.device_type) if hybrid is not None else self.grad_mesh
         # Context parallelism: this rank's chunks of every sequence (global positions), and its ring.
         self.positions: torch.Tensor | None = None
         ring: Ring | None = None
@@ -163,8 +183,8 @@ class Trainer:
                 init_weights(part, spec, options.seed)
             if self.grad_mesh is not None:
                 ignored = expert_param_names(part) if dims.ep > 1 else []
-                self.modules.append(apply_dp(part, self.grad_mesh, plan.zero_stage, dims.tp, dims.pp, device,
-                                             self.amp, ignored=ignored))
+                self.modules.append(apply_dp(part, shard_mesh, plan.zero_stage, dims.tp, dims.pp, device,
+                                             self.amp, ignored=ignored, hybrid=hybrid is not None))
             else:
                 self.modules.append(part)
         if dims.ep > 1:

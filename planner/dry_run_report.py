@@ -116,7 +116,7 @@ def _dp_kind(plan: Plan) -> str:
         return "none"
     from executor.data_parallel import dp_kind
 
-    return dp_kind(plan.zero_stage, plan.tp, plan.pp)
+    return dp_kind(plan.zero_stage, plan.tp, plan.pp, plan.hybrid)
 
 
 def _replicated_tables(model: ModelSpec, plan: Plan, pp_rank: int) -> list[tuple[str, float]]:
@@ -180,6 +180,8 @@ def memory_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
     kind = _dp_kind(plan)
     dt = plan.dtype
     dp, edp = plan.dp * plan.cp, plan.dp // plan.ep * plan.cp
+    if plan.hybrid:  # ZeRO and FSDP2's (replicate, shard) mesh both shard over the shard group
+        dp = plan.shard_group
     deps: list[Departure] = []
 
     # Precision: the executor keeps fp32 parameters (autocast computes in bf16 on CUDA), so there is
@@ -202,7 +204,8 @@ def memory_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
     for i, (family, stage) in enumerate((("weights", 3), ("grads", 2), ("optimizer", 1))):
         model_div = dp if plan.zero_stage >= stage and dp > 1 else 1
         if exec_div[i] != model_div:
-            why = {("fsdp", 1): "ZeRO-1 runs as FSDP2 (tp > 1 or pp > 1): weights and gradients sharded too",
+            why = {("fsdp", 1): "ZeRO-1 runs as FSDP2 (tp > 1, pp > 1 or hybrid sharding): weights and gradients "
+                               "sharded too",
                    ("fsdp", 2): "FSDP2 keeps ZeRO-2 weights sharded between steps (gathered per use)"}.get(
                 (kind, plan.zero_stage), f"{kind} shards {family} over {exec_div[i]}")
             deps.append(Departure(why, family, dense[family] * (1 / exec_div[i] - 1 / model_div) * per_param[family]))

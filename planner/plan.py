@@ -75,13 +75,17 @@ class Plan:
     # the framework that runs the plan (planner/data/frameworks.json); None: the cluster's default
     # (this project's executor on CPU hosts, Megatron-LM on GPUs)
     framework: str | None = None
+    # Hybrid sharding (HSDP; MaxText's fsdp axis inside data parallelism; Megatron's distributed-optimizer
+    # instances): ZeRO shards over groups of `shard_group` of the dp x cp gradient ranks (the nearest in
+    # rank order) and replicates over the dp x cp / shard_group groups. None: one group of all of them.
+    shard_group: int | None = None
 
     # Fields written to JSON only when they differ from these defaults (so plans written before
     # they existed keep their hash).
     OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None,
                                           "embedding_in_split": False, "loss_in_split": False, "recompute_every": 1,
                 "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS,
-                "framework": None}
+                "framework": None, "shard_group": None}
 
     def __post_init__(self) -> None:
         for k in SIZE_KEYS:
@@ -123,6 +127,9 @@ class Plan:
             raise PlanError(f"must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}",
                             field="lora_targets")
         object.__setattr__(self, "lora_targets", targets)
+        v = self.shard_group
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 40):
+            raise PlanError(f"must be a positive integer or null, got {v!r}", field="shard_group")
         if self.framework is not None and self.framework not in framework_names():
             raise PlanError(f"must be one of {', '.join(framework_names())}, got {self.framework!r}", field="framework")
 
@@ -138,6 +145,11 @@ class Plan:
     @property
     def world_size(self) -> int:
         return self.tp * self.cp * self.dp * self.pp
+
+    @property
+    def hybrid(self) -> bool:
+        """ZeRO shards over part of the dp x cp gradient group and replicates over the rest (HSDP)."""
+        return self.shard_group is not None and self.shard_group < self.dp * self.cp
 
     @property
     def grad_accum(self) -> int:
@@ -158,7 +170,7 @@ class Plan:
         if self.recompute != "none":
             parts.append(f"rc-{self.recompute}" + (f"/{self.recompute_every}" if self.recompute_every > 1 else ""))
         if self.zero_stage:
-            parts.append(f"z{self.zero_stage}")
+            parts.append(f"z{self.zero_stage}" + (f"/hs{self.shard_group}" if self.hybrid else ""))
         if self.pp > 1 and self.schedule == "gpipe":
             parts.append("gpipe")
         if self.first_stage_layers is not None:
@@ -242,6 +254,16 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
         if p.dp % p.ep:
             raise PlanError(f"ep {p.ep} must divide dp {p.dp} (experts are spread over data-parallel ranks)",
                             field="ep")
+    if p.shard_group is not None:
+        group = p.dp * p.cp
+        if group % p.shard_group:
+            raise PlanError(f"shard_group {p.shard_group} must divide the gradient group dp*cp = {p.dp}*{p.cp}",
+                            field="shard_group")
+        if p.hybrid and p.zero_stage == 0:
+            raise PlanError("hybrid sharding (shard_group < dp*cp) needs zero_stage 1, 2 or 3", field="shard_group")
+        if p.hybrid and p.ep > 1:
+            raise PlanError("hybrid sharding with expert parallelism is not modelled yet (experts shard over "
+                            "their own dp/ep x cp group)", field="shard_group")
     if p.vpp > 1 and p.schedule != "interleaved-1f1b":
         raise PlanError("vpp > 1 needs the interleaved-1f1b schedule", field="schedule")
     if p.schedule == "interleaved-1f1b":

@@ -58,6 +58,7 @@ class Constraints:
     first_stage_layers: int | None = None  # fix an uneven pipeline split (with last_stage_layers)
     last_stage_layers: int | None = None
     recompute_every: int = 1  # full recompute of 1 in every k layers (plans with recompute "full")
+    shard_group: int | None = None  # hybrid sharding: ZeRO over groups of this many dp x cp ranks
 
 
 @dataclass
@@ -243,7 +244,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         nonlocal pending
         s_rows = [b[0] for b in blocks]
         reps = [len(b[1]) for b in blocks]
-        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last account
+        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last account shard
         inner = np.concatenate([np.tile(b[1], (len(b[0]), 1)) for b in blocks])
         rep = np.repeat(np.arange(len(struct)), np.repeat(reps, [len(r) for r in s_rows]))
         cols = struct[rep]
@@ -271,7 +272,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             mb=cols[:, 6], gb=np.full(n, global_batch, dtype=np.int64), sched=inner[:, 2], rc=inner[:, 0],
             sp=cols[:, 7].astype(bool), zero=inner[:, 1], stride_tp=strides["tp"][rep],
             stride_cp=strides["cp"][rep], stride_dp=strides["dp"][rep], stride_pp=strides["pp"][rep],
-            placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10], account=cols[:, 11],
+            placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10], account=cols[:, 11], shard=cols[:, 12],
             every=np.where(inner[:, 0] == full_rc, c.recompute_every, 1), dtype=dtype, flash=flash,
             placements=tuple(placements), groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
             lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (), framework=framework,
@@ -292,6 +293,13 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         if c.sequence_parallel is not None:
             sps = [s for s in sps if s == c.sequence_parallel]
         zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
+        shard = 0
+        if c.shard_group is not None and c.shard_group < dp * cp:  # hybrid sharding: ZeRO-1/2/3 only
+            if (dp * cp) % c.shard_group or (model.is_moe and eps != [1]):
+                pruned["shard group does not divide dp x cp (or expert parallelism)"] += 1
+                continue
+            shard = c.shard_group
+            zeros = [z for z in zeros if z > 0]
         if not (mbs and splits and sps and zeros and rc_opts):
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
@@ -318,7 +326,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                     pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
             if not scheds or not mb_ok:
                 continue
-            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last, account) for e, b, s, pl
+            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last, account, shard) for e, b, s, pl
                                in itertools.product(eps, mb_ok, sps, pidx)], dtype=np.int64)
             key = (tuple(zeros), tuple(scheds))
             inner = inner_cache.get(key)

@@ -96,11 +96,12 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     t_dense, t_expert = held(False, True), held(True, True)
     dp_group = plan.dp * plan.cp
     edp_group = plan.dp // plan.ep * plan.cp
+    shard = plan.shard_group if plan.hybrid else dp_group  # hybrid sharding: ZeRO shards over part of it
 
     def sharded(stage: int, d: float, x: float) -> float:
         """Parameters per GPU of a state that ZeRO shards from `stage` on."""
         z = plan.zero_stage >= stage
-        return d / (dp_group if z else 1) + x / (edp_group if z else 1)
+        return d / (shard if z else 1) + x / (edp_group if z else 1)
 
     rec = recipe(plan.dtype)
     lowp = 0.0

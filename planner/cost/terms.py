@@ -147,7 +147,8 @@ class CostTerms:
     # Per step: (...).
     emb_sync: Array  # tied-embedding gradient all-reduce between the first and last stage
     has_dp: Array  # bool: there is a data-parallel (dp x cp) replica to synchronise with
-    dp_group: Array  # ranks a dense parameter is replicated over (dp x cp): ZeRO shards over them
+    dp_group: Array  # ranks ZeRO shards a dense parameter over: the dp x cp ranks it is replicated over, or
+    # under hybrid sharding their shard group
     edp_group: Array  # ranks an expert parameter is replicated over ((dp / ep) x cp)
     total_layers: Array  # (kinds,) layers of each kind in the model
     graph: LayerGraph  # the layer graph the terms were priced on (kinds, adapters)
@@ -335,6 +336,17 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     g_edp, k_edp, n_edp = product_layout([(b.dp // b.ep, b.stride_dp * b.ep), (b.cp, b.stride_cp)], gpn)
     res["g_dp"], res["g_edp"] = g_dp.astype(np.float64), g_edp.astype(np.float64)
     res["k_dp"], res["n_dp"], res["k_edp"], res["n_edp"] = k_dp, n_dp, k_edp, n_edp
+    # Hybrid sharding (HSDP): ZeRO shards over the f gradient ranks nearest in rank order and replicates
+    # over the g / f such groups (FSDP2's (replicate, shard) mesh). A shard group holds min(f, k) ranks
+    # per node; a replica group, f apart, k / f per node when f < k (else one).
+    f_dp = np.where(b.shard > 0, np.minimum(b.shard, g_dp), g_dp)
+    hybrid = f_dp < g_dp
+    k_sh = np.minimum(f_dp, k_dp)
+    n_sh = -(-f_dp // k_sh)
+    r_dp = g_dp // f_dp
+    k_rep = np.where(f_dp < k_dp, np.maximum(k_dp // f_dp, 1), 1)
+    n_rep = -(-r_dp // k_rep)
+    res["g_shard"] = f_dp.astype(np.float64)
 
     # Tied embeddings under pipelining: first and last stage all-reduce the embedding gradient.
     # The pair is stride_pp·(pp−1) ranks apart; when the whole pipeline group sits in one node so
@@ -375,10 +387,13 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
 
     def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True) -> Array:
-        """One DP collective over a class's (trained) parameters, issued in buckets (or per layer)."""
+        """One DP collective over a class's (trained) parameters, issued in buckets (or per layer). Under
+        hybrid sharding ZeRO's reduce-scatter and all-gather run inside the shard group, and each
+        reduced shard is all-reduced over the replicas (FSDP2's HSDP; Megatron's distributed-optimizer
+        instances)."""
         total = np.zeros_like(dense)
         pd, pe = (train_dense, train_expert) if trained else (dense, expert)
-        for params, g, k, n in ((pd, g_dp, k_dp, n_dp), (pe, g_edp, k_edp, n_edp)):
+        for params, g, k, n, dense_group in ((pd, g_dp, k_dp, n_dp, True), (pe, g_edp, k_edp, n_edp, False)):
             if not np.any(params):
                 continue
             nbytes = params * per_param
@@ -386,8 +401,18 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             if fw.dp_bucket_params or fw.dp_bucket_params_per_rank:  # Megatron-Core: grows with dp
                 bucket = np.maximum(fw.dp_bucket_params, fw.dp_bucket_params_per_rank * g)[:, None] * per_param
             calls = np.maximum(n_layers, 1.0) if per_layer else np.maximum(1.0, np.ceil(nbytes / bucket))
-            g2, k2, n2 = (np.broadcast_to(x[:, None], params.shape) for x in (g, k, n))
-            total = total + calls * collective_time(cluster, op, nbytes / calls, g2, layout=(k2, n2))
+
+            def col(x: Array, shape: tuple[int, ...] = params.shape) -> Array:
+                return np.broadcast_to(x[:, None], shape)
+
+            t = collective_time(cluster, op, nbytes / calls, col(g), layout=(col(k), col(n)))
+            if dense_group and op != "all_reduce" and np.any(hybrid):
+                shard = collective_time(cluster, op, nbytes / calls, col(f_dp), layout=(col(k_sh), col(n_sh)))
+                if op == "reduce_scatter":
+                    shard = shard + collective_time(cluster, "all_reduce", nbytes / calls / col(f_dp), col(r_dp),
+                                                    layout=(col(k_rep), col(n_rep)))
+                t = np.where(col(hybrid), shard, t)
+            total = total + calls * t
         return np.where((g_dp > 1)[:, None], total, 0.0)
 
     w_b = WEIGHT_BYTES[dt]
@@ -402,7 +427,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # Optimizer: memory bound, plus one launch per parameter tensor for each element-wise op; ZeRO-1+
     # steps only the local shard.
     kernels = fw.optimizer_launches_per_tensor * tensors
-    for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (g_dp, g_edp))):
+    for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (f_dp, g_edp))):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
         res[name] = gpu.memory_time(local * OPTIMIZER_STEP_BYTES[dt], kernels) * cluster.compute_slowdown
@@ -504,7 +529,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
         optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"])),
-        emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_dp"]), edp_group=s(st["g_edp"]),
+        emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_shard"]), edp_group=s(st["g_edp"]),
         total_layers=np.asarray(lg.kind_counts, dtype=np.float64), graph=lg,
     )
 
@@ -576,6 +601,10 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
         Comm("dp.grads", "all_reduce", trained * grad_b, on(has_dp & (z == 0), np.ones_like(t)), dp["reduce"]),
         Comm("dp.grads_rs", "reduce_scatter", trained * grad_b, on(has_dp & (z >= 1), np.where(z >= 2, m, 1.0)),
              np.where(z >= 2, dp["reduce_mb"], dp["reduce"])),
+        # Hybrid sharding: each reduce-scattered shard is all-reduced over the replicas (its time is in
+        # dp.grads_rs's seconds).
+        Comm("dp.grads_replicas", "all_reduce", trained * grad_b / st["g_shard"],
+             on(has_dp & (z >= 1) & (st["g_shard"] < st["g_dp"]), np.where(z >= 2, m, 1.0)), zero),
         # ZeRO-1/2 gather the updated (trained) parameters once per step; ZeRO-3 gathers all of them
         # before every forward and backward.
         Comm("dp.weights", "all_gather", np.where(z == 3, params, trained) * w_b,

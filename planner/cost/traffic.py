@@ -33,7 +33,9 @@ DP ("dp"), over dp·cp ranks; gradients are reduced in fp32 (GRAD_BYTES), weight
 training dtype: ZeRO-0 all-reduces the gradients once per step; ZeRO-1 reduce-scatters them once per
 step and all-gathers the updated weights; ZeRO-2 reduce-scatters every micro-batch and all-gathers once
 per step; ZeRO-3 reduce-scatters every micro-batch and all-gathers the weights for each micro-batch's
-forward and again for its backward. With tied embeddings and pp > 1 the first and the last stage
+forward and again for its backward. Under hybrid sharding (a shard group of f of the dp·cp ranks) the
+reduce-scatters and all-gathers run inside the shard group and every reduce-scatter is followed by an
+all-reduce of its 1/f shard over the replicas. With tied embeddings and pp > 1 the first and the last stage
 all-reduce the embedding gradient once per step (counted under "dp", as model.py's dp_comm does).
 
 Context parallelism ("cp"): per layer, micro-batch and direction the ring exchange of the K and V

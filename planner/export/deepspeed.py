@@ -56,6 +56,9 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> dict[str, Any]:
 
 
 def _zero(p: Plan, m: ModelSpec, b: Build) -> dict[str, Any]:
+    if p.hybrid:
+        b.deviate("shard_group", "DeepSpeed's ZeRO shards over the whole data-parallel group (ZeRO++'s hpZ keeps "
+                  "only a secondary copy of the weights per node)", shard_group=None)
     return {"zero_optimization": {"stage": zero_stage(p, b), "overlap_comm": True, "contiguous_gradients": True,
                                   "reduce_scatter": True}}
 

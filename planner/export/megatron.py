@@ -64,8 +64,12 @@ def _zero(p: Plan, m: ModelSpec, b: Build) -> Items:
     if p.zero_stage == 0:
         return [*items, ("--overlap-grad-reduce", None)]
     if p.zero_stage == 1:
-        return [*items, ("--use-distributed-optimizer", None), ("--overlap-grad-reduce", None),
+        instances = [("--num-distributed-optimizer-instances", p.dp * p.cp // p.shard_group)] if p.hybrid else []
+        return [*items, ("--use-distributed-optimizer", None), *instances, ("--overlap-grad-reduce", None),
                 ("--overlap-param-gather", None)]
+    if p.hybrid:
+        b.deviate("shard_group", "Megatron-FSDP shards over the whole data-parallel group (hybrid sharding is the "
+                  "distributed optimizer's --num-distributed-optimizer-instances, ZeRO-1 only)", shard_group=None)
     strategy = "optim_grads" if p.zero_stage == 2 else "optim_grads_params"
     b.note(f"ZeRO-{p.zero_stage} is Megatron-FSDP (--data-parallel-sharding-strategy {strategy}); it needs "
            "CUDA_DEVICE_MAX_CONNECTIONS unset or > 1 and the fsdp_dtensor checkpoint format")

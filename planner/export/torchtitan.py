@@ -73,8 +73,16 @@ def _data_parallel(p: Plan, m: ModelSpec, b: Build) -> Assignments:
                "reshard_after_forward=never it still reduce-scatters (shards) gradients every micro-batch")
         b.deviate("zero", f"{why}, so ZeRO-{p.zero_stage} runs as ZeRO-{runs}", zero_stage=runs)
     reshard = "always" if p.zero_stage == 3 and p.pp == 1 else "never"
-    return [("parallelism.data_parallel_replicate_degree", "1"),
-            ("parallelism.data_parallel_shard_degree", str(p.dp)),
+    replicate, shard = 1, p.dp
+    if p.hybrid:  # HSDP: FSDP2 shards over dp_shard x cp and replicates over dp_replicate (outermost)
+        if p.shard_group % p.cp:
+            b.deviate("shard_group", f"torchtitan's shard group is dp_shard x cp, a multiple of cp {p.cp}; "
+                      f"{p.shard_group} is not, so ZeRO shards over all {p.dp * p.cp} ranks", shard_group=None)
+        else:
+            shard = p.shard_group // p.cp
+            replicate = p.dp // shard
+    return [("parallelism.data_parallel_replicate_degree", str(replicate)),
+            ("parallelism.data_parallel_shard_degree", str(shard)),
             ("parallelism.fsdp_reshard_after_forward", repr(reshard))]
 
 

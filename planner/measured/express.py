@@ -73,6 +73,8 @@ def planner_features() -> frozenset[str]:
         feats.add("every-k")
     if "framework" in fields:
         feats.add("framework")
+    if "shard_group" in fields:
+        feats.add("hsdp")
     return frozenset(feats)
 
 
@@ -121,7 +123,7 @@ def _blockers(run: PrintedRun, feats: frozenset[str], substitute: bool) -> tuple
         reasons.append(reason("op_selective" if run.recompute == "op-selective" else "every_k"))
     if run.finetune == "lora" and "lora" not in feats:
         reasons.append(reason("lora"))
-    if run.fsdp and run.fsdp < run.dp * run.cp:
+    if run.fsdp and run.fsdp < run.dp * run.cp and "hsdp" not in feats:
         reasons.append(reason("hsdp"))
     if run.etp is not None and run.etp != run.tp:
         reasons.append(reason("etp"))
@@ -151,6 +153,8 @@ def plan_fields(run: PrintedRun) -> dict[str, Any]:
             kw["last_stage_layers"] = run.last_stage_layers
     if run.finetune == "lora":
         kw.update(finetune="lora", lora_rank=run.lora_rank, lora_targets=run.lora_targets)
+    if run.fsdp and run.fsdp < run.dp * run.cp:
+        kw["shard_group"] = run.fsdp
     return kw
 
 

@@ -66,6 +66,7 @@ PLANS_4: dict[str, tuple[str, dict[str, Any]]] = {
     "cp2-dp2-zero1": ("gpt", {"cp": 2, "dp": 2, "zero_stage": 1}),
     "ep2-tp2-moe": ("moe", {"tp": 2, "dp": 2, "ep": 2}),
     "cp2-dp2-ep2-moe": ("moe", {"cp": 2, "dp": 2, "ep": 2}),
+    "dp4-hsdp2-zero3": ("gpt", {"dp": 4, "zero_stage": 3, "shard_group": 2}),
 }
 MICRO_BATCH, MICRO_BATCHES = 2, 2
 WARMUP = 2  # pipeline shape inference (step 0) and DDP's bucket rebuild (step 1) are one-off
@@ -234,7 +235,8 @@ def classify(rows: list[dict[str, Any]], groups: dict[str, list[int]]) -> list[d
         return ranks if len(ranks) > 1 else None
 
     tied = sorted({groups["pp"][0], groups["pp"][-1]})
-    dp_like = [g for g in (key("dp"), key("grad"), key("edp"), tied if len(tied) > 1 else None) if g]
+    dp_like = [g for g in (key("dp"), key("grad"), key("edp"), key("shard"), key("replicate"),
+                           tied if len(tied) > 1 else None) if g]
     out = []
     for r in rows:
         ranks = sorted(r["ranks"])
@@ -289,6 +291,11 @@ def run_plan(name: str, model_key: str, fields: dict[str, Any]) -> dict[str, Any
     groups = {d: dims.groups(d)[[rank in g for g in dims.groups(d)].index(True)] for d in ("tp", "dp", "pp", "cp")}
     if trainer.grad_mesh is not None:
         groups["grad"] = dist.get_process_group_ranks(trainer.grad_mesh.get_group())
+        if doc.plan.hybrid:  # the plan's definition: shard groups of consecutive gradient-group ranks
+            grad, f = sorted(groups["grad"]), doc.plan.shard_group
+            i = grad.index(rank)
+            groups["shard"] = grad[i - i % f:i - i % f + f]
+            groups["replicate"] = grad[i % f::f]
     if dims.ep > 1:
         groups.update(expert_groups(dims, rank))
     ledger = CollectiveLedger()

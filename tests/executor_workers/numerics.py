@@ -83,6 +83,9 @@ SETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "tp2-sp-cp2-llama": ("llama", {"tp": 2, "cp": 2, "sequence_parallel": True}),
         "pp2-cp2-full-recompute-gpt": ("gpt", {"pp": 2, "cp": 2, "recompute": "full"}),
         "cp2-dp2-zero3-llama": ("llama", {"cp": 2, "dp": 2, "zero_stage": 3}),
+        # Hybrid sharding: FSDP2 on a (replicate 2, shard 2) mesh of the four data-parallel ranks.
+        "dp4-hsdp2-zero3": ("llama", {"dp": 4, "zero_stage": 3, "shard_group": 2}),
+        "cp2-dp2-hsdp2-zero2": ("gpt", {"cp": 2, "dp": 2, "zero_stage": 2, "shard_group": 2}),
         "cp2-dp2-ep2-moe": ("moe", {"cp": 2, "dp": 2, "ep": 2}),
         # Expert parallelism with expert tensor parallelism.
         "ep2-tp2-moe": ("moe", {"tp": 2, "dp": 2, "ep": 2}),
