@@ -120,6 +120,8 @@ def validate(args: argparse.Namespace) -> PlanDocument:
         from executor.checkpoint import check_checkpointable
 
         check_checkpointable(doc.plan)
+    if args.checkpoint_dir:
+        _check_checkpoint_dir(Path(args.checkpoint_dir))
     if _uses_cuda(args.device):
         import torch
 
@@ -139,13 +141,32 @@ def validate(args: argparse.Namespace) -> PlanDocument:
     return doc
 
 
+def _check_checkpoint_dir(path: Path) -> None:
+    """A checkpoint folder must be a folder this user can write, or creatable in one: found here, not as
+    a distributed-checkpoint traceback on every rank after the first steps."""
+    if path.exists():
+        if not path.is_dir():
+            raise ResourceMismatch(f"{path} exists and is not a folder", field="checkpoint_dir")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ResourceMismatch(f"{path}: no permission to write checkpoints there", field="checkpoint_dir")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ResourceMismatch(f"{path}: {parent} is not a folder", field="checkpoint_dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ResourceMismatch(f"{path}: no permission to create it in {parent}", field="checkpoint_dir")
+
+
 def state_bytes_per_rank(doc: PlanDocument) -> float:
     """fp32 weights + grads + two AdamW states of one rank's model share (ZeRO sharding applied)."""
     p = doc.plan
     params = doc.model.params / (p.tp * p.pp)
-    weights = 4 * params / (p.dp if p.zero_stage >= 3 else 1)
-    grads = 4 * params / (p.dp if p.zero_stage >= 2 else 1)
-    optim = 8 * params / (p.dp if p.zero_stage >= 1 else 1)
+    shard = p.shard_group if p.hybrid else p.dp
+    weights = 4 * params / (shard if p.zero_stage >= 3 else 1)
+    grads = 4 * params / (shard if p.zero_stage >= 2 else 1)
+    optim = 8 * params / (shard if p.zero_stage >= 1 else 1)
     return weights + grads + optim
 
 

@@ -84,8 +84,12 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         raise InputFileError(f"{str(p)!r}: not a usable path ({exc})") from None
     if size > MAX_JSON_BYTES:
         raise InputFileError(f"{p}: file is larger than {MAX_JSON_BYTES // 2**20} MiB")
-    try:
-        text = p.read_text(encoding="utf-8")
+    try:  # read at most the cap + 1 byte: a pipe or a device (/dev/zero) reports size 0 and never ends
+        with p.open("rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise InputFileError(f"{p}: more than {MAX_JSON_BYTES // 2**20} MiB (not a JSON file)")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(f"{p}: cannot read ({exc})") from None
     return parse_json_text(text, str(p))

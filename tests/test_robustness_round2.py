@@ -145,6 +145,31 @@ def test_unbounded_or_malformed_sizes_are_refused_before_launch(tmp_path: Path, 
 
 
 
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/sub"])
+def test_a_checkpoint_folder_that_cannot_be_one_is_refused_before_launch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    """A regular file as --checkpoint-dir (or above it) was a distributed-checkpoint traceback on every
+    rank after the first step; now one line, exit 2, nothing launched."""
+    plan = _plan(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    capsys.readouterr()
+    rc = main(["run", str(plan), "--steps", "1", "--checkpoint-every", "1", "--checkpoint-dir",
+               str(tmp_path / where)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_dir" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "measured.json").exists()
+
+
+def test_an_endless_input_is_cut_at_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """/dev/zero reports size 0 and never ends: `--model /dev/zero` read forever; now the reader stops
+    after the 16 MiB cap and names the file."""
+    rc = main(["estimate", "--model", "/dev/zero", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "8"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "/dev/zero" in err and "16 MiB" in err and len(err.strip().splitlines()) == 1
+
 @pytest.mark.slow
 def test_a_gpu_plan_run_on_cpu_ranks_says_the_comparison_is_across_devices(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
