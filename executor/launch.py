@@ -436,6 +436,31 @@ def keep_previous(out: Path) -> Path | None:
     return atomic_write_bytes(previous_path(out), out.read_bytes())
 
 
+@contextlib.contextmanager
+def output_lock(out: Path) -> Any:
+    """Hold an exclusive lock on `out` for a whole run (a hidden `.NAME.lock` beside it, kept): a second
+    `planner run` writing the same measured.json is refused instead of both exiting 0 with one result
+    lost."""
+    import fcntl
+
+    lock = out.with_name(f".{out.name}.lock")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # (the result's folder is made as the atomic write makes it)
+        fh = lock.open("a")
+    except OSError as exc:
+        raise ResourceMismatch(f"cannot write beside {out} ({exc.strerror or exc})", field="out") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ResourceMismatch(f"another planner run is writing {out}; wait for it or choose another --out",
+                                   field="out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`planner run`: 0 ok, 2 bad input (one line on stderr), 1 the run failed."""
     try:
@@ -443,15 +468,19 @@ def run_command(args: argparse.Namespace) -> int:
     except PlannerError as exc:
         print(f"planner run: error: {exc}", file=sys.stderr)
         return 2
+    out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
     try:
-        rc, measured, _ = execute(args)
+        with output_lock(out):
+            rc, measured, _ = execute(args)
+    except PlannerError as exc:
+        print(f"planner run: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("planner run: interrupted; torchrun and its ranks were stopped", file=sys.stderr)
         return 130
     except Terminated:
         print("planner run: terminated; torchrun and its ranks were stopped", file=sys.stderr)
         return 143
-    out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
     if rc != 0:
         if measured is None:
             print(f"planner run: failed (torchrun exited with status {rc})", file=sys.stderr)

@@ -162,6 +162,24 @@ def test_a_checkpoint_folder_that_cannot_be_one_is_refused_before_launch(
     assert not (tmp_path / "measured.json").exists()
 
 
+def test_a_second_run_to_the_same_result_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two concurrent runs to one --out both exited 0 and one result was lost: while a run holds the
+    result, another is refused (one line, exit 2) and launches nothing; once it ends the lock is free."""
+    from executor.launch import output_lock
+
+    plan = _plan(tmp_path)
+    out = tmp_path / "measured.json"
+    capsys.readouterr()
+    with output_lock(out):
+        rc = main(["run", str(plan), "--steps", "1", "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "another planner run is writing" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    with output_lock(out):  # released: taken again at once
+        pass
+
+
 def test_an_endless_input_is_cut_at_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """/dev/zero reports size 0 and never ends: `--model /dev/zero` read forever; now the reader stops
     after the 16 MiB cap and names the file."""
