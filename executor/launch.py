@@ -61,7 +61,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="measured.json path (default: beside the plan)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default 1 on CPU)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help=f"collective timeout in seconds (default {DEFAULT_TIMEOUT_S:g})")
+                        help=f"collective timeout in seconds, also how long the rendezvous waits for every "
+                             f"node to join (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -194,9 +195,11 @@ def torchrun_command(args: argparse.Namespace, out: Path, run_id: str,
     if args.nnodes == 1 and not args.rdzv_endpoint:
         cmd += ["--standalone"]
     else:
+        # the rendezvous waits at most --timeout for every node to join (torchrun's own default: 600 s,
+        # then it keeps retrying), so a node that never comes up ends the run instead of hanging it
         cmd += ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank),
                 "--rdzv-backend", args.rdzv_backend, "--rdzv-endpoint", args.rdzv_endpoint,
-                "--rdzv-id", args.rdzv_id]
+                "--rdzv-id", args.rdzv_id, "--rdzv-conf", f"join_timeout={max(1, int(args.timeout))}"]
     cmd += ["--nproc-per-node", str(args.nproc_per_node), "--max-restarts", str(args.max_restarts)]
     plans = [Path(args.plan), *(p for p, _ in more or [])]
     outs = [out, *(o for _, o in more or [])]
@@ -328,6 +331,8 @@ def failure_reason(tail: str, rc: int) -> str:
         if m:
             rank = None
     parts.extend(dict.fromkeys(killed))
+    if "RendezvousTimeoutError" in tail:
+        parts.append("the rendezvous timed out: not every node joined within --timeout")
     errors = re.findall(r"executor\.run: (rank \d+ failed.*)", tail)
     if errors:
         parts.append(errors[0].strip())
@@ -438,9 +443,9 @@ def keep_previous(out: Path) -> Path | None:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Any:
-    """Hold an exclusive lock on `out` for a whole run (a hidden `.NAME.lock` beside it, kept): a second
-    `planner run` writing the same measured.json is refused instead of both exiting 0 with one result
-    lost."""
+    """Hold an exclusive lock on `out` for a whole one-node run (a hidden `.NAME.lock` beside it, kept): a
+    second `planner run` writing the same measured.json is refused instead of both exiting 0 with one
+    result lost."""
     import fcntl
 
     lock = out.with_name(f".{out.name}.lock")
@@ -469,9 +474,12 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"planner run: error: {exc}", file=sys.stderr)
         return 2
     out = (Path(args.out) if args.out else default_out(args.plan)).resolve()
+    # One node: lock the result for the whole run. Several nodes start `planner run` with the same --out
+    # (often on a shared file system) and the one that draws global rank 0 writes it: no lock there.
+    lock = output_lock(out) if args.nnodes == 1 else contextlib.nullcontext()
     try:
-        with output_lock(out):
-            rc, measured, _ = execute(args)
+        with lock:
+            rc, measured, tail = execute(args)
     except PlannerError as exc:
         print(f"planner run: error: {exc}", file=sys.stderr)
         return 2
@@ -483,7 +491,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 143
     if rc != 0:
         if measured is None:
-            print(f"planner run: failed (torchrun exited with status {rc})", file=sys.stderr)
+            print(f"planner run: failed ({failure_reason(tail, rc)})", file=sys.stderr)
         else:
             print(f"planner run: failed: {measured.get('error')}; {out} keeps the "
                   f"{measured.get('steps_completed', 0)} completed step(s) (status failed)", file=sys.stderr)

@@ -537,7 +537,8 @@ def _add_problem(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-batch", type=_global_batch, required=True, help="sequences per step")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length (default: the model's)")
     p.add_argument("--dtype", choices=PRECISIONS,
-                   help="training precision: bf16 / fp16 / fp32, or a low-precision recipe (fp8, mxfp8, nvfp4: "
+                   help="training precision: bf16 / fp16 / fp32, or a low-precision recipe (fp8, fp8-rowwise, mxfp8, "
+                        "nvfp4: "
                         "linear layers in 8 / 4 bits, the rest bf16); default: the model's, fp32 on CPU clusters")
     p.add_argument("--no-flash-attention", action="store_true",
                    help="unfused attention that stores the s^2 softmax (Megatron-LM 2022)")

@@ -9,6 +9,12 @@ router are excluded from low precision in both by default):
   (Micikevicius et al. 2022, "FP8 Formats for Deep Learning"; Transformer Engine's DelayedScaling /
   Float8CurrentScaling; torchao float8 "tensorwise"). Hopper's FP8 tensor cores need both GEMM
   operands K-major, so backward also writes transposed FP8 copies of the saved input and the weight.
+- fp8-rowwise: FP8 with one fp32 scale per row of each operand (per token for activations and
+  gradients, per output channel for weights: torchao float8's "rowwise" recipe, as torchtitan runs
+  it). The scales run along the reduction axis, so on Hopper the backward GEMMs re-quantise the saved
+  input and the weight along the other axis, as fp8 writes its transposes; the scale bytes (4 per row
+  of K >= 1,024 elements) are under 0.4% and left out. Its GEMMs run at the FP8 peak at the GPU's fp8
+  efficiency: rowwise-scaled kernels are not separately measured (an assumption).
 - mxfp8: OCP Microscaling MXFP8 (Rouhani et al. 2023; OCP MX spec v1.0): FP8 elements with one
   E8M0 scale per 32 elements, on Blackwell's block-scaled tensor cores (no transpose copies: the
   hardware reads either layout, but the scales run along the reduction axis, so the operands are
@@ -56,6 +62,8 @@ RECIPES: dict[str, Recipe] = {
     "bf16": Recipe("bf16", "bf16", "bf16", 2.0, 0, 0),
     # one byte per element; one fp32 scale per tensor (negligible)
     "fp8": Recipe("fp8", "bf16", "fp8", 1.0, 2, 2),
+    # one byte per element; one fp32 scale per row (negligible)
+    "fp8-rowwise": Recipe("fp8-rowwise", "bf16", "fp8", 1.0, 2, 2),
     # one byte per element + one E8M0 scale byte per 32 elements
     "mxfp8": Recipe("mxfp8", "bf16", "fp8", 1.0 + 1.0 / 32, 2, 0),
     # half a byte per element + one E4M3 scale byte per 16 elements
@@ -65,6 +73,7 @@ PRECISIONS = tuple(RECIPES)
 # The hardware each low-precision format needs, as GPU architectures (for refusals that name them).
 NEEDS = {
     "fp8": "FP8 tensor cores (Hopper, Ada, Blackwell; MI300)",
+    "fp8-rowwise": "FP8 tensor cores (Hopper, Ada, Blackwell; MI300)",
     "mxfp8": "block-scaled MXFP8 tensor cores (Blackwell)",
     "nvfp4": "FP4 tensor cores (Blackwell)",
 }
@@ -82,7 +91,7 @@ def base_dtype(dtype: str) -> str:
 
 # The GPU peak_flops keys that advertise each low-precision format (MXFP8 runs at the FP8 rate on
 # Blackwell; a GPU lists "mxfp8" to say it has block-scaled tensor cores).
-PEAK_KEYS = {"fp8": ("fp8",), "mxfp8": ("mxfp8",), "nvfp4": ("nvfp4", "fp4")}
+PEAK_KEYS = {"fp8": ("fp8",), "fp8-rowwise": ("fp8",), "mxfp8": ("mxfp8",), "nvfp4": ("nvfp4", "fp4")}
 
 
 def gemm_peak_key(dtype: str, peak_flops: dict[str, float]) -> str:

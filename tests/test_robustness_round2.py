@@ -180,6 +180,26 @@ def test_a_second_run_to_the_same_result_is_refused(tmp_path: Path, capsys: pyte
         pass
 
 
+def test_a_node_that_never_joins_ends_the_run_after_the_timeout(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--nnodes 2` with the second node never started waited on the rendezvous past --timeout (torchrun's
+    own join timeout is 600 s and it keeps retrying); the run now fails after --timeout and says why."""
+    import socket
+    import time
+
+    plan = _plan(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    capsys.readouterr()
+    start = time.monotonic()
+    rc = main(["run", str(plan), "--nnodes", "2", "--node-rank", "0", "--nproc-per-node", "1",
+               "--rdzv-endpoint", f"127.0.0.1:{port}", "--timeout", "5", "--steps", "1"])
+    assert rc == 1
+    assert time.monotonic() - start < 120
+    assert "not every node joined within --timeout" in capsys.readouterr().err
+
+
 def test_an_endless_input_is_cut_at_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """/dev/zero reports size 0 and never ends: `--model /dev/zero` read forever; now the reader stops
     after the 16 MiB cap and names the file."""

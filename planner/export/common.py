@@ -95,7 +95,7 @@ def realised_plan(plan: Plan, deviations: list[Deviation]) -> Plan:
 
 
 def describe(plan: Plan) -> str:
-    return f"{plan.describe()} {plan.schedule} [{','.join(plan.placement)}]"
+    return f"{plan.describe()} {plan.schedule} {plan.dtype} [{','.join(plan.placement)}]"
 
 
 def estimate_line(doc: PlanDocument, plan: Plan) -> str:

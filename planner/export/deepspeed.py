@@ -48,8 +48,17 @@ def _batch(p: Plan, m: ModelSpec, b: Build) -> dict[str, Any]:
             "gradient_accumulation_steps": p.grad_accum}
 
 
+def _low_precision(p: Plan, b: Build) -> str:
+    """The 16/32-bit format DeepSpeed runs: Megatron-DeepSpeed has no FP8 / FP4 training."""
+    if p.dtype in ("bf16", "fp16", "fp32"):
+        return p.dtype
+    b.deviate("dtype", f"Megatron-DeepSpeed has no {p.dtype} training; bf16 is exported", dtype="bf16")
+    return "bf16"
+
+
 def _precision(p: Plan, m: ModelSpec, b: Build) -> dict[str, Any]:
-    out: dict[str, Any] = {p.dtype: {"enabled": True}} if p.dtype in ("bf16", "fp16") else {}
+    dtype = _low_precision(p, b)
+    out: dict[str, Any] = {dtype: {"enabled": True}} if dtype in ("bf16", "fp16") else {}
     # fp32 gradient reduction, as the cost model assumes (Megatron-LM main_grad, FSDP2 reduce_dtype).
     out["communication_data_type"] = "fp32"
     return out
@@ -136,8 +145,9 @@ def _placement(p: Plan, m: ModelSpec, b: Build) -> Items:
 
 def _precision_flags(p: Plan, m: ModelSpec, b: Build) -> Items:
     items: Items = [("#", "precision and attention kernel")]
-    if p.dtype in ("bf16", "fp16"):
-        items.append((f"--{p.dtype}", None))
+    dtype = _low_precision(p, Build(b.doc, b.framework))  # (the config's mapping records the deviation)
+    if dtype in ("bf16", "fp16"):
+        items.append((f"--{dtype}", None))
     if p.flash_attention:
         items.append(("--use-flash-attn-v2", None))
     return items

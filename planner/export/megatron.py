@@ -100,10 +100,27 @@ def batch_flags(p: Plan, m: ModelSpec, b: Build) -> Items:
             ("--seq-length", m.seq_len)]
 
 
+# Low-precision recipes as Transformer Engine runs them under Megatron-LM (--fp8-format hybrid: E4M3
+# forward, E5M2 gradients; the per-tensor recipe with delayed scaling; MXFP8 block scaling in E4M3;
+# NVFP4), each on bf16 weights and activations.
+LOW_PRECISION_FLAGS: dict[str, Items] = {
+    "fp8": [("--fp8-format", "hybrid"), ("--fp8-recipe", "delayed")],
+    "mxfp8": [("--fp8-format", "e4m3"), ("--fp8-recipe", "mxfp8")],
+    "nvfp4": [("--fp4-format", "e2m1"), ("--fp4-recipe", "nvfp4")],
+}
+
+
 def _precision(p: Plan, m: ModelSpec, b: Build) -> Items:
     items: Items = [("#", "precision and attention kernel")]
-    if p.dtype in ("bf16", "fp16"):
-        items.append((f"--{p.dtype}", None))
+    dtype = p.dtype
+    if dtype == "fp8-rowwise":
+        b.deviate("dtype", "Transformer Engine has no row-wise FP8 recipe (its blockwise one scales 1 x 128 blocks); "
+                  "the per-tensor FP8 recipe is exported", dtype="fp8")
+        dtype = "fp8"
+    if dtype in ("bf16", "fp16"):
+        items.append((f"--{dtype}", None))
+    elif dtype in LOW_PRECISION_FLAGS:
+        items += [("--bf16", None), *LOW_PRECISION_FLAGS[dtype]]
     items.append(("--attention-backend", "flash" if p.flash_attention else "unfused"))
     return items
 

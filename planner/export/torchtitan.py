@@ -130,6 +130,9 @@ def _batch(p: Plan, m: ModelSpec, b: Build) -> Assignments:
 def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     if p.dtype == "fp16":
         b.deviate("dtype", "torchtitan trains in bfloat16 or float32, not float16; bfloat16 is used", dtype="bf16")
+    elif p.dtype not in ("bf16", "fp32"):
+        b.deviate("dtype", f"this export does not write torchtitan's float8 / MX model converters, so {p.dtype} "
+                  "runs as bfloat16 (add the converter to the job to train in low precision)", dtype="bf16")
     return [("training.dtype", "'float32'"),  # master weights and optimizer states
             ("training.mixed_precision_param", repr("float32" if p.dtype == "fp32" else "bfloat16")),
             ("training.mixed_precision_reduce", "'float32'")]
