@@ -107,6 +107,13 @@ def unfitted(gpu: GPUSpec, keep: Iterable[str] = ()) -> GPUSpec:
     return dataclasses.replace(gpu, gemm_efficiency_by_dtype=by_dtype, **kw)
 
 
+def is_evidence(run: MeasuredRun) -> bool:
+    """Whether a run may inform the fit: not when its GEMMs run kernels that the parameter they are priced
+    at does not describe (a recipe priced at another's efficiency by assumption, e.g. row-wise FP8 at the
+    per-tensor FP8 rate); such runs are still predicted and reported."""
+    return not RECIPES[run.plan.dtype].assumed_rate
+
+
 def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
     """The parameters a run's predicted step time depends on."""
     names = [GEMM]

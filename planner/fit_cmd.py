@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else fit.stderr_progress
     start = time.perf_counter()
     runs = _runs(args, pinned)
+    left_out = [r for r in runs if not fit.is_evidence(r)]
+    runs = [r for r in runs if fit.is_evidence(r)]
+    if not runs:
+        raise PlannerError("no run in the input can inform the fit (every one runs a recipe priced by assumption)",
+                           field="tables")
     gpus = {r.cluster.gpu.name: r.cluster.gpu for r in runs}
     if base_cluster is not None and base_cluster.gpu.name not in gpus:
         raise PlannerError(f"no run in the input on {base_cluster.gpu.name}, the GPU of {args.cluster}",
@@ -164,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Fitted on {len(runs)} measured runs ({', '.join(sorted({r.source for r in runs}))}); "
           f"mean |log(predicted / measured)| minimised per GPU, each value within "
           f"[{fit.GRID[0]}, {fit.GRID[-1]}]:\n")
+    if left_out:
+        recipes = ", ".join(sorted({r.plan.dtype for r in left_out}))
+        print(f"({len(left_out)} run(s) in {recipes} left out: their GEMM kernels are priced at another recipe's "
+              "efficiency by assumption, so they cannot teach it)\n")
     print(table(["GPU", "parameter", "catalog", "fitted", "runs", "used"],
                 [[f.gpu, f.name, f"{f.before:.2f}" if f.before else "-", f"{f.value:.2f}", f.rows, _used(f, pinned)]
                  for f in fitted], align="llrrrl"))

@@ -157,3 +157,14 @@ def test_a_run_on_a_cited_attention_kernel_does_not_depend_on_the_fitted_one(h10
     assert fit.ATTENTION not in fit.run_parameters(tt)
     times = {fit.step_time(tt, {fit.GEMM: 0.6, fit.ATTENTION: a}) for a in (0.4, 0.8)}
     assert len(times) == 1
+
+
+def test_a_recipe_priced_by_assumption_is_no_evidence(h100_runs: list[MeasuredRun]) -> None:
+    """Row-wise FP8 runs are priced at the per-tensor FP8 efficiency by assumption (its kernels were never
+    measured): they must not move that efficiency, so the fit leaves them out (the shipped ones would take
+    the 500 W H100's fp8 value from 0.51 to 0.39), while per-tensor FP8 runs remain evidence."""
+    run = next(r for r in h100_runs if r.plan.dtype == "fp8")
+    rowwise = dataclasses.replace(run, plan=dataclasses.replace(run.plan, dtype="fp8-rowwise"))
+    assert fit.is_evidence(run) and not fit.is_evidence(rowwise)
+    assert fit.step_time(rowwise, {fit.GEMM: 0.6, fit.lowp_parameter("fp8"): 0.5}) == pytest.approx(
+        fit.step_time(run, {fit.GEMM: 0.6, fit.lowp_parameter("fp8"): 0.5}), rel=1e-12)
