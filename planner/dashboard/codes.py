@@ -21,7 +21,11 @@ LEGEND = (
     ("mb1", "micro-batch of 1 sequence"),
     ("sp", "sequence parallelism (norms and dropout split along the sequence, with tp)"),
     ("rc-selective / rc-full / rc-full/2", "activation recomputation: attention core / whole layers / 1 layer in 2"),
+    ("rc-op-selective / rc-save-matmuls / rc-save-matmuls-but-mlp-up / rc-save-attn-proj",
+     "per-op recomputation keeping chosen matmul outputs: every other one and attention (torchtitan) / all / "
+     "all but the MLP's gate and up / the attention projections (the JAX policies of MaxText and PaxML)"),
     ("z1 / z2 / z3", "ZeRO stage: optimizer states / + gradients / + weights sharded over dp"),
+    ("z3/hs8", "hybrid sharding: ZeRO over groups of 8 data-parallel GPUs, replicated across the groups"),
     ("gpipe", "GPipe schedule (all forwards, then all backwards); else 1F1B"),
     ("first4 / last2", "uneven pipeline: layers on the first / last stage"),
     ("lora16", "LoRA fine-tuning with adapters of rank 16"),
