@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -442,28 +443,19 @@ def keep_previous(out: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def output_lock(out: Path) -> Any:
+def output_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on `out` for a whole one-node run (a hidden `.NAME.lock` beside it, kept): a
     second `planner run` writing the same measured.json is refused instead of both exiting 0 with one
     result lost."""
-    import fcntl
+    from planner.errors import LockedError
+    from planner.io import exclusive_lock
 
-    lock = out.with_name(f".{out.name}.lock")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)  # (the result's folder is made as the atomic write makes it)
-        fh = lock.open("a")
-    except OSError as exc:
-        raise ResourceMismatch(f"cannot write beside {out} ({exc.strerror or exc})", field="out") from None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ResourceMismatch(f"another planner run is writing {out}; wait for it or choose another --out",
-                                   field="out") from None
-        try:
+        with exclusive_lock(out.with_name(f".{out.name}.lock")):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockedError:
+        raise ResourceMismatch(f"another planner run is writing {out}; wait for it or choose another --out",
+                               field="out") from None
 
 
 def run_command(args: argparse.Namespace) -> int:

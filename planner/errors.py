@@ -23,6 +23,10 @@ class InputFileError(PlannerError, ValueError):
     """A file could not be read or parsed (missing, malformed, too large, wrong shape)."""
 
 
+class LockedError(PlannerError):
+    """A file another process holds an exclusive lock on (planner.io.exclusive_lock)."""
+
+
 class OutputPathError(PlannerError, ValueError):
     """An output path the planner must not write: empty, a directory, a device / FIFO / socket, an input
     of the same command, or in a directory it cannot write."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from planner.errors import InputFileError, OutputPathError
+from planner.errors import InputFileError, LockedError, OutputPathError
 
 MAX_JSON_BYTES = 16 * 1024 * 1024  # no legitimate plan/profile/config is near this
 MAX_JSON_DEPTH = 64
@@ -189,3 +189,26 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Serialise first (so a serialisation error leaves the old file untouched), then write atomically."""
     return atomic_write_text(path, dumps(obj) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if missing, kept afterwards) for the block;
+    InputFileError at once if another process holds it or it cannot be created."""
+    import fcntl
+
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fh = p.open("a")
+    except OSError as exc:
+        raise InputFileError(f"{p}: cannot create a lock file ({exc.strerror or exc})") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LockedError(f"{p} is held by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

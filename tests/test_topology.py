@@ -307,7 +307,8 @@ def test_which_gpus_run_which_low_precision_formats() -> None:
     assert gpus_supporting("mxfp8") == [*blackwell, "MI355X-288GB"]
     assert set(gpus_supporting("fp8")) == set(gpu_names()) - {"A100-SXM4-40GB", "A100-SXM4-80GB"}
     assert supported_precisions("A100-SXM4-80GB") == ("fp32", "fp16", "bf16")
-    assert supported_precisions(gpu_preset("H100-SXM5-80GB")) == ("fp32", "fp16", "bf16", "fp8")
+    assert supported_precisions(gpu_preset("H100-SXM5-80GB")) == ("fp32", "fp16", "bf16", "fp8", "fp8-rowwise")
+    assert gpus_supporting("fp8-rowwise") == gpus_supporting("fp8")  # per-row scales: the same FP8 tensor cores
     assert "nvfp4" not in supported_precisions("MI355X-288GB")
     with pytest.raises(SpecError, match="known"):
         gpus_supporting("fp6")
