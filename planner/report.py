@@ -115,6 +115,10 @@ def explain(doc: dict[str, Any]) -> str:
                       f"{doc.get('last_stage_layers', 'even')} layers, the others equal")
     if doc.get("recompute_every", 1) > 1:
         extras.append(f"full recompute of 1 in every {doc['recompute_every']} layers")
+    group = doc["dp"] * doc["cp"]
+    if doc.get("shard_group") and doc["shard_group"] < group and doc["zero_stage"]:
+        extras.append(f"hybrid sharding: ZeRO over groups of {doc['shard_group']} of the {group} data-parallel "
+                      f"ranks, replicated {group // doc['shard_group']} times")
     if doc.get("finetune") == "lora":
         extras.append(f"LoRA fine-tuning: rank {doc.get('lora_rank', 16)} adapters on "
                       f"{', '.join(doc.get('lora_targets', ('qkv', 'proj', 'up', 'down')))}; base weights frozen")

@@ -142,7 +142,8 @@ def test_cli_writes_fit_and_profile(tmp_path: Path, capsys: pytest.CaptureFixtur
     adopted = {f["name"]: f["value"] for f in doc["fitted"] if f["adopted"]}
     assert adopted and cluster.gpu.gemm_efficiency == adopted.get(fit.GEMM, cluster.gpu.gemm_efficiency)
     runs = [r for r in express_all(printed_runs(("torchtitan",))) if isinstance(r, MeasuredRun)
-            and r.step_time_s and r.cluster.gpu.name == "H100-SXM5-96GB-500W"]
+            and r.step_time_s and r.cluster.gpu.name == "H100-SXM5-96GB-500W"
+            and r.plan.dtype != "fp8-rowwise"]  # (priced by assumption: the fit leaves them out)
     errs = [estimate(r.model, dataclasses.replace(r.cluster, gpu=cluster.gpu), r.plan)["step_time_s"]
             / r.step_time_s - 1 for r in runs]
     assert doc["in_sample"]["fitted"]["mape"] == pytest.approx(sum(map(abs, errs)) / len(errs), rel=1e-9)
