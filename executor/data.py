@@ -72,6 +72,8 @@ class TextData:
             text = p.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise InputFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        if not text:
+            raise InputFileError(f"{p}: the file is empty (no text to train on)")
         if tokenizer == "auto":
             tokenizer = "byte" if vocab_size >= 256 else "char"
         if tokenizer not in ("byte", "char"):

@@ -259,6 +259,7 @@ def run_validation(args: argparse.Namespace) -> int:
     nproc = args.nproc_per_node
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model, seq_len=args.seq_len)  # a bad --model is named before minutes of calibrating
     if args.cluster is None:  # predictions need this machine's numbers: measure them now
         from planner.calibrate import build_profile, run_calibration, write_profile
 
@@ -267,7 +268,6 @@ def run_validation(args: argparse.Namespace) -> int:
         raw = run_calibration(nproc, quick=args.quick)
         args.cluster = str(write_profile(out_dir / "cluster-profile.json", build_profile(raw), raw))
     cluster = load_cluster(args.cluster, gpus=nproc)
-    model = load_model(args.model, seq_len=args.seq_len)
     dtype = "fp32" if cluster.device == "cpu" else model.dtype
 
     def executable(p: Plan) -> bool:  # what executor.run would refuse (a model / degree combination)

@@ -200,6 +200,29 @@ def test_a_node_that_never_joins_ends_the_run_after_the_timeout(tmp_path: Path,
     assert "not every node joined within --timeout" in capsys.readouterr().err
 
 
+def test_late_errors_come_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`validate --model typo` calibrated this machine for ~26 s before naming the model; an empty
+    `--data` file was "internal error: ValueError: both buffer length (0) ...". Both are now one line,
+    exit 2, before any work."""
+    import planner.calibrate
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibrated before checking --model")
+
+    monkeypatch.setattr(planner.calibrate, "run_calibration", never)
+    rc = main(["validate", "--model", "typo", "--nproc-per-node", "2", "--out-dir", str(tmp_path / "v")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "typo" in err and len(err.strip().splitlines()) == 1
+    plan = _plan(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    capsys.readouterr()
+    assert main(["run", str(plan), "--steps", "1", "--data", str(tmp_path / "empty.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_an_endless_input_is_cut_at_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """/dev/zero reports size 0 and never ends: `--model /dev/zero` read forever; now the reader stops
     after the 16 MiB cap and names the file."""
