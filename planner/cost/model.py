@@ -45,20 +45,27 @@ class MemoryParts:
     A plan's memory on a class is state + held · per_microbatch + head · head_held, where held (and
     head_held, for the head's saved tensors) are the micro-batches its schedule keeps in flight on the
     class's first rank, a small table per structure and schedule; its memory per GPU is the largest over
-    the classes.
+    the classes. The breakdown's parts stay in the shape they vary in (broadcastable to the grid x
+    classes) and are read only for the plans a search returns.
     """
 
-    weights: Array  # (cells, C)
+    weights: Array  # broadcastable to (*grid, C)
     grads: Array
     optimizer: Array
     other: Array  # runtime reserve, recompute working set, ZeRO-3 gather buffers, logits
-    state: Array  # weights + grads + optimizer + other; -inf for padding classes
-    per_microbatch: Array  # activations of one in-flight micro-batch (the class's layers + embedding)
-    head: Array  # what the head and loss save per micro-batch (last class)
+    state: Array  # (cells, C): weights + grads + optimizer + other; -inf for padding classes
+    per_microbatch: Array  # (cells, C): activations of one in-flight micro-batch (the class's layers + embedding)
+    head: Array  # broadcastable to (*grid, C): what the head and loss save per micro-batch (last class)
     held: Array  # (structures, schedules, C)
     head_held: Array  # (structures, schedules)
     cells_per_structure: int
     totals: Array  # (cells, schedules): the memory per GPU of every cell under each schedule
+    grid: tuple[int, ...] = ()
+
+    def _at(self, part: Array, rows: Array) -> Array:
+        """(len(rows), C): a broadcastable part at the flattened cells `rows`."""
+        index = np.unravel_index(rows, self.grid)
+        return np.broadcast_to(part, (*self.grid, self.state.shape[-1]))[index]
 
     def plan_memory(self, rows: Array, sched: Array, breakdown: bool) -> dict[str, Array]:
         """Memory of plans whose cells are `rows` under schedules `sched`: mem_total (and the breakdown
@@ -67,14 +74,15 @@ class MemoryParts:
             return {"mem_total": self.totals[rows, sched]}
         structure = rows // self.cells_per_structure
         held = self.held[structure, sched]
-        acts = held * self.per_microbatch[rows] + self.head[rows] * self.head_held[structure, sched][:, None]
+        acts = held * self.per_microbatch[rows] + self._at(self.head, rows) * self.head_held[structure, sched][:, None]
         total = self.state[rows] + acts
         out = {"mem_total": _max_last(total)}
         if breakdown:
             pick = _argmax_last(total)
-            out.update({"mem_weights": _pick(self.weights[rows], pick), "mem_grads": _pick(self.grads[rows], pick),
-                        "mem_optimizer": _pick(self.optimizer[rows], pick), "mem_activations": _pick(acts, pick),
-                        "mem_other": _pick(self.other[rows], pick)})
+            out.update({"mem_weights": _pick(self._at(self.weights, rows), pick),
+                        "mem_grads": _pick(self._at(self.grads, rows), pick),
+                        "mem_optimizer": _pick(self._at(self.optimizer, rows), pick),
+                        "mem_activations": _pick(acts, pick), "mem_other": _pick(self._at(self.other, rows), pick)})
         return out
 
 
@@ -327,12 +335,12 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int
     zero3 = (zero == 3) & has_dp
     lowp = np.where(zero3, 0.0, terms.lowp_copies[..., :c])
     lowp_buffer = np.where(zero3, 2.0 * _max_last(terms.layer_lowp)[e], 0.0)
-    weights = flat((dense / d3 + expert / e3) * dt_w + lowp)
-    grads = flat((t_dense / d2 + t_expert / e2) * dt_g)
-    optimizer = flat((t_dense / d1 + t_expert / e1) * dt_o)
-    other = flat(cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
-                 + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0))
-    state = np.where(flat(cls.valid), weights + grads + optimizer + other, -np.inf)
+    weights = (dense / d3 + expert / e3) * dt_w + lowp
+    grads = (t_dense / d2 + t_expert / e2) * dt_g
+    optimizer = (t_dense / d1 + t_expert / e1) * dt_o
+    other = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0) \
+        + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
+    state = flat(np.where(cls.valid, weights + grads + optimizer + other, -np.inf))
     # Micro-batches in flight per structure (the grid's first axis), schedule and class.
     n_s = terms.grid[0]
     struct = (slice(None), 0, 0)
@@ -345,19 +353,31 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int
     # before the first backward); 1F1B runs the last stage's backward right after its forward.
     head_held = np.where(gpipe & (pp > 1), m, 1).astype(np.float64)
     per_mb = flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0))
-    head = flat(np.where(cls.has_post, terms.post_saved[e], 0.0))
+    head = np.where(cls.has_post, terms.post_saved[e], 0.0)
     cps = int(np.prod(terms.grid[1:]))
+    by_structure = (n_s, cps, c)
+    head_s = _by_structure(head, shape, by_structure)
     # Every cell under each schedule asked for (+inf under the others): (cells, schedules), the largest
     # class; a structure's in-flight counts broadcast over its cells (the grid's trailing axes).
     totals = np.full((state.shape[0], len(SCHEDULES)), np.inf)
-    by_structure = (n_s, cps, c)
     for k in range(len(SCHEDULES)) if schedules is None else schedules:
         total = state.reshape(by_structure) + held[:, k][:, None, :] * per_mb.reshape(by_structure) \
-            + head.reshape(by_structure) * head_held[:, k][:, None, None]
+            + head_s * head_held[:, k][:, None, None]
         totals[:, k] = _max_last(total).reshape(-1)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other=other, state=state,
                        per_microbatch=per_mb, head=head, held=held, head_held=head_held, cells_per_structure=cps,
-                       totals=totals)
+                       totals=totals, grid=tuple(terms.grid))
+
+
+def _by_structure(x: Array, shape: tuple[int, ...], by_structure: tuple[int, int, int]) -> Array:
+    """`x` (broadcastable to `shape` = (*grid, C)) as (structures, cells per structure or 1, C), without
+    copying it over the grid's trailing axes where it does not vary along them."""
+    x = np.asarray(x)
+    x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
+    n_s, _, c = by_structure
+    if all(d == 1 for d in x.shape[1:-1]):
+        return np.broadcast_to(x, (n_s, *x.shape[1:-1], c)).reshape(n_s, 1, c)
+    return np.broadcast_to(x, shape).reshape(by_structure)
 
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:
