@@ -29,7 +29,7 @@ from torch.distributed._composable import checkpoint
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from executor.model import Transformer
-from planner.cost.memory import MATMUL_POLICIES, saved_matmul_flags, saves_attention
+from planner.cost.memory import MATMUL_POLICIES, kept_by_layer_order, saved_matmul_flags, saves_attention
 from planner.graph import build_graph
 
 RECOMPUTE_TAG = "_executor_recompute"
@@ -73,7 +73,7 @@ def apply_ac(model: Transformer, mode: str, every: int = 1) -> list[nn.Module]:
         return []
     if mode not in ("selective", "full", *MATMUL_POLICIES):
         raise ValueError(f"unknown recompute mode {mode!r}")
-    graph = build_graph(model.spec) if mode in MATMUL_POLICIES and mode != "op-selective" else None
+    graph = build_graph(model.spec) if kept_by_layer_order(mode) else None
     targets: list[nn.Module] = []
     for name, block in model.layers.items():
         if mode == "full" and int(name) % every:

@@ -152,9 +152,9 @@ def _check_checkpoint_dir(path: Path) -> None:
         if not os.access(path, os.W_OK | os.X_OK):
             raise ResourceMismatch(f"{path}: no permission to write checkpoints there", field="checkpoint_dir")
         return
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    from planner.io import nearest_existing
+
+    parent = nearest_existing(path.parent)
     if not parent.is_dir():
         raise ResourceMismatch(f"{path}: {parent} is not a folder", field="checkpoint_dir")
     if not os.access(parent, os.W_OK | os.X_OK):

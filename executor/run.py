@@ -41,6 +41,7 @@ from executor.options import (
 )
 from executor.parallel_dims import ParallelDims
 from executor.trainer import TrainOptions
+from planner.cost.memory import kept_by_layer_order
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.plan import PlanDocument, load_plan, plan_hash
@@ -61,7 +62,7 @@ def check_executable(doc: PlanDocument) -> None:
     if doc.plan.finetune == "lora" and (doc.plan.tp > 1 or doc.plan.ep > 1):
         raise UnsupportedPlan("the executor runs LoRA plans with tp = 1 and no expert parallelism for now",
                               field="finetune")
-    if doc.plan.recompute.startswith("save-") and (doc.model.is_moe or doc.plan.finetune == "lora"):
+    if kept_by_layer_order(doc.plan.recompute) and (doc.model.is_moe or doc.plan.finetune == "lora"):
         raise UnsupportedPlan(f"the executor runs recompute {doc.plan.recompute} on dense models without LoRA "
                               "only (it picks the matmuls to keep by their order in a dense block)",
                               field="recompute")

@@ -127,10 +127,15 @@ def output_target(path: str | os.PathLike[str], field: str = "out",
     for other in inputs:
         if other is not None and os.fspath(other) and os.path.realpath(other) == os.path.realpath(p):
             raise OutputPathError(f"{text} is also this command's input: write somewhere else", field=field)
-    existing = next((d for d in (p.parent, *p.parent.parents) if d.exists()), Path("."))
+    existing = nearest_existing(p.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {text}: {existing} is not a writable directory", field=field)
     return p
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists (where creating `path` would start)."""
+    return next((d for d in (path, *path.parents) if d.exists()), Path("."))
 
 
 def _file_mode(p: Path) -> int:
@@ -194,7 +199,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive advisory lock on `path` (created if missing, kept afterwards) for the block;
-    InputFileError at once if another process holds it or it cannot be created."""
+    LockedError at once if another process holds it, InputFileError if it cannot be created."""
     import fcntl
 
     p = Path(path)

@@ -249,6 +249,10 @@ def _solve(pad: _Padded) -> Array:
     b_rounds = pad.b_link.any(axis=(1, 2)).tolist()
     prev = np.zeros((n, p_max))
     ready = np.empty((n, p_max))
+
+    def down_the_ranks(b: Array, k: int) -> Array:  # a backward chain runs from the last rank to the first
+        return _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+
     for k in range(l_max):
         # Same-round inputs still read 0 here; the chains below supply them.
         ends.take(pad.dep[k], out=ready)
@@ -257,10 +261,9 @@ def _solve(pad: _Padded) -> Array:
         if f_rounds[k]:
             e[...] = _chain(b, pad.dur[k], pad.f_link[k])
             if b_rounds[k]:
-                up = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
-                np.copyto(e, up, where=pad.b_link[k])
+                np.copyto(e, down_the_ranks(b, k), where=pad.b_link[k])
         elif b_rounds[k]:
-            e[...] = _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+            e[...] = down_the_ranks(b, k)
         else:
             np.add(b, pad.dur[k], out=e)
         prev = e

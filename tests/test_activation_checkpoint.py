@@ -91,3 +91,19 @@ def test_matmul_policies_save_the_matmuls_the_cost_model_counts(spec, policy: st
     assert sum(w for w, keep in decisions if not keep) == pytest.approx(recomputed)
     assert all(frac.get(op.name, 0.0) == (0.0 if policy == "op-selective" else 1.0) for op in lg.layer_ops
                if op.kind == "attention")
+
+
+@pytest.mark.parametrize("policy", ["save-matmuls", "save-matmuls-but-mlp-up", "save-attn-proj"])
+def test_named_matmul_policies_are_refused_where_blocks_run_other_matmuls(policy: str) -> None:
+    """The executor picks a named policy's matmuls by their order in a dense block; a mixture-of-experts
+    block runs a routing-dependent number, so such a plan is refused before launch (op-selective, which
+    keeps every other call, runs)."""
+    from executor.errors import UnsupportedPlan
+    from executor.plans import local_plan
+    from executor.run import check_executable
+
+    moe = dataclasses.replace(LLAMA, name="tiny-moe", num_experts=4, top_k=2)
+    with pytest.raises(UnsupportedPlan, match="dense models"):
+        check_executable(local_plan(moe, micro_batch=1, global_batch=1, recompute=policy))
+    check_executable(local_plan(moe, micro_batch=1, global_batch=1, recompute="op-selective"))
+    check_executable(local_plan(LLAMA, micro_batch=1, global_batch=1, recompute=policy))

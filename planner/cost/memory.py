@@ -162,6 +162,13 @@ def saved_matmul_flags(policy: str, ops: tuple[Op, ...] | list[Op], model: Model
     return flags
 
 
+def kept_by_layer_order(policy: str) -> bool:
+    """Whether `policy` names the matmuls it keeps by their place in the layer graph (the executor then
+    needs each block to run exactly the graph's matmuls: dense, no adapters); torchtitan's op-selective
+    keeps every other matmul call, however many a block runs."""
+    return policy in MATMUL_POLICIES and policy != "op-selective"
+
+
 def saves_attention(policy: str) -> bool:
     """Whether `policy` keeps the fused attention kernel's output and log-sum-exp (else it reruns it)."""
     return policy == "op-selective"

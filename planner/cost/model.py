@@ -27,8 +27,8 @@ from planner.cost.memory import (
     policy_recomputed,
 )
 from planner.cost.overlap import core_sharing_stretch, data_parallel
-from planner.cost.terms import RC_CODE, CostTerms, cost_grid
-from planner.plan import RECOMPUTE, SCHEDULES
+from planner.cost.terms import FIRST_MATMUL_POLICY, RC_CODE, CostTerms, cost_grid
+from planner.plan import SCHEDULES
 from planner.precision import base_dtype
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -242,14 +242,15 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     s_len = model.seq_len
     layer_fwd_seq = np.array([s_len * sum(op.flops + op.flops_s * s_len for op in k.ops) for k in lg.kinds])
     attn_fwd_seq = np.array([s_len * sum(op.flops_s * s_len for op in k.ops) for k in lg.kinds])
-    # the forward FLOPs each matmul checkpoint policy repeats (RECOMPUTE[3:], in order)
-    policy_fwd_seq = [np.array([s_len * sum((op.flops + op.flops_s * s_len) * policy_recomputed(pol, k.ops, model)
-                                            .get(op.name, 0.0) for op in k.ops) for k in lg.kinds])
-                      for pol in MATMUL_POLICIES]
+    # the forward FLOPs each matmul checkpoint policy repeats (RECOMPUTE from FIRST_MATMUL_POLICY, in order)
+    policy_fwd_seq = []
+    for pol in MATMUL_POLICIES:
+        fracs = [policy_recomputed(pol, k.ops, model) for k in lg.kinds]
+        policy_fwd_seq.append(np.array([s_len * sum((op.flops + op.flops_s * s_len) * frac.get(op.name, 0.0)
+                                                    for op in k.ops) for k, frac in zip(lg.kinds, fracs, strict=True)]))
     model_flops = lg.train_flops(1, s_len) * seqs
     rc = ax.rc
-    first = RECOMPUTE.index(MATMUL_POLICIES[0])
-    extra = np.select([rc == 2, rc == 1] + [rc == first + i for i in range(len(MATMUL_POLICIES))],
+    extra = np.select([rc == 2, rc == 1] + [rc == FIRST_MATMUL_POLICY + i for i in range(len(MATMUL_POLICIES))],
                       [terms.total_layers @ layer_fwd_seq / ax.every, terms.total_layers @ attn_fwd_seq]
                       + [terms.total_layers @ x for x in policy_fwd_seq], 0.0) * seqs
     shape = step.shape
