@@ -295,9 +295,14 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
         shard = 0
         if c.shard_group is not None and c.shard_group < dp * cp:  # hybrid sharding: ZeRO-1/2/3 only
-            if (dp * cp) % c.shard_group or (model.is_moe and eps != [1]):
-                pruned["shard group does not divide dp x cp (or expert parallelism)"] += 1
+            if (dp * cp) % c.shard_group:
+                pruned["shard group does not divide dp x cp"] += 1
                 continue
+            if eps != [1]:  # hybrid sharding is modelled without expert parallelism (check_plan says so)
+                pruned["hybrid sharding with expert parallelism"] += len(eps) - (1 in eps)
+                eps = [1] if 1 in eps else []
+                if not eps:
+                    continue
             shard = c.shard_group
             zeros = [z for z in zeros if z > 0]
         if not (mbs and splits and sps and zeros and rc_opts):

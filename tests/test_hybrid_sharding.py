@@ -110,6 +110,21 @@ def test_search_with_a_fixed_shard_group() -> None:
         assert pred["step_time_s"] == pytest.approx(estimate(m, c, plan)["step_time_s"], rel=1e-9)
 
 
+def test_search_with_a_shard_group_keeps_the_mixture_of_experts_plans_without_ep() -> None:
+    """Hybrid sharding is not modelled with expert parallelism; the search leaves out only the ep > 1
+    plans: every hybrid plan of the search fixed to ep 1 is also in the search that leaves ep free (it
+    used to drop every structure of a mixture-of-experts model whose dp allowed an ep > 1)."""
+    m, c = model_preset("qwen3-30b-a3b"), H100.with_gpus(32)
+    fixed = {"shard_group": 16, "zero_stages": (3,), "tp": 1, "pp": 1, "recompute": ("full",)}
+    free = search(m, c, 64, constraints=Constraints(**fixed), top_k=10_000, rerank=0)
+    ep1 = search(m, c, 64, constraints=Constraints(**fixed, ep=1), top_k=10_000, rerank=0)
+    assert len(ep1.plans) == ep1.fitting and len(free.plans) == free.fitting  # every fitting plan returned
+    hybrid = {p for p in ep1.plans if p.hybrid}
+    assert hybrid and hybrid <= set(free.plans)
+    assert all(p.ep == 1 for p in free.plans if p.hybrid)
+    assert free.pruned.get("hybrid sharding with expert parallelism", 0) > 0
+
+
 def _doc(**fields) -> PlanDocument:
     m, c = model_preset("llama3-8b"), H100.with_gpus(32)
     plan = Plan(micro_batch=1, global_batch=32, **fields)
