@@ -90,6 +90,13 @@ def divisors(n: int) -> list[int]:
 def _size_combos(model: ModelSpec, n_gpus: int, global_batch: int, c: Constraints,
                  pruned: Counter) -> Iterator[tuple[int, int, int, int]]:
     """(tp, cp, pp, dp) with tp*cp*pp*dp = n_gpus that pass the divisibility rules."""
+    fixed = {k: v for k, v in (("tp", c.tp), ("cp", c.cp), ("pp", c.pp), ("dp", c.dp)) if v is not None}
+    product = math.prod(fixed.values())
+    if n_gpus % product:  # named as the reason, not hidden behind the other sizes' rules
+        sizes = " x ".join(f"{k} {v}" for k, v in fixed.items())
+        what = f"{sizes} does" if len(fixed) == 1 else f"the fixed sizes {sizes} = {product} do"
+        pruned[f"{what} not divide the {n_gpus} GPUs"] += 1
+        return
     for tp in divisors(n_gpus):
         if c.tp is not None and tp != c.tp:
             continue
