@@ -69,9 +69,16 @@ class TextData:
         try:
             if p.stat().st_size > MAX_TEXT_BYTES:
                 raise InputFileError(f"{p}: larger than {MAX_TEXT_BYTES // 2**20} MiB")
-            text = p.read_text(encoding="utf-8", errors="replace")
+            raw = p.read_bytes()
         except OSError as exc:
             raise InputFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        try:  # a binary file is refused, not trained on as replacement characters
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{p}: not UTF-8 text (byte {exc.start:,} is 0x{raw[exc.start]:02x}); --data "
+                                 f"takes a text file") from None
+        if "\x00" in text:
+            raise InputFileError(f"{p}: not text (NUL byte at offset {raw.index(0):,}); --data takes a text file")
         if not text:
             raise InputFileError(f"{p}: the file is empty (no text to train on)")
         if tokenizer == "auto":

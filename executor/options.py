@@ -12,5 +12,7 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def default_out(plan_path: str | Path) -> Path:
-    """Where measured.json goes by default: the plan's directory."""
-    return Path(plan_path).resolve().parent / "measured.json"
+    """Where a plan's measured result goes by default: beside it, named after it (plan.json ->
+    plan.measured.json), so runs of different plans in one folder never write the same file."""
+    p = Path(plan_path).resolve()
+    return p.with_name(p.stem + ".measured.json")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import math
 import os
 import re
 import sys
@@ -117,18 +118,26 @@ def pick_device(choice: str, local_rank: int) -> tuple[torch.device, str]:
 MAX_TIMEOUT_S = 7 * 24 * 3600  # a collective hung longer than a week is not waiting for anything
 
 
+MAX_STEPS = 100_000
+"""Steps (timed + warm-up) one measurement may run: measured.json keeps and rewrites every step's time
+and loss after each step, so the bound keeps that file and its rewrites small (a 100,000-step run at
+10 ms a step is 17 minutes; longer training belongs to a training framework)."""
+
+
 def check_args(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise UnsupportedPlan(f"must be >= 1, got {args.steps}", field="steps")
-    if args.warmup < 0:
-        raise UnsupportedPlan(f"must be >= 0, got {args.warmup}", field="warmup")
-    if args.threads is not None and args.threads < 1:
-        raise UnsupportedPlan(f"must be >= 1, got {args.threads}", field="threads")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise UnsupportedPlan(f"must be in 1..{MAX_STEPS:,}, got {args.steps}", field="steps")
+    if not 0 <= args.warmup <= MAX_STEPS - args.steps:
+        raise UnsupportedPlan(f"must be >= 0 and --steps + --warmup at most {MAX_STEPS:,}, got {args.warmup}",
+                              field="warmup")
+    cpus = os.cpu_count() or 1
+    if args.threads is not None and not 1 <= args.threads <= cpus:
+        raise UnsupportedPlan(f"must be in 1..{cpus} (the CPUs of this node), got {args.threads}", field="threads")
     if not 0 < args.timeout <= MAX_TIMEOUT_S:  # (inf and 1e300 overflowed timedelta on every rank)
         raise UnsupportedPlan(f"must be > 0 and at most {MAX_TIMEOUT_S:,} s (7 days), got {args.timeout}",
                               field="timeout")
-    if not args.lr > 0:
-        raise UnsupportedPlan(f"must be > 0, got {args.lr}", field="lr")
+    if not 0 < args.lr < math.inf:
+        raise UnsupportedPlan(f"must be a finite number > 0, got {args.lr}", field="lr")
     if getattr(args, "checkpoint_every", 0) < 0:
         raise UnsupportedPlan(f"must be >= 0, got {args.checkpoint_every}", field="checkpoint_every")
     faults.from_env()  # a malformed test-only fault spec is bad input too
@@ -242,11 +251,15 @@ def main(argv: list[str] | None = None) -> int:
 def _describe(exc: BaseException) -> str:
     """One line for an exception; a collective timeout says so."""
     text = " ".join(str(exc).split())[:500]
-    if isinstance(exc, StepTimeout):
+    if isinstance(exc, (StepTimeout, TrainingDiverged)):
         return text
     if re.search(r"timed? ?out|Timeout", text, re.IGNORECASE):
         return f"a collective timed out (a rank is hung or dead): {type(exc).__name__}: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+class TrainingDiverged(RuntimeError):
+    """The mean loss of a step is NaN or infinite: nothing after it measures anything meaningful."""
 
 
 class StepTimeout(RuntimeError):
@@ -369,6 +382,9 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
         if measuring:
             meter.disarm()
         slowest, mean_loss, busiest = reduce_step(seconds, float(loss), has_loss, world, busy)
+        if not math.isfinite(mean_loss):  # every rank sees the same mean: all stop here together
+            raise TrainingDiverged(f"the loss is {mean_loss}: training diverged (a smaller "
+                                   f"--lr than {args.lr:g} may help); the steps before it are kept")
         if ledger is not None:  # persisted at once: a crash after this loses nothing
             ledger.record(mean_loss, slowest, busy=busiest if busy_measurable else None)
         if ckpt is not None and ckpt.due(step + 1) and step + 1 < total:

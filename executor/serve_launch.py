@@ -104,9 +104,32 @@ def comparison_table(doc: Any, measured: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SERVE_RUN_FLAGS = ("plan", "nproc_per_node", "out", "threads", "device", "seed", "func", "command")
+"""The `planner run` arguments a serving plan uses; any other one set away from its default is refused."""
+
+
+def check_serve_flags(args: argparse.Namespace) -> None:
+    """A training-only flag given with a serving plan (`--steps`, `--data`, `--nnodes`, `--dry-run`...)
+    would be silently ignored: refuse it, naming the flag."""
+    from executor.launch import add_run_arguments
+    from planner.dry_run_report import add_dry_run_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_run_arguments(parser)
+    add_dry_run_arguments(parser)
+    defaults = vars(parser.parse_args([str(args.plan)]))
+    for name, value in vars(args).items():
+        if name not in SERVE_RUN_FLAGS and name in defaults and value != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ResourceMismatch(f"{flag} applies to training plans; {Path(args.plan).name} is a serving plan "
+                                   f"(it takes --nproc-per-node, --out, --threads, --device, --seed)",
+                                   field=name)
+
+
 def run_serve_command(args: argparse.Namespace) -> int:
     """`planner run serve.json`: 0 ok, 2 bad input, 1 serving failed."""
     try:
+        check_serve_flags(args)
         doc, _ = check(args.plan, args.nproc_per_node)
         out = Path(args.out) if args.out else default_out(args.plan)
         if out.is_dir():

@@ -755,6 +755,10 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 INPUT_ARGUMENTS = ("plan", "measured", "model", "cluster", "data", "profile")
+OUTPUT_KINDS = {"plan": {"plan"}, "estimate": {"plan"}, "serve": {"serve"}, "fit": {"fit"},
+                "run": {"measured", "measured-serve", "serve-calibration"}}
+"""The planner documents each command's --out may replace; any other command's outputs (traces,
+exports, cluster profiles) replace none, so `--out plan.json` on the wrong command loses nothing."""
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -766,7 +770,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for name in ("out", "profile_out"):
         value = getattr(args, name, None)
         if isinstance(value, str):
-            output_target(value, name.replace("_", "-"), inputs)
+            kinds = OUTPUT_KINDS.get(args.command, set()) if name == "out" else set()
+            output_target(value, name.replace("_", "-"), inputs, replaces=frozenset(kinds))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from planner.errors import InputFileError, LockedError, OutputPathError
+from planner.errors import InputFileError, LockedError, OutputPathError, PlannerError
 
 MAX_JSON_BYTES = 16 * 1024 * 1024  # no legitimate plan/profile/config is near this
 MAX_JSON_DEPTH = 64
@@ -109,11 +109,14 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 
 def output_target(path: str | os.PathLike[str], field: str = "out",
-                  inputs: tuple[str | os.PathLike[str] | None, ...] = ()) -> Path:
+                  inputs: tuple[str | os.PathLike[str] | None, ...] = (),
+                  replaces: frozenset[str] | None = None) -> Path:
     """The regular file that writing `path` will replace (a symbolic link is followed, so the link
     stays), or OutputPathError naming why `path` must not be written: empty, a directory (or a name
     ending in a separator), an existing device, FIFO or socket (renaming over /dev/null as root would
-    replace the device), one of the command's `inputs`, or a directory that cannot be written.
+    replace the device), one of the command's `inputs`, or a directory that cannot be written. With
+    `replaces` (the document kinds this output may overwrite), an existing planner document of another
+    kind (a plan where a serving plan or a trace would go) is refused too.
     Commands call it before any work starts; the atomic writers call it again at the last moment."""
     text = os.fspath(path)
     if not text.strip():
@@ -130,7 +133,22 @@ def output_target(path: str | os.PathLike[str], field: str = "out",
     existing = nearest_existing(p.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {text}: {existing} is not a writable directory", field=field)
+    if replaces is not None and p.is_file():
+        kind = document_kind(p)
+        if kind is not None and kind not in replaces:
+            raise OutputPathError(f"{text} holds a {kind!r} document that this output would replace: write "
+                                  f"somewhere else, or delete it first", field=field)
     return p
+
+
+def document_kind(path: Path) -> str | None:
+    """The `kind` of a planner JSON document at `path`, or None for any other file."""
+    try:
+        data = load_json(path)
+    except (OSError, PlannerError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def nearest_existing(path: Path) -> Path:

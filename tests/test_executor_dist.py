@@ -100,7 +100,7 @@ SPEC = ModelSpec(name="t", num_layers=2, hidden=32, num_heads=4, ffn_hidden=64, 
 def test_run_plan_writes_measured_json(tmp_path: Path) -> None:
     plan_path = save_plan(tmp_path / "pp2.json", local_plan(SPEC, pp=2, micro_batch=1, global_batch=4))
     measured = run_plan(plan_path, nproc_per_node=2, steps=3, warmup=1, profile=True, timeout=120.0)
-    on_disk = load_json(tmp_path / "measured.json")
+    on_disk = load_json(tmp_path / "pp2.measured.json")  # named after the plan, beside it
     assert on_disk == measured
     assert measured["status"] == "ok" and measured["kind"] == "measured" and measured["schema_version"] == 1
     assert measured["plan_hash"] == plan_hash(load_json(plan_path))
@@ -126,7 +126,7 @@ def test_run_plan_writes_measured_json(tmp_path: Path) -> None:
     assert env["world_size"] == 2 and env["nnodes"] == 1 and env["backend"] == "gloo"
     assert env["threads_per_rank"] == 1 and env["torch"].startswith("2.")
     for rank in (0, 1):
-        trace = json.loads((tmp_path / f"measured.trace.rank{rank}.json").read_text())
+        trace = json.loads((tmp_path / f"pp2.measured.trace.rank{rank}.json").read_text())
         assert trace["traceEvents"], rank
 
 
@@ -144,7 +144,7 @@ def test_two_nodes_rendezvous_on_loopback(tmp_path: Path) -> None:
         for node in (0, 1)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(outputs)
-    measured = load_json(tmp_path / "measured.json")
+    measured = load_json(tmp_path / "dp2.measured.json")
     assert measured["status"] == "ok"
     assert measured["env"]["nnodes"] == 2 and measured["env"]["world_size"] == 2
     assert len(measured["step_times_s"]) == 2

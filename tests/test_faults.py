@@ -72,7 +72,7 @@ def test_hung_rank_fails_within_the_timeout_naming_the_rank(tmp_path: Path, caps
     assert line.startswith("planner run: failed:"), err[-3000:]
     assert f"rank 1 did not reach step 3: dead, or hung for more than the {TIMEOUT_S} s --timeout" in line
     assert "Traceback" not in err and "ChildFailedError" not in err
-    m = load_json(tmp_path / "measured.json")
+    m = load_json(tmp_path / "dp2.measured.json")
     assert m["status"] == "failed" and "rank 1 did not reach step 3" in m["error"]
     assert m["steps_completed"] == 3 and len(m["losses"]) == 3 and len(m["step_times_s"]) == 2  # 1 warm-up
     assert m["plan_hash"] == plan_hash(load_json(plan)) and m["step_time_s"]["median"] > 0
@@ -83,17 +83,17 @@ def test_rank0_killed_leaves_a_failed_measured_json_with_its_steps(tmp_path: Pat
                                                                    capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0 is the writer; when it is SIGKILLed the launcher marks its file failed, steps kept. The
-    completed result an earlier run left in the folder is kept as measured.prev.json, not lost."""
+    completed result an earlier run left there is kept as dp2.measured.prev.json, not lost."""
     plan = save_plan(tmp_path / "dp2.json", local_plan(SPEC, dp=2, micro_batch=1, global_batch=4))
     earlier = b'{"status": "ok", "run_id": "earlier", "steps_completed": 7}\n'
-    (tmp_path / "measured.json").write_bytes(earlier)
+    (tmp_path / "dp2.measured.json").write_bytes(earlier)
     rc, err, took = planner_run(plan, ["--steps", "5", "--warmup", "1", "--timeout", "30"],
                                 "kill-rank:0:step:4", capsys, monkeypatch)
     assert rc == 1 and took < BOUND_S
-    assert (tmp_path / "measured.prev.json").read_bytes() == earlier
+    assert (tmp_path / "dp2.measured.prev.json").read_bytes() == earlier
     assert "previous completed result is kept" in last_line(err)
     assert "rank 0 was killed by SIGKILL" in err, err[-3000:]
-    m = load_json(tmp_path / "measured.json")
+    m = load_json(tmp_path / "dp2.measured.json")
     assert m["status"] == "failed" and m["error"].startswith("rank 0 was killed by SIGKILL")
     assert m["steps_completed"] == 4 and len(m["losses"]) == 4 and len(m["step_times_s"]) == 3
     assert all(x > 0 for x in m["losses"] + m["step_times_s"])
@@ -110,7 +110,7 @@ def test_restart_resumes_from_the_checkpoint_and_keeps_every_step_once(tmp_path:
                                        "2", "--max-restarts", "1"], "kill-rank:1:step:3", capsys, monkeypatch)
     assert rc == 0, err[-3000:]
     assert took < 2 * BOUND_S
-    m = load_json(tmp_path / "measured.json")
+    m = load_json(tmp_path / "z3.measured.json")
     assert m["status"] == "ok" and m["steps_completed"] == 6
     assert len(m["losses"]) == 6 and len(m["step_times_s"]) == 5  # every step once
     assert m["restarts"] == [{"attempt": 1, "resumed_from_step": 2, "previous_status": "failed",

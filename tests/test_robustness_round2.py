@@ -124,6 +124,10 @@ def test_a_hand_edited_plan_is_explained_from_its_contents(tmp_path: Path,
     (["plan", "--model", "tiny", "--cluster", "localhost-cpu", "--gpus", "2", "--global-batch", str(1 << 40)],
      "--global-batch"),
     (["run", "{plan}", "--timeout", "inf"], "timeout"),
+    (["run", "{plan}", "--lr", "inf"], "lr"),
+    (["run", "{plan}", "--steps", "1000000000"], "steps"),
+    (["run", "{plan}", "--steps", "10", "--warmup", "99999"], "warmup"),
+    (["run", "{plan}", "--threads", "100000"], "threads"),
     (["run", "{plan}", "--timeout", "1e300"], "timeout"),
     (["run", "{plan}", "--nnodes", "2", "--rdzv-endpoint", "::bad::"], "rdzv_endpoint"),
     (["run", "{plan}", "--nnodes", "2", "--rdzv-endpoint", "host:99999"], "rdzv_endpoint"),
@@ -141,7 +145,7 @@ def test_unbounded_or_malformed_sizes_are_refused_before_launch(tmp_path: Path, 
     assert rc == 2
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "measured.json").exists()
+    assert not list(tmp_path.glob("*measured*"))
 
 
 
@@ -159,7 +163,7 @@ def test_a_checkpoint_folder_that_cannot_be_one_is_refused_before_launch(
     assert rc == 2
     err = capsys.readouterr().err
     assert "checkpoint_dir" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "measured.json").exists()
+    assert not list(tmp_path.glob("*measured*"))
 
 
 def test_a_second_run_to_the_same_result_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,6 +227,39 @@ def test_late_errors_come_first(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "empty" in err and "internal error" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_binary_data_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A binary `--data` file was decoded with replacement characters and trained on silently."""
+    plan = _plan(tmp_path)
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "nul.txt").write_bytes(b"some text\0with a NUL byte " * 100)
+    for name, what in (("blob.bin", "not UTF-8 text (byte 128 is 0x80)"), ("nul.txt", "NUL byte at offset 9")):
+        capsys.readouterr()
+        assert main(["run", str(plan), "--steps", "1", "--data", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert what in err and name in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*measured*"))
+
+
+@pytest.mark.slow
+def test_a_diverged_run_says_so_and_keeps_its_steps_in_a_file_named_after_the_plan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A NaN loss was "ValueError: Out of range float values are not JSON compliant: nan"; and every plan
+    in a folder wrote the same default measured.json, so a run of one plan replaced another's result."""
+    plan = _plan(tmp_path)
+    other = tmp_path / "other.measured.json"
+    other.write_text('{"status": "ok", "run_id": "another plan"}\n')
+    capsys.readouterr()
+    assert main(["run", str(plan), "--steps", "3", "--warmup", "1", "--lr", "1e30"]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "the loss is nan: training diverged (a smaller --lr than 1e+30 may help)" in last, err[-2000:]
+    assert "ValueError" not in err and "Traceback" not in err
+    m = json.loads((tmp_path / "plan.measured.json").read_text())
+    assert m["status"] == "failed" and "diverged" in m["error"]
+    assert m["steps_completed"] >= 1 and all(x == x for x in m["losses"])  # the finite steps before it
+    assert other.read_text() == '{"status": "ok", "run_id": "another plan"}\n'
+
+
 def test_an_endless_input_is_cut_at_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """/dev/zero reports size 0 and never ends: `--model /dev/zero` read forever; now the reader stops
     after the 16 MiB cap and names the file."""
@@ -267,7 +304,7 @@ def test_a_signal_to_the_launcher_stops_torchrun_and_every_rank(tmp_path: Path, 
 
     plan = _plan(tmp_path)
     out = tmp_path / "measured.json"
-    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(plan), "--steps", "100000",
+    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(plan), "--steps", "90000",
                              "--warmup", "1", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 120

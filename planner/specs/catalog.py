@@ -132,12 +132,21 @@ def cluster_preset(name: str) -> ClusterSpec:
     return ClusterSpec.from_dict({"name": name, **entry}, where=f"cluster[{name}]")
 
 
-def _is_path(arg: str) -> bool:
+def _is_path(arg: str, presets: list[str] | None = None, field: str = "model") -> bool:
+    """Whether `arg` names a file rather than a preset. A bare preset name that is also a file or model
+    folder in the working directory is refused as ambiguous instead of silently reading either."""
     try:
         p = Path(arg)
-        return arg.endswith(".json") or os.sep in arg or p.is_file() or (p / "config.json").is_file()
+        if arg.endswith(".json") or os.sep in arg:
+            return True
+        local = p.is_file() or (p / "config.json").is_file()
     except (OSError, ValueError):  # e.g. an embedded NUL byte
         return False
+    if local and presets is not None and arg in presets:
+        raise SpecError(f"{arg!r} is both a {field} preset and {'a file' if p.is_file() else 'a model folder'} "
+                        f"in the working directory: write ./{arg} to read it, or rename it to use the "
+                        f"preset", field=field)
+    return local
 
 
 def _model_file(arg: str) -> tuple[Path, str]:
@@ -163,14 +172,32 @@ def load_model(arg: str | os.PathLike[str] | ModelSpec | dict[str, Any],
         model = model_from_json(arg, "model")
     elif not isinstance(arg, (str, os.PathLike)):
         raise SpecError(f"expected a preset name or a JSON file, got {type(arg).__name__}", field="model")
-    elif isinstance(arg, os.PathLike) or _is_path(arg):
+    elif isinstance(arg, os.PathLike) or _is_path(arg, model_names(), "model"):
         path, name = _model_file(os.fspath(arg))
-        model = model_from_json(load_json(path), name)
+        model = model_from_json(_document(path, "model"), name)
     else:
         model = model_preset(arg)
     if seq_len is not None:
         model = model.with_seq_len(seq_len)
     return model
+
+
+def _document(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`; another kind of file (a list, a measured result, a validation
+    report; for a model also a plan) is named as such instead of as a list of unknown fields."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path.name}: expected a JSON object (a {what} description), got "
+                        f"{type(data).__name__}", field=what)
+    kind = data.get("kind")
+    if isinstance(kind, str) and (what == "model" or "cluster" not in data):
+        raise SpecError(f"{path.name} is a {show(kind)} file, not a {what} description", field=what)
+    other = "cluster" if what == "model" else "model"
+    looks_like_cluster = {"gpu", "gpus_per_node"} <= data.keys()
+    looks_like_model = {"num_layers", "hidden"} <= data.keys() or looks_like_hf(data)
+    if (what == "model" and looks_like_cluster) or (what == "cluster" and looks_like_model):
+        raise SpecError(f"{path.name} is a {other} description, not a {what} one", field=what)
+    return data
 
 
 def model_from_json(data: Any, name: str) -> ModelSpec:
@@ -190,9 +217,9 @@ def load_cluster(arg: str | os.PathLike[str] | ClusterSpec | dict[str, Any],
         cluster = ClusterSpec.from_dict(arg)
     elif not isinstance(arg, (str, os.PathLike)):
         raise SpecError(f"expected a preset name or a JSON file, got {type(arg).__name__}", field="cluster")
-    elif isinstance(arg, os.PathLike) or _is_path(arg):
-        data = load_json(arg)
-        if isinstance(data, dict) and "cluster" in data and "gpu" not in data:
+    elif isinstance(arg, os.PathLike) or _is_path(arg, cluster_names(), "cluster"):
+        data = _document(Path(arg), "cluster")
+        if "cluster" in data and "gpu" not in data:
             data = data["cluster"]  # a plan or profile wrapper
         cluster = ClusterSpec.from_dict(data, where=Path(arg).name)
     else:
