@@ -318,3 +318,18 @@ def test_a_signal_to_the_launcher_stops_torchrun_and_every_rank(tmp_path: Path, 
     time.sleep(1)
     assert _processes_mentioning(str(out)) == []  # torchrun and the ranks name the output file
     assert json.loads(out.read_text())["status"] == "failed"
+
+
+def test_a_local_folder_named_like_a_preset_is_ambiguous(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `./tiny/` model folder silently replaced the `tiny` preset for `--model tiny`."""
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 64}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "'tiny' is both a model preset and a model folder" in err and len(err.strip().splitlines()) == 1
+    assert main(["inspect", "./tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_layers"] == 2  # the folder, not the 4-layer preset
