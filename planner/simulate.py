@@ -153,6 +153,12 @@ class _Graph:
     duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)]
     sends: Array  # bool: the op ends with a blocking send to a neighbouring stage
     dep: Array  # flat index (rank·L + position) of the op it waits for; pp·L = "nothing" (a zero cell)
+    # the same, round-major (L, pp) as the solver lays plans out: the input's round and rank (-1 round:
+    # nothing), and whether a forward / backward waits for its neighbour rank within its own round
+    in_round: Array
+    in_rank: Array
+    f_link: Array
+    b_link: Array
 
 
 @lru_cache(maxsize=128)
@@ -175,50 +181,50 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
     # sweeps resolve those chains); anything else means the order formulas are inconsistent.
     assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
     duration = np.where(o.is_b, n_virtual + g, g)
-    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends, dep=dep)
+    dr, dk = np.divmod(dep, length)
+    same = has & (dk == own)
+    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends, dep=dep,
+                  in_round=np.where(has, dk, -1).T.copy(), in_rank=dr.T.copy(),
+                  f_link=(same & (dr == r - 1)).T.copy(), b_link=(same & (dr == r + 1)).T.copy())
 
 
 @dataclass(frozen=True)
 class _Padded:
-    """The dependency graphs of n plans padded to P ranks and L rounds, round-major (L, n, P) so that
-    a round is contiguous: ranks beyond a plan's pp and ops beyond its sequence have no duration and
-    no dependency."""
+    """The dependency graphs of n plans side by side: every plan's ranks on one axis (plan i's ranks at
+    columns offsets[i]..offsets[i+1]), L rounds, round-major (L, R) so a round is contiguous. Ops beyond a
+    plan's sequence have no duration and no dependency. A chain never crosses plans: a plan's first
+    rank waits for no rank below and its last for none above."""
 
-    dur: Array  # (L, n, P) seconds
-    dep: Array  # (L, n, P) flat index into the (L·n·P + 1) end times; the last cell is time 0
-    f_link: Array  # (L, n, P) bool: a forward waiting for the rank below in the same round
-    b_link: Array  # (L, n, P) bool: a backward waiting for the rank above in the same round
+    dur: Array  # (L, R) seconds
+    dep: Array  # (L, R) flat index into the (1 + L·R) end times; cell 0 is time 0 ("nothing")
+    f_link: Array  # (L, R) bool: a forward waiting for the rank below in the same round
+    b_link: Array  # (L, R) bool: a backward waiting for the rank above in the same round
+    offsets: Array  # (n + 1,) first column of each plan
 
 
 def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
-    """Stack plans' graphs (one per plan) and op durations (pp, L) into padded arrays."""
-    n = len(graphs)
-    p_max = max(g.is_b.shape[0] for g in graphs)
+    """Lay plans' graphs (one per plan) and op durations (pp, L) side by side."""
+    pps = [g.is_b.shape[0] for g in graphs]
+    offsets = np.concatenate([[0], np.cumsum(pps)]).astype(np.intp)
+    width = int(offsets[-1])
     l_max = max(g.is_b.shape[1] for g in graphs)
-    none = l_max * n * p_max
-    dur = np.zeros((l_max, n, p_max))
-    dep = np.full((l_max, n, p_max), none, dtype=np.intp)
-    f_link = np.zeros((l_max, n, p_max), dtype=bool)
-    b_link = np.zeros((l_max, n, p_max), dtype=bool)
-    shared: dict[int, list[int]] = {}
+    dur = np.zeros((l_max, width))  # zero-filled: padding costs no writes, and dep 0 reads time 0
+    dep = np.zeros((l_max, width), dtype=np.int32 if width * l_max < 2**31 - 1 else np.intp)
+    f_link = np.zeros((l_max, width), dtype=bool)
+    b_link = np.zeros((l_max, width), dtype=bool)
+    flat: dict[int, Array] = {}  # per distinct graph: the inputs' flat indices for a plan at column 0
     for i, g in enumerate(graphs):
-        shared.setdefault(id(g), []).append(i)
-        pp, ln = g.is_b.shape
-        dur[:ln, i, :pp] = durations[i].T
-    for members in shared.values():
-        g = graphs[members[0]]
-        pp, ln = g.is_b.shape
-        idx = np.asarray(members)
-        missing = g.dep == pp * ln
-        dr, dk = np.divmod(g.dep, ln)
-        same = ~missing & (dk == np.arange(ln)[None, :])
-        rank = np.arange(pp)[:, None]
-        # (ln, members, pp): flat index of the input's end time in the (L, n, P) layout
-        flat = (dk.T[:, None, :] * n + idx[None, :, None]) * p_max + dr.T[:, None, :]
-        dep[:ln, idx, :pp] = np.where(missing.T[:, None, :], none, flat)
-        f_link[:ln, idx, :pp] = (same & (dr == rank - 1)).T[:, None, :]
-        b_link[:ln, idx, :pp] = (same & (dr == rank + 1)).T[:, None, :]
-    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link)
+        ln = g.is_b.shape[1]
+        cols = slice(offsets[i], offsets[i + 1])
+        dur[:ln, cols] = durations[i].T
+        base = flat.get(id(g))
+        if base is None:
+            base = flat[id(g)] = np.where(g.in_round < 0, -(width * l_max + 1), 1 + g.in_round * width + g.in_rank)
+        # a missing input lands below 0 for every offset and is clipped to cell 0 (time 0)
+        np.maximum(base + offsets[i], 0, out=dep[:ln, cols])
+        f_link[:ln, cols] = g.f_link
+        b_link[:ln, cols] = g.b_link
+    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, offsets=offsets)
 
 
 def _chain(b: Array, d: Array, link: Array) -> Array:
@@ -236,22 +242,22 @@ def _chain(b: Array, d: Array, link: Array) -> Array:
 
 
 def _solve(pad: _Padded) -> Array:
-    """End time of every op, (L, n, P), round by round.
+    """End time of every op, (L, R), round by round.
 
     A cell outside every chain gets max(b, ...) + d = b + d from `_chain`, and backwards never wait in a
     forward chain nor forwards in a backward one (a chain's members wait for their neighbour's op of
     the same kind), so a round's chains apply to all its cells without masking by kind.
     """
-    l_max, n, p_max = pad.dur.shape
-    ends = np.zeros(l_max * n * p_max + 1)
-    view = ends[:-1].reshape(l_max, n, p_max)
-    f_rounds = pad.f_link.any(axis=(1, 2)).tolist()
-    b_rounds = pad.b_link.any(axis=(1, 2)).tolist()
-    prev = np.zeros((n, p_max))
-    ready = np.empty((n, p_max))
+    l_max, width = pad.dur.shape
+    ends = np.zeros(1 + l_max * width)
+    view = ends[1:].reshape(l_max, width)
+    f_rounds = pad.f_link.any(axis=1).tolist()
+    b_rounds = pad.b_link.any(axis=1).tolist()
+    prev = np.zeros(width)
+    ready = np.empty(width)
 
     def down_the_ranks(b: Array, k: int) -> Array:  # a backward chain runs from the last rank to the first
-        return _chain(b[:, ::-1], pad.dur[k][:, ::-1], pad.b_link[k][:, ::-1])[:, ::-1]
+        return _chain(b[::-1], pad.dur[k][::-1], pad.b_link[k][::-1])[::-1]
 
     for k in range(l_max):
         # Same-round inputs still read 0 here; the chains below supply them.
@@ -279,7 +285,7 @@ def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: st
     """
     graph = _graph(schedule, pp, vpp, m)
     d = _durations(graph, np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64), float(p2p))
-    ends = _solve(_pad([graph], [d]))[:, 0, :].T
+    ends = _solve(_pad([graph], [d])).T
     return float(ends.max()), _events(graph, ends, d), ends[:, -1], ends[:, -1] - d[:, -1]
 
 
@@ -335,11 +341,12 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
     for i, g in enumerate(graphs):
         fwd, bwd = _stage_durations(terms, np.array([i]), layouts[i])
         durations.append(_durations(g, fwd[0], bwd[0], float(terms.p2p[i])))
-    ends_all = _solve(_pad(graphs, durations))  # (L, n, P)
+    pad = _pad(graphs, durations)
+    ends_all = _solve(pad)  # (L, R)
     ov = cluster.overlap_slowdown
     out = []
     for i, (g, d, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
-        ends = ends_all[:d.shape[1], i, :pp].T
+        ends = ends_all[:d.shape[1], pad.offsets[i]:pad.offsets[i + 1]].T
         rank_end = ends[:, -1]
         last_b = rank_end - d[:, -1]
         busy = d.sum(axis=1)
