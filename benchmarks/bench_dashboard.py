@@ -14,6 +14,10 @@ page and the script is idle):
 - a what-if step (one step of the pipeline-stages slider on the default problem's best plan:
   re-scores one plan in the what-if fragment).
 
+In the same run it serves a bare Streamlit page the same way (a title, a 10-row table and one line of
+text: what any Streamlit dashboard pays before drawing anything of its own) and measures its first
+table likewise; the table gives each first-table wait as a ratio to that floor.
+
 Beside each wait it prints the server's share (the page script's or the what-if fragment's own run
 time, which app.py logs when PLANNER_DASHBOARD_TIMING is set); the rest is the browser drawing and
 the transport. It also prints the load average: on a shared machine the browser's share grows with
@@ -99,6 +103,52 @@ def whatif_step(page: Any, key: str, log: ServerLog) -> tuple[float, float]:
     return timed(lambda: slider.press(key), changed, page, log, "what-if")
 
 
+BARE_PAGE = """import pandas as pd
+import streamlit as st
+
+st.title("Parallelism planner")
+st.dataframe(pd.DataFrame({"plan": [f"plan {i}" for i in range(10)], "step s": [1.0 + i for i in range(10)]}))
+st.write("searched 0 plans in 0.00 s")
+"""
+
+
+def bare_floor(repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """First-table waits of the bare reference page (BARE_PAGE), measured as the dashboard's are."""
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-dashboard-bare-"))
+    app, path = folder / "bare.py", folder / "bare.log"
+    app.write_text(BARE_PAGE)
+    out: dict[str, list[tuple[float, float]]] = {"first visit": [], "new tab": []}
+    with shots.serve(shots.free_port(), path, app=app) as url, sync_playwright() as pw:
+        browser = shots.launch_chromium(pw)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            page = context.new_page()
+            _bare_table(page, url)  # the server's first session, as the dashboard's fresh-server row
+            for _ in range(repeats):
+                other = browser.new_page(viewport={"width": 1440, "height": 1000})
+                out["first visit"].append((_bare_table(other, url), 0.0))
+                other.close()
+                tab = context.new_page()
+                out["new tab"].append((_bare_table(tab, url), 0.0))
+                tab.close()
+        finally:
+            browser.close()
+    for f in (app, path):
+        f.unlink(missing_ok=True)
+    folder.rmdir()
+    return out
+
+
+def _bare_table(page: Any, url: str) -> float:
+    start = time.perf_counter()
+    page.goto(url, wait_until="commit")
+    shots.wait_for_table(page)
+    shots.wait_idle(page)
+    return time.perf_counter() - start
+
+
 def run(repeats: int) -> list[tuple[str, list[tuple[float, float]]]]:
     from playwright.sync_api import sync_playwright
 
@@ -145,15 +195,26 @@ def main() -> int:
         print(f"bench_dashboard: {why}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
-    rows = run(max(1, args.repeats))
+    repeats = max(1, args.repeats)
+    rows = run(repeats)
+    floor = bare_floor(repeats)
     load_after = os.getloadavg()[0]
+    floors = {"first table, new session, first visit (search cached)": statistics.median(
+        w for w, _ in floor["first visit"]),
+              "first table, new tab, scripts cached (search cached)": statistics.median(
+        w for w, _ in floor["new tab"])}
+    floors["first table, fresh server (the search runs)"] = floors[
+        "first table, new session, first visit (search cached)"]
+    rows += [("bare Streamlit page (title, 10-row table), first visit", floor["first visit"]),
+             ("bare Streamlit page (title, 10-row table), new tab", floor["new tab"])]
     print(f"{os.cpu_count()} CPUs; load average {load_before:.1f} before, {load_after:.1f} after")
-    print("| measurement | wait, median s | fastest s | slowest s | server run, median s | runs |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| measurement | wait, median s | fastest s | slowest s | server run, median s | runs | x bare page |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, pairs in rows:
         waits, server = [w for w, _ in pairs], [s for _, s in pairs]
+        ratio = f"{statistics.median(waits) / floors[name]:.2f}" if name in floors else "-"
         print(f"| {name} | {statistics.median(waits):.2f} | {min(waits):.2f} | {max(waits):.2f} | "
-              f"{statistics.median(server):.3f} | {len(pairs)} |")
+              f"{statistics.median(server):.3f} | {len(pairs)} | {ratio} |")
     return 0
 
 

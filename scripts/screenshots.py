@@ -58,12 +58,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(port: int, log: Path, timeout: float = 60.0) -> Iterator[str]:
+def serve(port: int, log: Path, timeout: float = 60.0, app: Path | None = None) -> Iterator[str]:
     """Serve the dashboard as `planner dashboard` does (streamlit run app.py, libraries imported
-    before the first visitor) on 127.0.0.1:port until the block ends; yields the URL."""
-    from planner.dashboard_cmd import dashboard_command
+    before the first visitor) on 127.0.0.1:port until the block ends; yields the URL. `app` serves
+    another Streamlit script the same way (the benchmark's bare reference page)."""
+    from planner.dashboard_cmd import app_path, dashboard_command
 
     cmd = [*dashboard_command("127.0.0.1", port), "--server.fileWatcherType", "none"]
+    if app is not None:
+        cmd[cmd.index(str(app_path()))] = str(app)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
