@@ -54,6 +54,9 @@ class Framework:
     dp_bucket_params: float = 0.0
     dp_bucket_params_per_rank: float = 0.0
     attention_kernel: str = ""
+    # Gradients kept and reduced in fp32 (Megatron's main_grad, FSDP2's reduce_dtype) or, when False,
+    # in the 16-bit training dtype (NeMo's performance recipes: grad_reduce_in_fp32 = False)
+    grad_reduce_in_fp32: bool = True
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:

@@ -104,3 +104,23 @@ def test_an_unknown_attention_kernel_is_refused() -> None:
         dataclasses.replace(framework("torchtitan"), attention_kernel="fa9")
     with pytest.raises(SpecError, match="unknown attention kernel"):
         dataclasses.replace(gpu_preset("H100-SXM5-80GB"), attention_efficiency_by_kernel={"fa9": 0.5})
+
+
+def test_nemo_keeps_16_bit_gradients_and_reduces_them_in_16_bit() -> None:
+    """NeMo's performance recipes set grad_reduce_in_fp32 = False: Llama 3 8B (8,030,261,248 parameters,
+    its config.json) on 8 H100s with cp 2 x dp 4 and ZeRO-1 holds 2 B of bf16 gradients per parameter
+    (Megatron-LM: 4 B of fp32 main_grad), and its reduce-scatter moves half the bytes."""
+    model, cluster = model_preset("llama3-8b").with_seq_len(8192), cluster_preset("dgx-h100").with_gpus(8)
+    params = 8_030_261_248
+    plans = {fw: Plan(tp=1, cp=2, dp=4, global_batch=128, zero_stage=1, framework=fw) for fw in ("nemo", "megatron-lm")}
+    mem = {fw: estimate(model, cluster, p)["memory"] for fw, p in plans.items()}
+    assert mem["nemo"]["grads"] * 2**30 == pytest.approx(2 * params, rel=1e-3)
+    assert mem["megatron-lm"]["grads"] * 2**30 == pytest.approx(4 * params, rel=1e-3)
+    assert mem["nemo"]["weights"] == mem["megatron-lm"]["weights"]  # bf16 weights either way
+    assert mem["nemo"]["optimizer"] == mem["megatron-lm"]["optimizer"]  # 12 B / 8 ranks either way
+    volume = {fw: {c.name: float(c.nbytes[0] * c.calls[0]) for c in
+                   cost_terms(model, cluster, batch_from_plans([p]), volumes=True).comms if c.op == "reduce_scatter"
+                   and c.kind == "dp"} for fw, p in plans.items()}
+    assert volume["nemo"] and volume["nemo"].keys() == volume["megatron-lm"].keys()
+    for name, nbytes in volume["nemo"].items():
+        assert nbytes == pytest.approx(volume["megatron-lm"][name] / 2), name

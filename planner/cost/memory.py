@@ -32,6 +32,15 @@ Array = np.ndarray
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 GRAD_BYTES = {"bf16": 4, "fp16": 4, "fp32": 4}
 OPTIMIZER_BYTES = {"bf16": 12, "fp16": 12, "fp32": 8}
+def grad_bytes(dtype: str, reduce_in_fp32: bool = True) -> int:
+    """Bytes of one gradient element in the gradient buffer and its data-parallel reduction: fp32
+    (GRAD_BYTES), or the 16-bit training dtype where the framework keeps them so (Framework
+    .grad_reduce_in_fp32 False; fp32 training stays fp32)."""
+    if reduce_in_fp32 or WEIGHT_BYTES[dtype] >= 4:
+        return GRAD_BYTES[dtype]
+    return WEIGHT_BYTES[dtype]
+
+
 # Bytes the optimizer step streams per parameter: read master/param, grad, m, v; write master, m, v
 # (+ the 16-bit copy); gradient clipping (read grads) and zeroing (write grads).
 OPTIMIZER_STEP_BYTES = {"bf16": 30 + 8, "fp16": 30 + 8, "fp32": 28 + 8}

@@ -19,10 +19,10 @@ import numpy as np
 
 from planner.cost.batch import PlanBatch, group_index
 from planner.cost.memory import (
-    GRAD_BYTES,
     MATMUL_POLICIES,
     OPTIMIZER_BYTES,
     WEIGHT_BYTES,
+    grad_bytes,
     in_flight_microbatches,
     policy_recomputed,
 )
@@ -383,7 +383,8 @@ def _by_structure(x: Array, shape: tuple[int, ...], by_structure: tuple[int, int
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:
     """Bytes per parameter of weights, gradients and optimizer state (the terms' training dtype)."""
-    return WEIGHT_BYTES[terms.dtype], GRAD_BYTES[terms.dtype], OPTIMIZER_BYTES[terms.dtype]
+    return (WEIGHT_BYTES[terms.dtype], grad_bytes(terms.dtype, terms.framework.grad_reduce_in_fp32),
+            OPTIMIZER_BYTES[terms.dtype])
 
 
 def prediction(scores: Scores, i: int, cluster: ClusterSpec, dtype: str) -> dict:

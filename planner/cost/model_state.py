@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.compute import low_precision
-from planner.cost.memory import GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES, op_params_per_gpu
+from planner.cost.memory import OPTIMIZER_BYTES, WEIGHT_BYTES, grad_bytes, op_params_per_gpu
 from planner.cost.stages import stage_layout
+from planner.framework import framework
 from planner.graph import Op, build_graph
 from planner.plan import Plan
 from planner.precision import recipe
@@ -112,7 +113,8 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
             * rec.element_bytes
     w, g, o = sharded(3, dense, expert), sharded(2, t_dense, t_expert), sharded(1, t_dense, t_expert)
     dt = plan.dtype
-    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * GRAD_BYTES[dt],
+    in_fp32 = framework(plan.framework).grad_reduce_in_fp32 if plan.framework else True
+    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * grad_bytes(dt, in_fp32),
                            optimizer=o * OPTIMIZER_BYTES[dt], weight_params=w, grad_params=g, optimizer_params=o,
                            dense_params=dense, expert_params=expert, lowp_bytes=lowp, trained_dense_params=t_dense,
                            trained_expert_params=t_expert)

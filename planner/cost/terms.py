@@ -36,6 +36,7 @@ from planner.cost.memory import (
     MATMUL_POLICIES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
+    grad_bytes,
     layer_activation_bytes,
     op_params_per_gpu,
     policy_saved_bytes,
@@ -53,7 +54,6 @@ from planner.specs.model import ModelSpec
 Array = np.ndarray
 FIRST_MATMUL_POLICY = RECOMPUTE.index(MATMUL_POLICIES[0])
 assert RECOMPUTE[FIRST_MATMUL_POLICY:] == MATMUL_POLICIES, "RECOMPUTE must end with the matmul policies in order"
-GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype)
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
 RC_CODE = 1 << 20  # a recompute variant is rc x RC_CODE + every (every < 2^20)
 
@@ -201,6 +201,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
     gpu, dt = cluster.gpu, b.dtype
     fw = framework(b.framework or default_framework(cluster))
+    grad_b = grad_bytes(dt, fw.grad_reduce_in_fp32)  # fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype) or 16-bit
     t = b.tp.astype(np.float64)
     c = b.cp.astype(np.float64)
     e = b.ep.astype(np.float64)
@@ -353,7 +354,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # do they (group_layout's gpus_per_node // stride would misplace e.g. a stride of 6 in 8).
     if model.tied_embeddings:
         pair_stride = np.where(b.stride_pp * b.pp <= gpn, b.stride_pp, b.stride_pp * (b.pp - 1))
-        emb_bytes = model.vocab_size * h / t * GRAD_REDUCE_BYTES
+        emb_bytes = model.vocab_size * h / t * grad_b
         emb = collective_time(cluster, "all_reduce", emb_bytes, np.full_like(b.pp, 2), pair_stride)
         res["emb_sync"] = np.where(b.pp > 1, emb, 0.0)
         res["emb_bytes"] = np.where(b.pp > 1, emb_bytes, 0.0)
@@ -416,10 +417,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         return np.where((g_dp > 1)[:, None], total, 0.0)
 
     w_b = WEIGHT_BYTES[dt]
-    res["dp_ar"] = dp_coll("all_reduce", GRAD_REDUCE_BYTES, False)
-    res["dp_rs"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, False)
+    res["dp_ar"] = dp_coll("all_reduce", grad_b, False)
+    res["dp_rs"] = dp_coll("reduce_scatter", grad_b, False)
     res["dp_ag"] = dp_coll("all_gather", w_b, False)
-    res["dp_rs_layers"] = dp_coll("reduce_scatter", GRAD_REDUCE_BYTES, True)
+    res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)
     res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)  # ZeRO-3 gathers frozen weights too
     tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
@@ -556,7 +557,7 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     holds_head = b.pp == 1
     act = st["act_bytes"]
     z = b.zero
-    grad_b, w_b = float(GRAD_REDUCE_BYTES), float(WEIGHT_BYTES[b.dtype])
+    grad_b, w_b = float(grad_bytes(b.dtype, terms.framework.grad_reduce_in_fp32)), float(WEIGHT_BYTES[b.dtype])
     zero = np.zeros_like(t)
 
     def on(mask: Array, x: Array) -> Array:
