@@ -79,8 +79,18 @@ def open_page(browser: Any, url: str, dark: bool = False, height: int = 1400) ->
 
 
 def picked(page: Any) -> str:
-    """The text of the 'Plan to inspect' box."""
-    return page.locator(".st-key-pick input").first.input_value().strip()
+    """The text of the 'Plan to inspect' box; if the page shows a message or an exception instead, the
+    failure says what it shows (a box that never appears was otherwise only a 120 s timeout)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator(".st-key-pick input").first
+    try:
+        box.wait_for(timeout=TIMEOUT_MS)
+    except PlaywrightTimeout:
+        shown = page.locator("[data-testid='stAlert'], [data-testid='stException']").all_inner_texts()
+        raise AssertionError(f"no 'Plan to inspect' box after {TIMEOUT_MS // 1000} s; the page shows: "
+                             f"{' | '.join(shown)[:2000] or 'no message'}") from None
+    return box.input_value().strip()
 
 
 def query(page: Any) -> dict[str, str]:
