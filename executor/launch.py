@@ -122,8 +122,10 @@ def validate(args: argparse.Namespace) -> PlanDocument:
         from executor.checkpoint import check_checkpointable
 
         check_checkpointable(doc.plan)
-    if args.checkpoint_dir:
-        _check_checkpoint_dir(Path(args.checkpoint_dir))
+    if args.checkpoint_dir:  # found here, not as a distributed-checkpoint traceback on every rank later
+        from planner.io import check_folder_target
+
+        check_folder_target(Path(args.checkpoint_dir), "checkpoint_dir")
     if _uses_cuda(args.device):
         import torch
 
@@ -141,24 +143,6 @@ def validate(args: argparse.Namespace) -> PlanDocument:
     if out.exists() and out.is_dir():
         raise UnsupportedPlan(f"{out} is a directory", field="out")
     return doc
-
-
-def _check_checkpoint_dir(path: Path) -> None:
-    """A checkpoint folder must be a folder this user can write, or creatable in one: found here, not as
-    a distributed-checkpoint traceback on every rank after the first steps."""
-    if path.exists():
-        if not path.is_dir():
-            raise ResourceMismatch(f"{path} exists and is not a folder", field="checkpoint_dir")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ResourceMismatch(f"{path}: no permission to write checkpoints there", field="checkpoint_dir")
-        return
-    from planner.io import nearest_existing
-
-    parent = nearest_existing(path.parent)
-    if not parent.is_dir():
-        raise ResourceMismatch(f"{path}: {parent} is not a folder", field="checkpoint_dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ResourceMismatch(f"{path}: no permission to create it in {parent}", field="checkpoint_dir")
 
 
 def state_bytes_per_rank(doc: PlanDocument) -> float:

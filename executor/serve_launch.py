@@ -104,7 +104,7 @@ def comparison_table(doc: Any, measured: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SERVE_RUN_FLAGS = ("plan", "nproc_per_node", "out", "threads", "device", "seed", "func", "command")
+SERVE_RUN_FLAGS = ("plan", "nproc_per_node", "out", "threads", "device", "seed")
 """The `planner run` arguments a serving plan uses; any other one set away from its default is refused."""
 
 

@@ -151,6 +151,20 @@ def document_kind(path: Path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def check_folder_target(path: Path, field: str) -> None:
+    """A folder a command will write into (a run's checkpoints, validate's reports) must be one this
+    user can write, or creatable in one: OutputPathError naming `field` otherwise, before any work."""
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{path} exists and is not a folder", field=field)
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write into {path}: {existing} is not a writable folder (not a folder at "
+                              f"all)", field=field)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write into {path}: {existing} is not a writable folder (no permission)",
+                              field=field)
+
+
 def nearest_existing(path: Path) -> Path:
     """`path` or its nearest ancestor that exists (where creating `path` would start)."""
     return next((d for d in (path, *path.parents) if d.exists()), Path("."))

@@ -152,9 +152,9 @@ class _Graph:
     stage: Array  # virtual stage g = chunk·pp + rank of each op
     duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)]
     sends: Array  # bool: the op ends with a blocking send to a neighbouring stage
-    dep: Array  # flat index (rank·L + position) of the op it waits for; pp·L = "nothing" (a zero cell)
-    # the same, round-major (L, pp) as the solver lays plans out: the input's round and rank (-1 round:
-    # nothing), and whether a forward / backward waits for its neighbour rank within its own round
+    # The op each op waits for, round-major (L, pp) as the solver lays plans out: its round (position)
+    # and rank (round -1: nothing), and whether a forward / backward waits for its neighbour rank within
+    # its own round
     in_round: Array
     in_rank: Array
     f_link: Array
@@ -175,17 +175,15 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
     has = o.is_b | (g > 0)
     dep_rank = dep_g % pp
     dep_pos = _position(o, dep_rank, dep_b, o.mb, dep_g // pp, pp, vpp, m)
-    dep = np.where(has, dep_rank * length + dep_pos, pp * length)
     own = np.arange(length)[None, :]
     # Dependencies point to an earlier position, or to the same position on a neighbouring rank (the
     # sweeps resolve those chains); anything else means the order formulas are inconsistent.
     assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
     duration = np.where(o.is_b, n_virtual + g, g)
-    dr, dk = np.divmod(dep, length)
-    same = has & (dk == own)
-    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends, dep=dep,
-                  in_round=np.where(has, dk, -1).T.copy(), in_rank=dr.T.copy(),
-                  f_link=(same & (dr == r - 1)).T.copy(), b_link=(same & (dr == r + 1)).T.copy())
+    same = has & (dep_pos == own)
+    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends,
+                  in_round=np.where(has, dep_pos, -1).T.copy(), in_rank=dep_rank.T.copy(),
+                  f_link=(same & (dep_rank == r - 1)).T.copy(), b_link=(same & (dep_rank == r + 1)).T.copy())
 
 
 @dataclass(frozen=True)

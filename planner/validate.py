@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 from planner.compare import ComparisonRow, comparison_rows
 from planner.cost import estimate
 from planner.errors import PlanError, PlannerError
-from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps
+from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_folder_target, dumps
 from planner.plan import Plan, PlanDocument, check_plan, plan_hash, save_plan
 from planner.report import table
 from planner.specs.catalog import load_cluster, load_model
@@ -252,17 +251,6 @@ def write_html(path: Path, results: list[PlanResult], summary: dict[str, Any], t
         atomic_write_bytes(path.with_suffix(".png"), fig.to_image(format="png"))
 
 
-def _check_out_dir(path: Path) -> None:
-    """--out-dir must be a folder this user can write, or creatable: refused before any work."""
-    from planner.io import nearest_existing
-
-    if path.exists() and not path.is_dir():
-        raise PlannerError(f"{path} exists and is not a folder", field="out_dir")
-    existing = nearest_existing(path)
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PlannerError(f"cannot write into {path}: {existing} is not a writable folder", field="out_dir")
-
-
 def run_validation(args: argparse.Namespace) -> int:
     """The `planner validate` command (local runs)."""
     from executor.launch import RunFailed, run_plan, run_plans
@@ -270,7 +258,7 @@ def run_validation(args: argparse.Namespace) -> int:
 
     nproc = args.nproc_per_node
     out_dir = Path(args.out_dir)
-    _check_out_dir(out_dir)
+    check_folder_target(out_dir, "out_dir")
     model = load_model(args.model, seq_len=args.seq_len)  # a bad --model is named before minutes of calibrating
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     if args.cluster is None:  # predictions need this machine's numbers: measure them now

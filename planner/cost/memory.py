@@ -32,6 +32,8 @@ Array = np.ndarray
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 GRAD_BYTES = {"bf16": 4, "fp16": 4, "fp32": 4}
 OPTIMIZER_BYTES = {"bf16": 12, "fp16": 12, "fp32": 8}
+
+
 def grad_bytes(dtype: str, reduce_in_fp32: bool = True) -> int:
     """Bytes of one gradient element in the gradient buffer and its data-parallel reduction: fp32
     (GRAD_BYTES), or the 16-bit training dtype where the framework keeps them so (Framework

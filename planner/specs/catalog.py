@@ -139,11 +139,12 @@ def _is_path(arg: str, presets: list[str] | None = None, field: str = "model") -
         p = Path(arg)
         if arg.endswith(".json") or os.sep in arg:
             return True
-        local = p.is_file() or (p / "config.json").is_file()
+        is_file = p.is_file()
+        local = is_file or (p / "config.json").is_file()
     except (OSError, ValueError):  # e.g. an embedded NUL byte
         return False
     if local and presets is not None and arg in presets:
-        raise SpecError(f"{arg!r} is both a {field} preset and {'a file' if p.is_file() else 'a model folder'} "
+        raise SpecError(f"{arg!r} is both a {field} preset and {'a file' if is_file else 'a model folder'} "
                         f"in the working directory: write ./{arg} to read it, or rename it to use the "
                         f"preset", field=field)
     return local
