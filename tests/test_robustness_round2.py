@@ -144,7 +144,7 @@ def test_unbounded_or_malformed_sizes_are_refused_before_launch(tmp_path: Path, 
         rc = exc.code
     assert rc == 2
     err = capsys.readouterr().err
-    assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{field}:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*measured*"))
 
 
