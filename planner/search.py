@@ -414,7 +414,10 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     least_memory = float("inf")
     best: list[tuple[np.ndarray, PlanBatch, Scores]] = []  # candidate pools per chunk
     pareto_pool: list[tuple[PlanBatch, Scores]] = []
-    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora, framework):
+    def absorb(batch: PlanBatch) -> None:
+        """Score one chunk and keep its candidates (compact copies: the chunk's arrays are freed
+        before the next one is built, which keeps the peak memory to one chunk's)."""
+        nonlocal space, scored, fitting, least_memory
         space += len(batch)
         scored += len(batch)
         s = evaluate(model, cluster, batch, headroom, only_fitting=limit_bytes is None)
@@ -424,17 +427,19 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
         fitting += n_ok
         pruned["does not fit in memory"] += len(batch) - n_ok
         if n_ok == 0:
-            if progress:
-                progress(space, fitting)
-            continue
+            return
         idx = np.flatnonzero(ok)
         obj = _objective(s, cluster, objective)[idx]
         k = min(top_k * 4, len(idx))
         sel = idx[np.argpartition(obj, k - 1)[:k]] if k < len(idx) else idx
-        best.append((_objective(s, cluster, objective)[sel], batch.take(sel), s.take(sel)))
+        best.append((_objective(s, cluster, objective)[sel], batch.take(sel), s.compact(sel)))
         pm = _pareto_mask(s.step_time[idx], s.mem_total[idx])
         pidx = idx[pm]
-        pareto_pool.append((batch.take(pidx), s.take(pidx)))
+        pareto_pool.append((batch.take(pidx), s.compact(pidx)))
+
+    for batch in enumerate_plans(model, cluster, global_batch, dt, flash, c, pruned, lora, framework):
+        absorb(batch)
+        del batch  # (not held while the generator builds the next chunk)
         if progress:
             progress(space, fitting)
     if not best:

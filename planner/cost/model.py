@@ -12,12 +12,12 @@ simulation and the trace read too); the overlap rules from `planner.cost.overlap
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.batch import PlanBatch, group_index
+from planner.cost.batch import PlanBatch, group_index, unique_inverse
 from planner.cost.memory import (
     MATMUL_POLICIES,
     OPTIMIZER_BYTES,
@@ -27,7 +27,7 @@ from planner.cost.memory import (
     policy_recomputed,
 )
 from planner.cost.overlap import core_sharing_stretch, data_parallel
-from planner.cost.terms import FIRST_MATMUL_POLICY, RC_CODE, CostTerms, cost_grid
+from planner.cost.terms import FIRST_MATMUL_POLICY, CostTerms, cost_grid, recompute_variants
 from planner.plan import SCHEDULES
 from planner.precision import base_dtype
 from planner.specs.cluster import ClusterSpec
@@ -44,45 +44,61 @@ class MemoryParts:
 
     A plan's memory on a class is state + held · per_microbatch + head · head_held, where held (and
     head_held, for the head's saved tensors) are the micro-batches its schedule keeps in flight on the
-    class's first rank, a small table per structure and schedule; its memory per GPU is the largest over
-    the classes. The breakdown's parts stay in the shape they vary in (broadcastable to the grid x
-    classes) and are read only for the plans a search returns.
+    class's first rank; its memory per GPU is the largest over the classes. Totals are computed for every
+    cell under its structure's own schedule (a search gives each structure one); the parts stay in the
+    shape they vary in (broadcastable to the grid x classes) and are read only for the plans asked about.
     """
 
     weights: Array  # broadcastable to (*grid, C)
     grads: Array
     optimizer: Array
-    other: Array  # runtime reserve, recompute working set, ZeRO-3 gather buffers, logits
-    state: Array  # (cells, C): weights + grads + optimizer + other; -inf for padding classes
-    per_microbatch: Array  # (cells, C): activations of one in-flight micro-batch (the class's layers + embedding)
+    other_fixed: Array  # ZeRO-3 gather buffers, logits (broadcastable to (*grid, C))
+    working: Array  # runtime reserve and full recompute's working set (broadcastable to (*grid, C))
+    fixed: Array  # weights + grads + optimizer + other_fixed; -inf for padding classes
+    per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
     head: Array  # broadcastable to (*grid, C): what the head and loss save per micro-batch (last class)
-    held: Array  # (structures, schedules, C)
-    head_held: Array  # (structures, schedules)
-    cells_per_structure: int
-    totals: Array  # (cells, schedules): the memory per GPU of every cell under each schedule
+    pipeline: tuple[Array, Array, Array, Array]  # per structure: pp, vpp, m (structures, 1), first ranks (.., C)
+    schedule: Array  # (structures,): the schedule `totals` are computed under
+    totals: Array  # (cells,): the memory per GPU of every cell under its structure's schedule
     grid: tuple[int, ...] = ()
+
+    @property
+    def cells_per_structure(self) -> int:
+        return int(np.prod(self.grid[1:]))
 
     def _at(self, part: Array, rows: Array) -> Array:
         """(len(rows), C): a broadcastable part at the flattened cells `rows`."""
         index = np.unravel_index(rows, self.grid)
-        return np.broadcast_to(part, (*self.grid, self.state.shape[-1]))[index]
+        return np.broadcast_to(part, (*self.grid, self.fixed.shape[-1]))[index]
+
+    def in_flight(self, structure: Array, sched: Array) -> tuple[Array, Array]:
+        """(held (len, C), head_held (len,)): micro-batches in flight on each class's first rank, and of
+        the head's saved tensors, for structures `structure` under schedules `sched`."""
+        pp, vpp, m, first_rank = (x[structure] for x in self.pipeline)
+        held = in_flight_microbatches(pp, vpp, m, sched[:, None], first_rank)
+        # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards run
+        # before the first backward); 1F1B runs the last stage's backward right after its forward.
+        head_held = np.where((sched == SCHEDULES.index("gpipe")) & (pp[:, 0] > 1), m[:, 0], 1).astype(np.float64)
+        return held, head_held
 
     def plan_memory(self, rows: Array, sched: Array, breakdown: bool) -> dict[str, Array]:
         """Memory of plans whose cells are `rows` under schedules `sched`: mem_total (and the breakdown
         of its largest class)."""
-        if not breakdown:
-            return {"mem_total": self.totals[rows, sched]}
         structure = rows // self.cells_per_structure
-        held = self.held[structure, sched]
-        acts = held * self.per_microbatch[rows] + self._at(self.head, rows) * self.head_held[structure, sched][:, None]
-        total = self.state[rows] + acts
+        if not breakdown and (sched == self.schedule[structure]).all():
+            return {"mem_total": self.totals[rows]}
+        held, head_held = self.in_flight(structure, sched)
+        acts = held * self._at(self.per_microbatch, rows) + self._at(self.head, rows) * head_held[:, None]
+        working = self._at(self.working, rows)
+        total = self._at(self.fixed, rows) + working + acts
         out = {"mem_total": _max_last(total)}
         if breakdown:
             pick = _argmax_last(total)
             out.update({"mem_weights": _pick(self._at(self.weights, rows), pick),
                         "mem_grads": _pick(self._at(self.grads, rows), pick),
                         "mem_optimizer": _pick(self._at(self.optimizer, rows), pick),
-                        "mem_activations": _pick(acts, pick), "mem_other": _pick(self._at(self.other, rows), pick)})
+                        "mem_activations": _pick(acts, pick),
+                        "mem_other": _pick(self._at(self.other_fixed, rows) + working, pick)})
         return out
 
 
@@ -133,10 +149,22 @@ class Scores:
 
     def take(self, idx: Array) -> Scores:
         """The scores of plans `idx` (gathering only what they need)."""
-        out = Scores(self._timing, self._memory, self._rows[idx], self._sched[idx], self.mem_limit,
-                     self._trows[idx])
-        if "mem_total" in self.__dict__:
-            out.mem_total = self.__dict__["mem_total"][idx]
+        d = self.__dict__
+        out = Scores(d["_timing"], d["_memory"], d["_rows"][idx], d["_sched"][idx], self.mem_limit, d["_trows"][idx])
+        for name in ("mem_total", "fits", *self.MEMORY):
+            if name in d:
+                out.__dict__[name] = d[name][idx]
+        return out
+
+    def compact(self, idx: Array) -> Scores:
+        """The scores of plans `idx`, every field gathered, holding none of this batch's cell arrays: a
+        search keeps a few plans of each chunk, and `take` would keep every chunk's cells alive."""
+        d = self.__dict__
+        rows, sched = d["_rows"][idx], d["_sched"][idx]
+        timing = {k: v[d["_trows"][idx]] for k, v in d["_timing"].items()}
+        out = Scores(timing, d["_memory"], np.arange(len(rows)), sched, self.mem_limit)
+        out.__dict__.update(d["_memory"].plan_memory(rows, sched, breakdown=True))
+        out.__dict__["_memory"] = None  # every memory field is gathered above
         return out
 
 
@@ -283,17 +311,17 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
     that have a plan fitting in memory; the others read +inf.
     """
     s_first, s_inv = group_index(batch, "structure")
-    codes, r_inv = np.unique(batch.rc * RC_CODE + batch.every, return_inverse=True)
-    zeros, z_inv = np.unique(batch.zero, return_inverse=True)
-    terms = cost_grid(model, cluster, batch.take(s_first), codes // RC_CODE, zeros, codes % RC_CODE)
-    cell = (s_inv * len(codes) + r_inv.reshape(-1)) * len(zeros) + z_inv.reshape(-1)
+    rc, every, r_inv = recompute_variants(batch)
+    zeros, z_inv = unique_inverse(batch.zero)
+    terms = cost_grid(model, cluster, batch.take(s_first), rc, zeros, every)
+    cell = (s_inv * len(rc) + r_inv) * len(zeros) + z_inv
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
-    memory = memory_parts(cluster, terms, np.unique(batch.sched).tolist())
+    memory = memory_parts(cluster, terms, batch.sched[s_first])
     n_cells = int(np.prod(terms.grid))
     needed = None
     if only_fitting:
         mask = np.zeros(n_cells, dtype=bool)
-        mask[cell[memory.totals[cell, batch.sched] <= limit]] = True
+        mask[cell[memory.plan_memory(cell, batch.sched, breakdown=False)["mem_total"] <= limit]] = True
         needed = np.flatnonzero(mask) if mask.sum() < 0.4 * n_cells else None
     if needed is None:
         timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
@@ -309,9 +337,10 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
     return Scores(timing, memory, cell, batch.sched, limit, timing_rows=rows)
 
 
-def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int] | None = None) -> MemoryParts:
+def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None = None) -> MemoryParts:
     """The schedule-independent memory of every cell of `terms` per stage class (flattened cells), and
-    the totals under `schedules` (indices into SCHEDULES; default all)."""
+    the totals of every cell under its structure's schedule (`schedule`, one index into SCHEDULES per
+    structure, the grid's first axis; default 1F1B)."""
     cls = terms.classes.head()
     c = cls.size.shape[-1]
     ax = terms.axes
@@ -327,10 +356,6 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int
     rc = ax.rc[e]
     full_ws = _max_last(terms.layer_act_full)[e]
     zero3_buffer = 2.0 * _max_last(terms.layer_weights)[e]
-    shape = (*terms.grid, c)
-
-    def flat(x: Array) -> Array:
-        return np.broadcast_to(x, shape).reshape(-1, c)
 
     # Low-precision weight copies: for every local layer, or under ZeRO-3 for the two gathered ones.
     zero3 = (zero == 3) & has_dp
@@ -339,46 +364,24 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedules: Iterable[int
     weights = (dense / d3 + expert / e3) * dt_w + lowp
     grads = (t_dense / d2 + t_expert / e2) * dt_g
     optimizer = (t_dense / d1 + t_expert / e1) * dt_o
-    other = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0) \
-        + np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
-    state = flat(np.where(cls.valid, weights + grads + optimizer + other, -np.inf))
-    # Micro-batches in flight per structure (the grid's first axis), schedule and class.
-    n_s = terms.grid[0]
+    other_fixed = np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
+    fixed = np.where(cls.valid, weights + grads + optimizer + other_fixed, -np.inf)
+    working = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
+    per_mb = _per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
+    head = np.where(cls.has_post, terms.post_saved[e], 0.0)
+    # Every cell under its structure's schedule: the largest class.
     struct = (slice(None), 0, 0)
     pp, vpp, m = (np.broadcast_to(x, terms.grid)[struct][:, None] for x in (ax.pp, ax.vpp, ax.m))
-    first_rank = np.broadcast_to(cls.first_rank, (*terms.grid, c))[struct]
-    held = np.stack([in_flight_microbatches(pp, vpp, m, np.full((n_s, 1), k), first_rank)
-                     for k in range(len(SCHEDULES))], axis=1)
-    gpipe = np.arange(len(SCHEDULES))[None, :] == SCHEDULES.index("gpipe")
-    # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards run
-    # before the first backward); 1F1B runs the last stage's backward right after its forward.
-    head_held = np.where(gpipe & (pp > 1), m, 1).astype(np.float64)
-    per_mb = flat(_per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0))
-    head = np.where(cls.has_post, terms.post_saved[e], 0.0)
-    cps = int(np.prod(terms.grid[1:]))
-    by_structure = (n_s, cps, c)
-    head_s = _by_structure(head, shape, by_structure)
-    # Every cell under each schedule asked for (+inf under the others): (cells, schedules), the largest
-    # class; a structure's in-flight counts broadcast over its cells (the grid's trailing axes).
-    totals = np.full((state.shape[0], len(SCHEDULES)), np.inf)
-    for k in range(len(SCHEDULES)) if schedules is None else schedules:
-        total = state.reshape(by_structure) + held[:, k][:, None, :] * per_mb.reshape(by_structure) \
-            + head_s * head_held[:, k][:, None, None]
-        totals[:, k] = _max_last(total).reshape(-1)
-    return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other=other, state=state,
-                       per_microbatch=per_mb, head=head, held=held, head_held=head_held, cells_per_structure=cps,
-                       totals=totals, grid=tuple(terms.grid))
-
-
-def _by_structure(x: Array, shape: tuple[int, ...], by_structure: tuple[int, int, int]) -> Array:
-    """`x` (broadcastable to `shape` = (*grid, C)) as (structures, cells per structure or 1, C), without
-    copying it over the grid's trailing axes where it does not vary along them."""
-    x = np.asarray(x)
-    x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
-    n_s, _, c = by_structure
-    if all(d == 1 for d in x.shape[1:-1]):
-        return np.broadcast_to(x, (n_s, *x.shape[1:-1], c)).reshape(n_s, 1, c)
-    return np.broadcast_to(x, shape).reshape(by_structure)
+    pipeline = (pp, vpp, m, np.broadcast_to(cls.first_rank, (*terms.grid, c))[struct])
+    n_s = terms.grid[0]
+    own = np.zeros(n_s, dtype=np.int64) if schedule is None else np.asarray(schedule, dtype=np.int64)
+    parts = MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
+                        fixed=fixed, per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
+                        totals=np.empty(0), grid=tuple(terms.grid))
+    held, head_held = parts.in_flight(np.arange(n_s), own)
+    lead = (n_s,) + (1,) * (len(terms.grid) - 1)
+    total = fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1)
+    return dataclasses.replace(parts, totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1))
 
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.batch import PlanBatch, group_index
+from planner.cost.batch import PlanBatch, group_index, unique_inverse
 from planner.cost.comm import collective_time, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
@@ -55,7 +55,6 @@ Array = np.ndarray
 FIRST_MATMUL_POLICY = RECOMPUTE.index(MATMUL_POLICIES[0])
 assert RECOMPUTE[FIRST_MATMUL_POLICY:] == MATMUL_POLICIES, "RECOMPUTE must end with the matmul policies in order"
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
-RC_CODE = 1 << 20  # a recompute variant is rc x RC_CODE + every (every < 2^20)
 
 
 @dataclass(frozen=True)
@@ -446,6 +445,14 @@ def cost_grid(model: ModelSpec, cluster: ClusterSpec, structures: PlanBatch, rec
     return _variants(cluster, lg, structures, st, np.asarray(recompute), np.asarray(zero), every)
 
 
+def recompute_variants(batch: PlanBatch) -> tuple[Array, Array, Array]:
+    """The distinct (recompute index, every) pairs of `batch`, sorted, as two arrays, and each plan's pair."""
+    r_vals, r_inv = unique_inverse(batch.rc)
+    e_vals, e_inv = unique_inverse(batch.every)
+    codes, inverse = unique_inverse(r_inv * len(e_vals) + e_inv)
+    return r_vals[codes // len(e_vals)], e_vals[codes % len(e_vals)], inverse
+
+
 def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes: bool = False) -> CostTerms:
     """Price every plan of `batch` (for `cluster.num_gpus` GPUs): leading shape (plans,).
 
@@ -455,11 +462,9 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
     s_first, s_inv = group_index(batch, "structure")
     sb = batch.take(s_first)
     st = _structure(model, cluster, lg, sb)
-    rc_code = batch.rc * RC_CODE + batch.every
-    codes, r_inv = np.unique(rc_code, return_inverse=True)
-    zeros, z_inv = np.unique(batch.zero, return_inverse=True)
-    terms = _variants(cluster, lg, sb, st, codes // RC_CODE, zeros, codes % RC_CODE).select(
-        (s_inv, r_inv.reshape(-1), z_inv.reshape(-1)))
+    rc, every, r_inv = recompute_variants(batch)
+    zeros, z_inv = unique_inverse(batch.zero)
+    terms = _variants(cluster, lg, sb, st, rc, zeros, every).select((s_inv, r_inv, z_inv))
     if volumes:
         rows = {k: v[s_inv] for k, v in st.items()}
         terms = dataclasses.replace(terms, comms=_comms(model, lg, batch, rows, terms))
