@@ -30,6 +30,7 @@ from planner.framework import default_framework
 from planner.framework import framework as framework_profile
 from planner.plan import DEFAULT_PLACEMENT, DIMS, RECOMPUTE, SCHEDULES, Plan
 from planner.precision import PRECISIONS, check_precision
+from planner.simulate import simulate_plans
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -503,8 +504,6 @@ def _rerank(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan], preds: li
     Every objective orders plans of one problem alike (fixed GPUs and batch), so the simulated step
     time orders them for all three.
     """
-    from planner.simulate import simulate_plans
-
     k = min(k, len(plans))
     if k == 0:
         return plans, preds, [None] * len(plans)

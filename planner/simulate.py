@@ -20,6 +20,7 @@ from `planner.cost.overlap`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -99,10 +100,11 @@ def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
     """
     total = m * vpp
     length = 2 * total
-    r = np.arange(pp)[:, None]
-    k = np.arange(length)[None, :]
+    # int32 (a step has far fewer than 2^31 ops): integer division and modulo run twice as fast
+    r = np.arange(pp, dtype=np.int32)[:, None]
+    k = np.arange(length, dtype=np.int32)[None, :]
     if schedule == "gpipe" or pp == 1:
-        warm = np.full((pp, 1), total)
+        warm = np.full((pp, 1), total, dtype=np.int32)
     elif vpp == 1:
         warm = np.minimum(pp - r - 1, m)
     else:
@@ -110,8 +112,9 @@ def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
     rel = k - warm
     in_warm = k < warm
     in_steady = (k >= warm) & (k < 2 * total - warm)
-    is_b = np.where(in_warm, False, np.where(in_steady, rel % 2 == 1, True))
-    q = np.where(in_warm, k, np.where(in_steady, np.where(rel % 2 == 0, warm + rel // 2, rel // 2), k - total))
+    odd, half = (rel & 1) == 1, rel >> 1  # rel % 2 == 1 and rel // 2 (floor, also below zero)
+    is_b = np.where(in_warm, False, np.where(in_steady, odd, True))
+    q = np.where(in_warm, k, np.where(in_steady, np.where(odd, half, warm + half), k - total))
     if vpp == 1:
         mb, chunk = q, np.zeros_like(q)
     else:
@@ -166,7 +169,7 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
     o = _orders(schedule, pp, vpp, m)
     n_virtual = pp * vpp
     length = 2 * m * vpp
-    r = np.arange(pp)[:, None]
+    r = np.arange(pp, dtype=np.int32)[:, None]
     g = o.chunk * pp + r
     sends = np.where(o.is_b, g > 0, g < n_virtual - 1)
     # F of stage g waits for F of g - 1; B of g for B of g + 1 (the last stage's B for its own F).
@@ -175,7 +178,7 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
     has = o.is_b | (g > 0)
     dep_rank = dep_g % pp
     dep_pos = _position(o, dep_rank, dep_b, o.mb, dep_g // pp, pp, vpp, m)
-    own = np.arange(length)[None, :]
+    own = np.arange(length, dtype=np.int32)[None, :]
     # Dependencies point to an earlier position, or to the same position on a neighbouring rank (the
     # sweeps resolve those chains); anything else means the order formulas are inconsistent.
     assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
@@ -189,40 +192,53 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
 @dataclass(frozen=True)
 class _Padded:
     """The dependency graphs of n plans side by side: every plan's ranks on one axis (plan i's ranks at
-    columns offsets[i]..offsets[i+1]), L rounds, round-major (L, R) so a round is contiguous. Ops beyond a
-    plan's sequence have no duration and no dependency. A chain never crosses plans: a plan's first
-    rank waits for no rank below and its last for none above."""
+    columns starts[i]..starts[i] + its pp), L rounds, round-major (L, R) so a round is contiguous. Ops
+    beyond a plan's sequence have no duration and no dependency. A chain never crosses plans: a plan's
+    first rank waits for no rank below and its last for none above. Plans are laid out longest first,
+    so the plans still running in round k are the first active[k] columns."""
 
     dur: Array  # (L, R) seconds
     dep: Array  # (L, R) flat index into the (1 + L·R) end times; cell 0 is time 0 ("nothing")
     f_link: Array  # (L, R) bool: a forward waiting for the rank below in the same round
     b_link: Array  # (L, R) bool: a backward waiting for the rank above in the same round
-    offsets: Array  # (n + 1,) first column of each plan
+    starts: Array  # (n,) first column of each plan (in the order given)
+    active: Array  # (L,) columns of the plans still running in each round
 
 
 def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
-    """Lay plans' graphs (one per plan) and op durations (pp, L) side by side."""
-    pps = [g.is_b.shape[0] for g in graphs]
-    offsets = np.concatenate([[0], np.cumsum(pps)]).astype(np.intp)
-    width = int(offsets[-1])
-    l_max = max(g.is_b.shape[1] for g in graphs)
+    """Lay plans' graphs (one per plan) and op durations (pp, L) side by side, longest sequence first.
+
+    The arrays are zero-filled by the allocator, so the rounds past a plan's end are never touched
+    (no writes, no page faults) and `_solve` stops computing them."""
+    lengths = [g.is_b.shape[1] for g in graphs]
+    order = sorted(range(len(graphs)), key=lambda i: -lengths[i])
+    pps = np.array([graphs[i].is_b.shape[0] for i in order], dtype=np.intp)
+    ends_at = np.cumsum(pps)
+    starts = np.empty(len(graphs), dtype=np.intp)
+    starts[order] = ends_at - pps
+    width = int(ends_at[-1])
+    l_max = lengths[order[0]]
+    # round k runs the plans whose length exceeds k: a prefix of the columns
+    sorted_lengths = np.array([lengths[i] for i in order])
+    active = ends_at[np.searchsorted(-sorted_lengths, -np.arange(l_max), side="left") - 1]
     dur = np.zeros((l_max, width))  # zero-filled: padding costs no writes, and dep 0 reads time 0
     dep = np.zeros((l_max, width), dtype=np.int32 if width * l_max < 2**31 - 1 else np.intp)
     f_link = np.zeros((l_max, width), dtype=bool)
     b_link = np.zeros((l_max, width), dtype=bool)
     flat: dict[int, Array] = {}  # per distinct graph: the inputs' flat indices for a plan at column 0
     for i, g in enumerate(graphs):
-        ln = g.is_b.shape[1]
-        cols = slice(offsets[i], offsets[i + 1])
+        ln = lengths[i]
+        cols = slice(starts[i], starts[i] + g.is_b.shape[0])
         dur[:ln, cols] = durations[i].T
         base = flat.get(id(g))
         if base is None:
-            base = flat[id(g)] = np.where(g.in_round < 0, -(width * l_max + 1), 1 + g.in_round * width + g.in_rank)
+            in_round = g.in_round.astype(np.intp)  # (the flat index can pass 2^31 where the graph's cannot)
+            base = flat[id(g)] = np.where(in_round < 0, -(width * l_max + 1), 1 + in_round * width + g.in_rank)
         # a missing input lands below 0 for every offset and is clipped to cell 0 (time 0)
-        np.maximum(base + offsets[i], 0, out=dep[:ln, cols])
+        np.maximum(base + starts[i], 0, out=dep[:ln, cols])
         f_link[:ln, cols] = g.f_link
         b_link[:ln, cols] = g.b_link
-    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, offsets=offsets)
+    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, starts=starts, active=active)
 
 
 def _chain(b: Array, d: Array, link: Array) -> Array:
@@ -239,6 +255,11 @@ def _chain(b: Array, d: Array, link: Array) -> Array:
     return csum + (np.maximum.accumulate(y + lift, axis=-1) - lift)
 
 
+def _down_the_ranks(b: Array, d: Array, link: Array) -> Array:
+    """`_chain` for a backward chain, which runs from the last rank to the first."""
+    return _chain(b[::-1], d[::-1], link[::-1])[::-1]
+
+
 def _solve(pad: _Padded) -> Array:
     """End time of every op, (L, R), round by round.
 
@@ -248,30 +269,33 @@ def _solve(pad: _Padded) -> Array:
     """
     l_max, width = pad.dur.shape
     ends = np.zeros(1 + l_max * width)
-    view = ends[1:].reshape(l_max, width)
-    f_rounds = pad.f_link.any(axis=1).tolist()
-    b_rounds = pad.b_link.any(axis=1).tolist()
+    full_view = ends[1:].reshape(l_max, width)
     prev = np.zeros(width)
-    ready = np.empty(width)
+    ready_all = np.empty(width)
+    # phases of rounds with the same plans running: the columns past them are left untouched
+    cuts = [0, *(np.flatnonzero(np.diff(pad.active)) + 1).tolist(), l_max]
+    for k0, k1 in itertools.pairwise(cuts):
+        w = int(pad.active[k0])
+        dur, dep, f_link, b_link = (x[k0:k1, :w] for x in (pad.dur, pad.dep, pad.f_link, pad.b_link))
+        view, ready, prev = full_view[k0:k1, :w], ready_all[:w], prev[:w]
+        f_rounds = f_link.any(axis=1).tolist()
+        b_rounds = b_link.any(axis=1).tolist()
 
-    def down_the_ranks(b: Array, k: int) -> Array:  # a backward chain runs from the last rank to the first
-        return _chain(b[::-1], pad.dur[k][::-1], pad.b_link[k][::-1])[::-1]
-
-    for k in range(l_max):
-        # Same-round inputs still read 0 here; the chains below supply them.
-        ends.take(pad.dep[k], out=ready)
-        b = np.maximum(prev, ready, out=ready)
-        e = view[k]
-        if f_rounds[k]:
-            e[...] = _chain(b, pad.dur[k], pad.f_link[k])
-            if b_rounds[k]:
-                np.copyto(e, down_the_ranks(b, k), where=pad.b_link[k])
-        elif b_rounds[k]:
-            e[...] = down_the_ranks(b, k)
-        else:
-            np.add(b, pad.dur[k], out=e)
-        prev = e
-    return view
+        for k in range(k1 - k0):
+            # Same-round inputs still read 0 here; the chains below supply them.
+            ends.take(dep[k], out=ready)
+            b = np.maximum(prev, ready, out=ready)
+            e = view[k]
+            if f_rounds[k]:
+                e[...] = _chain(b, dur[k], f_link[k])
+                if b_rounds[k]:
+                    np.copyto(e, _down_the_ranks(b, dur[k], b_link[k]), where=b_link[k])
+            elif b_rounds[k]:
+                e[...] = _down_the_ranks(b, dur[k], b_link[k])
+            else:
+                np.add(b, dur[k], out=e)
+            prev = e
+    return full_view
 
 
 def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: str,
@@ -344,7 +368,7 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
     ov = cluster.overlap_slowdown
     out = []
     for i, (g, d, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
-        ends = ends_all[:d.shape[1], pad.offsets[i]:pad.offsets[i + 1]].T
+        ends = ends_all[:d.shape[1], pad.starts[i]:pad.starts[i] + pp].T
         rank_end = ends[:, -1]
         last_b = rank_end - d[:, -1]
         busy = d.sum(axis=1)
