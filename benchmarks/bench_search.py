@@ -400,6 +400,34 @@ def calculon_table(rows: list[dict]) -> list[list[str]]:
     return [head, *body] if body else []
 
 
+# Issue 16's targets: whole `planner plan` process (s) on two problems; re-ranking under 10% of the search
+# on every problem; peak memory under 1 GiB.
+WHOLE_TARGETS = {"megatron-1t / 3072 A100-80GB, batch 3072": 1.5, "gpt3-175b / 4096 A100-80GB, batch 1536": 2.5}
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """One line per target: the measured value beside the bound, and whether it is met."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    out = []
+    for r in rows:
+        bound = WHOLE_TARGETS.get(r["problem"])
+        if bound is not None and r.get("returncode") == 0:
+            out.append(f"- {r['problem']}: whole process {r['whole_wall_s']:.2f} s (<= {bound} s): "
+                       f"{verdict(r['whole_wall_s'] <= bound)}")
+    shares = [(r["problem"], r["cli_rerank_s"] / r["cli_search_s"]) for r in rows
+              if r.get("cli_rerank_s") is not None and r.get("cli_search_s")]
+    if shares:
+        worst = max(shares, key=lambda x: x[1])
+        out.append(f"- re-ranking the top 32 by simulation, largest share of its search: {worst[1]:.1%} "
+                   f"({worst[0]}; < 10%): {verdict(worst[1] < 0.10)}")
+    peak = max((r["peak_rss_mib"] for r in rows), default=None)
+    if peak is not None:
+        out.append(f"- peak memory of any launch: {peak:.0f} MiB (< 1 GiB): {verdict(peak < 1024)}")
+    return out
+
+
 def render(table: list[list[str]], md: bool) -> str:
     if not table:
         return ""
@@ -419,6 +447,10 @@ def print_tables(meta: dict, rows: list[dict], md: bool) -> None:
     print(f"{meta['date']}, {meta['cpus']} CPUs, Python {meta['python']}, load average {load}; "
           f"ours: `planner plan` (median of {meta['launches']} launches) and scoring only")
     print(render(ours_table(rows), md))
+    lines = target_lines(rows)
+    if lines:
+        print("\nIssue 16's targets (search and re-rank times as the CLI prints them, to 0.01 s):")
+        print("\n".join(lines))
     calc = meta.get("calculon")
     if not calc:  # one line: why there is no side-by-side table
         print("\n" + meta.get("calculon_missing", "Calculon: skipped (--no-calculon)"))
