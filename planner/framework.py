@@ -20,6 +20,9 @@ reads them like it reads the cluster:
   FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
   scaled_dot_product_attention flash backend, the flash-attn 2 package), priced at the GPU's
   `attention_efficiency_by_kernel["fa2"]` where the catalog cites one;
+- grad_reduce_in_fp32: gradients kept and reduced in fp32 (else in the 16-bit training dtype);
+- fp8_param_gather: under the per-tensor fp8 recipe, the linear layers' weights are kept in FP8 only
+  (with their transposes), not beside a 16-bit copy (planner.precision.extra_weight_bytes);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -57,6 +60,10 @@ class Framework:
     # Gradients kept and reduced in fp32 (Megatron's main_grad, FSDP2's reduce_dtype) or, when False,
     # in the 16-bit training dtype (NeMo's performance recipes: grad_reduce_in_fp32 = False)
     grad_reduce_in_fp32: bool = True
+    # FP8 primary weights: under the per-tensor fp8 recipe the linear layers keep their weights only in
+    # FP8 (no 16-bit copy; Transformer Engine's fp8_model_init) and all-gather them in FP8 (NeMo's FP8
+    # precision plugins: fp8_param_gather = True)
+    fp8_param_gather: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:

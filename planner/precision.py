@@ -82,6 +82,18 @@ NEEDS = {
 }
 
 
+def extra_weight_bytes(dtype: str, fp8_primary: bool = False) -> float:
+    """Bytes per parameter of a low-precision linear layer held beyond its 16-bit weight: the recipe's
+    low-precision copies (fp8: the weight and its transpose), or, with FP8 primary weights (`fp8_primary`
+    under the per-tensor fp8 recipe: no 16-bit copy is kept, NeMo's fp8_param_gather), those copies less
+    the 16-bit weight they replace. 0 outside the low-precision recipes."""
+    r = RECIPES[dtype]
+    if not r.low_precision:
+        return 0.0
+    copies = r.weight_copies * r.element_bytes
+    return copies - DTYPE_BYTES[r.base] if fp8_primary and dtype == "fp8" else copies
+
+
 def recipe(dtype: str) -> Recipe:
     """The recipe a plan's `dtype` names (KeyError for an unknown name)."""
     return RECIPES[dtype]

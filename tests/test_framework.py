@@ -124,3 +124,23 @@ def test_nemo_keeps_16_bit_gradients_and_reduces_them_in_16_bit() -> None:
     assert volume["nemo"] and volume["nemo"].keys() == volume["megatron-lm"].keys()
     for name, nbytes in volume["nemo"].items():
         assert nbytes == pytest.approx(volume["megatron-lm"][name] / 2), name
+
+
+def test_nemo_keeps_fp8_weights_without_a_16_bit_copy() -> None:
+    """NeMo's FP8 precision plugins set fp8_param_gather = True (FP8 primary weights): Llama 3 8B's linear
+    layers hold 32 x (4096 x (4096 + 1024 + 1024) + 4096 x 4096 + 3 x 4096 x 14336) = 6,979,321,856
+    parameters (its config.json; the embedding, LM head and norms stay 16-bit). Under the fp8 recipe
+    Megatron-LM keeps their bf16 weight beside an FP8 copy and its transpose (2 + 2 B); NeMo keeps only the
+    FP8 pair (2 B), so its weights are 2 B x 6,979,321,856 smaller; under mxfp8 (fp8_param_gather False
+    in NeMo) and bf16 both keep the same bytes."""
+    model, cluster = model_preset("llama3-8b").with_seq_len(8192), cluster_preset("dgx-h100").with_gpus(8)
+    linear = 32 * (4096 * (4096 + 1024 + 1024) + 4096 * 4096 + 3 * 4096 * 14336)
+    assert linear == 6_979_321_856
+
+    def weights(fw: str, dtype: str) -> float:
+        plan = Plan(tp=1, cp=2, dp=4, global_batch=128, zero_stage=1, framework=fw, dtype=dtype)
+        return estimate(model, cluster, plan)["memory"]["weights"] * 2**30
+
+    assert weights("megatron-lm", "fp8") - weights("nemo", "fp8") == pytest.approx(2 * linear, rel=1e-6)
+    assert weights("megatron-lm", "fp8") - weights("megatron-lm", "bf16") == pytest.approx(2 * linear, rel=1e-6)
+    assert weights("nemo", "fp8") == pytest.approx(weights("nemo", "bf16"), rel=1e-9)

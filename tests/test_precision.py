@@ -149,3 +149,21 @@ def test_megatron_export_trains_in_the_plans_precision(dtype: str, flags: list[s
     assert any("row-wise" in w for w in export_warnings(doc, "megatron")) == (dtype == "fp8-rowwise")
     for fmt in ("torchtitan", "deepspeed"):  # neither export writes FP8 training: each says so
         assert any(w.startswith("WARNING: dtype") or "dtype:" in w for w in export_warnings(doc, fmt))
+
+
+@pytest.mark.parametrize(("framework", "zero", "gathered"), [("nemo", 1, True), ("nemo", 0, False),
+                                                            ("megatron-lm", 1, False)])
+def test_megatron_export_keeps_fp8_primary_weights_where_the_plan_was_priced_so(framework: str, zero: int,
+                                                                                gathered: bool) -> None:
+    """A plan priced under NeMo's profile (fp8_param_gather: FP8 primary weights) exports
+    --fp8-param-gather, which Megatron-LM accepts only with the distributed optimizer: at ZeRO-0 the
+    export leaves it out and says so; Megatron-LM's own profile keeps bf16 weights (no flag)."""
+    from planner.export import export_files
+    from planner.plan import PlanDocument
+
+    model, cluster = model_preset("llama3-8b"), H100.with_gpus(8)
+    plan = Plan(dp=8, global_batch=8, zero_stage=zero, dtype="fp8", framework=framework)
+    files = export_files(PlanDocument(plan=plan, model=model, cluster=cluster), "megatron")
+    assert ("--fp8-param-gather" in files["megatron.args"].splitlines()) == gathered
+    said = "fp8_param_gather" in "\n".join(files.values())
+    assert said == (framework == "nemo" and zero == 0)

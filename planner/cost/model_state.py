@@ -32,7 +32,7 @@ from planner.cost.stages import stage_layout
 from planner.framework import framework
 from planner.graph import Op, build_graph
 from planner.plan import Plan
-from planner.precision import recipe
+from planner.precision import extra_weight_bytes, recipe
 from planner.specs.model import ModelSpec
 
 
@@ -109,8 +109,9 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     if rec.low_precision and not (plan.zero_stage == 3 and dp_group > 1):
         per_layer = [sum(float(op_params_per_gpu(op, tp, ep)[0]) for op in kind.ops if low_precision(op, plan.dtype))
                      for kind in lg.kinds]
-        lowp = sum(float(n) * p for n, p in zip(layers, per_layer, strict=True)) * rec.weight_copies \
-            * rec.element_bytes
+        primary = framework(plan.framework).fp8_param_gather if plan.framework else False
+        lowp = sum(float(n) * p for n, p in zip(layers, per_layer, strict=True)) \
+            * extra_weight_bytes(plan.dtype, primary)
     w, g, o = sharded(3, dense, expert), sharded(2, t_dense, t_expert), sharded(1, t_dense, t_expert)
     dt = plan.dtype
     in_fp32 = framework(plan.framework).grad_reduce_in_fp32 if plan.framework else True

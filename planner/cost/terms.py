@@ -47,7 +47,7 @@ from planner.cost.stages import ClassArrays, class_arrays
 from planner.framework import Framework, default_framework, framework
 from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
 from planner.plan import RECOMPUTE
-from planner.precision import base_dtype, recipe
+from planner.precision import base_dtype, extra_weight_bytes
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -208,7 +208,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     seq = np.full_like(t, model.seq_len)
     tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
     h, beta = model.hidden, DTYPE_BYTES[base_dtype(dt)]
-    rec = recipe(dt)
+    lowp_extra = extra_weight_bytes(dt, fw.fp8_param_gather)  # bytes per low-precision weight beyond 16 bits
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
@@ -290,7 +290,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in train)))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, t, e) for op in kind.ops if low_precision(op, dt)), np.zeros_like(t))
-        out["lowp_copies"].append(lowp * rec.weight_copies * rec.element_bytes)
+        out["lowp_copies"].append(lowp * lowp_extra)
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
     pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)

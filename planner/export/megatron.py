@@ -16,6 +16,7 @@ from planner.export.architecture import architecture
 from planner.export.common import Build, args_text, comment, compute_capability, header, placement_order
 from planner.export.launch import EnvVar, Launch, launch_script, sbatch_script
 from planner.export.training import optimizer_settings
+from planner.framework import framework as framework_profile
 from planner.plan import Plan, PlanDocument
 from planner.specs.model import ModelSpec
 
@@ -121,6 +122,13 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Items:
         items.append((f"--{dtype}", None))
     elif dtype in LOW_PRECISION_FLAGS:
         items += [("--bf16", None), *LOW_PRECISION_FLAGS[dtype]]
+        if dtype == "fp8" and p.framework and framework_profile(p.framework).fp8_param_gather:
+            if p.zero_stage >= 1:  # FP8 primary weights, all-gathered in FP8, as the plan was priced
+                items.append(("--fp8-param-gather", None))
+            else:
+                b.note(f"the {p.framework} profile prices FP8 primary weights (fp8_param_gather), which "
+                       "Megatron-LM allows only with the distributed optimizer (ZeRO-1 or more): exported "
+                       "without it, so each linear weight also keeps its bf16 copy (2 B per parameter more)")
     items.append(("--attention-backend", "flash" if p.flash_attention else "unfused"))
     return items
 
