@@ -16,5 +16,9 @@ python -c "import playwright" >/dev/null 2>&1 || pip install -q playwright || ec
 python -c "import torchtitan, triton, deepspeed" >/dev/null 2>&1 ||
   pip install -q "torchtitan==0.3.0" "triton==3.9.0" "deepspeed==0.19.8" ||
   echo "torchtitan / deepspeed not installed: their export checks will skip"
+# torchao: torchtitan's float8 / MXFP8 / NVFP4 converters, which the low-precision exports name (an abi3 wheel;
+# --no-deps keeps the installed torch).
+python -c "import torchao" >/dev/null 2>&1 || pip install -q --no-deps "torchao==0.18.0" ||
+  echo "torchao not installed: the converter export check will skip"
 ruff check .
 python -m pytest -q "$@"

@@ -34,8 +34,11 @@ FIXTURE = json.loads((ROOT / "tests/fixtures/framework_names.json").read_text())
 EXAMPLES = ROOT / "examples/exports"
 HAS_TORCHTITAN = find_spec("torchtitan") is not None and find_spec("triton") is not None
 HAS_DEEPSPEED = find_spec("deepspeed") is not None
+HAS_TORCHAO = find_spec("torchao") is not None
 needs_torchtitan = pytest.mark.skipif(not HAS_TORCHTITAN, reason="torchtitan 0.3.0 (+ triton) not installed: "
                                       "scripts/test.sh installs them; the export's own framework check is skipped")
+needs_torchao = pytest.mark.skipif(not (HAS_TORCHTITAN and HAS_TORCHAO), reason="torchtitan 0.3.0 and torchao "
+                                   "0.18.0 not installed: scripts/test.sh installs them; the converter check skips")
 needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed 0.19.8 not installed: scripts/test.sh "
                                      "installs it; the export's own framework check is skipped")
 
@@ -437,3 +440,42 @@ def test_committed_exports_match_the_committed_plan(folder: Path) -> None:
 
 def test_bash_is_available_for_launch_checks() -> None:
     assert shutil.which("bash")
+
+
+# Builds the exported job's model config with torchtitan's own converters (the GPU-capability gate stubbed:
+# no GPU here) and prints each linear layer's config class by its fully qualified name.
+_CONVERTED = """
+import importlib, json, sys
+for name in ("float8", "mx", "nvfp4"):
+    importlib.import_module("torchtitan.components.quantization." + name).has_cuda_capability = lambda *a: True
+from torchtitan.models.common.linear import Linear
+job = importlib.import_module(sys.argv[1])
+model = job.planner_job().model_spec.model
+print(json.dumps({fqn: type(cfg).__qualname__ for fqn, cfg, _, _ in model.traverse(Linear.Config)}))
+"""
+
+
+@needs_torchao
+@pytest.mark.parametrize(("dtype", "cluster", "kind"), [("fp8-rowwise", "dgx-h100", "Float8Linear"),
+                                                        ("fp8", "dgx-h100", "Float8Linear"),
+                                                        ("mxfp8", "dgx-b200", "MXFP8Linear"),
+                                                        ("nvfp4", "dgx-b200", "NVFP4Linear")])
+def test_torchtitan_converts_the_layers_linear_gemms_not_the_lm_head(dtype: str, cluster: str, kind: str,
+                                                                     tmp_path: Path) -> None:
+    """The export used to train every low-precision plan in bf16. torchtitan's own converters, run on the
+    exported registry call, now turn exactly the layers' 5 linear layers (fused qkv, o, w1, w2, w3) into the
+    recipe's kind and leave the LM head ("lm_head") in bf16, as the planner prices the recipe; per-tensor fp8
+    runs as torchtitan's row-wise recipe and the export says so."""
+    doc = make_doc(DEBUG_LLAMA, cluster, 4, dp=2, tp=2, micro_batch=1, global_batch=4, zero_stage=3, dtype=dtype)
+    files = export_files(doc, "torchtitan")
+    (tmp_path / "torchtitan_job.py").write_text(files["torchtitan_job.py"])
+    proc = subprocess.run([sys.executable, "-c", _CONVERTED, "torchtitan_job"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    classes = json.loads(proc.stdout.strip().splitlines()[-1])
+    layers = {fqn: c for fqn, c in classes.items() if fqn.startswith("layers.")}
+    assert len(layers) == 5 * DEBUG_LLAMA.num_layers  # wqkv (q, k, v fused), wo, w1, w2, w3
+    assert all(c.startswith(kind) for c in layers.values()), layers
+    assert classes["lm_head"] == "Linear.Config"
+    assert any("row-wise" in w for w in export_warnings(doc, "torchtitan")) == (dtype == "fp8")
+

@@ -127,12 +127,30 @@ def _batch(p: Plan, m: ModelSpec, b: Build) -> Assignments:
             ("training.seq_len", str(m.seq_len))]
 
 
+# Low-precision recipes as torchtitan's model converters (torchtitan/components/quantization): the layers'
+# linear GEMMs only, the LM head ("lm_head") left in bf16 as the planner prices it. torchtitan 0.3.0's float8
+# converter offers only row-wise recipes ("rowwise", "rowwise_with_gw_hp"), so per-tensor fp8 deviates.
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "fp8-rowwise": ("from torchtitan.components.quantization.float8 import Float8LinearConverter",
+                    "Float8LinearConverter.Config(recipe_name='rowwise', filter_fqns=['lm_head'])"),
+    "mxfp8": ("from torchtitan.components.quantization.mx import MXFP8LinearConverter",
+              "MXFP8LinearConverter.Config(fqns=['layers.'])"),
+    "nvfp4": ("from torchtitan.components.quantization.nvfp4 import NVFP4LinearConverter",
+              "NVFP4LinearConverter.Config(fqns=['layers.'])"),
+}
+
+
+def converter(p: Plan) -> tuple[str, str] | None:
+    """(import line, config expression) of the model converter that trains `p` in its low precision."""
+    return CONVERTERS.get("fp8-rowwise" if p.dtype == "fp8" else p.dtype)
+
+
 def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     if p.dtype == "fp16":
         b.deviate("dtype", "torchtitan trains in bfloat16 or float32, not float16; bfloat16 is used", dtype="bf16")
-    elif p.dtype not in ("bf16", "fp32"):
-        b.deviate("dtype", f"this export does not write torchtitan's float8 / MX model converters, so {p.dtype} "
-                  "runs as bfloat16 (add the converter to the job to train in low precision)", dtype="bf16")
+    elif p.dtype == "fp8":
+        b.deviate("dtype", "torchtitan's float8 converter has only row-wise scaling recipes, so the per-tensor "
+                  "fp8 recipe runs as fp8-rowwise (Float8LinearConverter, recipe 'rowwise')", dtype="fp8-rowwise")
     return [("training.dtype", "'float32'"),  # master weights and optimizer states
             ("training.mixed_precision_param", repr("float32" if p.dtype == "fp32" else "bfloat16")),
             ("training.mixed_precision_reduce", "'float32'")]
@@ -244,11 +262,13 @@ def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> s
              "from torchtitan.models.llama3 import model_registry",
              "from torchtitan.tools.profiler import Profiler",
              "from torchtitan.trainer import Trainer",
+             *([conv[0]] if (conv := converter(doc.plan)) else []),
              "",
              "",
              f"def {CONFIG_FUNCTION}() -> Trainer.Config:",
              f'    """{m.name}: {doc.plan.describe()} on {doc.cluster.num_gpus} GPUs (planner {doc.hash})."""',
-             f"    model_spec = model_registry({flavor!r})  # bf16: no float8 / mxfp8 converters",
+             f"    model_spec = model_registry({flavor!r}{f', converters=[{conv[1]}]' if conv else ''})"
+             + ("  # the layers' linear GEMMs in low precision, the LM head in bf16" if conv else "  # bf16"),
              "    model = model_spec.model",
              "    # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon "
              f"({arch.source})",

@@ -23,7 +23,7 @@ from torchtitan.trainer import Trainer
 
 def planner_job() -> Trainer.Config:
     """llama3-70b: tp2 pp4 dp8 cp8 v2 mb1 sp z1 on 512 GPUs (planner 55a91eb5914fe510)."""
-    model_spec = model_registry('70B')  # bf16: no float8 / mxfp8 converters
+    model_spec = model_registry('70B')  # bf16
     model = model_spec.model
     # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon (Hugging Face meta-llama/Meta-Llama-3-70B config.json (no rope_scaling))
     shape = (len(model.layers), model.dim, model.layers[0].attention.n_heads,
