@@ -59,7 +59,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="auto", choices=("auto", "byte", "char"),
                         help="for --data: byte-level (vocab >= 256) or character-level")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler Chrome trace per rank")
-    parser.add_argument("--out", default=None, help="measured.json path (default: beside the plan)")
+    parser.add_argument("--out", default=None,
+                        help="the measured result (default: <plan>.measured.json beside the plan)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default 1 on CPU)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help=f"collective timeout in seconds, also how long the rendezvous waits for every "
