@@ -51,6 +51,10 @@ from planner.precision import recipe
 
 def check_executable(doc: PlanDocument) -> None:
     """Raise UnsupportedPlan for what this executor cannot run (checked before any process starts)."""
+    if doc.plan.folded:
+        raise UnsupportedPlan(f"the executor runs experts over the layer's tensor-parallel ranks only (etp = tp); "
+                              f"etp {doc.plan.expert_tp} < tp {doc.plan.tp} is planned, estimated and exported "
+                              "(Megatron-Core's --expert-tensor-parallel-size), not run here", field="etp")
     ParallelDims.from_plan(doc.plan).check_supported()
     check_cp(doc.model, doc.plan)
     if doc.model.head != "lm":

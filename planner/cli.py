@@ -151,7 +151,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         zero_stages=tuple(args.zero) if args.zero is not None else (0, 1, 2, 3),
         max_memory_gib=args.max_memory_gib, placements=not args.no_placement_search,
         first_stage_layers=args.first_stage_layers, last_stage_layers=args.last_stage_layers,
-        recompute_every=args.recompute_every, shard_group=args.shard_group,
+        recompute_every=args.recompute_every, shard_group=args.shard_group, etp=args.etp,
     )
     progress = _progress_printer() if sys.stderr.isatty() else None
     ft = _finetune(args)
@@ -222,7 +222,8 @@ def plan_from_args(args: argparse.Namespace, model: ModelSpec, cluster: ClusterS
     return dataclasses.replace(plan, first_stage_layers=args.first_stage_layers,
                                last_stage_layers=args.last_stage_layers, embedding_in_split=args.embedding_in_split,
                                loss_in_split=args.loss_in_split, recompute_every=args.recompute_every,
-                               framework=args.framework, shard_group=args.shard_group, **_finetune(args))
+                               framework=args.framework, shard_group=args.shard_group,
+                               etp=None if args.etp == plan.tp else args.etp, **_finetune(args))
 
 
 def _finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -567,6 +568,10 @@ def _add_sizes(p: argparse.ArgumentParser, search: bool) -> None:
                        help="count the loss as a layer in the pipeline split")
     p.add_argument("--recompute-every", type=_positive_int, default=1,
                    help="with full recompute: recompute 1 of every k layers (default 1: all)")
+    p.add_argument("--etp", type=_positive_int,
+                   help=f"{what} the experts' tensor-parallel size, a divisor of tp (MoE parallel folding: the freed "
+                        "tensor-parallel ranks hold other experts; Megatron-Core's --expert-tensor-parallel-size; "
+                        "default: tp)")
     p.add_argument("--shard-group", type=_positive_int,
                    help="hybrid sharding (HSDP): ZeRO shards over groups of this many data-parallel (dp x cp) "
                         "ranks and replicates across them (default: one group of all)")

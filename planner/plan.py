@@ -79,13 +79,17 @@ class Plan:
     # instances): ZeRO shards over groups of `shard_group` of the dp x cp gradient ranks (the nearest in
     # rank order) and replicates over the dp x cp / shard_group groups. None: one group of all of them.
     shard_group: int | None = None
+    # Expert tensor parallelism (Megatron-Core's --expert-tensor-parallel-size, "MoE parallel folding"):
+    # the experts are tensor-parallel over `etp` ranks, a divisor of tp, and the TP ranks that frees fold
+    # into expert parallelism (ep divides tp / etp x dp). None: the experts use tp like the rest.
+    etp: int | None = None
 
     # Fields written to JSON only when they differ from these defaults (so plans written before
     # they existed keep their hash).
     OPTIONAL: ClassVar[dict[str, Any]] = {"first_stage_layers": None, "last_stage_layers": None,
                                           "embedding_in_split": False, "loss_in_split": False, "recompute_every": 1,
                 "finetune": "full", "lora_rank": 16, "lora_targets": LORA_TARGETS,
-                "framework": None, "shard_group": None}
+                "framework": None, "shard_group": None, "etp": None}
 
     def __post_init__(self) -> None:
         for k in SIZE_KEYS:
@@ -130,6 +134,9 @@ class Plan:
         v = self.shard_group
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 40):
             raise PlanError(f"must be a positive integer or null, got {v!r}", field="shard_group")
+        v = self.etp
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 40):
+            raise PlanError(f"must be a positive integer or null, got {v!r}", field="etp")
         if self.framework is not None and self.framework not in framework_names():
             raise PlanError(f"must be one of {', '.join(framework_names())}, got {self.framework!r}", field="framework")
 
@@ -152,6 +159,16 @@ class Plan:
         return self.shard_group is not None and self.shard_group < self.dp * self.cp
 
     @property
+    def expert_tp(self) -> int:
+        """Tensor-parallel ranks each expert's weights are split over (etp, or tp when not set)."""
+        return self.tp if self.etp is None else self.etp
+
+    @property
+    def folded(self) -> bool:
+        """Experts narrower in tensor parallelism than the rest, the freed ranks folded into ep."""
+        return self.expert_tp != self.tp
+
+    @property
     def grad_accum(self) -> int:
         """Micro-batches per step on each data-parallel replica (m in the pipeline formulas)."""
         return self.global_batch // (self.dp * self.micro_batch)
@@ -162,6 +179,8 @@ class Plan:
             parts.append(f"cp{self.cp}")
         if self.ep > 1:
             parts.append(f"ep{self.ep}")
+        if self.folded:
+            parts.append(f"etp{self.expert_tp}")
         if self.vpp > 1:
             parts.append(f"v{self.vpp}")
         parts.append(f"mb{self.micro_batch}")
@@ -215,10 +234,20 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
         raise PlanError(f"num_kv_heads {m.num_kv_heads} is not divisible by tp {p.tp}", field="tp")
     if m.ffn_hidden % p.tp:
         raise PlanError(f"ffn_hidden {m.ffn_hidden} is not divisible by tp {p.tp}", field="tp")
-    for name in ("moe_ffn_hidden", "shared_ffn_hidden"):
+    for name, size, key in (("moe_ffn_hidden", p.expert_tp, "etp" if p.folded else "tp"),
+                            ("shared_ffn_hidden", p.tp, "tp")):
         width = getattr(m, name, 0)
-        if width and width % p.tp:
-            raise PlanError(f"{name} {width} is not divisible by tp {p.tp}", field="tp")
+        if width and width % size:
+            raise PlanError(f"{name} {width} is not divisible by {key} {size}", field=key)
+    if p.folded:
+        if not m.is_moe:
+            raise PlanError("expert tensor parallelism (etp) needs a mixture-of-experts model", field="etp")
+        if p.tp % p.expert_tp:
+            raise PlanError(f"etp {p.expert_tp} must divide tp {p.tp} (the experts' tensor-parallel ranks are "
+                            "part of the layer's)", field="etp")
+        if not p.sequence_parallel:
+            raise PlanError("etp < tp needs sequence parallelism (each rank dispatches its own share of the "
+                            "tokens to the experts, as Megatron-Core requires)", field="etp")
     if p.uneven:
         from planner.cost.stages import virtual_stage_sizes
 
@@ -251,7 +280,10 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
             raise PlanError("expert parallelism needs a mixture-of-experts model", field="ep")
         if m.num_experts % p.ep:
             raise PlanError(f"num_experts {m.num_experts} is not divisible by ep {p.ep}", field="ep")
-        if p.dp % p.ep:
+        if p.folded and (p.tp // p.expert_tp * p.dp) % p.ep:
+            raise PlanError(f"ep {p.ep} must divide tp/etp x dp = {p.tp // p.expert_tp} x {p.dp} (experts are "
+                            "spread over the folded tensor- and data-parallel ranks)", field="ep")
+        if not p.folded and p.dp % p.ep:
             raise PlanError(f"ep {p.ep} must divide dp {p.dp} (experts are spread over data-parallel ranks)",
                             field="ep")
     if p.shard_group is not None:
@@ -261,7 +293,7 @@ def check_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> None:
                             field="shard_group")
         if p.hybrid and p.zero_stage == 0:
             raise PlanError("hybrid sharding (shard_group < dp*cp) needs zero_stage 1, 2 or 3", field="shard_group")
-        if p.hybrid and p.ep > 1:
+        if p.hybrid and (p.ep > 1 or p.folded):
             raise PlanError("hybrid sharding with expert parallelism is not modelled yet (experts shard over "
                             "their own dp/ep x cp group)", field="shard_group")
     if p.vpp > 1 and p.schedule != "interleaved-1f1b":

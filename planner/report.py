@@ -104,7 +104,8 @@ def explain(doc: dict[str, Any]) -> str:
         f"cluster  {c['name']}: {doc['num_gpus']} x {c['gpu']['name'] if isinstance(c['gpu'], dict) else c['gpu']}"
         f" ({c['gpus_per_node']} per node, {c['num_nodes']} nodes)",
         f"plan     tp {doc['tp']} x cp {doc['cp']} x dp {doc['dp']} x pp {doc['pp']} (ep {doc['ep']}, "
-        f"vpp {doc['vpp']}), micro-batch {doc['micro_batch']}, global batch {doc['global_batch']} "
+        + (f"experts' tp {doc['etp']}, " if doc.get("etp") not in (None, doc["tp"]) else "")
+        + f"vpp {doc['vpp']}), micro-batch {doc['micro_batch']}, global batch {doc['global_batch']} "
         f"({doc['grad_accum']} micro-batches per step), schedule {doc['schedule']}, recompute "
         f"{doc['recompute']}, sequence parallel {'on' if doc['sequence_parallel'] else 'off'}, ZeRO "
         f"{doc['zero_stage']}, {doc['dtype']}, placement {' > '.join(doc['placement'])} (innermost first)",

@@ -60,6 +60,7 @@ class Constraints:
     last_stage_layers: int | None = None
     recompute_every: int = 1  # full recompute of 1 in every k layers (plans with recompute "full")
     shard_group: int | None = None  # hybrid sharding: ZeRO over groups of this many dp x cp ranks
+    etp: int | None = None  # the experts' tensor-parallel size (MoE parallel folding); None: tp
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _layout(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
 
 
 def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_per_node: int,
-                search: bool, moe: bool = True) -> list[tuple[str, ...]]:
+                search: bool, moe: bool = True, etp: int | None = None) -> list[tuple[str, ...]]:
     """Orders of the non-trivial dimensions that put groups on different links (one per layout).
 
     The expert-parallel and expert-data-parallel groups only count for mixture-of-experts models
@@ -217,7 +218,10 @@ def _placements(tp: int, cp: int, pp: int, dp: int, ep_values: list[int], gpus_p
         sig: list = [_layout(sizes[d], st[d], gpus_per_node) for d in DIMS]
         sig.append(st["pp"] * pp <= gpus_per_node)
         # (the dp x cp gradient group's layout is the product of the dp and cp layouts above)
-        if moe:
+        if moe and etp is not None and etp != tp:  # folded: ep after each etp group, then the experts' dp
+            sig.extend(_layout(e, st["tp"] * etp, gpus_per_node) for e in ep_values)
+            sig.extend(_layout(tp * cp * dp // (etp * e), st["tp"] * etp * e, gpus_per_node) for e in ep_values)
+        elif moe:
             sig.extend(_layout(e, st["dp"], gpus_per_node) for e in ep_values)
             sig.extend(_layout(dp // e, st["dp"] * e, gpus_per_node) for e in ep_values)
         seen.setdefault(tuple(sig), order)
@@ -252,7 +256,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         nonlocal pending
         s_rows = [b[0] for b in blocks]
         reps = [len(b[1]) for b in blocks]
-        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last account shard
+        struct = np.concatenate(s_rows)  # columns: tp pp dp cp ep vpp mb sp placement first last account shard etp
         inner = np.concatenate([np.tile(b[1], (len(b[0]), 1)) for b in blocks])
         rep = np.repeat(np.arange(len(struct)), np.repeat(reps, [len(r) for r in s_rows]))
         cols = struct[rep]
@@ -281,15 +285,21 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             sp=cols[:, 7].astype(bool), zero=inner[:, 1], stride_tp=strides["tp"][rep],
             stride_cp=strides["cp"][rep], stride_dp=strides["dp"][rep], stride_pp=strides["pp"][rep],
             placement=cols[:, 8], first=cols[:, 9], last=cols[:, 10], account=cols[:, 11], shard=cols[:, 12],
+            etp=cols[:, 13],
             every=np.where(inner[:, 0] == full_rc, c.recompute_every, 1), dtype=dtype, flash=flash,
             placements=tuple(placements), groups={"structure": (s_first, rep), "timing": (t_first, t_inv)},
             lora_rank=lora[0] if lora else 0, lora_targets=lora[1] if lora else (), framework=framework,
         )
 
     for tp, cp, pp, dp in _size_combos(model, cluster.num_gpus, global_batch, c, pruned):
+        etp = tp if c.etp is None else c.etp
+        # folding (check_plan's rules): an MoE model, etp dividing tp and the experts' width, SP below
+        if etp != tp and (not model.is_moe or tp % etp or (model.moe_ffn_hidden or model.ffn_hidden) % etp):
+            pruned["etp does not divide tp / the experts' width (or the model has no experts)"] += 1
+            continue
         eps = [1]
         if model.is_moe:
-            eps = [e for e in divisors(dp) if model.num_experts % e == 0]
+            eps = [e for e in divisors(dp * (tp // etp)) if model.num_experts % e == 0]
         if c.ep is not None:
             if c.ep not in eps:
                 pruned["ep does not divide num_experts and dp"] += 1
@@ -298,6 +308,8 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
         mbs = [b for b in divisors(global_batch // dp) if c.micro_batch is None or b == c.micro_batch]
         splits = pipeline_splits(model.num_layers, pp, c)
         sps = [False, True] if tp > 1 and (model.seq_len // cp) % tp == 0 else [False]
+        if etp != tp:
+            sps = [s for s in sps if s]
         if c.sequence_parallel is not None:
             sps = [s for s in sps if s == c.sequence_parallel]
         zeros = [z for z in c.zero_stages if z == 0 or dp * cp > 1]
@@ -306,7 +318,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             if (dp * cp) % c.shard_group:
                 pruned["shard group does not divide dp x cp"] += 1
                 continue
-            if eps != [1]:  # hybrid sharding is modelled without expert parallelism (check_plan says so)
+            if eps != [1] or etp != tp:  # hybrid sharding is modelled without expert parallelism (check_plan)
                 pruned["hybrid sharding with expert parallelism"] += len(eps) - (1 in eps)
                 eps = [1] if 1 in eps else []
                 if not eps:
@@ -317,7 +329,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
             pruned["no micro-batch / vpp / sp / ZeRO option satisfies the constraints"] += 1
             continue
         pidx = []
-        for o in _placements(tp, cp, pp, dp, eps, cluster.nvlink_domain, c.placements, model.is_moe):
+        for o in _placements(tp, cp, pp, dp, eps, cluster.nvlink_domain, c.placements, model.is_moe, etp):
             if o not in place_index:
                 place_index[o] = len(placements)
                 placements.append(o)
@@ -339,7 +351,7 @@ def enumerate_plans(model: ModelSpec, cluster: ClusterSpec, global_batch: int, d
                     pruned["interleaved: micro-batch count not a multiple of pp"] += len(mbs) - len(mb_ok)
             if not scheds or not mb_ok:
                 continue
-            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last, account, shard) for e, b, s, pl
+            struct = np.array([(tp, pp, dp, cp, e, v, b, s, pl, first, last, account, shard, etp) for e, b, s, pl
                                in itertools.product(eps, mb_ok, sps, pidx)], dtype=np.int64)
             key = (tuple(zeros), tuple(scheds))
             inner = inner_cache.get(key)
@@ -409,6 +421,9 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, *, dtype: 
     c = constraints or Constraints()
     if c.recompute is None:
         c = dataclasses.replace(c, recompute=fw.recompute)
+    if c.etp is not None and not model.is_moe:
+        raise PlanError(f"expert tensor parallelism (etp) needs a mixture-of-experts model; {model.name} has no "
+                        "experts", field="etp")
     limit_bytes = None if c.max_memory_gib is None else c.max_memory_gib * 2**30
     pruned: Counter = Counter()
     space = scored = fitting = 0

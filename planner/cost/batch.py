@@ -12,7 +12,7 @@ INT_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sched", "rc", "z
 # Plans equal in these fields share every structure-level cost term (sizes, SP, placement, the
 # pipeline's layer split) ...
 STRUCTURE_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "mb", "gb", "sp",
-                    "stride_tp", "stride_cp", "stride_dp", "stride_pp", "first", "last", "account", "shard")
+                    "stride_tp", "stride_cp", "stride_dp", "stride_pp", "first", "last", "account", "shard", "etp")
 # ... and in these every time term (the schedule changes only memory).
 TIMING_FIELDS = (*STRUCTURE_FIELDS, "rc", "zero", "every")
 
@@ -47,6 +47,7 @@ class PlanBatch:
     every: np.ndarray | None = None  # full recompute of 1 in `every` layers (1: all)
     account: np.ndarray | None = None  # embedding (1) / loss (2) counted as layers in the split
     shard: np.ndarray | None = None  # ZeRO's shard group (hybrid sharding; 0: the whole dp x cp group)
+    etp: np.ndarray | None = None  # the experts' tensor-parallel size (default: tp)
     dtype: str = "bf16"
     flash: bool = True
     lora_rank: int = 0  # LoRA adapters of this rank on frozen base weights (0: full training)
@@ -62,6 +63,8 @@ class PlanBatch:
         for name, fill in (("first", -1), ("last", -1), ("every", 1), ("account", 0), ("shard", 0)):
             if getattr(self, name) is None:
                 setattr(self, name, np.full(n, fill, dtype=np.int64))
+        if self.etp is None:
+            self.etp = np.asarray(self.tp, dtype=np.int64).copy()
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -97,6 +100,7 @@ class PlanBatch:
             last_stage_layers=None if self.last[i] < 0 else int(self.last[i]),
             recompute_every=int(self.every[i]), embedding_in_split=bool(self.account[i] & 1),
             loss_in_split=bool(self.account[i] & 2), shard_group=int(self.shard[i]) or None,
+            etp=None if self.etp[i] == self.tp[i] else int(self.etp[i]),
             **({"finetune": "lora", "lora_rank": self.lora_rank, "lora_targets": self.lora_targets}
                if self.lora_rank else {}), framework=self.framework,
         )
@@ -149,7 +153,7 @@ def batch_from_plans(plans: list[Plan]) -> PlanBatch:
                      first=col([-1 if p.first_stage_layers is None else p.first_stage_layers for p in plans]),
                      last=col([-1 if p.last_stage_layers is None else p.last_stage_layers for p in plans]),
                      every=col([p.recompute_every for p in plans]), account=col([p.account for p in plans]),
-                     shard=col([p.shard_group or 0 for p in plans]),
+                     shard=col([p.shard_group or 0 for p in plans]), etp=col([p.expert_tp for p in plans]),
                      dtype=dtype, flash=flash,
                      placements=tuple(orders), lora_rank=p0.lora_rank if lora else 0,
                      lora_targets=p0.lora_targets if lora else (), framework=p0.framework)

@@ -143,9 +143,14 @@ class LayerTimes:
 
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
-              seq: Array, tp: Array, sp: Array, ep: Array, attention_kernel: str = "") -> LayerTimes:
+              seq: Array, tp: Array, sp: Array, ep: Array, attention_kernel: str = "",
+              etp: Array | None = None) -> LayerTimes:
     """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch. A frozen linear
-    layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel."""
+    layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel.
+
+    `etp` (default tp): the routed experts' tensor-parallel size. Narrower than tp, each rank dispatches
+    its own tp / etp share of the tokens (sequence parallel) to experts split over etp ranks only
+    (Megatron-Core's MoE parallel folding): the same FLOPs per rank in fewer, larger GEMMs."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
     fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()
@@ -156,7 +161,10 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     recomputed = [policy_recomputed(policy, ops, m) for policy in MATMUL_POLICIES]
     for op in ops:
         if op.kind == "gemm":
-            t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
+            if op.routed and etp is not None:
+                t = gemm_op_times(op, gpu, dtype, tokens * etp / tp, etp, ep, m.num_experts)
+            else:
+                t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
             if op.tp == "column" and not op.routed and not op.name.endswith(".lora_b"):
                 # the window the input-gradient reduction hides in: the weight-gradient GEMM (none if frozen)
                 cols.append(np.zeros_like(t.fwd) if op.frozen else t.fwd)

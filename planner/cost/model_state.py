@@ -74,9 +74,10 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     cls = layout.rank_class[pp_rank]
     has_pre, has_post = layout.class_has_pre[cls], layout.class_has_post[cls]
     tp, ep = np.array([float(plan.tp)]), np.array([float(plan.ep)])
+    etp = np.array([float(plan.expert_tp)])
 
     def params(ops: tuple[Op, ...] | list[Op], routed: bool, trained_only: bool = False) -> float:
-        return sum(float(op_params_per_gpu(op, tp, ep)[0]) for op in ops
+        return sum(float(op_params_per_gpu(op, etp if routed else tp, ep)[0]) for op in ops
                    if op.routed == routed and not (trained_only and op.frozen))
 
     def held(routed: bool, trained_only: bool = False) -> float:
@@ -96,7 +97,10 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     dense, expert = held(False), held(True)
     t_dense, t_expert = held(False, True), held(True, True)
     dp_group = plan.dp * plan.cp
+    # experts are replicated over dp / ep x cp ranks, or folded over tp x cp x dp / (etp x ep)
     edp_group = plan.dp // plan.ep * plan.cp
+    if plan.folded:
+        edp_group = plan.tp * plan.cp * plan.dp // (plan.expert_tp * plan.ep)
     shard = plan.shard_group if plan.hybrid else dp_group  # hybrid sharding: ZeRO shards over part of it
 
     def sharded(stage: int, d: float, x: float) -> float:
@@ -107,7 +111,8 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
     rec = recipe(plan.dtype)
     lowp = 0.0
     if rec.low_precision and not (plan.zero_stage == 3 and dp_group > 1):
-        per_layer = [sum(float(op_params_per_gpu(op, tp, ep)[0]) for op in kind.ops if low_precision(op, plan.dtype))
+        per_layer = [sum(float(op_params_per_gpu(op, etp if op.routed else tp, ep)[0]) for op in kind.ops
+                         if low_precision(op, plan.dtype))
                      for kind in lg.kinds]
         primary = framework(plan.framework).fp8_param_gather if plan.framework else False
         lowp = sum(float(n) * p for n, p in zip(layers, per_layer, strict=True)) \

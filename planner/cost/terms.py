@@ -204,6 +204,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     t = b.tp.astype(np.float64)
     c = b.cp.astype(np.float64)
     e = b.ep.astype(np.float64)
+    et = b.etp.astype(np.float64)  # the experts' tensor-parallel size (tp unless folded)
+    folded = b.etp != b.tp
     sp = b.sp
     seq = np.full_like(t, model.seq_len)
     tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
@@ -222,8 +224,15 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     ar = collective_time(cluster, "all_reduce", act, b.tp, b.stride_tp)
     ag = collective_time(cluster, "all_gather", act, b.tp, b.stride_tp)
     rs = collective_time(cluster, "reduce_scatter", act, b.tp, b.stride_tp)
-    tp_fwd = np.where(sp, 2 * (ag + rs), 2 * ar)
-    tp_bwd_total = np.where(sp, 4 * ag + 2 * rs, 2 * ar)
+    tp_fwd_dense = np.where(sp, 2 * (ag + rs), 2 * ar)
+    tp_bwd_total_dense = np.where(sp, 4 * ag + 2 * rs, 2 * ar)
+    # A mixture-of-experts layer's second sync point (around its experts) runs over the experts' etp
+    # ranks: none when etp = 1, the freed ranks holding other experts (MoE parallel folding).
+    ag_e = collective_time(cluster, "all_gather", act, b.etp, b.stride_tp)
+    rs_e = collective_time(cluster, "reduce_scatter", act, b.etp, b.stride_tp)
+    ar_e = collective_time(cluster, "all_reduce", act, b.etp, b.stride_tp)
+    tp_fwd_moe = np.where(sp, ag + rs + ag_e + rs_e, ar + ar_e)
+    tp_bwd_total_moe = np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e, ar + ar_e)
     # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
@@ -235,7 +244,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
-        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
+        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et)
+        routed = any(op.routed for op in kind.ops)
+        tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
         cols = _pad(lay.col_gemm, 2, t)
         col_f, row_f = _pad(lay.col_fwd, 2, t), _pad(lay.row_fwd, 2, t)
         if fw.tp_overlap == "none":  # every TP collective on the compute stream
@@ -253,10 +264,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             tp_bwd = np.where(sp, sum(hide(ag, w, ov) for w in row_f)
                               + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
                               sum(hide(ar, w, ov) for w in cols))
-        routed = any(op.routed for op in kind.ops)
         if routed:
             nbytes = act * model.top_k * model.capacity_factor / np.where(sp, t, 1)
-            a2a = 2 * collective_time(cluster, "all_to_all", nbytes, b.ep, b.stride_dp)
+            # folded, the expert-parallel group is the ep ranks after each etp group (tp's ranks first)
+            a2a = 2 * collective_time(cluster, "all_to_all", nbytes, b.ep,
+                                      np.where(folded, b.stride_tp * b.etp, b.stride_dp))
         else:
             a2a = np.zeros_like(t)
         out["fwd"].append(lay.fwd + host_l / 3)
@@ -281,15 +293,16 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["act_selective"].append(acts[1])
         out["act_full"].append(acts[2])
         dense = sum((op_params_per_gpu(op, t, e) for op in kind.ops if not op.routed), np.zeros_like(t))
-        expert = sum((op_params_per_gpu(op, t, e) for op in kind.ops if op.routed), np.zeros_like(t))
+        expert = sum((op_params_per_gpu(op, et, e) for op in kind.ops if op.routed), np.zeros_like(t))
         out["params_dense"].append(dense)
         out["params_expert"].append(expert)
         train = [op for op in kind.ops if not op.frozen]
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
-        out["train_expert"].append(sum((op_params_per_gpu(op, t, e) for op in train if op.routed), np.zeros_like(t)))
+        out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in train)))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
-        lowp = sum((op_params_per_gpu(op, t, e) for op in kind.ops if low_precision(op, dt)), np.zeros_like(t))
+        lowp = sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops if low_precision(op, dt)),
+                   np.zeros_like(t))
         out["lowp_copies"].append(lowp * lowp_extra)
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
@@ -333,7 +346,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # weights over (dp / ep) x cp ranks (expert groups are ep consecutive dp ranks).
     gpn = cluster.nvlink_domain  # the fast tier spans the NVLink domain (72 GPUs on an NVL72 rack)
     g_dp, k_dp, n_dp = product_layout([(b.dp, b.stride_dp), (b.cp, b.stride_cp)], gpn)
-    g_edp, k_edp, n_edp = product_layout([(b.dp // b.ep, b.stride_dp * b.ep), (b.cp, b.stride_cp)], gpn)
+    # (folded rows, whose ep may exceed dp, take the layout below)
+    g_edp, k_edp, n_edp = product_layout([(np.maximum(b.dp // b.ep, 1), b.stride_dp * b.ep), (b.cp, b.stride_cp)], gpn)
+    if np.any(folded):  # the experts' data-parallel group: the tp x cp x dp ranks over etp x ep, after them
+        fold = product_layout([(b.tp * b.cp * b.dp // (b.etp * b.ep), b.stride_tp * b.etp * b.ep)], gpn)
+        g_edp, k_edp, n_edp = (np.where(folded, f, x) for f, x in zip(fold, (g_edp, k_edp, n_edp), strict=True))
     res["g_dp"], res["g_edp"] = g_dp.astype(np.float64), g_edp.astype(np.float64)
     res["k_dp"], res["n_dp"], res["k_edp"], res["n_edp"] = k_dp, n_dp, k_edp, n_edp
     # Hybrid sharding (HSDP): ZeRO shards over the f gradient ranks nearest in rank order and replicates
@@ -571,13 +588,17 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     routed = np.array([any(op.routed for op in k.ops) for k in lg.kinds])
     moe_layers = first[:, routed].sum(axis=1) if routed.any() else zero
     syncs = 4 + np.where(rc_full, 2, 0)  # forward, backward, recomputed forward
+    # With etp = 1 the experts' half of an MoE layer's sync points (and its re-gather) has no TP group
+    # (over 1 < etp < tp the same buffers move inside the etp group: the same bytes).
+    alone = np.where((b.etp == 1) & (b.tp > 1), moe_layers, 0.0)
+    tp_layers = layers - alone / 2
     out = [
         # TP: per layer, an all-reduce (or with SP an all-gather + a reduce-scatter) per sync point.
-        Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * layers * syncs), st["tp_ar"]),
-        Comm("tp.layers_sp_gather", "all_gather", act, on(sp, m * layers * syncs), st["tp_ag"]),
-        Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * layers * syncs), st["tp_rs"]),
+        Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * tp_layers * syncs), st["tp_ar"]),
+        Comm("tp.layers_sp_gather", "all_gather", act, on(sp, m * tp_layers * syncs), st["tp_ag"]),
+        Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * tp_layers * syncs), st["tp_rs"]),
         # With SP, backward re-gathers the sequence-sharded inputs of QKV and MLP up (and the LM head).
-        Comm("tp.regather", "all_gather", act, on(sp, m * (2 * layers + holds_head)), st["tp_ag"]),
+        Comm("tp.regather", "all_gather", act, on(sp, m * (2 * layers - alone + holds_head)), st["tp_ag"]),
         Comm("tp.embedding", "all_reduce", act, on(tp_on & ~sp, m), st["tp_ar"]),
         Comm("tp.embedding_sp", "reduce_scatter", act, on(sp, m), st["tp_rs"]),
         Comm("tp.embedding_sp_grad", "all_gather", act, on(sp, m), st["tp_ag"]),

@@ -132,6 +132,9 @@ def _schedule(p: Plan, m: ModelSpec, b: Build) -> Items:
 def _experts(p: Plan, m: ModelSpec, b: Build) -> Items:
     if not m.is_moe:
         return []
+    if p.folded:
+        raise ExportError(f"expert tensor parallelism narrower than tp (etp {p.expert_tp} < tp {p.tp}) has no "
+                          "Megatron-DeepSpeed equivalent: its experts use the layer's tp; plan with etp = tp")
     return [("--num-experts", m.num_experts), ("--moe-expert-parallel-size", p.ep), ("--topk", m.top_k),
             ("--moe-train-capacity-factor", m.capacity_factor)]
 

@@ -32,6 +32,8 @@ def _parallel(p: Plan, m: ModelSpec, b: Build) -> Items:
                     ("--context-parallel-size", p.cp)]
     if m.is_moe:
         items.append(("--expert-model-parallel-size", p.ep))
+        if p.folded:  # MoE parallel folding: the experts' own tensor-parallel size (default: tp)
+            items.append(("--expert-tensor-parallel-size", p.expert_tp))
     return items
 
 

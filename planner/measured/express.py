@@ -75,6 +75,8 @@ def planner_features() -> frozenset[str]:
         feats.add("framework")
     if "shard_group" in fields:
         feats.add("hsdp")
+    if "etp" in fields:
+        feats.add("etp")
     return frozenset(feats)
 
 
@@ -125,7 +127,7 @@ def _blockers(run: PrintedRun, feats: frozenset[str], substitute: bool) -> tuple
         reasons.append(reason("lora"))
     if run.fsdp and run.fsdp < run.dp * run.cp and "hsdp" not in feats:
         reasons.append(reason("hsdp"))
-    if run.etp is not None and run.etp != run.tp:
+    if run.etp is not None and run.etp != run.tp and "etp" not in feats:
         reasons.append(reason("etp"))
     if (run.first_stage_layers is not None or run.last_stage_layers is not None) and "uneven" not in feats:
         reasons.append(reason("uneven_virtual" if run.uneven_virtual else "uneven"))
@@ -155,6 +157,8 @@ def plan_fields(run: PrintedRun) -> dict[str, Any]:
         kw.update(finetune="lora", lora_rank=run.lora_rank, lora_targets=run.lora_targets)
     if run.fsdp and run.fsdp < run.dp * run.cp:
         kw["shard_group"] = run.fsdp
+    if run.etp is not None and run.etp != run.tp:
+        kw["etp"] = run.etp
     return kw
 
 
