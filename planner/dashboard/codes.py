@@ -17,6 +17,7 @@ LEGEND = (
     ("dp16", "data parallel: 16 replicas, each on a share of the batch"),
     ("cp2", "context parallel: each sequence split over 2 GPUs"),
     ("ep8", "expert parallel: mixture-of-experts experts spread over 8 GPUs"),
+    ("etp1", "expert tensor parallel: each expert split over 1 GPU, narrower than tp (MoE parallel folding)"),
     ("v4", "4 virtual stages per pipeline GPU (interleaved 1F1B schedule)"),
     ("mb1", "micro-batch of 1 sequence"),
     ("sp", "sequence parallelism (norms and dropout split along the sequence, with tp)"),
