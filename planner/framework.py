@@ -23,6 +23,8 @@ reads them like it reads the cluster:
 - grad_reduce_in_fp32: gradients kept and reduced in fp32 (else in the 16-bit training dtype);
 - fp8_param_gather: under the per-tensor fp8 recipe, the linear layers' weights are kept in FP8 only
   (with their transposes), not beside a 16-bit copy (planner.precision.extra_weight_bytes);
+- fused_norm: the RMSNorm before QKV and before the MLP runs fused with that linear layer (Transformer
+  Engine's LayerNormLinear / LayerNormMLP) and saves its input only (planner.graph.with_fused_norms);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -64,6 +66,9 @@ class Framework:
     # FP8 (no 16-bit copy; Transformer Engine's fp8_model_init) and all-gather them in FP8 (NeMo's FP8
     # precision plugins: fp8_param_gather = True)
     fp8_param_gather: bool = False
+    # The RMSNorm before QKV and before the MLP is fused with that linear layer (Transformer Engine's
+    # LayerNormLinear / LayerNormMLP): it saves its input only, not also its normalised output
+    fused_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:

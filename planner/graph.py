@@ -562,6 +562,23 @@ def build_graph(model: ModelSpec, dtype: str | None = None, flash_attention: boo
     return with_lora(lg, lora)
 
 
+FUSED_NORMS = ("attn.norm", "mlp.norm")  # the norms a fused norm + linear module runs before QKV and the MLP
+
+
+def with_fused_norms(lg: LayerGraph) -> LayerGraph:
+    """`lg` with each layer's pre-attention and pre-MLP RMSNorm fused into the linear layer after it, as
+    Transformer Engine's LayerNormLinear / LayerNormMLP run them (Megatron-Core's default layer spec): the
+    norm keeps only its input (and 4 B of rsigma per token, left out), not its normalised tensor; the
+    linear keeps its own input as before. LayerNorm already saves its input alone."""
+    if lg.model.norm != "rmsnorm":
+        return lg
+
+    def fuse(op: Op) -> Op:
+        return replace(op, saved=op.saved / 2) if op.name in FUSED_NORMS else op
+
+    return replace(lg, kinds=tuple(replace(k, ops=tuple(fuse(op) for op in k.ops)) for k in lg.kinds))
+
+
 def with_lora(lg: LayerGraph, lora: tuple[int, tuple[str, ...]] | None) -> LayerGraph:
     """`lg` fine-tuned with LoRA adapters of rank lora[0] on the layers named lora[1] (None: `lg`)."""
     if not lora:

@@ -45,7 +45,7 @@ from planner.cost.memory import (
 from planner.cost.overlap import hide
 from planner.cost.stages import ClassArrays, class_arrays
 from planner.framework import Framework, default_framework, framework
-from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph
+from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph, with_fused_norms
 from planner.plan import RECOMPUTE
 from planner.precision import base_dtype, extra_weight_bytes
 from planner.specs.cluster import ClusterSpec
@@ -451,12 +451,18 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     return res
 
 
+def _graph(model: ModelSpec, cluster: ClusterSpec, b: PlanBatch) -> LayerGraph:
+    """The layer graph the batch's plans run: its dtype, attention kernel, LoRA, and the framework's norms."""
+    lg = build_graph(model, b.dtype, b.flash, b.lora)
+    return with_fused_norms(lg) if framework(b.framework or default_framework(cluster)).fused_norm else lg
+
+
 def cost_grid(model: ModelSpec, cluster: ClusterSpec, structures: PlanBatch, recompute: Array,
               zero: Array, every: Array | None = None) -> CostTerms:
     """Terms of every structure (row of `structures`: sizes, SP, placement) under each recompute
     policy index in `recompute` (with `every[i]`: full recompute of 1 in every k layers) and each ZeRO
     stage in `zero`: leading shape (rows, R, Z)."""
-    lg = build_graph(model, structures.dtype, structures.flash, structures.lora)
+    lg = _graph(model, cluster, structures)
     st = _structure(model, cluster, lg, structures)
     every = np.ones_like(np.asarray(recompute)) if every is None else np.asarray(every)
     return _variants(cluster, lg, structures, st, np.asarray(recompute), np.asarray(zero), every)
@@ -475,7 +481,7 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
 
     Structures are priced once. `volumes` also lists every communication (`CostTerms.comms`).
     """
-    lg = build_graph(model, batch.dtype, batch.flash, batch.lora)
+    lg = _graph(model, cluster, batch)
     s_first, s_inv = group_index(batch, "structure")
     sb = batch.take(s_first)
     st = _structure(model, cluster, lg, sb)
