@@ -462,7 +462,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
 
 
 def cmd_frameworks(args: argparse.Namespace) -> int:
-    from planner.framework import framework
+    from planner.framework import Framework, framework
 
     rows = [framework(n) for n in framework_names()]
     if args.json:
@@ -470,13 +470,21 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "dp_overlap": f.dp_overlap, "param_gather_overlap": f.param_gather_overlap,
                      "pp_overlap": f.pp_overlap, "optimizer_launches_per_tensor": f.optimizer_launches_per_tensor,
                      "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
-                     "source": f.source} for f in rows])
+                     "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
+                     "fused_norm": f.fused_norm, "source": f.source} for f in rows])
         return 0
-    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "recompute", "what"],
+
+    def memory(f: Framework) -> str:
+        """What the profile keeps: gradient precision, FP8 primary weights, fused norms."""
+        parts = ["fp32 grads" if f.grad_reduce_in_fp32 else "16-bit grads"]
+        return ", ".join(parts + ["fp8 weights"] * f.fp8_param_gather + ["fused norms"] * f.fused_norm)
+
+    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "recompute",
+                 "memory", "what"],
                 [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
-                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", " ".join(f.recompute),
+                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", " ".join(f.recompute), memory(f),
                   f.description] for f in rows],
-                align="llllllll"))
+                align="lllllllll"))
     return 0
 
 

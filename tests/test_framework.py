@@ -156,3 +156,20 @@ def test_transformer_engine_norms_keep_their_input_only() -> None:
             ["activations"] * 2**30 for fw in ("megatron-lm", "torchtitan", "nemo")}
     assert acts["torchtitan"] - acts["megatron-lm"] == pytest.approx(32 * 2 * 4096 * 2 * 8192, rel=1e-9)
     assert acts["nemo"] == pytest.approx(acts["megatron-lm"], rel=1e-12)
+
+
+def test_frameworks_command_lists_what_each_profile_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    """`planner frameworks --json` carries the memory switches: NeMo's recipes keep bf16 gradients and FP8
+    primary weights (grad_reduce_in_fp32 = False, fp8_param_gather = True) in Transformer Engine layers
+    (fused norms); torchtitan keeps fp32 gradients and runs an unfused RMSNorm."""
+    import json
+
+    from planner.cli import main
+
+    assert main(["frameworks", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    switches = ("grad_reduce_in_fp32", "fp8_param_gather", "fused_norm")
+    assert tuple(rows["nemo"][k] for k in switches) == (False, True, True)
+    assert tuple(rows["torchtitan"][k] for k in switches) == (True, False, False)
+    assert main(["frameworks"]) == 0
+    assert "16-bit grads, fp8 weights, fused norms" in capsys.readouterr().out
