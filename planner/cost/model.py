@@ -12,7 +12,6 @@ simulation and the trace read too); the overlap rules from `planner.cost.overlap
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,23 +70,13 @@ class MemoryParts:
         index = np.unravel_index(rows, self.grid)
         return np.broadcast_to(part, (*self.grid, self.fixed.shape[-1]))[index]
 
-    def in_flight(self, structure: Array, sched: Array) -> tuple[Array, Array]:
-        """(held (len, C), head_held (len,)): micro-batches in flight on each class's first rank, and of
-        the head's saved tensors, for structures `structure` under schedules `sched`."""
-        pp, vpp, m, first_rank = (x[structure] for x in self.pipeline)
-        held = in_flight_microbatches(pp, vpp, m, sched[:, None], first_rank)
-        # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards run
-        # before the first backward); 1F1B runs the last stage's backward right after its forward.
-        head_held = np.where((sched == SCHEDULES.index("gpipe")) & (pp[:, 0] > 1), m[:, 0], 1).astype(np.float64)
-        return held, head_held
-
     def plan_memory(self, rows: Array, sched: Array, breakdown: bool) -> dict[str, Array]:
         """Memory of plans whose cells are `rows` under schedules `sched`: mem_total (and the breakdown
         of its largest class)."""
         structure = rows // self.cells_per_structure
         if not breakdown and (sched == self.schedule[structure]).all():
             return {"mem_total": self.totals[rows]}
-        held, head_held = self.in_flight(structure, sched)
+        held, head_held = _in_flight(self.pipeline, structure, sched)
         acts = held * self._at(self.per_microbatch, rows) + self._at(self.head, rows) * head_held[:, None]
         working = self._at(self.working, rows)
         total = self._at(self.fixed, rows) + working + acts
@@ -100,6 +89,18 @@ class MemoryParts:
                         "mem_activations": _pick(acts, pick),
                         "mem_other": _pick(self._at(self.other_fixed, rows) + working, pick)})
         return out
+
+
+def _in_flight(pipeline: tuple[Array, Array, Array, Array], structure: Array, sched: Array) -> tuple[Array, Array]:
+    """(held (len, C), head_held (len,)): micro-batches in flight on each class's first rank, and of the
+    head's saved tensors, for structures `structure` (rows of `pipeline`: pp, vpp, m, first ranks) under
+    schedules `sched`."""
+    pp, vpp, m, first_rank = (x[structure] for x in pipeline)
+    held = in_flight_microbatches(pp, vpp, m, sched[:, None], first_rank)
+    # The head's saved tensors stay in flight for every micro-batch under GPipe (all forwards run
+    # before the first backward); 1F1B runs the last stage's backward right after its forward.
+    head_held = np.where((sched == SCHEDULES.index("gpipe")) & (pp[:, 0] > 1), m[:, 0], 1).astype(np.float64)
+    return held, head_held
 
 
 class Scores:
@@ -318,10 +319,11 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
     limit = cluster.gpu.memory_bytes * (1.0 - headroom)
     memory = memory_parts(cluster, terms, batch.sched[s_first])
     n_cells = int(np.prod(terms.grid))
-    needed = None
+    needed = mem_total = None
     if only_fitting:
+        mem_total = memory.plan_memory(cell, batch.sched, breakdown=False)["mem_total"]
         mask = np.zeros(n_cells, dtype=bool)
-        mask[cell[memory.plan_memory(cell, batch.sched, breakdown=False)["mem_total"] <= limit]] = True
+        mask[cell[mem_total <= limit]] = True
         needed = np.flatnonzero(mask) if mask.sum() < 0.4 * n_cells else None
     if needed is None:
         timing = {k: v.reshape(-1) for k, v in step_times(model, cluster, terms).items()}
@@ -334,7 +336,10 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, headroom:
         compact = np.full(n_cells, len(needed), dtype=np.int64)
         compact[needed] = np.arange(len(needed))
         rows = compact[cell]
-    return Scores(timing, memory, cell, batch.sched, limit, timing_rows=rows)
+    scores = Scores(timing, memory, cell, batch.sched, limit, timing_rows=rows)
+    if mem_total is not None:  # (what the fitting mask read: the plans' fits need it again)
+        scores.mem_total = mem_total
+    return scores
 
 
 def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None = None) -> MemoryParts:
@@ -375,13 +380,12 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     pipeline = (pp, vpp, m, np.broadcast_to(cls.first_rank, (*terms.grid, c))[struct])
     n_s = terms.grid[0]
     own = np.zeros(n_s, dtype=np.int64) if schedule is None else np.asarray(schedule, dtype=np.int64)
-    parts = MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
-                        fixed=fixed, per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
-                        totals=np.empty(0), grid=tuple(terms.grid))
-    held, head_held = parts.in_flight(np.arange(n_s), own)
+    held, head_held = _in_flight(pipeline, np.arange(n_s), own)
     lead = (n_s,) + (1,) * (len(terms.grid) - 1)
     total = fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1)
-    return dataclasses.replace(parts, totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1))
+    return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
+                       fixed=fixed, per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
+                       totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1), grid=tuple(terms.grid))
 
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:

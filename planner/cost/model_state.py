@@ -29,7 +29,7 @@ import numpy as np
 from planner.cost.compute import low_precision
 from planner.cost.memory import OPTIMIZER_BYTES, WEIGHT_BYTES, grad_bytes, op_params_per_gpu
 from planner.cost.stages import stage_layout
-from planner.framework import framework
+from planner.framework import DEFAULT_FRAMEWORK, framework
 from planner.graph import Op, build_graph
 from planner.plan import Plan
 from planner.precision import extra_weight_bytes, recipe
@@ -109,18 +109,19 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
         return d / (shard if z else 1) + x / (edp_group if z else 1)
 
     rec = recipe(plan.dtype)
+    # the plan's framework, or the cluster default's switches (fp32 gradients, 16-bit weights: Megatron-LM's
+    # and this executor's alike)
+    fw = framework(plan.framework or DEFAULT_FRAMEWORK)
     lowp = 0.0
     if rec.low_precision and not (plan.zero_stage == 3 and dp_group > 1):
         per_layer = [sum(float(op_params_per_gpu(op, etp if op.routed else tp, ep)[0]) for op in kind.ops
                          if low_precision(op, plan.dtype))
                      for kind in lg.kinds]
-        primary = framework(plan.framework).fp8_param_gather if plan.framework else False
         lowp = sum(float(n) * p for n, p in zip(layers, per_layer, strict=True)) \
-            * extra_weight_bytes(plan.dtype, primary)
+            * extra_weight_bytes(plan.dtype, fw.fp8_param_gather)
     w, g, o = sharded(3, dense, expert), sharded(2, t_dense, t_expert), sharded(1, t_dense, t_expert)
     dt = plan.dtype
-    in_fp32 = framework(plan.framework).grad_reduce_in_fp32 if plan.framework else True
-    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * grad_bytes(dt, in_fp32),
+    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * grad_bytes(dt, fw.grad_reduce_in_fp32),
                            optimizer=o * OPTIMIZER_BYTES[dt], weight_params=w, grad_params=g, optimizer_params=o,
                            dense_params=dense, expert_params=expert, lowp_bytes=lowp, trained_dense_params=t_dense,
                            trained_expert_params=t_expert)

@@ -232,6 +232,7 @@ def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> s
     m = doc.model
     arch = architecture(m)
     layers, dim, heads, kv, ffn, vocab, tied = LLAMA3_FLAVORS[flavor]
+    conv = converter(doc.plan)
     assignments: Assignments = []
     for rule in TORCHTITAN_FIELDS.values():
         assignments += rule(doc.plan, m, b)
@@ -262,7 +263,7 @@ def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> s
              "from torchtitan.models.llama3 import model_registry",
              "from torchtitan.tools.profiler import Profiler",
              "from torchtitan.trainer import Trainer",
-             *([conv[0]] if (conv := converter(doc.plan)) else []),
+             *([conv[0]] if conv else []),
              "",
              "",
              f"def {CONFIG_FUNCTION}() -> Trainer.Config:",
