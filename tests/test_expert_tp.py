@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from planner.cost import estimate
@@ -19,7 +20,7 @@ from planner.cost.traffic import comm_terms
 from planner.errors import PlanError
 from planner.export import ExportError, export_files
 from planner.plan import Plan, PlanDocument, check_plan
-from planner.search import Constraints, search
+from planner.search import Constraints, enumerate_plans, search
 from planner.specs.catalog import cluster_preset, model_preset
 
 GIB = 2**30
@@ -84,6 +85,10 @@ def test_the_search_folds_only_when_asked() -> None:
     assert tp_plans and all(p.expert_tp == 1 and p.sequence_parallel for p in tp_plans)
     for p in folded.plans:
         check_plan(MODEL, CLUSTER, p)
+    # every folded plan enumerated, not only the best, is one check_plan accepts: sequence parallel
+    batches = list(enumerate_plans(MODEL, CLUSTER, 64, "bf16", constraints=Constraints(etp=1)))
+    assert all(np.all(b.sp | (b.etp == b.tp)) for b in batches)
+    assert any(np.any(b.etp != b.tp) for b in batches)
 
 
 def test_exports_say_what_runs_it() -> None:
