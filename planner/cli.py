@@ -471,7 +471,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "pp_overlap": f.pp_overlap, "optimizer_launches_per_tensor": f.optimizer_launches_per_tensor,
                      "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
                      "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
-                     "fused_norm": f.fused_norm, "source": f.source} for f in rows])
+                     "fused_norm": f.fused_norm, "compiled": f.compiled,
+                     "composite_rms_norm": f.composite_rms_norm, "source": f.source} for f in rows])
         return 0
 
     def memory(f: Framework) -> str:
@@ -479,12 +480,16 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         parts = ["fp32 grads" if f.grad_reduce_in_fp32 else "16-bit grads"]
         return ", ".join(parts + ["fp8 weights"] * f.fp8_param_gather + ["fused norms"] * f.fused_norm)
 
-    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "recompute",
-                 "memory", "what"],
+    def elementwise(f: Framework) -> str:
+        """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""
+        return "fused" if f.compiled else "eager" + (", composite norm" if f.composite_rms_norm else "")
+
+    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "elementwise",
+                 "recompute", "memory", "what"],
                 [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
-                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", " ".join(f.recompute), memory(f),
-                  f.description] for f in rows],
-                align="lllllllll"))
+                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", elementwise(f),
+                  " ".join(f.recompute), memory(f), f.description] for f in rows],
+                align="llllllllll"))
     return 0
 
 

@@ -25,6 +25,10 @@ reads them like it reads the cluster:
   (with their transposes), not beside a 16-bit copy (planner.precision.extra_weight_bytes);
 - fused_norm: the RMSNorm before QKV and before the MLP runs fused with that linear layer (Transformer
   Engine's LayerNormLinear / LayerNormMLP) and saves its input only (planner.graph.with_fused_norms);
+- compiled: the norms' and RoPE's elementwise chains run as fused kernels (torch.compile, Transformer
+  Engine, Apex); false: eager PyTorch, each op's kernels and fp32 round trips as PyTorch dispatches
+  them (planner.graph.with_eager_ops), with composite_rms_norm: F.rms_norm as PyTorch's composite
+  (PyTorch before its fused RMSNorm kernel of May 2025);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -69,6 +73,12 @@ class Framework:
     # The RMSNorm before QKV and before the MLP is fused with that linear layer (Transformer Engine's
     # LayerNormLinear / LayerNormMLP): it saves its input only, not also its normalised output
     fused_norm: bool = False
+    # The elementwise chains (norms, RoPE) run fused (torch.compile's Inductor, or the framework's fused
+    # kernels); False: eager PyTorch, each op as PyTorch dispatches it (planner.graph.with_eager_ops)
+    compiled: bool = True
+    # Eager F.rms_norm is PyTorch's composite of fp32 round trips (before its fused RMSNorm kernel,
+    # pytorch/pytorch#153666, May 2025); only read when not compiled
+    composite_rms_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:

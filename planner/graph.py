@@ -52,7 +52,10 @@ class Op:
     `saved_sel` = bytes saved per token only while the attention core is not recomputed (selective
     recompute drops them together with the s^2 terms: they live inside the recomputed region);
     `io` = bytes read + written by a memory-bound kernel per token (forward);
-    `io_s` = the same per token per key position.
+    `io_s` = the same per token per key position;
+    `io_bwd` / `kernels_bwd` = the backward's bytes and launches where they are counted (0: 1.5x the
+    forward's bytes, compute.ELEMENTWISE_BWD_FACTOR); `width` = elements per token a norm or RoPE
+    streams (what their eager PyTorch decompositions are counted against).
     """
 
     name: str
@@ -71,6 +74,9 @@ class Op:
     bias: int = 0  # bias parameters (replicated across TP ranks for row-parallel linears)
     elements: float = 0.0  # activation-function evaluations per token (GELU / SiLU): arithmetic bound on CPUs
     kernels: int = 1  # kernel launches in forward (for the fixed per-kernel overhead)
+    io_bwd: float = 0.0
+    kernels_bwd: int = 0
+    width: float = 0.0
     routed: bool = False  # executed only for the tokens routed to it (MoE experts)
     # Attention cores only: heads, the query + key and value + output widths per token (what the kernel
     # reads and writes), and local attention (a query sees a sliding window of `window` keys, or its
@@ -263,7 +269,7 @@ def _norm(name: str, width: int, m: ModelSpec, tp: str, group: str, dtype_b: int
         return Op(name=name, kind="elementwise", tp=tp, group=group, params=2 * width,
                   saved=dtype_b * width, io=2.0 * dtype_b * width)
     return Op(name=name, kind="elementwise", tp=tp, group=group, params=width,
-              saved=2 * dtype_b * width, io=3.0 * dtype_b * width, kernels=4)
+              saved=2 * dtype_b * width, io=3.0 * dtype_b * width, kernels=4, width=width)
 
 
 def _qkv_ops(m: ModelSpec, b: int, rope: bool) -> list[Op]:
@@ -286,7 +292,8 @@ def _qkv_ops(m: ModelSpec, b: int, rope: bool) -> list[Op]:
             weighted = m.qk_norm == "rmsnorm"
             ops.append(Op(name="attn.qk_norm", kind="elementwise", tp="heads", group="layer",
                           params=2 * m.head_dim if weighted else 0, saved=(2 if weighted else 1) * b * width,
-                          io=(3 if weighted else 2) * b * width, kernels=4 if weighted else 3))
+                          io=(3 if weighted else 2) * b * width, kernels=4 if weighted else 3,
+                          width=width if weighted else 0))
         return ops
     dqk, a = m.qk_head_dim, m.num_heads
     if m.q_lora_rank:
@@ -341,7 +348,7 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool, window: int = 0, chunk: in
     if rope:  # rotates the rotary part of every query and key head (MLA: d_rope of each, one shared key)
         rot = a * m.qk_rope_head_dim + m.qk_rope_head_dim if m.is_mla else q + k
         ops.insert(len(ops) - 2, Op(name="attn.rope", kind="elementwise", tp="heads", group="layer",
-                                    io=2.0 * b * rot, kernels=2))
+                                    io=2.0 * b * rot, kernels=2, width=rot))
     return ops
 
 
@@ -577,6 +584,49 @@ def with_fused_norms(lg: LayerGraph) -> LayerGraph:
         return replace(op, saved=op.saved / 2) if op.name in FUSED_NORMS else op
 
     return replace(lg, kinds=tuple(replace(k, ops=tuple(fuse(op) for op in k.ops)) for k in lg.kinds))
+
+
+# PyTorch eager (no torch.compile): the bytes per element (read + written) and the launches of the ops
+# PyTorch dispatches, forward and backward, counted on its own code with a TorchDispatchMode
+# (tests/test_eager_ops.py recounts them). A 16-bit input adds a copy to fp32 and the cast back, each
+# (b + 4) bytes per element, and their launches.
+# F.rms_norm's composite (x.float(), pow, mean, + eps, rsqrt, x * rstd, * weight, cast back; its autograd
+# backward 14 ops): what eager PyTorch ran on GPUs before its fused RMSNorm kernel (pytorch/pytorch#153666,
+# May 2025), and still runs where no fused kernel is registered.
+EAGER_RMS_NORM = ((28.0, 92.0), (6, 14), (2, 3))  # fp32 (forward, backward) bytes, launches; launches of the casts
+# torchtitan's complex RoPE (models/common/rope.py, apply_rotary_emb): view q and k as complex in fp32,
+# multiply by the cached rotations, cast back; the backward multiplies by the conjugate. (The rotation
+# cache, 8 B per rotated pair and token, shared by every head, is read twice forward and resolved and
+# read six times backward: 0.1 B per element each for Llama 3 8B's 40 heads, left out.)
+EAGER_ROPE = ((8.0, 8.0), (2, 4), (4, 4))
+
+
+def _eager(op: Op, counts: tuple, b: int) -> Op:
+    (fwd, bwd), (k_fwd, k_bwd), (c_fwd, c_bwd) = counts
+    cast = 2 * (b + 4) if b < 4 else 0  # the fp32 copy and the cast back
+    casts = 1 if b < 4 else 0
+    return replace(op, io=(fwd + cast) * op.width, io_bwd=(bwd + cast) * op.width,
+                   kernels=k_fwd + casts * c_fwd, kernels_bwd=k_bwd + casts * c_bwd)
+
+
+def with_eager_ops(lg: LayerGraph, composite_rms_norm: bool) -> LayerGraph:
+    """`lg` as eager PyTorch runs it (torchtitan without torch.compile): RoPE as torchtitan's complex
+    multiply in fp32 and, with `composite_rms_norm`, every RMSNorm as F.rms_norm's composite, each op's
+    bytes and launches as PyTorch dispatches them. Inductor (torch.compile) fuses each of these chains
+    into one or two kernels, which the graph's default costs describe."""
+    b = DTYPE_BYTES[lg.dtype]
+    norms = composite_rms_norm and lg.model.norm == "rmsnorm"
+
+    def eager(op: Op) -> Op:
+        if op.name.endswith("rope") and op.width:
+            return _eager(op, EAGER_ROPE, b)
+        if norms and op.kind == "elementwise" and op.name.endswith("norm") and op.width:
+            return _eager(op, EAGER_RMS_NORM, b)
+        return op
+
+    return replace(lg, pre_ops=tuple(eager(op) for op in lg.pre_ops),
+                   kinds=tuple(replace(k, ops=tuple(eager(op) for op in k.ops)) for k in lg.kinds),
+                   post_ops=tuple(eager(op) for op in lg.post_ops))
 
 
 def with_lora(lg: LayerGraph, lora: tuple[int, tuple[str, ...]] | None) -> LayerGraph:

@@ -171,5 +171,9 @@ def test_frameworks_command_lists_what_each_profile_keeps(capsys: pytest.Capture
     switches = ("grad_reduce_in_fp32", "fp8_param_gather", "fused_norm")
     assert tuple(rows["nemo"][k] for k in switches) == (False, True, True)
     assert tuple(rows["torchtitan"][k] for k in switches) == (True, False, False)
+    # torchtitan runs eager unless told to compile (its CompileConfig default, what the export keeps)
+    assert (rows["torchtitan"]["compiled"], rows["torchtitan-compile"]["compiled"]) == (False, True)
+    assert rows["torchtitan-async-tp"]["compiled"] and rows["torchtitan-2024"]["composite_rms_norm"]
     assert main(["frameworks"]) == 0
-    assert "16-bit grads, fp8 weights, fused norms" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "16-bit grads, fp8 weights, fused norms" in out and "eager, composite norm" in out

@@ -125,6 +125,8 @@ def elementwise_times(op: Op, gpu: GPUSpec, tokens: Array, tp: Array, sp: Array)
     fwd = gpu.memory_time(op.io * tokens / div, op.kernels)
     if op.elements and gpu.activation_rate:
         fwd = np.maximum(fwd, op.elements * tokens / div / gpu.activation_rate)
+    if op.io_bwd:  # counted (eager PyTorch's autograd ops: planner.graph.with_eager_ops)
+        return OpTimes(fwd=fwd, bwd=gpu.memory_time(op.io_bwd * tokens / div, op.kernels_bwd))
     return OpTimes(fwd=fwd, bwd=ELEMENTWISE_BWD_FACTOR * fwd)
 
 

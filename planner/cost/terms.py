@@ -45,7 +45,15 @@ from planner.cost.memory import (
 from planner.cost.overlap import hide
 from planner.cost.stages import ClassArrays, class_arrays
 from planner.framework import Framework, default_framework, framework
-from planner.graph import DTYPE_BYTES, LOSS_BYTES, LayerGraph, Op, build_graph, with_fused_norms
+from planner.graph import (
+    DTYPE_BYTES,
+    LOSS_BYTES,
+    LayerGraph,
+    Op,
+    build_graph,
+    with_eager_ops,
+    with_fused_norms,
+)
 from planner.plan import RECOMPUTE
 from planner.precision import base_dtype, extra_weight_bytes
 from planner.specs.cluster import ClusterSpec
@@ -456,9 +464,12 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
 
 
 def _graph(model: ModelSpec, cluster: ClusterSpec, b: PlanBatch) -> LayerGraph:
-    """The layer graph the batch's plans run: its dtype, attention kernel, LoRA, and the framework's norms."""
+    """The layer graph the batch's plans run: its dtype, attention kernel, LoRA, and the framework's norms
+    and elementwise kernels (fused, or eager PyTorch's)."""
     lg = build_graph(model, b.dtype, b.flash, b.lora)
-    return with_fused_norms(lg) if framework(b.framework or default_framework(cluster)).fused_norm else lg
+    fw = framework(b.framework or default_framework(cluster))
+    lg = with_fused_norms(lg) if fw.fused_norm else lg
+    return lg if fw.compiled else with_eager_ops(lg, fw.composite_rms_norm)
 
 
 def cost_grid(model: ModelSpec, cluster: ClusterSpec, structures: PlanBatch, recompute: Array,

@@ -180,6 +180,17 @@ def _cuda_graphs(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     return [("training.disable_cuda_graphs", "True")]
 
 
+def _compile(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    """torch.compile and async TP as the plan's torchtitan profile priced them (planner frameworks):
+    torchtitan-compile and torchtitan-async-tp (which needs compile) fuse the layers' elementwise
+    chains; every other plan is exported eager, torchtitan's default."""
+    compiled = p.framework in ("torchtitan-compile", "torchtitan-async-tp")
+    async_tp = p.framework == "torchtitan-async-tp" and p.tp > 1
+    if p.framework == "torchtitan-async-tp" and not async_tp:
+        b.note("torchtitan-async-tp on tp 1: no tensor-parallel collectives to overlap; compile only")
+    return [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(async_tp))]
+
+
 def _attention(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     if not p.flash_attention:
         b.note("the plan assumes unfused attention; torchtitan uses FlexAttention (fused: less memory)")
@@ -198,6 +209,7 @@ TORCHTITAN_FIELDS: dict[str, Callable[[Plan, ModelSpec, Build], Assignments]] = 
     "dtype": _precision,
     "recompute": _recompute,
     "cuda graphs": _cuda_graphs,
+    "framework": _compile,
     "flash_attention": _attention,
 }
 
@@ -213,8 +225,6 @@ def _job_settings(doc: PlanDocument) -> Assignments:
             ("lr_scheduler.decay_ratio", "None  # decay over all steps after warm-up"),
             ("lr_scheduler.decay_type", "'cosine'"),
             ("lr_scheduler.min_lr_factor", repr(round(o.min_lr / o.lr, 6))),
-            ("compile.enable", "False"),
-            ("compile.enable_async_tensor_parallel", "False"),
             ("checkpoint.enable", "True"),
             ("checkpoint.folder", "'checkpoint'  # under --dump-folder"),
             ("checkpoint.interval", "1000"),

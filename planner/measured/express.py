@@ -175,7 +175,7 @@ def express(run: PrintedRun, substitute: bool = False,
     except SpecError as exc:
         return NotExpressed(run, (reason("rejected", name=exc.field or "gpus"),))
     fields = plan_fields(run)
-    profile = FRAMEWORK_PROFILES.get(run.framework)
+    profile = run.profile or FRAMEWORK_PROFILES.get(run.framework)
     if "framework" in feats and profile:
         try:
             Plan(**fields, framework=profile)

@@ -61,6 +61,7 @@ class PrintedRun:
     lora_targets: tuple[str, ...] = ()
     flash_attention: bool = True
     refinements: tuple[str, ...] = ()  # what the framework did that only a framework profile can price
+    profile: str = ""  # the planner's framework profile of the printed settings ("": the framework's own)
     step_time_s: float | None = None  # measured seconds per step (None: not printed)
     step_time_how: str = ""  # how step_time_s follows from the printed numbers
     memory_gib: float | None = None  # measured memory per GPU, on `memory_definition`

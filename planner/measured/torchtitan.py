@@ -78,6 +78,14 @@ def _recompute(ac: str) -> tuple[str, int, str]:
     raise ValueError(f"{FILE}: unknown activation checkpointing {ac!r}")
 
 
+def _profile(r: dict[str, str]) -> str:
+    """The profile a row ran under: async TP (which needs torch.compile), torch.compile, or eager PyTorch
+    as of these runs (2024 to mid-2025: F.rms_norm still PyTorch's composite on the rows without compile)."""
+    if not r["torch_compile"].lower().startswith("yes"):
+        return "torchtitan-2024"
+    return "torchtitan-async-tp" if r["async_tp"] == "yes" else "torchtitan-compile"
+
+
 def _stage_layers(layers: int, pp: int, per_rank: int) -> list[int]:
     """Layers per pipeline rank under torchtitan's default split (pipelining_utils.generate_split_points)."""
     stages = pp * per_rank
@@ -132,7 +140,8 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
     label = (f"{r['source_file'].rsplit('/', 1)[-1].removesuffix('.md')} {r['table']}: {r['model'].split(' (')[0]} "
              f"{n} GPUs {r['row_label_as_printed']}")
     return PrintedRun(
-        source="torchtitan", row=i, label=label, framework="torchtitan", model=model, system=_system(r["hardware"]),
+        source="torchtitan", row=i, label=label, framework="torchtitan", profile=_profile(r), model=model,
+        system=_system(r["hardware"]),
         num_gpus=n, seq_len=seq, global_batch=gbs, tp=tp, pp=pp, cp=cp, ep=int_or(r["ep"], 1), fsdp=fsdp * cp,
         zero_stage=2 if pp > 1 else 3, sequence_parallel=tp > 1, precision=_precision(r["float8"]),
         recompute=policy, recompute_every=every, refinements=tuple(refinements), step_time_s=step,

@@ -73,6 +73,8 @@ def planner_job() -> Trainer.Config:
     config.training.mixed_precision_reduce = 'float32'
     config.activation_checkpoint = None
     config.training.disable_cuda_graphs = True
+    config.compile.enable = False
+    config.compile.enable_async_tensor_parallel = False
     # the rest of the job, set explicitly
     config.training.steps = 10_000  # the launch script passes --training.steps $TRAIN_STEPS
     config.training.max_norm = 1.0
@@ -81,8 +83,6 @@ def planner_job() -> Trainer.Config:
     config.lr_scheduler.decay_ratio = None  # decay over all steps after warm-up
     config.lr_scheduler.decay_type = 'cosine'
     config.lr_scheduler.min_lr_factor = 0.1
-    config.compile.enable = False
-    config.compile.enable_async_tensor_parallel = False
     config.checkpoint.enable = True
     config.checkpoint.folder = 'checkpoint'  # under --dump-folder
     config.checkpoint.interval = 1000
