@@ -6,7 +6,8 @@ so it imports nothing from the planner. For one export folder it:
    so a variable the script forgets (CUDA_DEVICE_MAX_CONNECTIONS) fails the check as it fails a launch;
 2. builds the command line the launch script builds on one node (the args file, mock data, the run
    length and checkpoint flags) and runs megatron/training/arguments.py parse_args + validate_args
-   with WORLD_SIZE = the plan's GPUs; the GPU architecture the checks query is the plan's GPU's;
+   with WORLD_SIZE = the plan's GPUs; the GPU architecture the checks query is the plan's GPU's (and,
+   for NVFP4, the Transformer Engine release the export requires: it installs only with CUDA);
 3. initialises a fake process group of that world size and calls
    megatron.core.parallel_state.initialize_model_parallel exactly as megatron/training/initialize.py does;
 4. compares the data-parallel size and virtual pipeline size Megatron derived with the plan's.
@@ -75,6 +76,14 @@ def check(folder: Path, stem: str) -> str:
 
     arguments.get_device_arch_version = lambda: cc[0]
     training_utils.get_device_arch_version = lambda: cc[0]
+    te_text = ""
+    if "--fp4-format" in words:
+        # NVFP4 needs Transformer Engine >= 2.7, which the export names and which installs only with CUDA:
+        # the version checks see that release, as the GPU checks see the plan's GPU
+        from packaging.version import Version
+
+        arguments.is_te_min_version = lambda version, check_equality=True: Version(version) <= Version("2.7.0")
+        te_text = ", Transformer Engine 2.7 as the export requires"
     args = arguments.parse_args()
     arguments.validate_args(args)
 
@@ -96,7 +105,7 @@ def check(folder: Path, stem: str) -> str:
                              f"dp {plan['dp']} / vpp {plan['vpp']}")
     env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "no environment variables"
     return (f"passed: parse_args + validate_args + initialize_model_parallel at world size {world} "
-            f"(GPU arch {cc[0]}.{cc[1]}, {env_text}); tp {mpu.get_tensor_model_parallel_world_size()} "
+            f"(GPU arch {cc[0]}.{cc[1]}, {env_text}{te_text}); tp {mpu.get_tensor_model_parallel_world_size()} "
             f"pp {mpu.get_pipeline_model_parallel_world_size()} cp {mpu.get_context_parallel_world_size()} "
             f"dp {dp} vpp {vpp}, as planned")
 

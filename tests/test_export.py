@@ -80,6 +80,18 @@ def VARIANTS() -> list[PlanDocument]:
                  sequence_parallel=True, zero_stage=1),
         make_doc(DEBUG_LLAMA, "dgx-h100", 8, tp=2, pp=2, dp=2, vpp=3, schedule="interleaved-1f1b", micro_batch=1,
                  global_batch=16, sequence_parallel=True, zero_stage=1, recompute="selective"),
+        # expert tensor parallelism narrower than tp (MoE parallel folding)
+        make_doc("mixtral-8x7b", "dgx-h100", 32, tp=4, etp=1, ep=8, dp=8, micro_batch=1, global_batch=64,
+                 sequence_parallel=True, zero_stage=1),
+        # NeMo's FP8 recipe: FP8 primary weights gathered by the distributed optimizer
+        make_doc("llama3-8b", "dgx-h100", 16, tp=2, dp=8, micro_batch=1, global_batch=32, sequence_parallel=True,
+                 zero_stage=1, dtype="fp8", framework="nemo"),
+        # Blackwell's block-scaled formats
+        make_doc("llama3-8b", "dgx-b200", 8, dp=8, micro_batch=1, global_batch=16, zero_stage=1, dtype="mxfp8"),
+        make_doc("llama3-8b", "dgx-b200", 8, tp=2, dp=4, micro_batch=1, global_batch=16, sequence_parallel=True,
+                 zero_stage=1, dtype="nvfp4"),
+        # hybrid sharding: the distributed optimizer sharded within groups of 8, replicated twice
+        make_doc("llama3-8b", "dgx-h100", 16, dp=16, micro_batch=1, global_batch=32, zero_stage=1, shard_group=8),
     ]
 
 

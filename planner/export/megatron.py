@@ -124,6 +124,9 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Items:
         items.append((f"--{dtype}", None))
     elif dtype in LOW_PRECISION_FLAGS:
         items += [("--bf16", None), *LOW_PRECISION_FLAGS[dtype]]
+        if dtype == "nvfp4":
+            b.note("NVFP4 needs Transformer Engine >= 2.7 (Megatron-LM's validate_args refuses --fp4-format "
+                   "below it)")
         if dtype == "fp8" and p.framework and framework_profile(p.framework).fp8_param_gather:
             if p.zero_stage >= 1:  # FP8 primary weights, all-gathered in FP8, as the plan was priced
                 items.append(("--fp8-param-gather", None))
