@@ -91,7 +91,8 @@ def _framework_line(doc: dict[str, Any]) -> str:
     return (f"framework {fw.name}{'' if doc.get('framework') else ' (default)'}: TP comm overlap {fw.tp_overlap}, "
             f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
             f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "
-            f"{attention}")
+            f"{attention}, norms and RoPE "
+            + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else "")))
 
 
 def explain(doc: dict[str, Any]) -> str:

@@ -99,3 +99,18 @@ def test_eager_profiles_cost_only_the_eager_ops() -> None:
     for key in ("tp_comm", "dp_comm"):
         assert len({runs[fw]["time"][key] for fw in runs}) == 1
     assert len({runs[fw]["memory_gib_per_gpu"] for fw in runs}) == 1
+
+
+def test_explain_says_how_the_profile_runs_norms_and_rope() -> None:
+    from planner.plan import PlanDocument
+    from planner.report import explain
+
+    model, cluster = model_preset("llama3-8b"), cluster_preset("dgx-h100").with_gpus(8)
+    lines = {}
+    for fw in ("torchtitan-2024", "torchtitan", "nemo"):
+        plan = Plan(dp=8, global_batch=8, zero_stage=1, framework=fw)
+        doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
+        lines[fw] = next(x for x in explain(doc.to_json()).splitlines() if x.startswith(f"framework {fw}"))
+    assert lines["torchtitan-2024"].endswith("norms and RoPE eager (composite RMSNorm)")
+    assert lines["torchtitan"].endswith("norms and RoPE eager")
+    assert lines["nemo"].endswith("norms and RoPE fused")

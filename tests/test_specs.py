@@ -486,6 +486,17 @@ def test_property_hf_config(cfg: dict[str, Any]) -> None:
     assert m.params > 0
 
 
+@pytest.mark.parametrize("name", ["deepseek-v3", "gpt-oss-20b", "llama4-scout", "qwen3-30b-a3b", "llama3-8b"])
+def test_an_absurd_layer_count_is_refused_before_layer_lists_are_built(name: str) -> None:
+    """Found by test_property_hf_config: num_hidden_layers = 10^18 made the DeepSeek importer build a list
+    of every dense layer index (it hung). Now it is the one-line error ModelSpec gives, at the key."""
+    cfg = hf(name)
+    cfg.get("text_config", cfg)["num_hidden_layers"] = 10**18
+    with pytest.raises(SpecError, match="beyond any plausible model") as err:
+        from_hf_config(cfg)
+    assert "num_hidden_layers" in str(err.value) and "\n" not in str(err.value)
+
+
 def _cluster_base(name: str) -> dict[str, Any]:
     return cluster_preset(name).to_dict()
 

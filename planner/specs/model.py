@@ -17,7 +17,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 QK_NORMS = ("none", "rmsnorm", "rmsnorm-noweight")  # Qwen3's per-head RMSNorm; Llama 4's weightless one
 
 # Upper bounds that no real model reaches; they keep absurd inputs from overflowing arithmetic.
-_LIMITS = {
+MODEL_LIMITS = {
     "num_layers": 100_000,
     "hidden": 1 << 20,
     "num_heads": 1 << 16,
@@ -73,7 +73,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
         raise SpecError(f"must be an integer, got {show(value)}", field=name)
     if value < minimum:
         raise SpecError(f"must be >= {minimum}, got {show(value)}", field=name)
-    limit = _LIMITS.get(name)
+    limit = MODEL_LIMITS.get(name)
     if limit is not None and value > limit:
         raise SpecError(f"{show(value)} is beyond any plausible model (limit {limit})", field=name)
     return value
