@@ -404,17 +404,16 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         share = vl.reshape(vpp, pp) / rank_layers[None, :]
         gather_mb, reduce_mb = terms.dp_gather_mb[i][rc], terms.dp_reduce_mb[i][rc]
         has_dp = bool(terms.has_dp[i])
-        per_stage = []
-        for r in range(pp):
-            per_stage.append({
-                "rank": r, "busy_s": float(busy[r]), "idle_s": makespan - float(busy[r]), "end_s": float(rank_end[r]),
-                "virtual_stages": [c * pp + r for c in range(vpp)], "last_backward_start_s": float(last_b[r]),
-                "grad_sync_s": float(dp.after_backward[r]), "sync_end_s": float(sync_end[r]),
-                "param_gather_s": float(terms.dp_gather[i][rc][r]) if has_dp else 0.0,
-                "finish_s": float(finish[r]),
-                "zero_fwd_s": [float(share[c, r] * gather_mb[r]) for c in range(vpp)],
-                "zero_bwd_s": [float(share[c, r] * (reduce_mb[r] + gather_mb[r])) for c in range(vpp)],
-            })
+        # each rank's row, as Python floats converted a column at a time (tolist), not value by value
+        gather = terms.dp_gather[i][rc] if has_dp else np.zeros(pp)
+        rows = zip(busy.tolist(), (makespan - busy).tolist(), rank_end.tolist(), last_b.tolist(),
+                   dp.after_backward.tolist(), sync_end.tolist(), gather.tolist(), finish.tolist(),
+                   (share * gather_mb).T.tolist(), (share * (reduce_mb + gather_mb)).T.tolist(), strict=True)
+        per_stage = [{"rank": r, "busy_s": b_s, "idle_s": idle, "end_s": end,
+                      "virtual_stages": list(range(r, pp * vpp, pp)), "last_backward_start_s": lb,
+                      "grad_sync_s": gs, "sync_end_s": se, "param_gather_s": pg, "finish_s": fin,
+                      "zero_fwd_s": zf, "zero_bwd_s": zb}
+                     for r, (b_s, idle, end, lb, gs, se, pg, fin, zf, zb) in enumerate(rows)]
         ev = _events(g, ends * stretch, d * stretch) if events else []
         bounds = np.concatenate([[0], np.cumsum(vl)]).astype(int)
         out.append(StepSimulation(step_time_s=step, pipeline_s=makespan, events=ev, per_stage=per_stage,
