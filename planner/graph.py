@@ -27,7 +27,7 @@ outside the decoder layers it splits over the stages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -580,10 +580,14 @@ def with_fused_norms(lg: LayerGraph) -> LayerGraph:
     if lg.model.norm != "rmsnorm":
         return lg
 
-    def fuse(op: Op) -> Op:
-        return replace(op, saved=op.saved / 2) if op.name in FUSED_NORMS else op
+    return _map_ops(lg, lambda op: replace(op, saved=op.saved / 2) if op.name in FUSED_NORMS else op)
 
-    return replace(lg, kinds=tuple(replace(k, ops=tuple(fuse(op) for op in k.ops)) for k in lg.kinds))
+
+def _map_ops(lg: LayerGraph, fn: Callable[[Op], Op]) -> LayerGraph:
+    """`lg` with `fn` applied to every op: the embedding's, each layer kind's and the head's."""
+    return replace(lg, pre_ops=tuple(map(fn, lg.pre_ops)),
+                   kinds=tuple(replace(k, ops=tuple(map(fn, k.ops))) for k in lg.kinds),
+                   post_ops=tuple(map(fn, lg.post_ops)))
 
 
 # PyTorch eager (no torch.compile): the bytes per element (read + written) and the launches of the ops
@@ -624,9 +628,7 @@ def with_eager_ops(lg: LayerGraph, composite_rms_norm: bool) -> LayerGraph:
             return _eager(op, EAGER_RMS_NORM, b)
         return op
 
-    return replace(lg, pre_ops=tuple(eager(op) for op in lg.pre_ops),
-                   kinds=tuple(replace(k, ops=tuple(eager(op) for op in k.ops)) for k in lg.kinds),
-                   post_ops=tuple(eager(op) for op in lg.post_ops))
+    return _map_ops(lg, eager)
 
 
 def with_lora(lg: LayerGraph, lora: tuple[int, tuple[str, ...]] | None) -> LayerGraph:

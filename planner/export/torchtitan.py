@@ -21,6 +21,7 @@ from planner.export.architecture import architecture
 from planner.export.common import Build, ExportError, comment, header, placement_order
 from planner.export.launch import Launch, launch_script, sbatch_script
 from planner.export.training import optimizer_settings
+from planner.framework import framework as framework_profile
 from planner.plan import Plan, PlanDocument
 from planner.specs.model import ModelSpec
 
@@ -181,14 +182,15 @@ def _cuda_graphs(p: Plan, m: ModelSpec, b: Build) -> Assignments:
 
 
 def _compile(p: Plan, m: ModelSpec, b: Build) -> Assignments:
-    """torch.compile and async TP as the plan's torchtitan profile priced them (planner frameworks):
-    torchtitan-compile and torchtitan-async-tp (which needs compile) fuse the layers' elementwise
-    chains; every other plan is exported eager, torchtitan's default."""
-    compiled = p.framework in ("torchtitan-compile", "torchtitan-async-tp")
-    async_tp = p.framework == "torchtitan-async-tp" and p.tp > 1
-    if p.framework == "torchtitan-async-tp" and not async_tp:
-        b.note("torchtitan-async-tp on tp 1: no tensor-parallel collectives to overlap; compile only")
-    return [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(async_tp))]
+    """torch.compile and async TP as the plan's torchtitan profile priced them (planner frameworks): its
+    `compiled` switch, and async TP where it overlaps all of TP's communication (which needs compile);
+    a plan priced under another framework is exported eager, torchtitan's default."""
+    fw = framework_profile(p.framework) if (p.framework or "").startswith("torchtitan") else None
+    compiled = bool(fw and fw.compiled)
+    overlaps = bool(fw and fw.tp_overlap == "all")
+    if overlaps and p.tp == 1:
+        b.note(f"{p.framework} on tp 1: no tensor-parallel collectives to overlap; compile only")
+    return [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(overlaps and p.tp > 1))]
 
 
 def _attention(p: Plan, m: ModelSpec, b: Build) -> Assignments:

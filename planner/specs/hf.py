@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.errors import SpecError
-from planner.specs.model import MODEL_LIMITS, ModelSpec, show, show_key
+from planner.specs.model import ModelSpec, check_plausible, show, show_key
 
 DEFAULT_MAX_SEQ = 8192  # training sequence length used when the config allows longer contexts
 
@@ -95,11 +95,8 @@ class _Reader:
         value = self.get(field, *names, default=default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise SpecError(f"must be an integer >= {minimum}, got {show(value)}", field=self._key(field, names))
-        limit = MODEL_LIMITS.get(field or "")
-        if limit is not None and value > limit:  # before it sizes a list of layers
-            raise SpecError(f"{show(value)} is beyond any plausible model (limit {limit})",
-                            field=self._key(field, names))
-        return value
+        # (before it sizes a list of layers)
+        return check_plausible(field, value, self._key(field, names)) if field else value
 
     def flag(self, field: str | None, name: str, default: bool) -> bool:
         self.read.add(name)

@@ -17,7 +17,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 QK_NORMS = ("none", "rmsnorm", "rmsnorm-noweight")  # Qwen3's per-head RMSNorm; Llama 4's weightless one
 
 # Upper bounds that no real model reaches; they keep absurd inputs from overflowing arithmetic.
-MODEL_LIMITS = {
+_LIMITS = {
     "num_layers": 100_000,
     "hidden": 1 << 20,
     "num_heads": 1 << 16,
@@ -73,9 +73,14 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
         raise SpecError(f"must be an integer, got {show(value)}", field=name)
     if value < minimum:
         raise SpecError(f"must be >= {minimum}, got {show(value)}", field=name)
-    limit = MODEL_LIMITS.get(name)
+    return check_plausible(name, value, name)
+
+
+def check_plausible(name: str, value: int, field: str) -> int:
+    """`value`, a size called `name`; SpecError at `field` (the key it was read from) beyond _LIMITS[name]."""
+    limit = _LIMITS.get(name)
     if limit is not None and value > limit:
-        raise SpecError(f"{show(value)} is beyond any plausible model (limit {limit})", field=name)
+        raise SpecError(f"{show(value)} is beyond any plausible model (limit {limit})", field=field)
     return value
 
 
