@@ -177,3 +177,18 @@ def test_frameworks_command_lists_what_each_profile_keeps(capsys: pytest.Capture
     assert main(["frameworks"]) == 0
     out = capsys.readouterr().out
     assert "16-bit grads, fp8 weights, fused norms" in out and "eager, composite norm" in out
+
+
+def test_deepspeed_profile_reduces_gradients_after_the_backward_as_its_pipeline_engine_does() -> None:
+    """Megatron-DeepSpeed trains through DeepSpeed's PipelineEngine, which switches the backward's gradient
+    all-reduce off and schedules one ReduceGrads after the batch's last backward. DeepSpeed's own
+    TrainSchedule (2 stages, 4 micro-batches, either stage) says when: the deepspeed profile must not
+    overlap the reduction with the backward."""
+    schedule = pytest.importorskip("deepspeed.runtime.pipe.schedule")
+    for stage in (0, 1):
+        order = [type(c) for cmds in schedule.TrainSchedule(micro_batches=4, stages=2, stage_id=stage).steps()
+                 for c in cmds]  # the stage's instructions in the order it runs them
+        backward = [i for i, kind in enumerate(order) if kind is schedule.BackwardPass]
+        reduce = [i for i, kind in enumerate(order) if kind is schedule.ReduceGrads]
+        assert len(backward) == 4 and len(reduce) == 1 and reduce[0] > backward[-1]
+    assert not framework("deepspeed").dp_overlap

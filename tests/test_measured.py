@@ -149,6 +149,15 @@ def test_torchtitan_context_parallel_row(runs: dict[str, list]) -> None:
     assert r.step_time_s == pytest.approx(4 * 65536 / (2540 * 8))
 
 
+def test_torchtitan_rows_take_the_profile_of_their_printed_settings(runs: dict[str, list]) -> None:
+    """The torch_compile / async_tp columns as printed: Table 1's FSDP row ran eager on PyTorch of Dec 2024
+    (composite RMSNorm), its "+ torch.compile" row compiled; Table 4's "2D + AsyncTP" row async TP."""
+    tt = runs["torchtitan"]
+    assert (tt[0].profile, tt[1].profile, tt[10].profile, tt[11].profile) == (
+        "torchtitan-2024", "torchtitan-compile", "torchtitan-compile", "torchtitan-async-tp")
+    assert tt[0].framework == tt[11].framework == "torchtitan"  # the source's framework, for its bucket
+
+
 def test_torchtitan_pipeline_rows(runs: dict[str, list]) -> None:
     # Table 5: 405B (126 layers), PP 8, local batch 32 -> 8 micro-batches of 4; split 15 / 16 x 6 / 15
     one = runs["torchtitan"][12]
