@@ -29,6 +29,9 @@ reads them like it reads the cluster:
   Engine, Apex); false: eager PyTorch, each op's kernels and fp32 round trips as PyTorch dispatches
   them (planner.graph.with_eager_ops), with composite_rms_norm: F.rms_norm as PyTorch's composite
   (PyTorch before its fused RMSNorm kernel of May 2025);
+- gradients: per 16-bit training dtype, how the framework keeps, accumulates and reduces gradients
+  where that differs from grad_reduce_in_fp32's one buffer (`GradientPath`: DeepSpeed runs fp16 through
+  its ZeRO optimizer and bf16 through its BF16_Optimizer, which keep and move different bytes);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -47,6 +50,37 @@ TP_OVERLAPS = ("none", "backward", "all")
 # Attention kernels a profile may name, with what they are ("": the GPU's default fused kernel).
 ATTENTION_KERNELS = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}
 DEFAULT_FRAMEWORK = "megatron-lm"
+REDUCE_OPS = ("reduce_scatter", "all_reduce")
+
+
+@dataclass(frozen=True)
+class GradientPath:
+    """The gradients' bytes under one training dtype, per trained parameter.
+
+    - buffer_bytes: held through the backward (16-bit `.grad` and / or an fp32 accumulation buffer);
+    - reduce_bytes: per element of the data-parallel reduction (and of the tied-embedding sync);
+    - reduce_op: the reduction under ZeRO-1: "reduce_scatter" (each rank reduces the shard it
+      updates) or "all_reduce" (every rank gets every reduced gradient, e.g. DeepSpeed's
+      BF16_Optimizer);
+    - accumulation_bytes: streamed by every micro-batch's backward to accumulate its gradient outside
+      the weight-gradient GEMM (autograd's in-place `grad += new`, a copy into an fp32 buffer); 0 where
+      the GEMM accumulates in place (Megatron's gradient_accumulation_fusion, Transformer Engine's
+      fuse_wgrad_accumulation) or ZeRO-2/3 reduce-scatter each micro-batch's gradient.
+    """
+
+    buffer_bytes: float
+    reduce_bytes: float
+    reduce_op: str = "reduce_scatter"
+    accumulation_bytes: float = 0.0
+
+    def check(self, where: str) -> None:
+        if self.reduce_op not in REDUCE_OPS:
+            raise SpecError(f"must be one of {', '.join(REDUCE_OPS)}, got {self.reduce_op!r}",
+                            field=f"{where}.reduce_op")
+        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 100):
+                raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{name}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +113,8 @@ class Framework:
     # Eager F.rms_norm is PyTorch's composite of fp32 round trips (before its fused RMSNorm kernel,
     # pytorch/pytorch#153666, May 2025); only read when not compiled
     composite_rms_norm: bool = False
+    # (dtype, GradientPath) pairs where the framework's gradients differ from grad_reduce_in_fp32's
+    gradients: tuple[tuple[str, GradientPath], ...] = ()
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:
@@ -91,6 +127,14 @@ class Framework:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
         if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
             raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
+        for dtype, path in self.gradients:
+            if dtype not in ("fp16", "bf16"):
+                raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
+            path.check(f"framework[{self.name}].gradients.{dtype}")
+
+    def gradient_override(self, dtype: str) -> GradientPath | None:
+        """The profile's own gradient path under the 16-bit training dtype `dtype`, if it states one."""
+        return dict(self.gradients).get(dtype)
 
 
 @lru_cache(maxsize=1)
@@ -109,7 +153,13 @@ def framework(name: str) -> Framework:
     entry = _catalog().get(name)
     if entry is None:
         raise SpecError(f"unknown framework {name!r} (one of {', '.join(framework_names())})", field="framework")
-    return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"])})
+    where = f"framework[{name}].gradients"
+    try:
+        gradients = tuple((dtype, GradientPath(**path)) for dtype, path in sorted(entry.get("gradients", {}).items()))
+    except TypeError as exc:
+        raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes, reduce_op, accumulation_bytes ({exc})",
+                        field=where) from None
+    return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients})
 
 
 def default_framework(cluster: object) -> str:

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.framework import Framework, GradientPath
 from planner.graph import DTYPE_BYTES, LSE_BYTES, LayerGraph, Op, key_positions
-from planner.precision import RECIPES
+from planner.precision import RECIPES, base_dtype
 from planner.specs.model import ModelSpec
 
 Array = np.ndarray
@@ -41,6 +42,17 @@ def grad_bytes(dtype: str, reduce_in_fp32: bool = True) -> int:
     if reduce_in_fp32 or WEIGHT_BYTES[dtype] >= 4:
         return GRAD_BYTES[dtype]
     return WEIGHT_BYTES[dtype]
+
+
+def gradient_path(fw: Framework, dtype: str) -> GradientPath:
+    """How the framework `fw` keeps, reduces and accumulates gradients under `dtype`: the profile's own
+    path where it states one for the dtype's 16-bit base, else one buffer of `grad_bytes` reduced as is
+    (reduce-scattered under ZeRO-1, accumulated inside the weight-gradient GEMM)."""
+    own = fw.gradient_override(base_dtype(dtype))
+    if own is not None:
+        return own
+    b = float(grad_bytes(dtype, fw.grad_reduce_in_fp32))
+    return GradientPath(buffer_bytes=b, reduce_bytes=b)
 
 
 # Bytes the optimizer step streams per parameter: read master/param, grad, m, v; write master, m, v

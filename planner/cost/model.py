@@ -21,7 +21,7 @@ from planner.cost.memory import (
     MATMUL_POLICIES,
     OPTIMIZER_BYTES,
     WEIGHT_BYTES,
-    grad_bytes,
+    gradient_path,
     in_flight_microbatches,
     policy_recomputed,
 )
@@ -390,7 +390,7 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
 
 def _state_bytes(terms: CostTerms) -> tuple[float, float, float]:
     """Bytes per parameter of weights, gradients and optimizer state (the terms' training dtype)."""
-    return (WEIGHT_BYTES[terms.dtype], grad_bytes(terms.dtype, terms.framework.grad_reduce_in_fp32),
+    return (WEIGHT_BYTES[terms.dtype], gradient_path(terms.framework, terms.dtype).buffer_bytes,
             OPTIMIZER_BYTES[terms.dtype])
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.compute import low_precision
-from planner.cost.memory import OPTIMIZER_BYTES, WEIGHT_BYTES, grad_bytes, op_params_per_gpu
+from planner.cost.memory import OPTIMIZER_BYTES, WEIGHT_BYTES, gradient_path, op_params_per_gpu
 from planner.cost.stages import stage_layout
 from planner.framework import DEFAULT_FRAMEWORK, framework
 from planner.graph import Op, build_graph
@@ -121,7 +121,7 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
             * extra_weight_bytes(plan.dtype, fw.fp8_param_gather)
     w, g, o = sharded(3, dense, expert), sharded(2, t_dense, t_expert), sharded(1, t_dense, t_expert)
     dt = plan.dtype
-    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * grad_bytes(dt, fw.grad_reduce_in_fp32),
+    return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * gradient_path(fw, dt).buffer_bytes,
                            optimizer=o * OPTIMIZER_BYTES[dt], weight_params=w, grad_params=g, optimizer_params=o,
                            dense_params=dense, expert_params=expert, lowp_bytes=lowp, trained_dense_params=t_dense,
                            trained_expert_params=t_expert)

@@ -36,7 +36,7 @@ from planner.cost.memory import (
     MATMUL_POLICIES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
-    grad_bytes,
+    gradient_path,
     layer_activation_bytes,
     op_params_per_gpu,
     policy_saved_bytes,
@@ -208,7 +208,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
     gpu, dt = cluster.gpu, b.dtype
     fw = framework(b.framework or default_framework(cluster))
-    grad_b = grad_bytes(dt, fw.grad_reduce_in_fp32)  # fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype) or 16-bit
+    grads = gradient_path(fw, dt)  # fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype), 16-bit, or the profile's own
+    grad_b = grads.reduce_bytes
     t = b.tp.astype(np.float64)
     c = b.cp.astype(np.float64)
     e = b.ep.astype(np.float64)
@@ -219,6 +220,14 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
     h, beta = model.hidden, DTYPE_BYTES[base_dtype(dt)]
     lowp_extra = extra_weight_bytes(dt, fw.fp8_param_gather)  # bytes per low-precision weight beyond 16 bits
+    acc_b = grads.accumulation_bytes
+
+    def accumulate(params: Array, tensors: Array) -> Array:
+        """Each micro-batch's gradient accumulation outside the weight-gradient GEMMs (memory bound, one
+        launch per tensor): the bytes per parameter the framework's GradientPath streams."""
+        if not acc_b:
+            return np.zeros_like(params)
+        return gpu.memory_time(params * acc_b, tensors) * cluster.compute_slowdown
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
@@ -253,7 +262,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
-        "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert")}
+        "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert", "grad_accum")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et)
@@ -312,6 +321,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
         out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in train)))
+        out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops if low_precision(op, dt)),
                    np.zeros_like(t))
@@ -344,6 +354,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
     res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
     frozen_head = any(op.frozen for op in lg.post_ops)
+    tied_trained = np.where((b.pp > 1) & (not frozen_head), res["tied_copy"], 0.0)  # the last stage's copy
+    res["pre_grad_accum"] = accumulate(res["pre_train"], res["pre_tensors"])
+    res["post_grad_accum"] = accumulate(res["post_train"] + tied_trained, res["post_tensors"])
     res["tokens"] = tokens
     res["act_bytes"] = act
     res["tp_ar"], res["tp_ag"], res["tp_rs"], res["tp_small"] = ar, ag, rs, small
@@ -447,6 +460,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     w_b = WEIGHT_BYTES[dt]
     res["dp_ar"] = dp_coll("all_reduce", grad_b, False)
     res["dp_rs"] = dp_coll("reduce_scatter", grad_b, False)
+    # ZeRO-1's reduction: a reduce-scatter of the shard each rank updates, or the framework's all-reduce
+    res["dp_reduce_z1"] = res["dp_ar"] if grads.reduce_op == "all_reduce" else res["dp_rs"]
     res["dp_ag"] = dp_coll("all_gather", w_b, False)
     res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)
     res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)  # ZeRO-3 gathers frozen weights too
@@ -548,19 +563,25 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
                           has_post=s(st["class_has_post"]), critical=int(st["critical"].max(initial=0)))
     pp = s(b.pp)
     fw = framework(b.framework or default_framework(cluster))
+    # Gradient accumulation outside the GEMMs, every micro-batch's backward at ZeRO 0/1 (ZeRO-2/3
+    # reduce-scatter each micro-batch's gradients instead)
+    acc = np.where(zc < 2, s(st["grad_accum"]), 0.0)
+    keep = z < 2
     return CostTerms(
         grid=(n, len(recompute), len(zero)), dtype=b.dtype, framework=fw,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z, every=every.reshape(1, -1, 1)),
-        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3,
+        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3 + acc,
         layer_compute=s(st["compute_fwd"] + st["compute_bwd"])
-        + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp,
+        + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp + acc,
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
         + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
-        pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]), post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]),
-        pre_compute=s(st["pre_compute"]), post_compute=s(st["post_compute"]), pre_tp=s(st["pre_tp"]),
+        pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]) + np.where(keep, s(st["pre_grad_accum"]), 0.0),
+        post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]) + np.where(keep, s(st["post_grad_accum"]), 0.0),
+        pre_compute=s(st["pre_compute"]) + np.where(keep, s(st["pre_grad_accum"]), 0.0),
+        post_compute=s(st["post_compute"]) + np.where(keep, s(st["post_grad_accum"]), 0.0), pre_tp=s(st["pre_tp"]),
         post_tp=s(st["post_tp"]), pre_saved=s(st["pre_saved"]),
         post_saved=s(st["post_saved"]), logits=s(st["logits"]),
         p2p=s(np.where((b.pp > 1) & (not fw.pp_overlap), st["p2p"], 0.0)),
@@ -568,7 +589,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
         lowp_copies=s(st["class_lowp"]), train_dense=s(st["class_train_dense"]),
         train_expert=s(st["class_train_expert"]),
-        dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_rs"]), 0.0)),
+        dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_reduce_z1"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
@@ -600,7 +621,9 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     holds_head = b.pp == 1
     act = st["act_bytes"]
     z = b.zero
-    grad_b, w_b = float(grad_bytes(b.dtype, terms.framework.grad_reduce_in_fp32)), float(WEIGHT_BYTES[b.dtype])
+    grads = gradient_path(terms.framework, b.dtype)
+    grad_b, w_b = float(grads.reduce_bytes), float(WEIGHT_BYTES[b.dtype])
+    ar1 = grads.reduce_op == "all_reduce"  # ZeRO-1 all-reduces the gradients instead of reduce-scattering
     zero = np.zeros_like(t)
 
     def on(mask: Array, x: Array) -> Array:
@@ -646,8 +669,10 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
         out.append(Comm("tp.sp_grads", "all_reduce", rep * grad_b, on(sp, np.ones_like(t)), zero))
     params = class_params[:, 0]
     out += [
-        Comm("dp.grads", "all_reduce", trained * grad_b, on(has_dp & (z == 0), np.ones_like(t)), dp["reduce"]),
-        Comm("dp.grads_rs", "reduce_scatter", trained * grad_b, on(has_dp & (z >= 1), np.where(z >= 2, m, 1.0)),
+        Comm("dp.grads", "all_reduce", trained * grad_b, on(has_dp & ((z == 0) | ((z == 1) & ar1)), np.ones_like(t)),
+             dp["reduce"]),
+        Comm("dp.grads_rs", "reduce_scatter", trained * grad_b,
+             on(has_dp & (z >= 1) & ~((z == 1) & ar1), np.where(z >= 2, m, 1.0)),
              np.where(z >= 2, dp["reduce_mb"], dp["reduce"])),
         # Hybrid sharding: each reduce-scattered shard is all-reduced over the replicas (its time is in
         # dp.grads_rs's seconds).

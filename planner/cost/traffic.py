@@ -29,10 +29,11 @@ TP ("tp"), per micro-batch:
 PP ("pp"): per micro-batch each of the rank's v model chunks sends its output activation forward and
 all but the very first one send an input gradient back: (2v - 1) sends of act/t (with SP the sequence
 shard, otherwise the scatter/gather's 1/t).
-DP ("dp"), over dp·cp ranks; gradients are reduced in fp32 (memory.grad_bytes; 16-bit under a framework
-profile with grad_reduce_in_fp32 false), weights gathered in the
+DP ("dp"), over dp·cp ranks; gradients are reduced in fp32 (memory.gradient_path; 16-bit under a framework
+profile with grad_reduce_in_fp32 false, or the profile's own path per dtype), weights gathered in the
 training dtype: ZeRO-0 all-reduces the gradients once per step; ZeRO-1 reduce-scatters them once per
-step and all-gathers the updated weights; ZeRO-2 reduce-scatters every micro-batch and all-gathers once
+step (all-reduces them where the profile's path says so: DeepSpeed's BF16_Optimizer) and all-gathers the
+updated weights; ZeRO-2 reduce-scatters every micro-batch and all-gathers once
 per step; ZeRO-3 reduce-scatters every micro-batch and all-gathers the weights for each micro-batch's
 forward and again for its backward. Under hybrid sharding (a shard group of f of the dp·cp ranks) the
 reduce-scatters and all-gathers run inside the shard group and every reduce-scatter is followed by an

@@ -17,10 +17,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from planner.cost.memory import gradient_path
 from planner.export.common import Build, ExportError, args_text, comment, header, placement_order
 from planner.export.launch import EnvVar, Launch, launch_script, sbatch_script
 from planner.export.megatron import batch_flags, model_flags, recompute_flags
 from planner.export.training import optimizer_settings
+from planner.framework import DEFAULT_FRAMEWORK, framework
 from planner.plan import Plan, PlanDocument
 from planner.specs.model import ModelSpec
 
@@ -59,8 +61,10 @@ def _low_precision(p: Plan, b: Build) -> str:
 def _precision(p: Plan, m: ModelSpec, b: Build) -> dict[str, Any]:
     dtype = _low_precision(p, b)
     out: dict[str, Any] = {dtype: {"enabled": True}} if dtype in ("bf16", "fp16") else {}
-    # fp32 gradient reduction, as the cost model assumes (Megatron-LM main_grad, FSDP2 reduce_dtype).
-    out["communication_data_type"] = "fp32"
+    # The gradient reduction's dtype the cost model priced: fp32 (Megatron-LM main_grad, FSDP2 reduce_dtype),
+    # or the plan's framework profile's own (the deepspeed profile's fp16 ZeRO-1 reduces in fp16).
+    fw = framework(p.framework or DEFAULT_FRAMEWORK)
+    out["communication_data_type"] = "fp32" if gradient_path(fw, dtype).reduce_bytes >= 4 else dtype
     return out
 
 
