@@ -524,6 +524,11 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
     return terms
 
 
+def _plus(x: Array, extra: Array | float) -> Array:
+    """x + extra, without a pass over x where the extra is a plain zero (the search's hot path)."""
+    return x if isinstance(extra, float) and extra == 0.0 else x + extra
+
+
 def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array], recompute: Array,
               zero: Array, every: Array) -> CostTerms:
     """Apply each recompute policy and ZeRO stage to the structures' terms (leading (n, R, Z))."""
@@ -565,23 +570,29 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     fw = framework(b.framework or default_framework(cluster))
     # Gradient accumulation outside the GEMMs, every micro-batch's backward at ZeRO 0/1 (ZeRO-2/3
     # reduce-scatter each micro-batch's gradients instead)
-    acc = np.where(zc < 2, s(st["grad_accum"]), 0.0)
-    keep = z < 2
+    acc: Array | float = 0.0
+    pre_acc: Array | float = 0.0
+    post_acc: Array | float = 0.0
+    if np.any(st["grad_accum"]) or np.any(st["pre_grad_accum"]) or np.any(st["post_grad_accum"]):
+        keep = z < 2
+        acc = np.where(zc < 2, s(st["grad_accum"]), 0.0)
+        pre_acc = np.where(keep, s(st["pre_grad_accum"]), 0.0)
+        post_acc = np.where(keep, s(st["post_grad_accum"]), 0.0)
     return CostTerms(
         grid=(n, len(recompute), len(zero)), dtype=b.dtype, framework=fw,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z, every=every.reshape(1, -1, 1)),
-        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=layer_b0 + recompute_t + 2 * fsdp / 3 + acc,
-        layer_compute=s(st["compute_fwd"] + st["compute_bwd"])
-        + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp + acc,
+        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=_plus(layer_b0 + recompute_t + 2 * fsdp / 3, acc),
+        layer_compute=_plus(s(st["compute_fwd"] + st["compute_bwd"])
+                            + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp, acc),
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
         + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
-        pre_fwd=s(st["pre_fwd"]), pre_bwd=s(st["pre_bwd"]) + np.where(keep, s(st["pre_grad_accum"]), 0.0),
-        post_fwd=s(st["post_fwd"]), post_bwd=s(st["post_bwd"]) + np.where(keep, s(st["post_grad_accum"]), 0.0),
-        pre_compute=s(st["pre_compute"]) + np.where(keep, s(st["pre_grad_accum"]), 0.0),
-        post_compute=s(st["post_compute"]) + np.where(keep, s(st["post_grad_accum"]), 0.0), pre_tp=s(st["pre_tp"]),
+        pre_fwd=s(st["pre_fwd"]), pre_bwd=_plus(s(st["pre_bwd"]), pre_acc),
+        post_fwd=s(st["post_fwd"]), post_bwd=_plus(s(st["post_bwd"]), post_acc),
+        pre_compute=_plus(s(st["pre_compute"]), pre_acc), post_compute=_plus(s(st["post_compute"]), post_acc),
+        pre_tp=s(st["pre_tp"]),
         post_tp=s(st["post_tp"]), pre_saved=s(st["pre_saved"]),
         post_saved=s(st["post_saved"]), logits=s(st["logits"]),
         p2p=s(np.where((b.pp > 1) & (not fw.pp_overlap), st["p2p"], 0.0)),
