@@ -449,12 +449,19 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 atomic_write_json(args.out, {"kind": "serve-calibration", "world_size": world, "rows": rows,
                                              "kernels": kernels})
+            if world > 1:
+                dist.barrier()  # (as below: no rank tears the group down under a peer's collective)
             return 0
         assert doc is not None and raw is not None
         result = serve_and_measure(doc, raw, rank, world, device, threads, args.seed)
         if rank == 0 and result is not None:
             atomic_write_json(Path(args.out), result)
             print(f"executor.serve: wrote {args.out}", flush=True)
+        if world > 1:
+            # Every rank's last collectives complete before any rank tears the group down: a gloo rank
+            # destroying its group while a peer's send to it is in flight aborted the process
+            # ("terminate called without an active exception", about 1 run in 4 at tp 2 on this VM).
+            dist.barrier()
         return 0
     except Exception as exc:
         print(f"executor.serve: rank {rank} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
