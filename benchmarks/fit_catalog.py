@@ -55,15 +55,19 @@ def main() -> int:
     for gpu_name in sorted({f["gpu"] for f in doc["fitted"]}):
         entry = catalog["gpus"][gpu_name]
         kept = {k.split(":", 1)[1] for k in KEEP if k.split(":", 1)[0] == gpu_name}
-        if "gemm_efficiency" not in kept:  # back to the assumption the fit started from, then what it adopts
-            entry["gemm_efficiency"] = ASSUMED_GEMM_EFFICIENCY
-        if "attention_efficiency" not in kept:
-            entry.pop("attention_efficiency", None)
-        entry.pop("gemm_efficiency_by_dtype", None)
+        derated = bool(entry.get("efficiencies_of"))  # a power-limited part: only its clock is fitted
+        if derated:
+            entry["clock_fraction"] = 1.0
+        else:  # back to the assumption the fit started from, then what it adopts
+            if "gemm_efficiency" not in kept:
+                entry["gemm_efficiency"] = ASSUMED_GEMM_EFFICIENCY
+            if "attention_efficiency" not in kept:
+                entry.pop("attention_efficiency", None)
+            entry.pop("gemm_efficiency_by_dtype", None)
         values = {f["name"]: f["value"] for f in doc["fitted"] if f["adopted"] and f["gpu"] == gpu_name}
         rows = max(f["rows"] for f in doc["fitted"] if f["gpu"] == gpu_name)
         for name, v in values.items():
-            if name == "gemm_efficiency" or name == "attention_efficiency":
+            if name in ("gemm_efficiency", "attention_efficiency", "clock_fraction"):
                 entry[name] = v
             else:
                 key = name[name.index("[") + 1:-1]

@@ -5,7 +5,10 @@ The cost model prices a GEMM at `gemm_efficiency` of the GPU's datasheet peak (a
 `attention_efficiency`; everything else is a datasheet number, a framework profile switch or a
 microbenchmark result. Those three fractions are what measured runs teach: each is a property of one
 GPU (and format) running the kernels the frameworks use, with a unit (achieved / peak FLOP/s) and a
-physical range (0, 1]. Nothing is fitted per row, model, source or framework.
+physical range (0, 1]. A power-limited part (`GPUSpec.efficiencies_of`: the full-power part of the same
+silicon) shares that part's efficiencies and teaches one parameter instead, its sustained clock
+(`clock_fraction`, the fraction of the datasheet clock every compute-bound rate runs at). Nothing is fitted
+per row, model, source or framework.
 
 Method. A run's predicted step time t(x) depends on the parameters of its own GPU only, and is close
 to affine in the inverse efficiencies (time = FLOPs / (peak x efficiency) + terms that do not depend
@@ -41,6 +44,7 @@ from planner.specs.cluster import GPUSpec
 
 GEMM = "gemm_efficiency"
 ATTENTION = "attention_efficiency"
+CLOCK = "clock_fraction"  # a power-limited part's sustained clock (GPUSpec.efficiencies_of names its full-power part)
 # Tabulated efficiencies, about evenly spaced in 1 / efficiency; their ends bound the fit: a training step
 # sustaining more than 0.9 of peak in GEMMs or attention is beyond what published kernels reach, under 0.3
 # far below them, so a value fitted at either end says the model misses something else on those runs.
@@ -57,6 +61,8 @@ ASSUMED_GEMM_EFFICIENCY = 0.60
 MEANINGS = {
     GEMM: "sustained fraction of the 16-bit dense peak reached by the GEMMs of a training step",
     ATTENTION: "sustained fraction of the 16-bit dense peak reached by the fused (flash) attention kernel",
+    CLOCK: "sustained compute clock of a power-limited part over the datasheet's: every GEMM and attention rate "
+           "of its full-power part scaled by it",
 }
 
 
@@ -77,6 +83,8 @@ def current_value(gpu: GPUSpec, name: str) -> float:
         return gpu.gemm_efficiency
     if name == ATTENTION:
         return gpu.attention_efficiency  # 0: the fused kernel priced at the GEMM efficiency
+    if name == CLOCK:
+        return gpu.clock_fraction
     key = name[len(GEMM) + 1:-1]
     return gpu.gemm_efficiency_by_dtype.get(key, gpu.gemm_efficiency)
 
@@ -90,6 +98,8 @@ def with_values(gpu: GPUSpec, values: dict[str, float]) -> GPUSpec:
             kw["gemm_efficiency"] = float(v)
         elif name == ATTENTION:
             kw["attention_efficiency"] = float(v)
+        elif name == CLOCK:
+            kw["clock_fraction"] = float(v)
         else:
             by_dtype[name[len(GEMM) + 1:-1]] = float(v)
     return dataclasses.replace(gpu, gemm_efficiency_by_dtype=by_dtype, **kw)
@@ -99,6 +109,8 @@ def unfitted(gpu: GPUSpec, keep: Iterable[str] = ()) -> GPUSpec:
     """`gpu` with its fittable parameters back at the assumption (those named in `keep` left as they are)."""
     keep = set(keep)
     kw: dict[str, object] = {}
+    if gpu.efficiencies_of:  # a power-limited part: its full-power part's efficiencies at the datasheet clock
+        return dataclasses.replace(gpu, clock_fraction=gpu.clock_fraction if CLOCK in keep else 1.0)
     if GEMM not in keep:
         kw["gemm_efficiency"] = ASSUMED_GEMM_EFFICIENCY
     if ATTENTION not in keep:
@@ -115,7 +127,10 @@ def is_evidence(run: MeasuredRun) -> bool:
 
 
 def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
-    """The parameters a run's predicted step time depends on."""
+    """The parameters a run's predicted step time depends on (a power-limited part's: its clock alone, every
+    efficiency being its full-power part's)."""
+    if run.cluster.gpu.efficiencies_of:
+        return (CLOCK,)
     names = [GEMM]
     kernel = framework(run.plan.framework or default_framework(run.cluster)).attention_kernel
     if run.plan.flash_attention and kernel not in run.cluster.gpu.attention_efficiency_by_kernel:

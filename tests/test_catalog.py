@@ -330,3 +330,38 @@ def test_hf_config_detected_from_architectures_alone() -> None:
     cfg = _hf("mixtral-8x7b")
     del cfg["model_type"]
     assert from_hf_config(cfg).params == model_preset("mixtral-8x7b").params
+
+
+def test_a_power_limited_part_is_its_full_power_part_at_a_lower_clock() -> None:
+    """H100-SXM5-96GB-500W shares the 700 W part's efficiencies (efficiencies_of) and scales every compute-bound
+    rate by its clock: a GEMM and the attention kernel take 1 / clock_fraction as long, a memory-bound kernel
+    as long as its own HBM makes it."""
+    from planner.specs.catalog import gpu_preset
+
+    slow, full = gpu_preset("H100-SXM5-96GB-500W"), gpu_preset("H100-SXM5-80GB")
+    assert slow.efficiencies_of == full.name and 0 < slow.clock_fraction < 1
+    for field in ("gemm_efficiency", "gemm_efficiency_by_dtype", "attention_efficiency",
+                  "attention_efficiency_by_kernel"):
+        assert getattr(slow, field) == getattr(full, field)
+    flops = 4096.0 * 8192 * 8192 * 2
+    assert (float(slow.gemm_time(flops, "bf16")) - slow.gemm_overhead_s) * slow.clock_fraction == pytest.approx(
+        float(full.gemm_time(flops, "bf16")) - full.gemm_overhead_s)
+    assert slow.peak("bf16") == full.peak("bf16")  # MFU stays against the datasheet peak
+    assert float(slow.memory_time(1e9)) == pytest.approx(1e9 / (2.4e12 * slow.memory_efficiency))
+
+
+def test_a_gpu_file_naming_a_full_power_part_inherits_what_it_does_not_state() -> None:
+    from planner.specs.cluster import GPUSpec
+
+    base = {"name": "my-h100-400w", "peak_flops": {"bf16": 989.4e12, "fp8": 1978.9e12}, "memory_bytes": 80e9,
+            "memory_bandwidth": 3.35e12}
+    gpu = GPUSpec.from_dict({**base, "efficiencies_of": "H100-SXM5-80GB", "clock_fraction": 0.7})
+    from planner.specs.catalog import gpu_preset
+
+    full = gpu_preset("H100-SXM5-80GB")
+    assert (gpu.gemm_efficiency, gpu.attention_efficiency_by_kernel) == (full.gemm_efficiency,
+                                                                           full.attention_efficiency_by_kernel)
+    with pytest.raises(SpecError, match="efficiencies_of: unknown GPU"):
+        GPUSpec.from_dict({**base, "efficiencies_of": "H100-nope"})
+    with pytest.raises(SpecError, match="clock_fraction"):
+        GPUSpec.from_dict({**base, "clock_fraction": 1.2})

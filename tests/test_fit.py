@@ -169,3 +169,18 @@ def test_a_recipe_priced_by_assumption_is_no_evidence(h100_runs: list[MeasuredRu
     assert fit.is_evidence(run) and not fit.is_evidence(rowwise)
     assert fit.step_time(rowwise, {fit.GEMM: 0.6, fit.lowp_parameter("fp8"): 0.5}) == pytest.approx(
         fit.step_time(run, {fit.GEMM: 0.6, fit.lowp_parameter("fp8"): 0.5}), rel=1e-12)
+
+
+def test_a_power_limited_part_fits_its_clock_alone() -> None:
+    """torchtitan's 500 W H100 runs (the catalog's H100-SXM5-96GB-500W: the 700 W part's efficiencies, its
+    own clock): synthetic step times at a known clock are fitted back to it, and nothing else is fitted."""
+    runs = [r for r in express_all(printed_runs(("torchtitan",))) if isinstance(r, MeasuredRun) and r.step_time_s
+            and r.cluster.gpu.name == "H100-SXM5-96GB-500W"][::3]
+    assert len(runs) >= fit.MIN_ROWS and all(fit.run_parameters(r) == (fit.CLOCK,) for r in runs)
+    surfaces = fit.tabulate(_synthetic(runs, {fit.CLOCK: 0.7}))
+    fitted = fit.fit(surfaces, {s.gpu: s.run.cluster.gpu for s in surfaces})
+    assert [(f.name, f.adopted) for f in fitted] == [(fit.CLOCK, True)]
+    assert fitted[0].value == pytest.approx(0.7, abs=0.02)
+    # Unfitted, the part runs at its datasheet clock with the full-power part's efficiencies.
+    gpu = fit.unfitted(runs[0].cluster.gpu)
+    assert gpu.clock_fraction == 1.0 and gpu.gemm_efficiency == runs[0].cluster.gpu.gemm_efficiency

@@ -107,7 +107,7 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
         work = flops * (causal_fraction(op, seq) if causal else 1.0)  # fused kernels skip masked blocks
         io = b * tokens * (qk + vo) / tp
         eff = gpu.attention_fraction(kernel)
-        core = work / (gpu.peak(dtype) * eff) if eff else gpu.gemm_time(work, dtype)
+        core = work / (gpu.sustained_peak(dtype) * eff) if eff else gpu.gemm_time(work, dtype)
         fwd = np.maximum(core, gpu.memory_time(io))
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.

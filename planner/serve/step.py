@@ -227,7 +227,7 @@ class StepCost:
         b = DTYPE_BYTES[self.base]
         xs = np.log([p[0] for p in self.rows_curve])
         eff = np.interp(np.log(np.maximum(m, 1.0)), xs, [p[1] for p in self.rows_curve])
-        compute = 2.0 * m * k * n / (self.gpu.peak(self.base) * eff)
+        compute = 2.0 * m * k * n / (self.gpu.sustained_peak(self.base) * eff)
         t = inst * np.maximum(compute, self.gpu.memory_time(b * (m * k + k * n + m * n)))
         return np.where(m > 0, t, 0.0)
 
@@ -314,7 +314,7 @@ class StepCost:
             if self.decode_rate:
                 compute = flops / self.decode_rate
             elif gpu.attention_efficiency:
-                compute = flops / (gpu.peak(dt) * gpu.attention_efficiency)
+                compute = flops / (gpu.sustained_peak(dt) * gpu.attention_efficiency)
             else:
                 compute = gpu.gemm_time(flops, dt)
             kv_read = self._kind_kv_bytes(kind_i) * ctx
@@ -514,7 +514,7 @@ class StepTimer:
         self.window = cost.window
         self.mem_rate = gpu.memory_bandwidth * gpu.memory_efficiency
         self.kernel_s = gpu.kernel_overhead_s
-        self.att_rate = gpu.peak(cost.base) * gpu.attention_efficiency if gpu.attention_efficiency else 0.0
+        self.att_rate = gpu.sustained_peak(cost.base) * gpu.attention_efficiency if gpu.attention_efficiency else 0.0
         self.decode_rate = cost.decode_rate
         # GEMM-curve compute time of attention FLOPs when no attention efficiency is measured:
         # tabulated on a fine log grid (interpolated in log FLOPs, as GPUSpec.gemm_time does)

@@ -91,6 +91,12 @@ class GPUSpec:
     # The same for other attention kernels a framework may call instead ("fa2": FlashAttention-2),
     # where they are published for this GPU; a kernel not listed runs at attention_efficiency.
     attention_efficiency_by_kernel: dict[str, float] = field(default_factory=dict, hash=False)
+    # Sustained compute clock over the datasheet's (boost) clock: a power-limited part runs the same
+    # kernels at this fraction of their rate on the full-power part (GEMMs and attention; memory-bound
+    # kernels keep the HBM's rate). Its efficiencies are then those of `efficiencies_of`, the full-power
+    # part of the same silicon, and only the clock is fitted (planner.fit).
+    clock_fraction: float = 1.0
+    efficiencies_of: str = ""
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -128,6 +134,10 @@ class GPUSpec:
                 raise SpecError(f"unknown attention kernel {show(k)} (known: {', '.join(named)})",
                                 field=f"{w}.attention_efficiency_by_kernel")
             _num(w, f"attention_efficiency_by_kernel.{k}", v, hi=1.0)
+        _num(w, "clock_fraction", self.clock_fraction, hi=1.0)
+        if not isinstance(self.efficiencies_of, str):
+            raise SpecError("must name the full-power GPU whose efficiencies this part shares",
+                            field=f"{w}.efficiencies_of")
         if not isinstance(self.gemm_curve, (tuple, list)):
             raise SpecError("must be a list of [flops, efficiency]", field=f"{w}.gemm_curve")
         pts = tuple(tuple(p) if isinstance(p, (tuple, list)) else (p,) for p in self.gemm_curve)
@@ -151,6 +161,11 @@ class GPUSpec:
                             field=f"gpu[{self.name}].peak_flops")
         return self.peak_flops[dtype]
 
+    def sustained_peak(self, dtype: str) -> float:
+        """The datasheet peak at the part's sustained clock (`clock_fraction`): what its compute-bound
+        kernels' efficiencies are fractions of. MFU stays against the datasheet peak (`peak`)."""
+        return self.peak(dtype) * self.clock_fraction
+
     def wave_efficiency(self, rows: np.ndarray | float, cols: np.ndarray | float) -> np.ndarray:
         """Fraction of the last wave of output tiles that keeps the SMs busy (wave quantisation).
 
@@ -171,7 +186,7 @@ class GPUSpec:
         `out_shape` (rows, cols of the output) enables the wave-quantisation correction.
         """
         f = np.asarray(flops, dtype=np.float64)
-        peak = self.peak(dtype)
+        peak = self.sustained_peak(dtype)
         waves = self.wave_efficiency(*out_shape) if out_shape is not None else 1.0
         if self.gemm_curve:
             xs = np.log10([p[0] for p in self.gemm_curve])
@@ -201,6 +216,15 @@ class GPUSpec:
             d["gemm_curve"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["gemm_curve"])
         if isinstance(d.get("gemm_tile"), list):
             d["gemm_tile"] = tuple(d["gemm_tile"])
+        base = d.get("efficiencies_of")
+        if base and isinstance(base, str):  # a power-limited part: what it does not state, its full-power part's
+            from planner.specs.catalog import SHARED_EFFICIENCIES, gpu_preset
+
+            try:
+                full = gpu_preset(base)
+            except SpecError as exc:
+                raise SpecError(str(exc).split(": ", 1)[-1], field=f"{where}.efficiencies_of") from None
+            d.update({k: getattr(full, k) for k in SHARED_EFFICIENCIES if k not in d})
         return cls(**d)
 
 
@@ -394,6 +418,9 @@ class ClusterSpec:
             d["gpu"].pop("gemm_efficiency_by_dtype")  # (files written before the field existed hash the same)
         if not self.gpu.attention_efficiency_by_kernel:
             d["gpu"].pop("attention_efficiency_by_kernel")
+        if self.gpu.clock_fraction == 1.0 and not self.gpu.efficiencies_of:
+            d["gpu"].pop("clock_fraction")  # (a full-power part's documents hash as before the field)
+            d["gpu"].pop("efficiencies_of")
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:
