@@ -92,7 +92,21 @@ def _framework_line(doc: dict[str, Any]) -> str:
             f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
             f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "
             f"{attention}, norms and RoPE "
-            + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else "")))
+            + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
+            + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}")
+
+
+def _gradients(fw: Any, dtype: str) -> str:
+    """How the profile keeps, accumulates and reduces gradients under `dtype` (planner.cost.memory)."""
+    from planner.cost.memory import gradient_path
+
+    g = gradient_path(fw, dtype)
+    text = f"{g.buffer_bytes:g} B per parameter kept, reduced in {g.reduce_bytes:g} B"
+    if g.reduce_op == "all_reduce":
+        text += " (all-reduced under ZeRO-1)"
+    if g.accumulation_bytes:
+        text += f", accumulated outside the GEMMs ({g.accumulation_bytes:g} B per micro-batch)"
+    return text
 
 
 def explain(doc: dict[str, Any]) -> str:
