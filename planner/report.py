@@ -85,9 +85,11 @@ def _framework_line(doc: dict[str, Any]) -> str:
 
     c = doc["cluster"]
     fw = framework(doc.get("framework") or default_framework(SimpleNamespace(device=c.get("device", "cuda"))))
-    eff = GPUSpec.from_dict(c["gpu"]).attention_fraction(fw.attention_kernel) if isinstance(c["gpu"], dict) else 0.0
+    gpu = GPUSpec.from_dict(c["gpu"]) if isinstance(c["gpu"], dict) else None
+    eff = gpu.attention_fraction(fw.attention_kernel) if gpu else 0.0
+    clock = f" at {gpu.clock_fraction:.2f} of the datasheet clock" if gpu and gpu.clock_fraction < 1 else ""
     attention = f"attention {ATTENTION_KERNELS[fw.attention_kernel]}" + (
-        f" at {eff:.2f} of peak" if eff else " at the GEMM efficiency")
+        f" at {eff:.2f} of peak{clock}" if eff else " at the GEMM efficiency")
     return (f"framework {fw.name}{'' if doc.get('framework') else ' (default)'}: TP comm overlap {fw.tp_overlap}, "
             f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
             f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "

@@ -365,3 +365,16 @@ def test_a_gpu_file_naming_a_full_power_part_inherits_what_it_does_not_state() -
         GPUSpec.from_dict({**base, "efficiencies_of": "H100-nope"})
     with pytest.raises(SpecError, match="clock_fraction"):
         GPUSpec.from_dict({**base, "clock_fraction": 1.2})
+
+
+def test_explain_names_a_power_limited_parts_clock() -> None:
+    from planner.cost import estimate
+    from planner.plan import Plan, PlanDocument
+    from planner.report import explain
+    from planner.specs.catalog import cluster_preset, model_preset
+
+    model, cluster = model_preset("llama3-8b"), cluster_preset("grand-teton-h100").with_gpus(8)
+    plan = Plan(dp=8, global_batch=8, zero_stage=1, framework="torchtitan")
+    doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
+    line = next(x for x in explain(doc.to_json()).splitlines() if x.startswith("framework torchtitan"))
+    assert f"FlashAttention-2 at 0.35 of peak at {cluster.gpu.clock_fraction:.2f} of the datasheet clock" in line
