@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from dispatch_traffic import Traffic
 
 from planner.cost import estimate
 from planner.graph import build_graph, with_eager_ops
@@ -20,24 +19,6 @@ from planner.plan import Plan
 from planner.specs.catalog import cluster_preset, model_preset
 
 TOKENS = 2048
-
-
-class _Traffic(TorchDispatchMode):
-    """Bytes of the tensors each dispatched (non-view) op reads and writes, and the op count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view and func is not torch.ops.aten.detach.default:
-            def size(x: object) -> int:
-                return x.untyped_storage().nbytes() if isinstance(x, torch.Tensor) else 0
-            self.bytes += sum(map(size, tree_leaves((args, kwargs)))) + sum(map(size, tree_leaves(out)))
-            self.ops.append(str(func))
-        return out
 
 
 def _eager_op(name: str, dtype: str) -> tuple[float, float, int, int]:
@@ -51,10 +32,10 @@ def _eager_op(name: str, dtype: str) -> tuple[float, float, int, int]:
 def test_composite_rms_norm_bytes_and_launches_are_what_pytorch_dispatches(dtype: torch.dtype) -> None:
     x = torch.randn(TOKENS, 1024, dtype=dtype, requires_grad=True)
     w = torch.ones(1024, dtype=dtype, requires_grad=True)
-    with _Traffic() as fwd:
+    with Traffic() as fwd:
         y = F.rms_norm(x, (1024,), w, 1e-5)
     grad = torch.randn_like(y)
-    with _Traffic() as bwd:
+    with Traffic() as bwd:
         y.backward(grad)
     if any("_fused_rms_norm" in op for op in fwd.ops):
         pytest.skip("this PyTorch build runs a fused RMSNorm kernel on CPU: no composite to count")
@@ -74,10 +55,10 @@ def test_torchtitan_rope_bytes_and_launches_are_what_pytorch_dispatches(dtype: t
     cache = torch.polar(torch.ones(TOKENS, 64), torch.randn(TOKENS, 64))[None, :, None, :]
     q = torch.randn(1, TOKENS, 32, 128, dtype=dtype, requires_grad=True)
     k = torch.randn(1, TOKENS, 8, 128, dtype=dtype, requires_grad=True)
-    with _Traffic() as fwd:
+    with Traffic() as fwd:
         q_out, k_out = rope.ComplexRoPE.apply_rotary_emb(q, k, cache)
     grads = [torch.randn_like(q_out), torch.randn_like(k_out)]
-    with _Traffic() as bwd:
+    with Traffic() as bwd:
         torch.autograd.backward([q_out, k_out], grads)
     elements = q.numel() + k.numel()
     cache_pass = cache.numel() * cache.element_size() / elements  # one read of the cache, per element

@@ -14,8 +14,7 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from dispatch_traffic import Traffic
 
 import planner.cost.terms as terms_module
 from planner.cost import estimate
@@ -26,26 +25,10 @@ from planner.plan import Plan
 from planner.specs.catalog import cluster_preset, model_preset
 
 
-class _Traffic(TorchDispatchMode):
-    """Bytes of the tensors each dispatched (non-view) op reads and writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view and func is not torch.ops.aten.detach.default:
-            def size(x: object) -> int:
-                return x.untyped_storage().nbytes() if isinstance(x, torch.Tensor) else 0
-            self.bytes += sum(map(size, tree_leaves((args, kwargs)))) + sum(map(size, tree_leaves(out)))
-        return out
-
-
 def _backward_bytes(weight: torch.Tensor, x: torch.Tensor) -> int:
     """Bytes PyTorch moves in one micro-batch's backward through y = x @ weight.T (its GEMMs included)."""
     y = x @ weight.t()
-    with _Traffic() as t:
+    with Traffic() as t:
         y.backward(torch.ones_like(y))
     return t.bytes
 
@@ -75,7 +58,7 @@ def test_bf16_optimizer_update_is_the_profiles_bytes_per_parameter() -> None:
     cold = _backward_bytes(weight, x)
     weight.grad = None  # clear_lp_grads()
     assert _backward_bytes(weight, x) == cold  # nothing accumulated in autograd
-    with _Traffic() as update:
+    with Traffic() as update:
         hp_grad.data.add_(weight.grad.data.to(hp_grad.dtype).view(hp_grad.shape))
     per_param = update.bytes / weight.numel()
     assert per_param == pytest.approx(18.0)
