@@ -50,18 +50,10 @@ def gpu_names() -> list[str]:
     return list(_data("gpus.json")["gpus"])
 
 
-# The fields a power-limited part shares with the full-power part named by its `efficiencies_of`.
-SHARED_EFFICIENCIES = ("gemm_efficiency", "gemm_efficiency_by_dtype", "gemm_overhead_s", "attention_efficiency",
-                       "attention_efficiency_by_kernel")
-
-
 def gpu_preset(name: str) -> GPUSpec:
-    entry = dict(_entry(_data("gpus.json")["gpus"], name, "GPU", "gpu", gpu_names()))
-    base = entry.get("efficiencies_of")
-    if base:  # the same silicon and kernels at a lower clock: the full-power part's efficiencies
-        full = _entry(_data("gpus.json")["gpus"], base, "GPU", "gpu", gpu_names())
-        entry.update({k: full[k] for k in SHARED_EFFICIENCIES if k in full and k not in entry})
-    return GPUSpec(name=name, **entry)
+    entry = _entry(_data("gpus.json")["gpus"], name, "GPU", "gpu", gpu_names())
+    # (from_dict: a power-limited part takes what it does not state from the part its efficiencies_of names)
+    return GPUSpec.from_dict({"name": name, **entry}, where=f"gpu[{name}]")
 
 
 def supported_precisions(gpu: GPUSpec | str) -> tuple[str, ...]:

@@ -58,6 +58,11 @@ def _from_dict(cls: type, data: Any, where: str) -> dict[str, Any]:
     return dict(data)
 
 
+# The fields a power-limited part shares with the full-power part its `efficiencies_of` names.
+SHARED_EFFICIENCIES = ("gemm_efficiency", "gemm_efficiency_by_dtype", "gemm_overhead_s", "attention_efficiency",
+                       "attention_efficiency_by_kernel")
+
+
 @dataclass(frozen=True)
 class GPUSpec:
     """One accelerator (or, for `localhost-cpu`, one CPU core driving one rank).
@@ -218,7 +223,7 @@ class GPUSpec:
             d["gemm_tile"] = tuple(d["gemm_tile"])
         base = d.get("efficiencies_of")
         if base and isinstance(base, str):  # a power-limited part: what it does not state, its full-power part's
-            from planner.specs.catalog import SHARED_EFFICIENCIES, gpu_preset
+            from planner.specs.catalog import gpu_preset
 
             try:
                 full = gpu_preset(base)
