@@ -325,3 +325,19 @@ def test_megatron_core_buckets_keep_data_parallel_scaling_flat(runs: dict[str, l
                  / estimate(small.model, small.cluster, small.plan)["step_time_s"])
     assert measured == pytest.approx(2.89 / 2.81, abs=0.005)
     assert predicted == pytest.approx(measured, abs=0.05)
+
+
+def test_jean_zay_omni_path_fraction_is_the_bloom_teams_measurement() -> None:
+    """OPA_ACHIEVED is the median steady-state bus bandwidth of the BLOOM team's all_reduce_bench on Jean Zay
+    (the copied log values, after each rank's first trial) over one 100 Gb/s Omni-Path adapter."""
+    import csv
+    import statistics
+    from importlib import resources
+
+    from planner.measured.systems import OPA_ACHIEVED, jean_zay
+
+    text = resources.files("planner.data").joinpath("validation/jean_zay_all_reduce_bench.csv").read_text()
+    busbw = [float(r["busbw_gbps"]) for r in csv.DictReader(text.splitlines())]
+    assert len(busbw) == 160 and max(busbw[:32]) < 20 < min(busbw[32:])  # one warm-up trial per rank, first
+    assert statistics.median(busbw[32:]) / 100 == pytest.approx(OPA_ACHIEVED, abs=5e-4)
+    assert jean_zay().inter_node.efficiency == OPA_ACHIEVED
