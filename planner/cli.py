@@ -472,18 +472,19 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
                      "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
                      "fused_norm": f.fused_norm, "compiled": f.compiled,
-                     "composite_rms_norm": f.composite_rms_norm,
+                     "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
                      "source": f.source} for f in rows])
         return 0
 
     def memory(f: Framework) -> str:
-        """What the profile keeps: gradient precision, FP8 primary weights, fused norms."""
+        """What the profile keeps: gradient precision, FP8 primary weights, fused norms, its loss."""
         parts = ["fp32 grads" if f.grad_reduce_in_fp32 else "16-bit grads"]
         if f.gradients:  # the profile's own path per dtype: its buffer and per-micro-batch accumulation
             parts = [f"{dtype} grads {path.buffer_bytes:g} B + {path.accumulation_bytes:g} B/micro-batch"
                      for dtype, path in f.gradients]
-        return ", ".join(parts + ["fp8 weights"] * f.fp8_param_gather + ["fused norms"] * f.fused_norm)
+        return ", ".join(parts + ["fp8 weights"] * f.fp8_param_gather + ["fused norms"] * f.fused_norm
+                         + [f"loss {f.cross_entropy}"])
 
     def elementwise(f: Framework) -> str:
         """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""

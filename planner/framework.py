@@ -32,6 +32,15 @@ reads them like it reads the cluster:
 - gradients: per 16-bit training dtype, how the framework keeps, accumulates and reduces gradients
   where that differs from grad_reduce_in_fp32's one buffer (`GradientPath`: DeepSpeed runs fp16 through
   its ZeRO optimizer and bf16 through its BF16_Optimizer, which keep and move different bytes);
+- cross_entropy: how the loss is computed, which sets what it holds per logit at its peak
+  (planner.cost.memory.loss_peak_bytes): "fused" (Megatron's vocabulary-parallel cross-entropy: one
+  fp32 copy of the logits, softmaxed and differentiated in place), "eager-fp32" (torch's
+  F.cross_entropy on `.float()` logits in eager autograd: the fp32 log-probabilities saved, and the
+  loss's and log_softmax's fp32 gradients beside them in backward; under tensor parallelism DTensor's
+  loss_parallel, which keeps more temporaries), "compiled" (the same loss compiled by Inductor: it saves
+  the 16-bit logits and a per-token log-sum-exp and writes a 16-bit gradient);
+- extends (in frameworks.json only): the profile this one copies, stating only what differs (a release
+  of the same framework);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -49,6 +58,10 @@ from planner.errors import SpecError
 TP_OVERLAPS = ("none", "backward", "all")
 # Attention kernels a profile may name, with what they are ("": the GPU's default fused kernel).
 ATTENTION_KERNELS = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}
+# Cross-entropy implementations a profile may name (see the module docstring).
+CROSS_ENTROPY_KERNELS = {"fused": "fused vocabulary-parallel cross-entropy (fp32, in place)",
+                         "eager-fp32": "eager F.cross_entropy on fp32 logits",
+                         "compiled": "F.cross_entropy compiled by torch.compile (Inductor)"}
 DEFAULT_FRAMEWORK = "megatron-lm"
 REDUCE_OPS = ("reduce_scatter", "all_reduce")
 
@@ -115,8 +128,13 @@ class Framework:
     composite_rms_norm: bool = False
     # (dtype, GradientPath) pairs where the framework's gradients differ from grad_reduce_in_fp32's
     gradients: tuple[tuple[str, GradientPath], ...] = ()
+    # How the loss is computed (CROSS_ENTROPY_KERNELS): what it holds per logit at its peak
+    cross_entropy: str = "fused"
 
     def __post_init__(self) -> None:
+        if self.cross_entropy not in CROSS_ENTROPY_KERNELS:
+            raise SpecError(f"must be one of {', '.join(CROSS_ENTROPY_KERNELS)}, got {self.cross_entropy!r}",
+                            field=f"framework[{self.name}].cross_entropy")
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise SpecError(f"must be one of {', '.join(repr(k) for k in ATTENTION_KERNELS)}, got "
                             f"{self.attention_kernel!r}", field=f"framework[{self.name}].attention_kernel")
@@ -147,12 +165,25 @@ def framework_names() -> list[str]:
     return list(_catalog())
 
 
-@lru_cache(maxsize=32)
-def framework(name: str) -> Framework:
-    """The profile `name` (SpecError naming the known ones otherwise)."""
+def _entry(name: str, seen: tuple[str, ...] = ()) -> dict:
+    """The catalog entry of `name` with what it `extends` filled in from that profile."""
     entry = _catalog().get(name)
     if entry is None:
         raise SpecError(f"unknown framework {name!r} (one of {', '.join(framework_names())})", field="framework")
+    parent = entry.get("extends")
+    if parent is None:
+        return entry
+    if parent in seen or parent == name:
+        raise SpecError(f"extends itself through {' -> '.join((*seen, name, parent))}",
+                        field=f"framework[{name}].extends")
+    own = {k: v for k, v in entry.items() if k != "extends"}
+    return {**_entry(parent, (*seen, name)), **own}
+
+
+@lru_cache(maxsize=32)
+def framework(name: str) -> Framework:
+    """The profile `name` (SpecError naming the known ones otherwise)."""
+    entry = _entry(name)
     where = f"framework[{name}].gradients"
     try:
         gradients = tuple((dtype, GradientPath(**path)) for dtype, path in sorted(entry.get("gradients", {}).items()))

@@ -80,7 +80,7 @@ def _framework_line(doc: dict[str, Any]) -> str:
     """What the plan's framework profile assumes (planner/data/frameworks.json), in one line."""
     from types import SimpleNamespace
 
-    from planner.framework import ATTENTION_KERNELS, default_framework, framework
+    from planner.framework import ATTENTION_KERNELS, CROSS_ENTROPY_KERNELS, default_framework, framework
     from planner.specs.cluster import GPUSpec
 
     c = doc["cluster"]
@@ -95,7 +95,7 @@ def _framework_line(doc: dict[str, Any]) -> str:
             f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "
             f"{attention}, norms and RoPE "
             + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
-            + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}")
+            + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}, loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}")
 
 
 def _gradients(fw: Any, dtype: str) -> str:

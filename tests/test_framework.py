@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from planner.cost import batch_from_plans, cost_terms, estimate
-from planner.errors import PlanError
+from planner.errors import PlanError, SpecError
 from planner.framework import framework, framework_names
 from planner.plan import Plan
 from planner.search import search
@@ -192,3 +192,26 @@ def test_deepspeed_profile_reduces_gradients_after_the_backward_as_its_pipeline_
         reduce = [i for i, kind in enumerate(order) if kind is schedule.ReduceGrads]
         assert len(backward) == 4 and len(reduce) == 1 and reduce[0] > backward[-1]
     assert not framework("deepspeed").dp_overlap
+
+
+def test_a_release_profile_is_its_parent_with_what_it_states() -> None:
+    """torchtitan-compile-2024 extends torchtitan-compile: every switch it does not state is the parent's."""
+    child, parent = framework("torchtitan-compile-2024"), framework("torchtitan-compile")
+    own = {"name", "description", "source", "cross_entropy"}
+    for f in dataclasses.fields(child):
+        if f.name not in own:
+            assert getattr(child, f.name) == getattr(parent, f.name), f.name
+    assert (child.cross_entropy, parent.cross_entropy) == ("eager-fp32", "compiled")
+
+
+def test_a_profile_extending_itself_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import planner.framework as fwmod
+
+    catalog = {"a": {"extends": "b"}, "b": {"extends": "a"}}
+    monkeypatch.setattr(fwmod, "_catalog", lambda: catalog)
+    fwmod.framework.cache_clear()
+    try:
+        with pytest.raises(SpecError, match="extends itself"):
+            fwmod.framework("a")
+    finally:
+        fwmod.framework.cache_clear()

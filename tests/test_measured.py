@@ -151,10 +151,13 @@ def test_torchtitan_context_parallel_row(runs: dict[str, list]) -> None:
 
 def test_torchtitan_rows_take_the_profile_of_their_printed_settings(runs: dict[str, list]) -> None:
     """The torch_compile / async_tp columns as printed: Table 1's FSDP row ran eager on PyTorch of Dec 2024
-    (composite RMSNorm), its "+ torch.compile" row compiled; Table 4's "2D + AsyncTP" row async TP."""
+    (composite RMSNorm), its "+ torch.compile" row compiled; Table 4's "2D + AsyncTP" row async TP; all of
+    December 2024, when torchtitan left the loss eager; the June 2025 rows (torchtitan e7c0cae) compiled it."""
     tt = runs["torchtitan"]
     assert (tt[0].profile, tt[1].profile, tt[10].profile, tt[11].profile) == (
-        "torchtitan-2024", "torchtitan-compile", "torchtitan-compile", "torchtitan-async-tp")
+        "torchtitan-2024", "torchtitan-compile-2024", "torchtitan-compile-2024", "torchtitan-async-tp-2024")
+    june = [r for r in tt if "trainy" in r.label]
+    assert june and {r.profile for r in june} == {"torchtitan-compile"}
     assert tt[0].framework == tt[11].framework == "torchtitan"  # the source's framework, for its bucket
 
 

@@ -55,6 +55,34 @@ def gradient_path(fw: Framework, dtype: str) -> GradientPath:
     return GradientPath(buffer_bytes=b, reduce_bytes=b)
 
 
+FP32_BYTES = 4
+
+
+def loss_peak_bytes(kernel: str, logit_bytes: Array | float, vocab_parallel: Array | bool = False) -> Array:
+    """Bytes per logit (token x vocabulary entry on this GPU) the cross-entropy holds at its peak: what it
+    saves for backward plus the transients beside it then (Framework.cross_entropy):
+
+    - "fused": Megatron's vocabulary-parallel cross-entropy (megatron/core/tensor_parallel/
+      cross_entropy.py) casts the 16-bit logits to one fp32 buffer, turns it into the softmax in place,
+      saves it and overwrites it with the gradient in backward: 4 B beside the `logit_bytes` logits;
+    - "eager-fp32": torch's F.cross_entropy on `.float()` logits in eager autograd (torchtitan's loss
+      until it was compiled in April 2025, pytorch/torchtitan#1033; the logits freed before backward
+      by `del pred`): in backward the saved fp32 log-probabilities, the nll loss's fp32 gradient and
+      log_softmax's fp32 gradient, 12 B; under vocabulary parallelism (`vocab_parallel`, torch's
+      loss_parallel over DTensor shards) its handlers keep more fp32 temporaries, 16 B (both counted
+      by torch's MemTracker in tests/test_loss_memory.py);
+    - "compiled": the same loss compiled by Inductor saves the 16-bit logits (and a per-token
+      log-sum-exp) and writes a 16-bit gradient: 2 x `logit_bytes`.
+    """
+    if kernel == "fused":
+        return np.asarray(logit_bytes + FP32_BYTES, dtype=float)
+    if kernel == "eager-fp32":
+        return np.where(vocab_parallel, 4.0 * FP32_BYTES, 3.0 * FP32_BYTES)
+    if kernel == "compiled":
+        return np.asarray(2.0 * logit_bytes, dtype=float)
+    raise ValueError(f"unknown cross-entropy kernel {kernel!r}")
+
+
 # Bytes the optimizer step streams per parameter: read master/param, grad, m, v; write master, m, v
 # (+ the 16-bit copy); gradient clipping (read grads) and zeroing (write grads).
 OPTIMIZER_STEP_BYTES = {"bf16": 30 + 8, "fp16": 30 + 8, "fp32": 28 + 8}

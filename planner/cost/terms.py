@@ -38,6 +38,7 @@ from planner.cost.memory import (
     WEIGHT_BYTES,
     gradient_path,
     layer_activation_bytes,
+    loss_peak_bytes,
     op_params_per_gpu,
     policy_saved_bytes,
     saved_bytes,
@@ -344,7 +345,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_tp"] = np.where(sp, ag + rs, ar) + 3 * small
     res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp)
     res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp)
-    res["logits"] = beta * model.vocab_size * tokens / t
+    # The loss's peak beyond the fp32 log-probabilities counted as the head's saved activations.
+    res["logits"] = (loss_peak_bytes(fw.cross_entropy, beta, t > 1) - LOSS_BYTES) * model.vocab_size * tokens / t
     res["pre_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops), np.zeros_like(t))
     res["post_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops), np.zeros_like(t))
     # With pipelining, the last stage keeps its own copy of a tied embedding for the LM head.

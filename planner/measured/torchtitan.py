@@ -78,12 +78,19 @@ def _recompute(ac: str) -> tuple[str, int, str]:
     raise ValueError(f"{FILE}: unknown activation checkpointing {ac!r}")
 
 
+# Tables run before torchtitan compiled its loss with the model (pytorch/torchtitan#1033, April 2025):
+# the December 2024 benchmarks (torchtitan 9dec370) and docs/performance.md (published by January 2025).
+EAGER_LOSS_SOURCES = ("benchmarks/llama3_h100_202412_torchtitan.md", "docs/performance.md")
+
+
 def _profile(r: dict[str, str]) -> str:
     """The profile a row ran under: async TP (which needs torch.compile), torch.compile, or eager PyTorch
-    as of these runs (2024 to mid-2025: F.rms_norm still PyTorch's composite on the rows without compile)."""
+    as of these runs (2024 to mid-2025: F.rms_norm still PyTorch's composite on the rows without compile);
+    with compile, the releases before April 2025 left the loss eager."""
     if not r["torch_compile"].lower().startswith("yes"):
         return "torchtitan-2024"
-    return "torchtitan-async-tp" if r["async_tp"] == "yes" else "torchtitan-compile"
+    name = "torchtitan-async-tp" if r["async_tp"] == "yes" else "torchtitan-compile"
+    return f"{name}-2024" if r["source_file"] in EAGER_LOSS_SOURCES else name
 
 
 def _stage_layers(layers: int, pp: int, per_rank: int) -> list[int]:
