@@ -473,6 +473,7 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
                      "fused_norm": f.fused_norm, "compiled": f.compiled,
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
+                     "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
                      "source": f.source} for f in rows])
         return 0
@@ -483,8 +484,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         if f.gradients:  # the profile's own path per dtype: its buffer and per-micro-batch accumulation
             parts = [f"{dtype} grads {path.buffer_bytes:g} B + {path.accumulation_bytes:g} B/micro-batch"
                      for dtype, path in f.gradients]
-        return ", ".join(parts + ["fp8 weights"] * f.fp8_param_gather + ["fused norms"] * f.fused_norm
-                         + [f"loss {f.cross_entropy}"])
+        return ", ".join(parts + ["unsharded under pp"] * f.pipeline_unsharded_grads + ["fp8 weights"]
+                         * f.fp8_param_gather + ["fused norms"] * f.fused_norm + [f"loss {f.cross_entropy}"])
 
     def elementwise(f: Framework) -> str:
         """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""

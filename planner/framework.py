@@ -39,6 +39,12 @@ reads them like it reads the cluster:
   loss's and log_softmax's fp32 gradients beside them in backward; under tensor parallelism DTensor's
   loss_parallel, which keeps more temporaries), "compiled" (the same loss compiled by Inductor: it saves
   the 16-bit logits and a per-token log-sum-exp and writes a 16-bit gradient);
+- pipeline_unsharded_grads: under pipeline parallelism the sharded data-parallel wrapper skips its
+  gradient reduction until the step's last backward, so each stage's gradients accumulate unsharded in
+  the reduce dtype across the micro-batches (torch.distributed.pipelining calls
+  set_requires_gradient_sync(False) on FSDP2 stages, PipelineStage.backward_maybe_with_nosync; FSDP2
+  accumulates unsharded gradients in its reduce_dtype, FSDPParam.to_accumulated_grad_if_needed): ZeRO-2/3
+  shard no gradient memory there;
 - extends (in frameworks.json only): the profile this one copies, stating only what differs (a release
   of the same framework);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
@@ -130,6 +136,9 @@ class Framework:
     gradients: tuple[tuple[str, GradientPath], ...] = ()
     # How the loss is computed (CROSS_ENTROPY_KERNELS): what it holds per logit at its peak
     cross_entropy: str = "fused"
+    # Under pipelining, gradients accumulate unsharded until the step's last backward (FSDP2 stages of
+    # torch.distributed.pipelining)
+    pipeline_unsharded_grads: bool = False
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:

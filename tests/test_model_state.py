@@ -66,6 +66,11 @@ def _variants() -> list[tuple[str, Plan]]:
         ("llama3-70b", {"tp": 4, "pp": 4, "dp": 4, "global_batch": 64, "dtype": "fp8", "zero_stage": 1}),
         ("llama3-70b", {"tp": 4, "pp": 2, "dp": 8, "global_batch": 64, "dtype": "fp8", "zero_stage": 3}),
         ("mixtral-8x7b", {"pp": 4, "dp": 16, "ep": 8, "global_batch": 64, "dtype": "fp8", "zero_stage": 2}),
+        # torchtitan's pipelined FSDP2 stages keep their gradients unsharded (pipeline_unsharded_grads)
+        ("llama3-405b", {"tp": 8, "pp": 8, "dp": 8, "global_batch": 64, "first_stage_layers": 15,
+                         "last_stage_layers": 15, "zero_stage": 2, "framework": "torchtitan-async-tp"}),
+        ("llama3-70b", {"tp": 4, "pp": 4, "dp": 4, "global_batch": 64, "zero_stage": 3, "framework": "torchtitan"}),
+        ("llama3-70b", {"tp": 4, "dp": 8, "global_batch": 64, "zero_stage": 2, "framework": "torchtitan"}),
     ]
     out = []
     for name, f in fields:

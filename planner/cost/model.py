@@ -355,6 +355,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     # ZeRO shards over the gradient group: dp x cp ranks (experts: dp / ep x cp), as in the terms.
     d3, d2, d1 = (np.where(zero >= k, terms.dp_group[e], 1.0) for k in (3, 2, 1))
     e3, e2, e1 = (np.where(zero >= k, terms.edp_group[e], 1.0) for k in (3, 2, 1))
+    if terms.framework.pipeline_unsharded_grads:  # pipelined stages accumulate unsharded gradients
+        d2, e2 = (np.where(ax.pp[e] > 1, 1.0, d) for d in (d2, e2))
     dense, expert = terms.params_dense[..., :c], terms.params_expert[..., :c]
     t_dense, t_expert = terms.train_dense[..., :c], terms.train_expert[..., :c]
     dt_w, dt_g, dt_o = _state_bytes(terms)

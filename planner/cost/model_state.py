@@ -11,7 +11,8 @@ weights (`precision.recipe`) beside them, except under ZeRO-3 (where the cost mo
 gathered layers' copies as a transient buffer).
 
 ZeRO (Rajbhandari et al. 2020, Sec. 5): stage 1 shards the optimizer state over the ranks that
-replicate a parameter, stage 2 also the gradients, stage 3 also the weights. Dense parameters are
+replicate a parameter, stage 2 also the gradients, stage 3 also the weights; gradients stay unsharded
+under pipelining where the framework accumulates them so (Framework.pipeline_unsharded_grads). Dense parameters are
 replicated over the dp x cp ranks, expert parameters over (dp / ep) x cp ranks (expert groups are ep
 consecutive dp ranks).
 
@@ -120,6 +121,8 @@ def model_state_bytes(model: ModelSpec, plan: Plan, pp_rank: int) -> ModelStateB
         lowp = sum(float(n) * p for n, p in zip(layers, per_layer, strict=True)) \
             * extra_weight_bytes(plan.dtype, fw.fp8_param_gather)
     w, g, o = sharded(3, dense, expert), sharded(2, t_dense, t_expert), sharded(1, t_dense, t_expert)
+    if fw.pipeline_unsharded_grads and plan.pp > 1:  # gradients accumulate unsharded until the step's end
+        g = t_dense + t_expert
     dt = plan.dtype
     return ModelStateBytes(weights=w * WEIGHT_BYTES[dt] + lowp, grads=g * gradient_path(fw, dt).buffer_bytes,
                            optimizer=o * OPTIMIZER_BYTES[dt], weight_params=w, grad_params=g, optimizer_params=o,
