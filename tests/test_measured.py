@@ -68,6 +68,23 @@ def test_dgxc_grok_proxy_row(runs: dict[str, list]) -> None:
     assert (r.precision, r.recompute, r.step_time_s) == ("bf16", "none", 24.03)
 
 
+def test_dgxc_workloads_that_turn_cudnn_attention_off_run_flashattention2(runs: dict[str, list]) -> None:
+    """NVTE_FUSED_ATTN as the workloads' scripts set it (NVIDIA/dgxc-benchmarking): 0 in grok1/configure.sh
+    (v24.11.1 to v25.03), in nemotron/configure.sh for the 340B (1 for the 15B) and in v24.11.1's
+    nemo_megatron/launch.sh (v25.02's configure.sh sets 1); llama3.1/configure.sh sets 1."""
+    profiles: dict[tuple[str, str], set[str]] = {}
+    for r in runs["dgxc"]:
+        if r.framework == "nemo":
+            family = r.label.split(" ")[1].lower()
+            profiles.setdefault((family + (" 340b" if "340b" in r.label.lower() else ""), r.label.split(" ")[0]),
+                                set()).add(r.profile)
+    assert profiles[("grok", "v24.11.1")] == profiles[("grok", "v25.03")] == {"nemo-fa2"}
+    assert profiles[("nemotron4 340b", "v24.11.1")] == {"nemo-fa2"}
+    assert profiles[("nemotron4", "v24.11.1")] == profiles[("nemotron4", "v25.02")] == {""}
+    assert profiles[("nemo", "v24.11.1")] == {"nemo-fa2"} and profiles[("nemo", "v25.02")] == {""}
+    assert profiles[("llama", "v25.03")] == {""}
+
+
 def test_dgxc_row_with_a_split_step_time(runs: dict[str, list]) -> None:
     # "8.7  5" s; 126 x 8192 tokens / 117965 tokens/s = 8.75 s. Title: TP 8, CP 2, VP 7; column: 21 layers, PP 3
     r = runs["dgxc"][19]

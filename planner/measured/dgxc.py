@@ -52,6 +52,23 @@ def _family(title: str, release: str) -> tuple[str, str, int]:
     raise ValueError(f"{FILE}: unknown table {title!r}")
 
 
+# Workloads whose benchmark scripts turn Transformer Engine's cuDNN fused attention off (NVTE_FUSED_ATTN=0),
+# so TE runs FlashAttention-2: (table-title words, releases) from grok1/configure.sh, nemotron/configure.sh
+# (340B; the 15B sets 1) and nemo_megatron/launch.sh (v24.11.1; its v25.02 configure.sh sets 1).
+FLASH_ATTENTION_WORKLOADS = ((("grok",), ("v24.11.1", "v25.02", "v25.03")),
+                             (("nemotron", "340b"), ("v24.11.1", "v25.02", "v25.03")),
+                             (("nemo megatron",), ("v24.11.1",)))
+
+
+def _nemo_profile(title: str, release: str) -> str:
+    """The NeMo profile of a workload: with FlashAttention-2 where its scripts disable TE's fused attention."""
+    t, rel = title.lower(), release.split(" ")[0]
+    for words, releases in FLASH_ATTENTION_WORKLOADS:
+        if all(w in t for w in words) and rel in releases:
+            return "nemo-fa2"
+    return ""
+
+
 def _step_time(r: dict[str, str], seq: int, gbs: int, notes: list[str]) -> float | None:
     raw = r["step_time_s"]
     value = number(raw)
@@ -98,6 +115,9 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
     if framework == "nemo":
         kw.update(zero_stage=1, sequence_parallel=tp > 1,
                   schedule="interleaved-1f1b" if vpp > 1 and pp > 1 else "1f1b")
+        if profile := _nemo_profile(r["table_title"], r["release"]):
+            kw.update(profile=profile)
+            notes.append("NVTE_FUSED_ATTN=0 in the workload's scripts: Transformer Engine's FlashAttention-2")
         full_layers = layers or {"llama3-405b": 126, "llama3.1-405b-dgxc2409": 126}.get(model)
         if full_layers and pp > 1 and full_layers % (pp * vpp) and (full_layers + 2) % (pp * vpp) == 0:
             per_rank = (full_layers + 2) // pp  # embedding and loss counted as layers (NeMo 2)
