@@ -22,9 +22,8 @@ TRUE = {fit.GEMM: 0.55, fit.ATTENTION: 0.5, fit.lowp_parameter("fp8"): 0.42}
 @pytest.fixture(scope="module")
 def h100_runs() -> list[MeasuredRun]:
     """BF16 and FP8 NeMo runs on DGX H100 under the `nemo` profile (cuDNN's fused attention, whose rate is
-    fitted): three of Llama
-    3.1 8B at 8k tokens, where attention is a quarter of the step, and three larger models, where GEMMs
-    dominate, per format (so the GEMM and attention efficiencies are told apart)."""
+    fitted): three of Llama 3.1 8B at 8k tokens, where attention is a quarter of the step, and three larger
+    models, where GEMMs dominate, per format (so the GEMM and attention efficiencies are told apart)."""
     runs = [r for r in express_all(printed_runs(("dgxc",))) if isinstance(r, MeasuredRun) and r.step_time_s
             and r.cluster.gpu.name == "H100-SXM5-80GB" and r.plan.framework == "nemo" and r.plan.finetune == "full"]
     out = []
