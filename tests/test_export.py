@@ -296,12 +296,14 @@ def test_torchtitan_context_parallel_and_zero3(tmp_path: Path) -> None:
 @needs_torchtitan
 @pytest.mark.parametrize("framework,enable,async_tp", [("torchtitan-async-tp", True, True),
                                                        ("torchtitan-compile", True, False),
+                                                       ("torchtitan-compile-2024", True, False),
                                                        ("torchtitan", False, False)])
 def test_torchtitan_compiles_as_the_plans_profile_priced_it(framework: str, enable: bool, async_tp: bool,
                                                             tmp_path: Path) -> None:
     """The profile that priced the plan's elementwise ops (compiled, or eager) and its TP overlap is the one
     the export launches: torch.compile on for torchtitan-compile, and async TP (which needs it) for
-    torchtitan-async-tp; torchtitan's own Trainer builds each on the fake backend."""
+    torchtitan-async-tp; a release that left the loss eager compiles the model alone (its loss was priced
+    eager); torchtitan's own Trainer builds each on the fake backend."""
     from planner.export.check import check_torchtitan
 
     doc = make_doc(DEBUG_LLAMA, "dgx-h100", 4, tp=2, dp=2, micro_batch=1, global_batch=4, zero_stage=3,
@@ -310,6 +312,7 @@ def test_torchtitan_compiles_as_the_plans_profile_priced_it(framework: str, enab
     text = files["torchtitan_job.py"]
     assert f"config.compile.enable = {enable}" in text
     assert f"config.compile.enable_async_tensor_parallel = {async_tp}" in text
+    assert ("config.compile.components = ['model']" in text) == framework.endswith("-2024")
     result = check_torchtitan(doc, files, tmp_path, rank=0)
     assert result.passed, result.reason
 

@@ -184,13 +184,18 @@ def _cuda_graphs(p: Plan, m: ModelSpec, b: Build) -> Assignments:
 def _compile(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     """torch.compile and async TP as the plan's torchtitan profile priced them (planner frameworks): its
     `compiled` switch, and async TP where it overlaps all of TP's communication (which needs compile);
-    a plan priced under another framework is exported eager, torchtitan's default."""
+    the loss compiled with the model (torchtitan's default components) unless the profile's release left
+    it eager (the `-2024` profiles, priced with the eager loss's memory); a plan priced under another
+    framework is exported eager, torchtitan's default."""
     fw = framework_profile(p.framework) if (p.framework or "").startswith("torchtitan") else None
     compiled = bool(fw and fw.compiled)
     overlaps = bool(fw and fw.tp_overlap == "all")
     if overlaps and p.tp == 1:
         b.note(f"{p.framework} on tp 1: no tensor-parallel collectives to overlap; compile only")
-    return [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(overlaps and p.tp > 1))]
+    out = [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(overlaps and p.tp > 1))]
+    if compiled and fw is not None and fw.cross_entropy != "compiled":  # a release that left the loss eager
+        out.append(("compile.components", "['model']"))
+    return out
 
 
 def _attention(p: Plan, m: ModelSpec, b: Build) -> Assignments:
