@@ -12,9 +12,9 @@ gathered layers' copies as a transient buffer).
 
 ZeRO (Rajbhandari et al. 2020, Sec. 5): stage 1 shards the optimizer state over the ranks that
 replicate a parameter, stage 2 also the gradients, stage 3 also the weights; gradients stay unsharded
-under pipelining where the framework accumulates them so (Framework.pipeline_unsharded_grads). Dense parameters are
-replicated over the dp x cp ranks, expert parameters over (dp / ep) x cp ranks (expert groups are ep
-consecutive dp ranks).
+under pipelining where the framework accumulates them so (Framework.pipeline_unsharded_grads: the
+stage's peak, before the step's one reduction). Dense parameters are replicated over the dp x cp ranks,
+expert parameters over (dp / ep) x cp ranks (expert groups are ep consecutive dp ranks).
 
 The cost model's `prediction()["memory"]` reports the rank class with the most memory; for that
 class this is the same (tests/test_model_state.py checks it on many plans). The executor's dry run
