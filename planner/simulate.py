@@ -153,8 +153,8 @@ class _Graph:
     is_b: Array
     mb: Array
     stage: Array  # virtual stage g = chunk·pp + rank of each op
-    duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)]
-    sends: Array  # bool: the op ends with a blocking send to a neighbouring stage
+    duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)], round-major (L, pp)
+    sends: Array  # bool: the op ends with a blocking send to a neighbouring stage, round-major (L, pp)
     # The op each op waits for, round-major (L, pp) as the solver lays plans out: its round (position)
     # and rank (round -1: nothing), and whether a forward / backward waits for its neighbour rank within
     # its own round
@@ -184,7 +184,7 @@ def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
     assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
     duration = np.where(o.is_b, n_virtual + g, g)
     same = has & (dep_pos == own)
-    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration, sends=sends,
+    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration.T.copy(), sends=sends.T.copy(),
                   in_round=np.where(has, dep_pos, -1).T.copy(), in_rank=dep_rank.T.copy(),
                   f_link=(same & (dep_rank == r - 1)).T.copy(), b_link=(same & (dep_rank == r + 1)).T.copy())
 
@@ -206,7 +206,7 @@ class _Padded:
 
 
 def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
-    """Lay plans' graphs (one per plan) and op durations (pp, L) side by side, longest sequence first.
+    """Lay plans' graphs (one per plan) and op durations (L, pp) side by side, longest sequence first.
 
     The arrays are zero-filled by the allocator, so the rounds past a plan's end are never touched
     (no writes, no page faults) and `_solve` stops computing them."""
@@ -229,7 +229,7 @@ def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
     for i, g in enumerate(graphs):
         ln = lengths[i]
         cols = slice(starts[i], starts[i] + g.is_b.shape[0])
-        dur[:ln, cols] = durations[i].T
+        dur[:ln, cols] = durations[i]
         base = flat.get(id(g))
         if base is None:
             in_round = g.in_round.astype(np.intp)  # (the flat index can pass 2^31 where the graph's cannot)
@@ -308,11 +308,13 @@ def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: st
     graph = _graph(schedule, pp, vpp, m)
     d = _durations(graph, np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64), float(p2p))
     ends = _solve(_pad([graph], [d])).T
+    d = d.T
     return float(ends.max()), _events(graph, ends, d), ends[:, -1], ends[:, -1] - d[:, -1]
 
 
 def _durations(graph: _Graph, fwd: Array, bwd: Array, p2p: float) -> Array:
-    """Seconds of every op (pp, L): its pass on its virtual stage, plus a blocking send."""
+    """Seconds of every op, round-major (L, pp) as the solver lays plans out: its pass on its virtual
+    stage, plus a blocking send."""
     return np.concatenate([fwd, bwd])[graph.duration] + p2p * graph.sends
 
 
@@ -367,7 +369,8 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
     ends_all = _solve(pad)  # (L, R)
     ov = cluster.overlap_slowdown
     out = []
-    for i, (g, d, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
+    for i, (g, d_rm, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
+        d = d_rm.T  # (pp, L)
         ends = ends_all[:d.shape[1], pad.starts[i]:pad.starts[i] + pp].T
         rank_end = ends[:, -1]
         last_b = rank_end - d[:, -1]
