@@ -63,12 +63,22 @@ def _compiled_peak_per_logit() -> float:
     return (sum(saved.values()) + pred.grad.numel() * pred.grad.element_size()) / (TOKENS * VOCAB)
 
 
-def test_eager_cross_entropy_peak_is_three_fp32_logit_buffers() -> None:
-    assert _eager_peak_per_logit() == pytest.approx(float(loss_peak_bytes("eager-fp32", 2)), abs=0.3)
+@pytest.fixture(scope="module")
+def eager_peak() -> float:
+    return _eager_peak_per_logit()
 
 
-def test_compiled_cross_entropy_keeps_the_16_bit_logits_and_writes_a_16_bit_gradient() -> None:
-    assert _compiled_peak_per_logit() == pytest.approx(float(loss_peak_bytes("compiled", 2)), abs=0.05)
+@pytest.fixture(scope="module")
+def compiled_peak() -> float:
+    return _compiled_peak_per_logit()
+
+
+def test_eager_cross_entropy_peak_is_three_fp32_logit_buffers(eager_peak: float) -> None:
+    assert eager_peak == pytest.approx(float(loss_peak_bytes("eager-fp32", 2)), abs=0.3)
+
+
+def test_compiled_cross_entropy_keeps_the_16_bit_logits_and_writes_a_16_bit_gradient(compiled_peak: float) -> None:
+    assert compiled_peak == pytest.approx(float(loss_peak_bytes("compiled", 2)), abs=0.05)
 
 
 LOSS_PARALLEL = textwrap.dedent(f"""
@@ -105,7 +115,8 @@ def test_loss_parallel_cross_entropy_peak() -> None:
     assert measured == pytest.approx(float(loss_peak_bytes("eager-fp32", 2, True)), abs=0.3)
 
 
-def test_predicted_memory_differs_between_loss_kernels_by_the_measured_bytes() -> None:
+def test_predicted_memory_differs_between_loss_kernels_by_the_measured_bytes(eager_peak: float,
+                                                                             compiled_peak: float) -> None:
     """The same torchtitan plan under its December 2024 release (eager loss) and a 2025 one (compiled loss)
     differs in predicted memory by what the two losses were measured to hold, per logit of the last stage."""
     model, cluster = model_preset("llama3-8b"), cluster_preset("dgx-h100")
@@ -113,5 +124,5 @@ def test_predicted_memory_differs_between_loss_kernels_by_the_measured_bytes() -
     gib = {fw: estimate(model, cluster, Plan(**{**plan.__dict__, "framework": fw}))["memory_gib_per_gpu"]
            for fw in ("torchtitan-compile-2024", "torchtitan-compile")}
     logits = plan.micro_batch * model.seq_len * model.vocab_size
-    measured = (_eager_peak_per_logit() - _compiled_peak_per_logit()) * logits / 2**30
+    measured = (eager_peak - compiled_peak) * logits / 2**30
     assert gib["torchtitan-compile-2024"] - gib["torchtitan-compile"] == pytest.approx(measured, rel=0.05)
