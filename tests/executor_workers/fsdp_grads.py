@@ -15,6 +15,7 @@ Rank 0 writes JSON:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import traceback
 
@@ -48,6 +49,7 @@ def held_per_param(mesh: object, sync: bool) -> float:
         for _ in range(2):
             tracker.reset_mod_stats()
             model(torch.randn(64, HIDDEN)).float().sum().backward()
+        gc.collect()  # tensors only a reference cycle still holds are not held memory
         snap = tracker.get_tracker_snapshot("current")
     kinds = {str(k).rsplit(".", 1)[-1]: v for by in snap.values() for k, v in by.items()}
     return (kinds["Total"] - kinds.get("PARAM", 0)) / params  # all but the sharded fp32 parameters
