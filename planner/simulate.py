@@ -9,13 +9,13 @@ last backward, each rank reduces its gradients over data parallelism on a separa
 overlaps that backward; the step ends when every rank has reduced and stepped its optimizer.
 
 The op end times are the longest paths of that dependency graph, computed for many plans at once
-(vectorised over plans and ranks, padded to the largest): round k runs every rank's k-th op. An op's
-input comes from an earlier round, or, in warm-up and cool-down, from the same round on the
-neighbouring rank (forwards chain up the ranks, backwards down). Such a chain, e_r =
-max(b_r, e_{r-1}) + d_r, is a segmented prefix maximum: e_r = D_r + max_{s in chain, s <= r}(b_s -
-D_{s-1}) with D the running sum of d over ranks, evaluated by doubling (log2 p steps). Op durations
-come from the cost model's per-micro-batch terms (`planner.cost.terms.CostTerms`), the overlap rules
-from `planner.cost.overlap`.
+(vectorised over plans and ranks, padded to the largest) level by level: rank r's k-th op sits at
+level k + r in its warm-up forwards, k + p - 1 in its steady phase and k + 2p - 2 - r in its
+cool-down backwards, which puts every op's input at a lower level (forwards chain up the ranks in
+warm-up, backwards down in cool-down), so one level's ops are independent: e = max(the rank's last
+end, the input's end) + d, three array operations per level for all plans, L + 2p - 2 levels for a
+step of L ops per rank. Op durations come from the cost model's per-micro-batch terms
+(`planner.cost.terms.CostTerms`), the overlap rules from `planner.cost.overlap`.
 """
 
 from __future__ import annotations
@@ -89,6 +89,38 @@ class _Orders:
     warm: Array  # (pp,) forwards before the first backward, in virtual micro-batches
 
 
+def _warm(schedule: str, pp: int, vpp: int, m: int) -> Array:
+    """Each rank's warm-up forwards W_r (pp,), in virtual micro-batches (see `_orders`)."""
+    total = m * vpp
+    r = np.arange(pp, dtype=np.int32)
+    if schedule == "gpipe" or pp == 1:
+        return np.full(pp, total, dtype=np.int32)
+    if vpp == 1:
+        return np.minimum(pp - r - 1, m).astype(np.int32)
+    return np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp, total).astype(np.int32)
+
+
+def _pass_order(k: Array, warm: Array, total: int) -> tuple[Array, Array]:
+    """Is op k of a rank with `warm` warm-up forwards a backward, and which virtual micro-batch q of
+    its pass (forwards and backwards each count theirs from 0) it runs (broadcast; see `_orders`)."""
+    rel = k - warm
+    in_warm = k < warm
+    in_steady = ~in_warm & (k < 2 * total - warm)
+    odd, half = (rel & 1) == 1, rel >> 1  # rel % 2 == 1 and rel // 2 (floor, also below zero)
+    is_b = ~in_warm & (~in_steady | odd)
+    return is_b, np.where(in_warm, k, np.where(in_steady, np.where(odd, half, warm + half), k - total))
+
+
+def _ops(k: Array, warm: Array, pp: int, vpp: int, m: int) -> tuple[Array, Array, Array]:
+    """(backward?, micro-batch, chunk) of op k of the ranks whose warm-up counts are `warm` (broadcast)."""
+    is_b, q = _pass_order(k, warm, m * vpp)
+    if vpp == 1:
+        return is_b, q, np.zeros_like(q)
+    mb = (q // (pp * vpp)) * pp + q % pp
+    c = (q // pp) % vpp
+    return is_b, mb, np.where(is_b, vpp - 1 - c, c)
+
+
 def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
     """Op sequences of every rank, vectorised.
 
@@ -98,45 +130,11 @@ def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
     micro-batch k being chunk (k // p) % v of micro-batch (k // (p v))·p + k % p, backwards walking the
     chunks in reverse (Megatron-LM's schedule; Fig. 4 bottom); GPipe: W_r = m (all forwards first).
     """
-    total = m * vpp
-    length = 2 * total
     # int32 (a step has far fewer than 2^31 ops): integer division and modulo run twice as fast
-    r = np.arange(pp, dtype=np.int32)[:, None]
-    k = np.arange(length, dtype=np.int32)[None, :]
-    if schedule == "gpipe" or pp == 1:
-        warm = np.full((pp, 1), total, dtype=np.int32)
-    elif vpp == 1:
-        warm = np.minimum(pp - r - 1, m)
-    else:
-        warm = np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp, total)
-    rel = k - warm
-    in_warm = k < warm
-    in_steady = (k >= warm) & (k < 2 * total - warm)
-    odd, half = (rel & 1) == 1, rel >> 1  # rel % 2 == 1 and rel // 2 (floor, also below zero)
-    is_b = np.where(in_warm, False, np.where(in_steady, odd, True))
-    q = np.where(in_warm, k, np.where(in_steady, np.where(odd, half, warm + half), k - total))
-    if vpp == 1:
-        mb, chunk = q, np.zeros_like(q)
-    else:
-        mb = (q // (pp * vpp)) * pp + q % pp
-        c = (q // pp) % vpp
-        chunk = np.where(is_b, vpp - 1 - c, c)
-    return _Orders(is_b=is_b, mb=mb, chunk=chunk, warm=warm[:, 0] if warm.shape[0] == pp else np.full(pp, total))
-
-
-def _position(orders: _Orders, rank: Array, is_b: Array, mb: Array, chunk: Array, pp: int, vpp: int,
-              m: int) -> Array:
-    """Index of op (is_b, mb, chunk) in rank `rank`'s sequence (the inverse of `_orders`)."""
-    total = m * vpp
-    if vpp == 1:
-        q = mb
-    else:
-        c = np.where(is_b, vpp - 1 - chunk, chunk)
-        q = (mb // pp) * pp * vpp + c * pp + mb % pp
-    w = orders.warm[rank]
-    fwd = np.where(q < w, q, w + 2 * (q - w))
-    bwd = np.where(q < total - w, w + 2 * q + 1, q + total)
-    return np.where(is_b, bwd, fwd)
+    warm = _warm(schedule, pp, vpp, m)
+    k = np.arange(2 * m * vpp, dtype=np.int32)[None, :]
+    is_b, mb, chunk = _ops(k, warm[:, None], pp, vpp, m)
+    return _Orders(is_b=is_b, mb=mb, chunk=chunk, warm=warm)
 
 
 def schedule_order(schedule: str, pp: int, vpp: int, m: int, rank: int) -> list[tuple[str, int, int]]:
@@ -148,153 +146,149 @@ def schedule_order(schedule: str, pp: int, vpp: int, m: int, rank: int) -> list[
 
 @dataclass(frozen=True)
 class _Graph:
-    """The dependency graph of one schedule shape, as index arrays (pp, L)."""
+    """The dependency graph of one schedule shape, laid out by level for the solver.
 
-    is_b: Array
-    mb: Array
-    stage: Array  # virtual stage g = chunk·pp + rank of each op
-    duration: Array  # index of each op's duration in [fwd(0..G-1), bwd(0..G-1)], round-major (L, pp)
-    sends: Array  # bool: the op ends with a blocking send to a neighbouring stage, round-major (L, pp)
-    # The op each op waits for, round-major (L, pp) as the solver lays plans out: its round (position)
-    # and rank (round -1: nothing), and whether a forward / backward waits for its neighbour rank within
-    # its own round
-    in_round: Array
+    Op (r, k), rank r's k-th op, sits at level k + offset: r while the rank is in its warm-up
+    forwards, p - 1 in its steady 1F1B phase and 2p - 2 - r in its cool-down backwards. Every op's
+    input then sits at a strictly lower level (checked when the graph is built), so all ops of one
+    level can run at once: forwards that chain up the ranks in warm-up and backwards that chain down
+    in cool-down are spread over successive levels. A rank has no op at some levels (a hole: no
+    duration, no input); it then just carries its last end time on.
+    """
+
+    schedule: str
+    pp: int
+    vpp: int
+    m: int
+    warm: Array  # (pp,) each rank's warm-up forwards
+    # per level and rank, (D, pp) with D = L + 2p - 2 levels: the op's index in `_op_seconds`'s table
+    # (a hole: 2G, no time), and the level and rank of the op it waits for (level -1: nothing)
+    duration: Array
+    in_level: Array
     in_rank: Array
-    f_link: Array
-    b_link: Array
+    last_level: Array  # (pp,) the level of each rank's last op
+    sends: Array  # (pp,) how many of each rank's ops end with a blocking send
+
+    def levels(self) -> Array:
+        """Each op's level, (pp, L)."""
+        k = np.arange(2 * self.m * self.vpp, dtype=np.int32)[None, :]
+        return _level(k, np.arange(self.pp, dtype=np.int32)[:, None], self.warm[:, None], self.pp, k.shape[1])
+
+
+def _level(k: Array, r: Array, warm: Array, pp: int, length: int) -> Array:
+    """The level of op k of rank r (broadcast; see `_Graph`)."""
+    return k + np.where(k < warm, r, np.where(k < length - warm, pp - 1, 2 * pp - 2 - r))
 
 
 @lru_cache(maxsize=128)
 def _graph(schedule: str, pp: int, vpp: int, m: int) -> _Graph:
-    o = _orders(schedule, pp, vpp, m)
+    """Built on the level grid directly: each (level, rank) cell finds its op by inverting `_level`
+    (an op's phase fixes its offset), so no per-op array is scattered."""
+    warm = _warm(schedule, pp, vpp, m)
     n_virtual = pp * vpp
     length = 2 * m * vpp
-    r = np.arange(pp, dtype=np.int32)[:, None]
-    g = o.chunk * pp + r
-    sends = np.where(o.is_b, g > 0, g < n_virtual - 1)
+    depth = length + 2 * pp - 2
+    lev = np.arange(depth, dtype=np.int32)[:, None]
+    r = np.arange(pp, dtype=np.int32)[None, :]
+    w = warm[None, :]
+    k_warm, k_steady, k_cool = lev - r, lev - (pp - 1), lev - (2 * pp - 2 - r)
+    k = np.where((k_warm >= 0) & (k_warm < w), k_warm,
+                 np.where((k_steady >= w) & (k_steady < length - w), k_steady,
+                          np.where((k_cool >= length - w) & (k_cool < length), k_cool, -1)))
+    op = k >= 0
+    assert np.array_equal(op.sum(axis=0), np.full(pp, length)), "schedule levels inconsistent"
+    total = m * vpp
+    is_b, q = _pass_order(k, w, total)
+    c = (q // pp) % vpp  # the chunk, counted in its pass's order (backwards walk the chunks down)
+    first = (r == 0) & np.where(is_b, c == vpp - 1, c == 0)
+    last = (r == pp - 1) & np.where(is_b, c == 0, c == vpp - 1)
+    sends = np.where(is_b, ~first, ~last)
     # F of stage g waits for F of g - 1; B of g for B of g + 1 (the last stage's B for its own F).
-    dep_g = np.where(o.is_b, np.where(g == n_virtual - 1, g, g + 1), g - 1)
-    dep_b = o.is_b & (g != n_virtual - 1)
-    has = o.is_b | (g > 0)
-    dep_rank = dep_g % pp
-    dep_pos = _position(o, dep_rank, dep_b, o.mb, dep_g // pp, pp, vpp, m)
-    own = np.arange(length, dtype=np.int32)[None, :]
-    # Dependencies point to an earlier position, or to the same position on a neighbouring rank (the
-    # sweeps resolve those chains); anything else means the order formulas are inconsistent.
-    assert np.all(~has | (dep_pos <= own)), "schedule order inconsistent"
-    duration = np.where(o.is_b, n_virtual + g, g)
-    same = has & (dep_pos == own)
-    return _Graph(is_b=o.is_b, mb=o.mb, stage=g, duration=duration.T.copy(), sends=sends.T.copy(),
-                  in_round=np.where(has, dep_pos, -1).T.copy(), in_rank=dep_rank.T.copy(),
-                  f_link=(same & (dep_rank == r - 1)).T.copy(), b_link=(same & (dep_rank == r + 1)).T.copy())
+    # Same chunk one rank down (up): the same q; across the wrap to the previous (next) chunk, one
+    # group of p earlier in that pass's order; the last stage's own F of that micro-batch: q + (v-1)p.
+    has = op & (is_b | ~first)
+    dep_rank = np.where(is_b, np.where(last, r, (r + 1) % pp), (r - 1) % pp)
+    wraps = np.where(is_b, r == pp - 1, r == 0) & ~(is_b & last)
+    dep_q = np.where(wraps, q - pp, np.where(is_b & last, q + (vpp - 1) * pp, q))
+    dep_b = is_b & ~last
+    dw = warm[dep_rank]
+    dep_pos = np.where(dep_b, np.where(dep_q < total - dw, dw + 2 * dep_q + 1, dep_q + total),
+                       np.where(dep_q < dw, dep_q, 2 * dep_q - dw))
+    in_level = np.where(has, _level(dep_pos, dep_rank, dw, pp, length), -1)
+    # The levels are only right if every input is at a lower level.
+    assert np.all(in_level < lev), "schedule levels inconsistent"
+    g = np.where(is_b, vpp - 1 - c, c) * pp + r
+    duration = np.where(op, np.where(is_b, n_virtual + g, g) + np.where(sends, 2 * n_virtual + 1, 0), 2 * n_virtual)
+    last_level = _level(np.int32(length - 1), r[0], warm, pp, length)
+    return _Graph(schedule=schedule, pp=pp, vpp=vpp, m=m, warm=warm, duration=duration.astype(np.int32),
+                  in_level=in_level.astype(np.int32), in_rank=dep_rank.astype(np.int32), last_level=last_level,
+                  sends=(sends & op).sum(axis=0))
 
 
 @dataclass(frozen=True)
 class _Padded:
-    """The dependency graphs of n plans side by side: every plan's ranks on one axis (plan i's ranks at
-    columns starts[i]..starts[i] + its pp), L rounds, round-major (L, R) so a round is contiguous. Ops
-    beyond a plan's sequence have no duration and no dependency. A chain never crosses plans: a plan's
-    first rank waits for no rank below and its last for none above. Plans are laid out longest first,
-    so the plans still running in round k are the first active[k] columns."""
+    """The level-major graphs of n plans side by side: every plan's ranks on one axis (plan i's ranks
+    at columns starts[i]..starts[i] + its pp), D levels, (D, R) so a level is contiguous. Levels
+    beyond a plan's depth have no duration and no input. Plans are laid out deepest first, so the
+    plans still running at level k are the first active[k] columns."""
 
-    dur: Array  # (L, R) seconds
-    dep: Array  # (L, R) flat index into the (1 + L·R) end times; cell 0 is time 0 ("nothing")
-    f_link: Array  # (L, R) bool: a forward waiting for the rank below in the same round
-    b_link: Array  # (L, R) bool: a backward waiting for the rank above in the same round
+    dur: Array  # (D, R) seconds
+    dep: Array  # (D, R) flat index into the (1 + D·R) end times; cell 0 is time 0 ("nothing")
     starts: Array  # (n,) first column of each plan (in the order given)
-    active: Array  # (L,) columns of the plans still running in each round
+    active: Array  # (D,) columns of the plans still running at each level
 
 
-def _pad(graphs: list[_Graph], durations: list[Array]) -> _Padded:
-    """Lay plans' graphs (one per plan) and op durations (L, pp) side by side, longest sequence first.
+def _pad(graphs: list[_Graph], seconds: list[Array]) -> _Padded:
+    """Lay plans' graphs and op durations (`_op_seconds`, one each per plan) side by side, deepest
+    first.
 
-    The arrays are zero-filled by the allocator, so the rounds past a plan's end are never touched
+    The arrays are zero-filled by the allocator, so the levels past a plan's depth are never touched
     (no writes, no page faults) and `_solve` stops computing them."""
-    lengths = [g.is_b.shape[1] for g in graphs]
-    order = sorted(range(len(graphs)), key=lambda i: -lengths[i])
-    pps = np.array([graphs[i].is_b.shape[0] for i in order], dtype=np.intp)
+    depths = [g.duration.shape[0] for g in graphs]
+    order = sorted(range(len(graphs)), key=lambda i: -depths[i])
+    pps = np.array([graphs[i].duration.shape[1] for i in order], dtype=np.intp)
     ends_at = np.cumsum(pps)
     starts = np.empty(len(graphs), dtype=np.intp)
     starts[order] = ends_at - pps
     width = int(ends_at[-1])
-    l_max = lengths[order[0]]
-    # round k runs the plans whose length exceeds k: a prefix of the columns
-    sorted_lengths = np.array([lengths[i] for i in order])
-    active = ends_at[np.searchsorted(-sorted_lengths, -np.arange(l_max), side="left") - 1]
-    dur = np.zeros((l_max, width))  # zero-filled: padding costs no writes, and dep 0 reads time 0
-    dep = np.zeros((l_max, width), dtype=np.int32 if width * l_max < 2**31 - 1 else np.intp)
-    f_link = np.zeros((l_max, width), dtype=bool)
-    b_link = np.zeros((l_max, width), dtype=bool)
+    d_max = depths[order[0]]
+    # level k runs the plans deeper than k: a prefix of the columns
+    sorted_depths = np.array([depths[i] for i in order])
+    active = ends_at[np.searchsorted(-sorted_depths, -np.arange(d_max), side="left") - 1]
+    dur = np.zeros((d_max, width))  # zero-filled: padding costs no writes, and dep 0 reads time 0
+    dep = np.zeros((d_max, width), dtype=np.int32 if width * d_max < 2**31 - 1 else np.intp)
     flat: dict[int, Array] = {}  # per distinct graph: the inputs' flat indices for a plan at column 0
     for i, g in enumerate(graphs):
-        ln = lengths[i]
-        cols = slice(starts[i], starts[i] + g.is_b.shape[0])
-        dur[:ln, cols] = durations[i]
+        dn = depths[i]
+        cols = slice(starts[i], starts[i] + g.duration.shape[1])
+        dur[:dn, cols] = seconds[i].take(g.duration)
         base = flat.get(id(g))
         if base is None:
-            in_round = g.in_round.astype(np.intp)  # (the flat index can pass 2^31 where the graph's cannot)
-            base = flat[id(g)] = np.where(in_round < 0, -(width * l_max + 1), 1 + in_round * width + g.in_rank)
+            in_level = g.in_level.astype(np.intp)  # (the flat index can pass 2^31 where the graph's cannot)
+            base = flat[id(g)] = np.where(in_level < 0, -(width * d_max + 1), 1 + in_level * width + g.in_rank)
         # a missing input lands below 0 for every offset and is clipped to cell 0 (time 0)
-        np.maximum(base + starts[i], 0, out=dep[:ln, cols])
-        f_link[:ln, cols] = g.f_link
-        b_link[:ln, cols] = g.b_link
-    return _Padded(dur=dur, dep=dep, f_link=f_link, b_link=b_link, starts=starts, active=active)
-
-
-def _chain(b: Array, d: Array, link: Array) -> Array:
-    """e_r = max(b_r, e_{r-1} if link_r) + d_r along the last axis (a segmented prefix maximum)."""
-    csum = np.cumsum(d, axis=-1)
-    y = b - (csum - d)
-    # Segments restart where a cell does not wait for its neighbour. Lifting segment j by j·span, span a
-    # power of two above y's range, makes every earlier segment's values smaller than any of segment j's,
-    # so one running maximum is the segmented one; the lift is removed again (rounding below 1e-11 s).
-    seg = np.cumsum(~link, axis=-1)
-    lo, hi = float(y.min()), float(y.max())
-    span = 2.0 ** np.ceil(np.log2(hi - lo + 1.0))
-    lift = seg * span
-    return csum + (np.maximum.accumulate(y + lift, axis=-1) - lift)
-
-
-def _down_the_ranks(b: Array, d: Array, link: Array) -> Array:
-    """`_chain` for a backward chain, which runs from the last rank to the first."""
-    return _chain(b[::-1], d[::-1], link[::-1])[::-1]
+        np.maximum(base + starts[i], 0, out=dep[:dn, cols])
+    return _Padded(dur=dur, dep=dep, starts=starts, active=active)
 
 
 def _solve(pad: _Padded) -> Array:
-    """End time of every op, (L, R), round by round.
-
-    A cell outside every chain gets max(b, ...) + d = b + d from `_chain`, and backwards never wait in a
-    forward chain nor forwards in a backward one (a chain's members wait for their neighbour's op of
-    the same kind), so a round's chains apply to all its cells without masking by kind.
-    """
-    l_max, width = pad.dur.shape
-    ends = np.zeros(1 + l_max * width)
-    full_view = ends[1:].reshape(l_max, width)
+    """End time at every level and column, (D, R), level by level: an op ends at max(its rank's last
+    end, its input's end) + its duration; a hole (no duration, no input) carries the last end on."""
+    d_max, width = pad.dur.shape
+    ends = np.zeros(1 + d_max * width)
+    full_view = ends[1:].reshape(d_max, width)
     prev = np.zeros(width)
     ready_all = np.empty(width)
-    # phases of rounds with the same plans running: the columns past them are left untouched
-    cuts = [0, *(np.flatnonzero(np.diff(pad.active)) + 1).tolist(), l_max]
+    # phases of levels with the same plans running: the columns past them are left untouched
+    cuts = [0, *(np.flatnonzero(np.diff(pad.active)) + 1).tolist(), d_max]
     for k0, k1 in itertools.pairwise(cuts):
         w = int(pad.active[k0])
-        dur, dep, f_link, b_link = (x[k0:k1, :w] for x in (pad.dur, pad.dep, pad.f_link, pad.b_link))
+        dur, dep = pad.dur[k0:k1, :w], pad.dep[k0:k1, :w]
         view, ready, prev = full_view[k0:k1, :w], ready_all[:w], prev[:w]
-        f_rounds = f_link.any(axis=1).tolist()
-        b_rounds = b_link.any(axis=1).tolist()
-
         for k in range(k1 - k0):
-            # Same-round inputs still read 0 here; the chains below supply them.
             ends.take(dep[k], out=ready)
-            b = np.maximum(prev, ready, out=ready)
-            e = view[k]
-            if f_rounds[k]:
-                e[...] = _chain(b, dur[k], f_link[k])
-                if b_rounds[k]:
-                    np.copyto(e, _down_the_ranks(b, dur[k], b_link[k]), where=b_link[k])
-            elif b_rounds[k]:
-                e[...] = _down_the_ranks(b, dur[k], b_link[k])
-            else:
-                np.add(b, dur[k], out=e)
-            prev = e
+            np.maximum(prev, ready, out=ready)
+            prev = np.add(ready, dur[k], out=view[k])
     return full_view
 
 
@@ -306,24 +300,30 @@ def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: st
     neighbouring virtual stage take `p2p` seconds and block the sender.
     """
     graph = _graph(schedule, pp, vpp, m)
-    d = _durations(graph, np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64), float(p2p))
-    ends = _solve(_pad([graph], [d])).T
-    d = d.T
+    pad = _pad([graph], [_op_seconds(np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64),
+                                     float(p2p))])
+    per_op = graph.levels(), np.arange(pp)[:, None]
+    ends = _solve(pad)[per_op]  # (pp, L)
+    d = pad.dur[per_op]
     return float(ends.max()), _events(graph, ends, d), ends[:, -1], ends[:, -1] - d[:, -1]
 
 
-def _durations(graph: _Graph, fwd: Array, bwd: Array, p2p: float) -> Array:
-    """Seconds of every op, round-major (L, pp) as the solver lays plans out: its pass on its virtual
-    stage, plus a blocking send."""
-    return np.concatenate([fwd, bwd])[graph.duration] + p2p * graph.sends
+def _op_seconds(fwd: Array, bwd: Array, p2p: float) -> Array:
+    """Every kind of op's seconds, as `_Graph.duration` indexes them: each virtual stage's forward and
+    backward pass, nothing (a hole), then the passes again with a blocking send to the neighbour."""
+    alone = np.concatenate([fwd, bwd, [0.0]])
+    return np.concatenate([alone, alone + p2p])
 
 
 def _events(graph: _Graph, ends: Array, d: Array) -> list[Event]:
-    pp, length = graph.is_b.shape
+    """Every op as an Event, from its end time and duration (pp, L)."""
+    o = _orders(graph.schedule, graph.pp, graph.vpp, graph.m)
+    stage = o.chunk * graph.pp + np.arange(graph.pp)[:, None]
+    pp, length = o.is_b.shape
     out = []
     for r in range(pp):
         for k in range(length):
-            out.append(Event(r, "B" if graph.is_b[r, k] else "F", int(graph.mb[r, k]), int(graph.stage[r, k]),
+            out.append(Event(r, "B" if o.is_b[r, k] else "F", int(o.mb[r, k]), int(stage[r, k]),
                              float(ends[r, k] - d[r, k]), float(ends[r, k])))
     return out
 
@@ -361,20 +361,23 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
     shapes = [(p.schedule if p.pp > 1 else "1f1b", p.pp, p.vpp, p.grad_accum) for p in plans]
     layouts = [_layout(terms.graph, p) for p in plans]
     graphs = [_graph(*shape) for shape in shapes]
-    durations = []
-    for i, g in enumerate(graphs):
+    seconds, busy_all = [], []
+    for i, (g, (_, pp, _, m)) in enumerate(zip(graphs, shapes, strict=True)):
         fwd, bwd = _stage_durations(terms, np.array([i]), layouts[i])
-        durations.append(_durations(g, fwd[0], bwd[0], float(terms.p2p[i])))
-    pad = _pad(graphs, durations)
-    ends_all = _solve(pad)  # (L, R)
+        seconds.append(_op_seconds(fwd[0], bwd[0], float(terms.p2p[i])))
+        # each micro-batch runs one forward and one backward of each of the rank's virtual stages
+        busy_all.append(m * (fwd[0] + bwd[0]).reshape(-1, pp).sum(axis=0) + float(terms.p2p[i]) * g.sends)
+    pad = _pad(graphs, seconds)
+    ends_all = _solve(pad)  # (D, R)
     ov = cluster.overlap_slowdown
     out = []
-    for i, (g, d_rm, (_, pp, vpp, m)) in enumerate(zip(graphs, durations, shapes, strict=True)):
-        d = d_rm.T  # (pp, L)
-        ends = ends_all[:d.shape[1], pad.starts[i]:pad.starts[i] + pp].T
-        rank_end = ends[:, -1]
-        last_b = rank_end - d[:, -1]
-        busy = d.sum(axis=1)
+    for i, (g, (_, pp, vpp, m)) in enumerate(zip(graphs, shapes, strict=True)):
+        ranks = np.arange(pp)
+        d = pad.dur[:g.duration.shape[0], pad.starts[i]:pad.starts[i] + pp]
+        last = g.last_level
+        rank_end = ends_all[last, pad.starts[i] + ranks]
+        last_b = rank_end - d[last, ranks]
+        busy = busy_all[i]
         makespan = float(rank_end.max())
         stretch = float(core_sharing_stretch(busy.sum() / pp, makespan, cluster.compute_slowdown))
         rank_end, last_b, makespan, busy = rank_end * stretch, last_b * stretch, makespan * stretch, busy * stretch
@@ -417,7 +420,12 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
                       "grad_sync_s": gs, "sync_end_s": se, "param_gather_s": pg, "finish_s": fin,
                       "zero_fwd_s": zf, "zero_bwd_s": zb}
                      for r, (b_s, idle, end, lb, gs, se, pg, fin, zf, zb) in enumerate(rows)]
-        ev = _events(g, ends * stretch, d * stretch) if events else []
+        if events:
+            levels = g.levels()
+            ev = _events(g, ends_all[levels, pad.starts[i] + ranks[:, None]] * stretch,
+                         d[levels, ranks[:, None]] * stretch)
+        else:
+            ev = []
         bounds = np.concatenate([[0], np.cumsum(vl)]).astype(int)
         out.append(StepSimulation(step_time_s=step, pipeline_s=makespan, events=ev, per_stage=per_stage,
                                   sync_s=sync, emb_sync_s=emb, optimizer_s=optimizer, zero_stage=zero,

@@ -135,12 +135,17 @@ def _longest_paths(fwd: np.ndarray, bwd: np.ndarray, m: int, pp: int, vpp: int, 
     return [[end[k, c * pp + r, mb] for k, mb, c in orders[r]] for r in range(pp)]
 
 
+_SWEEP = [(s, pp, 1, m) for s in ("1f1b", "gpipe") for pp in (1, 2, 3, 5, 8) for m in (1, 2, 3, 7, 16)] + [
+    ("interleaved-1f1b", pp, vpp, m) for pp in (2, 3, 4, 8) for vpp in (2, 3, 5) for m in (pp, 2 * pp, 5 * pp)]
+
+
 @pytest.mark.parametrize(("schedule", "pp", "vpp", "m"), [
     ("1f1b", 4, 1, 7), ("1f1b", 5, 1, 3), ("gpipe", 3, 1, 5), ("interleaved-1f1b", 4, 2, 8),
-    ("interleaved-1f1b", 3, 3, 6), ("interleaved-1f1b", 2, 4, 4)])
+    ("interleaved-1f1b", 3, 3, 6), ("interleaved-1f1b", 2, 4, 4), *_SWEEP])
 def test_uneven_stages_match_brute_force_longest_paths(schedule: str, pp: int, vpp: int, m: int) -> None:
-    """Random uneven stage times: every op's end equals the brute-force longest path (the vectorised
-    rounds and their same-round chains up and down the ranks take no shortcut)."""
+    """Random uneven stage times: every op's end equals the brute-force longest path (solving level by
+    level takes no shortcut), over every schedule, pipelines of 1-8 ranks, 1-5 chunks, fewer
+    micro-batches than ranks and more."""
     rng = np.random.default_rng(pp * 100 + vpp * 10 + m)
     g = pp * vpp
     fwd, bwd = rng.uniform(0.1, 3.0, g), rng.uniform(0.1, 5.0, g)
