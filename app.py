@@ -563,7 +563,7 @@ def cost_line(problem: Problem, c: TrainingCost) -> str:
 
 
 def show_plans(result: Result, problem: Problem, selected: str) -> None:
-    """Headline numbers, the ranked table (click a row to select) and the Pareto chart (click a point)."""
+    """Headline numbers and the ranked table (click a row to select)."""
     best = result.raw["predictions"][0]
     c = problem.cost(best)
     cols = st.columns(5)
@@ -589,9 +589,22 @@ def show_plans(result: Result, problem: Problem, selected: str) -> None:
         frame = frame.drop(columns=["cost $"])
     st.dataframe(frame, hide_index=True, column_config=PLAN_COLUMNS, key="plans_table",
                  on_select=lambda: on_table_select(result), selection_mode="single-row")
+    st.caption("The Pareto front view plots step time against memory per GPU (the plans no other plan "
+               "beats on both); click a point there to select its plan.")
+    if r["pruned"]:
+        with st.expander("Why other plans were pruned", key="pruned_box", on_change="rerun") as box:
+            if box.open:
+                st.dataframe(pd.DataFrame(sorted(r["pruned"].items(), key=lambda kv: -kv[1]),
+                                          columns=["reason", "plans"]), hide_index=True)
+
+
+def show_pareto(result: Result, selected: str) -> None:
+    """The Pareto chart (click a point to select its plan). A view of its own: plotly's script, loaded
+    only when a chart is drawn, would hold the first table back by about half a second."""
+    r = result.raw
     ranked = list(zip(r["plans"], r["predictions"], strict=True))
     sel = result.entries[selected][0]
-    chart = charts.pareto_figure(ranked, r["pareto"], sel, best["memory_limit_gib"])
+    chart = charts.pareto_figure(ranked, r["pareto"], sel, r["predictions"][0]["memory_limit_gib"])
     st.plotly_chart(chart.figure, key="pareto_chart", on_select=lambda: on_chart_select(result),
                     selection_mode="points", config={"displaylogo": False})
     notes = ["Circles: the ranked plans; diamonds: plans on the Pareto front (no other plan is both faster and "
@@ -600,11 +613,6 @@ def show_plans(result: Result, problem: Problem, selected: str) -> None:
         notes.append(f"{chart.off_scale} Pareto plan(s) slower than {chart.axis_max_s:.3g} s are drawn as triangles "
                      "at the top edge (hover for their time; zoom out with the autoscale button).")
     st.caption(" ".join(md_escape(n) for n in notes))
-    if r["pruned"]:
-        with st.expander("Why other plans were pruned", key="pruned_box", on_change="rerun") as box:
-            if box.open:
-                st.dataframe(pd.DataFrame(sorted(r["pruned"].items(), key=lambda kv: -kv[1]),
-                                          columns=["reason", "plans"]), hide_index=True)
 
 
 def show_downloads(doc: PlanDocument, key: str) -> None:
@@ -1113,6 +1121,7 @@ def page() -> None:
         tabs["Plans"].info("Fix the inputs in the sidebar to search.")
     if problem is not None and res is not None and doc is not None and selected is not None:
         for view, run in (("Plans", lambda: show_plans(res, problem, selected)),
+                          ("Pareto front", lambda: show_pareto(res, selected)),
                           ("Selected plan", lambda: show_selected(doc, problem)),
                           ("Compare", lambda: show_compare(res, problem, selected)),
                           ("Pipeline schedule", lambda: show_schedule(doc)),

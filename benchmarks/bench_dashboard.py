@@ -8,7 +8,7 @@ page and the script is idle):
 
 - the first table on a fresh server (the first session runs the default search), and in a new
   session on a running server (the search is cached): on a first visit (a new browser profile, so
-  Streamlit's and plotly's JavaScript is loaded and compiled again) and in a new tab of a browser
+  Streamlit's JavaScript is loaded and compiled again) and in a new tab of a browser
   that has them cached;
 - an input change (global batch) whose search is not cached yet, and one whose search is;
 - a what-if step (one step of the pipeline-stages slider on the default problem's best plan:

@@ -34,7 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # micro-batches for the schedule's overview
 PIPELINED = "?model=llama2-70b&global_batch=32&pp=4&schedules=1f1b,gpipe"
 MANY = "?model=llama2-70b&global_batch=1024&pp=8"
-VIEWS = (("plans", "Plans", "", 1500), ("selected", "Selected plan", "", 1150),
+VIEWS = (("plans", "Plans", "", 1100), ("pareto", "Pareto front", "", 900), ("selected", "Selected plan", "", 1150),
          ("compare", "Compare", PIPELINED, 1500), ("schedule", "Pipeline schedule", PIPELINED, 760),
          ("schedule-overview", "Pipeline schedule", MANY, 1250), ("whatif", "What-if", PIPELINED, 1250))
 MEASURED = ROOT / "examples" / "validation" / "cpu-2ranks"
@@ -118,7 +118,7 @@ def wait_for_table(page: Any, timeout_ms: int = 120_000) -> None:
 
 def open_app(page: Any, url: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
-    wait_for_chart(page, "Pareto front")
+    wait_for_table(page)
     wait_idle(page)
     page.wait_for_timeout(500)  # let the remaining charts finish drawing
 
@@ -138,8 +138,9 @@ def capture(out_dir: Path, measured: Path | None = MEASURED, width: int = 1500) 
                 page.set_viewport_size({"width": width, "height": height})
                 joiner = "&" if query else "?"
                 page.goto(url + "/" + query + f"{joiner}view={tab.replace(' ', '+')}", wait_until="domcontentloaded")
-                page.locator(".st-key-wi_head" if name == "whatif" else ".js-plotly-plot").first.wait_for(
-                    timeout=120_000)
+                ready = {"whatif": ".st-key-wi_head", "plans": "[data-testid='stDataFrame']"}.get(
+                    name, ".js-plotly-plot")
+                page.locator(ready).first.wait_for(timeout=120_000)
                 wait_idle(page)
                 if name == "whatif":  # one step up the pp slider, so the deltas show
                     page.get_by_role("slider", name="Pipeline stages (pp)").press("ArrowRight")

@@ -104,6 +104,7 @@ def best_of(model: str, gpus: int, batch: int) -> tuple[str, float]:
 
 def test_dashboard_in_headless_chromium(browser: Any, server: str, tmp_path: Path) -> None:
     page = open_page(browser, server)
+    page.get_by_role("tab", name="Pareto front").click()
     shots.wait_for_chart(page, "Pareto front")
     assert page.locator(".js-plotly-plot .scatterlayer .point").count() > 10
     page.get_by_role("tab", name="Pipeline schedule").click()
@@ -177,6 +178,7 @@ def test_lines_show_in_dark_mode(browser: Any, server: str) -> None:
     background = page.evaluate("() => getComputedStyle(document.querySelector(\"[data-testid='stApp']\"))"
                                ".backgroundColor")
     assert _luminance(background) < 0.05, background  # the dark theme is on
+    page.get_by_role("tab", name="Pareto front").click()
     shots.wait_for_chart(page, "Pareto front")
     strokes = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .scatterlayer .trace path.js-line')]"
                             ".map(p => getComputedStyle(p).stroke)")
@@ -190,7 +192,7 @@ def test_lines_show_in_dark_mode(browser: Any, server: str) -> None:
 
 
 def test_clicking_a_pareto_point_selects_its_plan(browser: Any, server: str) -> None:
-    page = open_page(browser, server)
+    page = open_page(browser, f"{server}/?view=Pareto+front")
     shots.wait_for_chart(page, "Pareto front")
     before = picked(page)
     diamonds = page.locator(".js-plotly-plot .scatterlayer .trace .points path.point")

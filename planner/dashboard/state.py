@@ -29,7 +29,7 @@ from planner.specs.catalog import cluster_names, model_names
 from planner.whatif import KNOBS
 
 DEFAULT_MODEL, DEFAULT_CLUSTER, DEFAULT_GPUS, DEFAULT_BATCH = "llama3-8b", "dgx-h100", 64, 512
-VIEWS = ("Plans", "Selected plan", "Compare", "Pipeline schedule", "What-if", "Measured")
+VIEWS = ("Plans", "Pareto front", "Selected plan", "Compare", "Pipeline schedule", "What-if", "Measured")
 SP_CHOICES = ("any", "on", "off")
 MAX_SPEC_CHARS = 16_000  # an embedded (uploaded) spec longer than this is not carried in links
 MAX_INT = 1 << 20
