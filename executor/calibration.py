@@ -342,11 +342,11 @@ CALIB_MODEL = {"hidden": 128, "num_heads": 4, "ffn_hidden": 512, "vocab_size": 2
 
 
 def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
-               optimizer: str = "sgd", **plan_sizes: Any) -> float:
+               optimizer: str = "adamw", **plan_sizes: Any) -> float:
     """Median training-step time of a small GPT (CALIB_MODEL) with `layers` layers and 4 sequences
     per step, run by the executor itself with tensor parallelism `tp` (or the sizes in `plan_sizes`,
     e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains its own
-    copy, without communication."""
+    copy, without communication. AdamW, as the cost model prices every step."""
     import dataclasses
 
     from executor.data import make_data

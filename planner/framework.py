@@ -15,6 +15,9 @@ reads them like it reads the cluster:
 - pp_overlap: pipeline sends overlap compute (Megatron-Core's --overlap-p2p-communication);
 - optimizer_launches_per_tensor: kernel launches of one optimizer step per parameter tensor (8 for
   an unfused per-tensor AdamW; a fused multi-tensor Adam launches once per dozens of tensors);
+- optimizer_step_bytes: bytes per parameter one optimizer step streams; 0 for a fused AdamW, which
+  reads and writes each state once (planner.cost.memory.OPTIMIZER_STEP_BYTES); torch.optim.AdamW's
+  seven element-wise passes over fp32 states stream 72 without weight decay (docs/cost-model.md);
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
 - attention_kernel: the fused attention kernel it calls: "" for the GPU's default (cuDNN fused attention /
   FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
@@ -139,6 +142,8 @@ class Framework:
     # Under pipelining, gradients accumulate unsharded until the step's last backward (FSDP2 stages of
     # torch.distributed.pipelining)
     pipeline_unsharded_grads: bool = False
+    # Bytes per parameter one optimizer step streams (0: a fused AdamW's, OPTIMIZER_STEP_BYTES)
+    optimizer_step_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:
@@ -152,6 +157,9 @@ class Framework:
                             field=f"framework[{self.name}].tp_overlap")
         if not 0 <= self.optimizer_launches_per_tensor <= 100:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
+        if not 0 <= self.optimizer_step_bytes <= 1000:
+            raise SpecError("must be bytes per parameter in 0..1000",
+                            field=f"framework[{self.name}].optimizer_step_bytes")
         if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
             raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
         for dtype, path in self.gradients:

@@ -215,3 +215,46 @@ def test_a_profile_extending_itself_is_refused(monkeypatch: pytest.MonkeyPatch) 
             fwmod.framework("a")
     finally:
         fwmod.framework.cache_clear()
+
+
+def test_the_executors_adamw_streams_what_its_profile_prices() -> None:
+    """One AdamW step as the executor builds it (executor.trainer._make_optimizers with its default
+    options), on one fp32 parameter: every aten op it dispatches over the parameter-sized tensors,
+    counted by a TorchDispatchMode (bytes of the distinct tensors read, plus those written), is the
+    `this` profile's optimizer_step_bytes per parameter and optimizer_launches_per_tensor."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from executor.trainer import Trainer, TrainOptions
+
+    n = 1 << 16
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.launches, self.bytes = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            big = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.numel() == n]
+            if big:
+                written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel() == n]
+                self.launches += 1
+                self.bytes += sum({t.data_ptr(): t.nbytes for t in big}.values()) + sum(t.nbytes for t in written)
+            return out
+
+    param = torch.nn.Parameter(torch.randn(n))
+    holder = type("Holder", (), {})()  # what _make_optimizers reads of the trainer
+    holder.options, holder.grad_mesh, holder.plan = TrainOptions(), None, None
+    holder.parameters = lambda: [param]
+    (opt,) = Trainer._make_optimizers(holder)
+    assert isinstance(opt, torch.optim.AdamW)
+    for _ in range(2):  # the first step creates the moments; count a later one
+        param.grad = torch.randn(n)
+        counter = Count()
+        with counter:
+            opt.step()
+    fw = framework("this")
+    assert counter.bytes / n == fw.optimizer_step_bytes == 72
+    assert counter.launches == fw.optimizer_launches_per_tensor == 7

@@ -470,13 +470,14 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
-    # Optimizer: memory bound, plus one launch per parameter tensor for each element-wise op; ZeRO-1+
-    # steps only the local shard.
+    # Optimizer: memory bound (the framework's bytes per parameter, else a fused AdamW's), plus one
+    # launch per parameter tensor for each element-wise op; ZeRO-1+ steps only the local shard.
     kernels = fw.optimizer_launches_per_tensor * tensors
+    step_bytes = fw.optimizer_step_bytes or OPTIMIZER_STEP_BYTES[dt]
     for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (f_dp, g_edp))):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
-        res[name] = gpu.memory_time(local * OPTIMIZER_STEP_BYTES[dt], kernels) * cluster.compute_slowdown
+        res[name] = gpu.memory_time(local * step_bytes, kernels) * cluster.compute_slowdown
     return res
 
 
