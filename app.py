@@ -195,6 +195,14 @@ def restore_widget_defaults() -> None:
             ss[key] = to_widget(value) if to_widget else value
 
 
+def shown(key: str) -> dict[str, Any]:
+    """The widget's own value as its default too: a run interrupted after the state was seeded (a click
+    while the page still runs) otherwise leaves the browser showing the widget's minimum, which the
+    next interaction sends back (streamlit/streamlit#4247)."""
+    value = st.session_state.get(key)
+    return {} if value is None else {"value": value}
+
+
 def widget_state() -> dict[str, Any]:
     ss = st.session_state
     out = {}
@@ -299,7 +307,7 @@ def sidebar_cluster(sb: Any) -> ClusterSpec | None:
         except (PlannerError, ValueError) as exc:
             _fail(sb, exc)
             base = None
-    gpus = int(sb.number_input("Number of GPUs", min_value=1, max_value=1 << 20, key="gpus"))
+    gpus = int(sb.number_input("Number of GPUs", min_value=1, max_value=1 << 20, key="gpus", **shown("gpus")))
     if base is None:
         return None
     try:
@@ -317,11 +325,12 @@ def sidebar_problem() -> Problem | None:
     model = sidebar_model(sb)
     cluster = sidebar_cluster(sb)
     sb.header("Training")
-    batch = int(sb.number_input("Global batch (sequences)", min_value=1, max_value=1 << 20, key="global_batch"))
+    batch = int(sb.number_input("Global batch (sequences)", min_value=1, max_value=1 << 20, key="global_batch",
+                                **shown("global_batch")))
     objective = sb.selectbox("Objective", OBJECTIVES, key="objective",
                              help="time: step time; throughput: tokens/s per GPU; cost: GPU-hours (and dollars) "
                                   "per token. With a fixed GPU count and batch all three rank alike.")
-    top_k = int(sb.slider("Plans to rank", min_value=TOP_K[0], max_value=TOP_K[1], key="top_k"))
+    top_k = int(sb.slider("Plans to rank", min_value=TOP_K[0], max_value=TOP_K[1], key="top_k", **shown("top_k")))
     default_fw = default_framework(cluster) if cluster is not None else None
     fw_choice = sb.selectbox("Framework", ["default", *framework_names()], key="framework",
                              format_func=lambda f: f"default ({default_fw})" if f == "default" else f,

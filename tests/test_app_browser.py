@@ -121,6 +121,8 @@ def test_inputs_change_every_view_and_the_url(browser: Any, server: str) -> None
     plan with its own step time, and the URL says so."""
     page = open_page(browser, server)
     page.get_by_role("tab", name="Selected plan").click()
+    # the click's rerun ends by writing the view into the URL: typing before it ends would race it
+    page.wait_for_function("() => location.search.includes('view=Selected')")
     shots.wait_idle(page)
     box = page.get_by_label("Global batch (sequences)")
     box.fill("256")
