@@ -425,24 +425,45 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
 
 
 def bench_overlap(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
-    """Slowdown of a GEMM while an all-reduce runs beside it (communication steals compute)."""
+    """Slowdown of a GEMM while an all-reduce runs beside it (communication steals compute).
+
+    The all-reduce is sized to take about half the GEMM's time (on a CPU, 16 MB), so the extra time
+    of running both stands well above the timing noise; the GEMM alone, the all-reduce alone and
+    both together are timed in interleaved rounds (medians), so a drift of the machine's speed
+    shifts all three alike."""
     n = 1024 if device.type == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    buf = torch.ones((1 << 20) if device.type == "cpu" else (64 << 20), device=device, dtype=dtype)
-    min_t = 0.1 if quick else 0.3
-    dist.barrier()
-    t_gemm = _max_over_ranks(_time(lambda: torch.mm(a, b), device, min_t), device)
-    dist.barrier()
-    t_comm = _max_over_ranks(_time(lambda: dist.all_reduce(buf), device, min_t), device)
+    buf = torch.ones((4 << 20) if device.type == "cpu" else (64 << 20), device=device, dtype=dtype)
+
+    def gemm() -> None:
+        torch.mm(a, b)
+
+    def comm() -> None:
+        dist.all_reduce(buf)
 
     def both() -> None:
         work = dist.all_reduce(buf, async_op=True)
         torch.mm(a, b)
         work.wait()
 
-    dist.barrier()
-    t_both = _max_over_ranks(_time(both, device, min_t), device)
+    def once(fn: Any) -> float:
+        dist.barrier()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    for fn in (gemm, comm, both):  # warm up
+        once(fn)
+    first = _max_over_ranks(once(both), device)
+    rounds = int(min(50, max(5, (0.3 if quick else 0.9) / max(2 * first, 1e-9))))
+    times: dict[Any, list[float]] = {gemm: [], comm: [], both: []}
+    for _ in range(rounds):
+        for fn in (gemm, comm, both):
+            times[fn].append(once(fn))
+    t_gemm, t_comm, t_both = (_max_over_ranks(statistics.median(times[fn]), device) for fn in (gemm, comm, both))
     bar.step("overlap")
     extra = max(0.0, t_both - max(t_gemm, t_comm))
     return {"gemm_s": t_gemm, "comm_s": t_comm, "both_s": t_both,
