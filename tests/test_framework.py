@@ -218,17 +218,20 @@ def test_a_profile_extending_itself_is_refused(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_executors_adamw_streams_what_its_profile_prices() -> None:
-    """One AdamW step as the executor builds it (executor.trainer._make_optimizers with its default
-    options), on one fp32 parameter: every aten op it dispatches over the parameter-sized tensors,
-    counted by a TorchDispatchMode (bytes of the distinct tensors read, plus those written), is the
-    `this` profile's optimizer_step_bytes per parameter and optimizer_launches_per_tensor."""
+    """One optimizer step of the executor's own Trainer (the tiny GPT on one CPU rank, default options):
+    every aten op it dispatches over parameter-sized tensors, counted by a TorchDispatchMode (bytes of
+    the distinct tensors read, plus those written), is the `this` profile's optimizer_step_bytes per
+    parameter and optimizer_launches_per_tensor per parameter tensor."""
+    import dataclasses
+
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
+    from executor.parallel_dims import ParallelDims
     from executor.trainer import Trainer, TrainOptions
-
-    n = 1 << 16
+    from planner.plan import PlanDocument
+    from planner.specs.catalog import localhost_cpu
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -237,24 +240,26 @@ def test_the_executors_adamw_streams_what_its_profile_prices() -> None:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            big = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.numel() == n]
+            # parameter-sized operands (the 0-d step counter is not one)
+            big = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.numel() > 1]
             if big:
-                written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel() == n]
+                written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel() > 1]
                 self.launches += 1
                 self.bytes += sum({t.data_ptr(): t.nbytes for t in big}.values()) + sum(t.nbytes for t in written)
             return out
 
-    param = torch.nn.Parameter(torch.randn(n))
-    holder = type("Holder", (), {})()  # what _make_optimizers reads of the trainer
-    holder.options, holder.grad_mesh, holder.plan = TrainOptions(), None, None
-    holder.parameters = lambda: [param]
-    (opt,) = Trainer._make_optimizers(holder)
-    assert isinstance(opt, torch.optim.AdamW)
+    plan = Plan(micro_batch=1, global_batch=1, dtype="fp32")
+    doc = PlanDocument(plan=plan, model=model_preset("tiny"),
+                       cluster=dataclasses.replace(localhost_cpu(), gpus_per_node=1))
+    trainer = Trainer(doc, ParallelDims.from_plan(plan), None, torch.device("cpu"), TrainOptions())
+    (opt,) = trainer.optimizers
+    params = [p for group in opt.param_groups for p in group["params"]]
     for _ in range(2):  # the first step creates the moments; count a later one
-        param.grad = torch.randn(n)
+        for p in params:
+            p.grad = torch.randn_like(p)
         counter = Count()
         with counter:
             opt.step()
     fw = framework("this")
-    assert counter.bytes / n == fw.optimizer_step_bytes == 72
-    assert counter.launches == fw.optimizer_launches_per_tensor == 7
+    assert counter.bytes / sum(p.numel() for p in params) == fw.optimizer_step_bytes == 72
+    assert counter.launches / len(params) == fw.optimizer_launches_per_tensor == 7
