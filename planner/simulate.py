@@ -81,12 +81,11 @@ class StepSimulation:
 
 @dataclass(frozen=True)
 class _Orders:
-    """Every rank's op sequence as arrays (pp, L): backward?, micro-batch, chunk; and warm-up counts."""
+    """Every rank's op sequence as arrays (pp, L): backward?, micro-batch, chunk."""
 
     is_b: Array
     mb: Array
     chunk: Array
-    warm: Array  # (pp,) forwards before the first backward, in virtual micro-batches
 
 
 def _warm(schedule: str, pp: int, vpp: int, m: int) -> Array:
@@ -134,7 +133,7 @@ def _orders(schedule: str, pp: int, vpp: int, m: int) -> _Orders:
     warm = _warm(schedule, pp, vpp, m)
     k = np.arange(2 * m * vpp, dtype=np.int32)[None, :]
     is_b, mb, chunk = _ops(k, warm[:, None], pp, vpp, m)
-    return _Orders(is_b=is_b, mb=mb, chunk=chunk, warm=warm)
+    return _Orders(is_b=is_b, mb=mb, chunk=chunk)
 
 
 def schedule_order(schedule: str, pp: int, vpp: int, m: int, rank: int) -> list[tuple[str, int, int]]:
@@ -169,10 +168,11 @@ class _Graph:
     last_level: Array  # (pp,) the level of each rank's last op
     sends: Array  # (pp,) how many of each rank's ops end with a blocking send
 
-    def levels(self) -> Array:
-        """Each op's level, (pp, L)."""
+    def per_op(self, level_major: Array) -> Array:
+        """A (D, pp) array laid out by level read back per op, (pp, L): rank r's k-th op's cell."""
         k = np.arange(2 * self.m * self.vpp, dtype=np.int32)[None, :]
-        return _level(k, np.arange(self.pp, dtype=np.int32)[:, None], self.warm[:, None], self.pp, k.shape[1])
+        r = np.arange(self.pp, dtype=np.int32)[:, None]
+        return level_major[_level(k, r, self.warm[:, None], self.pp, k.shape[1]), r]
 
 
 def _level(k: Array, r: Array, warm: Array, pp: int, length: int) -> Array:
@@ -302,9 +302,7 @@ def run_schedule(fwd: Array, bwd: Array, m: int, pp: int, vpp: int, schedule: st
     graph = _graph(schedule, pp, vpp, m)
     pad = _pad([graph], [_op_seconds(np.asarray(fwd, dtype=np.float64), np.asarray(bwd, dtype=np.float64),
                                      float(p2p))])
-    per_op = graph.levels(), np.arange(pp)[:, None]
-    ends = _solve(pad)[per_op]  # (pp, L)
-    d = pad.dur[per_op]
+    ends, d = graph.per_op(_solve(pad)), graph.per_op(pad.dur)  # (pp, L)
     return float(ends.max()), _events(graph, ends, d), ends[:, -1], ends[:, -1] - d[:, -1]
 
 
@@ -373,10 +371,10 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
     out = []
     for i, (g, (_, pp, vpp, m)) in enumerate(zip(graphs, shapes, strict=True)):
         ranks = np.arange(pp)
-        d = pad.dur[:g.duration.shape[0], pad.starts[i]:pad.starts[i] + pp]
-        last = g.last_level
-        rank_end = ends_all[last, pad.starts[i] + ranks]
-        last_b = rank_end - d[last, ranks]
+        cols = slice(pad.starts[i], pad.starts[i] + pp)
+        ends, d = ends_all[:, cols], pad.dur[:, cols]
+        rank_end = ends[g.last_level, ranks]
+        last_b = rank_end - d[g.last_level, ranks]
         busy = busy_all[i]
         makespan = float(rank_end.max())
         stretch = float(core_sharing_stretch(busy.sum() / pp, makespan, cluster.compute_slowdown))
@@ -420,12 +418,7 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
                       "grad_sync_s": gs, "sync_end_s": se, "param_gather_s": pg, "finish_s": fin,
                       "zero_fwd_s": zf, "zero_bwd_s": zb}
                      for r, (b_s, idle, end, lb, gs, se, pg, fin, zf, zb) in enumerate(rows)]
-        if events:
-            levels = g.levels()
-            ev = _events(g, ends_all[levels, pad.starts[i] + ranks[:, None]] * stretch,
-                         d[levels, ranks[:, None]] * stretch)
-        else:
-            ev = []
+        ev = _events(g, g.per_op(ends) * stretch, g.per_op(d) * stretch) if events else []
         bounds = np.concatenate([[0], np.cumsum(vl)]).astype(int)
         out.append(StepSimulation(step_time_s=step, pipeline_s=makespan, events=ev, per_stage=per_stage,
                                   sync_s=sync, emb_sync_s=emb, optimizer_s=optimizer, zero_stage=zero,
