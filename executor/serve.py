@@ -38,12 +38,11 @@ from planner.io import atomic_write_json, load_json
 from planner.plan import plan_hash
 from planner.serve.plan import ServeDocument, load_serve_plan
 from planner.serve.scheduler import Batch, Request, Scheduler
-from planner.serve.stream import arrival_times, measured_ids, percentiles, stream_result
+from planner.serve.stream import ENGINE_WARMUP_REQUESTS, arrival_times, measured_ids, percentiles, stream_result
 from planner.specs.model import ModelSpec
 
 FIELDS = 5  # per segment in the broadcast descriptor: request id, slot, start, tokens, sample
 STOP = -1
-WARMUP_REQUESTS = 2
 
 
 def check_executable(doc: ServeDocument) -> None:
@@ -221,6 +220,13 @@ class Engine:
     def stop(self) -> None:
         self._broadcast(None)
 
+    def time_rows(self, rows: list[list[int]]) -> float:
+        """Rank 0: run one step of the given segments on every rank; its seconds."""
+        start = time.perf_counter()
+        self._broadcast(rows)
+        self._run(rows)
+        return time.perf_counter() - start
+
 
 def serve_and_measure(doc: ServeDocument, raw: dict[str, Any], rank: int, world: int, device: torch.device,
                       threads: int, seed: int) -> dict[str, Any] | None:
@@ -238,7 +244,7 @@ def serve_and_measure(doc: ServeDocument, raw: dict[str, Any], rank: int, world:
     users = w.concurrency if mode == "closed" else (slots if mode == "saturated" else None)
     n = w.num_requests or (3 * users + 8 if users else 40)
     arrivals = arrival_times(w.request_rate, n, w.arrivals, w.seed).tolist() if mode == "open" else None
-    engine.drive(slots, users=min(WARMUP_REQUESTS, slots), arrivals=None, num_requests=WARMUP_REQUESTS,
+    engine.drive(slots, users=min(ENGINE_WARMUP_REQUESTS, slots), arrivals=None, num_requests=ENGINE_WARMUP_REQUESTS,
                  id_offset=10**9, record=False)
     engine.stop()
     engine.outputs.clear()
@@ -283,6 +289,9 @@ def _rss_bytes() -> int:
 CALIB_LAYERS = (1, 5)
 CALIB_BATCHES = (1, 8)
 CALIB_CONTEXT = 32
+# Token counts of the steps that time a new shape (first run minus a repeat), per calibration model:
+# above any step the decode runs form (at most 2 x CALIB_CONTEXT tokens), each used once per process.
+NEW_SHAPE_TOKENS = {1: (97, 113, 131), 5: (149, 167, 191)}
 
 
 def calibration_spec(layers: int) -> ModelSpec:
@@ -318,6 +327,22 @@ def calibrate(rank: int, world: int, device: torch.device, repeats: int) -> list
                              "step_s": float(sorted(decode)[len(decode) // 2]), "steps": len(decode)})
             else:
                 engine.follow()
+        # A step at a token count this process has not run (DTensor propagates and caches each op's
+        # sharding per input shape) against the same step repeated: once per count, on every rank.
+        engine = Engine(doc, CachedForward(model, cache), rank, world, device, 0)
+        if rank == 0:
+            extra = []
+            for i, tokens in enumerate(NEW_SHAPE_TOKENS[layers]):
+                segments = [[i * 100 + j, j, 0, min(CALIB_CONTEXT, tokens - CALIB_CONTEXT * j), 0]
+                            for j in range(-(-tokens // CALIB_CONTEXT))]
+                segments[-1][4] = 1  # the last segment samples (the LM head at one row: a shape decode has run)
+                first = engine.time_rows(segments)
+                extra.append(first - engine.time_rows(segments))
+            engine.stop()
+            rows.append({"layers": layers, "tp": world, "new_shape_tokens": list(NEW_SHAPE_TOKENS[layers]),
+                         "new_shape_s": float(sorted(extra)[len(extra) // 2])})
+        else:
+            engine.follow()
     return rows
 
 
@@ -478,4 +503,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without running the interpreter's and C++'s exit-time destructors: the DTensor device mesh
+    # still holds the gloo group after destroy_process_group, and its worker threads, destroyed at
+    # exit while joinable, aborted a tp-2 rank now and then ("terminate called without an active
+    # exception") although every result was written. Everything is flushed first.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -222,6 +222,50 @@ def test_batch_limit_queues_the_extra_users() -> None:
     assert [r.finish for r in reqs] == [5.0, 5.0, 10.0, 10.0]
 
 
+def test_a_new_token_count_pays_its_shape_cost_once_per_process() -> None:
+    """One user, 4-token prompts in one step, 3 tokens out: each request is a prefill step (4 tokens)
+    then two decode steps (1 token). Steps cost 1; the first step at a token count costs 1 + 0.5. By
+    hand: request 0 prefills at 1.5 (TTFT), decodes at 1.5 (new count 1) and 1, finishing at 4; request
+    1 runs only seen counts: TTFT 1, finishing 3 later. After a warm-up stream in the same process
+    (`predict` replays the engine's), no request pays it."""
+    from planner.serve.stream import NewShapeTimer
+
+    sched = Scheduler(isl=4, osl=3, max_batch=1, chunk_size=4, kv_slots=10)
+    timer = NewShapeTimer(ConstantTimer(), 0.5)
+    reqs, _, _ = run_stream(timer, sched, users=1, num_requests=2)
+    assert [r.ttft for r in reqs] == [1.5, 1.0]
+    assert [r.finish for r in reqs] == [4.0, 7.0]
+    warm = Scheduler(isl=4, osl=3, max_batch=1, chunk_size=4, kv_slots=10)
+    reqs, _, _ = run_stream(timer, warm, users=1, num_requests=2)
+    assert [r.ttft for r in reqs] == [1.0, 1.0] and [r.finish for r in reqs] == [3.0, 6.0]
+
+
+def test_predict_charges_new_shapes_only_with_tensor_parallelism_after_the_warm_up() -> None:
+    """A tp-2 plan on CPU ranks with a shape cost: one user at batch 1 runs only shapes the engine's
+    warm-up ran (the prompt, one decode token), so its one request's prediction equals the one without the
+    cost (without the warm-up it would pay for both); four users
+    in 256-token chunks form token counts the warm-up never ran, and their first tokens come later.
+    At tp 1 (no DTensor) the cost is never charged."""
+    from planner.serve.step import Overheads
+    from planner.specs.catalog import localhost_cpu
+
+    model = ModelSpec(name="s", num_layers=2, hidden=256, num_heads=4, num_kv_heads=2, ffn_hidden=512,
+                      vocab_size=512, seq_len=1024, activation="swiglu", norm="rmsnorm", position="rope",
+                      tied_embeddings=False, bias=False, dtype="fp32")
+    cluster = localhost_cpu().with_gpus(2)
+    base = Overheads(step_s=1e-3, tp_layer_s=5e-3)
+    shaped = dataclasses.replace(base, tp_new_shape_s=0.25)
+
+    def ttft(tp: int, users: int, overheads: Overheads) -> float:
+        plan = ServePlan(pools=(ServePool(tp=tp, max_batch=users, chunk_size=256),), dtype="fp32", kv_dtype="fp32")
+        w = Workload(isl=128, osl=16, concurrency=users, num_requests=1 if users == 1 else 2 * users + 8)
+        return predict(model, cluster, plan, w, overheads=overheads)["ttft_ms"]["p90"]
+
+    assert ttft(2, 1, shaped) == pytest.approx(ttft(2, 1, base), rel=1e-12)
+    assert ttft(2, 4, shaped) > ttft(2, 4, base) + 200.0  # the slowest first tokens wait on a new shape
+    assert ttft(1, 4, shaped) == ttft(1, 4, base)
+
+
 def test_md1_waiting_time_at_batch_one() -> None:
     """One request at a time, Poisson arrivals, deterministic service: M/D/1, mean wait
     rho S / (2 (1 - rho)) (Pollaczek-Khinchine)."""
@@ -387,10 +431,14 @@ def test_overhead_fit_recovers_known_overheads() -> None:
     from planner.specs.catalog import localhost_cpu
 
     cluster = localhost_cpu()
-    truth = Overheads(step_s=4e-4, tp_step_s=3e-4, layer_s=2e-4, tp_layer_s=9e-4, sequence_layer_s=5e-5)
+    truth = Overheads(step_s=4e-4, tp_step_s=3e-4, layer_s=2e-4, tp_layer_s=9e-4, sequence_layer_s=5e-5,
+                      tp_new_shape_s=0.2, tp_new_shape_layer_s=3e-3)
     rows = []
     for tp in (1, 2):
         for layers in CALIB_LAYERS:
+            # first step at a new token count minus its repeat (tp 1: a small cost the fit leaves out)
+            miss = truth.tp_new_shape_s + layers * truth.tp_new_shape_layer_s if tp > 1 else 1e-4
+            rows.append({"layers": layers, "tp": tp, "new_shape_s": miss})
             for batch in CALIB_BATCHES:
                 spec = calibration_spec(layers)
                 cost = StepCost(spec, cluster.with_gpus(tp), "fp32", "fp32", np.array([tp]), np.array([1]),

@@ -7,7 +7,12 @@ ops cost next to nothing; the time beyond what the step model predicts for their
 
     step_s [+ tp_step_s] + L (layer_s [+ tp_layer_s]) + L b sequence_layer_s,
 
-fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). The same launch
+fitted by least squares (tp 1 first, then the tp > 1 terms with the tp 1 ones held). With tp > 1 the
+first step at a token count the process has not run before costs more than its repeats: DTensor
+propagates every op's sharding for the new input shapes once and caches it. The calibration times
+such steps (fresh token counts, each run twice: first minus repeat) on both models, and
+tp_new_shape_s + L tp_new_shape_layer_s is fitted; the simulation charges it on a token count's
+first step in the process (`planner.serve.stream.NewShapeTimer`), after the engine's warm-up. The same launch
 measures what the training calibration measures differently: forward-only GEMMs in inference mode
 (the efficiency curve of a serving step's linear layers, no autograd), one-token GEMVs over 512 MB of
 weights (the bandwidth at which a decode step streams weights no cache holds) and the decode attention
@@ -52,6 +57,8 @@ def fit_overheads(cluster: ClusterSpec, rows: list[dict[str, Any]], spec_of: Any
     def residual(r: dict[str, Any]) -> float:
         return r["step_s"] - _ops_time(spec_of(r["layers"]), cluster, r["tp"], r["layers"], r["batch"], r["context"])
 
+    shapes = [r for r in rows if "new_shape_s" in r and r["tp"] > 1]
+    rows = [r for r in rows if "step_s" in r]
     one = [r for r in rows if r["tp"] == 1]
     a = np.array([[1.0, r["layers"], r["layers"] * r["batch"]] for r in one])
     y = np.array([residual(r) for r in one])
@@ -62,9 +69,15 @@ def fit_overheads(cluster: ClusterSpec, rows: list[dict[str, Any]], spec_of: Any
         a = np.array([[1.0, r["layers"]] for r in multi])
         y = np.array([residual(r) - step_s - r["layers"] * (layer_s + r["batch"] * seq_s) for r in multi])
         tp_step_s, tp_layer_s = _nonneg_lstsq(a, y)
+    new_s = new_layer_s = 0.0
+    if shapes:  # first step at a new token count minus its repeat: intercept + layers x slope
+        a = np.array([[1.0, r["layers"]] for r in shapes])
+        new_s, new_layer_s = _nonneg_lstsq(a, np.array([r["new_shape_s"] for r in shapes]))
     return Overheads(step_s=float(step_s), tp_step_s=float(tp_step_s), layer_s=float(layer_s),
-                     tp_layer_s=float(tp_layer_s), sequence_layer_s=float(seq_s),
-                     source="fitted by planner validate --serve from the executor's calibration decode steps")
+                     tp_layer_s=float(tp_layer_s), sequence_layer_s=float(seq_s), tp_new_shape_s=float(new_s),
+                     tp_new_shape_layer_s=float(new_layer_s),
+                     source="fitted by planner validate --serve from the executor's calibration decode steps "
+                            "and new-shape steps")
 
 
 def decode_attention_flops_per_s(rows: list[list[float]]) -> float:

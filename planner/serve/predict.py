@@ -22,6 +22,8 @@ from planner.serve.kv import context_limit
 from planner.serve.plan import SLO, ServePlan, ServePool, Workload
 from planner.serve.step import Overheads, StepCost, overheads_for
 from planner.serve.stream import (
+    ENGINE_WARMUP_REQUESTS,
+    NewShapeTimer,
     StreamResult,
     combine_disaggregated,
     littles_law_rate,
@@ -175,7 +177,15 @@ def predict(model: ModelSpec, cluster: ClusterSpec, plan: ServePlan, workload: W
 
 def _simulate_pool(pm: PoolModel, workload: Workload) -> StreamResult:
     share = _share(workload, pm.pool.schedulers)
-    return simulate_scheduler(pm.timer(workload), workload.isl, workload.osl, pm.pool.max_batch, pm.pool.chunk_size,
+    timer: Any = pm.timer(workload)
+    o = pm.cost.overheads
+    miss = o.tp_new_shape_s + pm.cost.model.num_layers * o.tp_new_shape_layer_s if pm.pool.tp > 1 else 0.0
+    if miss > 0:  # the host's once-per-shape cost; the engine's warm-up stream has paid for its shapes
+        timer = NewShapeTimer(timer, miss)
+        simulate_scheduler(timer, workload.isl, workload.osl, pm.pool.max_batch, pm.pool.chunk_size, pm.kv_requests,
+                           mode="closed", users=min(ENGINE_WARMUP_REQUESTS, pm.slots),
+                           num_requests=ENGINE_WARMUP_REQUESTS)
+    return simulate_scheduler(timer, workload.isl, workload.osl, pm.pool.max_batch, pm.pool.chunk_size,
                               pm.kv_requests, mode=share["mode"], users=share.get("users"), rate=share.get("rate"),
                               arrivals=workload.arrivals, num_requests=workload.num_requests, seed=workload.seed)
 

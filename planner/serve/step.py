@@ -72,9 +72,14 @@ class Overheads:
     layer_s: float = 0.0  # per layer and step: the framework's dispatch of the layer's ops
     tp_layer_s: float = 0.0  # per layer and step with tp > 1: DTensor dispatch and redistribution
     sequence_layer_s: float = 0.0  # per sequence, layer and step: per-sequence attention calls
+    # The first step at a token count the process has not run before, tp > 1: DTensor propagates the
+    # sharding of every op schema (shapes included) once and caches it; per step (embedding) and per layer.
+    tp_new_shape_s: float = 0.0
+    tp_new_shape_layer_s: float = 0.0
     source: str = "none: the host runs ahead of the device (CUDA graphs)"
 
-    NAMES = ("step_s", "tp_step_s", "layer_s", "tp_layer_s", "sequence_layer_s")
+    NAMES = ("step_s", "tp_step_s", "layer_s", "tp_layer_s", "sequence_layer_s", "tp_new_shape_s",
+             "tp_new_shape_layer_s")
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.NAMES}, "source": self.source}
@@ -186,6 +191,9 @@ class StepCost:
         self.flash = flash
         self.kv_layers: tuple[LayerKV, ...] = model_kv(model, kv_dtype)
         self.overheads = overheads if overheads is not None else overheads_for(cluster)
+        # Ranks that outnumber a node's compute slots (CPU cores) share them: every rank's kernels run
+        # that much slower while all compute at once, as the ranks of one step do (1 on GPUs).
+        self.core_sharing = cluster.compute_slowdown
         self._cache: dict[tuple[str, str], Any] = {}
 
     # ---- which layers a stage holds -------------------------------------------------------------
@@ -269,7 +277,7 @@ class StepCost:
                                           no_sp).fwd
             else:
                 t = t + elementwise_times(op, self.gpu, tokens, self.tp.astype(np.float64), no_sp).fwd
-        return t
+        return t * self.core_sharing
 
     def kind_kv(self, kind_index: int) -> LayerKV:
         """What one layer of layer kind `kind_index` caches (its first layer's description)."""
@@ -327,7 +335,7 @@ class StepCost:
                                   self.model.num_heads, self.model.kv_hidden, self.model.hidden).fwd
             pre = np.where(pre_c > 0, pre, 0.0)
             total = total + counts[kind_i] * (decode + pre)
-        return total
+        return total * self.core_sharing
 
     # ---- communication ------------------------------------------------------------------------
 
@@ -516,6 +524,7 @@ class StepTimer:
         self.kernel_s = gpu.kernel_overhead_s
         self.att_rate = gpu.sustained_peak(cost.base) * gpu.attention_efficiency if gpu.attention_efficiency else 0.0
         self.decode_rate = cost.decode_rate
+        self.sharing = cost.core_sharing
         # GEMM-curve compute time of attention FLOPs when no attention efficiency is measured:
         # tabulated on a fine log grid (interpolated in log FLOPs, as GPUSpec.gemm_time does)
         self.log_flops = np.linspace(0.0, 18.0, 1801)
@@ -577,11 +586,12 @@ class StepTimer:
             if decode_seqs:
                 for n, per_ctx, kv_bytes, window in self.decode[s]:
                     ctx = min(decode_ctx, decode_seqs * window) if window else decode_ctx
-                    t += n * max(self._decode_compute(per_ctx * ctx), kv_bytes * ctx / self.mem_rate + self.kernel_s)
+                    t += n * self.sharing * max(self._decode_compute(per_ctx * ctx),
+                                                kv_bytes * ctx / self.mem_rate + self.kernel_s)
             if prefill_tokens:
                 for n, per_ctx, io_per_token, local in self.prefill[s]:
                     flops = per_ctx * (pairs_w if local else prefill_pairs)
-                    t += n * max(self._compute(flops), io_per_token * prefill_tokens / self.mem_rate)
+                    t += n * self.sharing * max(self._compute(flops), io_per_token * prefill_tokens / self.mem_rate)
             slowest = max(slowest, t)
         return self.pp * slowest + self.hop[tokens] + self.step_s
 
@@ -606,6 +616,6 @@ class StepTimer:
                 else:
                     x = np.clip(np.log10(np.maximum(flops, 1.0)), 0.0, 18.0)
                     compute = np.where(flops > 0, np.interp(x, self.log_flops, self.flops_arr), 0.0)
-                t = t + k * np.maximum(compute, kv_bytes * ctx / self.mem_rate + self.kernel_s)
+                t = t + k * self.sharing * np.maximum(compute, kv_bytes * ctx / self.mem_rate + self.kernel_s)
             slowest = np.maximum(slowest, t)
         return self.pp * slowest + self.hop[n] + self.step_s

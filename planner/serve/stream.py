@@ -44,6 +44,7 @@ import numpy as np
 from planner.serve.scheduler import Request, Scheduler
 
 WARMUP_FRACTION = 0.1  # open streams: requests left out of the statistics at the start
+ENGINE_WARMUP_REQUESTS = 2  # the executor's engine serves these (a closed loop) before the measured stream
 
 
 class Timer(Protocol):
@@ -53,6 +54,33 @@ class Timer(Protocol):
     def decode_stretch(self, decode_seqs: int, decode_ctx: float, steps: int) -> np.ndarray: ...
 
     window: int | None
+
+
+class NewShapeTimer:
+    """`timer` plus `miss_s` on the first step at each token count: what a process pays once per new
+    shape (DTensor caches each op's sharding by its input shapes). Stateful: one per simulated process,
+    fed its steps in order, the engine's warm-up stream first."""
+
+    def __init__(self, timer: Timer, miss_s: float) -> None:
+        self.timer, self.miss_s, self.window = timer, miss_s, timer.window
+        self.seen: set[int] = set()
+
+    def _first(self, tokens: int) -> float:
+        if tokens in self.seen:
+            return 0.0
+        self.seen.add(tokens)
+        return self.miss_s
+
+    def __call__(self, tokens: int, seqs: int, decode_seqs: int, decode_ctx: float, prefill_tokens: int,
+                 prefill_pairs: float, prefill_pairs_window: float | None = None) -> float:
+        return self.timer(tokens, seqs, decode_seqs, decode_ctx, prefill_tokens, prefill_pairs,
+                          prefill_pairs_window) + self._first(tokens)
+
+    def decode_stretch(self, decode_seqs: int, decode_ctx: float, steps: int) -> np.ndarray:
+        times = np.array(self.timer.decode_stretch(decode_seqs, decode_ctx, steps), dtype=np.float64)
+        if steps:
+            times[0] += self._first(decode_seqs)
+        return times
 
 
 @dataclass
