@@ -351,6 +351,11 @@ CALIB_GEMMS = ((128, 512, 512), (128, 512, 2048), (512, 512, 2048), (512, 2048, 
                (2048, 2048, 2048))
 CALIB_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # GEMM rows (tokens) of the row-count efficiency curve
 STREAM_BYTES = 512 << 20  # weight bytes a decode GEMV streams in the bandwidth benchmark: far beyond any cache
+# One-row GEMMs (a decode step's linear layers) by weight shape (out features, in features), each streaming
+# GEMV_BYTES of distinct weights per sweep: the per-output-row cost and the bandwidth are fitted from them.
+GEMV_SHAPES = ((128, 512), (512, 128), (512, 512), (1408, 512), (512, 1408), (1024, 1024), (4096, 512),
+               (2048, 2048))
+GEMV_BYTES = 128 << 20
 
 
 def _median_time(fn: Any, device: torch.device, repeats: int) -> float:
@@ -370,7 +375,8 @@ def _median_time(fn: Any, device: torch.device, repeats: int) -> float:
 @torch.inference_mode()
 def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
     """Forward-only GEMM throughput (what a serving step's linear layers run, without autograd), the
-    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights), and
+    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights), the
+    time of such GEMVs by weight shape (rows [out features, in features, bytes, seconds per call]), and
     the decode attention kernel's time against 256-4096 cached keys (its FLOP rate is the slope)."""
     gemm = []
     for m, k, n in CALIB_GEMMS:
@@ -398,6 +404,19 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
             torch.nn.functional.linear(v, w)
 
     sec = _median_time(stream, device, 5)
+    pool = torch.randn(GEMV_BYTES // 4, device=device)
+    gemv = []
+    for out_f, in_f in GEMV_SHAPES:
+        ws = pool[: (pool.numel() // (out_f * in_f)) * out_f * in_f].view(-1, out_f, in_f)
+        x = torch.randn(1, in_f, device=device)
+
+        def sweep_gemv(ws: torch.Tensor = ws, x: torch.Tensor = x) -> None:
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+
+        per_call = _median_time(sweep_gemv, device, 5) / ws.shape[0]
+        gemv.append([out_f, in_f, float(out_f * in_f * pool.element_size()), per_call])
+    del pool
     # decode attention: one query per sequence against keys and values sliced from a cache (GQA)
     attention = []
     for heads, kv_heads, dim in ((16, 4, 64), (8, 8, 128)):
@@ -412,7 +431,8 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
             sec_a = _median_time(attend, device, max(5, repeats))
             attention.append([heads, kv_heads, dim, ctx, 4.0 * heads * dim * ctx, sec_a])
     return {"gemm": gemm, "gemm_rows": rows, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
-                                     "seconds": sec, "gemvs": len(mats)}, "decode_attention": attention}
+                                     "seconds": sec, "gemvs": len(mats)}, "decode_attention": attention,
+            "gemv": gemv}
 
 
 # ---- entry point --------------------------------------------------------------------------------

@@ -464,6 +464,40 @@ def test_serving_kernels_replace_the_training_gemm_curve_and_bandwidth() -> None
     assert gpu.memory_bandwidth == 8e9 and gpu.memory_efficiency == 1.0
 
 
+def test_gemv_fit_recovers_the_row_cost_and_bandwidth() -> None:
+    """GEMV times built as out x row_s + bytes / bandwidth for the calibration's shapes: the fit
+    returns both (the executor measures the same shapes)."""
+    from executor.serve import GEMV_SHAPES
+    from planner.serve.calibrate import fit_gemv
+
+    row_s, bw = 5e-8, 2.0e10
+    rows = [[o, i, 4.0 * o * i, o * row_s + 4.0 * o * i / bw] for o, i in GEMV_SHAPES]
+    got_row_s, got_bw = fit_gemv(rows)
+    assert got_row_s == pytest.approx(row_s, rel=1e-6) and got_bw == pytest.approx(bw, rel=1e-6)
+
+
+def test_a_decode_step_pays_the_gemv_row_cost_once_per_weight_row() -> None:
+    """One decode token through a layer of the validation model (GQA: q 512, k 128, v 128, o 512,
+    gate 1408, up 1408, down 512 output features = 4,608 weight rows, counted by hand): with a row
+    cost the layer's memory-bound linear layers take 4,608 x row_s longer, whatever the graph fuses."""
+    from planner.serve.calibrate import with_kernels
+    from planner.serve.validate import VALIDATION_MODEL
+    from planner.specs.catalog import localhost_cpu
+
+    peak = localhost_cpu().gpu.peak("fp32")
+    rows = [[o, i, 4.0 * o * i, o * 1e-7 + 4.0 * o * i / 1.5e10] for o, i in ((512, 512), (2048, 512), (512, 2048))]
+    kernels = {"gemm": [[512, 512, 512, 2.0 * 512**3, 2.0 * 512**3 / peak]], "stream": {"bytes": 1e9, "seconds": 0.1},
+               "gemm_rows": [[m, 1024, 1024, 2.0 * m * 1024 * 1024, 2.0 * m * 1024 * 1024 / peak] for m in (1, 512)]}
+    plain = with_kernels(localhost_cpu().with_gpus(1), {**kernels, "gemv": [[*r[:3], r[2] / 1.5e10] for r in rows]})
+    with_rows = with_kernels(localhost_cpu().with_gpus(1), {**kernels, "gemv": rows})
+
+    def layer(cluster: ClusterSpec) -> float:
+        cost = StepCost(VALIDATION_MODEL, cluster, "fp32", "fp32", np.array([1]), np.array([1]))
+        return float(cost.ops_time(cost.lg.kinds[0].ops, np.array([1.0]), np.array([1.0]))[0])
+
+    assert layer(with_rows) - layer(plain) == pytest.approx(4608 * 1e-7, rel=1e-6)
+
+
 def test_decode_attention_rate_is_the_slope_over_context() -> None:
     from planner.serve.calibrate import decode_attention_flops_per_s
 

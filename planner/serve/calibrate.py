@@ -14,8 +14,9 @@ such steps (fresh token counts, each run twice: first minus repeat) on both mode
 tp_new_shape_s + L tp_new_shape_layer_s is fitted; the simulation charges it on a token count's
 first step in the process (`planner.serve.stream.NewShapeTimer`), after the engine's warm-up. The same launch
 measures what the training calibration measures differently: forward-only GEMMs in inference mode
-(the efficiency curve of a serving step's linear layers, no autograd), one-token GEMVs over 512 MB of
-weights (the bandwidth at which a decode step streams weights no cache holds) and the decode attention
+(the efficiency curve of a serving step's linear layers, no autograd), one-token GEMVs of eight weight
+shapes over 128 MB of distinct weights each (a decode step streams weights no cache holds: the bandwidth
+and the fixed cost per weight row are fitted, `fit_gemv`) and the decode attention
 kernel against 256-4096 cached keys (its FLOP rate: the slope of time over FLOPs). Everything goes into the
 cluster profile's `provenance["serving"]`, which `planner.serve.step.serving_gpu` and `overheads_for`
 read. The calibration models are not the models validated.
@@ -97,6 +98,21 @@ def decode_attention_flops_per_s(rows: list[list[float]]) -> float:
     return sum(rates) / len(rates) if rates else 0.0
 
 
+def fit_gemv(rows: list[list[float]]) -> tuple[float, float]:
+    """(seconds per output row, bytes per second) of weight-streaming GEMVs: t = out x row_s + bytes /
+    bandwidth by least squares on relative error, from rows [out features, in features, bytes, seconds].
+    A CPU GEMV computes one dot product per weight row, each with a fixed cost (its loop and the
+    reduction of its vector lanes) beside streaming the row: short rows stream slower (12 GB/s at 512
+    inputs, 20 GB/s at 2048 on this VM)."""
+    a = np.array([[r[0], r[2]] for r in rows], dtype=np.float64)
+    t = np.array([r[3] for r in rows], dtype=np.float64)
+    row_s, inv_bw = _nonneg_lstsq(a / t[:, None], np.ones_like(t))
+    if inv_bw <= 0:  # degenerate (noise): the largest GEMV's streaming rate, no row cost
+        big = max(rows, key=lambda r: r[2])
+        return 0.0, big[2] / big[3]
+    return float(row_s), float(1.0 / inv_bw)
+
+
 def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> ClusterSpec:
     """The profile with the serving GEMM curve and weight-streaming bandwidth (from `executor.serve
     --calibrate`'s kernel timings) in `provenance["serving"]`."""
@@ -110,6 +126,9 @@ def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> Cluste
     stream = kernels["stream"]
     serving = {"gemm_curve": [list(p) for p in curve], "memory_bandwidth": stream["bytes"] / stream["seconds"],
                "kernels": kernels}
+    if kernels.get("gemv"):
+        row_s, bandwidth = fit_gemv(kernels["gemv"])
+        serving.update(gemv_row_s=row_s, memory_bandwidth=bandwidth)
     if kernels.get("gemm_rows"):  # efficiency by row count: BLAS picks GEMV / small-m / blocked kernels by m
         serving["gemm_rows_curve"] = [[m, min(1.0, flops / sec / peak)] for m, _, _, flops, sec in kernels["gemm_rows"]]
     rate = decode_attention_flops_per_s(kernels.get("decode_attention") or [])

@@ -17,7 +17,10 @@ prompt tokens (prefill chunks) through the model as one flattened batch:
   model assumes).
 - GEMM kernels at serving sizes: inference GEMM libraries split skinny GEMMs over all SMs (split-K,
   stream-K: Osama et al. 2023), so the training model's wave quantisation of 256 x 128 output tiles
-  is left out (the GPU's `num_sms` is set to 0 for serving).
+  is left out (the GPU's `num_sms` is set to 0 for serving). A CPU GEMV (one decode token) computes
+  one dot product per weight row with a fixed cost each (`gemv_row_s`, measured with the bandwidth by
+  `executor.serve --calibrate` over eight weight shapes): its weights stream in bytes / bandwidth +
+  output rows x gemv_row_s.
 - element-wise kernels: the serving engines the plans are exported to fuse them (vLLM's
   fused_add_rms_norm, rotary_embedding and silu_and_mul custom ops): one kernel per norm, rotary
   embedding and activation, the residual add inside the next norm (`fused_kernels=True`, the default
@@ -120,6 +123,13 @@ def decode_attention_rate(cluster: ClusterSpec) -> float:
     return float(raw.get("decode_attention_flops_per_s", 0.0)) if isinstance(raw, dict) else 0.0
 
 
+def gemv_row_seconds(cluster: ClusterSpec) -> float:
+    """Fixed seconds per output row of a weight-streaming linear layer, when the profile measured it
+    (CPU GEMVs, `planner.serve.calibrate.fit_gemv`); 0: bytes / bandwidth alone (GPUs)."""
+    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
+    return float(raw.get("gemv_row_s", 0.0)) if isinstance(raw, dict) else 0.0
+
+
 def gemm_rows_curve(cluster: ClusterSpec) -> tuple[tuple[float, float], ...]:
     """Measured GEMM efficiency by row count (tokens), when the profile has it: CPU BLAS libraries run a
     one-row GEMM as a streaming GEMV and a few-row GEMM on a slower small-m kernel, which an efficiency
@@ -184,6 +194,7 @@ class StepCost:
         self.gpu = serving_gpu(cluster)
         self.decode_rate = decode_attention_rate(cluster)
         self.rows_curve = gemm_rows_curve(cluster)
+        self.gemv_row_s = gemv_row_seconds(cluster)
         self.fused_kernels = cluster.device == "cuda" if fused_kernels is None else fused_kernels
         self.base = base_dtype(dtype)
         self.act_bytes = DTYPE_BYTES[self.base]
@@ -236,7 +247,9 @@ class StepCost:
         xs = np.log([p[0] for p in self.rows_curve])
         eff = np.interp(np.log(np.maximum(m, 1.0)), xs, [p[1] for p in self.rows_curve])
         compute = 2.0 * m * k * n / (self.gpu.sustained_peak(self.base) * eff)
-        t = inst * np.maximum(compute, self.gpu.memory_time(b * (m * k + k * n + m * n)))
+        # streaming the weights: their bytes, and (CPU GEMV) a fixed cost per weight row
+        stream = self.gpu.memory_time(b * (m * k + k * n + m * n)) + n * self.gemv_row_s
+        t = inst * np.maximum(compute, stream)
         return np.where(m > 0, t, 0.0)
 
     def _gemm(self, op: Op, tokens: Array, tp: Array, ep: Array, experts: Array | float) -> Array:
