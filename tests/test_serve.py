@@ -504,3 +504,35 @@ def test_decode_attention_rate_is_the_slope_over_context() -> None:
     rows = [[16, 4, 64, ctx, 4.0 * 16 * 64 * ctx, 2e-5 + 4.0 * 16 * 64 * ctx / 3e9] for ctx in (256, 1024, 4096)]
     rows += [[8, 8, 128, ctx, 4.0 * 8 * 128 * ctx, 5e-5 + 4.0 * 8 * 128 * ctx / 5e9] for ctx in (256, 1024, 4096)]
     assert decode_attention_flops_per_s(rows) == pytest.approx(4e9)  # the two kernels' rates averaged
+
+
+def test_step_errors_group_engine_steps_by_kind_against_their_own_batch() -> None:
+    """validate --serve's step table: a measured step is compared with the step model of its own batch.
+    Checked two ways: (1) one user alone has a TTFT that is its prompt's prefill step and a TPOT that is
+    its decode step (the request-level simulation, an independent path), so the prefill kind's prediction
+    equals the predicted TTFT and the decode kind's, at the median context, the predicted TPOT; (2) with
+    measured times set to known multiples of the predicted ones, the errors
+    come back as those multiples, per kind."""
+    from planner.serve.validate import VALIDATION_MODEL, step_errors
+    from planner.specs.catalog import localhost_cpu
+
+    cluster = localhost_cpu().with_gpus(1)
+    plan = ServePlan(pools=(ServePool(tp=1, max_batch=1, chunk_size=128),), dtype="fp32", kv_dtype="fp32")
+    w = Workload(isl=128, osl=33, concurrency=1, num_requests=4)
+    doc = ServeDocument(plan=plan, model=VALIDATION_MODEL, cluster=cluster, workload=w, slo=SLO())
+    pred = predict(VALIDATION_MODEL, cluster, plan, w)
+    ttft, tpot = pred["ttft_ms"]["p50"], pred["tpot_ms"]["p50"]
+    cols = ["tokens", "sampled", "decode", "decode_ctx", "prefill_tokens", "prefill_pairs", "seconds"]
+    # a prompt's prefill (128 tokens, 128 x 64 causal pairs), then its decode steps at contexts 129..160
+    rows = [[128, 1, 0, 0, 128, 128 * 64.0, 1.0]] + [[1, 1, 1, 128 + k, 0, 0.0, 1.0] for k in range(1, 33)]
+    got = step_errors(doc, {"columns": cols, "rows": rows})
+    assert got["decode"]["steps"] == 32 and got["prefill"]["steps"] == 1
+    assert got["decode"]["predicted_ms"] == pytest.approx(tpot, rel=1e-3)
+    assert got["prefill"]["predicted_ms"] == pytest.approx(ttft, rel=1e-3)
+
+    decode_s, prefill_s = got["decode"]["predicted_ms"] / 1e3, got["prefill"]["predicted_ms"] / 1e3
+    rows = [[*r[:6], (prefill_s * 0.5) if r[4] else (decode_s * 1.25)] for r in rows]
+    again = step_errors(doc, {"columns": cols, "rows": rows})
+    assert again["decode"]["error"] == pytest.approx(-0.2, abs=0.01)
+    assert again["prefill"]["error"] == pytest.approx(1.0, rel=1e-9)
+    assert again["decode"]["measured_ms"] == pytest.approx(decode_s * 1.25e3, rel=1e-9)

@@ -11,7 +11,10 @@ efficiency and weight-streaming bandwidth, and the host overheads fitted from th
 steps of separate calibration models; (3) every plan predicted with that profile
 and served `--launches` times, round robin (the median of each metric over launches is compared, as
 this VM's speed drifts 5-10% between minutes); (4) MAPE of TPOT p50, TTFT p50 (and p90) and output
-tokens/s over the plans, written to OUT_DIR/serve/serve-validation.json with every plan and launch.
+tokens/s over the plans, written to OUT_DIR/serve/serve-validation.json with every plan and launch;
+(5) every measured engine step against the step model's time for its own batch (`step_errors`), by
+kind (decode-only steps, steps that run a prefill chunk): whether the step model or the request-level
+simulation (batching, queueing) is off, and which steps moved when a run drifts.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, dumps
 from planner.report import table
 from planner.serve.calibrate import fit_overheads, with_kernels, with_overheads
 from planner.serve.plan import SLO, ServeDocument, ServePlan, ServePool, Workload, save_serve_plan
-from planner.serve.predict import predict
+from planner.serve.predict import pool_model, predict
+from planner.serve.step import overheads_for
 from planner.specs.catalog import load_cluster
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -84,6 +90,32 @@ def _err(pred: float, meas: float) -> float | None:
 def _mape(errors: list[float | None]) -> float | None:
     xs = [abs(e) for e in errors if e is not None]
     return sum(xs) / len(xs) if xs else None
+
+
+STEP_KINDS = ("decode", "prefill")  # steps with no prompt tokens; steps that run a prefill chunk
+
+
+def step_errors(doc: ServeDocument, steps: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each measured engine step (executor.serve's `steps`: columns and rows) against the step model's time
+    for its own batch (tokens, sampled sequences, decoding sequences and their context, prefill tokens and
+    query-key pairs), grouped by kind: {kind: {steps, measured_ms, predicted_ms (medians), error (median
+    of predicted / measured - 1)}}. A kind with no steps is left out."""
+    pool = doc.plan.pools[0]
+    cost = pool_model(doc.model, doc.cluster, doc.plan, pool, doc.workload, overheads_for(doc.cluster)).cost
+    cols = steps["columns"]
+    rows = np.array(steps["rows"], dtype=np.float64).reshape(-1, len(cols))
+    col = {name: rows[:, i] for i, name in enumerate(cols)}
+    pred = np.asarray(cost.step_time(col["tokens"], col["sampled"], col["decode"], col["decode_ctx"],
+                                     col["prefill_tokens"], col["prefill_pairs"]), dtype=np.float64).reshape(-1)
+    out: dict[str, dict[str, float]] = {}
+    for kind, mask in zip(STEP_KINDS, (col["prefill_tokens"] == 0, col["prefill_tokens"] > 0), strict=True):
+        if not mask.any():
+            continue
+        meas = col["seconds"][mask]
+        out[kind] = {"steps": int(mask.sum()), "measured_ms": float(np.median(meas)) * 1e3,
+                     "predicted_ms": float(np.median(pred[mask])) * 1e3,
+                     "error": float(np.median(pred[mask] / meas - 1.0))}
+    return out
 
 
 def _load() -> float:
@@ -159,7 +191,9 @@ def run_serve_validation(args: argparse.Namespace) -> int:
                "measured": {"ttft_ms": {q: med("ttft_ms", q) for q in ("p50", "p90", "p99", "mean")},
                             "tpot_ms": {q: med("tpot_ms", q) for q in ("p50", "p90", "p99", "mean")},
                             "tokens_per_s": med("tokens_per_s")},
-               "load_average": [m["load_average"] for m in ms]}
+               "load_average": [m["load_average"] for m in ms],
+               "steps": step_errors(doc, {"columns": ms[0]["steps"]["columns"],
+                                          "rows": [r for m in ms for r in m["steps"]["rows"]]})}
         row["error"] = {"ttft_p50": _err(pred["ttft_ms"]["p50"], row["measured"]["ttft_ms"]["p50"]),
                         "ttft_p90": _err(pred["ttft_ms"]["p90"], row["measured"]["ttft_ms"]["p90"]),
                         "tpot_p50": _err(pred["tpot_ms"]["p50"], row["measured"]["tpot_ms"]["p50"]),
@@ -168,6 +202,8 @@ def run_serve_validation(args: argparse.Namespace) -> int:
         results.append(row)
     summary = {k: _mape([r["error"][k] for r in results])
                for k in ("tpot_p50", "tpot_p90", "ttft_p50", "ttft_p90", "tokens_per_s")}
+    for kind in STEP_KINDS:
+        summary[f"{kind}_steps"] = _mape([r["steps"][kind]["error"] for r in results if kind in r["steps"]])
     summary.update(n_plans=len(results), launches=launches, wall_s=time.time() - start,
                    targets={"tpot_p50": 0.10, "ttft_p50": 0.15},
                    met={"tpot": summary["tpot_p50"] is not None and summary["tpot_p50"] <= 0.10,
@@ -190,6 +226,17 @@ def run_serve_validation(args: argparse.Namespace) -> int:
                   pct(r["error"]["tpot_p50"]),
                   f"{r['predicted']['tokens_per_s']:.1f} / {r['measured']['tokens_per_s']:.1f}",
                   pct(r["error"]["tokens_per_s"])] for r in results], align="lrrrrrr"))
+    def kind_cells(r: dict[str, Any], kind: str) -> list[str]:
+        s = r["steps"].get(kind)
+        return [f"{s['predicted_ms']:.1f} / {s['measured_ms']:.1f}", str(s["steps"]), pct(s["error"])] if s \
+            else ["-", "0", "-"]
+
+    print("\nEngine steps, each against the step model for its own batch (medians over the plan's launches):")
+    print(table(["plan", "decode-only ms pred / meas", "steps", "err", "with prefill ms pred / meas", "steps", "err"],
+                [[r["name"], *kind_cells(r, "decode"), *kind_cells(r, "prefill")] for r in results],
+                align="lrrrrrr"))
+    print(f"step MAPE: decode-only {pct(summary['decode_steps'])[1:]}, "
+          f"with prefill {pct(summary['prefill_steps'])[1:]}")
     print(f"\n{len(results)} plans x {launches} launch(es): TPOT p50 MAPE {pct(summary['tpot_p50'])[1:]}, "
           f"TTFT p50 MAPE {pct(summary['ttft_p50'])[1:]}, TTFT p90 MAPE {pct(summary['ttft_p90'])[1:]}, "
           f"tokens/s MAPE {pct(summary['tokens_per_s'])[1:]} (targets: TPOT <= 10%, TTFT p50 <= 15%); "
