@@ -91,10 +91,16 @@ class Overheads:
 SERVING_PROVENANCE_KEY = "serving"
 
 
+def _serving_measurements(cluster: ClusterSpec) -> dict[str, Any] | None:
+    """What `planner validate --serve` recorded in the profile (`provenance["serving"]`), or None."""
+    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
+    return raw if isinstance(raw, dict) else None
+
+
 def overheads_for(cluster: ClusterSpec) -> Overheads:
     """The serving host overheads a calibrated profile carries (`provenance["serving"]`), else none."""
-    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
-    if isinstance(raw, dict):
+    raw = _serving_measurements(cluster)
+    if raw is not None:
         return Overheads(**{k: float(raw.get(k, 0.0)) for k in Overheads.NAMES},
                          source=str(raw.get("source", "measured")))
     return Overheads()
@@ -106,8 +112,8 @@ def serving_gpu(cluster: ClusterSpec) -> Any:
     efficiency curve and the weight-streaming bandwidth measured for inference instead of the training
     calibration's (autograd GEMMs, cache-sized copies)."""
     gpu = dataclasses.replace(cluster.gpu, num_sms=0)
-    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
-    if not isinstance(raw, dict):
+    raw = _serving_measurements(cluster)
+    if raw is None:
         return gpu
     if raw.get("gemm_curve"):
         gpu = dataclasses.replace(gpu, gemm_curve=tuple(tuple(p) for p in raw["gemm_curve"]))
@@ -119,23 +125,20 @@ def serving_gpu(cluster: ClusterSpec) -> Any:
 def decode_attention_rate(cluster: ClusterSpec) -> float:
     """Achieved FLOP/s of the decode attention kernel (one query against a cached context) when the
     profile measured it (`planner validate --serve`), else 0: the GPU's attention efficiency applies."""
-    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
-    return float(raw.get("decode_attention_flops_per_s", 0.0)) if isinstance(raw, dict) else 0.0
+    return float((_serving_measurements(cluster) or {}).get("decode_attention_flops_per_s", 0.0))
 
 
 def gemv_row_seconds(cluster: ClusterSpec) -> float:
     """Fixed seconds per output row of a weight-streaming linear layer, when the profile measured it
     (CPU GEMVs, `planner.serve.calibrate.fit_gemv`); 0: bytes / bandwidth alone (GPUs)."""
-    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
-    return float(raw.get("gemv_row_s", 0.0)) if isinstance(raw, dict) else 0.0
+    return float((_serving_measurements(cluster) or {}).get("gemv_row_s", 0.0))
 
 
 def gemm_rows_curve(cluster: ClusterSpec) -> tuple[tuple[float, float], ...]:
     """Measured GEMM efficiency by row count (tokens), when the profile has it: CPU BLAS libraries run a
     one-row GEMM as a streaming GEMV and a few-row GEMM on a slower small-m kernel, which an efficiency
     indexed by FLOPs cannot tell apart. Empty: the GPU's FLOP-indexed curve applies."""
-    raw = cluster.provenance.get(SERVING_PROVENANCE_KEY) if isinstance(cluster.provenance, dict) else None
-    pts = raw.get("gemm_rows_curve") if isinstance(raw, dict) else None
+    pts = (_serving_measurements(cluster) or {}).get("gemm_rows_curve")
     return tuple(sorted((float(m), float(e)) for m, e in pts)) if pts else ()
 
 

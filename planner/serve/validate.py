@@ -226,6 +226,7 @@ def run_serve_validation(args: argparse.Namespace) -> int:
                   pct(r["error"]["tpot_p50"]),
                   f"{r['predicted']['tokens_per_s']:.1f} / {r['measured']['tokens_per_s']:.1f}",
                   pct(r["error"]["tokens_per_s"])] for r in results], align="lrrrrrr"))
+
     def kind_cells(r: dict[str, Any], kind: str) -> list[str]:
         s = r["steps"].get(kind)
         return [f"{s['predicted_ms']:.1f} / {s['measured_ms']:.1f}", str(s["steps"]), pct(s["error"])] if s \
