@@ -350,7 +350,6 @@ def calibrate(rank: int, world: int, device: torch.device, repeats: int) -> list
 CALIB_GEMMS = ((128, 512, 512), (128, 512, 2048), (512, 512, 2048), (512, 2048, 512), (2048, 512, 2048),
                (2048, 2048, 2048))
 CALIB_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # GEMM rows (tokens) of the row-count efficiency curve
-STREAM_BYTES = 512 << 20  # weight bytes a decode GEMV streams in the bandwidth benchmark: far beyond any cache
 # One-row GEMMs (a decode step's linear layers) by weight shape (out features, in features), each streaming
 # GEMV_BYTES of distinct weights per sweep: the per-output-row cost and the bandwidth are fitted from them.
 GEMV_SHAPES = ((128, 512), (512, 128), (512, 512), (1408, 512), (512, 1408), (1024, 1024), (4096, 512),
@@ -375,9 +374,10 @@ def _median_time(fn: Any, device: torch.device, repeats: int) -> float:
 @torch.inference_mode()
 def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
     """Forward-only GEMM throughput (what a serving step's linear layers run, without autograd), the
-    bandwidth at which one-token GEMVs stream weights that no cache holds (a decode step's weights), the
-    time of such GEMVs by weight shape (rows [out features, in features, bytes, seconds per call]), and
-    the decode attention kernel's time against 256-4096 cached keys (its FLOP rate is the slope)."""
+    time of one-token GEMVs streaming weights that no cache holds (a decode step's weights) by weight
+    shape (rows [out features, in features, bytes, seconds per call]: the bandwidth and the cost per
+    weight row are fitted from them), and the decode attention kernel's time against 256-4096 cached
+    keys (its FLOP rate is the slope)."""
     gemm = []
     for m, k, n in CALIB_GEMMS:
         x = torch.randn(m, k, device=device)
@@ -395,15 +395,6 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
 
         sec = _median_time(sweep, device, max(3, repeats // 4)) / len(weights)
         rows.append([m, 1024, 1024, 2.0 * m * 1024 * 1024, sec])
-    side = 2048
-    mats = [torch.randn(side, side, device=device) for _ in range(max(1, STREAM_BYTES // (side * side * 4)))]
-    v = torch.randn(1, side, device=device)
-
-    def stream() -> None:
-        for w in mats:
-            torch.nn.functional.linear(v, w)
-
-    sec = _median_time(stream, device, 5)
     pool = torch.randn(GEMV_BYTES // 4, device=device)
     gemv = []
     for out_f, in_f in GEMV_SHAPES:
@@ -430,9 +421,7 @@ def bench_kernels(device: torch.device, repeats: int) -> dict[str, Any]:
 
             sec_a = _median_time(attend, device, max(5, repeats))
             attention.append([heads, kv_heads, dim, ctx, 4.0 * heads * dim * ctx, sec_a])
-    return {"gemm": gemm, "gemm_rows": rows, "stream": {"bytes": float(sum(w.numel() * w.element_size() for w in mats)),
-                                     "seconds": sec, "gemvs": len(mats)}, "decode_attention": attention,
-            "gemv": gemv}
+    return {"gemm": gemm, "gemm_rows": rows, "gemv": gemv, "decode_attention": attention}
 
 
 # ---- entry point --------------------------------------------------------------------------------

@@ -123,12 +123,13 @@ def with_kernels(cluster: ClusterSpec, kernels: dict[str, Any] | None) -> Cluste
     for _, _, _, flops, sec in kernels["gemm"]:
         by_flops.setdefault(flops, []).append(min(1.0, flops / sec / peak))
     curve = sorted((f, sum(e) / len(e)) for f, e in by_flops.items())
-    stream = kernels["stream"]
-    serving = {"gemm_curve": [list(p) for p in curve], "memory_bandwidth": stream["bytes"] / stream["seconds"],
-               "kernels": kernels}
+    serving: dict[str, Any] = {"gemm_curve": [list(p) for p in curve], "kernels": kernels}
     if kernels.get("gemv"):
         row_s, bandwidth = fit_gemv(kernels["gemv"])
         serving.update(gemv_row_s=row_s, memory_bandwidth=bandwidth)
+    else:  # measured before the GEMV shapes: one sweep of 2048 x 2048 GEMVs over 512 MB
+        stream = kernels["stream"]
+        serving["memory_bandwidth"] = stream["bytes"] / stream["seconds"]
     if kernels.get("gemm_rows"):  # efficiency by row count: BLAS picks GEMV / small-m / blocked kernels by m
         serving["gemm_rows_curve"] = [[m, min(1.0, flops / sec / peak)] for m, _, _, flops, sec in kernels["gemm_rows"]]
     rate = decode_attention_flops_per_s(kernels.get("decode_attention") or [])
