@@ -536,3 +536,26 @@ def test_step_errors_group_engine_steps_by_kind_against_their_own_batch() -> Non
     assert again["decode"]["error"] == pytest.approx(-0.2, abs=0.01)
     assert again["prefill"]["error"] == pytest.approx(1.0, rel=1e-9)
     assert again["decode"]["measured_ms"] == pytest.approx(decode_s * 1.25e3, rel=1e-9)
+
+
+def test_ranks_sharing_cores_stretch_every_serving_op() -> None:
+    """Two ranks on a node with one compute slot time-slice it (compute_slowdown 2): with no host
+    overheads and no communication (tp 1, pp 1), a decode step and a prefill step take twice as long,
+    in the vectorised step model and in the tabulated timer the request simulation uses alike."""
+    from planner.serve.step import Overheads
+    from planner.serve.validate import VALIDATION_MODEL
+    from planner.specs.catalog import localhost_cpu
+
+    alone = dataclasses.replace(localhost_cpu(), gpus_per_node=2, num_nodes=1, compute_slots_per_node=0.0)
+    shared = dataclasses.replace(alone, compute_slots_per_node=1.0)
+    assert shared.compute_slowdown == 2.0 and alone.compute_slowdown == 1.0
+
+    def steps(cluster: ClusterSpec) -> list[float]:
+        cost = StepCost(VALIDATION_MODEL, cluster, "fp32", "fp32", np.array([1]), np.array([1]), overheads=Overheads())
+        vec = [float(cost.step_time(4, 4, 4, 4 * 200.0, 0, 0.0)[0]),
+               float(cost.step_time(128, 1, 0, 0.0, 128, 128 * 64.0)[0])]
+        timer = cost.timer(128, 4)
+        return [*vec, timer(4, 4, 4, 4 * 200.0, 0, 0.0), timer(128, 1, 0, 0.0, 128, 128 * 64.0)]
+
+    for one, two in zip(steps(alone), steps(shared), strict=True):
+        assert two == pytest.approx(2.0 * one, rel=1e-9)
