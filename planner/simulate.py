@@ -388,15 +388,18 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         bwd_w = (layers @ terms.layer_bwd[i])[rc] * (1.0 if fw.dp_overlap else 0.0)
         dp = data_parallel(batch.zero[i], terms.has_dp[i], np.float64(m), terms.dp_reduce[i][rc],
                            terms.dp_reduce_mb[i][rc], terms.dp_gather[i][rc], terms.dp_gather_mb[i][rc],
-                           fwd_w, bwd_w, ov)
+                           fwd_w, bwd_w, ov, terms.dp_reduce_last[i][rc])
         zero = int(batch.zero[i])
         if zero >= 2:  # per-micro-batch collectives: exposed as the closed form counts them
             sync_end = rank_end + dp.exposed
             finish = sync_end
         else:
-            # the reduction starts with the last backward (overlapped) or after it
-            hidden_end = (last_b if fw.dp_overlap else rank_end) + dp.after_backward
-            sync_end = np.maximum(rank_end, hidden_end) + ov * np.minimum(dp.after_backward, rank_end - last_b)
+            # the reduction starts with the last backward (overlapped) or after it; its last bucket only
+            # when that backward ends, behind the buckets before it
+            early = dp.after_backward - dp.last_bucket
+            hidden_end = (last_b if fw.dp_overlap else rank_end) + early
+            slowed = ov * np.minimum(early, rank_end - last_b) if fw.dp_overlap else 0.0
+            sync_end = np.maximum(rank_end, hidden_end) + dp.last_bucket + slowed
             finish = sync_end + dp.before_forward
         optimizer = float(np.max(terms.optimizer[i][terms.classes.valid[i]]))
         sync = float(finish.max())

@@ -148,6 +148,7 @@ class CostTerms:
     train_dense: Array  # of params_dense, those trained (gradients, optimizer states); fewer when fine-tuning
     train_expert: Array
     dp_reduce: Array  # once-per-step gradient reduction (ZeRO-0 all-reduce, ZeRO-1 reduce-scatter)
+    dp_reduce_last: Array  # its last bucket, which starts when the backward ends
     dp_reduce_mb: Array  # per-micro-batch gradient reduce-scatter, per layer (ZeRO-2/3), whole stage
     dp_gather: Array  # once-per-step parameter all-gather (ZeRO-1/2)
     dp_gather_mb: Array  # per-micro-batch parameter all-gather, per layer (ZeRO-3), whole stage, one pass
@@ -430,12 +431,15 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
 
-    def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True) -> Array:
-        """One DP collective over a class's (trained) parameters, issued in buckets (or per layer). Under
+    def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True) -> tuple[Array, Array]:
+        """One DP collective over a class's (trained) parameters, issued in buckets (or per layer): its
+        total time and that of its last bucket (the dense parameters', whose first layers and embedding
+        the backward reaches last; the expert parameters' where a class has no dense ones). Under
         hybrid sharding ZeRO's reduce-scatter and all-gather run inside the shard group, and each
         reduced shard is all-reduced over the replicas (FSDP2's HSDP; Megatron's distributed-optimizer
         instances)."""
         total = np.zeros_like(dense)
+        last = np.zeros_like(dense)
         pd, pe = (train_dense, train_expert) if trained else (dense, expert)
         for params, g, k, n, dense_group in ((pd, g_dp, k_dp, n_dp, True), (pe, g_edp, k_edp, n_edp, False)):
             if not np.any(params):
@@ -457,16 +461,18 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
                                                     layout=(col(k_rep), col(n_rep)))
                 t = np.where(col(hybrid), shard, t)
             total = total + calls * t
-        return np.where((g_dp > 1)[:, None], total, 0.0)
+            last = np.where(last > 0, last, np.where(params > 0, t, 0.0))
+        return np.where((g_dp > 1)[:, None], total, 0.0), np.where((g_dp > 1)[:, None], last, 0.0)
 
     w_b = WEIGHT_BYTES[dt]
-    res["dp_ar"] = dp_coll("all_reduce", grad_b, False)
-    res["dp_rs"] = dp_coll("reduce_scatter", grad_b, False)
+    res["dp_ar"], res["dp_ar_last"] = dp_coll("all_reduce", grad_b, False)
+    res["dp_rs"], res["dp_rs_last"] = dp_coll("reduce_scatter", grad_b, False)
     # ZeRO-1's reduction: a reduce-scatter of the shard each rank updates, or the framework's all-reduce
-    res["dp_reduce_z1"] = res["dp_ar"] if grads.reduce_op == "all_reduce" else res["dp_rs"]
-    res["dp_ag"] = dp_coll("all_gather", w_b, False)
-    res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)
-    res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)  # ZeRO-3 gathers frozen weights too
+    z1 = "dp_ar" if grads.reduce_op == "all_reduce" else "dp_rs"
+    res["dp_reduce_z1"], res["dp_reduce_z1_last"] = res[z1], res[z1 + "_last"]
+    res["dp_ag"] = dp_coll("all_gather", w_b, False)[0]
+    res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)[0]
+    res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)[0]  # ZeRO-3 gathers frozen weights too
     tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
@@ -604,6 +610,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         lowp_copies=s(st["class_lowp"]), train_dense=s(st["class_train_dense"]),
         train_expert=s(st["class_train_expert"]),
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_reduce_z1"]), 0.0)),
+        dp_reduce_last=np.where(zc == 0, s(st["dp_ar_last"]), np.where(zc == 1, s(st["dp_reduce_z1_last"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
