@@ -46,7 +46,8 @@ def check_folder(folder: Path) -> list[tuple[str, bool | None, str]]:
             out.append(("deepspeed", r.passed, r.reason))
     # the committed files must be what the exporter writes for the committed plan
     for name, entry in manifest.items():
-        if entry["format"] in ("torchtitan", "deepspeed", "megatron") and name.endswith((".py", ".json", ".args")):
+        if entry["format"] in ("torchtitan", "deepspeed", "megatron", "megatron-bridge") \
+                and name.endswith((".py", ".json", ".args")):
             doc = load_plan(folder / entry["plan"])
             fresh = export_files(doc, entry["format"], primary_name=name).get(name)
             if fresh is not None and fresh != (folder / name).read_text():

@@ -3,7 +3,8 @@
 #   torchtitan 0.3.0 (ConfigManager + Trainer built on the fake backend) and DeepSpeed 0.19.8
 #   (DeepSpeedConfig) in the project's venv; Megatron-Core 0.19.2 (parse_args + validate_args +
 #   initialize_model_parallel on a fake process group) in a Python 3.12 venv this script creates
-#   outside the repository (megatron-core needs Python >= 3.12).
+#   outside the repository (megatron-core needs Python >= 3.12); Megatron-Bridge 0.3.1 (the job's
+#   ConfigContainer.validate() + initialize_model_parallel, benchmarks/check_bridge.py) in a second one.
 # --variants: the same for every exporter branch (tests/test_export.py's VARIANTS) instead of the examples.
 # Prints one line per export: passed / failed / skipped with the reason; exit 1 if any failed.
 # Megatron-DeepSpeed (no wheel): with MEGATRON_DEEPSPEED_SRC=<checkout>, parse_args + validate_args +
@@ -65,6 +66,34 @@ for d in "${FOLDERS[@]}"; do
     fi
   fi
 done
+# Megatron-Bridge: its own venv (Bridge 0.3.1 pins megatron-core < 0.17; Transformer Engine installs only
+# with CUDA, so Bridge goes in without its dependencies and the few it imports are added)
+BVENV="$HOME_DIR/venv-bridge"
+if [ ! -x "$BVENV/bin/python" ] || ! "$BVENV/bin/python" -c "import megatron.core, transformers, torch" >/dev/null 2>&1 \
+    || ! "$BVENV/bin/pip" show megatron-bridge >/dev/null 2>&1; then
+  if [ -n "$PY312" ]; then
+    "$PY312" -m venv "$BVENV" && "$BVENV/bin/pip" install -q "torch==2.13.0" "megatron-core==0.16.1" \
+      "transformers==4.57.6" "omegaconf==2.3.1" "hydra-core==1.3.2" "PyYAML==6.0.4" "rich==15.0.0" "regex" \
+      "tqdm" "six==1.17.0" "einops==0.8.2" "datasets==3.6.0" "huggingface_hub==0.36.2" \
+      >"$HOME_DIR/install-bridge.log" 2>&1 \
+      && "$BVENV/bin/pip" install -q --no-deps "megatron-bridge==0.3.1" >>"$HOME_DIR/install-bridge.log" 2>&1 \
+      || echo "megatron-bridge: skipped: could not install it (see $HOME_DIR/install-bridge.log)"
+  fi
+fi
+if "$BVENV/bin/pip" show megatron-bridge >/dev/null 2>&1; then
+  echo "versions (Megatron-Bridge check): $("$BVENV/bin/pip" list 2>/dev/null | awk '$1 ~ /^(megatron-bridge|megatron-core|torch)$/ {printf "%s %s ", $1, $2}')"
+  for d in "${FOLDERS[@]}"; do
+    d="${d%/}"
+    if [ -f "$d/bridge_pretrain.py" ]; then
+      line="$("$BVENV/bin/python" benchmarks/check_bridge.py "$d" bridge 2>"$HOME_DIR/bridge-$(basename "$d").log")"
+      rc=$?
+      echo "$(basename "$d") megatron-bridge: ${line:-failed: no verdict (see $HOME_DIR/bridge-$(basename "$d").log)}"
+      [ "$rc" -eq 0 ] || status=1
+    fi
+  done
+else
+  for d in "${FOLDERS[@]}"; do echo "$(basename "$d") megatron-bridge: skipped: no Python 3.12 or no megatron-bridge"; done
+fi
 # control: the same check must fail when the launch script does not export what Megatron asserts
 for d in "${FOLDERS[@]}"; do
   d="${d%/}"

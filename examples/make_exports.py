@@ -4,7 +4,8 @@ Why: users (and reviewers) can read what an export looks like for a real job wit
 search, and tests/test_export.py re-exports the committed plans to check the files still match.
 
 For each job this runs `planner plan ... --out plan.json` (the search's best plan), then writes
-megatron.args (+ megatron.launch.sh, megatron.sbatch), torchtitan_job.py (+ torchtitan.launch.sh,
+megatron.args (+ megatron.launch.sh, megatron.sbatch), bridge_pretrain.py (+ bridge.launch.sh,
+bridge.sbatch), torchtitan_job.py (+ torchtitan.launch.sh,
 torchtitan.sbatch), predicted_trace.json and, where DeepSpeed can run the plan, ds_config.json
 (+ ds_config.megatron-deepspeed.args, ds_config.launch.sh, ds_config.sbatch). Where a framework
 cannot run the plan at all, <format>-refused.txt keeps the exporter's message; for DeepSpeed
@@ -83,6 +84,7 @@ def make(job: str, argv: list[str], replan: bool) -> None:
     plan_file = folder / "plan.json"
     manifest: dict[str, dict[str, str]] = {"plan.json": {"plan": "plan.json", "format": "plan"}}
     write_format(folder, plan_file, "megatron", "megatron.args", manifest)
+    write_format(folder, plan_file, "megatron-bridge", "bridge_pretrain.py", manifest)
     try:
         write_format(folder, plan_file, "torchtitan", "torchtitan_job.py", manifest)
     except PlannerError as exc:

@@ -6,6 +6,7 @@ and the committed examples reproducible. Megatron-Core's own parser runs in benc
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -92,6 +93,9 @@ def VARIANTS() -> list[PlanDocument]:
                  zero_stage=1, dtype="nvfp4"),
         # hybrid sharding: the distributed optimizer sharded within groups of 8, replicated twice
         make_doc("llama3-8b", "dgx-h100", 16, dp=16, micro_batch=1, global_batch=32, zero_stage=1, shard_group=8),
+        # an uneven pipeline: 6 layers over 4 stages, one on the first and the last
+        make_doc(DEBUG_LLAMA, "dgx-h100", 8, pp=4, dp=2, micro_batch=1, global_batch=8, zero_stage=1,
+                 first_stage_layers=1, last_stage_layers=1),
     ]
 
 
@@ -157,6 +161,32 @@ def test_megatron_args_realise_the_plan() -> None:
     assert not export_warnings(doc, "megatron")
 
 
+UNEVEN = -1  # VARIANTS()[UNEVEN]: DEBUG_LLAMA's 6 layers over pp 4 as 1 + 2 + 2 + 1
+
+
+def test_uneven_pipelines_export_their_split() -> None:
+    """An uneven split reaches every framework in its own terms (Megatron-LM's
+    --decoder-first/last-pipeline-num-layers and, with virtual stages, --num-virtual-stages-per-pipeline-rank,
+    which validate_args requires there; torchtitan's module_fqns_per_model_part, its module names) instead of
+    an even split the layer count may not allow."""
+    doc = VARIANTS()[UNEVEN]
+    a = _args(megatron_text(doc))
+    assert a["--decoder-first-pipeline-num-layers"] == "1" and a["--decoder-last-pipeline-num-layers"] == "1"
+    interleaved = make_doc("llama3-8b", "dgx-h100", 16, pp=4, vpp=2, dp=4, schedule="interleaved-1f1b",
+                           micro_batch=1, global_batch=16, first_stage_layers=6, last_stage_layers=6)
+    ai = _args(megatron_text(interleaved))
+    assert ai["--num-virtual-stages-per-pipeline-rank"] == "2" and "--num-layers-per-virtual-pipeline-stage" not in ai
+    tt = export_files(doc, "torchtitan")["torchtitan_job.py"]
+    split = [["tok_embeddings", "layers.0"], ["layers.1", "layers.2"], ["layers.3", "layers.4"],
+             ["layers.5", "norm", "lm_head"]]  # by hand: 1 + 2 + 2 + 1 layers
+    assert f"config.parallelism.module_fqns_per_model_part = {split!r}" in tt
+    assert "pipeline_parallel_layers_per_stage" not in tt
+    for fmt in ("megatron", "torchtitan", "megatron-bridge"):
+        assert not export_warnings(doc, fmt), fmt
+    # Megatron-DeepSpeed's pipeline module balances the layers itself: said, not silently dropped
+    assert any("splits the pipeline itself" in w for w in export_warnings(doc, "deepspeed"))
+
+
 def test_cuda_device_max_connections_where_megatron_asserts_it() -> None:
     """megatron/training/arguments.py: TP or CP before Blackwell (arch < 10) needs CUDA_DEVICE_MAX_CONNECTIONS=1;
     Megatron-FSDP needs it unset; Blackwell needs nothing."""
@@ -188,6 +218,93 @@ def test_megatron_gpipe_deviation_and_strict() -> None:
     with pytest.raises(ExportError, match="cannot run this plan exactly"):
         export_files(doc, "megatron", strict=True)
     assert "--use-tp-pp-dp-mapping" in _args(megatron_text(VARIANTS()[6]))
+
+
+# ---- Megatron-Bridge ---------------------------------------------------------------------------------------
+
+# The mixed-precision recipes Megatron-Bridge 0.3.1 registers (megatron/bridge/training/mixed_precision.py).
+BRIDGE_RECIPES = {"bf16_mixed", "fp16_mixed", "bf16_with_fp8_delayed_scaling_mixed",
+                  "fp16_with_fp8_delayed_scaling_mixed", "bf16_with_mxfp8_mixed", "fp16_with_mxfp8_mixed",
+                  "bf16_with_fp8_current_scaling_mixed", "bf16_with_fp8_subchannel_scaling_mixed",
+                  "bf16_with_nvfp4_mixed"}
+
+
+def _bridge_calls(doc: PlanDocument) -> dict[str, dict[str, str]]:
+    """The keyword arguments of every config constructor the exported Bridge job calls, as source text."""
+    tree = ast.parse(export_files(doc, "megatron-bridge")["bridge_pretrain.py"])
+    calls: dict[str, dict[str, str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            calls.setdefault(node.func.id, {}).update({k.arg: ast.unparse(k.value) for k in node.keywords if k.arg})
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "get_mixed_precision_config":
+            calls["recipe"] = {"name": ast.literal_eval(node.args[0])}
+    return calls
+
+
+@pytest.mark.parametrize("index", range(len(VARIANTS())))
+def test_bridge_job_sets_what_the_megatron_flags_set(index: int) -> None:
+    """Megatron-Bridge's config fields are the ones Megatron-LM derives its flags into: the same parallel
+    sizes, batch, shape and RoPE as the Megatron-LM export of the same plan."""
+    doc = VARIANTS()[index]
+    try:
+        a = _args(megatron_text(doc))
+    except ExportError:
+        with pytest.raises(ExportError):
+            export_files(doc, "megatron-bridge")
+        return
+    calls = _bridge_calls(doc)
+    model, train = calls["GPTModelProvider"], calls["TrainingConfig"]
+    for flag, name in (("--tensor-model-parallel-size", "tensor_model_parallel_size"),
+                       ("--pipeline-model-parallel-size", "pipeline_model_parallel_size"),
+                       ("--context-parallel-size", "context_parallel_size"), ("--num-layers", "num_layers"),
+                       ("--hidden-size", "hidden_size"), ("--num-attention-heads", "num_attention_heads"),
+                       ("--ffn-hidden-size", "ffn_hidden_size"), ("--seq-length", "seq_length"),
+                       ("--num-query-groups", "num_query_groups"), ("--rotary-base", "rotary_base"),
+                       ("--expert-model-parallel-size", "expert_model_parallel_size")):
+        assert model.get(name) == a.get(flag), (flag, name)
+    assert train["micro_batch_size"] == a["--micro-batch-size"]
+    assert train["global_batch_size"] == a["--global-batch-size"]
+    assert model.get("virtual_pipeline_model_parallel_size") == (str(doc.plan.vpp) if doc.plan.vpp > 1 else None)
+    assert ("sequence_parallel" in model) == ("--sequence-parallel" in a)
+    assert calls["DistributedDataParallelConfig"].get("use_distributed_optimizer") == \
+        ("True" if "--use-distributed-optimizer" in a else None)
+    recipe = calls.get("recipe", {}).get("name")
+    assert recipe in BRIDGE_RECIPES if doc.plan.dtype != "fp32" else recipe is None
+
+
+def test_bridge_job_is_the_model_exactly() -> None:
+    """Llama 3.1 405B (Hugging Face config.json): rope_theta 500000 with llama3 scaling factor 8, SwiGLU,
+    untied embeddings, vocabulary 128256, RMSNorm eps 1e-5; the pipeline carries a dtype (Megatron-Core
+    requires one with pp > 1)."""
+    model = _bridge_calls(VARIANTS()[9])["GPTModelProvider"]
+    assert model["rotary_base"] == "500000" and model["rope_scaling"] == "True"
+    assert model["rope_scaling_factor"] == "8.0"
+    assert model["activation_func"] == "F.silu" and model["gated_linear_unit"] == "True"
+    assert model["share_embeddings_and_output_weights"] == "False" and model["vocab_size"] == "128256"
+    assert model["normalization"] == "'RMSNorm'" and model["layernorm_epsilon"] == "1e-05"
+    assert model["pipeline_dtype"] == "torch.bfloat16" and model["add_bias_linear"] == "False"
+    gpt2 = _bridge_calls(VARIANTS()[5])["GPTModelProvider"]  # GPT-2: GELU, tied, learned positions, biases
+    assert gpt2["activation_func"] == "F.gelu" and gpt2["share_embeddings_and_output_weights"] == "True"
+    assert gpt2["position_embedding_type"] == "'learned_absolute'" and gpt2["add_bias_linear"] == "True"
+    uneven = _bridge_calls(VARIANTS()[UNEVEN])["GPTModelProvider"]
+    assert uneven["num_layers_in_first_pipeline_stage"] == "1" and uneven["num_layers_in_last_pipeline_stage"] == "1"
+
+
+def test_bridge_precision_recipes() -> None:
+    """NeMo's FP8 profile prices FP8 primary weights: the recipe's fp8_param_gather is set; MXFP8 and NVFP4
+    map to Bridge's block-scaled recipes."""
+    fp8 = export_files(VARIANTS()[12], "megatron-bridge")["bridge_pretrain.py"]
+    assert "get_mixed_precision_config('bf16_with_fp8_delayed_scaling_mixed')" in fp8
+    assert "precision.fp8_param_gather = True" in fp8
+    assert _bridge_calls(VARIANTS()[13])["recipe"]["name"] == "bf16_with_mxfp8_mixed"
+    assert _bridge_calls(VARIANTS()[14])["recipe"]["name"] == "bf16_with_nvfp4_mixed"
+
+
+def test_every_megatron_flag_has_a_bridge_translation() -> None:
+    from planner.export.bridge import translate
+
+    with pytest.raises(ExportError, match="--no-such-flag has no Megatron-Bridge translation"):
+        translate([("--no-such-flag", 1)], VARIANTS()[0].plan)
 
 
 # ---- launch scripts --------------------------------------------------------------------------------------
@@ -268,7 +385,7 @@ def test_llama3_flavors_match_torchtitan() -> None:
 
 
 @needs_torchtitan
-@pytest.mark.parametrize("doc_index", [10], ids=["debug-tp2-pp2-dp2-v3"])
+@pytest.mark.parametrize("doc_index", [10, UNEVEN], ids=["debug-tp2-pp2-dp2-v3", "debug-pp4-uneven"])
 def test_torchtitan_builds_the_trainer_on_the_fake_backend(doc_index: int, tmp_path: Path) -> None:
     """torchtitan's own ConfigManager and Trainer accept the export at the plan's world size; the last
     pipeline stage's first rank is the one torchtitan says logs the loss."""
@@ -462,13 +579,13 @@ def _stable(text: str) -> str:
 def test_committed_exports_match_the_committed_plan(folder: Path) -> None:
     """Re-export each committed plan: every committed artefact must be reproduced (examples/make_exports.py)."""
     manifest = json.loads((folder / "manifest.json").read_text())["files"]
-    assert {"plan.json", "megatron.args", "megatron.launch.sh", "ds_config.json"} <= set(manifest)
+    assert {"plan.json", "megatron.args", "megatron.launch.sh", "bridge_pretrain.py", "ds_config.json"} <= set(manifest)
     for name, entry in manifest.items():
         if entry["format"] not in FORMATS:
             continue
         doc = load_plan(folder / entry["plan"])
-        primary = next(n for n, e in manifest.items() if e == entry and n in ("megatron.args", "torchtitan_job.py",
-                                                                               "ds_config.json"))
+        primary = next(n for n, e in manifest.items() if e == entry and n in ("megatron.args", "bridge_pretrain.py",
+                                                                               "torchtitan_job.py", "ds_config.json"))
         files = export_files(doc, entry["format"], primary_name=primary)
         assert _stable(files[name]) == _stable((folder / name).read_text()), \
             f"{folder.name}/{name} is stale: rerun examples/make_exports.py"

@@ -1,4 +1,4 @@
-"""Export a plan as a launchable job for Megatron-LM, torchtitan and DeepSpeed (Megatron-DeepSpeed).
+"""Export a plan as a launchable job for Megatron-LM, Megatron-Bridge, torchtitan and DeepSpeed (Megatron-DeepSpeed).
 
 Why: a plan is only useful if it runs in the framework the user already has. Each format writes the
 framework's own configuration (flags, a config-registry module, a ds_config) with the model's exact
@@ -14,7 +14,8 @@ always an `ExportError`.
 
 One module per framework, each with one table from plan fields to the framework's settings:
 `megatron.MEGATRON_FLAGS`, `torchtitan.TORCHTITAN_FIELDS`, `deepspeed.DEEPSPEED_CONFIG` and
-`deepspeed.MEGATRON_DEEPSPEED_FLAGS`.
+`deepspeed.MEGATRON_DEEPSPEED_FLAGS`; Megatron-Bridge translates the Megatron-LM flags
+(`bridge.BRIDGE_FIELDS`), so the two cannot differ.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from planner.export.bridge import bridge_files, bridge_warnings
 from planner.export.common import CHECKED_WITH, Build, Deviation, ExportError, realised_plan
 from planner.export.deepspeed import deepspeed_build, deepspeed_config, deepspeed_files
 from planner.export.megatron import megatron_files, megatron_items
@@ -35,11 +37,12 @@ from planner.plan import PlanDocument, load_plan
 __all__ = ["CHECKED_WITH", "FILE_NAMES", "FORMATS", "Deviation", "ExportError", "deepspeed_config", "export_files",
            "export_plan", "export_warnings", "realised_plan"]
 
-FORMATS = ("megatron", "torchtitan", "deepspeed")
+FORMATS = ("megatron", "megatron-bridge", "torchtitan", "deepspeed")
 
 # Default file names of each format's artefacts (the first is the primary one; its stem names the rest).
 FILE_NAMES = {
     "megatron": ("megatron.args", "megatron.launch.sh", "megatron.sbatch"),
+    "megatron-bridge": ("bridge_pretrain.py", "bridge.launch.sh", "bridge.sbatch"),
     "torchtitan": ("torchtitan_job.py", "torchtitan.launch.sh", "torchtitan.sbatch"),
     "deepspeed": ("ds_config.json", "ds_config.megatron-deepspeed.args", "ds_config.launch.sh", "ds_config.sbatch"),
 }
@@ -47,9 +50,11 @@ FILE_NAMES = {
 
 def _stem(fmt: str, primary: str | None) -> str:
     if primary is None:
-        return {"megatron": "megatron", "torchtitan": "torchtitan", "deepspeed": "ds_config"}[fmt]
+        return {"megatron": "megatron", "megatron-bridge": "bridge", "torchtitan": "torchtitan",
+                "deepspeed": "ds_config"}[fmt]
     stem = Path(primary).name.split(".")[0]
-    return stem.removesuffix("_job") if fmt == "torchtitan" else stem
+    suffix = {"torchtitan": "_job", "megatron-bridge": "_pretrain"}.get(fmt)
+    return stem.removesuffix(suffix) if suffix else stem
 
 
 def export_files(doc: PlanDocument, fmt: str, strict: bool = False,
@@ -63,6 +68,8 @@ def export_files(doc: PlanDocument, fmt: str, strict: bool = False,
     stem = _stem(fmt, primary_name)
     if fmt == "megatron":
         return megatron_files(doc, strict, stem)
+    if fmt == "megatron-bridge":
+        return bridge_files(doc, strict, stem)
     if fmt == "torchtitan":
         return torchtitan_files(doc, strict, stem)
     return deepspeed_files(doc, strict, stem)
@@ -77,6 +84,8 @@ def export_warnings(doc: PlanDocument, fmt: str) -> list[str]:
     """The WARNING lines of an export (why: a JSON file cannot carry them, so the CLI prints them)."""
     if fmt == "torchtitan":
         return torchtitan_warnings(doc)
+    if fmt == "megatron-bridge":
+        return bridge_warnings(doc)
     b = Build(doc, fmt)
     if fmt == "megatron":
         megatron_items(doc, b)
@@ -132,7 +141,8 @@ def _export_serving(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `planner export` to the CLI's subcommands."""
-    p = sub.add_parser("export", help="write a plan as a Megatron-LM / torchtitan / DeepSpeed job with launch scripts")
+    p = sub.add_parser("export", help="write a plan as a Megatron-LM / Megatron-Bridge / torchtitan / DeepSpeed "
+                       "job with launch scripts")
     p.add_argument("plan", help="plan JSON (from planner plan --out or planner estimate --out)")
     p.add_argument("--format", required=True, choices=FORMATS + SERVE_FORMATS,
                    help="target framework (vllm, sglang, trtllm: for serving plans from planner serve)")

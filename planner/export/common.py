@@ -19,6 +19,9 @@ from planner.plan import Plan, PlanDocument
 CHECKED_WITH = {
     "megatron": "Megatron-Core 0.19.2 (PyPI megatron-core; megatron/training/arguments.py parse_args + "
                 "validate_args, then parallel_state.initialize_model_parallel on a fake process group)",
+    "megatron-bridge": "Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at "
+                       "the plan's world size, then parallel_state.initialize_model_parallel on a fake process "
+                       "group)",
     "torchtitan": "torchtitan 0.3.0 with torch 2.13.0 (ConfigManager.parse_args on this module, then the "
                   "Trainer built on the fake communication backend at the plan's world size)",
     "deepspeed": "DeepSpeed 0.19.8 (deepspeed.runtime.config.DeepSpeedConfig with the plan's data-parallel "

@@ -100,6 +100,10 @@ def _parallel(p: Plan, m: ModelSpec, b: Build) -> Items:
                     ("--tensor-model-parallel-size", p.tp)]
     if p.pp > 1:
         items.append(("--pipeline-model-parallel-size", p.pp))
+        if p.uneven:
+            b.deviate("first_stage_layers", "Megatron-DeepSpeed's GPTModelPipe splits the pipeline itself (DeepSpeed "
+                      "PipelineModule, partition_method 'type:transformer': transformer layers balanced over the "
+                      "stages, embedding and head not counted); the plan's uneven split is not exported")
     else:
         items += [("--pipeline-model-parallel-size", 1), ("--no-pipeline-parallel", None)]
     return items

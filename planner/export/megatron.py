@@ -37,8 +37,26 @@ def _parallel(p: Plan, m: ModelSpec, b: Build) -> Items:
     return items
 
 
-def _vpp(p: Plan, m: ModelSpec, b: Build) -> Items:
-    return [("--num-layers-per-virtual-pipeline-stage", m.num_layers // (p.pp * p.vpp))] if p.vpp > 1 else []
+def _pipeline_split(p: Plan, m: ModelSpec, b: Build) -> Items:
+    """Virtual stages and uneven splits. Megatron-LM takes the virtual stage count per rank with an
+    uneven split (validate_args refuses --num-layers-per-virtual-pipeline-stage beside
+    --decoder-first/last-pipeline-num-layers), else the layers per virtual stage."""
+    items: Items = []
+    if p.vpp > 1:
+        items.append(("--num-virtual-stages-per-pipeline-rank", p.vpp) if p.uneven else
+                     ("--num-layers-per-virtual-pipeline-stage", m.num_layers // (p.pp * p.vpp)))
+    if p.pp > 1 and p.uneven:
+        items.insert(0, ("#", "uneven pipeline split (layers of the first / last pipeline rank, or the embedding "
+                              "and loss counted as layers)"))
+        if p.first_stage_layers is not None:
+            items.append(("--decoder-first-pipeline-num-layers", p.first_stage_layers))
+        if p.last_stage_layers is not None:
+            items.append(("--decoder-last-pipeline-num-layers", p.last_stage_layers))
+        if p.embedding_in_split:
+            items.append(("--account-for-embedding-in-pipeline-split", None))
+        if p.loss_in_split:
+            items.append(("--account-for-loss-in-pipeline-split", None))
+    return items
 
 
 def _schedule(p: Plan, m: ModelSpec, b: Build) -> Items:
@@ -141,7 +159,7 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Items:
 # Plan field -> the Megatron-LM flags that realise it. Add precision recipes / recompute policies here.
 MEGATRON_FLAGS: dict[str, Callable[[Plan, ModelSpec, Build], Items]] = {
     "tp/pp/cp/ep": _parallel,
-    "vpp": _vpp,
+    "vpp/first_stage_layers/last_stage_layers": _pipeline_split,
     "schedule": _schedule,
     "sequence_parallel": _sequence_parallel,
     "placement": _placement,

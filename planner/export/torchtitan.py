@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 
 from planner.cost import estimate
+from planner.cost.stages import virtual_stage_sizes
 from planner.export.architecture import architecture
 from planner.export.common import Build, ExportError, comment, header, placement_order
 from planner.export.launch import Launch, launch_script, sbatch_script
@@ -92,16 +93,35 @@ def _tensor(p: Plan, m: ModelSpec, b: Build) -> Assignments:
             ("parallelism.enable_sequence_parallel", str(p.sequence_parallel and p.tp > 1))]
 
 
+def stage_modules(p: Plan, m: ModelSpec) -> list[list[str]]:
+    """The module names of every virtual stage (in stage order) under the plan's split, as torchtitan's
+    `module_fqns_per_model_part` takes them: the embedding on the first stage, the final norm and
+    LM head on the last (the names torchtitan's own split generator uses)."""
+    sizes = virtual_stage_sizes(m.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers, p.account)
+    out, start = [], 0
+    for g, size in enumerate(sizes):
+        names = [f"layers.{i}" for i in range(start, start + size)]
+        start += size
+        if g == 0:
+            names.insert(0, "tok_embeddings")
+        if g == len(sizes) - 1:
+            names += ["norm", "lm_head"]
+        out.append(names)
+    return out
+
+
 def _pipeline(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     out = [("parallelism.pipeline_parallel_degree", str(p.pp))]
     if p.pp > 1:
         schedule = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1F1B"}[p.schedule]
-        # Exactly pp x vpp stages of L / (pp vpp) layers: no layer taken off the first / last stage.
         out += [("parallelism.pipeline_parallel_schedule", repr(schedule)),
-                ("parallelism.pipeline_parallel_microbatch_size", str(p.micro_batch)),
-                ("parallelism.pipeline_parallel_layers_per_stage", str(m.num_layers // (p.pp * p.vpp))),
-                ("parallelism.pipeline_parallel_first_stage_less_layers", "0"),
-                ("parallelism.pipeline_parallel_last_stage_less_layers", "0")]
+                ("parallelism.pipeline_parallel_microbatch_size", str(p.micro_batch))]
+        if p.uneven:  # the plan's own split, stage by stage (torchtitan counts stages from this list)
+            out.append(("parallelism.module_fqns_per_model_part", repr(stage_modules(p, m))))
+        else:  # exactly pp x vpp stages of L / (pp vpp) layers: no layer taken off the first / last stage
+            out += [("parallelism.pipeline_parallel_layers_per_stage", str(m.num_layers // (p.pp * p.vpp))),
+                    ("parallelism.pipeline_parallel_first_stage_less_layers", "0"),
+                    ("parallelism.pipeline_parallel_last_stage_less_layers", "0")]
     return out
 
 

@@ -1,0 +1,135 @@
+"""Check one Megatron-Bridge export with Megatron-Bridge's own code (run by benchmarks/check_exports.sh).
+
+Runs inside a Python >= 3.12 environment with megatron-bridge and megatron-core installed (not the
+project's venv), so it imports nothing from the planner. For one export folder it:
+1. reads the environment the launch script exports (`export NAME=VALUE` lines of bridge.launch.sh);
+2. imports the exported bridge_pretrain.py and builds its ConfigContainer (`plan_config()`) with
+   WORLD_SIZE = the plan's GPUs, then runs Bridge's own `ConfigContainer.validate()`: every config's
+   finalize / __post_init__ (Megatron-Core's TransformerConfig checks of the parallel sizes, pipeline
+   split, recompute and precision settings; DDP, optimizer, scheduler, dataset), the data-parallel
+   size, the distributed-optimizer and mixed-precision consistency checks;
+3. initialises a fake process group of that world size and calls
+   megatron.core.parallel_state.initialize_model_parallel with the config's sizes and rank order;
+4. compares the data-parallel size, the virtual pipeline size and the batch sizes with the plan's, and
+   the micro-batches per step Megatron-Core's own calculator derives.
+
+Transformer Engine installs only with CUDA. Megatron-Core is imported first, without it (its
+HAVE_TE = False paths, as on a machine without TE); Bridge's LoRA modules import it unconditionally
+at import time, so a stand-in module is present while `megatron.bridge` is imported and removed
+after: no Transformer Engine code runs in the checks above. A plan whose precision recipe needs
+Transformer Engine (FP8, MXFP8, NVFP4) is checked with the recipe's fields only up to that need.
+
+Prints one line: `passed: ...` or `failed: <reason>`; exit status 0 / 1.
+Usage: python check_bridge.py EXPORT_DIR [STEM]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from unittest import mock
+
+_TE_MODULES = ("transformer_engine", "transformer_engine.pytorch", "transformer_engine_torch")
+
+
+def _import_bridge() -> None:
+    import megatron.core
+    import megatron.core.datasets.gpt_dataset
+    import megatron.core.distributed
+    import megatron.core.models.gpt.gpt_layer_specs
+    import megatron.core.optimizer
+
+    for name in _TE_MODULES:
+        sys.modules[name] = mock.MagicMock(name=name)
+    try:
+        import megatron.bridge
+        import megatron.bridge.training.config  # noqa: F401
+    finally:
+        for name in _TE_MODULES:
+            sys.modules.pop(name, None)
+
+
+def _launch_env(script: str) -> dict[str, str]:
+    env = {}
+    for line in script.splitlines():
+        m = re.match(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)", line)
+        if m and "$" not in m.group(2):
+            env[m.group(1)] = shlex.split(m.group(2))[0]
+    return env
+
+
+def check(folder: Path, stem: str) -> str:
+    plan = json.loads((folder / "plan.json").read_text())
+    world = plan["num_gpus"]
+    env = _launch_env((folder / f"{stem}.launch.sh").read_text())
+    os.environ.update(env)
+    os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0", "TRAIN_STEPS": "100"})
+    for name in ("DATA_PREFIX", "TOKENIZER"):
+        os.environ.pop(name, None)  # the mock-data branch: no files needed
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    _import_bridge()
+    spec = importlib.util.spec_from_file_location(f"{stem}_pretrain", folder / f"{stem}_pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.plan_config()
+    cfg.validate()
+
+    from megatron.core import parallel_state as mpu
+
+    m = cfg.model
+    dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
+    mpu.initialize_model_parallel(
+        m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.virtual_pipeline_model_parallel_size,
+        context_parallel_size=m.context_parallel_size, expert_model_parallel_size=m.expert_model_parallel_size,
+        expert_tensor_parallel_size=m.expert_tensor_parallel_size,
+        order="tp-cp-ep-dp-pp" if not cfg.dist.use_tp_pp_dp_mapping else "tp-cp-ep-pp-dp",
+        create_gloo_process_groups=False)
+    dp = mpu.get_data_parallel_world_size()
+    vpp = m.virtual_pipeline_model_parallel_size or 1
+    if dp != plan["dp"] or vpp != plan["vpp"] or cfg.data_parallel_size != plan["dp"]:
+        raise AssertionError(f"Bridge derived data parallel {dp} / virtual stages {vpp}; the plan has "
+                             f"dp {plan['dp']} / vpp {plan['vpp']}")
+    if cfg.train.global_batch_size != plan["global_batch"] or cfg.train.micro_batch_size != plan["micro_batch"]:
+        raise AssertionError("batch sizes differ from the plan's")
+    from megatron.core.num_microbatches_calculator import get_num_microbatches, init_num_microbatches_calculator
+
+    # Megatron-Core's own batch arithmetic (it refuses a global batch that micro-batch x dp does not divide)
+    init_num_microbatches_calculator(0, None, cfg.train.global_batch_size, cfg.train.micro_batch_size, dp)
+    if get_num_microbatches() != plan["grad_accum"]:
+        raise AssertionError(f"Megatron-Core runs {get_num_microbatches()} micro-batches per step; the plan "
+                             f"{plan['grad_accum']}")
+    env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "no environment variables"
+    return (f"passed: ConfigContainer.validate() + initialize_model_parallel at world size {world} ({env_text}); "
+            f"tp {mpu.get_tensor_model_parallel_world_size()} pp {mpu.get_pipeline_model_parallel_world_size()} "
+            f"cp {mpu.get_context_parallel_world_size()} dp {dp} vpp {vpp}, {get_num_microbatches()} micro-batches, "
+            "as planned")
+
+
+def main() -> int:
+    folder = Path(sys.argv[1])
+    stem = sys.argv[2] if len(sys.argv) > 2 else "bridge"
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            verdict = check(folder, stem)
+        print(verdict)
+        return 0
+    except BaseException as exc:
+        traceback.print_exc()  # to stderr: check_exports.sh keeps it in a log file
+        print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc).strip() else ''}"[:400])
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
