@@ -60,7 +60,8 @@ from planner.specs.model import ModelSpec
 from planner.uploads import cluster_from_upload, model_from_upload
 from planner.whatif import KNOBS, changes, legal_gpu_counts, legal_values, vary
 
-EXPORT_FORMATS = {"megatron": "args", "torchtitan": "toml", "deepspeed": "json"}  # fallback suffixes
+# export formats and their fallback file suffixes
+EXPORT_FORMATS = {"megatron": "args", "megatron-bridge": "py", "torchtitan": "py", "deepspeed": "json"}
 TOKENS_PER_PARAM = 20  # default training length: compute-optimal tokens per parameter (Hoffmann et al. 2022)
 GIB = 2**30
 
@@ -627,7 +628,7 @@ def show_pareto(result: Result, selected: str) -> None:
 def show_downloads(doc: PlanDocument, key: str) -> None:
     """Plan JSON, and the exporters / predicted trace when those modules import (built on click)."""
     name = doc.plan.describe().replace(" ", "_")
-    cols = st.columns(5)
+    cols = st.columns(len(EXPORT_FORMATS) + 2)
     cols[0].download_button("Plan JSON", dumps(doc.to_json()) + "\n", file_name=f"plan_{name}.json",
                             mime="application/json", key=f"dl_plan:{key}")
     export_plan = optional("planner.export", "export_plan")
@@ -647,7 +648,7 @@ def show_downloads(doc: PlanDocument, key: str) -> None:
                                     help=f"{fmt} launch settings for this plan")
     predicted_trace = optional("planner.trace", "predicted_trace")
     if predicted_trace is not None:
-        cols[4].download_button("Perfetto trace", lambda: dumps(predicted_trace(doc)), file_name=f"trace_{name}.json",
+        cols[-1].download_button("Perfetto trace", lambda: dumps(predicted_trace(doc)), file_name=f"trace_{name}.json",
                                 mime="application/json", key=f"dl_trace:{key}",
                                 help="predicted step as a Chrome/Perfetto trace (ui.perfetto.dev); built on click")
     if notes:

@@ -480,14 +480,15 @@ def test_export_buttons_appear_only_when_the_exporters_import(monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "planner.trace", fake_trace)
     at = ok(new_app(view="Selected plan").run())
     labels = {b.label for b in at.get("download_button")}
-    assert {"Plan JSON", "megatron", "torchtitan", "deepspeed", "Perfetto trace"} <= labels
-    assert {fmt for _, fmt in seen} == {"megatron", "torchtitan", "deepspeed"}
+    assert {"Plan JSON", "megatron", "megatron-bridge", "torchtitan", "deepspeed", "Perfetto trace"} <= labels
+    assert {fmt for _, fmt in seen} == {"megatron", "megatron-bridge", "torchtitan", "deepspeed"}
 
     monkeypatch.setitem(sys.modules, "planner.export", None)  # an import that fails
     monkeypatch.setitem(sys.modules, "planner.trace", None)
     at = ok(new_app(view="Selected plan").run())
     labels = {b.label for b in at.get("download_button")}
-    assert "Plan JSON" in labels and not labels & {"megatron", "torchtitan", "deepspeed", "Perfetto trace"}
+    assert "Plan JSON" in labels and not labels & {"megatron", "megatron-bridge", "torchtitan", "deepspeed",
+                                                   "Perfetto trace"}
 
 
 # ---- measured.json / validation.json ----------------------------------------------------------------
