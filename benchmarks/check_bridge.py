@@ -4,7 +4,9 @@ Runs inside a Python >= 3.12 environment with megatron-bridge and megatron-core 
 project's venv), so it imports nothing from the planner. For one export folder it:
 1. reads the environment the launch script exports (`export NAME=VALUE` lines of bridge.launch.sh);
 2. imports the exported bridge_pretrain.py and builds its ConfigContainer (`plan_config()`) with
-   WORLD_SIZE = the plan's GPUs, then runs Bridge's own `ConfigContainer.validate()`: every config's
+   WORLD_SIZE = the plan's GPUs, passes it through Bridge's override processing as the job's main does
+   (with one override, train.train_iters=7, which must arrive), then runs Bridge's own
+   `ConfigContainer.validate()`: every config's
    finalize / __post_init__ (Megatron-Core's TransformerConfig checks of the parallel sizes, pipeline
    split, recompute and precision settings; DDP, optimizer, scheduler, dataset), the data-parallel
    size, the distributed-optimizer and mixed-precision consistency checks;
@@ -82,7 +84,12 @@ def check(folder: Path, stem: str) -> str:
     spec = importlib.util.spec_from_file_location(f"{stem}_pretrain", folder / f"{stem}_pretrain.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.plan_config()
+    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
+
+    # as the job's main does, with one override of the kind the launch script's extra arguments pass
+    cfg = process_config_with_overrides(module.plan_config(), cli_overrides=["train.train_iters=7"])
+    if cfg.train.train_iters != 7:
+        raise AssertionError("Bridge's override train.train_iters=7 did not reach the config")
     cfg.validate()
 
     from megatron.core import parallel_state as mpu

@@ -262,10 +262,15 @@ def _script(doc: PlanDocument, b: Build, fields: Fields, head: list[str]) -> str
              "",
              "",
              'if __name__ == "__main__":',
+             "    import sys",
+             "",
              "    from megatron.bridge.training.gpt_step import forward_step",
              "    from megatron.bridge.training.pretrain import pretrain",
+             "    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides",
              "",
-             "    pretrain(plan_config(), forward_step)"]
+             "    # extra arguments are Bridge's Hydra-style overrides, e.g. train.train_iters=500 "
+             "checkpoint.save_interval=200",
+             "    pretrain(process_config_with_overrides(plan_config(), cli_overrides=sys.argv[1:]), forward_step)"]
     return "\n".join(lines) + "\n"
 
 
@@ -292,6 +297,8 @@ def bridge_files(doc: PlanDocument, strict: bool, name: str = "bridge") -> dict[
                'or path)}"',
                "fi"],
         loss_rank=c.num_gpus - 1)
+    head = [*head, "extra arguments to the launch script are Megatron-Bridge overrides, section.field=value "
+                   "(train.train_iters=500, model.recompute_granularity=full, ...)"]
     return {f"{name}_pretrain.py": _script(doc, b, fields, head),
             f"{name}.launch.sh": launch_script(doc, launch, head + warnings + b.notes),
             f"{name}.sbatch": sbatch_script(doc, launch, head + warnings)}

@@ -6,6 +6,7 @@
 # you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine)
 # you supply: data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); without them the job trains on Megatron's mock data with NullTokenizer
 # you supply: CKPT_DIR (checkpoints are saved there and resumed from), TRAIN_STEPS (run length)
+# extra arguments to the launch script are Megatron-Bridge overrides, section.field=value (train.train_iters=500, model.recompute_granularity=full, ...)
 #
 # Run once on each of the 128 node(s), with the same MASTER_ADDR (node 0's address) and NODE_RANK = 0 .. 127:
 #   NODE_RANK=0 MASTER_ADDR=<node-0-host> ./bridge.launch.sh [extra arguments]

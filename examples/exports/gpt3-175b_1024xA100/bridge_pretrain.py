@@ -5,6 +5,7 @@
 # you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine)
 # you supply: data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); without them the job trains on Megatron's mock data with NullTokenizer
 # you supply: CKPT_DIR (checkpoints are saved there and resumed from), TRAIN_STEPS (run length)
+# extra arguments to the launch script are Megatron-Bridge overrides, section.field=value (train.train_iters=500, model.recompute_granularity=full, ...)
 """Megatron-Bridge pre-training job for one plan: torchrun ... bridge_pretrain.py (bridge.launch.sh runs it on every node)."""
 
 import os
@@ -134,7 +135,11 @@ def plan_config() -> ConfigContainer:
 
 
 if __name__ == "__main__":
+    import sys
+
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
+    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
-    pretrain(plan_config(), forward_step)
+    # extra arguments are Bridge's Hydra-style overrides, e.g. train.train_iters=500 checkpoint.save_interval=200
+    pretrain(process_config_with_overrides(plan_config(), cli_overrides=sys.argv[1:]), forward_step)
