@@ -217,7 +217,14 @@ def test_megatron_gpipe_deviation_and_strict() -> None:
     assert any("GPipe" in w for w in warnings) and any("planner estimate" in w for w in warnings)
     with pytest.raises(ExportError, match="cannot run this plan exactly"):
         export_files(doc, "megatron", strict=True)
-    assert "--use-tp-pp-dp-mapping" in _args(megatron_text(VARIANTS()[6]))
+    z1 = make_doc("llama2-7b", "dgx-h100", 16, tp=2, pp=2, dp=4, micro_batch=2, global_batch=64, zero_stage=1,
+                  placement=("tp", "cp", "pp", "dp"))
+    assert "--use-tp-pp-dp-mapping" in _args(megatron_text(z1))
+    # Megatron-FSDP (ZeRO-2/3) takes the default order only: Megatron-Bridge's validate refuses the mapping
+    fsdp = VARIANTS()[6]
+    assert "--use-tp-pp-dp-mapping" not in _args(megatron_text(fsdp))
+    warned = export_warnings(fsdp, "megatron")
+    assert any("Megatron-FSDP (ZeRO-2/3) runs with the default rank order" in w for w in warned)
 
 
 # ---- Megatron-Bridge ---------------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ def _placement(p: Plan, m: ModelSpec, b: Build) -> Items:
     orders = {placement_order(p, order): flag for order, flag in reversed(_ORDERS.items())}
     if placement_order(p) in orders:
         flag = orders[placement_order(p)]
+        if flag and p.zero_stage >= 2 and p.dp > 1:
+            b.deviate("placement", "Megatron-FSDP (ZeRO-2/3) runs with the default rank order tp,cp,dp,pp only "
+                      "(Megatron-Bridge's ConfigContainer.validate: 'use_tp_pp_dp_mapping is not supported with "
+                      "Megatron FSDP')", placement=("tp", "cp", "dp", "pp"))
+            return []
         return [(flag, None)] if flag else []
     b.deviate("placement", f"Megatron-LM orders ranks tp,cp,dp,pp (or tp,cp,pp,dp with --use-tp-pp-dp-mapping), "
               f"not {','.join(p.placement)}: groups span other links", placement=("tp", "cp", "dp", "pp"))
