@@ -324,10 +324,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s): {profile.num_gpus} ranks on "
           f"{profile.num_nodes} node(s), {raw['env']['device']}")
     print(table(["GEMM FLOPs", "achieved GFLOP/s", "efficiency"],
-                [[f"{f:.3g}", f * e * g.peak_flops[next(iter(g.peak_flops))] / f / 1e9 if False else
-                  e * max(g.peak_flops.values()) / 1e9, f"{e * 100:.0f}%"] for f, e in g.gemm_curve]))
+                [[f"{f:.3g}", e * max(g.peak_flops.values()) / 1e9, f"{e * 100:.0f}%"] for f, e in g.gemm_curve]))
     print(f"memory bandwidth {g.memory_bandwidth / 1e9:.1f} GB/s, small-op overhead "
           f"{g.kernel_overhead_s * 1e6:.1f} us, overlap slowdown {profile.overlap_slowdown:.2f}")
+    if profile.num_gpus > 1 and profile.device == "cpu":
+        print(f"host time per layer {profile.host_layer_overhead_s * 1e3:.2f} ms, per tensor-parallel layer "
+              f"{profile.tp_layer_overhead_s * 1e3:.2f} ms more")
     rows = [[tier, op, r["group"], r["alpha"] * 1e3, r["busbw"] / 1e9]
             for tier, link in (("intra", profile.intra_node), ("inter", profile.inter_node))
             for op, rs in link.collectives.items() for r in rs]
