@@ -259,6 +259,8 @@ def test_bridge_job_sets_what_the_megatron_flags_set(index: int) -> None:
         with pytest.raises(ExportError):
             export_files(doc, "megatron-bridge")
         return
+    if not doc.model.causal:
+        return  # refused: test_bridge_refuses_encoders
     calls = _bridge_calls(doc)
     model, train = calls["GPTModelProvider"], calls["TrainingConfig"]
     for flag, name in (("--tensor-model-parallel-size", "tensor_model_parallel_size"),
@@ -305,6 +307,12 @@ def test_bridge_precision_recipes() -> None:
     assert "precision.fp8_param_gather = True" in fp8
     assert _bridge_calls(VARIANTS()[13])["recipe"]["name"] == "bf16_with_mxfp8_mixed"
     assert _bridge_calls(VARIANTS()[14])["recipe"]["name"] == "bf16_with_nvfp4_mixed"
+
+
+def test_bridge_refuses_encoders() -> None:
+    """GPTModelProvider is a decoder: BERT would silently train as a GPT."""
+    with pytest.raises(ExportError, match="bert-large is an encoder"):
+        export_files(VARIANTS()[8], "megatron-bridge")
 
 
 def test_every_megatron_flag_has_a_bridge_translation() -> None:

@@ -151,6 +151,9 @@ def translate(items: Items, plan: Plan) -> Fields:
 def bridge_fields(doc: PlanDocument, b: Build) -> Fields:
     """Every field the job sets beyond Bridge's defaults, by section."""
     p, m = doc.plan, doc.model
+    if not m.causal or m.head != "lm":
+        raise ExportError(f"Megatron-Bridge's GPTModelProvider builds decoder-only language models; {m.name} is an "
+                          "encoder: export it with --format megatron (Megatron-LM's pretrain_bert.py)")
     fields = translate(megatron_items(doc, b), p)
     model = fields.setdefault("model", {})
     # what Megatron-LM's flags leave implicit, set explicitly (the provider's defaults differ)
