@@ -187,6 +187,22 @@ def test_uneven_pipelines_export_their_split() -> None:
     assert any("splits the pipeline itself" in w for w in export_warnings(doc, "deepspeed"))
 
 
+def test_lora_plans_say_the_export_trains_every_weight() -> None:
+    """No exporter writes LoRA adapters yet: the job trains every weight, which the plan never priced
+    (here it no longer fits: each weight's gradient and optimizer state), so every format says so with
+    the planner's estimate of what it runs, and --strict refuses."""
+    doc = make_doc("llama3-8b", "dgx-h100", 8, dp=8, micro_batch=1, global_batch=64, zero_stage=1,
+                   finetune="lora", lora_rank=16)
+    for fmt in ("megatron", "megatron-bridge", "torchtitan", "deepspeed"):
+        warnings = export_warnings(doc, fmt)
+        assert any("no LoRA adapters: the job trains every weight" in w for w in warnings), fmt
+        assert any("instead of" in w and "lora16" in w for w in warnings), fmt  # the re-estimate
+        with pytest.raises(ExportError, match="cannot run this plan exactly"):
+            export_files(doc, fmt, strict=True)
+    # the full fine-tuning Megatron-LM runs holds 16 B per weight more than the LoRA plan: out of memory here
+    assert any("DOES NOT FIT" in w for w in export_warnings(doc, "megatron"))
+
+
 def test_cuda_device_max_connections_where_megatron_asserts_it() -> None:
     """megatron/training/arguments.py: TP or CP before Blackwell (arch < 10) needs CUDA_DEVICE_MAX_CONNECTIONS=1;
     Megatron-FSDP needs it unset; Blackwell needs nothing."""

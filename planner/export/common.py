@@ -89,6 +89,14 @@ class Build:
         return lines
 
 
+def finetune_deviation(p: Plan, b: Build) -> None:
+    """A LoRA plan trains adapters on frozen weights; no exporter writes adapters yet, so the job trains
+    every weight (each weight's gradient and optimizer state: far more memory): said, never silent."""
+    if p.finetune == "lora":
+        b.deviate("finetune", f"this {b.framework} export has no LoRA adapters: the job trains every weight "
+                  "(full fine-tuning: gradients and optimizer states for all of them)", finetune="full")
+
+
 def realised_plan(plan: Plan, deviations: list[Deviation]) -> Plan:
     """The plan a framework actually runs after its deviations (for re-estimating it)."""
     changes: dict[str, Any] = {}

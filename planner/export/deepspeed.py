@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from planner.cost.memory import gradient_path
-from planner.export.common import Build, ExportError, args_text, comment, header, placement_order
+from planner.export.common import Build, ExportError, args_text, comment, finetune_deviation, header, placement_order
 from planner.export.launch import EnvVar, Launch, launch_script, sbatch_script
 from planner.export.megatron import batch_flags, model_flags, recompute_flags
 from planner.export.training import optimizer_settings
@@ -175,6 +175,7 @@ MEGATRON_DEEPSPEED_FLAGS: dict[str, Callable[[Plan, ModelSpec, Build], Items]] =
     "recompute": recompute_flags,
     "micro_batch/global_batch": batch_flags,
     "dtype/flash_attention": _precision_flags,
+    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
 }
 
 

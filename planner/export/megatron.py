@@ -13,7 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from planner.export.architecture import architecture
-from planner.export.common import Build, args_text, comment, compute_capability, header, placement_order
+from planner.export.common import (
+    Build,
+    args_text,
+    comment,
+    compute_capability,
+    finetune_deviation,
+    header,
+    placement_order,
+)
 from planner.export.launch import EnvVar, Launch, launch_script, sbatch_script
 from planner.export.training import optimizer_settings
 from planner.framework import framework as framework_profile
@@ -172,6 +180,7 @@ MEGATRON_FLAGS: dict[str, Callable[[Plan, ModelSpec, Build], Items]] = {
     "recompute": recompute_flags,
     "micro_batch/global_batch": batch_flags,
     "dtype/flash_attention": _precision,
+    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
 }
 
 

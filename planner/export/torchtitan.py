@@ -19,7 +19,7 @@ from collections.abc import Callable
 from planner.cost import estimate
 from planner.cost.stages import virtual_stage_sizes
 from planner.export.architecture import architecture
-from planner.export.common import Build, ExportError, comment, header, placement_order
+from planner.export.common import Build, ExportError, comment, finetune_deviation, header, placement_order
 from planner.export.launch import Launch, launch_script, sbatch_script
 from planner.export.training import optimizer_settings
 from planner.framework import framework as framework_profile
@@ -238,6 +238,7 @@ TORCHTITAN_FIELDS: dict[str, Callable[[Plan, ModelSpec, Build], Assignments]] = 
     "cuda graphs": _cuda_graphs,
     "framework": _compile,
     "flash_attention": _attention,
+    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
 }
 
 
