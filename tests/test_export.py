@@ -187,6 +187,20 @@ def test_uneven_pipelines_export_their_split() -> None:
     assert any("splits the pipeline itself" in w for w in export_warnings(doc, "deepspeed"))
 
 
+def test_recompute_one_layer_in_k() -> None:
+    """Full recompute of 1 of every 2 layers: Megatron-LM's block method recomputing that many layers of each
+    virtual stage (32 layers / (pp 2 x vpp 4) = 4 per stage, 2 recomputed), the same in Megatron-Bridge;
+    torchtitan 0.3.0's FullAC recomputes every layer and says so."""
+    doc = make_doc("llama3-8b", "dgx-h100", 8, pp=2, vpp=4, dp=4, schedule="interleaved-1f1b", micro_batch=1,
+                   global_batch=64, recompute="full", recompute_every=2, zero_stage=1)
+    a = _args(megatron_text(doc))
+    assert a["--recompute-method"] == "block" and a["--recompute-num-layers"] == "2"
+    model = _bridge_calls(doc)["GPTModelProvider"]
+    assert model["recompute_method"] == "'block'" and model["recompute_num_layers"] == "2"
+    assert any("not 1 of every 2" in w for w in export_warnings(doc, "torchtitan"))
+    assert not export_warnings(doc, "megatron")
+
+
 def test_lora_plans_say_the_export_trains_every_weight() -> None:
     """No exporter writes LoRA adapters yet: the job trains every weight, which the plan never priced
     (here it no longer fits: each weight's gradient and optimizer state), so every format says so with

@@ -124,7 +124,12 @@ def recompute_flags(p: Plan, m: ModelSpec, b: Build) -> Items:
                   "(keeps less memory, recomputes more) is exported", recompute="full")
         recompute = "full"
     items: Items = [("#", f"activation recompute: {recompute}"), ("--recompute-granularity", recompute)]
-    if recompute == "full":
+    if recompute == "full" and p.recompute_every > 1:
+        # 1 of every k layers: Megatron's block method recomputes the first N layers of each (virtual)
+        # stage and keeps the others' activations: the same count, so the same memory and time
+        per_stage = -(-m.num_layers // (p.pp * p.vpp))
+        items += [("--recompute-method", "block"), ("--recompute-num-layers", max(1, per_stage // p.recompute_every))]
+    elif recompute == "full":
         items += [("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
     return items
 

@@ -181,6 +181,9 @@ def _recompute(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     """torchtitan's SelectiveAC (per-op: attention and every other matmul output kept) is op-selective;
     it has no attention-only (Megatron) or named-matmul (JAX) policy: those deviate to the per-op one."""
     if p.recompute == "full":
+        if p.recompute_every > 1:
+            b.deviate("recompute_every", f"torchtitan 0.3.0's FullAC recomputes every layer, not 1 of every "
+                      f"{p.recompute_every}", recompute_every=1)
         return [("activation_checkpoint", "FullAC.Config()")]
     if p.recompute == "none":
         return [("activation_checkpoint", "None")]
