@@ -53,6 +53,7 @@ def _import_bridge() -> None:
         sys.modules[name] = mock.MagicMock(name=name)
     try:
         import megatron.bridge
+        import megatron.bridge.peft.lora
         import megatron.bridge.training.config  # noqa: F401
     finally:
         for name in _TE_MODULES:
@@ -76,6 +77,7 @@ def check(folder: Path, stem: str) -> str:
     os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0", "TRAIN_STEPS": "100"})
     for name in ("DATA_PREFIX", "TOKENIZER"):
         os.environ.pop(name, None)  # the mock-data branch: no files needed
+    os.environ["PRETRAINED_CHECKPOINT"] = str(folder / "base-checkpoint")  # a LoRA job's base model (a path)
 
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -91,6 +93,12 @@ def check(folder: Path, stem: str) -> str:
     if cfg.train.train_iters != 7:
         raise AssertionError("Bridge's override train.train_iters=7 did not reach the config")
     cfg.validate()
+    # Bridge's PEFT path: LoRA adapters of the plan's rank (16 where the plan file leaves the schema's
+    # default out) on a base checkpoint
+    lora_rank = plan.get("lora_rank", 16) if plan.get("finetune") == "lora" else None
+    if lora_rank is not None and (cfg.peft is None or cfg.peft.dim != lora_rank
+                                  or not cfg.checkpoint.pretrained_checkpoint):
+        raise AssertionError("the LoRA plan's job carries no LoRA of its rank, or no base checkpoint")
 
     from megatron.core import parallel_state as mpu
 
@@ -117,7 +125,9 @@ def check(folder: Path, stem: str) -> str:
         raise AssertionError(f"Megatron-Core runs {get_num_microbatches()} micro-batches per step; the plan "
                              f"{plan['grad_accum']}")
     env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "no environment variables"
+    lora = f"LoRA rank {cfg.peft.dim} on {', '.join(cfg.peft.target_modules)}; " if cfg.peft is not None else ""
     return (f"passed: ConfigContainer.validate() + initialize_model_parallel at world size {world} ({env_text}); "
+            f"{lora}"
             f"tp {mpu.get_tensor_model_parallel_world_size()} pp {mpu.get_pipeline_model_parallel_world_size()} "
             f"cp {mpu.get_context_parallel_world_size()} dp {dp} vpp {vpp}, {get_num_microbatches()} micro-batches, "
             "as planned")

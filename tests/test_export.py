@@ -202,12 +202,19 @@ def test_recompute_one_layer_in_k() -> None:
 
 
 def test_lora_plans_say_the_export_trains_every_weight() -> None:
-    """No exporter writes LoRA adapters yet: the job trains every weight, which the plan never priced
-    (here it no longer fits: each weight's gradient and optimizer state), so every format says so with
-    the planner's estimate of what it runs, and --strict refuses."""
+    """Megatron-LM, torchtitan and DeepSpeed exports write no LoRA adapters: the job trains every weight,
+    which the plan never priced (here it no longer fits: each weight's gradient and optimizer state), so
+    each says so with the planner's estimate of what it runs, and --strict refuses. Megatron-Bridge runs
+    LoRA itself: its job fine-tunes adapters of the plan's rank on the planner's targets (Megatron-Core's
+    module names) from a base checkpoint the launch script requires."""
     doc = make_doc("llama3-8b", "dgx-h100", 8, dp=8, micro_batch=1, global_batch=64, zero_stage=1,
                    finetune="lora", lora_rank=16)
-    for fmt in ("megatron", "megatron-bridge", "torchtitan", "deepspeed"):
+    files = export_files(doc, "megatron-bridge")
+    peft = _bridge_calls(doc)["LoRA"]
+    assert peft["dim"] == "16" and peft["target_modules"] == "['linear_qkv', 'linear_proj', 'linear_fc1', 'linear_fc2']"
+    assert "    finetune(process_config_with_overrides(" in files["bridge_pretrain.py"]
+    assert "PRETRAINED_CHECKPOINT:?" in files["bridge.launch.sh"] and not export_warnings(doc, "megatron-bridge")
+    for fmt in ("megatron", "torchtitan", "deepspeed"):
         warnings = export_warnings(doc, fmt)
         assert any("no LoRA adapters: the job trains every weight" in w for w in warnings), fmt
         assert any("instead of" in w and "lora16" in w for w in warnings), fmt  # the re-estimate

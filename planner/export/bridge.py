@@ -114,6 +114,11 @@ PRECISION_RECIPES = {"bf16": "bf16_mixed", "fp16": "fp16_mixed", "fp8": "bf16_wi
                      "fp8-rowwise": "bf16_with_fp8_delayed_scaling_mixed", "mxfp8": "bf16_with_mxfp8_mixed",
                      "nvfp4": "bf16_with_nvfp4_mixed"}
 PIPELINE_DTYPES = {"fp16": "torch.float16", "fp32": "torch.float32"}  # else bf16
+# The planner's LoRA targets as Megatron-Core module names (Bridge's LoRA.target_modules): the fused QKV,
+# the attention output, the first MLP linear (gate and up fused for gated MLPs: one adapter, as the
+# executor adapts them) and the second.
+LORA_MODULES = {"qkv": "linear_qkv", "proj": "linear_proj", "up": "linear_fc1", "down": "linear_fc2"}
+LORA_ALPHA = 32  # Bridge's LoRA default scaling numerator (megatron/bridge/peft/lora.py); not priced
 
 
 def _literal(value: Any) -> str:
@@ -155,6 +160,10 @@ def bridge_fields(doc: PlanDocument, b: Build) -> Fields:
         raise ExportError(f"Megatron-Bridge's GPTModelProvider builds decoder-only language models; {m.name} is an "
                           "encoder: export it with --format megatron (Megatron-LM's pretrain_bert.py)")
     fields = translate(megatron_items(doc, b), p)
+    if p.finetune == "lora":  # Bridge runs LoRA itself (its PEFT path): no deviation to full training
+        b.deviations = [d for d in b.deviations if d.feature != "finetune"]
+        fields["peft"] = {"target_modules": repr([LORA_MODULES[t] for t in p.lora_targets]),
+                          "dim": repr(p.lora_rank), "alpha": repr(LORA_ALPHA)}
     model = fields.setdefault("model", {})
     # what Megatron-LM's flags leave implicit, set explicitly (the provider's defaults differ)
     swiglu = m.activation == "swiglu"
@@ -191,18 +200,20 @@ def _call(cls: str, kwargs: dict[str, str], indent: str = "    ") -> list[str]:
 
 def _script(doc: PlanDocument, b: Build, fields: Fields, head: list[str]) -> str:
     p, m = doc.plan, doc.model
+    run = "finetune" if "peft" in fields else "pretrain"  # Bridge's PEFT path loads the base checkpoint
     model_kwargs = fields["model"]
     opt = {"bf16": repr(p.dtype not in ("fp16", "fp32")), "fp16": repr(p.dtype == "fp16"), **fields["optimizer"]}
     ddp = {"grad_reduce_in_fp32": "True", "average_in_collective": "True", **fields.get("ddp", {})}
     lines = [comment(head + b.warnings(strict=False) + b.notes).rstrip("\n"),
-             '"""Megatron-Bridge pre-training job for one plan: torchrun ... bridge_pretrain.py (bridge.launch.sh '
-             'runs it on every node)."""',
+             f'"""Megatron-Bridge {"LoRA fine-tuning" if run == "finetune" else "pre-training"} job for one plan: '
+             'torchrun ... bridge_pretrain.py (bridge.launch.sh runs it on every node)."""',
              "",
              "import os",
              "",
              "import torch",
              "import torch.nn.functional as F",
              "from megatron.bridge.models import GPTModelProvider",
+             *(["from megatron.bridge.peft.lora import LoRA"] if "peft" in fields else []),
              "from megatron.bridge.training.config import (",
              "    CheckpointConfig,",
              "    ConfigContainer,",
@@ -256,8 +267,12 @@ def _script(doc: PlanDocument, b: Build, fields: Fields, head: list[str]) -> str
              "        logger=" + "\n".join(_call("LoggerConfig", fields["logger"], "        ")) + ",",
              "        tokenizer=tokenizer,",
              "        checkpoint=" + "\n".join(_call("CheckpointConfig", {
-                 "save": "ckpt_dir", "load": "ckpt_dir", "save_interval": "1000", **fields.get("checkpoint", {})},
+                 "save": "ckpt_dir", "load": "ckpt_dir", "save_interval": "1000", **fields.get("checkpoint", {}),
+                 **({"pretrained_checkpoint": "os.environ['PRETRAINED_CHECKPOINT']"}
+                    if "peft" in fields else {})},
                  "        ")) + ",",
+             *(["        peft=" + "\n".join(_call("LoRA", fields["peft"], "        ")) + ","]
+               if "peft" in fields else []),
              "        rng=RNGConfig(seed=1234),",
              "        dist=" + "\n".join(_call("DistributedInitConfig", fields.get("dist", {}), "        ")) + ",",
              "        mixed_precision=precision,",
@@ -268,16 +283,17 @@ def _script(doc: PlanDocument, b: Build, fields: Fields, head: list[str]) -> str
              "    import sys",
              "",
              "    from megatron.bridge.training.gpt_step import forward_step",
-             "    from megatron.bridge.training.pretrain import pretrain",
+             f"    from megatron.bridge.training.{run} import {run}",
              "    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides",
              "",
              "    # extra arguments are Bridge's Hydra-style overrides, e.g. train.train_iters=500 "
              "checkpoint.save_interval=200",
-             "    pretrain(process_config_with_overrides(plan_config(), cli_overrides=sys.argv[1:]), forward_step)"]
+             f"    {run}(process_config_with_overrides(plan_config(), cli_overrides=sys.argv[1:]), forward_step)"]
     return "\n".join(lines) + "\n"
 
 
-NEEDS = ["Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine)",
+NEEDS = ["Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine); "
+         "for a LoRA plan PRETRAINED_CHECKPOINT, the base model's Megatron checkpoint",
          "data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); "
          "without them the job trains on Megatron's mock data with NullTokenizer",
          "CKPT_DIR (checkpoints are saved there and resumed from), TRAIN_STEPS (run length)"]
@@ -294,6 +310,8 @@ def bridge_files(doc: PlanDocument, strict: bool, name: str = "bridge") -> dict[
         name=name, program=[f'"$HERE/{name}_pretrain.py"'], env=required_env(doc),
         setup=[f'export CKPT_DIR=${{CKPT_DIR:-$HERE/checkpoints/{doc.hash}}}',
                "export TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}",
+               *(["export PRETRAINED_CHECKPOINT=${PRETRAINED_CHECKPOINT:?set PRETRAINED_CHECKPOINT to the base "
+                  "model's Megatron checkpoint: LoRA trains adapters on it}"] if doc.plan.finetune == "lora" else []),
                "# data and tokenizer: Megatron's mock data unless DATA_PREFIX is set",
                'if [ -n "${DATA_PREFIX:-}" ]; then',
                '  export DATA_PREFIX TOKENIZER="${TOKENIZER:?set TOKENIZER to your tokenizer (Hugging Face name '

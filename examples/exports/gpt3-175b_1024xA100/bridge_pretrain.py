@@ -2,7 +2,7 @@
 # model gpt3-175b on 1024 x A100-SXM4-80GB (128 node(s) x 8), global batch 1536 x seq 2048, 32 micro-batches of 3 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.84 s/step, 62.9% MFU, 68.1 GiB/GPU
-# you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine)
+# you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine); for a LoRA plan PRETRAINED_CHECKPOINT, the base model's Megatron checkpoint
 # you supply: data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); without them the job trains on Megatron's mock data with NullTokenizer
 # you supply: CKPT_DIR (checkpoints are saved there and resumed from), TRAIN_STEPS (run length)
 # extra arguments to the launch script are Megatron-Bridge overrides, section.field=value (train.train_iters=500, model.recompute_granularity=full, ...)

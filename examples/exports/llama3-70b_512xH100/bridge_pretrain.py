@@ -2,7 +2,7 @@
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 128 micro-batches of 1 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.42 s/step, 48.6% MFU, 73.5 GiB/GPU
-# you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine)
+# you supply: Megatron-Bridge 0.3 with its CUDA stack (pip install megatron-bridge: Megatron-Core, Transformer Engine); for a LoRA plan PRETRAINED_CHECKPOINT, the base model's Megatron checkpoint
 # you supply: data: DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER (a Hugging Face tokenizer name or path); without them the job trains on Megatron's mock data with NullTokenizer
 # you supply: CKPT_DIR (checkpoints are saved there and resumed from), TRAIN_STEPS (run length)
 # extra arguments to the launch script are Megatron-Bridge overrides, section.field=value (train.train_iters=500, model.recompute_granularity=full, ...)
