@@ -27,17 +27,14 @@ Usage: python check_bridge.py EXPORT_DIR [STEM]
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
-import re
-import shlex
 import sys
-import traceback
 from pathlib import Path
 from unittest import mock
+
+from framework_check import launch_env, run_check
 
 _TE_MODULES = ("transformer_engine", "transformer_engine.pytorch", "transformer_engine_torch")
 
@@ -60,19 +57,10 @@ def _import_bridge() -> None:
             sys.modules.pop(name, None)
 
 
-def _launch_env(script: str) -> dict[str, str]:
-    env = {}
-    for line in script.splitlines():
-        m = re.match(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)", line)
-        if m and "$" not in m.group(2):
-            env[m.group(1)] = shlex.split(m.group(2))[0]
-    return env
-
-
 def check(folder: Path, stem: str) -> str:
     plan = json.loads((folder / "plan.json").read_text())
     world = plan["num_gpus"]
-    env = _launch_env((folder / f"{stem}.launch.sh").read_text())
+    env = launch_env((folder / f"{stem}.launch.sh").read_text())
     os.environ.update(env)
     os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0", "TRAIN_STEPS": "100"})
     for name in ("DATA_PREFIX", "TOKENIZER"):
@@ -134,18 +122,7 @@ def check(folder: Path, stem: str) -> str:
 
 
 def main() -> int:
-    folder = Path(sys.argv[1])
-    stem = sys.argv[2] if len(sys.argv) > 2 else "bridge"
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            verdict = check(folder, stem)
-        print(verdict)
-        return 0
-    except BaseException as exc:
-        traceback.print_exc()  # to stderr: check_exports.sh keeps it in a log file
-        print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc).strip() else ''}"[:400])
-    return 1
+    return run_check(check, "bridge")
 
 
 if __name__ == "__main__":

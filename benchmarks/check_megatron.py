@@ -18,37 +18,17 @@ Usage: python check_megatron.py EXPORT_DIR [ARGS_FILE_STEM]
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import re
-import shlex
 import sys
 import tempfile
-import traceback
 from pathlib import Path
+
+from framework_check import args_words, launch_env, run_check
 
 # Compute capability by GPU family (NVIDIA's CUDA GPUs table), as planner/export/common.py.
 _CC = (("A100", (8, 0)), ("H100", (9, 0)), ("H200", (9, 0)), ("B200", (10, 0)), ("GB200", (10, 0)),
        ("B300", (10, 3)))
-
-
-def _words(text: str) -> list[str]:
-    out: list[str] = []
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            out += shlex.split(line)
-    return out
-
-
-def _launch_env(script: str) -> dict[str, str]:
-    env = {}
-    for line in script.splitlines():
-        m = re.match(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)", line)
-        if m and "$" not in m.group(2):
-            env[m.group(1)] = shlex.split(m.group(2))[0]
-    return env
 
 
 def check(folder: Path, stem: str) -> str:
@@ -56,8 +36,8 @@ def check(folder: Path, stem: str) -> str:
     world = plan["num_gpus"]
     gpu = plan["cluster"]["gpu"]["name"]
     cc = next((v for k, v in _CC if gpu.upper().startswith(k)), (9, 0))
-    words = _words((folder / f"{stem}.args").read_text())
-    env = _launch_env((folder / f"{stem}.launch.sh").read_text())
+    words = args_words((folder / f"{stem}.args").read_text())
+    env = launch_env((folder / f"{stem}.launch.sh").read_text())
     os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     os.environ.update(env)
     os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0"})
@@ -110,21 +90,12 @@ def check(folder: Path, stem: str) -> str:
             f"dp {dp} vpp {vpp}, as planned")
 
 
+def _parser_exit(exc: SystemExit, log: str) -> str:
+    return f"failed: Megatron's argument parser exited ({exc.code}): see the message above"
+
+
 def main() -> int:
-    folder = Path(sys.argv[1])
-    stem = sys.argv[2] if len(sys.argv) > 2 else "megatron"
-    log = io.StringIO()  # Megatron prints every argument; keep them out of the one-line verdict
-    try:
-        with contextlib.redirect_stdout(log):
-            verdict = check(folder, stem)
-        print(verdict)
-        return 0
-    except SystemExit as exc:  # argparse refuses a flag
-        print(f"failed: Megatron's argument parser exited ({exc.code}): see the message above")
-    except BaseException as exc:
-        traceback.print_exc()  # to stderr: check_exports.sh keeps it in a log file
-        print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400])
-    return 1
+    return run_check(check, "megatron", _parser_exit)
 
 
 if __name__ == "__main__":

@@ -14,24 +14,13 @@ Usage: python check_megatron_deepspeed.py EXPORT_DIR [STEM]
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import re
-import shlex
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
-
-def _words(text: str) -> list[str]:
-    out: list[str] = []
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            out += shlex.split(line)
-    return out
+from framework_check import args_words, launch_env, run_check
 
 
 def check(folder: Path, stem: str) -> str:
@@ -40,12 +29,12 @@ def check(folder: Path, stem: str) -> str:
     plan_file = manifest.get(f"{stem}.json", {}).get("plan", "plan.json")
     plan = json.loads((folder / plan_file).read_text())
     world = plan["num_gpus"]
-    env = dict(re.findall(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)", (folder / f"{stem}.launch.sh").read_text(), re.M))
+    env = launch_env((folder / f"{stem}.launch.sh").read_text())
     os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     os.environ.update(env)
     os.environ.update({"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0"})
     tmp = tempfile.mkdtemp(prefix="mds-check-")
-    words = _words((folder / f"{stem}.megatron-deepspeed.args").read_text())
+    words = args_words((folder / f"{stem}.megatron-deepspeed.args").read_text())
     sys.argv = ["pretrain_gpt.py", *words, "--deepspeed_config", str(folder / f"{stem}.json"),
                 "--data-path", f"{tmp}/data", "--split", "99,1,0", "--tokenizer-type", "HFTokenizer",
                 "--tokenizer-model", f"{tmp}/tokenizer", "--train-iters", "100", "--save", tmp, "--load", tmp,
@@ -84,21 +73,12 @@ def check(folder: Path, stem: str) -> str:
             f"{cfg.train_micro_batch_size_per_gpu} x {cfg.gradient_accumulation_steps} x {dp}")
 
 
+def _parser_exit(exc: SystemExit, log: str) -> str:
+    return f"failed: Megatron-DeepSpeed's argument parser exited ({exc.code}): {log[-300:]!r}"
+
+
 def main() -> int:
-    folder = Path(sys.argv[1])
-    stem = sys.argv[2] if len(sys.argv) > 2 else "ds_config"
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            verdict = check(folder, stem)
-        print(verdict)
-        return 0
-    except SystemExit as exc:  # argparse refuses a flag
-        print(f"failed: Megatron-DeepSpeed's argument parser exited ({exc.code}): {log.getvalue()[-300:]!r}")
-    except BaseException as exc:
-        traceback.print_exc()  # to stderr: check_exports.sh keeps it in a log file
-        print(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400])
-    return 1
+    return run_check(check, "ds_config", _parser_exit)
 
 
 if __name__ == "__main__":

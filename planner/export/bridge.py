@@ -159,9 +159,8 @@ def bridge_fields(doc: PlanDocument, b: Build) -> Fields:
     if not m.causal or m.head != "lm":
         raise ExportError(f"Megatron-Bridge's GPTModelProvider builds decoder-only language models; {m.name} is an "
                           "encoder: export it with --format megatron (Megatron-LM's pretrain_bert.py)")
-    fields = translate(megatron_items(doc, b), p)
-    if p.finetune == "lora":  # Bridge runs LoRA itself (its PEFT path): no deviation to full training
-        b.deviations = [d for d in b.deviations if d.feature != "finetune"]
+    fields = translate(megatron_items(doc, b, realised_elsewhere=("finetune",)), p)
+    if p.finetune == "lora":  # Bridge runs LoRA itself (its PEFT path)
         fields["peft"] = {"target_modules": repr([LORA_MODULES[t] for t in p.lora_targets]),
                           "dim": repr(p.lora_rank), "alpha": repr(LORA_ALPHA)}
     model = fields.setdefault("model", {})
@@ -311,7 +310,7 @@ def bridge_files(doc: PlanDocument, strict: bool, name: str = "bridge") -> dict[
         setup=[f'export CKPT_DIR=${{CKPT_DIR:-$HERE/checkpoints/{doc.hash}}}',
                "export TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}",
                *(["export PRETRAINED_CHECKPOINT=${PRETRAINED_CHECKPOINT:?set PRETRAINED_CHECKPOINT to the base "
-                  "model's Megatron checkpoint: LoRA trains adapters on it}"] if doc.plan.finetune == "lora" else []),
+                  "model's Megatron checkpoint: LoRA trains adapters on it}"] if "peft" in fields else []),
                "# data and tokenizer: Megatron's mock data unless DATA_PREFIX is set",
                'if [ -n "${DATA_PREFIX:-}" ]; then',
                '  export DATA_PREFIX TOKENIZER="${TOKENIZER:?set TOKENIZER to your tokenizer (Hugging Face name '

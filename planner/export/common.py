@@ -89,12 +89,14 @@ class Build:
         return lines
 
 
-def finetune_deviation(p: Plan, b: Build) -> None:
-    """A LoRA plan trains adapters on frozen weights; no exporter writes adapters yet, so the job trains
-    every weight (each weight's gradient and optimizer state: far more memory): said, never silent."""
+def finetune_deviation(p: Plan, m: Any, b: Build) -> list[Any]:
+    """A rule of the exporters' tables (it adds no setting): a LoRA plan trains adapters on frozen
+    weights; an exporter that writes no adapters runs a job that trains every weight (each weight's
+    gradient and optimizer state: far more memory), which is said, never silent."""
     if p.finetune == "lora":
         b.deviate("finetune", f"this {b.framework} export has no LoRA adapters: the job trains every weight "
                   "(full fine-tuning: gradients and optimizer states for all of them)", finetune="full")
+    return []
 
 
 def realised_plan(plan: Plan, deviations: list[Deviation]) -> Plan:

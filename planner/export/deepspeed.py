@@ -175,7 +175,7 @@ MEGATRON_DEEPSPEED_FLAGS: dict[str, Callable[[Plan, ModelSpec, Build], Items]] =
     "recompute": recompute_flags,
     "micro_batch/global_batch": batch_flags,
     "dtype/flash_attention": _precision_flags,
-    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
+    "finetune": finetune_deviation,
 }
 
 

@@ -185,7 +185,7 @@ MEGATRON_FLAGS: dict[str, Callable[[Plan, ModelSpec, Build], Items]] = {
     "recompute": recompute_flags,
     "micro_batch/global_batch": batch_flags,
     "dtype/flash_attention": _precision,
-    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
+    "finetune": finetune_deviation,
 }
 
 
@@ -264,11 +264,14 @@ def training_flags(doc: PlanDocument) -> Items:
             ("--log-interval", 1), ("--log-throughput", None), ("--eval-iters", 0)]
 
 
-def megatron_items(doc: PlanDocument, b: Build) -> Items:
+def megatron_items(doc: PlanDocument, b: Build, realised_elsewhere: tuple[str, ...] = ()) -> Items:
+    """The Megatron-LM flags of the plan; `realised_elsewhere`: MEGATRON_FLAGS rules a caller realises
+    itself (Megatron-Bridge's own LoRA for "finetune"), not applied here."""
     p, m = doc.plan, doc.model
     items: Items = []
-    for rule in MEGATRON_FLAGS.values():
-        items += rule(p, m, b)
+    for field, rule in MEGATRON_FLAGS.items():
+        if field not in realised_elsewhere:
+            items += rule(p, m, b)
     return items + model_flags(m, b) + training_flags(doc)
 
 

@@ -241,7 +241,7 @@ TORCHTITAN_FIELDS: dict[str, Callable[[Plan, ModelSpec, Build], Assignments]] = 
     "cuda graphs": _cuda_graphs,
     "framework": _compile,
     "flash_attention": _attention,
-    "finetune": lambda p, m, b: finetune_deviation(p, b) or [],
+    "finetune": finetune_deviation,
 }
 
 
