@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from executor.model import Transformer
-from planner.cost.stages import virtual_stage_sizes
+from planner.cost.stages import virtual_stage_ranges
 from planner.plan import Plan
 
 
@@ -43,10 +43,8 @@ def stage_layers(num_layers: int, num_stages: int, stage: int, ranges: list[rang
 def plan_stage_ranges(plan: Plan, num_layers: int) -> list[range]:
     """Layer range of every virtual stage g = chunk·pp + rank under `plan` (even or uneven split), the
     same split the cost model prices (planner.cost.stages)."""
-    sizes = virtual_stage_sizes(num_layers, plan.pp, plan.vpp, plan.first_stage_layers, plan.last_stage_layers,
+    return virtual_stage_ranges(num_layers, plan.pp, plan.vpp, plan.first_stage_layers, plan.last_stage_layers,
                                 plan.account)
-    starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
-    return [range(starts[g], starts[g + 1]) for g in range(len(sizes))]
 
 
 def split_stage(model: Transformer, stage: int, num_stages: int, ranges: list[range] | None = None) -> Transformer:

@@ -114,6 +114,14 @@ def virtual_stage_sizes(num_layers: int, pp: int, vpp: int, first: int | None = 
     return [n // vpp for n in per_rank] * vpp  # virtual stage g = chunk·pp + rank
 
 
+def virtual_stage_ranges(num_layers: int, pp: int, vpp: int, first: int | None = None, last: int | None = None,
+                         account: int = 0) -> list[range]:
+    """The layer range of every virtual stage g = chunk·pp + rank (`virtual_stage_sizes`, consecutive)."""
+    sizes = virtual_stage_sizes(num_layers, pp, vpp, first, last, account)
+    starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
+    return [range(starts[g], starts[g + 1]) for g in range(len(sizes))]
+
+
 @lru_cache(maxsize=4096)
 def stage_layout(pattern: tuple[int, ...], n_kinds: int, pp: int, vpp: int, first: int | None = None,
                  last: int | None = None, account: int = 0) -> StageLayout:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 
 from planner.cost import estimate
-from planner.cost.stages import virtual_stage_sizes
+from planner.cost.stages import virtual_stage_ranges
 from planner.export.architecture import architecture
 from planner.export.common import Build, ExportError, comment, finetune_deviation, header, placement_order
 from planner.export.launch import Launch, launch_script, sbatch_script
@@ -97,16 +97,10 @@ def stage_modules(p: Plan, m: ModelSpec) -> list[list[str]]:
     """The module names of every virtual stage (in stage order) under the plan's split, as torchtitan's
     `module_fqns_per_model_part` takes them: the embedding on the first stage, the final norm and
     LM head on the last (the names torchtitan's own split generator uses)."""
-    sizes = virtual_stage_sizes(m.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers, p.account)
-    out, start = [], 0
-    for g, size in enumerate(sizes):
-        names = [f"layers.{i}" for i in range(start, start + size)]
-        start += size
-        if g == 0:
-            names.insert(0, "tok_embeddings")
-        if g == len(sizes) - 1:
-            names += ["norm", "lm_head"]
-        out.append(names)
+    ranges = virtual_stage_ranges(m.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers, p.account)
+    out = [[f"layers.{i}" for i in layers] for layers in ranges]
+    out[0].insert(0, "tok_embeddings")
+    out[-1] += ["norm", "lm_head"]
     return out
 
 
