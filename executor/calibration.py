@@ -249,6 +249,29 @@ def bench_memory(device: torch.device, dtype: torch.dtype, quick: bool, bar: Pro
     return {"bandwidth": bandwidth, "kernel_overhead_s": op}
 
 
+# Working sets (bytes, input + output) of the streaming sweep that finds the last-level cache: from
+# well inside a core's share of it to several times the largest share a CPU host gives one rank.
+CACHE_SWEEP_BYTES = tuple(mb << 20 for mb in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256))
+
+
+def bench_cache(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
+    """Streaming rate (bytes/s) of y = x + 1 over growing working sets, all ranks at once (they share
+    the cache as in training): [[working-set bytes, bytes/s], ...]. The rate falls from the cache's to
+    the memory's where the sweep outgrows the cache; `planner calibrate` fits both and the capacity."""
+    rows = []
+    for ws in CACHE_SWEEP_BYTES:
+        x = torch.randn(ws // 2 // 4, device=device, dtype=torch.float32)
+        y = torch.empty_like(x)
+        if dist.is_initialized():
+            dist.barrier()
+        sec = _max_over_ranks(_time(lambda x=x, y=y: torch.add(x, 1.0, out=y), device, 0.05 if quick else 0.15),
+                              device)
+        rows.append([float(ws), ws / sec])
+        del x, y
+    bar.step("cache and memory bandwidth")
+    return rows
+
+
 def _groups(world: int, size: int, stride: int) -> tuple[list[list[int]], list[Any]]:
     """Disjoint groups of `size` ranks `stride` apart covering the world; every rank creates all."""
     ranks_lists: list[list[int]] = []
@@ -495,11 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + (device.type == "cpu") + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
             "memory": bench_memory(device, dtype, args.quick, bar),
+            "cache": bench_cache(device, dtype, args.quick, bar) if device.type == "cpu" else [],
             "collectives": bench_collectives(device, dtype, world, local_world, args.quick, bar)
             if world > 1 else {},
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},

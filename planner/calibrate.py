@@ -5,7 +5,9 @@ fits them into the physical parameters the cost model uses and writes a profile 
 `--cluster` accepts:
 - GEMM efficiency as a function of FLOPs (`gpu.gemm_curve`), measured throughput / peak;
 - streaming memory bandwidth (`gpu.memory_bandwidth`, efficiency 1.0: it *is* the achieved value) and
-  the fixed cost of one small op (`gpu.kernel_overhead_s`);
+  the fixed cost of one small op (`gpu.kernel_overhead_s`); on CPU hosts also the last-level cache
+  (`gpu.cache_bytes`, `gpu.cache_bandwidth`) from a sweep over working-set sizes (`fit_cache_level`),
+  `memory_bandwidth` then being the rate beyond it;
 - alpha (latency) and bus bandwidth of every collective per group size, by least squares on
   t = alpha + bytes x factor / busbw over the message sizes (`intra_node.collectives`, and
   `inter_node.collectives` on several nodes);
@@ -46,6 +48,34 @@ def fit_alpha_beta(op: str, group: int, rows: list[list[float]]) -> tuple[float,
         alpha = max(0.0, float(t[0]))
         inv_bw = max((t[-1] - alpha) / max(x[-1], 1.0), 1e-15)
     return alpha, 1.0 / inv_bw
+
+
+def fit_cache_level(rows: list[list[float]]) -> tuple[float, float, float]:
+    """(cache_bytes, cache_bandwidth, memory_bandwidth) from streaming rates over working-set sizes,
+    rows [working-set bytes, bytes/s]. The model is the cost model's (`GPUSpec.resident_fraction`):
+    seconds per byte s(W) = r/B_cache + (1 - r)/B_memory, r = clip(2 - W/C, 0, 1); for each candidate
+    capacity C (a fine log grid up to half the largest working set, so that some size streams from
+    memory) the two rates by least squares on relative error, the C that fits best kept. (0, 0, B):
+    one level, B the largest working set's rate, when the rates differ by under 15% or a fit needs a
+    rate that is not positive."""
+    ws = np.array([r[0] for r in rows], dtype=np.float64)
+    spb = 1.0 / np.array([r[1] for r in rows], dtype=np.float64)
+    one_level = (0.0, 0.0, float(1.0 / spb[np.argmax(ws)]))
+    if len(rows) < 3 or spb.max() < 1.15 * spb.min():
+        return one_level
+    best: tuple[float, float, float, float] | None = None
+    for c in np.geomspace(ws.min() / 2, ws.max() / 2, 200):
+        r = np.clip(2.0 - ws / c, 0.0, 1.0)
+        a = np.stack([r, 1.0 - r], axis=1) / spb[:, None]  # relative error: divide by the measured value
+        (inv_cache, inv_mem), *_ = np.linalg.lstsq(a, np.ones_like(spb), rcond=None)
+        if inv_cache <= 0 or inv_mem <= 0:
+            continue
+        err = float(np.sum((a @ [inv_cache, inv_mem] - 1.0) ** 2))
+        if best is None or err < best[0]:
+            best = (err, float(c), 1.0 / inv_cache, 1.0 / inv_mem)
+    if best is None or best[2] < 1.15 * best[3]:
+        return one_level
+    return best[1], best[2], best[3]
 
 
 def _link(base: LinkSpec, measured: dict[str, Any], name: str) -> LinkSpec:
@@ -109,9 +139,15 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     kernels = raw.get("kernels") or {}
     activation_rate = float(kernels.get("activation_rate", 0.0)) * share if cpu else 0.0
     attention_eff = min(1.0, float(kernels.get("attention_flops_per_s", 0.0)) * share / peak)
+    # The cache sweep (every rank at once, as they share the cache in training): where it shows a
+    # cache level, `memory_bandwidth` is the memory's rate and the cache's is kept beside it.
+    cache_bytes, cache_bw, memory_bw = fit_cache_level(raw["cache"]) if raw.get("cache") else (0.0, 0.0, 0.0)
+    if cache_bytes:
+        bandwidth = memory_bw * share
     gpu = dataclasses.replace(
         gpu, name=gpu.name + " (calibrated)", peak_flops=peaks, gemm_curve=tuple(curve),
-        memory_bandwidth=bandwidth, memory_efficiency=1.0, kernel_overhead_s=mem["kernel_overhead_s"] / share,
+        memory_bandwidth=bandwidth, memory_efficiency=1.0, cache_bytes=cache_bytes, cache_bandwidth=cache_bw * share,
+        kernel_overhead_s=mem["kernel_overhead_s"] / share,
         activation_rate=activation_rate, attention_efficiency=attention_eff,
         memory_bytes=float(env.get("memory_bytes") or gpu.memory_bytes * base.compute_slots_per_node / max(local, 1)
                            if cpu else gpu.memory_bytes),

@@ -327,6 +327,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 [[f"{f:.3g}", e * max(g.peak_flops.values()) / 1e9, f"{e * 100:.0f}%"] for f, e in g.gemm_curve]))
     print(f"memory bandwidth {g.memory_bandwidth / 1e9:.1f} GB/s, small-op overhead "
           f"{g.kernel_overhead_s * 1e6:.1f} us, overlap slowdown {profile.overlap_slowdown:.2f}")
+    if g.cache_bytes:
+        print(f"last-level cache {g.cache_bytes / 1e6:.1f} MB per rank at {g.cache_bandwidth / 1e9:.1f} GB/s "
+              f"(beyond it, memory at {g.memory_bandwidth / 1e9:.1f} GB/s)")
     if profile.num_gpus > 1 and profile.device == "cpu":
         print(f"host time per layer {profile.host_layer_overhead_s * 1e3:.2f} ms, per tensor-parallel layer "
               f"{profile.tp_layer_overhead_s * 1e3:.2f} ms more")

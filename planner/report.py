@@ -140,6 +140,11 @@ def explain(doc: dict[str, Any]) -> str:
     if doc.get("finetune") == "lora":
         extras.append(f"LoRA fine-tuning: rank {doc.get('lora_rank', 16)} adapters on "
                       f"{', '.join(doc.get('lora_targets', ('qkv', 'proj', 'up', 'down')))}; base weights frozen")
+    gpu = c["gpu"] if isinstance(c["gpu"], dict) else {}
+    if gpu.get("cache_bytes"):
+        extras.append(f"host memory in two levels: a {gpu['cache_bytes'] / 1e6:.1f} MB cache share per rank at "
+                      f"{gpu['cache_bandwidth'] / 1e9:.1f} GB/s, memory at {gpu['memory_bandwidth'] / 1e9:.1f} GB/s "
+                      "beyond it (docs/cost-model.md §2)")
     if extras:
         lines.append("         " + "; ".join(extras))
     lines.append(_framework_line(doc))

@@ -55,8 +55,13 @@ def low_precision(op: Op, dtype: str) -> bool:
 
 
 def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep: Array,
-                  num_experts: int) -> OpTimes:
-    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`."""
+                  num_experts: int, resident: Array | float = 1.0) -> OpTimes:
+    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`.
+
+    On a host with a cache level, the operands a step evicts between uses are fetched again (the
+    non-`resident` share, `GPUSpec.cold_fetch_time`): the weight in forward and in the input-gradient
+    GEMM, the input saved in forward by the weight-gradient GEMM. The other operands were produced
+    just before (the previous op's output, the incoming gradient) and are in cache."""
     lowp = low_precision(op, dtype)
     base = base_dtype(dtype)
     peak_key = gemm_peak_key(dtype, gpu.peak_flops) if lowp else base
@@ -74,9 +79,11 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     e = RECIPES[dtype].element_bytes if lowp else b
     nbytes = gpu.memory_time(e * (m * k + k * n) + b * m * n)
     # forward writes m x n; backward computes the input gradient (m x k) and the weight gradient (k x n)
-    fwd = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, n)), nbytes)
-    dgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, k)), nbytes)
-    wgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (k, n)), nbytes)
+    weight_fetch = gpu.cold_fetch_time(e * k * n, resident)
+    fwd = inst * (np.maximum(gpu.gemm_time(flops, peak_key, (m, n)), nbytes) + weight_fetch)
+    dgrad = inst * (np.maximum(gpu.gemm_time(flops, peak_key, (m, k)), nbytes) + weight_fetch)
+    saved_fetch = gpu.cold_fetch_time(b * m * k, resident)
+    wgrad = inst * (np.maximum(gpu.gemm_time(flops, peak_key, (k, n)), nbytes) + saved_fetch)
     if lowp:  # quantise: read the bf16 operand, write the low-precision one and its scales
         passes = RECIPES[dtype].quantise_passes_bwd
         fwd = fwd + inst * gpu.memory_time((b + e) * (m * k + k * n), 2)
@@ -86,7 +93,8 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
 
 
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
-                    seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int, kernel: str = "") -> OpTimes:
+                    seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int, kernel: str = "",
+                    resident: Array | float = 1.0) -> OpTimes:
     """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys.
 
     A query is counted against `key_positions(op, seq)` keys (all s, or its sliding window / chunk);
@@ -108,25 +116,27 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
         io = b * tokens * (qk + vo) / tp
         eff = gpu.attention_fraction(kernel)
         core = work / (gpu.sustained_peak(dtype) * eff) if eff else gpu.gemm_time(work, dtype)
-        fwd = np.maximum(core, gpu.memory_time(io))
+        fwd = np.maximum(core, gpu.memory_time(io, resident=resident))
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
     scores = b * (heads / tp) * tokens * keys  # bytes of one a x s x keys tensor
-    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype), gpu.memory_time(scores + b * tokens * qk / tp))
-    elem = gpu.memory_time(op.io_s * tokens * keys / tp, op.kernels - 2)
+    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype),
+                     gpu.memory_time(scores + b * tokens * qk / tp, resident=resident))
+    elem = gpu.memory_time(op.io_s * tokens * keys / tp, op.kernels - 2, resident)
     fwd = 2.0 * bmm + elem
     bwd = 4.0 * bmm + ELEMENTWISE_BWD_FACTOR * elem
     return OpTimes(fwd=fwd, bwd=bwd)
 
 
-def elementwise_times(op: Op, gpu: GPUSpec, tokens: Array, tp: Array, sp: Array) -> OpTimes:
+def elementwise_times(op: Op, gpu: GPUSpec, tokens: Array, tp: Array, sp: Array,
+                      resident: Array | float = 1.0) -> OpTimes:
     """Memory bound, unless the device evaluates activation functions slower than it streams them."""
     div = _divisor(op, tp, sp)
-    fwd = gpu.memory_time(op.io * tokens / div, op.kernels)
+    fwd = gpu.memory_time(op.io * tokens / div, op.kernels, resident)
     if op.elements and gpu.activation_rate:
         fwd = np.maximum(fwd, op.elements * tokens / div / gpu.activation_rate)
     if op.io_bwd:  # counted (eager PyTorch's autograd ops: planner.graph.with_eager_ops)
-        return OpTimes(fwd=fwd, bwd=gpu.memory_time(op.io_bwd * tokens / div, op.kernels_bwd))
+        return OpTimes(fwd=fwd, bwd=gpu.memory_time(op.io_bwd * tokens / div, op.kernels_bwd, resident))
     return OpTimes(fwd=fwd, bwd=ELEMENTWISE_BWD_FACTOR * fwd)
 
 
@@ -146,13 +156,14 @@ class LayerTimes:
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
               seq: Array, tp: Array, sp: Array, ep: Array, attention_kernel: str = "",
-              etp: Array | None = None) -> LayerTimes:
+              etp: Array | None = None, resident: Array | float = 1.0) -> LayerTimes:
     """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch. A frozen linear
     layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel.
 
     `etp` (default tp): the routed experts' tensor-parallel size. Narrower than tp, each rank dispatches
     its own tp / etp share of the tokens (sequence parallel) to experts split over etp ranks only
-    (Megatron-Core's MoE parallel folding): the same FLOPs per rank in fewer, larger GEMMs."""
+    (Megatron-Core's MoE parallel folding): the same FLOPs per rank in fewer, larger GEMMs.
+    `resident`: the fraction of the step's working set the cache holds (`GPUSpec.resident_fraction`)."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
     fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()
@@ -164,9 +175,9 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     for op in ops:
         if op.kind == "gemm":
             if op.routed and etp is not None:
-                t = gemm_op_times(op, gpu, dtype, tokens * etp / tp, etp, ep, m.num_experts)
+                t = gemm_op_times(op, gpu, dtype, tokens * etp / tp, etp, ep, m.num_experts, resident)
             else:
-                t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
+                t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts, resident)
             if op.tp == "column" and not op.routed and not op.name.endswith(".lora_b"):
                 # the window the input-gradient reduction hides in: the weight-gradient GEMM (none if frozen)
                 cols.append(np.zeros_like(t.fwd) if op.frozen else t.fwd)
@@ -177,10 +188,10 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
                 t = OpTimes(fwd=t.fwd, bwd=t.bwd - t.wgrad)
         elif op.kind == "attention":
             t = attention_times(op, gpu, dtype, flash, m.causal, tokens, seq, tp, m.num_heads,
-                                m.kv_hidden, m.hidden, attention_kernel)
+                                m.kv_hidden, m.hidden, attention_kernel, resident)
             attn_f, attn_b = attn_f + t.fwd, attn_b + t.bwd
         else:  # elementwise, embedding, loss: memory bound
-            t = elementwise_times(op, gpu, tokens, tp, sp)
+            t = elementwise_times(op, gpu, tokens, tp, sp, resident)
         fwd, bwd = fwd + t.fwd, bwd + t.bwd
         sac = [x + r.get(op.name, 0.0) * t.fwd for x, r in zip(sac, recomputed, strict=True)]
     return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b, col_gemm=cols, col_fwd=col_fwd,

@@ -33,7 +33,9 @@ from planner.cost.batch import PlanBatch, group_index, unique_inverse
 from planner.cost.comm import collective_time, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
+    GRAD_BYTES,
     MATMUL_POLICIES,
+    OPTIMIZER_BYTES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
     gradient_path,
@@ -57,7 +59,7 @@ from planner.graph import (
 )
 from planner.plan import RECOMPUTE
 from planner.precision import base_dtype, extra_weight_bytes
-from planner.specs.cluster import ClusterSpec
+from planner.specs.cluster import ClusterSpec, GPUSpec
 from planner.specs.model import ModelSpec
 
 Array = np.ndarray
@@ -206,6 +208,26 @@ def _count_tensors(op: Op, two_norm: bool) -> int:
     return 2 if op.bias or (two_norm and op.name.endswith("norm")) else 1
 
 
+def _resident(model: ModelSpec, gpu: GPUSpec, lg: LayerGraph, b: PlanBatch, tokens: Array, seq: Array,
+              t: Array, e: Array, sp: Array) -> tuple[Array, Array]:
+    """Fraction of each plan's traffic its cache serves (`GPUSpec.resident_fraction`; 0 on a one-level
+    device), (layers, optimizer). A layer's weight is used again after the rank has run the rest of
+    a micro-batch: its stage's weights and gradients and one micro-batch's activations (without
+    recompute: an upper bound under it) lie between two uses. The optimizer's moments were last used
+    a whole step before: the optimizer state adds to that."""
+    if not gpu.cache_bytes:
+        return np.zeros_like(t), np.zeros_like(t)
+    dt = base_dtype(b.dtype)
+    params = sum((n * sum((op_params_per_gpu(op, t, e) for op in kind.ops), np.zeros_like(t))
+                  for n, kind in zip(lg.kind_counts, lg.kinds, strict=True)), np.zeros_like(t)) / b.pp \
+        + sum((op_params_per_gpu(op, t, e) for op in (*lg.pre_ops, *lg.post_ops)), np.zeros_like(t))
+    acts = sum((n * layer_activation_bytes(kind.ops, dt, model.hidden, tokens, seq, t, sp, 0)
+                for n, kind in zip(lg.kind_counts, lg.kinds, strict=True)), np.zeros_like(t)) / b.pp \
+        + saved_bytes([*lg.pre_ops, *lg.post_ops], tokens, seq, t, sp)
+    between_uses = params * (WEIGHT_BYTES[dt] + GRAD_BYTES[dt]) + acts
+    return gpu.resident_fraction(between_uses), gpu.resident_fraction(between_uses + params * OPTIMIZER_BYTES[dt])
+
+
 def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch) -> dict[str, Array]:
     """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
     gpu, dt = cluster.gpu, b.dtype
@@ -229,7 +251,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         launch per tensor): the bytes per parameter the framework's GradientPath streams."""
         if not acc_b:
             return np.zeros_like(params)
-        return gpu.memory_time(params * acc_b, tensors) * cluster.compute_slowdown
+        return gpu.memory_time(params * acc_b, tensors, resident) * cluster.compute_slowdown
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
@@ -260,6 +282,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
 
+    resident, resident_opt = _resident(model, gpu, lg, b, tokens, seq, t, e, sp)
+
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
         "ep", "cp_fwd",
@@ -267,7 +291,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert", "grad_accum")}
     two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
-        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et)
+        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et, resident)
         routed = any(op.routed for op in kind.ops)
         tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
         cols = _pad(lay.col_gemm, 2, t)
@@ -330,8 +354,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["lowp_copies"].append(lowp * lowp_extra)
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
-    pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
-    post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel)
+    pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
+                    resident=resident)
+    post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
+                     resident=resident)
     # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
     small = collective_time(cluster, "all_reduce", tokens * float(LOSS_BYTES), b.tp, b.stride_tp)
     head_w = _pad(post.col_gemm, 1, t)[0]
@@ -478,12 +504,22 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
     # Optimizer: memory bound (the framework's bytes per parameter, else a fused AdamW's), plus one
     # launch per parameter tensor for each element-wise op; ZeRO-1+ steps only the local shard.
+    # An unfused step (torch.optim's per-tensor loop) passes over each tensor several times: beyond the
+    # first read and last write of each (a fused step's bytes) it re-reads what it just touched, which
+    # a host's cache serves.
     kernels = fw.optimizer_launches_per_tensor * tensors
-    step_bytes = fw.optimizer_step_bytes or OPTIMIZER_STEP_BYTES[dt]
+    fused_bytes = OPTIMIZER_STEP_BYTES[dt]
+    step_bytes = fw.optimizer_step_bytes or fused_bytes
     for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (f_dp, g_edp))):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
-        res[name] = gpu.memory_time(local * step_bytes, kernels) * cluster.compute_slowdown
+        if gpu.cache_bandwidth:
+            first = min(step_bytes, fused_bytes)
+            opt = gpu.memory_time(local * first, kernels, resident_opt[:, None]) \
+                + gpu.memory_time(local * (step_bytes - first))
+        else:
+            opt = gpu.memory_time(local * step_bytes, kernels)
+        res[name] = opt * cluster.compute_slowdown
     return res
 
 

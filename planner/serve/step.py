@@ -112,6 +112,10 @@ def serving_gpu(cluster: ClusterSpec) -> Any:
     efficiency curve and the weight-streaming bandwidth measured for inference instead of the training
     calibration's (autograd GEMMs, cache-sized copies)."""
     gpu = dataclasses.replace(cluster.gpu, num_sms=0)
+    if gpu.cache_bandwidth:  # a serving step streams the weights it just streamed: the training
+        # calibration's cache rate, one level (what profiles measured before the cache level was)
+        gpu = dataclasses.replace(gpu, memory_bandwidth=gpu.cache_bandwidth, memory_efficiency=1.0,
+                                  cache_bytes=0.0, cache_bandwidth=0.0)
     raw = _serving_measurements(cluster)
     if raw is None:
         return gpu

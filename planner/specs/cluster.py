@@ -72,6 +72,12 @@ class GPUSpec:
     small GEMMs less efficient. `gemm_curve`, when measured by `planner calibrate`, replaces it with
     the measured efficiency as a function of GEMM FLOPs (interpolated in log FLOPs).
     Memory-bound kernels: t = bytes / (memory_bandwidth x memory_efficiency) + kernel_overhead_s.
+
+    A host whose last-level cache `planner calibrate` measured (CPUs) has two levels: a step whose
+    working set fits in `cache_bytes` streams at `cache_bandwidth`, one of twice that or more from
+    memory at `memory_bandwidth` (`resident_fraction`), and its GEMMs then fetch the operands that
+    were evicted between uses (`cold_fetch_time`). A GPU has one level: its L2 is far smaller than a
+    training step's working set and its datasheet bandwidth is the HBM's.
     """
 
     name: str
@@ -102,6 +108,10 @@ class GPUSpec:
     # part of the same silicon, and only the clock is fitted (planner.fit).
     clock_fraction: float = 1.0
     efficiencies_of: str = ""
+    # The last-level cache one rank effectively has (bytes) and its streaming rate (bytes/s), both
+    # measured by `planner calibrate` on CPU hosts; 0: one memory level (memory_bandwidth).
+    cache_bytes: float = 0.0
+    cache_bandwidth: float = 0.0
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -140,6 +150,11 @@ class GPUSpec:
                                 field=f"{w}.attention_efficiency_by_kernel")
             _num(w, f"attention_efficiency_by_kernel.{k}", v, hi=1.0)
         _num(w, "clock_fraction", self.clock_fraction, hi=1.0)
+        _num(w, "cache_bytes", self.cache_bytes, strict_lo=False, hi=1e15)
+        _num(w, "cache_bandwidth", self.cache_bandwidth, strict_lo=False, hi=1e16)
+        if bool(self.cache_bytes) != bool(self.cache_bandwidth):
+            raise SpecError("a cache level needs both cache_bytes and cache_bandwidth (or neither)",
+                            field=f"{w}.cache_bytes")
         if not isinstance(self.efficiencies_of, str):
             raise SpecError("must name the full-power GPU whose efficiencies this part shares",
                             field=f"{w}.efficiencies_of")
@@ -206,11 +221,38 @@ class GPUSpec:
         price it on the GEMM efficiency."""
         return self.attention_efficiency_by_kernel.get(kernel, self.attention_efficiency)
 
-    def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0) -> np.ndarray:
-        """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised)."""
+    def resident_fraction(self, working_set: np.ndarray | float) -> np.ndarray:
+        """Fraction of a step's memory traffic the cache serves, for a step touching `working_set`
+        bytes: all of it up to `cache_bytes`, none from twice that on (a cyclic sweep evicts each line
+        before its next use under LRU replacement), linear between: the shape of the streaming rate
+        over working-set sizes that `planner calibrate` measures and fits (`fit_cache_level`)."""
+        ws = np.asarray(working_set, dtype=np.float64)
+        if not self.cache_bytes:
+            return np.zeros_like(ws)
+        return np.clip(2.0 - ws / self.cache_bytes, 0.0, 1.0)
+
+    def memory_time(self, nbytes: np.ndarray | float, kernels: np.ndarray | float = 0,
+                    resident: np.ndarray | float = 1.0) -> np.ndarray:
+        """Time of memory-bound kernels moving `nbytes` bytes in `kernels` launches (vectorised), the
+        `resident` fraction of them from the cache where the host has a cache level."""
         b = np.asarray(nbytes, dtype=np.float64)
         launches = np.asarray(kernels) * self.kernel_overhead_s
-        return b / (self.memory_bandwidth * self.memory_efficiency) + launches
+        rate = self.memory_bandwidth * self.memory_efficiency
+        if not self.cache_bandwidth:
+            return b / rate + launches
+        r = np.asarray(resident, dtype=np.float64)
+        return b * (r / self.cache_bandwidth + (1.0 - r) / rate) + launches
+
+    def cold_fetch_time(self, nbytes: np.ndarray | float, resident: np.ndarray | float) -> np.ndarray:
+        """Extra time of a compute-bound kernel (a CPU GEMM) whose `nbytes` operands were evicted since
+        their last use: the non-resident share comes from memory, and each line read into a cache full
+        of dirty lines (the step's fresh activations and gradients) writes one back, 2 x bytes at
+        `memory_bandwidth`. 0 on a one-level device (a GPU's operand loads overlap its math)."""
+        b = np.asarray(nbytes, dtype=np.float64)
+        if not self.cache_bandwidth:
+            return np.zeros_like(b)
+        r = np.asarray(resident, dtype=np.float64)
+        return (1.0 - r) * 2.0 * b / (self.memory_bandwidth * self.memory_efficiency)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "gpu") -> GPUSpec:
@@ -426,6 +468,9 @@ class ClusterSpec:
         if self.gpu.clock_fraction == 1.0 and not self.gpu.efficiencies_of:
             d["gpu"].pop("clock_fraction")  # (a full-power part's documents hash as before the field)
             d["gpu"].pop("efficiencies_of")
+        if not self.gpu.cache_bytes:
+            d["gpu"].pop("cache_bytes")  # (one-level devices' documents hash as before the cache level)
+            d["gpu"].pop("cache_bandwidth")
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:
