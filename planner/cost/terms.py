@@ -218,7 +218,8 @@ def _resident(model: ModelSpec, gpu: GPUSpec, lg: LayerGraph, b: PlanBatch, toke
     if not gpu.cache_bytes:
         return np.zeros_like(t), np.zeros_like(t)
     dt = base_dtype(b.dtype)
-    params = sum((n * sum((op_params_per_gpu(op, t, e) for op in kind.ops), np.zeros_like(t))
+    et = b.etp.astype(np.float64)  # routed experts split over their own tensor-parallel ranks, as below
+    params = sum((n * sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops), np.zeros_like(t))
                   for n, kind in zip(lg.kind_counts, lg.kinds, strict=True)), np.zeros_like(t)) / b.pp \
         + sum((op_params_per_gpu(op, t, e) for op in (*lg.pre_ops, *lg.post_ops)), np.zeros_like(t))
     acts = sum((n * layer_activation_bytes(kind.ops, dt, model.hidden, tokens, seq, t, sp, 0)
@@ -513,13 +514,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (f_dp, g_edp))):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
-        if gpu.cache_bandwidth:
-            first = min(step_bytes, fused_bytes)
-            opt = gpu.memory_time(local * first, kernels, resident_opt[:, None]) \
-                + gpu.memory_time(local * (step_bytes - first))
-        else:
-            opt = gpu.memory_time(local * step_bytes, kernels)
-        res[name] = opt * cluster.compute_slowdown
+        first = min(step_bytes, fused_bytes)
+        res[name] = (gpu.memory_time(local * first, kernels, resident_opt[:, None])
+                     + gpu.memory_time(local * (step_bytes - first))) * cluster.compute_slowdown
     return res
 
 
