@@ -18,6 +18,9 @@ reads them like it reads the cluster:
 - optimizer_step_bytes: bytes per parameter one optimizer step streams; 0 for a fused AdamW, which
   reads and writes each state once (planner.cost.memory.OPTIMIZER_STEP_BYTES); torch.optim.AdamW's
   seven element-wise passes over fp32 states stream 72 without weight decay (docs/cost-model.md);
+- dp_grad_passes / pipeline_grad_passes: whole-gradient passes (a read and a write) beside the
+  collectives: PyTorch DDP's copies into and out of its buckets (2), torch.distributed.pipelining's
+  division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
 - attention_kernel: the fused attention kernel it calls: "" for the GPU's default (cuDNN fused attention /
   FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
@@ -144,6 +147,16 @@ class Framework:
     pipeline_unsharded_grads: bool = False
     # Bytes per parameter one optimizer step streams (0: a fused AdamW's, OPTIMIZER_STEP_BYTES)
     optimizer_step_bytes: float = 0.0
+    # Passes over the local gradients (a read and a write each) that the data-parallel wrapper makes
+    # beside its collective under ZeRO-0/1: 2 for PyTorch DDP, which copies each gradient into its
+    # bucket (scaled by 1 / dp) and back after the all-reduce unless gradient_as_bucket_view=True
+    dp_grad_passes: float = 0.0
+    # q, k and v as one linear layer (Megatron's linear_qkv) or, False, three (torchtitan's wq / wk / wv,
+    # this project's executor): three weight (and bias) tensors for the optimizer's launches
+    fused_qkv: bool = True
+    # Passes over the stage's gradients the pipeline schedule makes per step: 1 for
+    # torch.distributed.pipelining's scale_grads (a division by the micro-batch count)
+    pipeline_grad_passes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:
@@ -157,6 +170,8 @@ class Framework:
                             field=f"framework[{self.name}].tp_overlap")
         if not 0 <= self.optimizer_launches_per_tensor <= 100:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
+        if not (0 <= self.dp_grad_passes <= 10 and 0 <= self.pipeline_grad_passes <= 10):
+            raise SpecError("must be a pass count in 0..10", field=f"framework[{self.name}].dp_grad_passes")
         if not 0 <= self.optimizer_step_bytes <= 1000:
             raise SpecError("must be bytes per parameter in 0..1000",
                             field=f"framework[{self.name}].optimizer_step_bytes")

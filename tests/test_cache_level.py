@@ -20,6 +20,7 @@ import pytest
 from executor.calibration import CACHE_SWEEP_BYTES
 from planner.calibrate import build_profile, fit_cache_level
 from planner.cost import batch_from_plans, evaluate
+from planner.framework import framework
 from planner.io import load_json
 from planner.plan import Plan
 from planner.serve.step import serving_gpu
@@ -84,7 +85,7 @@ LEDGER_BYTES = 89_949_488  # the executor's peak per rank for tiny, dp 2, micro-
 TINY_PARAMS = 3_454_464
 
 
-def test_the_working_set_is_what_the_executor_holds() -> None:
+def test_the_working_set_is_what_the_executor_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The optimizer's moments wait a whole step between uses, so what decides whether they are still
     in cache is everything the rank holds: the executor's ledger. With a cache of two thirds of it
     the resident fraction is 2 - W/C = 0.5 if the cost model's W is the ledger; the AdamW step then
@@ -94,6 +95,9 @@ def test_the_working_set_is_what_the_executor_holds() -> None:
     does not)."""
     prof = _cpu_profile(LEDGER_BYTES / 1.5)
     plan = Plan(dp=2, micro_batch=4, global_batch=8, dtype="fp32")
+    # the optimizer step alone: without DDP's bucket copies (tests/test_grad_passes.py prices those)
+    import planner.cost.terms as terms
+    monkeypatch.setattr(terms, "framework", lambda name: dataclasses.replace(framework(name), dp_grad_passes=0.0))
     opt = float(evaluate(load_model("tiny"), prof, batch_from_plans([plan])).optimizer[0])
     cold, hot = TINY_PARAMS * 36 / 13e9, TINY_PARAMS * 36 / 26e9
     resident = (cold + hot - opt) / (cold - hot)  # opt = r x hot + (1 - r) x cold + hot

@@ -201,11 +201,16 @@ def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
     return (cols + [zero] * n)[:n]
 
 
-def _count_tensors(op: Op, two_norm: bool) -> int:
-    """Parameter tensors of an op (a weight, plus a bias or a LayerNorm's beta)."""
+def _count_tensors(op: Op, model: ModelSpec, fused_qkv: bool) -> int:
+    """Parameter tensors of an op (a weight, plus a bias or a LayerNorm's beta): what the optimizer and
+    the gradient passes launch kernels for. Learned positions are a second embedding table; a framework
+    that keeps q, k and v as three linear layers (`Framework.fused_qkv` false) has three of each."""
     if not op.params:
         return 0
-    return 2 if op.bias or (two_norm and op.name.endswith("norm")) else 1
+    per = 2 if op.bias or (model.norm == "layernorm" and op.name.endswith("norm")) else 1
+    if op.name == "embed" and model.position == "learned":
+        return per + 1
+    return 3 * per if op.name == "attn.qkv" and not fused_qkv else per
 
 
 def _resident(model: ModelSpec, gpu: GPUSpec, lg: LayerGraph, b: PlanBatch, tokens: Array, seq: Array,
@@ -290,7 +295,6 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert", "grad_accum")}
-    two_norm = model.norm == "layernorm"
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et, resident)
         routed = any(op.routed for op in kind.ops)
@@ -347,7 +351,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         train = [op for op in kind.ops if not op.frozen]
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
         out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
-        out["tensors"].append(np.full_like(t, sum(_count_tensors(op, two_norm) for op in train)))
+        out["tensors"].append(np.full_like(t, sum(_count_tensors(op, model, fw.fused_qkv) for op in train)))
         out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops if low_precision(op, dt)),
@@ -379,8 +383,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops), np.zeros_like(t))
     # With pipelining, the last stage keeps its own copy of a tied embedding for the LM head.
     res["tied_copy"] = np.full_like(t, model.vocab_size * h) / t if model.tied_embeddings else np.zeros_like(t)
-    res["pre_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.pre_ops if not op.frozen))
-    res["post_tensors"] = np.full_like(t, sum(_count_tensors(op, two_norm) for op in lg.post_ops if not op.frozen))
+    for part, ops in (("pre", lg.pre_ops), ("post", lg.post_ops)):
+        count = sum(_count_tensors(op, model, fw.fused_qkv) for op in ops if not op.frozen)
+        res[f"{part}_tensors"] = np.full_like(t, count)
     res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
     res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
     frozen_head = any(op.frozen for op in lg.post_ops)
@@ -502,7 +507,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)[0]  # ZeRO-3 gathers frozen weights too
     tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
-        + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0)
+        + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0) \
+        + np.where(classes.has_post & ~single & ~frozen_head & (res["tied_copy"] > 0)[:, None], 1.0, 0.0)
     # Optimizer: memory bound (the framework's bytes per parameter, else a fused AdamW's), plus one
     # launch per parameter tensor for each element-wise op; ZeRO-1+ steps only the local shard.
     # An unfused step (torch.optim's per-tensor loop) passes over each tensor several times: beyond the
@@ -517,6 +523,17 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         first = min(step_bytes, fused_bytes)
         res[name] = (gpu.memory_time(local * first, kernels, resident_opt[:, None])
                      + gpu.memory_time(local * (step_bytes - first))) * cluster.compute_slowdown
+    # Whole-gradient passes of the wrappers around the optimizer, each a read and a write of every local
+    # gradient (framework profile): DDP's copies into and out of its buckets (ZeRO-0/1 with data
+    # parallelism), the pipeline schedule's division by the micro-batch count (more than one).
+    m = b.gb // (b.dp * b.mb)
+    passes = fw.pipeline_grad_passes * ((b.pp > 1) & (m > 1))
+    for name, gd, ge, ddp in (("grad_passes_full", 1.0, 1.0, b.dp > 1), ("grad_passes_sharded", f_dp, g_edp, False)):
+        local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
+            + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
+        n_pass = (passes + fw.dp_grad_passes * ddp)[:, None]
+        res[name] = gpu.memory_time(local * n_pass * 2 * grad_b, n_pass * tensors, resident_opt[:, None]) \
+            * cluster.compute_slowdown
     return res
 
 
@@ -647,7 +664,8 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
-        optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"])),
+        optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
+        + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
         emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_shard"]), edp_group=s(st["g_edp"]),
         total_layers=np.asarray(lg.kind_counts, dtype=np.float64), graph=lg,
     )
