@@ -364,14 +364,18 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
 
 
 CALIB_MODEL = {"hidden": 128, "num_heads": 4, "ffn_hidden": 512, "vocab_size": 256, "seq_len": 64}
+# The same GPT at a size whose arithmetic is negligible (a layer's kernels move a few hundred bytes):
+# its step time is the host's, Python modules, autograd and the dispatch of every op.
+HOST_MODEL = {"hidden": 8, "num_heads": 2, "ffn_hidden": 32, "vocab_size": 16, "seq_len": 4}
 
 
 def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
-               optimizer: str = "adamw", **plan_sizes: Any) -> float:
+               optimizer: str = "adamw", model: dict[str, Any] | None = None, **plan_sizes: Any) -> float:
     """Median training-step time of a small GPT (CALIB_MODEL) with `layers` layers and 4 sequences
     per step, run by the executor itself with tensor parallelism `tp` (or the sizes in `plan_sizes`,
     e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains its own
-    copy, without communication. AdamW, as the cost model prices every step."""
+    copy, without communication. AdamW, as the cost model prices every step. `model`: another size
+    of the GPT (HOST_MODEL)."""
     import dataclasses
 
     from executor.data import make_data
@@ -381,7 +385,7 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     from planner.specs.catalog import localhost_cpu
     from planner.specs.model import ModelSpec
 
-    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **CALIB_MODEL)
+    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **(model or CALIB_MODEL))
     plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32", **plan_sizes)
     cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=plan.world_size)
     doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
@@ -417,6 +421,22 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
     sp = _step_time(layers, world, world, device, steps, sequence_parallel=True)
     bar.step("pipeline, FSDP and sequence-parallel steps")
     return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp, "tp_sp_step_s": sp}
+
+
+def bench_host(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
+    """Host time per layer and per micro-batch: executor steps of HOST_MODEL (negligible arithmetic)
+    with 1 and 5 layers and with 4 micro-batches of 1 sequence, every rank training its own copy at
+    once (as ranks share the node in training). Rounds alternate the three so that a drift of the
+    machine's speed shifts all alike; the median round counts."""
+    rounds, steps = (3, 10) if quick else (5, 20)
+    times: dict[str, list[float]] = {"step_1layer_s": [], "step_5layers_s": [], "step_1layer_4microbatches_s": []}
+    for _ in range(rounds):
+        for key, layers, mb in (("step_1layer_s", 1, 4), ("step_5layers_s", 5, 4),
+                                ("step_1layer_4microbatches_s", 1, 1)):
+            dist.barrier()
+            times[key].append(_step_time(layers, 1, world, device, steps, micro_batch=mb, model=HOST_MODEL))
+    bar.step("host time per layer and micro-batch")
+    return {"host_model": HOST_MODEL, **{k: statistics.median(v) for k, v in times.items()}}
 
 
 def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, float]:
@@ -518,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
     tiers = 2 if world > local_world else 1
     n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + (device.type == "cpu") + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
+    bar = Progress(n_gemm + 2 + 2 * (device.type == "cpu") + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
     try:
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
@@ -530,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
             "kernels": bench_kernels(device, dtype, args.quick, bar),
+            "host": bench_host(device, world, args.quick, bar) if device.type == "cpu" else {},
             "framework": bench_framework_steps(device, world, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
             "contention": bench_contention(device, dtype, args.quick, bar)

@@ -175,30 +175,44 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
         overlap_slowdown=float(overlap), tp_layer_overhead_s=float(tp_overhead),
         tp_microbatch_overhead_s=float(tp_mb_overhead),
         source=f"measured with {world} ranks ({local} per node) by planner calibrate", provenance=provenance)
-    profile = _fit_host_overheads(profile, tp_raw, share)
+    profile = _fit_host_overheads(profile, tp_raw, share, raw.get("host"))
     return _fit_framework_overheads(profile, raw.get("framework") or {}, tp_raw.get("calib_model"))
 
 
-def _fit_host_overheads(profile: ClusterSpec, tp_raw: dict[str, Any], share: float) -> ClusterSpec:
-    """Host overhead per layer and per micro-batch: what the executor's measured steps of the small
-    calibration GPT take beyond what the profile's op costs predict for them (never negative)."""
+def _fit_host_overheads(profile: ClusterSpec, tp_raw: dict[str, Any], share: float,
+                        host: dict[str, Any] | None = None) -> ClusterSpec:
+    """Host time per layer and per micro-batch: what the executor's steps of a GPT whose arithmetic is
+    negligible (`host`, executor.calibration.bench_host: 1 and 5 layers, 4 micro-batches) take beyond
+    the profile's price of them (its kernel launches), never negative. Profiles calibrated before that
+    benchmark: the same residual on the calibration GPT's steps (`tp_raw`), which also absorbs what the
+    op costs miss at its size."""
+    if host and "host_model" in host:
+        return _host_from_steps(profile, host["host_model"], host["step_1layer_s"], host["step_5layers_s"],
+                                host["step_1layer_4microbatches_s"], 5, share)
     if "calib_model" not in tp_raw:
         return profile
+    return _host_from_steps(profile, tp_raw["calib_model"], tp_raw["step_1layer_s"], tp_raw["step_3layers_s"],
+                            tp_raw["step_1layer_4microbatches_s"], 3, share)
+
+
+def _host_from_steps(profile: ClusterSpec, model: dict[str, Any], one: float, many: float, one_4mb: float,
+                     layers: int, share: float) -> ClusterSpec:
+    """Per-layer and per-micro-batch residuals of steps with 1 and `layers` layers (4 sequences as one
+    micro-batch) and with 1 layer and 4 micro-batches of 1 sequence."""
     from planner.cost import batch_from_plans, evaluate
     from planner.plan import Plan
     from planner.specs.model import ModelSpec
 
-    one = dataclasses.replace(profile, gpus_per_node=1, num_nodes=1, compute_slots_per_node=0)
+    single = dataclasses.replace(profile, gpus_per_node=1, num_nodes=1, compute_slots_per_node=0)
 
-    def predicted(layers: int, micro_batch: int) -> float:
-        spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **tp_raw["calib_model"])
+    def predicted(n_layers: int, micro_batch: int) -> float:
+        spec = ModelSpec(name="calib", num_layers=n_layers, dtype="fp32", **model)
         plan = Plan(micro_batch=micro_batch, global_batch=4, dtype="fp32")
-        return float(evaluate(spec, one, batch_from_plans([plan])).step_time[0])
+        return float(evaluate(spec, single, batch_from_plans([plan])).step_time[0])
 
-    measured_layer = (tp_raw["step_3layers_s"] - tp_raw["step_1layer_s"]) / 2 / share
-    layer = max(0.0, measured_layer - (predicted(3, 4) - predicted(1, 4)) / 2)
-    extra_mbs = (tp_raw["step_1layer_4microbatches_s"] - tp_raw["step_1layer_s"]) / share \
-        - (predicted(1, 1) - predicted(1, 4))
+    measured_layer = (many - one) / (layers - 1) / share
+    layer = max(0.0, measured_layer - (predicted(layers, 4) - predicted(1, 4)) / (layers - 1))
+    extra_mbs = (one_4mb - one) / share - (predicted(1, 1) - predicted(1, 4))
     per_mb = max(0.0, extra_mbs / 3 - layer)  # 3 more micro-batches, each also passing the layer
     return dataclasses.replace(profile, host_layer_overhead_s=layer, host_microbatch_overhead_s=per_mb)
 

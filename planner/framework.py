@@ -21,6 +21,8 @@ reads them like it reads the cluster:
 - dp_grad_passes / pipeline_grad_passes: whole-gradient passes (a read and a write) beside the
   collectives: PyTorch DDP's copies into and out of its buckets (2), torch.distributed.pipelining's
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
+- zero1_broadcast_per_tensor: ZeRO-1's parameter sync is one broadcast per parameter tensor, each
+  paying the collective's latency (torch's ZeroRedundancyOptimizer as the executor runs it);
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
 - attention_kernel: the fused attention kernel it calls: "" for the GPU's default (cuDNN fused attention /
   FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
@@ -154,6 +156,9 @@ class Framework:
     # q, k and v as one linear layer (Megatron's linear_qkv) or, False, three (torchtitan's wq / wk / wv,
     # this project's executor): three weight (and bias) tensors for the optimizer's launches
     fused_qkv: bool = True
+    # ZeRO-1 syncs the updated parameters by one broadcast per tensor (torch's ZeroRedundancyOptimizer
+    # with its default parameters_as_bucket_view=False) instead of bucketed all-gathers
+    zero1_broadcast_per_tensor: bool = False
     # Passes over the stage's gradients the pipeline schedule makes per step: 1 for
     # torch.distributed.pipelining's scale_grads (a division by the micro-batch count)
     pipeline_grad_passes: float = 0.0

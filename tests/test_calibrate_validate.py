@@ -151,3 +151,29 @@ def test_validate_runs_plans_and_reports(tmp_path: Path) -> None:
     assert load_json(out / "validation.json") == report
     html = (out / "validation.html").read_text()
     assert "<html>" in html and "predicted step time (ms)" in html  # the plotly scatter
+
+
+def test_host_time_is_recovered_from_the_negligible_size_steps() -> None:
+    """Steps of the negligible-size GPT (executor.calibration.bench_host) made slower than the profile's
+    price of them by a known host time per layer and per micro-batch (each rank measured with the others
+    at once, so x the core-sharing slowdown): the fit must give both back."""
+    from executor.calibration import HOST_MODEL
+
+    share = RAW["contention"]["gemm_slowdown"]
+    base = build_profile({**RAW, "framework": {}})
+    flat = dataclasses.replace(base, host_layer_overhead_s=0.0, host_microbatch_overhead_s=0.0,
+                               gpus_per_node=1, num_nodes=1, compute_slots_per_node=0)
+
+    def price(layers: int, micro_batch: int) -> float:
+        spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **HOST_MODEL)
+        plan = Plan(micro_batch=micro_batch, global_batch=4, dtype="fp32")
+        return float(evaluate(spec, flat, batch_from_plans([plan])).step_time[0])
+
+    layer, per_mb = 0.41e-3, 0.23e-3  # what this VM measured (docs/cost-model.md)
+    host = {"host_model": HOST_MODEL,
+            "step_1layer_s": (price(1, 4) + layer + per_mb) * share,
+            "step_5layers_s": (price(5, 4) + 5 * layer + per_mb) * share,
+            "step_1layer_4microbatches_s": (price(1, 1) + 4 * (layer + per_mb)) * share}
+    prof = build_profile({**RAW, "framework": {}, "host": host})
+    assert prof.host_layer_overhead_s == pytest.approx(layer, rel=1e-6)
+    assert prof.host_microbatch_overhead_s == pytest.approx(per_mb, rel=1e-6)

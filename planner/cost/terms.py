@@ -463,13 +463,14 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
 
-    def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True) -> tuple[Array, Array]:
+    def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True,
+                per_call: Array | None = None) -> tuple[Array, Array]:
         """One DP collective over a class's (trained) parameters, issued in buckets (or per layer): its
         total time and that of its last bucket (the dense parameters', whose first layers and embedding
         the backward reaches last; the expert parameters' where a class has no dense ones). Under
         hybrid sharding ZeRO's reduce-scatter and all-gather run inside the shard group, and each
         reduced shard is all-reduced over the replicas (FSDP2's HSDP; Megatron's distributed-optimizer
-        instances)."""
+        instances). `per_call`: the dense parameters go in that many calls instead (one per tensor)."""
         total = np.zeros_like(dense)
         last = np.zeros_like(dense)
         pd, pe = (train_dense, train_expert) if trained else (dense, expert)
@@ -481,6 +482,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             if fw.dp_bucket_params or fw.dp_bucket_params_per_rank:  # Megatron-Core: grows with dp
                 bucket = np.maximum(fw.dp_bucket_params, fw.dp_bucket_params_per_rank * g)[:, None] * per_param
             calls = np.maximum(n_layers, 1.0) if per_layer else np.maximum(1.0, np.ceil(nbytes / bucket))
+            if per_call is not None and dense_group:
+                calls = np.maximum(per_call, 1.0)
 
             def col(x: Array, shape: tuple[int, ...] = params.shape) -> Array:
                 return np.broadcast_to(x[:, None], shape)
@@ -509,6 +512,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
         + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0) \
         + np.where(classes.has_post & ~single & ~frozen_head & (res["tied_copy"] > 0)[:, None], 1.0, 0.0)
+    # ZeRO-1's parameter sync after the step: an all-gather's bytes, in one call per parameter tensor
+    # where the framework broadcasts tensor by tensor (torch's ZeroRedundancyOptimizer without
+    # parameters_as_bucket_view), each paying the collective's latency
+    res["dp_ag_z1"] = dp_coll("all_gather", w_b, False, per_call=tensors)[0] if fw.zero1_broadcast_per_tensor \
+        else res["dp_ag"]
     # Optimizer: memory bound (the framework's bytes per parameter, else a fused AdamW's), plus one
     # launch per parameter tensor for each element-wise op; ZeRO-1+ steps only the local shard.
     # An unfused step (torch.optim's per-tensor loop) passes over each tensor several times: beyond the
@@ -662,7 +670,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_reduce_z1"]), 0.0)),
         dp_reduce_last=np.where(zc == 0, s(st["dp_ar_last"]), np.where(zc == 1, s(st["dp_reduce_z1_last"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
-        dp_gather=np.where((zc == 1) | (zc == 2), s(st["dp_ag"]), 0.0),
+        dp_gather=np.where(zc == 1, s(st["dp_ag_z1"]), np.where(zc == 2, s(st["dp_ag"]), 0.0)),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
         optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
         + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
