@@ -23,6 +23,8 @@ reads them like it reads the cluster:
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
 - zero1_broadcast_per_tensor: ZeRO-1's parameter sync is one broadcast per parameter tensor, each
   paying the collective's latency (torch's ZeroRedundancyOptimizer as the executor runs it);
+- eager_grad_accumulation: each micro-batch after the first adds its gradients into `.grad` in place
+  (autograd's AccumulateGrad: 3 x the gradient bytes, one launch per tensor);
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
 - attention_kernel: the fused attention kernel it calls: "" for the GPU's default (cuDNN fused attention /
   FlashAttention-3 class, the catalog's `attention_efficiency`), "fa2" for FlashAttention-2 (PyTorch's
@@ -159,6 +161,9 @@ class Framework:
     # ZeRO-1 syncs the updated parameters by one broadcast per tensor (torch's ZeroRedundancyOptimizer
     # with its default parameters_as_bucket_view=False) instead of bucketed all-gathers
     zero1_broadcast_per_tensor: bool = False
+    # Gradients accumulate across micro-batches by autograd's in-place `.grad += new` (eager PyTorch
+    # without a fused accumulation buffer), where the gradient path states no accumulation of its own
+    eager_grad_accumulation: bool = False
     # Passes over the stage's gradients the pipeline schedule makes per step: 1 for
     # torch.distributed.pipelining's scale_grads (a division by the micro-batch count)
     pipeline_grad_passes: float = 0.0

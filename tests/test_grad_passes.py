@@ -96,3 +96,45 @@ def test_zero1_syncs_parameters_one_broadcast_per_tensor(h100, monkeypatch):
 
     assert sync_calls("this") == tensors
     assert sync_calls("megatron-core") == 1.0
+
+
+def test_eager_accumulation_is_what_autograd_adds_into_grad(h100, monkeypatch):
+    """Four micro-batches of 1 through the executor's model, the gradients kept between them as the
+    trainer does: torch dispatches one in-place add into a parameter's `.grad` per tensor for every
+    micro-batch after the first (counted here), each reading two fp32 gradients and writing one. The
+    price of the accumulation, on an H100's datasheet memory rate, must be those adds by hand."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import planner.cost.terms as terms
+
+    model = build_model(TINY)
+    grads = set()
+
+    class CountGradAdds(TorchDispatchMode):
+        adds, elements = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.add_.Tensor and args[0].data_ptr() in grads:
+                CountGradAdds.adds += 1
+                CountGradAdds.elements += args[0].numel()
+            return out
+
+    x = torch.randint(0, TINY.vocab_size, (4, 1, TINY.seq_len))
+    for i in range(4):
+        if i == 1:
+            grads.update(p.grad.data_ptr() for p in model.parameters())
+        with CountGradAdds():
+            model(x[i]).float().mean().backward()
+    assert CountGradAdds.adds == 3 * len(list(model.parameters()))  # a sanity check of the counter itself
+
+    plan = Plan(micro_batch=1, global_batch=4, dtype="fp32", framework="this")
+    with_acc = float(evaluate(TINY, h100, batch_from_plans([plan])).step_time[0])
+    monkeypatch.setattr(terms, "framework", lambda name: dataclasses.replace(framework(name),
+                                                                             eager_grad_accumulation=False))
+    without = float(evaluate(TINY, h100, batch_from_plans([plan])).step_time[0])
+    gpu = h100.gpu
+    by_hand = 12.0 * CountGradAdds.elements / (gpu.memory_bandwidth * gpu.memory_efficiency) \
+        + CountGradAdds.adds * gpu.kernel_overhead_s
+    assert with_acc - without == pytest.approx(by_hand, rel=0.01)

@@ -251,13 +251,21 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     h, beta = model.hidden, DTYPE_BYTES[base_dtype(dt)]
     lowp_extra = extra_weight_bytes(dt, fw.fp8_param_gather)  # bytes per low-precision weight beyond 16 bits
     acc_b = grads.accumulation_bytes
+    acc_share = np.ones_like(t)  # of the micro-batches that pay it
+    if not acc_b and fw.eager_grad_accumulation:
+        # autograd's AccumulateGrad: every micro-batch after the first adds its gradient into `.grad`
+        # in place (read both, write one); the first one's gradient is stored as is
+        acc_b = 3.0 * grads.buffer_bytes
+        m = (b.gb // (b.dp * b.mb)).astype(np.float64)
+        acc_share = (m - 1.0) / m
 
     def accumulate(params: Array, tensors: Array) -> Array:
         """Each micro-batch's gradient accumulation outside the weight-gradient GEMMs (memory bound, one
-        launch per tensor): the bytes per parameter the framework's GradientPath streams."""
+        launch per tensor): the bytes per parameter the framework's GradientPath streams, or autograd's
+        in-place add after the first micro-batch (averaged over the step's micro-batches)."""
         if not acc_b:
             return np.zeros_like(params)
-        return gpu.memory_time(params * acc_b, tensors, resident) * cluster.compute_slowdown
+        return gpu.memory_time(params * acc_b * acc_share, tensors * acc_share, resident) * cluster.compute_slowdown
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
