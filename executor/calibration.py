@@ -415,12 +415,19 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
     layers = 2 * world
     dist.barrier()
     pp = _step_time(layers, 1, world, device, steps, micro_batch=1, pp=world)
+    # The schedule's own host time shows without the arithmetic's timing noise at HOST_MODEL's size:
+    # interleaved rounds, the median
+    pp_host = []
+    for _ in range(3 if quick else 5):
+        dist.barrier()
+        pp_host.append(_step_time(layers, 1, world, device, 4 * steps, micro_batch=1, pp=world, model=HOST_MODEL))
     dist.barrier()
     fsdp = _step_time(layers, 1, world, device, steps, micro_batch=1, dp=world, zero_stage=3)
     dist.barrier()
     sp = _step_time(layers, world, world, device, steps, sequence_parallel=True)
     bar.step("pipeline, FSDP and sequence-parallel steps")
-    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp, "tp_sp_step_s": sp}
+    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp, "tp_sp_step_s": sp,
+            "host_model": HOST_MODEL, "pp_host_step_s": _max_over_ranks(statistics.median(pp_host), device)}
 
 
 def bench_host(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:

@@ -262,7 +262,7 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **calib)
     node = dataclasses.replace(profile, gpus_per_node=world, num_nodes=1)
 
-    def solve(field: str, measured: float, plan: Plan, count: int) -> float:
+    def solve(field: str, measured: float, plan: Plan, count: int, spec: ModelSpec = spec) -> float:
         """The overhead value at which the model predicts `measured` for `plan` (never negative):
         bisection, since the step grows monotonically but not linearly with it (shared cores bound a
         step by the node's total work; host time can push communication out of its overlap window).
@@ -284,8 +284,14 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
 
     # four sequences per step: 4 micro-batches of 1 (pipeline: m + p - 1 slots; ZeRO-3: 4 / world
     # micro-batches through every layer) or one micro-batch of 4 through every layer (TP + SP)
-    pp_over = solve("pp_microbatch_overhead_s", fw["pp_step_s"],
-                    Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32"), 4 + world - 1)
+    # The pipeline schedule's: from the negligible-size GPT's pipelined step where calibrate measured one
+    # (its host time per layer and micro-batch measured alike, bench_host), else the calibration GPT's
+    pp_plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
+    if "pp_host_step_s" in fw:
+        host_spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **fw["host_model"])
+        pp_over = solve("pp_microbatch_overhead_s", fw["pp_host_step_s"], pp_plan, 4 + world - 1, host_spec)
+    else:
+        pp_over = solve("pp_microbatch_overhead_s", fw["pp_step_s"], pp_plan, 4 + world - 1)
     z3_over = solve("fsdp_layer_overhead_s", fw["zero3_step_s"],
                     Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32"), (4 // world) * layers)
     sp_over = profile.sp_layer_overhead_s

@@ -177,3 +177,23 @@ def test_host_time_is_recovered_from_the_negligible_size_steps() -> None:
     prof = build_profile({**RAW, "framework": {}, "host": host})
     assert prof.host_layer_overhead_s == pytest.approx(layer, rel=1e-6)
     assert prof.host_microbatch_overhead_s == pytest.approx(per_mb, rel=1e-6)
+
+
+def test_pipeline_overhead_comes_from_the_negligible_size_pipelined_step() -> None:
+    """Where calibrate measured the negligible-size GPT's pipelined step (`pp_host_step_s`), the pipeline
+    schedule's host time is fitted there: a step 3 ms slower than the profile predicts for that GPT
+    must be predicted exactly with the fitted overhead, whatever the calibration GPT's own step says."""
+    from executor.calibration import HOST_MODEL
+
+    base = build_profile({**RAW, "framework": {}})
+    fw = RAW["framework"]
+    world, layers = fw["world"], fw["layers"]
+    spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **HOST_MODEL)
+    plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
+    node = dataclasses.replace(base, gpus_per_node=world, num_nodes=1)
+    measured = float(evaluate(spec, node, batch_from_plans([plan])).step_time[0]) + 3e-3
+    raw = copy.deepcopy(RAW)
+    raw["framework"] = {**fw, "pp_step_s": 1e-6, "host_model": HOST_MODEL, "pp_host_step_s": measured}
+    fitted = dataclasses.replace(build_profile(raw), gpus_per_node=world, num_nodes=1)
+    assert fitted.pp_microbatch_overhead_s > 0
+    assert float(evaluate(spec, fitted, batch_from_plans([plan])).step_time[0]) == pytest.approx(measured, rel=1e-6)
