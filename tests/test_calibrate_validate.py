@@ -197,3 +197,19 @@ def test_pipeline_overhead_comes_from_the_negligible_size_pipelined_step() -> No
     fitted = dataclasses.replace(build_profile(raw), gpus_per_node=world, num_nodes=1)
     assert fitted.pp_microbatch_overhead_s > 0
     assert float(evaluate(spec, fitted, batch_from_plans([plan])).step_time[0]) == pytest.approx(measured, rel=1e-6)
+
+
+
+def test_pipeline_host_time_is_busy_time() -> None:
+    """The pipeline schedule's host work runs on the rank's own thread: the closed form's busy compute
+    must be what the event simulation keeps the busiest stage busy with, the schedule's host time per
+    micro-batch and chunk included (sends overlapped, so that neither counts them)."""
+    from planner.simulate import simulate_plans
+
+    prof = dataclasses.replace(build_profile(RAW), compute_slots_per_node=0, pp_microbatch_overhead_s=2e-3)
+    spec = ModelSpec(name="calib", num_layers=4, dtype="fp32", **RAW["tp_overhead"]["calib_model"])
+    for vpp in (1, 2):
+        plan = Plan(pp=2, vpp=vpp, micro_batch=1, global_batch=8, dtype="fp32", framework="megatron-core")
+        closed = float(evaluate(spec, prof, batch_from_plans([plan])).compute[0])
+        busiest = max(s["busy_s"] for s in simulate_plans(spec, prof, [plan])[0].per_stage)
+        assert closed == pytest.approx(busiest, rel=1e-6), vpp

@@ -242,8 +242,9 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     total = np.maximum(total, t_max)  # equal for one stage: keep the rounding from making a bubble
     pipeline = m * t_max + (total - t_max) / v
     bubble = pipeline - m * t_max
+    # busy time: the layers' compute and host work, and the pipeline schedule's host work per chunk
     compute_c = _per_class(cls.layers, terms.layer_compute) + np.where(pre, terms.pre_compute[e], 0.0) \
-        + np.where(post, terms.post_compute[e], 0.0)
+        + np.where(post, terms.post_compute[e], 0.0) + (v * terms.pp_host)[e]
     stage_compute = _pick(compute_c, crit)
     stretch = core_sharing_stretch(m * total / p, pipeline, cluster.compute_slowdown)
     pipeline, bubble, stage_compute = pipeline * stretch, bubble * stretch, stage_compute * stretch
