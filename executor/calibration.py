@@ -408,9 +408,10 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
 
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
     """Whole executor steps of the calibration GPT under a pipeline (pp = world, 4 micro-batches),
-    under ZeRO-3 (dp = world) and under tensor + sequence parallelism (tp = world): `planner calibrate`
-    fits the host overhead of the pipeline schedule per micro-batch, of FSDP per layer and of sequence
-    parallelism per layer as what these take beyond the profile's prediction."""
+    under ZeRO-3 (dp = world) and under tensor + sequence parallelism (tp = world), and the pipelined
+    step of HOST_MODEL as well (interleaved rounds, the median): `planner calibrate` fits the host
+    overhead of the pipeline schedule per micro-batch (from the HOST_MODEL step), of FSDP per layer and
+    of sequence parallelism per layer as what these take beyond the profile's prediction."""
     steps = 4 if quick else 6
     layers = 2 * world
     dist.barrier()

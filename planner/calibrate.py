@@ -251,7 +251,8 @@ def write_profile(path: str | Path, profile: ClusterSpec, raw: dict[str, Any]) -
 def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: dict[str, Any] | None) -> ClusterSpec:
     """The pipeline schedule's host time per micro-batch and stage, FSDP's per layer and micro-batch,
     and sequence parallelism's per layer and micro-batch: the residual of the executor's measured
-    pipeline / ZeRO-3 / TP + SP steps of the calibration GPT over the profile's prediction for them."""
+    pipeline / ZeRO-3 / TP + SP steps of the calibration GPT over the profile's prediction for them
+    (the pipeline's from the negligible-size GPT's pipelined step where the raw timings have one)."""
     if not fw or calib is None:
         return profile
     from planner.cost import batch_from_plans, evaluate

@@ -250,13 +250,13 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     tokens = b.mb * model.seq_len / c  # local tokens of one micro-batch
     h, beta = model.hidden, DTYPE_BYTES[base_dtype(dt)]
     lowp_extra = extra_weight_bytes(dt, fw.fp8_param_gather)  # bytes per low-precision weight beyond 16 bits
+    m = (b.gb // (b.dp * b.mb)).astype(np.float64)  # micro-batches per step
     acc_b = grads.accumulation_bytes
     acc_share = np.ones_like(t)  # of the micro-batches that pay it
     if not acc_b and fw.eager_grad_accumulation:
         # autograd's AccumulateGrad: every micro-batch after the first adds its gradient into `.grad`
         # in place (read both, write one); the first one's gradient is stored as is
         acc_b = 3.0 * grads.buffer_bytes
-        m = (b.gb // (b.dp * b.mb)).astype(np.float64)
         acc_share = (m - 1.0) / m
 
     def accumulate(params: Array, tensors: Array) -> Array:
@@ -533,23 +533,19 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     kernels = fw.optimizer_launches_per_tensor * tensors
     fused_bytes = OPTIMIZER_STEP_BYTES[dt]
     step_bytes = fw.optimizer_step_bytes or fused_bytes
-    for name, (gd, ge) in (("opt_full", (1.0, 1.0)), ("opt_sharded", (f_dp, g_edp))):
+    # Beside it, whole-gradient passes of the wrappers around the optimizer, each a read and a write of
+    # every local gradient (framework profile): DDP's copies into and out of its buckets (ZeRO-0/1 with
+    # data parallelism: full gradients), the pipeline schedule's division by the micro-batch count.
+    pipeline_passes = fw.pipeline_grad_passes * ((b.pp > 1) & (m > 1))
+    for held, gd, ge, ddp in (("full", 1.0, 1.0, b.dp > 1), ("sharded", f_dp, g_edp, False)):
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
         first = min(step_bytes, fused_bytes)
-        res[name] = (gpu.memory_time(local * first, kernels, resident_opt[:, None])
-                     + gpu.memory_time(local * (step_bytes - first))) * cluster.compute_slowdown
-    # Whole-gradient passes of the wrappers around the optimizer, each a read and a write of every local
-    # gradient (framework profile): DDP's copies into and out of its buckets (ZeRO-0/1 with data
-    # parallelism), the pipeline schedule's division by the micro-batch count (more than one).
-    m = b.gb // (b.dp * b.mb)
-    passes = fw.pipeline_grad_passes * ((b.pp > 1) & (m > 1))
-    for name, gd, ge, ddp in (("grad_passes_full", 1.0, 1.0, b.dp > 1), ("grad_passes_sharded", f_dp, g_edp, False)):
-        local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
-            + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
-        n_pass = (passes + fw.dp_grad_passes * ddp)[:, None]
-        res[name] = gpu.memory_time(local * n_pass * 2 * grad_b, n_pass * tensors, resident_opt[:, None]) \
-            * cluster.compute_slowdown
+        res[f"opt_{held}"] = (gpu.memory_time(local * first, kernels, resident_opt[:, None])
+                              + gpu.memory_time(local * (step_bytes - first))) * cluster.compute_slowdown
+        n_pass = (pipeline_passes + fw.dp_grad_passes * ddp)[:, None]
+        res[f"grad_passes_{held}"] = gpu.memory_time(local * n_pass * 2 * grad_b, n_pass * tensors,
+                                                     resident_opt[:, None]) * cluster.compute_slowdown
     return res
 
 
