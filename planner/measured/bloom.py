@@ -12,7 +12,13 @@ the run script the prequel converged to (bigscience tr11-176B-ml, see SOURCES.md
 - otherwise DeepSpeed gives the last stage the remainder ("78/12=6.5 - so the last stage has 1 block,
   while the rest have 7", section "Re-do");
 - NHEADS = 64 where a table of "48 node contenders" / "Final round comparison" does not print it ("all
-  NHEADS=64 (above too)").
+  NHEADS=64 (above too)");
+- a size the document states a whole shape for elsewhere ("200B model: ... NLAYERS=80, NHIDDEN=14400,
+  NHEADS=96"; "NHIDDEN=13824 / NLAYERS=80", 187B) has that shape where a table prints the size alone; in
+  "Choosing the fastest 3D Topology" ("the number of layers had to be tweaked to fit PP and NHIDDEN was
+  fixed") the other sizes have NHIDDEN 14400 and the multiple of PP nearest the printed size by the
+  document's own size formula. Every such row's printed TFLOPs follow from its layer count with the
+  calculator of the time (96 B s l h^2, before "TFLOPs calculation improved"), to 0.2 of a layer.
 Every row is checked against its own printed TFLOPs with the formula Megatron-DeepSpeed prints
 (Narayanan et al. 2021, with recompute: 96 B s l h^2 (1 + s/6h + V/16lh) per iteration): where the GBS
 column and the text above the table disagree, the GBS that reproduces the printed TFLOPs is used.
@@ -28,6 +34,13 @@ from planner.measured.reasons import reason
 FILE = "bloom_176b_prequel_topology_benchmarks_a100.csv"
 MEMORY_DEFINITION = "device"  # nvidia-smi: everything the process holds, CUDA context included
 HEADS_64 = ("48 node contenders", "Final round comparison")
+# Shapes the prequel states in full for a size it names, for tables that print only the size.
+NAMED_SHAPES = {
+    "200B": (14400, 80, 96),  # "Best TFLOPs": "200B model: TP=8, PP=10, NLAYERS=80, NHIDDEN=14400, NHEADS=96"
+    "187B": (13824, 80, 64),  # "48 node contenders": "NHIDDEN=13824 / NLAYERS=80", 187B; "all NHEADS=64 (above too)"
+}
+# "the number of layers had to be tweaked to fit PP and NHIDDEN was fixed" (at the 200B model's).
+FIXED_WIDTH_SECTION = "Choosing the fastest 3D Topology"
 
 
 def _shape_value(text: str, key: str) -> int | None:
@@ -35,16 +48,44 @@ def _shape_value(text: str, key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _shape(r: dict[str, str]) -> tuple[int | None, int | None, int | None]:
-    """(hidden, layers, heads) of a row: its own columns first, then the text above its table."""
+def prequel_size_b(hidden: int, layers: int, seq: int = 2048, vocab: int = 250_000) -> float:
+    """A shape's size in billions as the prequel computes it ("## Size": l (12h^2 + 13h) + vh + sh + 2h, with
+    its 200B model's VOCAB_LENGTH=250k)."""
+    return (layers * (12 * hidden**2 + 13 * hidden) + vocab * hidden + seq * hidden + 2 * hidden) / 1e9
+
+
+def layers_for_size(size_b: float, hidden: int, pp: int) -> int:
+    """The layer count, a multiple of PP ("the number of layers had to be tweaked to fit PP"), whose size
+    is nearest the printed one."""
+    per_layer = prequel_size_b(hidden, 1) - prequel_size_b(hidden, 0)
+    approx = max(1, round((size_b - prequel_size_b(hidden, 0)) / per_layer))
+    candidates = [k * pp for k in (approx // pp, approx // pp + 1) if k]
+    return min(candidates, key=lambda n: abs(prequel_size_b(hidden, n) - size_b))
+
+
+def _shape(r: dict[str, str], notes: list[str]) -> tuple[int | None, int | None, int | None]:
+    """(hidden, layers, heads) of a row: its own columns first, then the text above its table, then the
+    shape the document states for the size the row names (NAMED_SHAPES), then, in the topology section
+    whose NHIDDEN "was fixed", the layer count that gives the printed size at the 200B model's width."""
     text = r["model_shape_text_preceding_table"]
-    parts = [p for p in text.split(";") if p.strip().startswith(f"{r['size_as_printed']} model:")]
+    size = r["size_as_printed"]
+    parts = [p for p in text.split(";") if p.strip().startswith(f"{size} model:")]
     text = parts[0] if parts else text
     hidden = int_or(r["nhidden_col"], 0) or _shape_value(text, "NHIDDEN") or _shape_value(text, "HIDDEN")
     layers = int_or(r["layers_col"], 0) or _shape_value(text, "NLAYERS")
     heads = int_or(r["nheads"], 0) or _shape_value(text, "NHEADS")
     if heads is None and r["section"] in HEADS_64:
         heads = 64
+    named = NAMED_SHAPES.get(size)
+    if layers is None and named and hidden in (None, named[0]):
+        hidden, layers, heads = named[0], named[1], heads or named[2]
+        notes.append(f"{size}: h{hidden} l{layers} a{heads}, the shape the prequel states for {size}")
+    pp, size_b = int_or(r["pp"], 0), number(size.removesuffix("B"))
+    if layers is None and r["section"] == FIXED_WIDTH_SECTION and pp and size_b and hidden in (None, 14400):
+        hidden, heads = 14400, heads or 96
+        layers = layers_for_size(size_b, hidden, pp)
+        notes.append(f"{size} on PP {pp} at the fixed NHIDDEN 14400: {layers} layers, the multiple of PP "
+                     f"nearest the printed size ({prequel_size_b(hidden, layers):.1f}B)")
     return hidden, layers, heads
 
 
@@ -72,9 +113,9 @@ def _check_gbs(r: dict[str, str], hidden: int, layers: int, gbs: int, gpus: int,
 
 
 def _row(i: int, r: dict[str, str]) -> PrintedRun:
-    hidden, layers, heads = _shape(r)
     blockers: list[str] = []
     notes: list[str] = []
+    hidden, layers, heads = _shape(r, notes)
     n = int_or(r["gpus"], 0)
     tp, pp = int_or(r["tp"], 0), int_or(r["pp"], 0)
     shape = f"h{hidden or '?'} l{layers or '?'} a{heads or '?'}"
