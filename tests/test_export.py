@@ -26,9 +26,10 @@ from planner.errors import PlannerError
 from planner.export import FORMATS, ExportError, deepspeed_config, export_files, export_plan, export_warnings
 from planner.export.architecture import architecture
 from planner.export.common import parse_args_file
-from planner.export.torchtitan import LLAMA3_FLAVORS, pipeline_loss_rank
+from planner.export.torchtitan import FAMILY_FLAVORS, LLAMA3_FLAVORS, model_flavor, pipeline_loss_rank
 from planner.plan import Plan, PlanDocument, load_plan, save_plan
 from planner.specs.catalog import load_cluster, model_preset
+from planner.specs.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((ROOT / "tests/fixtures/framework_names.json").read_text())
@@ -495,6 +496,104 @@ def test_torchtitan_refuses_a_wrong_world(tmp_path: Path) -> None:
     wrong = dataclasses.replace(doc, plan=dataclasses.replace(doc.plan, dp=1, global_batch=8))
     result = check_torchtitan(wrong, export_files(doc, "torchtitan"), tmp_path)
     assert not result.passed and "Invalid parallel dims" in result.reason
+
+
+# torchtitan 0.3.0's debug flavors of the 2025 families (torchtitan/models/<package>/__init__.py
+# "debugmodel"), written as the planner's ModelSpecs: the same code paths as the published sizes at a size
+# the fake-backend dry run builds in seconds.
+_DEBUG_BASE = ModelSpec(name="debug", num_layers=8, hidden=256, num_heads=16, num_kv_heads=8, ffn_hidden=3072,
+                        vocab_size=2048, seq_len=2048, activation="swiglu", norm="rmsnorm", position="rope",
+                        tied_embeddings=False, bias=False)
+TORCHTITAN_DEBUG_FAMILIES: dict[str, ModelSpec] = {
+    "qwen3": dataclasses.replace(_DEBUG_BASE, name="qwen3-debugmodel", head_width=128, qk_norm="rmsnorm",
+                                 tied_embeddings=True),
+    "qwen3-moe": dataclasses.replace(_DEBUG_BASE, name="qwen3-debugmodel-moe", head_width=128, qk_norm="rmsnorm",
+                                     num_experts=64, top_k=8, moe_ffn_hidden=256),
+    "deepseek-v3": dataclasses.replace(
+        _DEBUG_BASE, name="deepseek-v3-debugmodel", num_layers=6, num_kv_heads=16, ffn_hidden=1024, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, num_experts=8, top_k=3, moe_ffn_hidden=256,
+        shared_ffn_hidden=256, dense_layers=(0,), mtp_layers=1),
+    "gpt-oss": dataclasses.replace(
+        _DEBUG_BASE, name="gpt-oss-debugmodel", num_layers=4, num_heads=64, head_width=64, ffn_hidden=256, bias=True,
+        qkv_bias=True, sliding_window=128, window_layers=(0, 2), attention_sinks=True, num_experts=8, top_k=4,
+        router_bias=True),
+}
+
+
+@needs_torchtitan
+def test_family_flavors_match_torchtitan() -> None:
+    """The flavor table is torchtitan's own registry: layers, width, heads, vocabulary, tying, experts, top-k."""
+    import importlib
+
+    for (package, flavor), expected in FAMILY_FLAVORS.items():
+        m = importlib.import_module(f"torchtitan.models.{package}").model_registry(flavor).model
+        moe = [layer.moe for layer in m.layers if layer.moe is not None]
+        shape = (len(m.layers), m.dim, m.layers[0].attention.n_heads, m.vocab_size, m.enable_weight_tying,
+                 max((x.num_experts for x in moe), default=0), moe[0].router.top_k if moe else 0)
+        assert shape == expected, (package, flavor)
+
+
+def test_family_presets_export_to_the_torchtitan_model_of_the_same_name() -> None:
+    """The planner's presets (from the published config.json files) land on torchtitan's flavor of the same
+    published model; a family torchtitan does not ship, or a size it has no flavor for, is refused by name."""
+    expected = {"qwen3-8b": ("qwen3", "8B"), "qwen3-32b": ("qwen3", "32B"), "qwen3-30b-a3b": ("qwen3", "30B-A3B"),
+                "qwen3-235b-a22b": ("qwen3", "235B-A22B"), "deepseek-v3": ("deepseek_v3", "671B"),
+                "gpt-oss-20b": ("gpt_oss", "20b"), "gpt-oss-120b": ("gpt_oss", "120b")}
+    for preset, flavor in expected.items():
+        assert model_flavor(model_preset(preset)) == flavor, preset
+    for preset in ("kimi-k2", "llama4-scout", "mixtral-8x7b"):
+        with pytest.raises(ExportError, match="ships no model"):
+            model_flavor(model_preset(preset))
+    with pytest.raises(ExportError, match="ships no model"):  # a Qwen3 shape torchtitan has no flavor of
+        model_flavor(dataclasses.replace(model_preset("qwen3-8b"), num_layers=30))
+
+
+@needs_torchtitan
+@pytest.mark.parametrize("family, plan", [
+    ("qwen3", dict(tp=2, dp=2)),
+    ("qwen3-moe", dict(tp=2, dp=2, ep=2)),
+    ("qwen3-moe", dict(pp=2, dp=2, global_batch=8, zero_stage=1)),
+    ("deepseek-v3", dict(tp=2, dp=2, ep=2)),
+    ("gpt-oss", dict(tp=2, dp=2, ep=2)),
+], ids=["qwen3-tp2", "qwen3-moe-tp2-ep2", "qwen3-moe-pp2", "deepseek-v3-mtp-tp2-ep2", "gpt-oss-tp2-ep2"])
+def test_torchtitan_builds_the_family_trainers(family: str, plan: dict, tmp_path: Path) -> None:
+    """Each family's export is accepted by torchtitan's ConfigManager and Trainer (its model, MoE
+    dispatch, MTP loss, TP / EP / FSDP / PP) at the plan's world size."""
+    from planner.export.check import check_torchtitan
+
+    fields = dict(micro_batch=1, global_batch=4, zero_stage=3) | plan
+    doc = make_doc(TORCHTITAN_DEBUG_FAMILIES[family], "dgx-h100", 4, **fields)
+    result = check_torchtitan(doc, export_files(doc, "torchtitan"), tmp_path)
+    assert result.passed, result.reason
+
+
+@needs_torchao
+@pytest.mark.parametrize("dtype, cluster", [("fp8", "dgx-h100"), ("mxfp8", "dgx-b200"), ("nvfp4", "dgx-b200")])
+def test_torchtitan_converts_moe_experts_and_leaves_the_router(dtype: str, cluster: str, tmp_path: Path) -> None:
+    """On MoE models the routed experts' grouped GEMMs get torchtitan's grouped converter where it has one
+    (fp8, mxfp8; nvfp4 has none: said), and the router gate stays bf16 (NVFP4 refuses its 8 outputs)."""
+    from planner.export.check import check_torchtitan
+
+    doc = make_doc(TORCHTITAN_DEBUG_FAMILIES["gpt-oss"], cluster, 4, tp=2, dp=2, ep=2, micro_batch=1,
+                   global_batch=4, zero_stage=3, dtype=dtype)
+    files = export_files(doc, "torchtitan")
+    job = next(v for k, v in files.items() if k.endswith("_job.py"))
+    assert ("GroupedExpertsConverter" in job) == (dtype != "nvfp4")
+    assert ("no nvfp4 converter for the routed experts" in job) == (dtype == "nvfp4")
+    assert check_torchtitan(doc, files, tmp_path).passed
+
+
+def test_torchtitan_refuses_what_it_cannot_pipeline() -> None:
+    """torchtitan 0.3.0 raises at start-up on pipelined tied embeddings and on pipelined MTP: the export
+    refuses them up front, naming the limit."""
+    tied = make_doc(TORCHTITAN_DEBUG_FAMILIES["qwen3"], "dgx-h100", 4, pp=2, dp=2, micro_batch=1, global_batch=8,
+                    zero_stage=1)
+    with pytest.raises(ExportError, match="tied embeddings"):
+        export_files(tied, "torchtitan")
+    mtp = make_doc(TORCHTITAN_DEBUG_FAMILIES["deepseek-v3"], "dgx-h100", 4, pp=2, dp=2, micro_batch=1,
+                   global_batch=8, zero_stage=1)
+    with pytest.raises(ExportError, match="multi-token prediction"):
+        export_files(mtp, "torchtitan")
 
 
 def _free_port() -> int:

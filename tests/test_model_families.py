@@ -215,6 +215,6 @@ def test_torchtitan_refuses_a_llama3_shape_with_family_features() -> None:
     from planner.export.torchtitan import model_flavor
 
     llama = model_preset("llama3-8b")
-    assert model_flavor(llama) == "8B"
+    assert model_flavor(llama) == ("llama3", "8B")
     with pytest.raises(ExportError):
         model_flavor(dataclasses.replace(llama, qk_norm="rmsnorm"))

@@ -40,22 +40,66 @@ LLAMA3_FLAVORS: dict[str, tuple[int, int, int, int, int, int, bool]] = {
     "405B": (126, 16384, 128, 8, 53248, 128256, False),
 }
 
+# torchtitan 0.3.0's other decoder families (torchtitan/models/<package>/__init__.py): (package, flavor) ->
+# (layers, dim, heads, vocabulary, tied embeddings, routed experts, experts per token; 0 for dense).
+# Each flavor is the published model (its RoPE, norms, window and expert sizes as its model card gives
+# them). tests/test_export.py checks this table against torchtitan's own model_registry.
+FAMILY_FLAVORS: dict[tuple[str, str], tuple[int, int, int, int, bool, int, int]] = {
+    ("qwen3", "debugmodel"): (8, 256, 16, 2048, True, 0, 0),
+    ("qwen3", "0.6B"): (28, 1024, 16, 151936, True, 0, 0),
+    ("qwen3", "1.7B"): (28, 2048, 16, 151936, True, 0, 0),
+    ("qwen3", "4B"): (36, 2560, 32, 151936, True, 0, 0),
+    ("qwen3", "8B"): (36, 4096, 32, 151936, False, 0, 0),
+    ("qwen3", "14B"): (40, 5120, 40, 151936, False, 0, 0),
+    ("qwen3", "32B"): (64, 5120, 64, 151936, False, 0, 0),
+    ("qwen3", "debugmodel_moe"): (8, 256, 16, 2048, False, 64, 8),
+    ("qwen3", "30B-A3B"): (48, 2048, 32, 151936, False, 128, 8),
+    ("qwen3", "235B-A22B"): (94, 4096, 64, 151936, False, 128, 8),
+    ("deepseek_v3", "debugmodel"): (6, 256, 16, 2048, False, 8, 3),
+    ("deepseek_v3", "16B"): (27, 2048, 16, 102400, False, 64, 6),
+    ("deepseek_v3", "236B"): (60, 5120, 128, 102400, False, 160, 6),
+    ("deepseek_v3", "671B"): (61, 7168, 128, 129280, False, 256, 8),
+    ("gpt_oss", "debugmodel"): (4, 256, 64, 2048, False, 8, 4),
+    ("gpt_oss", "20b"): (24, 2880, 64, 201088, False, 32, 4),
+    ("gpt_oss", "120b"): (36, 2880, 64, 201088, False, 128, 4),
+}
+
 _ORDER = ("tp", "cp", "dp", "pp")  # torchtitan's device mesh (pp, dp_replicate, dp_shard, cp, tp), innermost first
 
 Assignments = list[tuple[str, str]]  # (attribute path under `config`, Python expression)
 
 
-def model_flavor(m: ModelSpec) -> str:
-    """The torchtitan llama3 flavor with exactly this model's shape (ExportError if none)."""
+def _family_package(m: ModelSpec) -> str | None:
+    """The torchtitan model package whose architecture `m` has (MLA: deepseek_v3; attention sinks and
+    sliding windows: gpt_oss; q/k RMSNorm: qwen3), None for another architecture."""
+    if m.kv_lora_rank:
+        return "deepseek_v3"
+    if m.attention_sinks:
+        return "gpt_oss"
+    if m.qk_norm == "rmsnorm":
+        return "qwen3"
+    return None
+
+
+def model_flavor(m: ModelSpec) -> tuple[str, str]:
+    """(torchtitan model package, flavor) with exactly this model's shape (ExportError if none)."""
     shape = (m.num_layers, m.hidden, m.num_heads, m.num_kv_heads, m.ffn_hidden, m.vocab_size, m.tied_embeddings)
     llama_like = (m.position == "rope" and m.norm == "rmsnorm" and m.activation == "swiglu" and not m.bias
                   and not m.qkv_bias and not m.is_moe and m.causal and m.head == "lm" and not m.family_features)
     for flavor, known in LLAMA3_FLAVORS.items():
         if llama_like and shape == known:
-            return flavor
-    raise ExportError(f"torchtitan 0.3.0 ships no model with {m.name}'s architecture (its llama3 flavors are "
-                      f"{', '.join(LLAMA3_FLAVORS)}: RoPE, RMSNorm, SwiGLU, no biases, with their exact "
-                      f"shapes); register a model in torchtitan, or export to Megatron-LM")
+            return "llama3", flavor
+    package = _family_package(m)
+    family_shape = (m.num_layers, m.hidden, m.num_heads, m.vocab_size, m.tied_embeddings, m.num_experts,
+                    m.top_k if m.num_experts else 0)
+    for (pkg, flavor), known_family in FAMILY_FLAVORS.items():
+        if pkg == package and family_shape == known_family:
+            return pkg, flavor
+    offered = "; ".join(f"{pkg}: {', '.join(f for p, f in FAMILY_FLAVORS if p == pkg)}"
+                        for pkg in dict.fromkeys(p for p, _ in FAMILY_FLAVORS))
+    raise ExportError(f"torchtitan 0.3.0 ships no model with {m.name}'s architecture and shape (its flavors: "
+                      f"llama3: {', '.join(LLAMA3_FLAVORS)}; {offered}; each with its published shape); "
+                      f"register a model in torchtitan, or export to Megatron-LM")
 
 
 def _data_parallel(p: Plan, m: ModelSpec, b: Build) -> Assignments:
@@ -105,6 +149,13 @@ def stage_modules(p: Plan, m: ModelSpec) -> list[list[str]]:
 
 
 def _pipeline(p: Plan, m: ModelSpec, b: Build) -> Assignments:
+    if p.pp > 1 and m.tied_embeddings:
+        raise ExportError(f"torchtitan 0.3.0 does not pipeline a model with tied embeddings ({m.name}: 'Weight "
+                          "tying is not supported with Pipeline Parallel'); re-plan with --pp 1, or export to "
+                          "Megatron-LM")
+    if p.pp > 1 and m.mtp_layers:
+        raise ExportError(f"torchtitan 0.3.0 does not pipeline multi-token prediction ({m.name}: 'MTP does not "
+                          "support pipeline parallelism yet'); re-plan with --pp 1, or export to Megatron-LM")
     out = [("parallelism.pipeline_parallel_degree", str(p.pp))]
     if p.pp > 1:
         schedule = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1F1B"}[p.schedule]
@@ -155,9 +206,32 @@ CONVERTERS: dict[str, tuple[str, str]] = {
 }
 
 
-def converter(p: Plan) -> tuple[str, str] | None:
-    """(import line, config expression) of the model converter that trains `p` in its low precision."""
-    return CONVERTERS.get("fp8-rowwise" if p.dtype == "fp8" else p.dtype)
+# On MoE models the router's gate stays in bf16 (its few outputs, one per expert, are below the 4-bit
+# kernels' 128-wide minimum), as torchtitan's own MoE recipes select: attention, shared experts, dense FFNs.
+MOE_LINEAR_CONVERTERS: dict[str, tuple[str, str]] = {
+    "fp8-rowwise": (CONVERTERS["fp8-rowwise"][0],
+                    "Float8LinearConverter.Config(recipe_name='rowwise', filter_fqns=['lm_head', 'router'])"),
+    "mxfp8": (CONVERTERS["mxfp8"][0],
+              "MXFP8LinearConverter.Config(fqns=['attention', 'shared_experts', 'feed_forward'])"),
+    "nvfp4": (CONVERTERS["nvfp4"][0],
+              "NVFP4LinearConverter.Config(fqns=['attention', 'shared_experts', 'feed_forward'])"),
+}
+
+# The routed experts' grouped GEMMs of MoE models (not nn.Linear: the linear converters leave them alone).
+EXPERT_CONVERTERS: dict[str, tuple[str, str]] = {
+    "fp8-rowwise": ("from torchtitan.components.quantization.float8 import Float8GroupedExpertsConverter",
+                    "Float8GroupedExpertsConverter.Config()"),
+    "mxfp8": ("from torchtitan.components.quantization.mx import MXFP8GroupedExpertsConverter",
+              "MXFP8GroupedExpertsConverter.Config()"),
+}
+
+
+def converters(p: Plan, m: ModelSpec) -> list[tuple[str, str]]:
+    """Every converter `p` needs on `m`: the linear layers', then (MoE) the routed experts'."""
+    recipe = "fp8-rowwise" if p.dtype == "fp8" else p.dtype
+    linear = (MOE_LINEAR_CONVERTERS if m.is_moe else CONVERTERS).get(recipe)
+    experts = EXPERT_CONVERTERS.get(recipe) if m.is_moe else None
+    return [c for c in (linear, experts) if c]
 
 
 def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
@@ -166,6 +240,10 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     elif p.dtype == "fp8":
         b.deviate("dtype", "torchtitan's float8 converter has only row-wise scaling recipes, so the per-tensor "
                   "fp8 recipe runs as fp8-rowwise (Float8LinearConverter, recipe 'rowwise')", dtype="fp8-rowwise")
+    recipe = "fp8-rowwise" if p.dtype == "fp8" else p.dtype
+    if m.is_moe and recipe in CONVERTERS and recipe not in EXPERT_CONVERTERS:
+        b.deviate("dtype", f"torchtitan 0.3.0 has no {recipe} converter for the routed experts' grouped GEMMs: "
+                  f"they run in bf16, the other linear layers in {recipe}")
     return [("training.dtype", "'float32'"),  # master weights and optimizer states
             ("training.mixed_precision_param", repr("float32" if p.dtype == "fp32" else "bfloat16")),
             ("training.mixed_precision_reduce", "'float32'")]
@@ -263,15 +341,11 @@ def _job_settings(doc: PlanDocument) -> Assignments:
             ("hf_assets_path", "'<HF_ASSETS_PATH>'  # placeholder: the launch script passes --hf-assets-path")]
 
 
-def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> str:
-    m = doc.model
+def _llama3_model_lines(m: ModelSpec, flavor: str) -> list[str]:
+    """Check the llama3 flavor's shape, then set the plan's RoPE and norm epsilon (torchtitan's llama3
+    flavors are Llama 3.1's; the same shapes serve Llama 3.0 and others)."""
     arch = architecture(m)
     layers, dim, heads, kv, ffn, vocab, tied = LLAMA3_FLAVORS[flavor]
-    conv = converter(doc.plan)
-    assignments: Assignments = []
-    for rule in TORCHTITAN_FIELDS.values():
-        assignments += rule(doc.plan, m, b)
-    warnings = b.warnings(strict=False)
     rope_lines = [f"        layer.attention.rope.theta = {arch.rope_theta!r}"]
     if arch.rope_scaling is None:
         rope_lines.append("        layer.attention.rope.scaling = 'none'  # torchtitan's flavors are Llama 3.1")
@@ -282,6 +356,52 @@ def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> s
                        f"        layer.attention.rope.low_freq_factor = {s.low_freq_factor!r}",
                        f"        layer.attention.rope.high_freq_factor = {s.high_freq_factor!r}",
                        f"        layer.attention.rope.original_max_position_embeddings = {s.original_max_position}"]
+    return ["    # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon "
+            f"({arch.source})",
+            "    shape = (len(model.layers), model.dim, model.layers[0].attention.n_heads,",
+            "             model.layers[0].attention.n_kv_heads or model.layers[0].attention.n_heads,",
+            "             model.layers[0].feed_forward.w1.out_features, model.vocab_size, model.enable_weight_tying)",
+            f"    expected = {(layers, dim, heads, kv, ffn, vocab, tied)!r}",
+            "    if shape != expected:",
+            f"        raise ValueError(f'torchtitan llama3 {flavor} is {{shape}}; {m.name} is {{expected}}')",
+            "    for layer in model.layers:",
+            *rope_lines,
+            f"        layer.attention_norm.eps = {arch.norm_eps!r}",
+            f"        layer.ffn_norm.eps = {arch.norm_eps!r}",
+            f"    model.norm.eps = {arch.norm_eps!r}"]
+
+
+def _family_model_lines(m: ModelSpec, package: str, flavor: str) -> list[str]:
+    """Check a published-model flavor's shape (its RoPE, norms, window and expert sizes are the model
+    card's, as the planner's preset of the same model)."""
+    expected = FAMILY_FLAVORS[(package, flavor)] + ((m.mtp_layers,) if package == "deepseek_v3" else ())
+    mtp = ", len(model.mtp_layers or [])" if package == "deepseek_v3" else ""
+    return [f"    # the plan's model, exactly: torchtitan's {package} {flavor} is the published model (shape checked)",
+            "    moe = [layer.moe for layer in model.layers if layer.moe is not None]",
+            "    shape = (len(model.layers), model.dim, model.layers[0].attention.n_heads, model.vocab_size,",
+            "             model.enable_weight_tying, max((x.num_experts for x in moe), default=0),",
+            f"             moe[0].router.top_k if moe else 0{mtp})",
+            f"    expected = {expected!r}",
+            "    if shape != expected:",
+            f"        raise ValueError(f'torchtitan {package} {flavor} is {{shape}}; {m.name} is {{expected}}')"]
+
+
+def _module_text(doc: PlanDocument, b: Build, head: list[str], package: str, flavor: str) -> str:
+    m = doc.model
+    convs = converters(doc.plan, m)
+    mtp = package == "deepseek_v3" and m.mtp_layers > 0
+    registry_args = [repr(flavor)] + ([f"num_mtp_layers={m.mtp_layers}"] if mtp else [])
+    if convs:
+        registry_args.append(f"converters=[{', '.join(c[1] for c in convs)}]")
+    loss = ("MTPLoss.Config(global_vocab_size=decoder_vocab_size(model_spec))" if mtp else
+            "ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config("
+            "global_vocab_size=decoder_vocab_size(model_spec)))")
+    model_lines = (_llama3_model_lines(m, flavor) if package == "llama3"
+                   else _family_model_lines(m, package, flavor))
+    assignments: Assignments = []
+    for rule in TORCHTITAN_FIELDS.values():
+        assignments += rule(doc.plan, m, b)
+    warnings = b.warnings(strict=False)
     lines = [comment(head + warnings + b.notes).rstrip("\n"),
              '"""torchtitan config registry for one plan: torchrun ... -m torchtitan.train --module '
              f'<this module> --config {CONFIG_FUNCTION}."""',
@@ -295,34 +415,22 @@ def _module_text(doc: PlanDocument, b: Build, head: list[str], flavor: str) -> s
              "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
              "from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader",
              "from torchtitan.models.common.config_utils import decoder_vocab_size",
-             "from torchtitan.models.llama3 import model_registry",
+             *(["from torchtitan.models.deepseek_v3.mtp import MTPLoss"] if mtp else []),
+             f"from torchtitan.models.{package} import model_registry",
              "from torchtitan.tools.profiler import Profiler",
              "from torchtitan.trainer import Trainer",
-             *([conv[0]] if conv else []),
+             *[c[0] for c in convs],
              "",
              "",
              f"def {CONFIG_FUNCTION}() -> Trainer.Config:",
              f'    """{m.name}: {doc.plan.describe()} on {doc.cluster.num_gpus} GPUs (planner {doc.hash})."""',
-             f"    model_spec = model_registry({flavor!r}{f', converters=[{conv[1]}]' if conv else ''})"
-             + ("  # the layers' linear GEMMs in low precision, the LM head in bf16" if conv else "  # bf16"),
+             f"    model_spec = model_registry({', '.join(registry_args)})"
+             + ("  # the layers' linear GEMMs in low precision, the LM head in bf16" if convs else "  # bf16"),
              "    model = model_spec.model",
-             "    # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon "
-             f"({arch.source})",
-             "    shape = (len(model.layers), model.dim, model.layers[0].attention.n_heads,",
-             "             model.layers[0].attention.n_kv_heads or model.layers[0].attention.n_heads,",
-             "             model.layers[0].feed_forward.w1.out_features, model.vocab_size, model.enable_weight_tying)",
-             f"    expected = {(layers, dim, heads, kv, ffn, vocab, tied)!r}",
-             "    if shape != expected:",
-             f"        raise ValueError(f'torchtitan llama3 {flavor} is {{shape}}; {m.name} is {{expected}}')",
-             "    for layer in model.layers:",
-             *rope_lines,
-             f"        layer.attention_norm.eps = {arch.norm_eps!r}",
-             f"        layer.ffn_norm.eps = {arch.norm_eps!r}",
-             f"    model.norm.eps = {arch.norm_eps!r}",
+             *model_lines,
              "    config = Trainer.Config(",
              "        model_spec=model_spec,",
-             "        loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config("
-             "global_vocab_size=decoder_vocab_size(model_spec))),",
+             f"        loss={loss},",
              "        training=TrainingConfig(),",
              "        parallelism=ParallelismConfig(),",
              "        dataloader=HuggingFaceTextDataLoader.Config(),",
@@ -358,7 +466,7 @@ def pipeline_loss_rank(doc: PlanDocument) -> int:
 def torchtitan_files(doc: PlanDocument, strict: bool, name: str = "torchtitan") -> dict[str, str]:
     """torchtitan_job.py (config registry), torchtitan.launch.sh, torchtitan.sbatch."""
     b = Build(doc, "torchtitan")
-    flavor = model_flavor(doc.model)
+    package, flavor = model_flavor(doc.model)
     strict_check = Build(doc, "torchtitan")
     for rule in TORCHTITAN_FIELDS.values():
         rule(doc.plan, doc.model, strict_check)
@@ -378,7 +486,7 @@ def torchtitan_files(doc: PlanDocument, strict: bool, name: str = "torchtitan") 
               '--hf-assets-path "$HF_ASSETS_PATH" "${DATA_ARGS[@]}" --dump-folder "$DUMP_FOLDER"',
               '--training.steps "$TRAIN_STEPS"'],
         loss_rank=pipeline_loss_rank(doc), log_filter=True)
-    return {f"{module}.py": _module_text(doc, b, head, flavor),
+    return {f"{module}.py": _module_text(doc, b, head, package, flavor),
             f"{name}.launch.sh": launch_script(doc, launch, head + warnings + b.notes),
             f"{name}.sbatch": sbatch_script(doc, launch, head + warnings)}
 
