@@ -28,7 +28,7 @@ from planner.export.architecture import architecture
 from planner.export.common import parse_args_file
 from planner.export.torchtitan import FAMILY_FLAVORS, LLAMA3_FLAVORS, model_flavor, pipeline_loss_rank
 from planner.plan import Plan, PlanDocument, load_plan, save_plan
-from planner.specs.catalog import load_cluster, model_preset
+from planner.specs.catalog import load_cluster, load_model, model_preset
 from planner.specs.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -541,6 +541,8 @@ def test_family_presets_export_to_the_torchtitan_model_of_the_same_name() -> Non
                 "gpt-oss-20b": ("gpt_oss", "20b"), "gpt-oss-120b": ("gpt_oss", "120b")}
     for preset, flavor in expected.items():
         assert model_flavor(model_preset(preset)) == flavor, preset
+        # and the published config.json of the same model, as a user imports it
+        assert model_flavor(load_model(str(ROOT / f"tests/fixtures/hf/{preset}.json"))) == flavor, preset
     for preset in ("kimi-k2", "llama4-scout", "mixtral-8x7b"):
         with pytest.raises(ExportError, match="ships no model"):
             model_flavor(model_preset(preset))
