@@ -199,7 +199,6 @@ def test_pipeline_overhead_comes_from_the_negligible_size_pipelined_step() -> No
     assert float(evaluate(spec, fitted, batch_from_plans([plan])).step_time[0]) == pytest.approx(measured, rel=1e-6)
 
 
-
 def test_pipeline_host_time_is_busy_time() -> None:
     """The pipeline schedule's host work runs on the rank's own thread: the closed form's busy compute
     must be what the event simulation keeps the busiest stage busy with, the schedule's host time per

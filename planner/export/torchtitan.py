@@ -226,9 +226,14 @@ EXPERT_CONVERTERS: dict[str, tuple[str, str]] = {
 }
 
 
+def _recipe(p: Plan) -> str:
+    """The low-precision recipe torchtitan runs `p` in: its float8 converter is row-wise only."""
+    return "fp8-rowwise" if p.dtype == "fp8" else p.dtype
+
+
 def converters(p: Plan, m: ModelSpec) -> list[tuple[str, str]]:
     """Every converter `p` needs on `m`: the linear layers', then (MoE) the routed experts'."""
-    recipe = "fp8-rowwise" if p.dtype == "fp8" else p.dtype
+    recipe = _recipe(p)
     linear = (MOE_LINEAR_CONVERTERS if m.is_moe else CONVERTERS).get(recipe)
     experts = EXPERT_CONVERTERS.get(recipe) if m.is_moe else None
     return [c for c in (linear, experts) if c]
@@ -240,7 +245,7 @@ def _precision(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     elif p.dtype == "fp8":
         b.deviate("dtype", "torchtitan's float8 converter has only row-wise scaling recipes, so the per-tensor "
                   "fp8 recipe runs as fp8-rowwise (Float8LinearConverter, recipe 'rowwise')", dtype="fp8-rowwise")
-    recipe = "fp8-rowwise" if p.dtype == "fp8" else p.dtype
+    recipe = _recipe(p)
     if m.is_moe and recipe in CONVERTERS and recipe not in EXPERT_CONVERTERS:
         b.deviate("dtype", f"torchtitan 0.3.0 has no {recipe} converter for the routed experts' grouped GEMMs: "
                   f"they run in bf16, the other linear layers in {recipe}")

@@ -39,8 +39,10 @@ NAMED_SHAPES = {
     "200B": (14400, 80, 96),  # "Best TFLOPs": "200B model: TP=8, PP=10, NLAYERS=80, NHIDDEN=14400, NHEADS=96"
     "187B": (13824, 80, 64),  # "48 node contenders": "NHIDDEN=13824 / NLAYERS=80", 187B; "all NHEADS=64 (above too)"
 }
-# "the number of layers had to be tweaked to fit PP and NHIDDEN was fixed" (at the 200B model's).
+# "the number of layers had to be tweaked to fit PP and NHIDDEN was fixed" (at the 200B model's width,
+# with its heads).
 FIXED_WIDTH_SECTION = "Choosing the fastest 3D Topology"
+FIXED_WIDTH, _, FIXED_WIDTH_HEADS = NAMED_SHAPES["200B"]
 
 
 def _shape_value(text: str, key: str) -> int | None:
@@ -81,10 +83,10 @@ def _shape(r: dict[str, str], notes: list[str]) -> tuple[int | None, int | None,
         hidden, layers, heads = named[0], named[1], heads or named[2]
         notes.append(f"{size}: h{hidden} l{layers} a{heads}, the shape the prequel states for {size}")
     pp, size_b = int_or(r["pp"], 0), number(size.removesuffix("B"))
-    if layers is None and r["section"] == FIXED_WIDTH_SECTION and pp and size_b and hidden in (None, 14400):
-        hidden, heads = 14400, heads or 96
+    if layers is None and r["section"] == FIXED_WIDTH_SECTION and pp and size_b and hidden in (None, FIXED_WIDTH):
+        hidden, heads = FIXED_WIDTH, heads or FIXED_WIDTH_HEADS
         layers = layers_for_size(size_b, hidden, pp)
-        notes.append(f"{size} on PP {pp} at the fixed NHIDDEN 14400: {layers} layers, the multiple of PP "
+        notes.append(f"{size} on PP {pp} at the fixed NHIDDEN {hidden}: {layers} layers, the multiple of PP "
                      f"nearest the printed size ({prequel_size_b(hidden, layers):.1f}B)")
     return hidden, layers, heads
 
