@@ -455,3 +455,18 @@ def test_recompute_trades_activation_memory_for_compute(problem: tuple[ModelSpec
         assert b.compute[0] >= a.compute[0] * (1 - 1e-12)
         assert b.hw_flops[0] >= a.hw_flops[0]
         assert b.model_flops[0] == a.model_flops[0]
+
+
+def test_unfused_attention_bmms_leave_the_tensor_cores_for_heads_not_a_whole_number_of_16_byte_vectors() -> None:
+    """cuBLAS's tensor-core kernels need 16-byte aligned operands; a head of d 16-bit elements is
+    aligned iff 2d is a multiple of 16 (d = 8, 64, 128 are; 4, 108, 150 are not). Misaligned BMMs run
+    at the GPU's fp32 CUDA-core peak; a device whose 16-bit peak is its fp32 peak (no tensor cores)
+    and fp32 training are unaffected."""
+    from planner.cost.compute import bmm_rate_dtype
+    h100 = cluster_preset("dgx-h100").gpu
+    assert [bmm_rate_dtype(h100, "bf16", (d, d)) for d in (8, 64, 128)] == ["bf16"] * 3
+    assert [bmm_rate_dtype(h100, "bf16", (d, d)) for d in (4, 108, 150)] == ["fp32"] * 3
+    assert bmm_rate_dtype(h100, "bf16", (192, 100)) == "fp32"  # either head width misaligned
+    assert bmm_rate_dtype(h100, "fp8", (128, 128)) == "bf16"  # fp8 recipes keep attention in bf16
+    assert bmm_rate_dtype(h100, "fp32", (3, 3)) == "fp32"
+    assert bmm_rate_dtype(h100, "bf16", (0, 0)) == "bf16"  # unknown widths: taken as aligned

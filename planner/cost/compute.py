@@ -27,6 +27,10 @@ from planner.specs.cluster import GPUSpec
 
 Array = np.ndarray
 FLASH_BWD_FACTOR = 2.5
+# Tensor-core GEMM kernels load their operands in 16-byte vectors: every matrix pointer, leading
+# dimension and batch stride must be a multiple of 16 bytes (cuBLAS's Tensor Core usage requirements,
+# the "tensorop restrictions" NVIDIA's CUTLASS maintainers point to in NVIDIA/cutlass#75).
+TENSOR_CORE_ALIGNMENT_BYTES = 16
 # Backward of a memory-bound op reads the saved input and the output gradient and writes the input
 # gradient: three tensor passes against the forward's two.
 ELEMENTWISE_BWD_FACTOR = 1.5
@@ -92,16 +96,37 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     return OpTimes(fwd=fwd, bwd=dgrad + wgrad, wgrad=wgrad)
 
 
+def bmm_rate_dtype(gpu: GPUSpec, dtype: str, head_dims: tuple[int, int]) -> str:
+    """The peak the unfused attention's batched GEMMs run at: `dtype`'s, or the GPU's fp32 (CUDA-core)
+    peak where a head is not a whole number of 16-byte vectors.
+
+    The score and context BMMs address each head's queries, keys and values at multiples of the head
+    width (the heads' batch stride, and in a fused QKV projection their offsets), so a head of d
+    elements of b bytes is tensor-core aligned only if d·b is a multiple of 16 bytes. cuBLAS then runs
+    its non-tensor-core (SIMT) kernels, which multiply on the CUDA cores at the fp32 FMA rate. Measured
+    on A100 by the BLOOM team (chronicles-prequel.md, "NHEADs comparison": 13824 wide, 78 layers, same
+    layout): 64 or 96 heads (216, 144 wide) 121-125 s per step, 128 heads (108 wide: 216 bytes) 163 s.
+    Fused (flash) kernels are not affected: they pad the head to their tile."""
+    base = base_dtype(dtype)
+    b = DTYPE_BYTES[base]
+    fp32 = gpu.peak_flops.get("fp32", 0.0)
+    misaligned = any(d and (d * b) % TENSOR_CORE_ALIGNMENT_BYTES for d in head_dims)
+    if misaligned and 0.0 < fp32 < gpu.peak(base):
+        return "fp32"
+    return base
+
+
 def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool, tokens: Array,
                     seq: Array, tp: Array, heads: int, kv_hidden: int, hidden: int, kernel: str = "",
-                    resident: Array | float = 1.0) -> OpTimes:
+                    resident: Array | float = 1.0, head_dims: tuple[int, int] = (0, 0)) -> OpTimes:
     """The attention core (scores, softmax, context) for `tokens` queries against `seq` keys.
 
     A query is counted against `key_positions(op, seq)` keys (all s, or its sliding window / chunk);
     a causal fused kernel computes `causal_fraction` of those products. Widths come from the op (the
     graph's heads, q + k and v + out per token); `heads`, `kv_hidden` and `hidden` are used only for an
     op that carries none (a plain GPT/Llama core: q = out = hidden, k = v = kv_hidden). `kernel` names
-    the fused kernel the framework calls ("" the GPU's default, "fa2" FlashAttention-2).
+    the fused kernel the framework calls ("" the GPU's default, "fa2" FlashAttention-2). `head_dims`:
+    the query/key and value head widths (0: unknown, taken as aligned; see `bmm_rate_dtype`).
     """
     dtype = base_dtype(dtype)
     keys = key_positions(op, seq)
@@ -120,7 +145,7 @@ def attention_times(op: Op, gpu: GPUSpec, dtype: str, flash: bool, causal: bool,
         return OpTimes(fwd=fwd, bwd=FLASH_BWD_FACTOR * fwd)
     # Unfused: two batched GEMMs (QK^T, probabilities x V) plus memory-bound softmax/dropout.
     scores = b * (heads / tp) * tokens * keys  # bytes of one a x s x keys tensor
-    bmm = np.maximum(gpu.gemm_time(flops / 2.0, dtype),
+    bmm = np.maximum(gpu.gemm_time(flops / 2.0, bmm_rate_dtype(gpu, dtype, head_dims)),
                      gpu.memory_time(scores + b * tokens * qk / tp, resident=resident))
     elem = gpu.memory_time(op.io_s * tokens * keys / tp, op.kernels - 2, resident)
     fwd = 2.0 * bmm + elem
@@ -188,7 +213,7 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
                 t = OpTimes(fwd=t.fwd, bwd=t.bwd - t.wgrad)
         elif op.kind == "attention":
             t = attention_times(op, gpu, dtype, flash, m.causal, tokens, seq, tp, m.num_heads,
-                                m.kv_hidden, m.hidden, attention_kernel, resident)
+                                m.kv_hidden, m.hidden, attention_kernel, resident, (m.qk_head_dim, m.head_dim))
             attn_f, attn_b = attn_f + t.fwd, attn_b + t.bwd
         else:  # elementwise, embedding, loss: memory bound
             t = elementwise_times(op, gpu, tokens, tp, sp, resident)

@@ -352,7 +352,8 @@ class StepCost:
             eff_pairs = pairs_w if local else pairs
             seq = np.where(pre_c > 0, 2.0 * eff_pairs / np.maximum(pre_c, 1.0), 1.0)
             pre = attention_times(full_attention(core), gpu, dt, self.flash, True, pre_c, np.maximum(seq, 1.0), tp,
-                                  self.model.num_heads, self.model.kv_hidden, self.model.hidden).fwd
+                                  self.model.num_heads, self.model.kv_hidden, self.model.hidden,
+                                  head_dims=(self.model.qk_head_dim, self.model.head_dim)).fwd
             pre = np.where(pre_c > 0, pre, 0.0)
             total = total + counts[kind_i] * (decode + pre)
         return total * self.core_sharing
