@@ -206,10 +206,11 @@ def test_torchtitan_recompute_and_hardware_variants(runs: dict[str, list]) -> No
 
 
 def test_bloom_best_tflops_row(runs: dict[str, list]) -> None:
-    # "20B model: TP=8, PP=1, NLAYERS=8, NHIDDEN=14400, NHEADS=32 ... GBS=2048", fp16 table: 67GB, no Sec/it
+    # "20B model: TP=8, PP=1, NLAYERS=8, NHIDDEN=14400, NHEADS=32 ... GBS=2048", fp16 table: 67GB, no Sec/it;
+    # its log line: "elapsed time per iteration (s): 769.99"
     r = runs["bloom"][0]
     assert (r.model, r.tp, r.pp, r.dp, r.global_batch, r.precision) == ("bloom:14400:8:32", 8, 1, 1, 2048, "fp16")
-    assert (r.step_time_s, r.memory_gib, r.memory_definition) == (None, 67.0, "device")
+    assert (r.step_time_s, r.memory_gib, r.memory_definition) == (769.99, 67.0, "device")
     assert (r.recompute, r.flash_attention, r.zero_stage) == ("full", False, 1)
 
 
@@ -226,6 +227,19 @@ def test_bloom_pre_fix_tflops_formula_reproduces_the_fully_printed_log_lines() -
     assert _pre_fix_tflops(14400, 8, 2048, 769.99, 8) == pytest.approx(108.47, rel=0.001)
     assert _pre_fix_tflops(14400, 80, 2048, 844.81, 80) == pytest.approx(98.87, rel=0.001)
     assert _pre_fix_tflops(14400, 80, 2048, 430.21, 160) == pytest.approx(97.07, rel=0.001)
+
+
+def test_bloom_best_tflops_rows_take_the_seconds_of_their_log_lines(runs: dict[str, list]) -> None:
+    """The "Best TFLOPs" tables print no seconds; each row's step time is its log line's elapsed time,
+    which must give the TFLOPs the table prints (the CSV's column) by the calculator of the time."""
+    table = read_csv("bloom_176b_prequel_topology_benchmarks_a100.csv")
+    best = [r for r in runs["bloom"] if r.label.startswith("Best TFLOPs")]
+    assert len(best) == 6 and all(r.step_time_s for r in best)
+    for r in best:
+        hidden, layers, _ = (int(x) for x in r.model.split(":")[1:])
+        printed = float(table[r.row]["tflops_per_gpu"])
+        assert _pre_fix_tflops(hidden, layers, r.global_batch, r.step_time_s, r.num_gpus) == pytest.approx(
+            printed, rel=0.001), r.label
 
 
 def test_bloom_topology_rows_take_the_layer_count_their_printed_tflops_imply(runs: dict[str, list]) -> None:

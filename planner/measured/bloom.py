@@ -43,6 +43,12 @@ NAMED_SHAPES = {
 # with its heads).
 FIXED_WIDTH_SECTION = "Choosing the fastest 3D Topology"
 FIXED_WIDTH, _, FIXED_WIDTH_HEADS = NAMED_SHAPES["200B"]
+# The "Best TFLOPs" tables print TFLOPs and memory, no seconds; the Megatron log line above each row
+# prints its "elapsed time per iteration (s)" (the 2nd iteration), keyed here by (section, GPUs).
+LOG_LINE_SECONDS = {
+    ("Best TFLOPs / fp16", 8): 769.99, ("Best TFLOPs / fp16", 80): 844.81, ("Best TFLOPs / fp16", 160): 430.21,
+    ("Best TFLOPs / bf16", 8): 777.09, ("Best TFLOPs / bf16", 80): 853.81, ("Best TFLOPs / bf16", 160): 434.14,
+}
 
 
 def _shape_value(text: str, key: str) -> int | None:
@@ -149,6 +155,10 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
     mem_text = (r["mem_as_printed"] or "").strip()
     mem = number(mem_text.removesuffix("GB"))
     step = number(r["sec_per_iter"])
+    how = "printed seconds per iteration (2nd iteration)" if step else ""
+    if step is None and (section, n) in LOG_LINE_SECONDS:
+        step = LOG_LINE_SECONDS[(section, n)]
+        how = "elapsed time per iteration printed in the log line above the table (2nd iteration)"
     label = (f"{section}: {r['size_as_printed']} {shape} "
              f"dp{dp} tp{tp} pp{pp} mbs{mbs} gbs{gbs}" + (f" zs{r['zero_stage']}" if r["zero_stage"] else ""))
     return PrintedRun(
@@ -158,7 +168,7 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
         tp=tp, pp=pp, zero_stage=int_or(r["zero_stage"], 1), precision="bf16" if bf16 else "fp16",
         recompute="full", flash_attention=False,
         refinements=("framework profile: Megatron-DeepSpeed 2022 (no TP comm overlap, fused softmax)",),
-        step_time_s=step, step_time_how="printed seconds per iteration (2nd iteration)" if step else "",
+        step_time_s=step, step_time_how=how,
         memory_gib=mem, memory_definition=MEMORY_DEFINITION if mem is not None else "", oom=mem_text == "OOM",
         source_blockers=tuple(dict.fromkeys(blockers)), notes=tuple(notes), **kw)
 
