@@ -76,6 +76,27 @@ def _placement_note(p: Plan) -> str:
     return " [" + ">".join(p.placement) + "]"
 
 
+def _misaligned_heads(doc: dict[str, Any]) -> str:
+    """Why unfused attention is priced slow where a head is not a whole number of 16-byte vectors
+    (planner.cost.compute.bmm_rate_dtype), with what would avoid it; "" where that does not apply."""
+    from planner.cost.compute import TENSOR_CORE_ALIGNMENT_BYTES, bmm_rate_dtype
+    from planner.graph import DTYPE_BYTES
+    from planner.precision import base_dtype
+    from planner.specs.catalog import load_model
+    from planner.specs.cluster import GPUSpec
+
+    c = doc["cluster"]
+    if doc.get("flash_attention", True) or not isinstance(c["gpu"], dict):
+        return ""
+    m, gpu, dtype = load_model(doc["model"]), GPUSpec.from_dict(c["gpu"]), doc.get("dtype", "bf16")
+    if bmm_rate_dtype(gpu, dtype, (m.qk_head_dim, m.head_dim)) == base_dtype(dtype):
+        return ""
+    b = DTYPE_BYTES[base_dtype(dtype)]
+    return (f"unfused attention's BMMs priced at the fp32 CUDA-core peak: a head of {m.head_dim} x {b} B is not a "
+            f"multiple of {TENSOR_CORE_ALIGNMENT_BYTES} bytes, which tensor-core GEMMs need (docs/cost-model.md §2; "
+            f"a head width that is a multiple of {TENSOR_CORE_ALIGNMENT_BYTES // b}, or fused attention, avoids it)")
+
+
 def _framework_line(doc: dict[str, Any]) -> str:
     """What the plan's framework profile assumes (planner/data/frameworks.json), in one line."""
     from types import SimpleNamespace
@@ -145,6 +166,9 @@ def explain(doc: dict[str, Any]) -> str:
         extras.append(f"host memory in two levels: a {gpu['cache_bytes'] / 1e6:.1f} MB cache share per rank at "
                       f"{gpu['cache_bandwidth'] / 1e9:.1f} GB/s, memory at {gpu['memory_bandwidth'] / 1e9:.1f} GB/s "
                       "beyond it (docs/cost-model.md §2)")
+    misaligned = _misaligned_heads(doc)
+    if misaligned:
+        extras.append(misaligned)
     if extras:
         lines.append("         " + "; ".join(extras))
     lines.append(_framework_line(doc))

@@ -378,3 +378,22 @@ def test_explain_names_a_power_limited_parts_clock() -> None:
     doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
     line = next(x for x in explain(doc.to_json()).splitlines() if x.startswith("framework torchtitan"))
     assert f"FlashAttention-2 at 0.35 of peak at {cluster.gpu.clock_fraction:.2f} of the datasheet clock" in line
+
+
+def test_explain_says_why_unfused_attention_with_misaligned_heads_is_slow() -> None:
+    """BLOOM's 13824-wide model with 128 heads (108 wide: 216 bytes) against 64 heads (216 wide)."""
+    from planner.cost import estimate
+    from planner.plan import Plan, PlanDocument
+    from planner.report import explain
+    from planner.specs.catalog import cluster_preset, model_preset
+
+    cluster = cluster_preset("dgx-a100-80gb").with_gpus(8)
+    base = model_preset("gpt3-175b")
+    plan = Plan(tp=8, global_batch=8, dtype="fp16", flash_attention=False, recompute="full")
+    notes = []
+    for heads in (128, 64):
+        model = dataclasses.replace(base, name=f"h13824-a{heads}", hidden=13824, num_heads=heads,
+                                    num_kv_heads=heads, ffn_hidden=4 * 13824, num_layers=8)
+        doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
+        notes.append("not a multiple of 16 bytes" in explain(doc.to_json()))
+    assert notes == [True, False]
