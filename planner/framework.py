@@ -95,18 +95,26 @@ class GradientPath:
       the weight-gradient GEMM (autograd's in-place `grad += new`, a copy into an fp32 buffer); 0 where
       the GEMM accumulates in place (Megatron's gradient_accumulation_fusion, Transformer Engine's
       fuse_wgrad_accumulation) or ZeRO-2/3 reduce-scatter each micro-batch's gradient.
+    - step_bytes: under ZeRO (stage >= 1), the gradients' bytes per parameter of the rank's optimizer
+      shard at the optimizer step, where the step copies them (0: the held buffer, no copy). DeepSpeed's
+      ZeRO-1/2 fp16 step frees the gradients outside the rank's partition, then flattens the partition's
+      16-bit gradients (a 2-byte copy beside the 2-byte originals) and casts the copy to fp32 (4 bytes)
+      for the fp32 master weights (`stage_1_and_2.py`, `step`: `self.flatten(self.averaged_gradients[i])
+      .to(fp32)` before `free_grad_in_param_list(params_in_partition)`): 8. With few data-parallel ranks
+      that moment is the rank's peak (activations freed, every gradient of a large shard copied twice).
     """
 
     buffer_bytes: float
     reduce_bytes: float
     reduce_op: str = "reduce_scatter"
     accumulation_bytes: float = 0.0
+    step_bytes: float = 0.0
 
     def check(self, where: str) -> None:
         if self.reduce_op not in REDUCE_OPS:
             raise SpecError(f"must be one of {', '.join(REDUCE_OPS)}, got {self.reduce_op!r}",
                             field=f"{where}.reduce_op")
-        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes"):
+        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes", "step_bytes"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 100):
                 raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{name}")
@@ -230,7 +238,8 @@ def framework(name: str) -> Framework:
     try:
         gradients = tuple((dtype, GradientPath(**path)) for dtype, path in sorted(entry.get("gradients", {}).items()))
     except TypeError as exc:
-        raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes, reduce_op, accumulation_bytes ({exc})",
+        raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes, reduce_op, accumulation_bytes, "
+                        f"step_bytes ({exc})",
                         field=where) from None
     return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients})
 

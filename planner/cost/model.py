@@ -54,12 +54,16 @@ class MemoryParts:
     other_fixed: Array  # ZeRO-3 gather buffers, logits (broadcastable to (*grid, C))
     working: Array  # runtime reserve and full recompute's working set (broadcastable to (*grid, C))
     fixed: Array  # weights + grads + optimizer + other_fixed; -inf for padding classes
+    step_grads: Array  # gradients at the optimizer step where it copies them (GradientPath.step_bytes), else 0
+    step: Array  # the optimizer step's peak: weights + optimizer + step_grads + the reserve (activations freed)
     per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
     head: Array  # broadcastable to (*grid, C): what the head and loss save per micro-batch (last class)
     pipeline: tuple[Array, Array, Array, Array]  # per structure: pp, vpp, m (structures, 1), first ranks (.., C)
     schedule: Array  # (structures,): the schedule `totals` are computed under
     totals: Array  # (cells,): the memory per GPU of every cell under its structure's schedule
     grid: tuple[int, ...] = ()
+
+    reserve: float = 0.0  # the runtime reserve (ClusterSpec.reserved_memory_bytes), part of `step`
 
     @property
     def cells_per_structure(self) -> int:
@@ -79,15 +83,20 @@ class MemoryParts:
         held, head_held = _in_flight(self.pipeline, structure, sched)
         acts = held * self._at(self.per_microbatch, rows) + self._at(self.head, rows) * head_held[:, None]
         working = self._at(self.working, rows)
-        total = self._at(self.fixed, rows) + working + acts
+        training = self._at(self.fixed, rows) + working + acts
+        step = self._at(self.step, rows)
+        total = np.maximum(training, step)
         out = {"mem_total": _max_last(total)}
-        if breakdown:
+        if breakdown:  # the largest class at its peak: in the backward, or at the optimizer step
             pick = _argmax_last(total)
+            at_step = _pick(step > training, pick)
+            other = self._at(self.other_fixed, rows) + working
             out.update({"mem_weights": _pick(self._at(self.weights, rows), pick),
-                        "mem_grads": _pick(self._at(self.grads, rows), pick),
+                        "mem_grads": np.where(at_step, _pick(self._at(self.step_grads, rows), pick),
+                                              _pick(self._at(self.grads, rows), pick)),
                         "mem_optimizer": _pick(self._at(self.optimizer, rows), pick),
-                        "mem_activations": _pick(acts, pick),
-                        "mem_other": _pick(self._at(self.other_fixed, rows) + working, pick)})
+                        "mem_activations": np.where(at_step, 0.0, _pick(acts, pick)),
+                        "mem_other": np.where(at_step, self.reserve, _pick(other, pick))})
         return out
 
 
@@ -375,6 +384,11 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     other_fixed = np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
     fixed = np.where(cls.valid, weights + grads + optimizer + other_fixed, -np.inf)
     working = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
+    # The optimizer step, where it copies the gradients of the rank's optimizer shard (ZeRO >= 1)
+    step_bytes = gradient_path(terms.framework, terms.dtype).step_bytes
+    step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * step_bytes, 0.0)
+    step = np.where(cls.valid & (step_grads > 0), weights + optimizer + step_grads + cluster.reserved_memory_bytes,
+                    -np.inf)
     per_mb = _per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
     head = np.where(cls.has_post, terms.post_saved[e], 0.0)
     # Every cell under its structure's schedule: the largest class.
@@ -385,9 +399,10 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     own = np.zeros(n_s, dtype=np.int64) if schedule is None else np.asarray(schedule, dtype=np.int64)
     held, head_held = _in_flight(pipeline, np.arange(n_s), own)
     lead = (n_s,) + (1,) * (len(terms.grid) - 1)
-    total = fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1)
+    total = np.maximum(fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1), step)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
-                       fixed=fixed, per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
+                       fixed=fixed, step_grads=step_grads, step=step, reserve=cluster.reserved_memory_bytes,
+                       per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
                        totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1), grid=tuple(terms.grid))
 
 
