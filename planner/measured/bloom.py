@@ -6,7 +6,8 @@ the run script the prequel converged to (bigscience tr11-176B-ml, see SOURCES.md
 - full activation recompute (`--checkpoint-activations`), no flash attention (2022: fused softmax), no
   sequence parallelism, DeepSpeed's 1F1B pipeline, ZeRO stage 1 unless the row says otherwise;
 - fp16 before the "Rebalancing layers" section (its text: "compared to fp16"), bf16 in it and in the
-  "Best TFLOPs / bf16" table (the same peak on A100);
+  "Best TFLOPs / bf16" table (the same peak on A100); the latter before the BF16_Optimizer "that was just
+  written" for "Rebalancing layers", so through the ZeRO-1 optimizer as fp16 (`deepspeed-zero-bf16`);
 - "Rebalancing layers" and the `partition_method='type:transformer|embed'` table give each embedding a
   layer's slot (`2 + nlayers` over PP): the first and last stages hold one transformer layer fewer;
 - otherwise DeepSpeed gives the last stage the remainder ("78/12=6.5 - so the last stage has 1 block,
@@ -152,6 +153,8 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
         kw.update(last_stage_layers=layers - per * (pp - 1))
         notes.append(f"{layers} layers on PP {pp}: {per} per stage, the remainder on the last (DeepSpeed)")
     bf16 = section == "Rebalancing layers" or section.endswith("bf16")
+    # bf16 before "Rebalancing layers" ran the ZeRO-1 optimizer as fp16 (the BF16_Optimizer came with it)
+    profile = "deepspeed-zero-bf16" if bf16 and section != "Rebalancing layers" else ""
     mem_text = (r["mem_as_printed"] or "").strip()
     mem = number(mem_text.removesuffix("GB"))
     step = number(r["sec_per_iter"])
@@ -168,6 +171,7 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
         tp=tp, pp=pp, zero_stage=int_or(r["zero_stage"], 1), precision="bf16" if bf16 else "fp16",
         recompute="full", flash_attention=False,
         refinements=("framework profile: Megatron-DeepSpeed 2022 (no TP comm overlap, fused softmax)",),
+        profile=profile,
         step_time_s=step, step_time_how=how,
         memory_gib=mem, memory_definition=MEMORY_DEFINITION if mem is not None else "", oom=mem_text == "OOM",
         source_blockers=tuple(dict.fromkeys(blockers)), notes=tuple(notes), **kw)
