@@ -207,6 +207,9 @@ def explain(doc: dict[str, Any]) -> str:
         f"-> {'fits' if pr['fits'] else 'DOES NOT FIT'}",
         table(["kind", "GiB"], [[k, v] for k, v in mem.items()], align="lr"),
     ]
+    if doc.get("zero_stage", 0) >= 1 and mem.get("activations", 1.0) == 0.0:
+        lines.append("(the peak is the optimizer step, activations freed: the framework copies the gradients of the "
+                     "rank's ZeRO shard there, `grads` above; docs/cost-model.md §5)")
     sim = doc.get("simulation")
     if sim:
         lines += ["", f"discrete-event simulation: step {seconds(sim['step_time_s'])} "

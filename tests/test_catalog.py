@@ -397,3 +397,23 @@ def test_explain_says_why_unfused_attention_with_misaligned_heads_is_slow() -> N
         doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
         notes.append("not a multiple of 16 bytes" in explain(doc.to_json()))
     assert notes == [True, False]
+
+
+def test_explain_names_the_optimizer_step_when_it_is_the_memory_peak() -> None:
+    """DeepSpeed's fp16 ZeRO-1 step with one data-parallel replica (BLOOM's single-node runs): the step's
+    gradient copies (8 B per parameter) outweigh one micro-batch's activations; with 8 replicas they do not."""
+    from planner.cost import estimate
+    from planner.plan import Plan, PlanDocument
+    from planner.report import explain
+    from planner.specs.catalog import cluster_preset, model_preset
+
+    model = dataclasses.replace(model_preset("gpt3-175b"), num_layers=8)
+    said = []
+    for gpus in (8, 64):
+        cluster = cluster_preset("dgx-a100-80gb").with_gpus(gpus)
+        plan = Plan(tp=8, dp=gpus // 8, global_batch=64, dtype="fp16", flash_attention=False, recompute="full",
+                    zero_stage=1, framework="deepspeed")
+        pred = estimate(model, cluster, plan)
+        doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=pred)
+        said.append((pred["memory"]["activations"] == 0.0, "the peak is the optimizer step" in explain(doc.to_json())))
+    assert said == [(True, True), (False, False)]
