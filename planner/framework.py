@@ -56,7 +56,7 @@ reads them like it reads the cluster:
   accumulates unsharded gradients in its reduce_dtype, FSDPParam.to_accumulated_grad_if_needed): ZeRO-2/3
   shard no gradient memory there;
 - extends (in frameworks.json only): the profile this one copies, stating only what differs (a release
-  of the same framework);
+  of the same framework; a mapping such as `gradients` key by key);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
   max(dp_bucket_params, dp_bucket_params_per_rank x data-parallel ranks) (Megatron-Core grows it with
   the data-parallel size so the collectives do not turn latency bound); 0: PyTorch DDP's 25 MiB.
@@ -226,8 +226,11 @@ def _entry(name: str, seen: tuple[str, ...] = ()) -> dict:
     if parent in seen or parent == name:
         raise SpecError(f"extends itself through {' -> '.join((*seen, name, parent))}",
                         field=f"framework[{name}].extends")
+    base = _entry(parent, (*seen, name))
     own = {k: v for k, v in entry.items() if k != "extends"}
-    return {**_entry(parent, (*seen, name)), **own}
+    # a mapping (gradients per dtype) is extended key by key, like the profile itself
+    own.update({k: {**base[k], **v} for k, v in own.items() if isinstance(v, dict) and isinstance(base.get(k), dict)})
+    return {**base, **own}
 
 
 @lru_cache(maxsize=32)

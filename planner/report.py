@@ -79,7 +79,7 @@ def _placement_note(p: Plan) -> str:
 def _misaligned_heads(doc: dict[str, Any]) -> str:
     """Why unfused attention is priced slow where a head is not a whole number of 16-byte vectors
     (planner.cost.compute.bmm_rate_dtype), with what would avoid it; "" where that does not apply."""
-    from planner.cost.compute import TENSOR_CORE_ALIGNMENT_BYTES, bmm_rate_dtype
+    from planner.cost.compute import TENSOR_CORE_ALIGNMENT_BYTES, bmm_rate_dtype, misaligned_head_width
     from planner.graph import DTYPE_BYTES
     from planner.precision import base_dtype
     from planner.specs.catalog import load_model
@@ -89,10 +89,12 @@ def _misaligned_heads(doc: dict[str, Any]) -> str:
     if doc.get("flash_attention", True) or not isinstance(c["gpu"], dict):
         return ""
     m, gpu, dtype = load_model(doc["model"]), GPUSpec.from_dict(c["gpu"]), doc.get("dtype", "bf16")
-    if bmm_rate_dtype(gpu, dtype, (m.qk_head_dim, m.head_dim)) == base_dtype(dtype):
+    head_dims = (m.qk_head_dim, m.head_dim)
+    if bmm_rate_dtype(gpu, dtype, head_dims) == base_dtype(dtype):
         return ""
     b = DTYPE_BYTES[base_dtype(dtype)]
-    return (f"unfused attention's BMMs priced at the fp32 CUDA-core peak: a head of {m.head_dim} x {b} B is not a "
+    width = misaligned_head_width(dtype, head_dims)
+    return (f"unfused attention's BMMs priced at the fp32 CUDA-core peak: a head of {width} x {b} B is not a "
             f"multiple of {TENSOR_CORE_ALIGNMENT_BYTES} bytes, which tensor-core GEMMs need (docs/cost-model.md §2; "
             f"a head width that is a multiple of {TENSOR_CORE_ALIGNMENT_BYTES // b}, or fused attention, avoids it)")
 

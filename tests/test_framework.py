@@ -204,6 +204,15 @@ def test_a_release_profile_is_its_parent_with_what_it_states() -> None:
     assert (child.cross_entropy, parent.cross_entropy) == ("eager-fp32", "compiled")
 
 
+def test_a_release_profile_extends_a_mapping_key_by_key() -> None:
+    """deepspeed-zero-bf16 states only its bf16 gradient path; its fp16 path is deepspeed's."""
+    from planner.cost.memory import gradient_path
+
+    child, parent = framework("deepspeed-zero-bf16"), framework("deepspeed")
+    assert gradient_path(child, "fp16") == gradient_path(parent, "fp16")
+    assert gradient_path(child, "bf16") == gradient_path(child, "fp16") != gradient_path(parent, "bf16")
+
+
 def test_a_profile_extending_itself_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import planner.framework as fwmod
 

@@ -96,6 +96,13 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     return OpTimes(fwd=fwd, bwd=dgrad + wgrad, wgrad=wgrad)
 
 
+def misaligned_head_width(dtype: str, head_dims: tuple[int, int]) -> int:
+    """The first of `head_dims` (query/key, value head widths; 0 = unknown) whose `dtype` elements are
+    not a whole number of 16-byte vectors (TENSOR_CORE_ALIGNMENT_BYTES), 0 if none."""
+    b = DTYPE_BYTES[base_dtype(dtype)]
+    return next((d for d in head_dims if d and (d * b) % TENSOR_CORE_ALIGNMENT_BYTES), 0)
+
+
 def bmm_rate_dtype(gpu: GPUSpec, dtype: str, head_dims: tuple[int, int]) -> str:
     """The peak the unfused attention's batched GEMMs run at: `dtype`'s, or the GPU's fp32 (CUDA-core)
     peak where a head is not a whole number of 16-byte vectors.
@@ -108,10 +115,8 @@ def bmm_rate_dtype(gpu: GPUSpec, dtype: str, head_dims: tuple[int, int]) -> str:
     layout): 64 or 96 heads (216, 144 wide) 121-125 s per step, 128 heads (108 wide: 216 bytes) 163 s.
     Fused (flash) kernels are not affected: they pad the head to their tile."""
     base = base_dtype(dtype)
-    b = DTYPE_BYTES[base]
     fp32 = gpu.peak_flops.get("fp32", 0.0)
-    misaligned = any(d and (d * b) % TENSOR_CORE_ALIGNMENT_BYTES for d in head_dims)
-    if misaligned and 0.0 < fp32 < gpu.peak(base):
+    if misaligned_head_width(base, head_dims) and 0.0 < fp32 < gpu.peak(base):
         return "fp32"
     return base
 

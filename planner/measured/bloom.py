@@ -153,8 +153,8 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
         kw.update(last_stage_layers=layers - per * (pp - 1))
         notes.append(f"{layers} layers on PP {pp}: {per} per stage, the remainder on the last (DeepSpeed)")
     bf16 = section == "Rebalancing layers" or section.endswith("bf16")
-    # bf16 before "Rebalancing layers" ran the ZeRO-1 optimizer as fp16 (the BF16_Optimizer came with it)
-    profile = "deepspeed-zero-bf16" if bf16 and section != "Rebalancing layers" else ""
+    # "Best TFLOPs / bf16" (02-17) ran the ZeRO-1 optimizer as fp16 (the BF16_Optimizer came with "Rebalancing layers")
+    profile = "deepspeed-zero-bf16" if section.endswith("bf16") else ""
     mem_text = (r["mem_as_printed"] or "").strip()
     mem = number(mem_text.removesuffix("GB"))
     step = number(r["sec_per_iter"])
