@@ -27,6 +27,7 @@ from planner.measured import (
     printed_runs,
 )
 from planner.measured.accuracy import Prediction, comparable_memory_gib, summarise
+from planner.measured.bloom import FILE as BLOOM_FILE
 from planner.measured.bloom import implied_tflops
 from planner.measured.models import MODELS, bloom_shape
 from planner.measured.printed import read_csv
@@ -232,7 +233,7 @@ def test_bloom_pre_fix_tflops_formula_reproduces_the_fully_printed_log_lines() -
 def test_bloom_best_tflops_rows_take_the_seconds_of_their_log_lines(runs: dict[str, list]) -> None:
     """The "Best TFLOPs" tables print no seconds; each row's step time is its log line's elapsed time,
     which must give the TFLOPs the table prints (the CSV's column) by the calculator of the time."""
-    table = read_csv("bloom_176b_prequel_topology_benchmarks_a100.csv")
+    table = read_csv(BLOOM_FILE)
     best = [r for r in runs["bloom"] if r.label.startswith("Best TFLOPs")]
     assert len(best) == 6 and all(r.step_time_s for r in best)
     for r in best:
@@ -249,7 +250,7 @@ def test_bloom_topology_rows_take_the_layer_count_their_printed_tflops_imply(run
     # more or fewer moves them 1.2-1.4%).
     derived = [r for r in runs["bloom"] if r.row in range(14, 47)]
     assert len(derived) == 33 and all(isinstance(express(r, features=ALL_FEATURES), MeasuredRun) for r in derived)
-    table = read_csv("bloom_176b_prequel_topology_benchmarks_a100.csv")
+    table = read_csv(BLOOM_FILE)
     for r in derived:
         hidden, layers, heads = (int(x) for x in r.model.split(":")[1:])
         printed = float(table[r.row]["tflops_per_gpu"])
@@ -348,11 +349,17 @@ def test_memory_is_compared_on_the_measured_definition(runs: dict[str, list]) ->
 # ---- what the BLOOM team measured by changing one thing ------------------------------------------
 
 
-def _bloom_step(runs: dict[str, list], row: int) -> tuple[float, float]:
-    """(measured, predicted) seconds per step of BLOOM row `row`."""
+def _bloom_predicted(runs: dict[str, list], row: int) -> tuple[MeasuredRun, dict]:
+    """BLOOM row `row` as the planner expresses it, and the cost model's prediction of it."""
     r = express(runs["bloom"][row], features=ALL_FEATURES)
     assert isinstance(r, MeasuredRun)
-    return r.step_time_s, float(estimate(r.model, r.cluster, r.plan)["step_time_s"])
+    return r, estimate(r.model, r.cluster, r.plan)
+
+
+def _bloom_step(runs: dict[str, list], row: int) -> tuple[float, float]:
+    """(measured, predicted) seconds per step of BLOOM row `row`."""
+    r, pred = _bloom_predicted(runs, row)
+    return r.step_time_s, float(pred["step_time_s"])
 
 
 @pytest.mark.parametrize("slow,fast", [(80, 78),    # NHEADs comparison, tp8 pp6 mb4: 128 vs 64 heads
@@ -376,10 +383,9 @@ def test_bloom_single_replica_fp16_memory_peaks_at_deepspeeds_optimizer_step(run
     """One data-parallel replica of ZeRO-1 shards nothing, and DeepSpeed's fp16 step copies every gradient
     twice (a flat fp16 copy cast to fp32) after the activations are freed: nvidia-smi's peak (54-80 GB on
     these rows) must be predicted within 10% (it was 28-30% low with the backward's peak alone)."""
-    r = express(runs["bloom"][row], features=ALL_FEATURES)
-    assert isinstance(r, MeasuredRun) and r.memory_gib
-    predicted = comparable_memory_gib(estimate(r.model, r.cluster, r.plan), r)
-    assert predicted == pytest.approx(r.memory_gib, rel=0.10)
+    r, pred = _bloom_predicted(runs, row)
+    assert r.memory_gib
+    assert comparable_memory_gib(pred, r) == pytest.approx(r.memory_gib, rel=0.10)
 
 
 @pytest.mark.parametrize("fp16,bf16", [(0, 3), (1, 4), (2, 5)])
@@ -387,9 +393,7 @@ def test_bloom_bf16_before_the_bf16_optimizer_runs_as_fp16(runs: dict[str, list]
     """The 02-17 "Best TFLOPs" tables measured bf16 within 1% of fp16 in time and 3% in memory: bf16 then
     ran DeepSpeed's ZeRO-1 optimizer as fp16 did (the BF16_Optimizer, fp32 gradient accumulation, came
     on 02-28). Predicted, the two must be as close (the BF16_Optimizer's path made bf16 6% slower)."""
-    rows = [express(runs["bloom"][i], features=ALL_FEATURES) for i in (fp16, bf16)]
-    assert all(isinstance(r, MeasuredRun) for r in rows)
-    preds = [estimate(r.model, r.cluster, r.plan) for r in rows]
+    rows, preds = zip(*(_bloom_predicted(runs, i) for i in (fp16, bf16)), strict=True)
     measured_time = rows[1].step_time_s / rows[0].step_time_s
     measured_memory = rows[1].memory_gib / rows[0].memory_gib
     assert preds[1]["step_time_s"] / preds[0]["step_time_s"] == pytest.approx(measured_time, abs=0.02)
