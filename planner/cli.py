@@ -474,7 +474,7 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         _emit_json([{"name": f.name, "description": f.description, "tp_overlap": f.tp_overlap,
                      "dp_overlap": f.dp_overlap, "param_gather_overlap": f.param_gather_overlap,
                      "pp_overlap": f.pp_overlap, "optimizer_launches_per_tensor": f.optimizer_launches_per_tensor,
-                     "optimizer_step_bytes": f.optimizer_step_bytes,
+                     "optimizer_step_bytes": dict(f.optimizer_step_bytes_by_dtype) or f.optimizer_step_bytes,
                      "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
                      "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
                      "fused_norm": f.fused_norm, "compiled": f.compiled,

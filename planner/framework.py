@@ -18,6 +18,8 @@ reads them like it reads the cluster:
 - optimizer_step_bytes: bytes per parameter one optimizer step streams; 0 for a fused AdamW, which
   reads and writes each state once (planner.cost.memory.OPTIMIZER_STEP_BYTES); torch.optim.AdamW's
   seven element-wise passes over fp32 states stream 72 without weight decay (docs/cost-model.md);
+  a mapping {dtype: bytes} where the step's passes depend on the training dtype (Megatron-LM's fp16
+  step unscales the gradients, its bf16 step does not);
 - dp_grad_passes / pipeline_grad_passes: whole-gradient passes (a read and a write) beside the
   collectives: PyTorch DDP's copies into and out of its buckets (2), torch.distributed.pipelining's
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
@@ -159,6 +161,8 @@ class Framework:
     pipeline_unsharded_grads: bool = False
     # Bytes per parameter one optimizer step streams (0: a fused AdamW's, OPTIMIZER_STEP_BYTES)
     optimizer_step_bytes: float = 0.0
+    # (base dtype, bytes) pairs where the step streams a dtype-dependent count (else optimizer_step_bytes)
+    optimizer_step_bytes_by_dtype: tuple[tuple[str, float], ...] = ()
     # Passes over the local gradients (a read and a write each) that the data-parallel wrapper makes
     # beside its collective under ZeRO-0/1: 2 for PyTorch DDP, which copies each gradient into its
     # bucket (scaled by 1 / dp) and back after the all-reduce unless gradient_as_bucket_view=True
@@ -190,15 +194,23 @@ class Framework:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
         if not (0 <= self.dp_grad_passes <= 10 and 0 <= self.pipeline_grad_passes <= 10):
             raise SpecError("must be a pass count in 0..10", field=f"framework[{self.name}].dp_grad_passes")
-        if not 0 <= self.optimizer_step_bytes <= 1000:
-            raise SpecError("must be bytes per parameter in 0..1000",
-                            field=f"framework[{self.name}].optimizer_step_bytes")
+        for dtype, value in (("", self.optimizer_step_bytes), *self.optimizer_step_bytes_by_dtype):
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1000):
+                raise SpecError(f"must be bytes per parameter in 0..1000, got {value!r}",
+                                field=f"framework[{self.name}].optimizer_step_bytes" + (f".{dtype}" if dtype else ""))
+            if dtype and dtype not in ("fp32", "fp16", "bf16"):
+                raise SpecError(f"must name fp32, fp16 or bf16, got {dtype!r}",
+                                field=f"framework[{self.name}].optimizer_step_bytes")
         if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
             raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
         for dtype, path in self.gradients:
             if dtype not in ("fp16", "bf16"):
                 raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
             path.check(f"framework[{self.name}].gradients.{dtype}")
+
+    def optimizer_bytes(self, dtype: str) -> float:
+        """Bytes per parameter the optimizer step streams under base dtype `dtype` (0: a fused AdamW's)."""
+        return dict(self.optimizer_step_bytes_by_dtype).get(dtype, self.optimizer_step_bytes)
 
     def gradient_override(self, dtype: str) -> GradientPath | None:
         """The profile's own gradient path under the 16-bit training dtype `dtype`, if it states one."""
@@ -244,7 +256,11 @@ def framework(name: str) -> Framework:
         raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes, reduce_op, accumulation_bytes, "
                         f"step_bytes ({exc})",
                         field=where) from None
-    return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients})
+    step_bytes = entry.get("optimizer_step_bytes", 0.0)
+    by_dtype = tuple(sorted(step_bytes.items())) if isinstance(step_bytes, dict) else ()
+    return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients,
+                                   "optimizer_step_bytes": 0.0 if by_dtype else step_bytes,
+                                   "optimizer_step_bytes_by_dtype": by_dtype})
 
 
 def default_framework(cluster: object) -> str:

@@ -272,3 +272,21 @@ def test_the_executors_adamw_streams_what_its_profile_prices() -> None:
     fw = framework("this")
     assert counter.bytes / sum(p.numel() for p in params) == fw.optimizer_step_bytes == 72
     assert counter.launches / len(params) == fw.optimizer_launches_per_tensor == 7
+
+
+def test_a_profile_may_state_its_optimizer_bytes_per_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """megatron-lm's step streams 50 B per parameter under bf16 and 58 under fp16 (its unscale pass);
+    another dtype falls back to the fused default (0), and a bad entry is one clear SpecError."""
+    import planner.framework as fwmod
+
+    fw = framework("megatron-lm")
+    assert (fw.optimizer_bytes("bf16"), fw.optimizer_bytes("fp16"), fw.optimizer_bytes("fp32")) == (50, 58, 0)
+    base = dict(fwmod._catalog()["megatron-lm"])
+    for bad, match in (({"bf16": -1}, "0..1000"), ({"int8": 40}, "fp32, fp16 or bf16")):
+        monkeypatch.setattr(fwmod, "_catalog", lambda bad=bad: {"x": {**base, "optimizer_step_bytes": bad}})
+        fwmod.framework.cache_clear()
+        try:
+            with pytest.raises(SpecError, match=match):
+                fwmod.framework("x")
+        finally:
+            fwmod.framework.cache_clear()

@@ -11,6 +11,7 @@ from planner.published import published_rows, summarize
 def test_korthikanti_2022_rows_stay_accurate() -> None:
     summary = summarize(published_rows())
     assert summary["iteration_time_s"]["n_rows"] == 8
-    assert summary["iteration_time_s"]["mape"] <= 0.03  # 2.2% today
+    # 2.2% today; 2.6% before Megatron-LM's optimizer step counted its clip and 16-bit copy passes
+    assert summary["iteration_time_s"]["mape"] <= 0.025
     assert summary["layer_forward_ms"]["mape"] <= 0.01 and summary["layer_backward_ms"]["mape"] <= 0.015
     assert summary["activation_memory_gib"]["mape"] <= 0.01  # 0.4% today

@@ -297,11 +297,12 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     def full(x: Array) -> Array:
         return np.broadcast_to(x, shape)
 
+    # exposed is >= 0 by construction (t_max >= the critical stage's compute); what the subtraction
+    # leaves below 1e-12 of the step is rounding (+-1e-18 s), not time, and reads as 0.
+    exposed = step - compute - bubble - optimizer
     return {
-        # exposed is >= 0 by construction (t_max >= the critical stage's compute); clamp the rounding
-        # residue (-1e-18 s) so predictions satisfy the schema's seconds >= 0.
         "step_time": step, "compute": full(compute),
-        "exposed": np.maximum(step - compute - bubble - optimizer, 0.0),
+        "exposed": np.where(exposed > 1e-12 * step, exposed, 0.0),
         "bubble": full(bubble), "optimizer": full(optimizer),
         "tp_comm": full(m * (_over_kinds(crit_layers, terms.layer_tp) + np.where(crit_pre, terms.pre_tp, 0.0)
                              + np.where(crit_post, terms.post_tp, 0.0))),

@@ -532,7 +532,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # a host's cache serves.
     kernels = fw.optimizer_launches_per_tensor * tensors
     fused_bytes = OPTIMIZER_STEP_BYTES[dt]
-    step_bytes = fw.optimizer_step_bytes or fused_bytes
+    step_bytes = fw.optimizer_bytes(base_dtype(dt)) or fused_bytes
     # Beside it, whole-gradient passes of the wrappers around the optimizer, each a read and a write of
     # every local gradient (framework profile): DDP's copies into and out of its buckets (ZeRO-0/1 with
     # data parallelism: full gradients), the pipeline schedule's division by the micro-batch count.
