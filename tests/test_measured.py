@@ -104,6 +104,18 @@ def test_dgxc_lora_row_with_the_pp41_typo(runs: dict[str, list]) -> None:
     assert r.lora_targets == ("qkv",)
 
 
+@pytest.mark.parametrize("row", [204, 205, 206])
+def test_dgxc_lora_on_packed_squad_samples_costs_attention_within_each_sample(runs: dict[str, list],
+                                                                             row: int) -> None:
+    """NeMo's Llama 3 8B LoRA benchmark packs SQuAD samples (~250 tokens) into 4096-token rows and keeps
+    attention within each sample: the measured 0.92 s per step is predicted within 15% (13% today);
+    costing every row as one causal 4096-token sequence predicts 1.11 s (+21%)."""
+    r = express(runs["dgxc"][row], features=ALL_FEATURES)
+    assert isinstance(r, MeasuredRun) and r.run.packed_sample_tokens == 250
+    predicted = float(estimate(r.model, r.cluster, r.plan)["step_time_s"])
+    assert predicted == pytest.approx(r.step_time_s, rel=0.15)
+
+
 def test_dgxc_405b_on_pp8_vp8_counts_embedding_and_loss(runs: dict[str, list]) -> None:
     # v25.04.01: 126 layers, TP 8, PP 8, CP 2, VP 8 on 512 GPUs: 128 slots of 2, first and last rank 15 layers
     r = runs["dgxc"][245]

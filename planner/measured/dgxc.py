@@ -14,7 +14,9 @@ does not print is stated here with its file (NVIDIA/dgxc-benchmarking, see SOURC
 - PaxML (`paxml/configure.sh`, `paxml_mod_configs.py`): GPT-5B FSDP 8 inside a node and DP across nodes,
   remat `SAVE_DOT_ONLY`; GPT-175B FSDP over 16 nodes (128 GPUs), remat `SAVE_QKV_OUT_PROJ`.
 - Fine-tuning (v25.03 `llama3/finetuning`, NeMo `llama3_*` recipes, performance mode): packed sequences
-  of 4096; LoRA on `linear_qkv` (rank 16, as NeMo's Llama recipes set `peft.dim`).
+  of 4096; LoRA on `linear_qkv` (rank 16, as NeMo's Llama recipes set `peft.dim`). The data is SQuAD
+  (`llama3_finetune.py` imports NeMo's SquadDataModule and checks its pack metadata): whole question-
+  answer samples packed into each 4096-token row, attention within each sample (SQUAD_SAMPLE_TOKENS).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from planner.measured.printed import PrintedRun, int_or, number, read_csv
 from planner.measured.reasons import reason
 
 FILE = "dgxc_benchmarking_step_times.csv"
+# Tokens of one packed SQuAD sample (context, question and answer), for its attention: TensorFlow
+# Datasets lists squad/v1.1 at 94.06 MiB for its 87,599 + 10,570 examples, 1,005 bytes per example (each
+# stores its context with its question, answer, id and title), and English text runs about 4 characters
+# per token in the tiktoken vocabulary Llama 3's tokenizer extends (OpenAI's tokenizer help: "one token
+# generally corresponds to ~4 characters of text for common English text"): about 250 tokens. The
+# estimate moves little: attention over 250 keys or over 400 is 6% or 10% of a full 4096-token row's.
+SQUAD_SAMPLE_TOKENS = 250
 NEMO_REFINEMENTS = ("framework profile: NeMo (TP comm overlap, DP overlap, distributed optimizer)",)
 
 
@@ -136,7 +145,9 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
     if finetune == "lora":
         kw.update(lora_rank=16, lora_targets=("qkv",))
     if finetune != "pretrain":
-        notes.append("fine-tuning on packed sequences of 4096 (NeMo performance recipe)")
+        kw.update(packed_sample_tokens=SQUAD_SAMPLE_TOKENS)
+        notes.append(f"fine-tuning on SQuAD samples of ~{SQUAD_SAMPLE_TOKENS} tokens packed into rows of {seq} "
+                     "(NeMo performance recipe): attention within each sample")
     size = "x".join(str(d) for d in (tp, pp, cp, vpp))
     label = f"{r['release'].split(' ')[0]} {r['table_title'].split(' (')[0]} {n}x{r['gpu_type']} (tp.pp.cp.vp {size})"
     step = _step_time(r, seq, gbs, notes)

@@ -170,6 +170,8 @@ def express(run: PrintedRun, substitute: bool = False,
     if reasons or base is None:
         return NotExpressed(run, tuple(dict.fromkeys(reasons)))
     model = measured_models.model_spec(run.model, run.seq_len, run.num_layers)
+    if run.packed_sample_tokens:
+        model = measured_models.packed_samples(model, run.packed_sample_tokens)
     try:
         cluster = base.with_gpus(run.num_gpus)
     except SpecError as exc:

@@ -60,6 +60,9 @@ class PrintedRun:
     lora_rank: int = 0
     lora_targets: tuple[str, ...] = ()
     flash_attention: bool = True
+    # fine-tuning on packed samples: each row packs whole samples of about this many tokens, and
+    # attention stays within a sample (0: one sequence per row)
+    packed_sample_tokens: int = 0
     refinements: tuple[str, ...] = ()  # what the framework did that only a framework profile can price
     profile: str = ""  # the planner's framework profile of the printed settings ("": the framework's own)
     step_time_s: float | None = None  # measured seconds per step (None: not printed)
