@@ -493,16 +493,22 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         return ", ".join(parts + ["unsharded under pp"] * f.pipeline_unsharded_grads + ["fp8 weights"]
                          * f.fp8_param_gather + ["fused norms"] * f.fused_norm + [f"loss {f.cross_entropy}"])
 
+    def optimizer(f: Framework) -> str:
+        """Bytes per parameter one optimizer step streams: the profile's own count, else a fused AdamW's."""
+        if f.optimizer_step_bytes_by_dtype:
+            return ", ".join(f"{dtype} {b:g} B" for dtype, b in f.optimizer_step_bytes_by_dtype)
+        return f"{f.optimizer_step_bytes:g} B" if f.optimizer_step_bytes else "fused"
+
     def elementwise(f: Framework) -> str:
         """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""
         return "fused" if f.compiled else "eager" + (", composite norm" if f.composite_rms_norm else "")
 
     print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "elementwise",
-                 "recompute", "memory", "what"],
+                 "recompute", "optimizer step", "memory", "what"],
                 [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
                   "yes" if f.pp_overlap else "no", f.attention_kernel or "default", elementwise(f),
-                  " ".join(f.recompute), memory(f), f.description] for f in rows],
-                align="llllllllll"))
+                  " ".join(f.recompute), optimizer(f), memory(f), f.description] for f in rows],
+                align="lllllllllll"))
     return 0
 
 

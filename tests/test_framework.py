@@ -177,6 +177,9 @@ def test_frameworks_command_lists_what_each_profile_keeps(capsys: pytest.Capture
     assert main(["frameworks"]) == 0
     out = capsys.readouterr().out
     assert "16-bit grads, fp8 weights, fused norms" in out and "eager, composite norm" in out
+    # the optimizer step's bytes per parameter: a profile's own count per dtype, JSON and table alike
+    assert rows["megatron-lm"]["optimizer_step_bytes"] == {"bf16": 50, "fp16": 58}
+    assert rows["this"]["optimizer_step_bytes"] == 72 and "bf16 50 B, fp16 58 B" in out
 
 
 def test_deepspeed_profile_reduces_gradients_after_the_backward_as_its_pipeline_engine_does() -> None:
