@@ -125,7 +125,7 @@ def _emit_json(obj: Any) -> None:
 
 
 def _problem(args: argparse.Namespace) -> tuple[ModelSpec, ClusterSpec]:
-    model = load_model(args.model, seq_len=args.seq_len)
+    model = load_model(args.model, seq_len=args.seq_len, packed_samples=args.packed_samples)
     cluster = load_cluster(args.cluster, gpus=args.gpus)
     return model, cluster
 
@@ -569,6 +569,9 @@ def _add_problem(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=_positive_int, required=True, help="total GPUs (ranks)")
     p.add_argument("--global-batch", type=_global_batch, required=True, help="sequences per step")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length (default: the model's)")
+    p.add_argument("--packed-samples", type=_positive_int, metavar="TOKENS",
+                   help="each sequence packs whole samples of about TOKENS tokens and attention stays within a "
+                        "sample (fine-tuning on short examples); default: one sample per sequence")
     p.add_argument("--dtype", choices=PRECISIONS,
                    help="training precision: bf16 / fp16 / fp32, or a low-precision recipe (fp8, fp8-rowwise, mxfp8, "
                         "nvfp4: "

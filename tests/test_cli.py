@@ -147,6 +147,23 @@ def test_estimate_out_on_one_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert load_plan(path).prediction["time"]["exposed"] == 0.0
 
 
+def test_packed_samples_reach_the_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--packed-samples: the plan document's model attends within samples (its attention chunk), and the
+    step is shorter than one causal 4096-token sequence per row; a sample count of 0 is refused."""
+    base = ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "32",
+            "--seq-len", "4096", "--finetune", "lora"]
+    steps = []
+    for extra, name in (([], "full.json"), (["--packed-samples", "256"], "packed.json")):
+        code, _, err = run([*base, *extra, "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        steps.append(load_plan(tmp_path / name))
+    full, packed = steps
+    assert (full.model.attention_chunk, packed.model.attention_chunk) == (0, 256)
+    assert packed.prediction["step_time_s"] < full.prediction["step_time_s"]
+    code, _, err = run([*base, "--packed-samples", "0"], capsys)
+    assert code == 2 and "--packed-samples" in err
+
+
 # ---- plan on a small problem --------------------------------------------------------------------
 
 

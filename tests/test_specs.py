@@ -539,3 +539,25 @@ def test_property_json_text(text: str) -> None:
         parse_json_text(text)
     except InputFileError as err:
         assert "\n" not in str(err)
+
+
+def test_packed_samples_attend_within_each_sample_only() -> None:
+    """Llama 3 8B on 4096-token rows packing samples of 256 tokens: a token's attention scores and
+    context run over its own sample, 256 keys instead of the row's 4096 (1/16 of the attention-core
+    FLOPs per token, counted as Megatron counts full attention: every key), while every linear layer
+    still runs each token of the row."""
+    from planner.graph import build_graph, key_positions
+
+    full = load_model("llama3-8b", seq_len=4096)
+    packed = load_model("llama3-8b", seq_len=4096, packed_samples=256)
+    assert packed.name == "llama3-8b-packed256" and packed.params == full.params
+
+    def per_token(spec: ModelSpec) -> tuple[float, float]:
+        ops = build_graph(spec).kinds[0].ops
+        attn = sum(op.flops_s * key_positions(op, 4096) for op in ops if op.kind == "attention")
+        return attn, sum(op.flops for op in ops)
+
+    (attn_full, linear_full), (attn_packed, linear_packed) = per_token(full), per_token(packed)
+    assert attn_packed == pytest.approx(attn_full / 16, rel=1e-12) and linear_packed == linear_full
+    assert load_model("llama3-8b", seq_len=4096, packed_samples=4096) == full  # one sample per row
+    assert names(spec_error(load_model, "gpt-oss-20b", packed_samples=256), "packed_samples")

@@ -171,7 +171,7 @@ def express(run: PrintedRun, substitute: bool = False,
         return NotExpressed(run, tuple(dict.fromkeys(reasons)))
     model = measured_models.model_spec(run.model, run.seq_len, run.num_layers)
     if run.packed_sample_tokens:
-        model = measured_models.packed_samples(model, run.packed_sample_tokens)
+        model = model.with_packed_samples(run.packed_sample_tokens)
     try:
         cluster = base.with_gpus(run.num_gpus)
     except SpecError as exc:

@@ -68,16 +68,6 @@ def bloom_shape(hidden: int, layers: int, heads: int) -> ModelSpec:
                      position="rope", source=_BLOOM_SOURCE)
 
 
-def packed_samples(spec: ModelSpec, sample_tokens: int) -> ModelSpec:
-    """`spec` trained on rows that pack whole samples of about `sample_tokens` tokens, attention kept
-    within each sample (Transformer Engine's THD layout: cu_seqlens mark the sample boundaries): every
-    layer's attention costs as chunked attention of that many tokens (planner.graph.key_positions);
-    the linear layers still run every token of the row."""
-    return dataclasses.replace(spec, name=f"{spec.name}-packed{sample_tokens}", attention_chunk=sample_tokens,
-                               window_layers=tuple(range(spec.num_layers)),
-                               source=f"{spec.source}; attention within packed samples of ~{sample_tokens} tokens")
-
-
 def known(name: str) -> bool:
     """Whether `name` is a catalog preset, one of MODELS or a BLOOM shape ("bloom:HIDDEN:LAYERS:HEADS")."""
     return name in MODELS or name.startswith("bloom:") or name in model_names()

@@ -165,9 +165,9 @@ def _model_file(arg: str) -> tuple[Path, str]:
 
 
 def load_model(arg: str | os.PathLike[str] | ModelSpec | dict[str, Any],
-               seq_len: int | None = None) -> ModelSpec:
+               seq_len: int | None = None, packed_samples: int | None = None) -> ModelSpec:
     """A model from a preset name, a ModelSpec JSON file, a Hugging Face config.json or a folder
-    holding one."""
+    holding one; at `seq_len`, and trained on rows packing samples of `packed_samples` tokens."""
     if isinstance(arg, ModelSpec):
         model = arg
     elif isinstance(arg, dict):
@@ -181,6 +181,8 @@ def load_model(arg: str | os.PathLike[str] | ModelSpec | dict[str, Any],
         model = model_preset(arg)
     if seq_len is not None:
         model = model.with_seq_len(seq_len)
+    if packed_samples is not None:
+        model = model.with_packed_samples(packed_samples)
     return model
 
 

@@ -377,6 +377,24 @@ class ModelSpec:
             return dataclasses.replace(self, seq_len=seq_len, max_position=seq_len)
         return dataclasses.replace(self, seq_len=seq_len)
 
+    def with_packed_samples(self, tokens: int) -> ModelSpec:
+        """The same model trained on rows that pack whole samples of about `tokens` tokens, attention
+        kept within each sample (fine-tuning on short examples: Transformer Engine's THD layout, or any
+        block-diagonal causal mask). The linear layers still run every token of the row; attention costs
+        as chunked attention of `tokens` on every layer. A sample as long as the row is the model itself."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise SpecError(f"must be a positive token count, got {tokens!r}", field="packed_samples")
+        if tokens >= self.seq_len:
+            return self
+        if self.sliding_window or self.attention_chunk:
+            raise SpecError("packed samples on a model with its own local (sliding-window or chunked) attention "
+                            "are not modelled", field="packed_samples")
+        if not self.causal:
+            raise SpecError("packed samples are modelled for causal decoders only", field="packed_samples")
+        return dataclasses.replace(self, name=f"{self.name}-packed{tokens}", attention_chunk=tokens,
+                                   window_layers=tuple(range(self.num_layers)),
+                                   source=f"{self.source}; attention within packed samples of ~{tokens} tokens")
+
     # ---- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
