@@ -12,7 +12,9 @@ does not print is stated here with its file (NVIDIA/dgxc-benchmarking, see SOURC
 - MaxText (`maxtext/configure.sh`): FSDP over all GPUs up to 64 nodes, then 16 nodes x 8 GPUs FSDP with
   DP across; remat policy `save_dot_except_mlpwi` (bf16) / `save_dot_except_mlp` (fp8).
 - PaxML (`paxml/configure.sh`, `paxml_mod_configs.py`): GPT-5B FSDP 8 inside a node and DP across nodes,
-  remat `SAVE_DOT_ONLY`; GPT-175B FSDP over 16 nodes (128 GPUs), remat `SAVE_QKV_OUT_PROJ`.
+  remat `SAVE_DOT_ONLY`; GPT-175B FSDP over 16 nodes (128 GPUs), remat `SAVE_QKV_OUT_PROJ`. configure.sh
+  sets `ENABLE_TE=1`: the layers are Transformer Engine's, whose GEMMs a dot-based JAX policy does not see
+  (TE_BLIND_DOT_POLICIES), while named policies work on them (TE names its tensors for PaxML's policies).
 - Fine-tuning (v25.03 `llama3/finetuning`, NeMo `llama3_*` recipes, performance mode): packed sequences
   of 4096; LoRA on `linear_qkv` (rank 16, as NeMo's Llama recipes set `peft.dim`). The data is SQuAD
   (`llama3_finetune.py` imports NeMo's SquadDataModule and checks its pack metadata): whole question-
@@ -27,6 +29,13 @@ from planner.measured.printed import PrintedRun, int_or, number, read_csv
 from planner.measured.reasons import reason
 
 FILE = "dgxc_benchmarking_step_times.csv"
+# Praxis checkpoint policies that save the outputs of `dot_general` primitives
+# (jax.checkpoint_policies.checkpoint_dots): under Transformer Engine's layers (PaxML with ENABLE_TE=1)
+# they save nothing, so the whole layer is recomputed. NVIDIA/TransformerEngine#2003 (July 2025), which
+# added TE-aware versions of these policies: "Previously, TE GEMM checkpoints would be ignored and would
+# cause unnecessary rematted computations unless checkpoint names were listed explicitly"; named policies
+# such as SAVE_QKV_OUT_PROJ work since TE named its tensors for PaxML (NVIDIA/TransformerEngine#542, 2023).
+TE_BLIND_DOT_POLICIES = ("SAVE_DOT_ONLY",)
 # Tokens of one packed SQuAD sample (context, question and answer), for its attention: TensorFlow
 # Datasets lists squad/v1.1 at 94.06 MiB for its 87,599 + 10,570 examples, 1,005 bytes per example (each
 # stores its context with its question, answer, id and title), and English text runs about 4 characters
@@ -139,7 +148,12 @@ def _row(i: int, r: dict[str, str]) -> PrintedRun:
             policy = "SAVE_DOT_ONLY" if model == "paxml-gpt5b" else "SAVE_QKV_OUT_PROJ"
         else:
             policy = "save_dot_except_mlp" if r["precision"] == "FP8" else "save_dot_except_mlpwi"
-        kw.update(fsdp=fsdp or n, zero_stage=3, recompute=f"remat:{policy}")
+        recompute = f"remat:{policy}"
+        if framework == "paxml" and policy in TE_BLIND_DOT_POLICIES:
+            recompute = "full"
+            notes.append(f"{policy} under Transformer Engine's layers (configure.sh: ENABLE_TE=1) saves none of "
+                         "their GEMM outputs: each layer is recomputed whole")
+        kw.update(fsdp=fsdp or n, zero_stage=3, recompute=recompute)
         refinements = (f"framework profile: {framework} (XLA latency-hiding scheduler)",)
     finetune = "sft" if "sft" in title else ("lora" if "lora" in title else "pretrain")
     if finetune == "lora":
