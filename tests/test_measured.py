@@ -104,15 +104,22 @@ def test_dgxc_lora_row_with_the_pp41_typo(runs: dict[str, list]) -> None:
     assert r.lora_targets == ("qkv",)
 
 
+def _predicted(runs: dict[str, list], source: str, row: int) -> tuple[MeasuredRun, dict]:
+    """Row `row` of `source` as the planner expresses it, and the cost model's prediction of it."""
+    r = express(runs[source][row], features=ALL_FEATURES)
+    assert isinstance(r, MeasuredRun)
+    return r, estimate(r.model, r.cluster, r.plan)
+
+
 @pytest.mark.parametrize("row", [204, 205, 206])
 def test_dgxc_lora_on_packed_squad_samples_costs_attention_within_each_sample(runs: dict[str, list],
                                                                              row: int) -> None:
     """NeMo's Llama 3 8B LoRA benchmark packs SQuAD samples (~250 tokens) into 4096-token rows and keeps
     attention within each sample: the measured 0.92 s per step is predicted within 15% (13% today);
     costing every row as one causal 4096-token sequence predicts 1.11 s (+21%)."""
-    r = express(runs["dgxc"][row], features=ALL_FEATURES)
-    assert isinstance(r, MeasuredRun) and r.run.packed_sample_tokens == 250
-    predicted = float(estimate(r.model, r.cluster, r.plan)["step_time_s"])
+    r, pred = _predicted(runs, "dgxc", row)
+    assert r.run.packed_sample_tokens == 250
+    predicted = float(pred["step_time_s"])
     assert predicted == pytest.approx(r.step_time_s, rel=0.15)
 
 
@@ -123,9 +130,9 @@ def test_paxml_dot_policy_under_transformer_engine_recomputes_whole_layers(runs:
     a policy that saves `dot_general` outputs, which TE's GEMMs are not (NVIDIA/TransformerEngine#2003):
     every layer is recomputed whole. The measured steps (FP8 and BF16, 16-128 GPUs) are predicted within
     10% that way; priced as saving every matmul output they were 17-25% fast."""
-    r = express(runs["dgxc"][row], features=ALL_FEATURES)
-    assert isinstance(r, MeasuredRun) and r.plan.recompute == "full"
-    predicted = float(estimate(r.model, r.cluster, r.plan)["step_time_s"])
+    r, pred = _predicted(runs, "dgxc", row)
+    assert r.plan.recompute == "full"
+    predicted = float(pred["step_time_s"])
     assert predicted == pytest.approx(r.step_time_s, rel=0.10)
 
 
@@ -374,16 +381,9 @@ def test_memory_is_compared_on_the_measured_definition(runs: dict[str, list]) ->
 # ---- what the BLOOM team measured by changing one thing ------------------------------------------
 
 
-def _bloom_predicted(runs: dict[str, list], row: int) -> tuple[MeasuredRun, dict]:
-    """BLOOM row `row` as the planner expresses it, and the cost model's prediction of it."""
-    r = express(runs["bloom"][row], features=ALL_FEATURES)
-    assert isinstance(r, MeasuredRun)
-    return r, estimate(r.model, r.cluster, r.plan)
-
-
 def _bloom_step(runs: dict[str, list], row: int) -> tuple[float, float]:
     """(measured, predicted) seconds per step of BLOOM row `row`."""
-    r, pred = _bloom_predicted(runs, row)
+    r, pred = _predicted(runs, "bloom", row)
     return r.step_time_s, float(pred["step_time_s"])
 
 
@@ -408,7 +408,7 @@ def test_bloom_single_replica_fp16_memory_peaks_at_deepspeeds_optimizer_step(run
     """One data-parallel replica of ZeRO-1 shards nothing, and DeepSpeed's fp16 step copies every gradient
     twice (a flat fp16 copy cast to fp32) after the activations are freed: nvidia-smi's peak (54-80 GB on
     these rows) must be predicted within 10% (it was 28-30% low with the backward's peak alone)."""
-    r, pred = _bloom_predicted(runs, row)
+    r, pred = _predicted(runs, "bloom", row)
     assert r.memory_gib
     assert comparable_memory_gib(pred, r) == pytest.approx(r.memory_gib, rel=0.10)
 
@@ -418,7 +418,7 @@ def test_bloom_bf16_before_the_bf16_optimizer_runs_as_fp16(runs: dict[str, list]
     """The 02-17 "Best TFLOPs" tables measured bf16 within 1% of fp16 in time and 3% in memory: bf16 then
     ran DeepSpeed's ZeRO-1 optimizer as fp16 did (the BF16_Optimizer, fp32 gradient accumulation, came
     on 02-28). Predicted, the two must be as close (the BF16_Optimizer's path made bf16 6% slower)."""
-    rows, preds = zip(*(_bloom_predicted(runs, i) for i in (fp16, bf16)), strict=True)
+    rows, preds = zip(*(_predicted(runs, "bloom", i) for i in (fp16, bf16)), strict=True)
     measured_time = rows[1].step_time_s / rows[0].step_time_s
     measured_memory = rows[1].memory_gib / rows[0].memory_gib
     assert preds[1]["step_time_s"] / preds[0]["step_time_s"] == pytest.approx(measured_time, abs=0.02)
