@@ -20,6 +20,15 @@ search over the interpolated surfaces refined to STEP. Errors are reported from 
 at the fitted values, never from the interpolation. A parameter is fitted only where at least
 MIN_ROWS training runs depend on it; elsewhere the catalog's value stays.
 
+Fabrics (`fabrics=True`, `planner fit --fabrics`): each cluster's collective efficiency per link tier
+(`collective_efficiency[cluster:intra_node]`, `[cluster:inter_node]`: the achieved bus bandwidth over the
+link's datasheet bandwidth for large NCCL collectives, as `LinkSpec.efficiency`), fitted jointly with the
+GPU parameters of the cluster's GPU: a run counts for a tier where its step time moves by at least
+FABRIC_SENSITIVITY across the grid (others cannot tell it); its time over that tier is tabulated on its own
+and added to its GPU surface as a change (`JointSurface`), and the runs are tabulated again at the fitted
+values until those stay put (at most ROUNDS times). Same grid, bounds and MIN_ROWS as the GPU parameters;
+a slower fabric and slower GEMMs trade off, so fitting either alone would put the other's error in it.
+
 Cross-validation: leave one group out (a source, a model family), fit on the rest, predict the group
 (`cross_validate`): what a user gets on a framework release or a model the fit never saw.
 """
@@ -40,11 +49,19 @@ from planner.cost import estimate
 from planner.framework import default_framework, framework
 from planner.measured import MeasuredRun
 from planner.precision import RECIPES, gemm_peak_key
-from planner.specs.cluster import GPUSpec
+from planner.specs.cluster import ClusterSpec, GPUSpec
 
 GEMM = "gemm_efficiency"
 ATTENTION = "attention_efficiency"
 CLOCK = "clock_fraction"  # a power-limited part's sustained clock (GPUSpec.efficiencies_of names its full-power part)
+FABRIC = "collective_efficiency"  # a cluster's link tier: collective_efficiency[<cluster>:<tier>]
+TIERS = ("intra_node", "inter_node")
+# A run informs a fabric's efficiency where its step time at GRID's lowest efficiency exceeds that at the
+# highest by this fraction: below it the step barely waits on that tier (overlapped or unused collectives)
+# and the fit would follow noise.
+FABRIC_SENSITIVITY = 0.02
+ROUNDS = 3  # tabulations of the joint GPU / fabric fit at most
+WIDE = 3  # parameters a search covers with its fine first grid (more: coarse to fine)
 # Tabulated efficiencies, about evenly spaced in 1 / efficiency; their ends bound the fit: a training step
 # sustaining more than 0.9 of peak in GEMMs or attention is beyond what published kernels reach, under 0.3
 # far below them, so a value fitted at either end says the model misses something else on those runs.
@@ -71,9 +88,29 @@ def lowp_parameter(key: str) -> str:
     return f"{GEMM}[{key}]"
 
 
+def fabric_parameter(cluster: str, tier: str) -> str:
+    """The parameter name of the collective efficiency of `cluster`'s `tier` ("intra_node", "inter_node")."""
+    return f"{FABRIC}[{cluster}:{tier}]"
+
+
+def is_fabric(name: str) -> bool:
+    return name.startswith(FABRIC + "[")
+
+
+def fabric_of(name: str) -> tuple[str, str]:
+    """(cluster, tier) of a fabric parameter name."""
+    cluster, _, tier = name[len(FABRIC) + 1:-1].rpartition(":")
+    return cluster, tier
+
+
 def meaning(name: str) -> str:
     if name in MEANINGS:
         return MEANINGS[name]
+    if is_fabric(name):
+        cluster, tier = fabric_of(name)
+        where = "inside a node (NVLink domain)" if tier == "intra_node" else "across nodes"
+        return (f"achieved bus bandwidth over the datasheet link bandwidth of large collectives {where} on "
+                f"{cluster}")
     return f"sustained fraction of the dense {name[len(GEMM) + 1:-1]} peak reached by low-precision GEMMs"
 
 
@@ -90,10 +127,12 @@ def current_value(gpu: GPUSpec, name: str) -> float:
 
 
 def with_values(gpu: GPUSpec, values: dict[str, float]) -> GPUSpec:
-    """`gpu` with the named parameters replaced."""
+    """`gpu` with the named parameters replaced (fabric parameters are the cluster's: `with_fabric`)."""
     by_dtype = dict(gpu.gemm_efficiency_by_dtype)
     kw: dict[str, object] = {}
     for name, v in values.items():
+        if is_fabric(name):
+            continue
         if name == GEMM:
             kw["gemm_efficiency"] = float(v)
         elif name == ATTENTION:
@@ -103,6 +142,21 @@ def with_values(gpu: GPUSpec, values: dict[str, float]) -> GPUSpec:
         else:
             by_dtype[name[len(GEMM) + 1:-1]] = float(v)
     return dataclasses.replace(gpu, gemm_efficiency_by_dtype=by_dtype, **kw)
+
+
+def with_fabric(cluster: ClusterSpec, values: dict[str, float]) -> ClusterSpec:
+    """`cluster` with the collective efficiency of each of its link tiers that `values` names replaced."""
+    kw = {}
+    for tier in TIERS:
+        v = values.get(fabric_parameter(cluster.name, tier))
+        if v is not None:
+            kw[tier] = dataclasses.replace(getattr(cluster, tier), efficiency=float(v))
+    return dataclasses.replace(cluster, **kw) if kw else cluster
+
+
+def fabric_value(cluster: ClusterSpec, name: str) -> float:
+    """The collective efficiency a cluster's link tier holds today."""
+    return float(getattr(cluster, fabric_of(name)[1]).efficiency)
 
 
 def unfitted(gpu: GPUSpec, keep: Iterable[str] = ()) -> GPUSpec:
@@ -141,8 +195,9 @@ def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
 
 
 def step_time(run: MeasuredRun, values: dict[str, float]) -> float:
-    """The cost model's step time of `run` with its GPU's parameters set to `values`."""
-    cluster = dataclasses.replace(run.cluster, gpu=with_values(run.cluster.gpu, values))
+    """The cost model's step time of `run` with its GPU's parameters, and its cluster's fabric parameters,
+    set to `values` (other clusters' fabric parameters ignored)."""
+    cluster = with_fabric(dataclasses.replace(run.cluster, gpu=with_values(run.cluster.gpu, values)), values)
     return float(estimate(run.model, cluster, run.plan)["step_time_s"])
 
 
@@ -184,14 +239,17 @@ class Surface:
         return np.asarray(out)
 
 
-def tabulate(runs: Sequence[MeasuredRun], progress: Callable[[str], None] | None = None) -> list[Surface]:
-    """Each run's step time on the efficiency grid (len(GRID) ** parameters cost-model calls per run)."""
+def tabulate(runs: Sequence[MeasuredRun], progress: Callable[[str], None] | None = None,
+             fixed: dict[str, float] | None = None) -> list[Surface]:
+    """Each run's step time on the efficiency grid (len(GRID) ** parameters cost-model calls per run), with
+    the fabric values in `fixed` applied."""
     out = []
+    fixed = fixed or {}
     for i, run in enumerate(runs):
         names = run_parameters(run)
         table = np.empty((len(GRID),) * len(names))
         for cell in itertools.product(range(len(GRID)), repeat=len(names)):
-            table[cell] = step_time(run, {n: GRID[c] for n, c in zip(names, cell, strict=True)})
+            table[cell] = step_time(run, {**fixed, **{n: GRID[c] for n, c in zip(names, cell, strict=True)}})
         out.append(Surface(run, names, table))
         if progress and (i + 1) % 25 == 0:
             progress(f"tabulated {i + 1}/{len(runs)} runs")
@@ -225,7 +283,7 @@ def _objective(surfaces: list[Surface], cand: dict[str, np.ndarray], fixed: dict
     (attention efficiency 0 in the catalog) means the cost model prices attention at the GEMM efficiency,
     so it follows the GEMM candidate."""
     shape = next(iter(cand.values()))
-    gemm = cand[GEMM] if GEMM in cand else np.full_like(shape, fixed[GEMM])
+    gemm = cand[GEMM] if GEMM in cand else np.full_like(shape, fixed.get(GEMM) or 0.0)
 
     def value(n: str) -> np.ndarray:
         if n in cand:
@@ -238,10 +296,12 @@ def _objective(surfaces: list[Surface], cand: dict[str, np.ndarray], fixed: dict
     return np.asarray(total) / max(1, len(surfaces))
 
 
-def _search(surfaces: list[Surface], names: list[str], fixed: dict[str, float | None]) -> dict[str, float]:
+def _search(surfaces: Sequence[Surface | JointSurface], names: list[str], fixed: dict[str, float | None]
+            ) -> dict[str, float]:
     """Grid search on the interpolated surfaces: steps of 0.05 over GRID's range, then windows of +-0.05
     in steps of STEP around the best, moved until the best stays put (parameters trade off along valleys
-    a single refinement would not leave)."""
+    a single refinement would not leave). Over more than WIDE parameters (a joint GPU and fabric fit) the
+    first grid steps by 0.1, then windows of +-0.1 in steps of 0.05, then +-0.02 in steps of STEP."""
     lo, hi = GRID[0], GRID[-1]
 
     def best_of(axes: list[np.ndarray]) -> dict[str, float]:
@@ -250,18 +310,30 @@ def _search(surfaces: list[Surface], names: list[str], fixed: dict[str, float | 
         i = int(np.argmin(_objective(surfaces, cand, fixed)))
         return {n: float(cand[n][i]) for n in names}
 
-    centre = best_of([np.round(np.arange(lo, hi + 0.025, 0.05), 6) for _ in names])
-    for _ in range(100):
-        axes = [np.round(np.arange(max(lo, centre[n] - 0.05), min(hi, centre[n] + 0.05) + STEP / 2, STEP), 6)
-                for n in names]
-        moved = best_of(axes)
-        if moved == centre:
-            break
-        centre = moved
-    return centre
+    def settle(centre: dict[str, float], half: float, step: float) -> dict[str, float]:
+        for _ in range(100):
+            axes = [np.round(np.arange(max(lo, centre[n] - half), min(hi, centre[n] + half) + step / 2, step), 6)
+                    for n in names]
+            moved = best_of(axes)
+            if moved == centre:
+                break
+            centre = moved
+        return centre
+
+    if len(names) <= WIDE:
+        return settle(best_of([np.round(np.arange(lo, hi + 0.025, 0.05), 6) for _ in names]), 0.05, STEP)
+    centre = best_of([np.round(np.arange(lo, hi + 0.05, 0.1), 6) for _ in names])
+    return settle(settle(centre, 0.1, 0.05), 0.02, STEP)
 
 
-def fit(surfaces: Iterable[Surface], gpus: dict[str, GPUSpec],
+def _held_value(rows: Sequence[Surface | JointSurface], gpu: GPUSpec, name: str) -> float:
+    """What the cost model uses today for a parameter: the GPU's, or a fabric's link (its runs' cluster)."""
+    if is_fabric(name):
+        return fabric_value(next(s.run.cluster for s in rows if name in s.names), name)
+    return current_value(gpu, name)
+
+
+def fit(surfaces: Iterable[Surface | JointSurface], gpus: dict[str, GPUSpec],
         pinned: Iterable[tuple[str, str]] = ()) -> list[Fitted]:
     """Per GPU, the parameters at least MIN_ROWS of `surfaces` depend on, fitted jointly on that GPU's runs.
 
@@ -283,7 +355,8 @@ def fit(surfaces: Iterable[Surface], gpus: dict[str, GPUSpec],
         names = [n for n in counts if counts[n] >= MIN_ROWS]
         if not names:
             continue
-        catalog: dict[str, float | None] = {n: current_value(gpu, n) or None for n in counts}
+        held_now = {n: _held_value(rows, gpu, n) for n in counts}
+        catalog: dict[str, float | None] = {n: v or None for n, v in held_now.items()}
         catalog[GEMM] = gpu.gemm_efficiency
         alone = _search(rows, names, catalog)  # every parameter free: what these runs alone say
         held = {n for n in names if (gpu_name, n) in pins or _on_bound(alone[n])}
@@ -298,9 +371,88 @@ def fit(surfaces: Iterable[Surface], gpus: dict[str, GPUSpec],
             held |= newly
         for n in names:
             adopted = n not in held
-            out.append(Fitted(gpu_name, n, best[n] if adopted else alone[n], current_value(gpu, n), counts[n],
+            out.append(Fitted(gpu_name, n, best[n] if adopted else alone[n], held_now[n], counts[n],
                               adopted=adopted))
     return out
+
+
+def tabulate_fabrics(runs: Sequence[MeasuredRun], values: dict[str, dict[str, float]],
+                     fabric: dict[str, float] | None = None) -> list[Surface]:
+    """For each run and link tier whose collective efficiency moves the run's step time by at least
+    FABRIC_SENSITIVITY across GRID, its step time over GRID for that tier (one-parameter surfaces), with
+    its GPU at `values[gpu]` and the other fabric values in `fabric`."""
+    out = []
+    for run in runs:
+        base = {**values.get(run.cluster.gpu.name, {}), **(fabric or {})}
+        for tier in TIERS:
+            name = fabric_parameter(run.cluster.name, tier)
+            table = np.array([step_time(run, {**base, name: g}) for g in GRID])
+            if table[0] >= table[-1] * (1.0 + FABRIC_SENSITIVITY):
+                out.append(Surface(run, (name,), table))
+    return out
+
+
+class JointSurface:
+    """A run's step time over its GPU parameters and the efficiencies of the link tiers it waits on: its GPU
+    surface plus, per tier, the change its one-parameter fabric surface gives from the value both were
+    tabulated at (an additive step, kept local by `fit_all` tabulating again where values move)."""
+
+    def __init__(self, gpu: Surface, fabrics: Sequence[Surface], tabulated_at: dict[str, float]) -> None:
+        self.run = gpu.run
+        self.gpu_surface = gpu
+        self.fabrics = tuple(fabrics)
+        self.names = gpu.names + tuple(f.names[0] for f in self.fabrics)
+        self.base = [np.array([tabulated_at.get(f.names[0], fabric_value(self.run.cluster, f.names[0]))])
+                     for f in self.fabrics]
+
+    @property
+    def gpu(self) -> str:
+        return self.gpu_surface.gpu
+
+    @property
+    def measured_s(self) -> float:
+        return self.gpu_surface.measured_s
+
+    def at(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        t = self.gpu_surface.at({n: values[n] for n in self.gpu_surface.names})
+        for f, b in zip(self.fabrics, self.base, strict=True):
+            n = f.names[0]
+            t = t + f.at({n: values[n]}) - f.at({n: b})
+        return t
+
+
+def fit_all(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], pinned: Iterable[tuple[str, str]] = (),
+            fabrics: bool = False, progress: Callable[[str], None] | None = None) -> list[Fitted]:
+    """The GPU parameters (`fit`) and, with `fabrics`, the clusters' collective efficiencies, jointly per GPU
+    (`JointSurface`): the fabric surfaces are tabulated at the GPU values fitted so far, the joint fit runs on
+    the interpolated surfaces, and where its fabric values moved the runs are tabulated there again and
+    the fit repeated (at most ROUNDS times)."""
+    pinned = tuple(pinned)
+    fitted = fit(surfaces, gpus, pinned)
+    if not fabrics:
+        return fitted
+    runs = [s.run for s in surfaces]
+    gpu_surf = {id(s.run): s for s in surfaces}
+    at_fabric: dict[str, float] = {}  # fabric values every surface was tabulated at (else the catalog's)
+    for _ in range(ROUNDS):
+        by_run: dict[int, list[Surface]] = {}
+        for f in tabulate_fabrics(runs, values_by_gpu(fitted), at_fabric):
+            by_run.setdefault(id(f.run), []).append(f)
+        fitted = fit([JointSurface(g, by_run.get(key, ()), at_fabric) for key, g in gpu_surf.items()], gpus, pinned)
+        adopted = {f.name: f.value for f in fitted if f.adopted and is_fabric(f.name)}
+        catalog = {f.name: f.before for f in fitted if is_fabric(f.name)}
+        moved = {n for n in set(adopted) | set(at_fabric)
+                 if abs(adopted.get(n, catalog.get(n, -1.0)) - at_fabric.get(n, catalog.get(n, -1.0))) >= STEP / 2}
+        if not moved:
+            break
+        at_fabric = adopted
+        clusters = {fabric_of(n)[0] for n in moved}
+        gpu_surf = {key: tabulate([g.run], fixed=at_fabric)[0] if g.run.cluster.name in clusters else g
+                    for key, g in gpu_surf.items()}
+        if progress:
+            progress("tabulated again at the fabric values " + ", ".join(
+                f"{n} {v:.2f}" for n, v in sorted(at_fabric.items())))
+    return fitted
 
 
 def _on_bound(value: float) -> bool:
@@ -308,7 +460,7 @@ def _on_bound(value: float) -> bool:
 
 
 def values_by_gpu(fitted: Iterable[Fitted]) -> dict[str, dict[str, float]]:
-    """The adopted values by GPU and parameter."""
+    """The adopted values by GPU and parameter (a cluster's fabric values under its GPU)."""
     out: dict[str, dict[str, float]] = {}
     for f in fitted:
         if f.adopted:
@@ -350,8 +502,8 @@ class Fold:
 
 def cross_validate(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], group: Callable[[MeasuredRun], str],
                    progress: Callable[[str], None] | None = None,
-                   pinned: Iterable[tuple[str, str]] = ()) -> tuple[list[Fold], Score]:
-    """Leave each group out in turn: fit on the others, predict it with the real cost model.
+                   pinned: Iterable[tuple[str, str]] = (), fabrics: bool = False) -> tuple[list[Fold], Score]:
+    """Leave each group out in turn: fit on the others (`fit_all`), predict it with the real cost model.
     Returns the folds and the pooled score over every held-out run."""
     pinned = tuple(pinned)
     groups = sorted({group(s.run) for s in surfaces})
@@ -359,7 +511,7 @@ def cross_validate(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], group:
     for g in groups:
         train = [s for s in surfaces if group(s.run) != g]
         test = [s.run for s in surfaces if group(s.run) == g]
-        fitted = tuple(fit(train, gpus, pinned))
+        fitted = tuple(fit_all(train, gpus, pinned, fabrics))
         p = predict(test, fitted)
         m = [float(r.step_time_s or 0.0) for r in test]
         folds.append(Fold(g, Score.of(p, m), fitted))

@@ -5,7 +5,8 @@ shipped ones by default), expresses every run it can (`planner.measured.express`
 parameters of `planner.fit`, and prints: the fitted values beside the catalog's, the step-time error
 before and after, and leave-one-source-out / leave-one-family-out errors (each group predicted by a fit
 that never saw it). `--out` writes all of it as JSON; `--cluster P --profile-out F` writes preset P
-with its GPU's fitted values as a cluster profile any `--cluster` accepts.
+with its GPU's fitted values as a cluster profile any `--cluster` accepts. `--fabrics` also fits each
+cluster's collective efficiency per link tier, where enough runs wait on it (`planner.fit`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def add_parser(sub: Any) -> None:
                    f"at {fit.ASSUMED_GEMM_EFFICIENCY} of peak; a power-limited part at its datasheet clock), not the "
                    "catalog's values, except what --keep "
                    "names: needed for honest cross-validation when the catalog was fitted on these same runs")
+    p.add_argument("--fabrics", action="store_true",
+                   help="also fit each cluster's collective efficiency inside and across nodes (achieved bus "
+                   "bandwidth / link bandwidth) on the runs whose step time depends on it by "
+                   f"{fit.FABRIC_SENSITIVITY:.0%} or more; slower (more cost-model calls per run)")
     p.add_argument("--out", help="write the fit (values, errors, folds) as JSON")
     p.add_argument("--cluster", help="a cluster preset whose GPU gets the fitted values (with --profile-out)")
     p.add_argument("--profile-out", help="write --cluster with the fitted GPU values as a cluster profile JSON")
@@ -161,15 +166,18 @@ def run(args: argparse.Namespace) -> int:
     if progress:
         progress(f"{len(runs)} runs on {len(gpus)} GPU(s); tabulating step times on the efficiency grid")
     surfaces = fit.tabulate(runs, progress)
-    fitted = fit.fit(surfaces, gpus, pinned)
+    if args.fabrics and progress:
+        progress("fitting the GPU parameters, then each cluster's collective efficiency")
+    fitted = fit.fit_all(surfaces, gpus, pinned, args.fabrics, progress)
     measured = [float(r.step_time_s) for r in runs]
     before = fit.Score.of(fit.predict(runs, []), measured)
     after_pred = fit.predict(runs, fitted)
     after = fit.Score.of(after_pred, measured)
 
     print(f"Fitted on {len(runs)} measured runs ({', '.join(sorted({r.source for r in runs}))}); "
-          f"mean |log(predicted / measured)| minimised per GPU, each value within "
-          f"[{fit.GRID[0]}, {fit.GRID[-1]}]:\n")
+          f"mean |log(predicted / measured)| minimised per GPU"
+          + (" and per cluster link tier" if args.fabrics else "")
+          + f", each value within [{fit.GRID[0]}, {fit.GRID[-1]}]:\n")
     if left_out:
         recipes = ", ".join(sorted({r.plan.dtype for r in left_out}))
         print(f"({len(left_out)} run(s) in {recipes} left out: their GEMM kernels are priced at another recipe's "
@@ -190,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     for kind in cv:
         if progress:
             progress(f"cross-validating: leave one {kind} out")
-        folds, pooled = fit.cross_validate(surfaces, gpus, CV_KINDS[kind], progress, pinned)
+        folds, pooled = fit.cross_validate(surfaces, gpus, CV_KINDS[kind], progress, pinned, args.fabrics)
         print(f"\nLeave one {kind} out (each predicted by a fit on the others):\n")
         print(table([f"held-out {kind}", "runs", "MAPE", "bias", "worst"],
                     [_score_row(f.group, f.score) for f in folds] + [_score_row("pooled", pooled)], align="lrrrr"))
@@ -210,11 +218,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}", file=sys.stderr)
     if base_cluster is not None:
         values = fit.values_by_gpu(fitted).get(base_cluster.gpu.name, {})
+        values = {k: v for k, v in values.items()
+                  if not fit.is_fabric(k) or fit.fabric_of(k)[0] == base_cluster.name}
         gpu = fit.with_values(base_cluster.gpu, values)
         note = (f" | fitted by planner fit on {len(runs)} measured runs ({dt.date.today().isoformat()}): "
-                + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+                + ", ".join(f"{k} {v:.2f}" for k, v in values.items() if not fit.is_fabric(k)))
         gpu = dataclasses.replace(gpu, source=gpu.source + note)
-        profile = dataclasses.replace(base_cluster, gpu=gpu)
+        profile = fit.with_fabric(dataclasses.replace(base_cluster, gpu=gpu), values)
+        for tier in fit.TIERS:  # say so in each link whose efficiency the fit set
+            name = fit.fabric_parameter(base_cluster.name, tier)
+            if name in values:
+                link = getattr(profile, tier)
+                profile = dataclasses.replace(profile, **{tier: dataclasses.replace(link, source=link.source + (
+                    f" | efficiency {values[name]:.2f} fitted by planner fit --fabrics on {len(runs)} measured runs "
+                    f"({dt.date.today().isoformat()})"))})
         prof = profile.to_dict()
         prof["provenance"] = {**prof.get("provenance", {}),
                               "fit": {"values": values, "runs": len(runs), "commit": _commit()}}

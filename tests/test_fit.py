@@ -192,3 +192,105 @@ def test_a_power_limited_part_fits_its_clock_alone() -> None:
     # Unfitted, the part runs at its datasheet clock with the full-power part's efficiencies.
     gpu = fit.unfitted(runs[0].cluster.gpu)
     assert gpu.clock_fraction == 1.0 and gpu.gemm_efficiency == runs[0].cluster.gpu.gemm_efficiency
+
+
+@pytest.fixture(scope="module")
+def bloom_runs() -> list[MeasuredRun]:
+    """BLOOM's Megatron-DeepSpeed runs on Jean Zay at tensor-parallel 2, 4 and 8 (so its NVLink and Omni-Path
+    traffic and its GEMMs weigh differently from run to run), row 0 first: one node, no inter-node traffic."""
+    runs = [r for r in express_all(printed_runs(("bloom",))) if isinstance(r, MeasuredRun) and r.step_time_s]
+    by_tp = {tp: [r for r in runs if r.plan.tp == tp and r.run.row != 0] for tp in (2, 4, 8)}
+    return [runs[0], *by_tp[2][:2], *by_tp[4][::10][:4], *by_tp[8][::25][:4]]
+
+
+def test_fit_recovers_a_known_collective_efficiency(bloom_runs: list[MeasuredRun]) -> None:
+    """Step times generated at a known GEMM efficiency and a known NVLink collective efficiency (0.4, far
+    from the catalog's 0.78): the GPU fit alone, tabulated at the catalog's fabric, would take the slower
+    fabric for slower GEMMs; alternating with the fabric fit recovers both."""
+    intra = fit.fabric_parameter("jean-zay-a100", "intra_node")
+    inter = fit.fabric_parameter("jean-zay-a100", "inter_node")
+    truth = {fit.GEMM: 0.7, intra: 0.4}
+    runs = [dataclasses.replace(r, run=dataclasses.replace(r.run, step_time_s=fit.step_time(r, truth)))
+            for r in bloom_runs]
+    surfaces = fit.tabulate(runs)
+    gpus = {s.gpu: s.run.cluster.gpu for s in surfaces}
+    alone = {f.name: f for f in fit.fit(surfaces, gpus)}
+    assert alone[fit.GEMM].value <= 0.66  # confounded without the fabric
+    fitted = {f.name: f for f in fit.fit_all(surfaces, gpus, fabrics=True)}
+    assert fitted[fit.GEMM].value == pytest.approx(0.7, abs=0.02)
+    assert fitted[intra].adopted and fitted[intra].value == pytest.approx(0.4, abs=0.02)
+    assert fitted[intra].before == pytest.approx(0.78)
+    # The Omni-Path tier was generated at the catalog's measured 0.41 and is found there.
+    assert fitted[inter].value == pytest.approx(bloom_runs[0].cluster.inter_node.efficiency, abs=0.02)
+    score = fit.Score.of(fit.predict(runs, fitted.values()), [r.step_time_s for r in runs])
+    assert score.mape < 0.01
+
+
+def test_only_runs_that_wait_on_a_link_tier_inform_its_efficiency(bloom_runs: list[MeasuredRun]) -> None:
+    """One node (row 0) sends nothing across nodes: its step time does not move with the Omni-Path
+    efficiency, so it informs the NVLink tier alone; a 48-node run informs both."""
+    one_node, many = bloom_runs[0], bloom_runs[-1]
+    assert one_node.cluster.num_nodes == 1 < many.cluster.num_nodes
+    names: dict[int, set[str]] = {}
+    for s in fit.tabulate_fabrics([one_node, many], {}):
+        names.setdefault(id(s.run), set()).add(s.names[0])
+    assert names[id(one_node)] == {fit.fabric_parameter("jean-zay-a100", "intra_node")}
+    assert names[id(many)] == {fit.fabric_parameter("jean-zay-a100", t) for t in fit.TIERS}
+
+
+def test_fabric_values_apply_to_their_own_cluster_only(bloom_runs: list[MeasuredRun]) -> None:
+    run = bloom_runs[-1]
+    own, other = (fit.fabric_parameter(c, "intra_node") for c in (run.cluster.name, "dgx-h100"))
+    cluster = fit.with_fabric(run.cluster, {own: 0.5, other: 0.9})
+    assert cluster.intra_node.efficiency == 0.5 and cluster.inter_node == run.cluster.inter_node
+    assert fit.step_time(run, {other: 0.3}) == fit.step_time(run, {})
+    assert fit.step_time(run, {own: 0.3}) > fit.step_time(run, {own: 0.9})
+
+
+def test_cli_fits_fabrics_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`planner fit --fabrics` on a table of BLOOM rows lists Jean Zay's two link tiers with their meaning,
+    and its in-sample error is the real cost model's at the adopted values."""
+    src = resources.files("planner.data").joinpath("validation", "measured-2026", FILES["bloom"])
+    with resources.as_file(src) as p, p.open(newline="") as f:
+        rows = list(csv.reader(f))
+    table, out = tmp_path / "bloom.csv", tmp_path / "fit.json"
+    with table.open("w", newline="") as f:
+        csv.writer(f).writerows(rows[:1] + rows[1:121:8])
+    assert main(["fit", "--quiet", str(table), "--fabrics", "--cv", "none", "--out", str(out)]) == 0
+    import json
+
+    doc = json.loads(out.read_text())
+    fabric = {f["name"]: f for f in doc["fitted"] if fit.is_fabric(f["name"])}
+    assert set(fabric) == {fit.fabric_parameter("jean-zay-a100", t) for t in fit.TIERS}
+    assert all("collectives" in f["meaning"] and f["rows"] >= fit.MIN_ROWS for f in fabric.values())
+    assert "collective_efficiency[jean-zay-a100:intra_node]" in capsys.readouterr().out
+    runs = [r for r in express_all(read_table(table)) if isinstance(r, MeasuredRun) and r.step_time_s]
+    fitted = [fit.Fitted(**{k: f[k] for k in ("gpu", "name", "value", "before", "rows", "adopted")})
+              for f in doc["fitted"]]
+    assert doc["in_sample"]["fitted"]["mape"] == pytest.approx(
+        fit.Score.of(fit.predict(runs, fitted), [r.step_time_s for r in runs]).mape, rel=1e-9)
+
+
+def test_cli_writes_a_fitted_fabric_into_the_profile(tmp_path: Path) -> None:
+    """NeMo's GB200 NVL72 runs: the profile's NVLink tier carries the adopted collective efficiency (and
+    says so), and the real cost model with that profile gives the JSON's in-sample error."""
+    out, prof = tmp_path / "fit.json", tmp_path / "profile.json"
+    assert main(["fit", "--quiet", "--sources", "dgxc", "--gpu", "GB200-186GB", "--fabrics", "--cv", "none",
+                 "--out", str(out), "--cluster", "gb200-nvl72", "--profile-out", str(prof)]) == 0
+    import json
+
+    from planner.cost import estimate
+    from planner.specs.catalog import load_cluster
+
+    doc = json.loads(out.read_text())
+    adopted = {f["name"]: f["value"] for f in doc["fitted"] if f["adopted"]}
+    intra = fit.fabric_parameter("gb200-nvl72", "intra_node")
+    cluster = load_cluster(str(prof))
+    assert intra in adopted and cluster.intra_node.efficiency == adopted[intra]
+    assert "fitted by planner fit --fabrics" in cluster.intra_node.source
+    runs = [r for r in express_all(printed_runs(("dgxc",))) if isinstance(r, MeasuredRun) and r.step_time_s
+            and r.cluster.gpu.name == "GB200-186GB"]
+    errs = [estimate(r.model, dataclasses.replace(r.cluster, gpu=cluster.gpu, intra_node=cluster.intra_node,
+                                                  inter_node=cluster.inter_node), r.plan)["step_time_s"]
+            / r.step_time_s - 1 for r in runs]
+    assert doc["in_sample"]["fitted"]["mape"] == pytest.approx(sum(map(abs, errs)) / len(errs), rel=1e-9)
