@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fabrics", action="store_true",
                    help="also fit each cluster's collective efficiency inside and across nodes (achieved bus "
                    "bandwidth / link bandwidth) on the runs whose step time depends on it by "
-                   f"{fit.FABRIC_SENSITIVITY:.0%} or more; slower (more cost-model calls per run)")
+                   f"{fit.FABRIC_SENSITIVITY * 100:g}%% or more; slower (more cost-model calls per run)")
     p.add_argument("--out", help="write the fit (values, errors, folds) as JSON")
     p.add_argument("--cluster", help="a cluster preset whose GPU gets the fitted values (with --profile-out)")
     p.add_argument("--profile-out", help="write --cluster with the fitted GPU values as a cluster profile JSON")

@@ -294,3 +294,11 @@ def test_cli_writes_a_fitted_fabric_into_the_profile(tmp_path: Path) -> None:
                                                   inter_node=cluster.inter_node), r.plan)["step_time_s"]
             / r.step_time_s - 1 for r in runs]
     assert doc["in_sample"]["fitted"]["mape"] == pytest.approx(sum(map(abs, errs)) / len(errs), rel=1e-9)
+
+
+def test_cli_help_describes_fabrics(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--fabrics" in out and f"{fit.FABRIC_SENSITIVITY * 100:g}% or more" in out
