@@ -379,3 +379,23 @@ def test_calibrate_defaults_to_one_rank_per_gpu(monkeypatch: pytest.MonkeyPatch)
     assert _default_ranks("cpu") == (os.cpu_count() or 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _default_ranks("auto") == (os.cpu_count() or 2)
+
+
+def test_every_command_prints_its_help() -> None:
+    """argparse expands `%` in help texts only when it prints them: a stray one (a percentage) crashes that
+    command's --help alone, so every command's and sub-command's help is formatted here."""
+    import argparse
+
+    from planner.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        parser.format_help()  # raises on a bad help string
+        seen = [path]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    seen += walk(sub, f"{path} {name}")
+        return seen
+
+    commands = walk(build_parser(), "planner")
+    assert "planner fit" in commands and len(commands) > 10
