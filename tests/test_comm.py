@@ -20,11 +20,29 @@ def _one(op: str, nbytes: float, size: int, stride: int, gpus: int) -> float:
 
 
 def test_ring_within_a_node_by_hand() -> None:
-    """8 GPUs on NVLink 4: 2 (g - 1) latencies + 2 (g - 1)/g S / busbw."""
+    """8 GPUs on NVLink 4: 2 (g - 1) latencies + 2 (g - 1)/g S / busbw (all-gather; an all-reduce there takes
+    NVLink SHARP, below)."""
     link = DGX.intra_node
     s = 256 * 2**20
-    expected = 14 * link.latency + 2 * 7 / 8 * s / link.bus_bandwidth
-    assert _one("all_reduce", s, 8, 1, 8) == pytest.approx(expected, rel=1e-12)
+    expected = 7 * link.latency + 7 / 8 * s / link.bus_bandwidth
+    assert _one("all_gather", s, 8, 1, 8) == pytest.approx(expected, rel=1e-12)
+
+
+def test_all_reduce_in_an_h100_node_runs_at_the_measured_nvls_rate() -> None:
+    """NVLink SHARP on 8 H100s: NCCL's maintainer gives 'a peak busBw of ~480GB/s (algbw ~275GB/s)'
+    (NVIDIA/nccl-tests#212), against ~370 GB/s for the ring; at 2 GPUs NVLS is no faster (NVIDIA/nccl#1455)
+    and the ring stands; A100's NVSwitch has no in-switch reduction."""
+    s = 4 * 2**30
+
+    def busbw(cluster, g: int) -> float:  # nccl-tests' bus bandwidth of one all-reduce of s bytes
+        t = float(collective_time(cluster.with_gpus(8), "all_reduce", np.array([s]), np.array([g]),
+                                  np.array([1]))[0])
+        return 2 * (g - 1) / g * s / t
+
+    assert busbw(DGX, 8) == pytest.approx(480e9, rel=0.02)
+    assert busbw(DGX, 2) == pytest.approx(DGX.intra_node.bus_bandwidth, rel=0.01)
+    a100 = cluster_preset("dgx-a100-80gb")
+    assert busbw(a100, 8) == pytest.approx(a100.intra_node.bus_bandwidth, rel=0.01)
 
 
 def test_many_node_all_reduce_takes_the_tree() -> None:

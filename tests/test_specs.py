@@ -561,3 +561,20 @@ def test_packed_samples_attend_within_each_sample_only() -> None:
     assert attn_packed == pytest.approx(attn_full / 16, rel=1e-12) and linear_packed == linear_full
     assert load_model("llama3-8b", seq_len=4096, packed_samples=4096) == full  # one sample per row
     assert names(spec_error(load_model, "gpt-oss-20b", packed_samples=256), "packed_samples")
+
+
+def test_in_switch_reduction_comes_from_the_nvlink_preset() -> None:
+    """NVLink SHARP is a property of the switch: a topology cluster's NVLink tier takes it from the link preset
+    the topology names (GB200 NVL72: nvlink5), its network tier has none, A100's NVSwitch has none (and its
+    documents carry no such key), and a cluster survives its own document."""
+    from planner.specs.catalog import cluster_preset, link_preset
+    from planner.specs.cluster import ClusterSpec
+
+    nvl72 = cluster_preset("gb200-nvl72")
+    assert nvl72.intra_node.nvls_efficiency == link_preset("nvlink5").nvls_efficiency > 0
+    assert nvl72.inter_node.nvls_efficiency == 0
+    assert ClusterSpec.from_dict(nvl72.to_dict()) == nvl72
+    a100 = cluster_preset("dgx-a100-80gb")
+    assert a100.intra_node.nvls_efficiency == 0 and "nvls_efficiency" not in a100.to_dict()["intra_node"]
+    h100 = cluster_preset("dgx-h100")
+    assert ClusterSpec.from_dict(h100.to_dict()).intra_node.nvls_efficiency == h100.intra_node.nvls_efficiency > 0

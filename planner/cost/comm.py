@@ -19,6 +19,15 @@ implements it): NCCL's tuning model (src/graph/tuning.cc, ncclTopoTuneModel) cha
 hops, and moves the same bytes at 0.9 of the ring's bus bandwidth; NCCL runs whichever of the two its
 model says is faster for the message size, and so does this model. (A 641-node ring pays 1,280 network
 latencies per call; the tree 19.)
+
+All-reduce inside one NVLink-switch domain whose switch reduces in the network (NVLink SHARP, H100's
+and Blackwell's NVSwitches; `LinkSpec.nvls_efficiency` > 0) also has NCCL's NVLS algorithm: each GPU
+sends its buffer to the switch once and reads the sum back once, so its time is the buffer over an
+algorithm bandwidth that does not fall with the group (measured on 8 H100s: ~275 GB/s, a bus bandwidth of
+~480 GB/s against the ring's ~370; NVIDIA/nccl-tests#212, NVIDIA/nccl#1455), plus NCCL's tuning-model
+latency of 25 us (src/graph/tuning.cc). NCCL runs whichever is faster, and so does this model (the ring
+at 2 GPUs, NVLS from about 4). Across nodes (NCCL's NVLS-Tree) and for all-gather / reduce-scatter (where
+NCCL's model rates NVLS below the ring inside a node) the ring and tree stand.
 """
 
 from __future__ import annotations
@@ -81,6 +90,20 @@ def tree_all_reduce(link: LinkSpec, nbytes: Array, n: Array) -> Array:
     return np.where(n > 1, t, 0.0)
 
 
+NVLS_LATENCY_S = 25e-6  # NCCL tuning model: NVLS over NVLink, Simple protocol (hwLatencies; no base latency)
+
+
+def nvls_all_reduce(link: LinkSpec, nbytes: Array, g: Array) -> Array:
+    """All-reduce of `nbytes` over `g` ranks of one NVLink-switch domain by NCCL's NVLS algorithm: 25 us plus
+    the buffer at `nvls_efficiency` x the link's bandwidth (its algorithm bandwidth). Infinite where the
+    link has no in-switch reduction."""
+    g = np.asarray(g, dtype=np.float64)
+    if link.nvls_efficiency <= 0.0:
+        return np.full(np.broadcast(np.asarray(nbytes), g).shape, np.inf)
+    t = NVLS_LATENCY_S + nbytes / (link.nvls_efficiency * link.bandwidth)
+    return np.where(g > 1, t, 0.0)
+
+
 def product_layout(dims: list[tuple[Array, Array]], gpus_per_node: int) -> tuple[Array, Array, Array]:
     """(size, members per node, nodes spanned) of a group spanning several dimensions at once (e.g.
     the data-parallel x context-parallel gradient group): its members per node multiply."""
@@ -103,6 +126,8 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
     t_flat = _flat(intra, op, nbytes, size)
+    if op == "all_reduce" and intra.measured(op, size) is None:  # (a measured all-reduce is NCCL's pick)
+        t_flat = np.minimum(t_flat, nvls_all_reduce(intra, nbytes, size))
     if np.all(one_node):
         return t_flat
     if op == "all_reduce":

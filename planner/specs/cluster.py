@@ -283,6 +283,10 @@ class LinkSpec:
     t = alpha x steps + bytes x algorithmic_factor / bus_bandwidth, with bus bandwidth =
     `bandwidth` x `efficiency` unless `collectives` holds a measured (alpha, busbw) for the operation
     and group size (written by `planner calibrate`).
+
+    `nvls_efficiency` > 0: the link's switch reduces in the network (NVLink SHARP, NCCL's NVLS
+    algorithm), and an all-reduce inside the domain may run that way (`planner.cost.comm.nvls_all_reduce`):
+    the buffer at this fraction of `bandwidth` (NVLS's algorithm bandwidth, measured).
     """
 
     name: str
@@ -291,6 +295,7 @@ class LinkSpec:
     efficiency: float = 0.8  # achieved bus bandwidth / link bandwidth for large messages
     collectives: dict[str, list[dict[str, float]]] = field(default_factory=dict, hash=False)
     source: str = ""
+    nvls_efficiency: float = 0.0  # NVLS all-reduce: buffer bytes / time over `bandwidth`; 0: no in-switch reduction
 
     def __post_init__(self) -> None:
         _name("link", self.name)
@@ -300,6 +305,7 @@ class LinkSpec:
         _num(w, "bandwidth", self.bandwidth, hi=1e15)
         _num(w, "latency", self.latency, strict_lo=False, hi=10.0)
         _num(w, "efficiency", self.efficiency, hi=1.0)
+        _num(w, "nvls_efficiency", self.nvls_efficiency, strict_lo=False, hi=1.0)
         if not isinstance(self.collectives, dict):
             raise SpecError("must map collective names to measurements", field=f"{w}.collectives")
         for op, rows in self.collectives.items():
@@ -471,6 +477,9 @@ class ClusterSpec:
         if not self.gpu.cache_bytes:
             d["gpu"].pop("cache_bytes")  # (one-level devices' documents hash as before the cache level)
             d["gpu"].pop("cache_bandwidth")
+        for tier in ("intra_node", "inter_node"):
+            if not d[tier]["nvls_efficiency"]:
+                d[tier].pop("nvls_efficiency")  # (links without in-switch reduction hash as before the field)
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:
@@ -483,7 +492,7 @@ class ClusterSpec:
     def from_dict(cls, data: Any, where: str = "cluster") -> ClusterSpec:
         """A cluster file. `intra_node` / `inter_node` name a link preset, give a link object, or say
         "topology": then they are derived from the cluster's `topology` graph (`links_from_topology`)."""
-        from planner.specs.catalog import gpu_preset, link_preset
+        from planner.specs.catalog import gpu_preset, link_names, link_preset
 
         def preset(lookup: Callable[[str], Any], name: str, key: str) -> Any:
             try:
@@ -502,7 +511,8 @@ class ClusterSpec:
                     if topo is None:
                         raise SpecError(f'"{DERIVED}" needs a topology to derive the link from',
                                         field=f"{where}.{tier}")
-                    fast, net = links_from_topology(topo, where)
+                    fast, net = links_from_topology(
+                        topo, where, lambda n: link_preset(n).nvls_efficiency if n in link_names() else 0.0)
                     data[tier] = fast if tier == "intra_node" else net
         d = _from_dict(cls, data, where)
         gpu = d["gpu"]  # a GPU preset name (gpus.json) or a full GPU object
@@ -524,10 +534,12 @@ def link_class(link: LinkSpec) -> LinkClass:
     return LinkClass(link.name, link.bandwidth, link.latency, link.efficiency, link.source)
 
 
-def links_from_topology(topology: Topology, where: str = "cluster") -> tuple[LinkSpec, LinkSpec]:
+def links_from_topology(topology: Topology, where: str = "cluster",
+                        nvls: Callable[[str], float] | None = None) -> tuple[LinkSpec, LinkSpec]:
     """(intra_node, inter_node) as the graph gives them (`Topology.tier_summary`): per-GPU bandwidth and
     per-step latency of a ring over one fast domain, and of a ring across fast domains; each tier's
-    efficiency and source as the topology's tiers say."""
+    efficiency and source as the topology's tiers say, and the fast domain's in-switch reduction as
+    `nvls(tier name)` says (the link preset of that name)."""
     fast, net = topology.tier_summary()
     if net is None:
         raise SpecError("the topology has a single fast domain, so the network tier cannot be derived: "
@@ -535,10 +547,11 @@ def links_from_topology(topology: Topology, where: str = "cluster") -> tuple[Lin
     if fast.bandwidth == math.inf:  # every GPU its own fast domain: all traffic is network traffic
         fast = net
 
-    def link(s: Any, what: str) -> LinkSpec:
+    def link(s: Any, what: str, nvls_efficiency: float = 0.0) -> LinkSpec:
         return LinkSpec(name=s.tier.name, bandwidth=s.bandwidth, latency=s.latency, efficiency=s.tier.efficiency,
                         source=f"from the topology graph: {what}, {s.hops} links per step"
-                               + (f"; {s.tier.source}" if s.tier.source else ""))
+                               + (f"; {s.tier.source}" if s.tier.source else ""), nvls_efficiency=nvls_efficiency)
 
-    return (link(fast, "a ring over one fast domain, every domain busy"),
+    in_switch = nvls(fast.tier.name) if nvls is not None and fast is not net else 0.0
+    return (link(fast, "a ring over one fast domain, every domain busy", in_switch),
             link(net, "a ring across fast domains, every position busy"))
