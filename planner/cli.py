@@ -451,18 +451,22 @@ def cmd_clusters(args: argparse.Namespace) -> int:
                      "memory_gib": c.gpu.memory_bytes / 2**30,
                      "memory_bandwidth_gbs": c.gpu.memory_bandwidth / 1e9,
                      "intra_node_gbs": c.intra_node.bandwidth / 1e9,
+                     # NVLink SHARP: an all-reduce's buffer bytes per second in the switch (None: no NVLS)
+                     "nvls_all_reduce_gbs": (c.intra_node.bandwidth * c.intra_node.nvls_efficiency / 1e9
+                                             if c.intra_node.nvls_efficiency else None),
                      "inter_node_gbs": c.inter_node.bandwidth / 1e9, "device": c.device,
                      "topology": c.topology.to_dict() if c.topology is not None else None, "source": c.source})
     if args.json:
         _emit_json(rows)
         return 0
     print(table(["name", "gpu", "per node", "NVLink domain", "bf16 TFLOP/s", "low precision", "mem GiB", "HBM GB/s",
-                 "intra GB/s", "inter GB/s"],
+                 "intra GB/s", "NVLS all-reduce GB/s", "inter GB/s"],
                 [[r["name"], r["gpu"], r["gpus_per_node"] if r["device"] == "cuda" else "host cores",
                   r["nvlink_domain"] if r["device"] == "cuda" else "-", r["peak_tflops"].get("bf16", 0.0),
                   " ".join(p for p in r["precisions"] if p not in ("fp32", "fp16", "bf16")) or "-",
-                  r["memory_gib"], r["memory_bandwidth_gbs"], r["intra_node_gbs"], r["inter_node_gbs"]]
-                 for r in rows], align="llrrrlrrrr"))
+                  r["memory_gib"], r["memory_bandwidth_gbs"], r["intra_node_gbs"],
+                  r["nvls_all_reduce_gbs"] if r["nvls_all_reduce_gbs"] is not None else "-", r["inter_node_gbs"]]
+                 for r in rows], align="llrrrlrrrrr"))
     return 0
 
 

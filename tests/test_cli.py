@@ -265,8 +265,11 @@ def test_clusters_json(capsys: pytest.CaptureFixture[str]) -> None:
     a100 = next(r for r in rows if r["name"] == "dgx-a100-80gb")
     assert a100["gpu"] == "A100-SXM4-80GB" and a100["gpus_per_node"] == 8
     assert a100["peak_tflops"]["bf16"] == pytest.approx(312)
+    # NVLink SHARP: ~275 GB/s of all-reduce buffer on 8 H100s (NVIDIA/nccl-tests#212); A100's switch has none
+    h100 = next(r for r in rows if r["name"] == "dgx-h100")
+    assert h100["nvls_all_reduce_gbs"] == pytest.approx(275, rel=0.01) and a100["nvls_all_reduce_gbs"] is None
     code, out, _ = run(["clusters"], capsys)
-    assert code == 0 and "dgx-h100" in out
+    assert code == 0 and "dgx-h100" in out and "NVLS all-reduce GB/s" in out
 
 
 def test_inspect_json(capsys: pytest.CaptureFixture[str]) -> None:
