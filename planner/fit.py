@@ -283,7 +283,7 @@ def _objective(surfaces: list[Surface], cand: dict[str, np.ndarray], fixed: dict
     (attention efficiency 0 in the catalog) means the cost model prices attention at the GEMM efficiency,
     so it follows the GEMM candidate."""
     shape = next(iter(cand.values()))
-    gemm = cand[GEMM] if GEMM in cand else np.full_like(shape, fixed.get(GEMM) or 0.0)
+    gemm = cand[GEMM] if GEMM in cand else np.full_like(shape, fixed[GEMM])
 
     def value(n: str) -> np.ndarray:
         if n in cand:

@@ -95,11 +95,9 @@ NVLS_LATENCY_S = 25e-6  # NCCL tuning model: NVLS over NVLink, Simple protocol (
 
 def nvls_all_reduce(link: LinkSpec, nbytes: Array, g: Array) -> Array:
     """All-reduce of `nbytes` over `g` ranks of one NVLink-switch domain by NCCL's NVLS algorithm: 25 us plus
-    the buffer at `nvls_efficiency` x the link's bandwidth (its algorithm bandwidth). Infinite where the
-    link has no in-switch reduction."""
+    the buffer at `nvls_efficiency` (> 0: a switch that reduces) x the link's bandwidth (its algorithm
+    bandwidth)."""
     g = np.asarray(g, dtype=np.float64)
-    if link.nvls_efficiency <= 0.0:
-        return np.full(np.broadcast(np.asarray(nbytes), g).shape, np.inf)
     t = NVLS_LATENCY_S + nbytes / (link.nvls_efficiency * link.bandwidth)
     return np.where(g > 1, t, 0.0)
 
@@ -126,7 +124,8 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
     t_flat = _flat(intra, op, nbytes, size)
-    if op == "all_reduce" and intra.measured(op, size) is None:  # (a measured all-reduce is NCCL's pick)
+    if op == "all_reduce" and intra.nvls_efficiency > 0 and intra.measured(op, size) is None:
+        # (a measured all-reduce is already NCCL's pick)
         t_flat = np.minimum(t_flat, nvls_all_reduce(intra, nbytes, size))
     if np.all(one_node):
         return t_flat
