@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from executor.run import pick_device
 from planner.io import atomic_write_json
+from planner.specs.cluster import FUNCTIONAL, FUNCTIONAL_COLLECTIVES
 
 # (tokens M, in K, out N) of linear layers: training runs each as forward x W^T, input gradient g W
 # and weight gradient g^T x, so all three are timed and averaged.
@@ -288,10 +289,28 @@ def _groups(world: int, size: int, stride: int) -> tuple[list[list[int]], list[A
     return ranks_lists, handles
 
 
+def _functional(op: str, n: int, group: Any, size: int, device: torch.device, dtype: torch.dtype) -> Any:
+    """`op` as DTensor issues it: torch's functional collective (an out-of-place result), then its wait."""
+    import torch.distributed._functional_collectives as funcol
+
+    if op == "all_reduce":
+        buf = torch.ones(n, device=device, dtype=dtype)
+        return lambda: funcol.wait_tensor(funcol.all_reduce(buf, "sum", group))
+    if op == "all_gather":
+        shard = torch.ones(n // size, device=device, dtype=dtype)
+        return lambda: funcol.wait_tensor(funcol.all_gather_tensor(shard, 0, group))
+    if op == "reduce_scatter":
+        full = torch.ones(n, device=device, dtype=dtype)
+        return lambda: funcol.wait_tensor(funcol.reduce_scatter_tensor(full, "sum", 0, group))
+    raise ValueError(op)
+
+
 def _collective(op: str, nbytes: int, group: Any, size: int, device: torch.device,
                 dtype: torch.dtype) -> Any:
     elem = torch.tensor([], dtype=dtype).element_size()
     n = max(size, nbytes // elem // size * size)
+    if op.endswith(FUNCTIONAL):
+        return _functional(op.removesuffix(FUNCTIONAL), n, group, size, device, dtype)
     if op == "all_reduce":
         buf = torch.ones(n, device=device, dtype=dtype)
         return lambda: dist.all_reduce(buf, group=group)
@@ -321,6 +340,8 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     if world > local_world:
         tiers.append(("inter_node", local_world, world // local_world))
     ops = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+    if device.type == "cpu":  # DTensor's functional collectives cost more than the in-place calls on gloo
+        ops += FUNCTIONAL_COLLECTIVES
     for tier, stride, max_size in tiers:
         group_sizes = sorted({g for g in (2, 4, 8, 16, max_size) if 2 <= g <= max_size})
         res: dict[str, Any] = {op: {} for op in (*ops, "p2p")}
@@ -462,18 +483,30 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
     split = [_step_time(n, world, world, device, steps) for n in (1, 3)]
     per_plain = max(0.0, (plain[1] - plain[0]) / 2)
     per_tp = max(0.0, (split[1] - split[0]) / 2)
-    small = torch.ones(64 * 128, device=device)
+    # The layer's all-reduces, timed as DTensor issues them (functional collectives) at the layer's
+    # activation size: two in forward, one per column-parallel input linear in backward (q, k, v, up),
+    # as the cost model counts them for this executor.
+    from planner.cost.terms import unfused_input_linears
+    from planner.framework import framework
+    from planner.specs.model import ModelSpec
+
+    spec = ModelSpec(name="calib", num_layers=1, dtype="fp32", **CALIB_MODEL)
+    act = torch.ones(4 * spec.seq_len * spec.hidden, device=device)  # one micro-batch of 4 sequences
     dist.barrier()
-    alpha = _max_over_ranks(_time(lambda: dist.all_reduce(small), device, 0.05), device)
-    overhead = max(0.0, per_tp - per_plain / world - 4 * alpha)
-    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work.
+    alpha = _max_over_ranks(_time(_functional("all_reduce", act.numel(), dist.group.WORLD, world, device,
+                                              act.dtype),
+                                  device, 0.05), device)
+    syncs = 4 + sum(unfused_input_linears(spec, framework("this")))
+    overhead = max(0.0, per_tp - per_plain / world - syncs * alpha)
+    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work:
+    # the embedding's forward and the LM head's backward all-reduce.
     rest_plain, rest_tp = plain[0] - per_plain, split[0] - per_tp
     rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha)
     bar.step("tensor-parallel overhead")
     return {"step_1layer_s": plain[0], "step_3layers_s": plain[1], "step_1layer_4microbatches_s": plain_m4,
             "calib_model": CALIB_MODEL,
             "layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
-            "small_all_reduce_s": alpha, "tp_layer_overhead_s": _max_over_ranks(overhead, device),
+            "tp_all_reduce_s": alpha, "tp_layer_overhead_s": _max_over_ranks(overhead, device),
             "tp_microbatch_overhead_s": _max_over_ranks(rest, device)}
 
 

@@ -25,6 +25,13 @@ reads them like it reads the cluster:
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
 - zero1_broadcast_per_tensor: ZeRO-1's parameter sync is one broadcast per parameter tensor, each
   paying the collective's latency (torch's ZeroRedundancyOptimizer as the executor runs it);
+- fused_qkv: q, k, v (and gate, up) as one linear each; false: separate linears, whose weights the
+  optimizer launches on one by one and which, without SP, each all-reduce their input gradient;
+- functional_tp_collectives: TP runs through torch's functional collectives (DTensor), which the cost
+  model prices by a link's `<op>_functional` measurements where a calibrated profile has them;
+- gathered_logits: under TP the LM head's output is gathered over the TP ranks and each computes an
+  ordinary cross-entropy (DTensor's ColwiseParallel(output_layouts=Replicate()) without loss_parallel:
+  one all-gather of the logits per micro-batch), not a vocabulary-parallel one;
 - eager_grad_accumulation: each micro-batch after the first adds its gradients into `.grad` in place
   (autograd's AccumulateGrad: 3 x the gradient bytes, one launch per tensor);
 - recompute: the activation-checkpointing policies the framework offers (what the search tries);
@@ -168,8 +175,16 @@ class Framework:
     # bucket (scaled by 1 / dp) and back after the all-reduce unless gradient_as_bucket_view=True
     dp_grad_passes: float = 0.0
     # q, k and v as one linear layer (Megatron's linear_qkv) or, False, three (torchtitan's wq / wk / wv,
-    # this project's executor): three weight (and bias) tensors for the optimizer's launches
+    # this project's executor): three weight (and bias) tensors for the optimizer's launches, and (gate
+    # and up likewise) without SP one backward all-reduce of the layer input's gradient per linear
     fused_qkv: bool = True
+    # TP's collectives are torch's functional collectives (DTensor), priced by the link's
+    # `<op>_functional` measurements where `planner calibrate` took them (they cost more on gloo)
+    functional_tp_collectives: bool = False
+    # Under TP the LM head's logits are gathered and every rank computes the loss over the whole
+    # vocabulary (an all-gather of the logits per micro-batch) instead of Megatron-LM's vocabulary-
+    # parallel cross-entropy (three all-reduces of one fp32 value per token)
+    gathered_logits: bool = False
     # ZeRO-1 syncs the updated parameters by one broadcast per tensor (torch's ZeroRedundancyOptimizer
     # with its default parameters_as_bucket_view=False) instead of bucketed all-gathers
     zero1_broadcast_per_tensor: bool = False

@@ -212,3 +212,19 @@ def test_pipeline_host_time_is_busy_time() -> None:
         closed = float(evaluate(spec, prof, batch_from_plans([plan])).compute[0])
         busiest = max(s["busy_s"] for s in simulate_plans(spec, prof, [plan])[0].per_stage)
         assert closed == pytest.approx(busiest, rel=1e-6), vpp
+
+
+def test_functional_collective_timings_become_their_own_measurement(tmp_path: Path) -> None:
+    """Timings of torch's functional all-reduce (what DTensor's TP issues) made from a known latency and
+    bus bandwidth come back as the profile's `all_reduce_functional`, beside the in-place all-reduce,
+    and the written profile loads as a cluster."""
+    alpha, busbw = 5e-4, 8e8
+    raw = copy.deepcopy(RAW)
+    raw["collectives"]["intra_node"]["all_reduce_functional"] = {
+        "2": [[s, alpha + s * (2 * 1 / 2) / busbw] for s in (4096, 1 << 20, 8 << 20)]}
+    prof = build_profile(raw, name="functional")
+    (row,) = prof.intra_node.collectives["all_reduce_functional"]
+    assert (row["group"], row["alpha"], row["busbw"]) == (2, pytest.approx(alpha), pytest.approx(busbw))
+    assert prof.intra_node.collectives["all_reduce"] != prof.intra_node.collectives["all_reduce_functional"]
+    back = load_cluster(str(write_profile(tmp_path / "p.json", prof, raw)), gpus=2)
+    assert back.intra_node.collectives["all_reduce_functional"] == prof.intra_node.collectives["all_reduce_functional"]

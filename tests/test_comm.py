@@ -65,3 +65,38 @@ def test_large_messages_keep_the_ring() -> None:
     t = _one("all_reduce", s, 4, 8, 32)
     ring = 2 * 3 * inter.latency + 2 * 3 / 4 * s / inter.bus_bandwidth
     assert t == pytest.approx(ring, rel=1e-12)
+
+
+def test_functional_collectives_price_at_their_own_measurement() -> None:
+    """A calibrated link that timed torch's functional all-reduce on its own (what DTensor's TP issues;
+    on gloo it costs more than the in-place call) prices the executor's TP at that measurement, by hand:
+    alpha + 2 (g - 1)/g x S / busbw; a profile issuing plain collectives, or a link without the
+    measurement, keeps the plain one."""
+    import dataclasses
+
+    from planner.cost import batch_from_plans, cost_terms
+    from planner.plan import Plan
+    from planner.specs.catalog import localhost_cpu, model_preset
+
+    plain = {"group": 2, "alpha": 1e-4, "busbw": 2e9}
+    func = {"group": 2, "alpha": 5e-4, "busbw": 5e8}
+    base = localhost_cpu()
+    link = dataclasses.replace(base.intra_node, collectives={"all_reduce": [plain], "all_reduce_functional": [func]})
+    cluster = dataclasses.replace(base, intra_node=link, inter_node=link, gpus_per_node=2)
+    s = 3e6
+    t = float(collective_time(cluster, "all_reduce_functional", np.array([s]), np.array([2]), np.array([1]))[0])
+    assert t == pytest.approx(5e-4 + s / 5e8, rel=1e-12)
+    model = model_preset("tiny")
+    act = 8 * model.seq_len * model.hidden * 4.0  # 8 sequences, fp32
+    plan = Plan(tp=2, micro_batch=8, global_batch=8, dtype="fp32")
+
+    def layer_tp(framework: str, c=cluster) -> float:
+        return float(cost_terms(model, c, batch_from_plans([dataclasses.replace(plan, framework=framework)]))
+                     .layer_tp[0, 0])
+
+    # this executor: 2 forward all-reduces and, with q, k, v and the MLP up as separate linears, 4 backward
+    assert layer_tp("this") == pytest.approx(6 * (5e-4 + act / 5e8), rel=1e-9)
+    # Megatron-LM: fused QKV, in-place collectives: 2 + 2
+    assert layer_tp("megatron-lm") == pytest.approx(4 * (1e-4 + act / 2e9), rel=1e-9)
+    no_func = dataclasses.replace(cluster, intra_node=dataclasses.replace(link, collectives={"all_reduce": [plain]}))
+    assert layer_tp("this", no_func) == pytest.approx(6 * (1e-4 + act / 2e9), rel=1e-9)

@@ -456,3 +456,34 @@ def test_activation_bytes_equal_saved_tensors_per_cp_rank(runs: dict[str, Any], 
     for r in runs[name]["ranks"]:
         measured = r["saved_bytes"]
         assert measured == pytest.approx(predicted, rel=ACT_RTOL), (name, r["rank"], measured, predicted)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PLANS if ALL_PLANS[n][1].get("tp", 1) > 1
+                                  and not ALL_PLANS[n][1].get("sequence_parallel")])
+def test_this_profile_counts_the_executors_unfused_input_gradients(name: str) -> None:
+    """Under the executor's own framework profile ("this": q, k, v and gate, up as separate linears) the
+    cost model counts the backward all-reduces this cross-check lists as executor-only against Megatron-LM
+    (and the ledger and CommDebugMode confirm on real runs: three in attn.qkv), byte for byte."""
+    import dataclasses
+
+    spec, doc = _plan(name)
+    listed = [nbytes for why, *_rest, nbytes in deviations(name)[0] if why == "unfused column-parallel input gradients"]
+    assert listed and listed[0] > 0
+    this = comm_terms(spec, dataclasses.replace(doc.plan, framework="this"))
+    assert this["tp.layers_unfused"] == pytest.approx(listed[0], rel=1e-12)
+    assert "tp.layers_unfused" not in comm_terms(spec, doc.plan)  # Megatron-LM's fused linears: none
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PLANS if ALL_PLANS[n][1].get("tp", 1) > 1])
+def test_this_profile_counts_the_executors_logits_gather(name: str) -> None:
+    """Under the executor's own profile the LM head's logits are gathered over TP (the all-gather this
+    cross-check lists as executor-only against Megatron-LM's vocabulary-parallel loss) and the loss's
+    three all-reduces per token are not issued."""
+    import dataclasses
+
+    spec, doc = _plan(name)
+    listed = [nbytes for why, *_rest, nbytes in deviations(name)[0] if why == "logits all-gather"]
+    assert listed and listed[0] > 0
+    this = comm_terms(spec, dataclasses.replace(doc.plan, framework="this"))
+    assert this["tp.logits_gather"] == pytest.approx(listed[0], rel=1e-12)
+    assert "tp.loss" not in this and "tp.loss" in comm_terms(spec, doc.plan)

@@ -30,7 +30,7 @@ def test_more_overlap_never_costs_more() -> None:
 def test_no_tp_overlap_exposes_all_of_it() -> None:
     """tp_overlap 'none': a layer's exposed TP time is the whole of its forward and backward
     collectives (2 all-reduces each way without SP), what `layer_tp` totals."""
-    plan = Plan(tp=8, dp=8, global_batch=128, framework="torchtitan")
+    plan = Plan(tp=8, dp=8, global_batch=128, framework="deepspeed")  # Megatron-DeepSpeed 2022: no overlap
     t = cost_terms(M, C, batch_from_plans([plan]))
     ref = cost_terms(M, C, batch_from_plans([dataclasses.replace(plan, tp=8, framework="megatron-lm")]))
     # compute is the same; only the exposed communication differs

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.specs.cluster import ClusterSpec, LinkSpec
+from planner.specs.cluster import FUNCTIONAL, ClusterSpec, LinkSpec
 
 Array = np.ndarray
 
@@ -49,9 +49,22 @@ def group_layout(size: Array, stride: Array, gpus_per_node: int) -> tuple[Array,
     return k, n_nodes
 
 
+def base_collective(op: str) -> str:
+    """The algorithm a collective name runs: "all_reduce_functional" (torch's functional collective,
+    LinkSpec.collectives may time it on its own) runs an all-reduce."""
+    return op.removesuffix(FUNCTIONAL)
+
+
+def functional_or_plain(link: LinkSpec, op: str) -> str:
+    """`op` issued as a functional collective where the link has it measured, else `op` itself."""
+    name = op + FUNCTIONAL
+    return name if name in link.collectives else op
+
+
 def ring_factor(op: str, g: Array) -> tuple[Array, Array]:
     """(algorithm steps, bytes factor) of a ring collective over g ranks."""
     g = np.asarray(g, dtype=np.float64)
+    op = base_collective(op)
     if op == "all_reduce":
         return 2.0 * (g - 1), 2.0 * (g - 1) / g
     if op in ("all_gather", "reduce_scatter", "all_to_all"):
@@ -124,6 +137,7 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
     t_flat = _flat(intra, op, nbytes, size)
+    op = base_collective(op)  # across nodes: the algorithm's own tiers
     if op == "all_reduce" and intra.nvls_efficiency > 0 and intra.measured(op, size) is None:
         # (a measured all-reduce is already NCCL's pick)
         t_flat = np.minimum(t_flat, nvls_all_reduce(intra, nbytes, size))

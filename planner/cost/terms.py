@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost.batch import PlanBatch, group_index, unique_inverse
-from planner.cost.comm import collective_time, p2p_time, product_layout
+from planner.cost.comm import collective_time, functional_or_plain, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
     GRAD_BYTES,
@@ -234,6 +234,24 @@ def _resident(model: ModelSpec, gpu: GPUSpec, lg: LayerGraph, b: PlanBatch, toke
     return gpu.resident_fraction(between_uses), gpu.resident_fraction(between_uses + params * OPTIMIZER_BYTES[dt])
 
 
+def tp_collective(cluster: ClusterSpec, fw: Framework, op: str) -> str:
+    """The name TP's `op` is priced under: its functional-collective measurement where the framework
+    issues functional collectives (`Framework.functional_tp_collectives`) and the profile timed them."""
+    return functional_or_plain(cluster.intra_node, op) if fw.functional_tp_collectives else op
+
+
+def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
+    """Backward all-reduces per layer beyond Megatron-LM's two (one per fused input projection) when the
+    framework keeps q, k, v (and gate, up) as separate column-parallel linears (`Framework.fused_qkv`
+    false) and runs TP without SP: (attention's, a dense MLP's). Each such linear turns the replicated
+    layer input into a tensor-parallel input of its own (DTensor's ColwiseParallel), so each reduces its
+    input gradient (the executor's CommDebugMode count: three in attn.qkv, tests/test_crosscheck.py).
+    Latent attention's up projections take the latents, not the layer input: none counted there."""
+    if fw.fused_qkv:
+        return 0, 0
+    return (0 if model.is_mla else 2), (1 if model.activation == "swiglu" else 0)
+
+
 def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch) -> dict[str, Array]:
     """Terms that depend only on sizes, SP and placement, for the rows of `b` (one per structure)."""
     gpu, dt = cluster.gpu, b.dtype
@@ -274,13 +292,16 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         + np.where((b.tp > 1) & sp, cluster.sp_layer_overhead_s, 0.0)
     host_mb = cluster.host_microbatch_overhead_s / 2 + np.where(b.tp > 1, cluster.tp_microbatch_overhead_s / 2, 0.0)
 
-    # Tensor parallel: two sync points per layer in each direction.
+    # Tensor parallel: two sync points per layer in each direction. Without SP, a framework that keeps
+    # the column-parallel input projections as separate linears (`unfused_input_linears`) all-reduces
+    # each one's input gradient in backward.
     act = tokens * h * beta
-    ar = collective_time(cluster, "all_reduce", act, b.tp, b.stride_tp)
-    ag = collective_time(cluster, "all_gather", act, b.tp, b.stride_tp)
-    rs = collective_time(cluster, "reduce_scatter", act, b.tp, b.stride_tp)
+    ar = collective_time(cluster, tp_collective(cluster, fw, "all_reduce"), act, b.tp, b.stride_tp)
+    ag = collective_time(cluster, tp_collective(cluster, fw, "all_gather"), act, b.tp, b.stride_tp)
+    rs = collective_time(cluster, tp_collective(cluster, fw, "reduce_scatter"), act, b.tp, b.stride_tp)
+    extra_attn, extra_mlp = unfused_input_linears(model, fw)
     tp_fwd_dense = np.where(sp, 2 * (ag + rs), 2 * ar)
-    tp_bwd_total_dense = np.where(sp, 4 * ag + 2 * rs, 2 * ar)
+    tp_bwd_total_dense = np.where(sp, 4 * ag + 2 * rs, (2 + extra_attn + extra_mlp) * ar)
     # A mixture-of-experts layer's second sync point (around its experts) runs over the experts' etp
     # ranks: none when etp = 1, the freed ranks holding other experts (MoE parallel folding). Priced only
     # where some row folds (the search's hot path otherwise): unfolded rows keep the dense totals.
@@ -290,8 +311,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         rs_e = collective_time(cluster, "reduce_scatter", act, b.etp, b.stride_tp)
         ar_e = collective_time(cluster, "all_reduce", act, b.etp, b.stride_tp)
         tp_fwd_moe = np.where(folded, np.where(sp, ag + rs + ag_e + rs_e, ar + ar_e), tp_fwd_dense)
-        tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e, ar + ar_e),
-                                    tp_bwd_total_dense)
+        tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e,
+                                                     (1 + extra_attn) * ar + ar_e), tp_bwd_total_dense)
+    if extra_mlp and model.is_moe:  # an MoE layer's experts take their input through one TP region
+        tp_bwd_total_moe = np.where(folded | sp, tp_bwd_total_moe, tp_bwd_total_moe - extra_mlp * ar)
     # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
@@ -372,17 +395,23 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
                      resident=resident)
     # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
-    small = collective_time(cluster, "all_reduce", tokens * float(LOSS_BYTES), b.tp, b.stride_tp)
+    small = collective_time(cluster, tp_collective(cluster, fw, "all_reduce"), tokens * float(LOSS_BYTES), b.tp,
+                            b.stride_tp)
+    if fw.gathered_logits:  # the LM head's logits gathered over TP instead of a vocabulary-parallel loss
+        loss_tp = collective_time(cluster, tp_collective(cluster, fw, "all_gather"),
+                                  tokens * model.vocab_size * beta, b.tp, b.stride_tp)
+    else:
+        loss_tp = 3 * small
     head_w = _pad(post.col_gemm, 1, t)[0]
     res["pre_fwd"] = pre.fwd + host_mb / 3 + np.where(sp, rs, ar)
     # With SP the embedding's output gradient is all-gathered back to the full sequence in backward.
     res["pre_bwd"] = pre.bwd + 2 * host_mb / 3 + np.where(sp, ag, 0.0)
-    res["post_fwd"] = post.fwd + host_mb / 3 + np.where(sp, ag, 0.0) + 3 * small
+    res["post_fwd"] = post.fwd + host_mb / 3 + np.where(sp, ag, 0.0) + loss_tp
     res["post_bwd"] = post.bwd + 2 * host_mb / 3 + np.where(sp, hide(rs, head_w, ov), hide(ar, head_w, ov))
     res["pre_compute"] = pre.fwd + pre.bwd + host_mb
     res["post_compute"] = post.fwd + post.bwd + host_mb
     res["pre_tp"] = np.where(sp, rs + ag, ar)
-    res["post_tp"] = np.where(sp, ag + rs, ar) + 3 * small
+    res["post_tp"] = np.where(sp, ag + rs, ar) + loss_tp
     res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp)
     res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp)
     # The loss's peak beyond the fp32 log-probabilities counted as the head's saved activations.
@@ -402,7 +431,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_grad_accum"] = accumulate(res["post_train"] + tied_trained, res["post_tensors"])
     res["tokens"] = tokens
     res["act_bytes"] = act
-    res["tp_ar"], res["tp_ag"], res["tp_rs"], res["tp_small"] = ar, ag, rs, small
+    res["tp_ar"], res["tp_ag"], res["tp_rs"], res["tp_small"], res["tp_loss"] = ar, ag, rs, small, loss_tp
     res["cp_ring"], res["kv_bytes"] = cp_ring, kv * c
 
     # Pipeline p2p: each TP rank sends 1/t of the activation; without SP the receiver re-gathers it.
@@ -716,6 +745,9 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     routed = np.array([any(op.routed for op in k.ops) for k in lg.kinds])
     moe_layers = first[:, routed].sum(axis=1) if routed.any() else zero
     syncs = 4 + np.where(rc_full, 2, 0)  # forward, backward, recomputed forward
+    unfused = unfused_input_linears(model, terms.framework)
+    gathered = terms.framework.gathered_logits
+    logit_b = DTYPE_BYTES[base_dtype(b.dtype)]
     # With etp = 1 the experts' half of an MoE layer's sync points (and its re-gather) has no TP group
     # (over 1 < etp < tp the same buffers move inside the etp group: the same bytes).
     alone = np.where((b.etp == 1) & (b.tp > 1), moe_layers, 0.0)
@@ -727,14 +759,19 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
         Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * tp_layers * syncs), st["tp_rs"]),
         # With SP, backward re-gathers the sequence-sharded inputs of QKV and MLP up (and the LM head).
         Comm("tp.regather", "all_gather", act, on(sp, m * (2 * layers - alone + holds_head)), st["tp_ag"]),
+        # Separate q, k, v (and gate, up) linears reduce their input gradients one by one (no SP).
+        Comm("tp.layers_unfused", "all_reduce", act,
+             on(tp_on & ~sp, m * (unfused[0] * layers + unfused[1] * (layers - moe_layers))), st["tp_ar"]),
         Comm("tp.embedding", "all_reduce", act, on(tp_on & ~sp, m), st["tp_ar"]),
         Comm("tp.embedding_sp", "reduce_scatter", act, on(sp, m), st["tp_rs"]),
         Comm("tp.embedding_sp_grad", "all_gather", act, on(sp, m), st["tp_ag"]),
         Comm("tp.lm_head", "all_reduce", act, on(tp_on & ~sp & holds_head, m), st["tp_ar"]),
         Comm("tp.lm_head_sp", "all_gather", act, on(sp & holds_head, m), st["tp_ag"]),
         Comm("tp.lm_head_sp_grad", "reduce_scatter", act, on(sp & holds_head, m), st["tp_rs"]),
-        Comm("tp.loss", "all_reduce", st["tokens"] * float(LOSS_BYTES), on(tp_on & holds_head, 3 * m),
-             st["tp_small"]),
+        Comm("tp.loss", "all_reduce", st["tokens"] * float(LOSS_BYTES),
+             on(tp_on & holds_head & (not gathered), 3 * m), st["tp_small"]),
+        Comm("tp.logits_gather", "all_gather", st["tokens"] * float(model.vocab_size * logit_b),
+             on(tp_on & holds_head & gathered, m), st["tp_loss"]),
         # Without SP a pipeline receive arrives as 1/t per TP rank and is all-gathered over TP.
         Comm("tp.pp_gather", "all_gather", act, on(tp_on & ~sp & (b.pp > 1), m * (2 * v - 1)), st["tp_ag"]),
         Comm("pp.p2p", "p2p", act / t, on(b.pp > 1, m * (2 * v - 1)), st["p2p_send"]),

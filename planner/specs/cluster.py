@@ -22,6 +22,11 @@ from planner.specs.model import show, show_key
 from planner.specs.topology import LinkClass, Topology
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p")
+# The same collectives issued through torch's functional collectives (what DTensor's tensor parallelism
+# calls: an out-of-place result and a separate wait), which `planner calibrate` times on their own where
+# they cost more than the in-place calls (gloo on CPU ranks); a profile without them prices both alike.
+FUNCTIONAL = "_functional"
+FUNCTIONAL_COLLECTIVES = tuple(op + FUNCTIONAL for op in ("all_reduce", "all_gather", "reduce_scatter"))
 DERIVED = "topology"  # a cluster file's intra_node / inter_node: derive the link from the topology graph
 
 
@@ -309,8 +314,8 @@ class LinkSpec:
         if not isinstance(self.collectives, dict):
             raise SpecError("must map collective names to measurements", field=f"{w}.collectives")
         for op, rows in self.collectives.items():
-            if op not in COLLECTIVES:
-                raise SpecError(f"unknown collective {op!r} (known: {', '.join(COLLECTIVES)})",
+            if op not in COLLECTIVES + FUNCTIONAL_COLLECTIVES:
+                raise SpecError(f"unknown collective {op!r} (known: {', '.join(COLLECTIVES + FUNCTIONAL_COLLECTIVES)})",
                                 field=f"{w}.collectives")
             if not isinstance(rows, list) or not rows:
                 raise SpecError("must be a non-empty list", field=f"{w}.collectives.{op}")
