@@ -52,11 +52,11 @@ cross-check names and measures the difference instead of folding it in here: wit
 q/k/v (and gate/up) ColwiseParallel linears each all-reduce their input gradient; it all-gathers the
 full logits instead of a vocabulary-parallel cross-entropy (those two the cost model counts as the
 executor issues them under its own framework profile, "this": `tp.layers_unfused`, `tp.logits_gather`;
-a plan naming no framework is counted here under Megatron-LM's, the GPU preset's default); with SP its column-parallel linears save
-the gathered input and skip the backward re-gather; non-reentrant checkpointing does not re-run the
-last all-reduce of a layer; FSDP2's ZeRO-2 re-gathers the weights every micro-batch; DDP +
-ZeroRedundancyOptimizer all-reduces and broadcasts (same buffer bytes as reduce-scatter + all-gather);
-torch.distributed.pipelining sends the full activation from every TP rank.
+a plan naming no framework is counted here under Megatron-LM's, the GPU preset's default); with SP its
+column-parallel linears save the gathered input and skip the backward re-gather; non-reentrant
+checkpointing does not re-run the last all-reduce of a layer; FSDP2's ZeRO-2 re-gathers the weights
+every micro-batch; DDP + ZeroRedundancyOptimizer all-reduces and broadcasts (same buffer bytes as
+reduce-scatter + all-gather); torch.distributed.pipelining sends the full activation from every TP rank.
 """
 
 from __future__ import annotations
