@@ -289,38 +289,32 @@ def _groups(world: int, size: int, stride: int) -> tuple[list[list[int]], list[A
     return ranks_lists, handles
 
 
-def _functional(op: str, n: int, group: Any, size: int, device: torch.device, dtype: torch.dtype) -> Any:
-    """`op` as DTensor issues it: torch's functional collective (an out-of-place result), then its wait."""
-    import torch.distributed._functional_collectives as funcol
-
-    if op == "all_reduce":
-        buf = torch.ones(n, device=device, dtype=dtype)
-        return lambda: funcol.wait_tensor(funcol.all_reduce(buf, "sum", group))
-    if op == "all_gather":
-        shard = torch.ones(n // size, device=device, dtype=dtype)
-        return lambda: funcol.wait_tensor(funcol.all_gather_tensor(shard, 0, group))
-    if op == "reduce_scatter":
-        full = torch.ones(n, device=device, dtype=dtype)
-        return lambda: funcol.wait_tensor(funcol.reduce_scatter_tensor(full, "sum", 0, group))
-    raise ValueError(op)
-
-
 def _collective(op: str, nbytes: int, group: Any, size: int, device: torch.device,
                 dtype: torch.dtype) -> Any:
+    """One call of collective `op` on `nbytes`; an `<op>_functional` name issues it as DTensor does
+    (torch's functional collective: an out-of-place result, then its wait)."""
+    import torch.distributed._functional_collectives as funcol
+
     elem = torch.tensor([], dtype=dtype).element_size()
     n = max(size, nbytes // elem // size * size)
-    if op.endswith(FUNCTIONAL):
-        return _functional(op.removesuffix(FUNCTIONAL), n, group, size, device, dtype)
-    if op == "all_reduce":
+    base = op.removesuffix(FUNCTIONAL)
+    functional = base != op
+    if base == "all_reduce":
         buf = torch.ones(n, device=device, dtype=dtype)
+        if functional:
+            return lambda: funcol.wait_tensor(funcol.all_reduce(buf, "sum", group))
         return lambda: dist.all_reduce(buf, group=group)
-    if op == "all_gather":
+    if base == "all_gather":
         shard = torch.ones(n // size, device=device, dtype=dtype)
+        if functional:
+            return lambda: funcol.wait_tensor(funcol.all_gather_tensor(shard, 0, group))
         out = torch.empty(n, device=device, dtype=dtype)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in 2.13
         return lambda: gather(out, shard, group=group)
-    if op == "reduce_scatter":
+    if base == "reduce_scatter":
         full = torch.ones(n, device=device, dtype=dtype)
+        if functional:
+            return lambda: funcol.wait_tensor(funcol.reduce_scatter_tensor(full, "sum", 0, group))
         out = torch.empty(n // size, device=device, dtype=dtype)
         return lambda: dist.reduce_scatter_tensor(out, full, group=group)
     if op == "all_to_all":
@@ -491,11 +485,10 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
     from planner.specs.model import ModelSpec
 
     spec = ModelSpec(name="calib", num_layers=1, dtype="fp32", **CALIB_MODEL)
-    act = torch.ones(4 * spec.seq_len * spec.hidden, device=device)  # one micro-batch of 4 sequences
+    act_bytes = 4 * spec.seq_len * spec.hidden * 4  # one micro-batch of 4 sequences, fp32
     dist.barrier()
-    alpha = _max_over_ranks(_time(_functional("all_reduce", act.numel(), dist.group.WORLD, world, device,
-                                              act.dtype),
-                                  device, 0.05), device)
+    alpha = _max_over_ranks(_time(_collective("all_reduce" + FUNCTIONAL, act_bytes, dist.group.WORLD, world,
+                                              device, torch.float32), device, 0.05), device)
     syncs = 4 + sum(unfused_input_linears(spec, framework("this")))
     overhead = max(0.0, per_tp - per_plain / world - syncs * alpha)
     # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work:

@@ -302,19 +302,19 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     extra_attn, extra_mlp = unfused_input_linears(model, fw)
     tp_fwd_dense = np.where(sp, 2 * (ag + rs), 2 * ar)
     tp_bwd_total_dense = np.where(sp, 4 * ag + 2 * rs, (2 + extra_attn + extra_mlp) * ar)
+    # An MoE layer's experts take their input through one tensor-parallel region: no gate/up extra.
+    tp_bwd_total_routed = np.where(sp, 4 * ag + 2 * rs, (2 + extra_attn) * ar) if extra_mlp else tp_bwd_total_dense
     # A mixture-of-experts layer's second sync point (around its experts) runs over the experts' etp
     # ranks: none when etp = 1, the freed ranks holding other experts (MoE parallel folding). Priced only
     # where some row folds (the search's hot path otherwise): unfolded rows keep the dense totals.
-    tp_fwd_moe, tp_bwd_total_moe = tp_fwd_dense, tp_bwd_total_dense
+    tp_fwd_moe, tp_bwd_total_moe = tp_fwd_dense, tp_bwd_total_routed
     if np.any(folded):
         ag_e = collective_time(cluster, "all_gather", act, b.etp, b.stride_tp)
         rs_e = collective_time(cluster, "reduce_scatter", act, b.etp, b.stride_tp)
         ar_e = collective_time(cluster, "all_reduce", act, b.etp, b.stride_tp)
         tp_fwd_moe = np.where(folded, np.where(sp, ag + rs + ag_e + rs_e, ar + ar_e), tp_fwd_dense)
         tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e,
-                                                     (1 + extra_attn) * ar + ar_e), tp_bwd_total_dense)
-    if extra_mlp and model.is_moe:  # an MoE layer's experts take their input through one TP region
-        tp_bwd_total_moe = np.where(folded | sp, tp_bwd_total_moe, tp_bwd_total_moe - extra_mlp * ar)
+                                                     (1 + extra_attn) * ar + ar_e), tp_bwd_total_routed)
     # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)

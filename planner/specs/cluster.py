@@ -27,6 +27,7 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p"
 # they cost more than the in-place calls (gloo on CPU ranks); a profile without them prices both alike.
 FUNCTIONAL = "_functional"
 FUNCTIONAL_COLLECTIVES = tuple(op + FUNCTIONAL for op in ("all_reduce", "all_gather", "reduce_scatter"))
+KNOWN_COLLECTIVES = COLLECTIVES + FUNCTIONAL_COLLECTIVES  # the names LinkSpec.collectives accepts
 DERIVED = "topology"  # a cluster file's intra_node / inter_node: derive the link from the topology graph
 
 
@@ -314,8 +315,8 @@ class LinkSpec:
         if not isinstance(self.collectives, dict):
             raise SpecError("must map collective names to measurements", field=f"{w}.collectives")
         for op, rows in self.collectives.items():
-            if op not in COLLECTIVES + FUNCTIONAL_COLLECTIVES:
-                raise SpecError(f"unknown collective {op!r} (known: {', '.join(COLLECTIVES + FUNCTIONAL_COLLECTIVES)})",
+            if op not in KNOWN_COLLECTIVES:
+                raise SpecError(f"unknown collective {op!r} (known: {', '.join(KNOWN_COLLECTIVES)})",
                                 field=f"{w}.collectives")
             if not isinstance(rows, list) or not rows:
                 raise SpecError("must be a non-empty list", field=f"{w}.collectives.{op}")
