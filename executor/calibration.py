@@ -491,15 +491,21 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
                                               device, torch.float32), device, 0.05), device)
     syncs = 4 + sum(unfused_input_linears(spec, framework("this")))
     overhead = max(0.0, per_tp - per_plain / world - syncs * alpha)
-    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work:
-    # the embedding's forward and the LM head's backward all-reduce.
+    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work
+    # and the collectives the cost model prices there for this executor: the embedding's forward and
+    # the LM head's backward all-reduce, and the gather of the logits (Framework.gathered_logits).
+    logits_bytes = 4 * spec.seq_len * spec.vocab_size * 4
+    dist.barrier()
+    gather = _max_over_ranks(_time(_collective("all_gather" + FUNCTIONAL, logits_bytes, dist.group.WORLD, world,
+                                               device, torch.float32), device, 0.05), device)
     rest_plain, rest_tp = plain[0] - per_plain, split[0] - per_tp
-    rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha)
+    rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha - gather)
     bar.step("tensor-parallel overhead")
     return {"step_1layer_s": plain[0], "step_3layers_s": plain[1], "step_1layer_4microbatches_s": plain_m4,
             "calib_model": CALIB_MODEL,
             "layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
-            "tp_all_reduce_s": alpha, "tp_layer_overhead_s": _max_over_ranks(overhead, device),
+            "tp_all_reduce_s": alpha, "tp_logits_gather_s": gather,
+            "tp_layer_overhead_s": _max_over_ranks(overhead, device),
             "tp_microbatch_overhead_s": _max_over_ranks(rest, device)}
 
 
