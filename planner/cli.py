@@ -452,8 +452,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
                      "memory_bandwidth_gbs": c.gpu.memory_bandwidth / 1e9,
                      "intra_node_gbs": c.intra_node.bandwidth / 1e9,
                      # NVLink SHARP: an all-reduce's buffer bytes per second in the switch (None: no NVLS)
-                     "nvls_all_reduce_gbs": (c.intra_node.bandwidth * c.intra_node.nvls_efficiency / 1e9
-                                             if c.intra_node.nvls_efficiency else None),
+                     "nvls_all_reduce_gbs": c.intra_node.nvls_bandwidth / 1e9 if c.intra_node.nvls_efficiency else None,
                      "inter_node_gbs": c.inter_node.bandwidth / 1e9, "device": c.device,
                      "topology": c.topology.to_dict() if c.topology is not None else None, "source": c.source})
     if args.json:

@@ -111,7 +111,7 @@ def nvls_all_reduce(link: LinkSpec, nbytes: Array, g: Array) -> Array:
     the buffer at `nvls_efficiency` (> 0: a switch that reduces) x the link's bandwidth (its algorithm
     bandwidth)."""
     g = np.asarray(g, dtype=np.float64)
-    t = NVLS_LATENCY_S + nbytes / (link.nvls_efficiency * link.bandwidth)
+    t = NVLS_LATENCY_S + nbytes / link.nvls_bandwidth
     return np.where(g > 1, t, 0.0)
 
 

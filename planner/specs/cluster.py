@@ -332,6 +332,11 @@ class LinkSpec:
     def bus_bandwidth(self) -> float:
         return self.bandwidth * self.efficiency
 
+    @property
+    def nvls_bandwidth(self) -> float:
+        """An NVLS all-reduce's buffer bytes per second through the switch (0: no in-switch reduction)."""
+        return self.bandwidth * self.nvls_efficiency
+
     def measured(self, op: str, group: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Measured (alpha, busbw) for `op` at each group size (nearest measured size), if any."""
         rows = self.collectives.get(op)
