@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from executor.run import pick_device
+from executor.speed_probe import mean_speed, measure_speed
 from planner.io import atomic_write_json
 from planner.specs.cluster import FUNCTIONAL, FUNCTIONAL_COLLECTIVES
 
@@ -324,6 +325,31 @@ def _collective(op: str, nbytes: int, group: Any, size: int, device: torch.devic
     raise ValueError(op)
 
 
+def collective_ops(device_type: str) -> tuple[str, ...]:
+    """The collectives calibrate times; on CPU also as DTensor issues them (functional collectives cost
+    more than the in-place calls on gloo)."""
+    ops = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+    return ops + FUNCTIONAL_COLLECTIVES if device_type == "cpu" else ops
+
+
+def collective_group_sizes(max_size: int) -> list[int]:
+    """Group sizes timed on a link tier whose largest group has `max_size` ranks."""
+    return sorted({g for g in (2, 4, 8, 16, max_size) if 2 <= g <= max_size})
+
+
+def progress_total(device_type: str, world: int, local_world: int, quick: bool) -> int:
+    """How many steps the progress bar of `main` counts: one per benchmark that reports (`Progress.step`)."""
+    n_gemm = len(GEMM_SHAPES_CUDA if device_type == "cuda" else GEMM_SHAPES_CPU)
+    total = ((n_gemm + 1) // 2 if quick else n_gemm) + 2 + 1  # GEMMs; memory bandwidth, kernel overhead; kernels
+    cpu = device_type == "cpu"
+    total += 2 * cpu  # cache levels, host time
+    if world > 1:
+        tiers = [min(world, local_world)] + ([world // local_world] if world > local_world else [])
+        total += sum(len(collective_group_sizes(m)) * len(collective_ops(device_type)) + 1 for m in tiers)
+        total += 1 + 3 * cpu  # overlap; TP overhead, framework steps, core sharing
+    return total
+
+
 def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, local_world: int, quick: bool,
                       bar: Progress) -> dict[str, dict[str, Any]]:
     """{tier: {op: {group size: [[bytes, seconds], ...]}}} for intra-node (and inter-node) groups."""
@@ -333,11 +359,9 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     tiers = [("intra_node", 1, min(world, local_world))]
     if world > local_world:
         tiers.append(("inter_node", local_world, world // local_world))
-    ops = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
-    if device.type == "cpu":  # DTensor's functional collectives cost more than the in-place calls on gloo
-        ops += FUNCTIONAL_COLLECTIVES
+    ops = collective_ops(device.type)
     for tier, stride, max_size in tiers:
-        group_sizes = sorted({g for g in (2, 4, 8, 16, max_size) if 2 <= g <= max_size})
+        group_sizes = collective_group_sizes(max_size)
         res: dict[str, Any] = {op: {} for op in (*ops, "p2p")}
         for g in group_sizes:
             ranks_lists, handles = _groups(world, g, stride)
@@ -574,12 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["device_id"] = device
     dist.init_process_group(backend, **kwargs)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    n_gemm = len(GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU)
-    n_gemm = (n_gemm + 1) // 2 if args.quick else n_gemm
-    tiers = 2 if world > local_world else 1
-    n_coll = tiers * (len({g for g in (2, 4, 8, 16, min(world, local_world)) if 2 <= g <= local_world}) * 4 + 1)
-    bar = Progress(n_gemm + 2 + 2 * (device.type == "cpu") + (n_coll + 5 if world > 1 else 1), enabled=rank == 0)
+    bar = Progress(progress_total(device.type, world, local_world, args.quick), enabled=rank == 0)
     try:
+        # the speed probe before and after every benchmark: what `planner.speed` compares a run's own
+        # probe with, to tell the machine's drift from the model's error
+        probe_before = measure_speed(device)
         raw = {
             "gemm": bench_gemm(device, dtype, args.quick, bar),
             "memory": bench_memory(device, dtype, args.quick, bar),
@@ -596,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             "contention": bench_contention(device, dtype, args.quick, bar)
             if world > 1 and device.type == "cpu" else {},
         }
+        probe_after = measure_speed(device)
+        raw["speed_probe"] = {**mean_speed(probe_before, probe_after), "before": probe_before, "after": probe_after}
         if rank == 0:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
                 platform.processor() or platform.machine())

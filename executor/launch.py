@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -32,9 +33,11 @@ from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
 from planner.compare import ComparisonRow, comparison_rows
+from planner.cost import estimate
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
+from planner.speed import at_speed, speed_ratio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -246,6 +249,11 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
         if f"time.{name}" in by_metric:
             row = by_metric[f"time.{name}"]
             rows.append((f"  {row.label}", _fmt_s(row.predicted), _fmt_s(row.measured), err(row)))
+    ratio = speed_ratio(doc.cluster, measured)
+    if ratio is not None:  # the prediction had the model been calibrated at the speed of this run
+        again = estimate(doc.model, at_speed(doc.cluster, ratio), doc.plan)["step_time_s"]
+        rows.append(("  at this run's machine speed", _fmt_s(again), _fmt_s(step.measured),
+                     err(dataclasses.replace(step, predicted=again))))
     tok = by_metric["tokens_per_s"]
     rows.append(("tokens/s", "-" if tok.predicted is None else f"{tok.predicted:,.0f}",
                  "-" if tok.measured is None else f"{tok.measured:,.0f}", err(tok)))
@@ -253,6 +261,11 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
     rss = measured["memory"]["rss_bytes"] / 2**30
     rows.append(("peak memory/rank", _fmt_gib(mem.predicted), f"{_fmt_gib(mem.measured)} (RSS {_fmt_gib(rss)})",
                  err(mem)))
+    for key, unit in (("speed.gemm", "GFLOP/s"), ("speed.stream", "GB/s")):
+        if key in by_metric:  # at calibration (the prediction's side) vs during this run, and their ratio
+            row = by_metric[key]
+            rows.append((row.label, f"{row.predicted / 1e9:.1f} {unit}", f"{row.measured / 1e9:.1f} {unit}",
+                         f"x{row.measured / row.predicted:.2f}"))
     env = measured["env"]
     head = (f"plan {measured.get('plan', '')}: {env['world_size']} ranks on {env['nnodes']} node(s), "
             f"{env['device']}, {env['backend']}; {len(measured['step_times_s'])} timed steps after "

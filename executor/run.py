@@ -360,7 +360,11 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     if start:
         ckpt.load(start)
 
+    from executor.speed_probe import mean_speed, measure_speed
+
+    probe_before = measure_speed(device)  # the machine's speed around this plan's steps (planner.speed)
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # the probe's buffers are not the plan's
         torch.cuda.reset_peak_memory_stats(device)  # the peak of training, not of initialisation
     meter = ActivationMeter(trainer.parts, trainer.parameters())
     data = ctx["data"]
@@ -408,11 +412,13 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else weights + grads + opt + act_peak
     _, rss_peak = rss_bytes()
     mem = reduce_max([peak, weights, grads, opt, act, act_peak, rss_peak, meter.max_in_flight], world)
+    probe_after = measure_speed(device)  # after the memory readings: its buffers are not the plan's
     if ledger is None:
         return None
     plan = doc.plan
     result = ledger.document("ok")
     result.update({
+        "speed_probe": {**mean_speed(probe_before, probe_after), "before": probe_before, "after": probe_after},
         "memory": {
             "peak_bytes": int(mem[0]), "weights_bytes": int(mem[1]), "grads_bytes": int(mem[2]),
             "optimizer_bytes": int(mem[3]), "activations_bytes": int(mem[4]),

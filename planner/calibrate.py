@@ -31,6 +31,7 @@ from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.specs.catalog import gpu_names, gpu_preset, localhost_cpu
 from planner.specs.cluster import ClusterSpec, GPUSpec, LinkSpec
+from planner.speed import SPEED_KEYS
 
 PROFILE_KIND = "cluster-profile"
 MAX_OVERHEAD_S = 10.0  # the largest host overhead a ClusterSpec accepts
@@ -168,6 +169,8 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     provenance["tp_overhead"] = raw.get("tp_overhead", {})
     provenance["contention"] = contention
     provenance["kernels"] = kernels
+    if raw.get("speed_probe"):  # the machine's speed while it was calibrated (planner.speed)
+        provenance["speed_probe"] = {k: float(raw["speed_probe"][k]) for k in SPEED_KEYS}
     profile = dataclasses.replace(
         base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
         num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,

@@ -24,6 +24,7 @@ from planner.errors import PlannerError
 from planner.io import dumps, load_json
 from planner.plan import PlanDocument, document_from_json, plan_hash, refresh_prediction
 from planner.specs.model import show
+from planner.speed import calibrated_rates, probe_rates
 
 GIB = 2**30
 STATUSES = ("ok", "failed", "running")
@@ -35,6 +36,9 @@ MEMORY_COMPONENTS = (("weights", "weights_bytes"), ("grads", "grads_bytes"), ("o
 TIME_COMPONENTS = (("busy", ("compute", "optimizer"), "busy_s"),
                    ("waiting", ("bubble", "exposed"), "waiting_s"))
 TIME_LABELS = {"busy": "busy (compute, optimizer, host)", "waiting": "waiting (comm, bubble)"}
+# the speed probe's rows: (measured.json key, label, unit); calibration vs run
+SPEED_ROWS = (("gemm_flops_per_s", "machine speed: GEMM (probe)", "FLOP/s"),
+              ("stream_bytes_per_s", "machine speed: memory (probe)", "B/s"))
 
 
 def time_components(pred: dict[str, Any] | None, measured: dict[str, Any]) -> list[tuple[str, float | None, float]]:
@@ -72,9 +76,10 @@ def comparable_peak_gib(doc: PlanDocument, pred: dict[str, Any] | None) -> float
 class ComparisonRow:
     """One predicted-vs-measured quantity of one run (None where that side has no number)."""
 
-    metric: str  # step_time_s, tokens_per_s, memory_gib_per_gpu, time.<busy|waiting>, memory.<kind|tensors>
+    # step_time_s, tokens_per_s, memory_gib_per_gpu, time.<busy|waiting>, memory.<kind|tensors>, speed.<gemm|stream>
+    metric: str
     label: str  # the same, for people
-    unit: str  # "s", "tokens/s" or "GiB"
+    unit: str  # "s", "tokens/s", "GiB", or the speed probe's "FLOP/s" / "B/s"
     predicted: float | None
     measured: float | None
     measured_p10: float | None = None  # step time only
@@ -138,7 +143,20 @@ def comparison_rows(doc: PlanDocument | None, prediction: dict[str, Any] | None,
     rows.append(ComparisonRow("memory.tensors", "training tensors", "GiB",
                               sum(p or 0.0 for p in parts_p) if has_p else None,
                               sum(b or 0.0 for b in parts_m) / GIB if has_m else None))
+    rows += speed_rows(doc, measured)
     return rows
+
+
+def speed_rows(doc: PlanDocument | None, measured: dict[str, Any]) -> list[ComparisonRow]:
+    """The speed probe's rates (planner.speed): while the plan's cluster was calibrated (the
+    "predicted" side) and during this run; their error is how much faster or slower the machine ran.
+    None where the profile or the run has no probe (GPU presets, older files)."""
+    cal = calibrated_rates(doc.cluster) if doc is not None else None
+    run = probe_rates(measured.get("speed_probe"))
+    if cal is None or run is None:
+        return []
+    return [ComparisonRow(f"speed.{key.split('_')[0]}", label, unit, cal[key], run[key])
+            for key, label, unit in SPEED_ROWS]
 
 
 class MeasuredError(PlannerError, ValueError):
@@ -233,6 +251,7 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
     rows = [by_metric[k] for k in order if k in by_metric]
     parts = [by_metric[f"memory.{name}"] for name, _ in MEMORY_COMPONENTS]
     rows += [r for r in parts if r.predicted is not None and r.measured is not None]  # where both sides have it
+    rows += [r for r in by_metric.values() if r.metric.startswith("speed.")]
     return {
         "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
         "error": m.get("error"), "prediction_from": origin, "stale_prediction": stale,
@@ -248,6 +267,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v * 1e3:.2f} ms" if v < 1 else f"{v:.3f} s"
     if unit == "GiB":
         return f"{v:.3f} GiB"
+    if unit in ("FLOP/s", "B/s"):
+        return f"{v / 1e9:.1f} G{unit}"
     return f"{v:,.0f}"
 
 

@@ -34,6 +34,7 @@ from planner.report import table
 from planner.specs.catalog import load_cluster, load_model
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
+from planner.speed import SpeedRatio, at_speed, speed_ratio
 
 DEFAULT_MODEL = "tiny"
 DISAGREEMENT = 0.15  # re-run a plan whose launches differ by more than this
@@ -90,8 +91,25 @@ class PlanResult:
         """Median over launches of the training tensors (activations at their peak)."""
         return self._medians().get("memory.tensors", (None, None))[1]
 
+    def speed(self) -> SpeedRatio | None:
+        """The machine's speed during this plan's launches over its calibration's (median over the
+        launches that probed it; planner.speed), or None."""
+        ratios = [r for r in (speed_ratio(self.doc.cluster, m) for m in self.launches if m.get("status") == "ok")
+                  if r is not None]
+        if not ratios:
+            return None
+        return SpeedRatio(statistics.median(r.compute for r in ratios), statistics.median(r.memory for r in ratios))
+
+    def predicted_at_run_speed(self) -> float | None:
+        """The step time predicted by the profile re-based to the speed measured during the runs."""
+        ratio = self.speed()
+        if ratio is None:
+            return None
+        return float(estimate(self.doc.model, at_speed(self.doc.cluster, ratio), self.doc.plan)["step_time_s"])
+
     def to_json(self) -> dict[str, Any]:
         pred = self.doc.prediction or {}
+        ratio, at_run = self.speed(), self.predicted_at_run_speed()
         predicted_tensors = {r.metric: r for r in comparison_rows(self.doc, pred, {})}["memory.tensors"].predicted
         return {
             "name": self.name, "plan": self.doc.plan.describe(), "plan_hash": plan_hash(self.doc.to_json()),
@@ -103,6 +121,9 @@ class PlanResult:
             "measured_memory_gib": self.measured_memory_gib(),
             "predicted_time": pred.get("time", {}),
             "components": {name: {"predicted_s": p, "measured_s": m} for name, (p, m) in self.components().items()},
+            "speed_ratio": ratio.to_json() if ratio else None,
+            "predicted_at_run_speed_s": at_run,
+            "error_at_run_speed": (at_run / self.measured - 1) if at_run and self.measured else None,
         }
 
 
@@ -215,6 +236,15 @@ def summarize(results: list[PlanResult]) -> dict[str, Any]:
                           "mean_abs_error_of_step": float(np.mean([abs(p - m) / step for (p, m), step in got])),
                           "mean_predicted_share": float(np.mean([p / step for (p, _), step in got])),
                           "mean_measured_share": float(np.mean([m / step for (_, m), step in got]))}
+    at_run = [r.predicted_at_run_speed() for r in ok]
+    speeds = [r.speed() for r in ok]
+    at_speed_summary = None
+    if ok and all(p is not None for p in at_run):  # every plan's runs probed the machine's speed
+        e = [p / m - 1 for p, m in zip(at_run, meas, strict=True)]  # type: ignore[operator]
+        at_speed_summary = {"mape": float(np.mean(np.abs(e))), "spearman": spearman(at_run, meas),  # type: ignore[arg-type]
+                            "worst": float(max(abs(x) for x in e)),
+                            "compute_ratio": [min(s.compute for s in speeds), max(s.compute for s in speeds)],  # type: ignore[union-attr]
+                            "memory_ratio": [min(s.memory for s in speeds), max(s.memory for s in speeds)]}  # type: ignore[union-attr]
     return {
         "n_plans": len(ok),
         "mape": float(np.mean(np.abs(errors))) if ok else None,
@@ -226,6 +256,7 @@ def summarize(results: list[PlanResult]) -> dict[str, Any]:
         "predicted_best_in_measured_fastest_two": best_pred in fastest_two if best_pred is not None else None,
         "memory_mape": float(np.mean([abs(p / m - 1) for p, m in mem_pairs])) if mem_pairs else None,
         "components": comp,
+        "at_run_speed": at_speed_summary,
     }
 
 
@@ -342,10 +373,11 @@ def run_validation(args: argparse.Namespace) -> int:
         rows.append([r.name, r.doc.plan.describe(), r.predicted * 1e3,
                      (r.measured or float("nan")) * 1e3,
                      f"{j['error'] * 100:+.1f}%" if j["error"] is not None else "failed",
+                     "-" if j["error_at_run_speed"] is None else f"{j['error_at_run_speed'] * 100:+.1f}%",
                      f"{r.spread * 100:.0f}%", split(r, "busy"), split(r, "waiting"),
                      j["predicted_memory_gib"] * 1024, (j["measured_memory_gib"] or float("nan")) * 1024])
-    print(table(["plan", "layout", "predicted ms", "measured ms", "error", "spread", "busy p/m ms",
-                 "waiting p/m ms", "pred MiB", "meas MiB"], rows, align="llrrrrrrrr"))
+    print(table(["plan", "layout", "predicted ms", "measured ms", "error", "at run speed", "spread", "busy p/m ms",
+                 "waiting p/m ms", "pred MiB", "meas MiB"], rows, align="llrrrrrrrrr"))
     s = summary
     print(f"\n{s['n_plans']} plans: step-time MAPE {s['mape'] * 100:.1f}%, Spearman {s['spearman']:.2f}, "
           f"worst {s['worst'] * 100:.1f}% ({s['worst_plan']}); {s['pairs_misordered']} of {s['pairs_separated']} "
@@ -359,5 +391,11 @@ def run_validation(args: argparse.Namespace) -> int:
         print(f"{name}: predicted {c['mean_predicted_share'] * 100:.0f}% of the step on average, measured "
               f"{c['mean_measured_share'] * 100:.0f}%; mean absolute error {c['mean_abs_error_of_step'] * 100:.1f}% "
               f"of the step")
+    a = s["at_run_speed"]
+    if a:
+        print(f"at the machine's speed measured during the runs (speed probe, run / calibration: GEMM "
+              f"x{a['compute_ratio'][0]:.2f}-{a['compute_ratio'][1]:.2f}, memory x{a['memory_ratio'][0]:.2f}-"
+              f"{a['memory_ratio'][1]:.2f}): MAPE {a['mape'] * 100:.1f}%, Spearman {a['spearman']:.2f}, worst "
+              f"{a['worst'] * 100:.1f}%")
     print(f"wrote {out_dir / 'validation.json'} and {out_dir / 'validation.html'}")
     return 0

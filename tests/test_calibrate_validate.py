@@ -111,7 +111,9 @@ def _env() -> dict[str, str]:
 
 def test_validate_runs_plans_and_reports(tmp_path: Path) -> None:
     """planner validate end to end on 2 CPU ranks (a fixed profile: no calibration; few, short steps)."""
-    profile = write_profile(tmp_path / "profile.json", build_profile(RAW), RAW)
+    # a calibration that probed a machine far faster than any CPU core (1 TFLOP/s, 100 GB/s per rank)
+    raw = {**RAW, "speed_probe": {"gemm_flops_per_s": 1e12, "stream_bytes_per_s": 100e9}}
+    profile = write_profile(tmp_path / "profile.json", build_profile(raw), raw)
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"name": "small", "num_layers": 2, "hidden": 64, "num_heads": 4,
                                  "ffn_hidden": 128, "vocab_size": 128, "seq_len": 32, "dtype": "fp32"}))
@@ -148,6 +150,14 @@ def test_validate_runs_plans_and_reports(tmp_path: Path) -> None:
         busy = p["components"]["busy"]
         assert 0 < busy["measured_s"] <= max(p["launch_medians_s"]) * 1.5 and busy["predicted_s"] > 0
     assert set(s["components"]) == {"busy", "waiting"}
+    # every launch probed the machine's speed: each plan is also predicted at the speed its runs measured
+    at = s["at_run_speed"]
+    errors_at = [abs(p["error_at_run_speed"]) for p in report["plans"]]
+    assert at["mape"] == pytest.approx(sum(errors_at) / len(errors_at)) and at["worst"] == pytest.approx(max(errors_at))
+    for p in report["plans"]:
+        # so the runs measured it slower in both rates, and each plan is predicted longer at their speed
+        assert 0 < p["speed_ratio"]["compute"] < 1 and 0 < p["speed_ratio"]["memory"] < 1
+        assert p["predicted_at_run_speed_s"] > p["predicted_step_time_s"]
     assert load_json(out / "validation.json") == report
     html = (out / "validation.html").read_text()
     assert "<html>" in html and "predicted step time (ms)" in html  # the plotly scatter
@@ -228,3 +238,19 @@ def test_functional_collective_timings_become_their_own_measurement(tmp_path: Pa
     assert prof.intra_node.collectives["all_reduce"] != prof.intra_node.collectives["all_reduce_functional"]
     back = load_cluster(str(write_profile(tmp_path / "p.json", prof, raw)), gpus=2)
     assert back.intra_node.collectives["all_reduce_functional"] == prof.intra_node.collectives["all_reduce_functional"]
+
+
+def test_progress_bar_counts_every_benchmark_step() -> None:
+    """`planner calibrate` on 2 CPU ranks reports 26 steps (a real run's log, 2026-12-06: 9 GEMM shapes,
+    memory bandwidth, kernel overhead, cache, 7 collectives + p2p on the one tier, overlap, TP overhead,
+    kernels, host time, framework steps, core sharing); its bar had counted 23 and ended at 113%."""
+    from executor.calibration import GEMM_SHAPES_CPU, progress_total
+
+    assert len(GEMM_SHAPES_CPU) == 9
+    assert progress_total("cpu", 2, 2, quick=False) == 26
+    assert progress_total("cpu", 2, 2, quick=True) == 26 - 4  # every other GEMM shape: 5 of 9
+    # one rank: no collectives, overlap or multi-rank steps (9 GEMMs, memory x2, kernels, cache, host)
+    assert progress_total("cpu", 1, 1, quick=False) == 14
+    # two nodes of 4 GPUs: intra-node groups of 2 and 4, inter-node of 2, 4 collectives + p2p each tier
+    from executor.calibration import GEMM_SHAPES_CUDA
+    assert progress_total("cuda", 8, 4, quick=False) == len(GEMM_SHAPES_CUDA) + 3 + (2 * 4 + 1) + (4 + 1) + 1

@@ -122,6 +122,10 @@ def test_run_plan_writes_measured_json(tmp_path: Path) -> None:
     assert mem["peak_bytes"] >= mem["weights_bytes"] + mem["grads_bytes"] + mem["optimizer_bytes"]
     # 1F1B keeps more than one micro-batch in flight on the first stage.
     assert mem["max_microbatches_in_flight"] >= 2
+    probe = measured["speed_probe"]  # the machine's speed before and after the plan's steps
+    for key in ("gemm_flops_per_s", "stream_bytes_per_s"):
+        assert probe["before"][key] > 0 and probe["after"][key] > 0
+        assert probe[key] == pytest.approx((probe["before"][key] + probe["after"][key]) / 2)
     env = measured["env"]
     assert env["world_size"] == 2 and env["nnodes"] == 1 and env["backend"] == "gloo"
     assert env["threads_per_rank"] == 1 and env["torch"].startswith("2.")

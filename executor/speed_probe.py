@@ -1,0 +1,109 @@
+"""The speed probe: the machine's GEMM and streaming rates at one moment, the same way every time.
+
+A shared host's speed wanders (on this project's 2-vCPU VM a GEMM's rate moved between 147 and 179
+GFLOP/s over two idle minutes while its memory stream stayed within 12.2-12.9 GB/s). `planner calibrate`
+runs the probe around its compute and memory benchmarks and `executor.run` around each plan's steps, so
+`planner compare` / `validate` can say how fast the machine ran during a measurement against its
+calibration (`planner.speed`), instead of leaving that drift inside the prediction error.
+
+Every rank probes at once (as they run in training); the slowest rank's rate is kept, because the
+slowest rank sets a step's pace.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+# (tokens, in, out) of the probe's linear layer and the bytes its streaming add reads: a mid-size
+# shape of calibrate's CPU grid (about 20 ms per call on one core) and a stream of at least twice a CPU
+# rank's last-level cache share (40-70 MB on the 2-vCPU VM; so it measures memory, not cache); on GPUs
+# sizes that run near the device's sustained rates.
+PROBE_GEMM = {"cpu": (512, 1024, 1024), "cuda": (8192, 8192, 8192)}
+PROBE_STREAM_BYTES = {"cpu": 128 << 20, "cuda": 2 << 30}
+PROBE_REPS = 5
+_primed = False  # whether this process has run the probe once (see measure_speed)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, device: torch.device, reps: int) -> float:
+    fn()  # first call: allocation, kernel selection
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_flops(kind: str) -> float:
+    """FLOPs of one probe call: the forward GEMM and the input- and weight-gradient GEMMs."""
+    m, k, n = PROBE_GEMM[kind]
+    return 3 * 2.0 * m * k * n
+
+
+def _gemm_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int) -> float:
+    m, k, n = PROBE_GEMM[kind]
+    x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(n, k, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(m, n, device=device, dtype=dtype)
+
+    def linear() -> None:
+        x.grad = w.grad = None
+        torch.nn.functional.linear(x, w).backward(g)
+
+    return gemm_flops(kind) / _median_seconds(linear, device, reps)
+
+
+def _stream_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int) -> float:
+    a = torch.ones(PROBE_STREAM_BYTES[kind] // 2 // torch.tensor([], dtype=dtype).element_size(), device=device,
+                   dtype=dtype)
+    b = torch.empty_like(a)
+    return 2.0 * a.numel() * a.element_size() / _median_seconds(lambda: torch.add(a, 1.0, out=b), device, reps)
+
+
+def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, float]:
+    """{"gemm_flops_per_s", "stream_bytes_per_s"}: a linear layer's forward + backward (3 GEMMs) and an
+    out-of-place add over a buffer larger than the cache, medians of `reps` calls, the slowest rank's."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    dtype = torch.bfloat16 if kind == "cuda" else torch.float32
+    if dist.is_initialized():
+        dist.barrier()
+    global _primed
+    if not _primed:  # once unmeasured first: a process's first large allocations take page faults and
+        # its allocator settles (glibc raises its mmap threshold after the first frees), which would slow
+        # only the first probe of a process (5-10% on the 2-vCPU VM)
+        _gemm_rate(device, dtype, kind, 1)
+        _stream_rate(device, dtype, kind, 1)
+        _primed = True
+    gemm, stream = _gemm_rate(device, dtype, kind, reps), _stream_rate(device, dtype, kind, reps)
+    forget_peak_rss()  # the buffers are freed: they must not stand in for the plan's peak
+    rates = torch.tensor([gemm, stream], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(rates, op=dist.ReduceOp.MIN)
+    return {"gemm_flops_per_s": float(rates[0]), "stream_bytes_per_s": float(rates[1])}
+
+
+def forget_peak_rss() -> None:
+    """Reset the process's peak resident set (Linux: /proc/self/clear_refs), so the probe's buffers do
+    not stand in for the plan's peak in measured.json's `rss_bytes`; elsewhere nothing to do."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def mean_speed(*probes: dict[str, float]) -> dict[str, float]:
+    """The mean of probes taken before and after a measurement (the drift across it, halved)."""
+    keys = ("gemm_flops_per_s", "stream_bytes_per_s")
+    return {k: sum(p[k] for p in probes) / len(probes) for k in keys}
