@@ -1001,7 +1001,10 @@ def show_measured() -> None:
         st.subheader("Per component")
         choice = st.selectbox("Run", [rc.run for rc in runs], key="measured_run")
         rc = next(r for r in runs if r.run == choice)
-        parts = [{"component": r.label, "unit": r.unit, "predicted": r.predicted, "measured": r.measured,
+        giga = {"FLOP/s", "B/s"}  # the speed probe's rates, in G units beside seconds and GiB
+        parts = [{"component": r.label, "unit": f"G{r.unit}" if r.unit in giga else r.unit,
+                  "predicted": r.predicted / 1e9 if r.unit in giga and r.predicted else r.predicted,
+                  "measured": r.measured / 1e9 if r.unit in giga and r.measured else r.measured,
                   "error %": _pct(r.error)} for r in rc.rows if r.metric != "tokens_per_s"]
         st.dataframe(pd.DataFrame(parts), hide_index=True, column_config=RUN_COLUMNS)
     for n, (source, obj) in enumerate(ev.validations):

@@ -264,8 +264,8 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
     for key, unit in (("speed.gemm", "GFLOP/s"), ("speed.stream", "GB/s")):
         if key in by_metric:  # at calibration (the prediction's side) vs during this run, and their ratio
             row = by_metric[key]
-            rows.append((row.label, f"{row.predicted / 1e9:.1f} {unit}", f"{row.measured / 1e9:.1f} {unit}",
-                         f"x{row.measured / row.predicted:.2f}"))
+            rows.append((row.label.split(" (")[0] + " (probe)", f"{row.predicted / 1e9:.1f} {unit}",
+                         f"{row.measured / 1e9:.1f} {unit}", f"x{row.measured / row.predicted:.2f}"))
     env = measured["env"]
     head = (f"plan {measured.get('plan', '')}: {env['world_size']} ranks on {env['nnodes']} node(s), "
             f"{env['device']}, {env['backend']}; {len(measured['step_times_s'])} timed steps after "

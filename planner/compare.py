@@ -37,8 +37,8 @@ TIME_COMPONENTS = (("busy", ("compute", "optimizer"), "busy_s"),
                    ("waiting", ("bubble", "exposed"), "waiting_s"))
 TIME_LABELS = {"busy": "busy (compute, optimizer, host)", "waiting": "waiting (comm, bubble)"}
 # the speed probe's rows: (measured.json key, label, unit); calibration vs run
-SPEED_ROWS = (("gemm_flops_per_s", "machine speed: GEMM (probe)", "FLOP/s"),
-              ("stream_bytes_per_s", "machine speed: memory (probe)", "B/s"))
+SPEED_ROWS = (("gemm_flops_per_s", "machine speed: GEMM (probe; calibration vs run)", "FLOP/s"),
+              ("stream_bytes_per_s", "machine speed: memory (probe; calibration vs run)", "B/s"))
 
 
 def time_components(pred: dict[str, Any] | None, measured: dict[str, Any]) -> list[tuple[str, float | None, float]]:
@@ -275,8 +275,13 @@ def _fmt(v: float | None, unit: str) -> str:
 def render(result: dict[str, Any]) -> str:
     from planner.report import table
 
-    rows = [[r["metric"], _fmt(r["predicted"], r["unit"]), _fmt(r["measured"], r["unit"]),
-             "-" if r["error"] is None else f"{r['error'] * 100:+.1f}%"] for r in result["rows"]]
+    def err(r: dict[str, Any]) -> str:  # the speed probe's rows: the run's rate over the calibration's
+        if r["metric"].startswith("speed."):
+            return f"x{r['measured'] / r['predicted']:.2f}"
+        return "-" if r["error"] is None else f"{r['error'] * 100:+.1f}%"
+
+    rows = [[r["metric"], _fmt(r["predicted"], r["unit"]), _fmt(r["measured"], r["unit"]), err(r)]
+            for r in result["rows"]]
     head = (f"plan {result['plan']} ({result['plan_hash']}): {result['timed_steps']} timed steps, status "
             f"{result['status']}; prediction from the {result['prediction_from']} model"
             if result["prediction_from"] == "estimated" else
