@@ -18,6 +18,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from planner.io import write_kernel_control
+
 # (tokens, in, out) of the probe's linear layer and the bytes its streaming add reads: a mid-size
 # shape of calibrate's CPU grid (about 20 ms per call on one core) and a stream of at least twice a CPU
 # rank's last-level cache share (40-70 MB on the 2-vCPU VM; so it measures memory, not cache); on GPUs
@@ -96,11 +98,7 @@ def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, flo
 def forget_peak_rss() -> None:
     """Reset the process's peak resident set (Linux: /proc/self/clear_refs), so the probe's buffers do
     not stand in for the plan's peak in measured.json's `rss_bytes`; elsewhere nothing to do."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
+    write_kernel_control("/proc/self/clear_refs", "5")
 
 
 def mean_speed(*probes: dict[str, float]) -> dict[str, float]:

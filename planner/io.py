@@ -223,6 +223,19 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def write_kernel_control(path: str, value: str) -> bool:
+    """Write `value` to a Linux control file under /proc (a command to the kernel, not a document: no
+    atomic rename applies); False where the file is absent or refused (other systems, containers)."""
+    if not path.startswith("/proc/"):
+        raise ValueError(f"{path}: not a /proc control file")
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+        return True
+    except OSError:
+        return False
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Serialise first (so a serialisation error leaves the old file untouched), then write atomically."""
     return atomic_write_text(path, dumps(obj) + "\n")
