@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from executor.run import pick_device
-from executor.speed_probe import mean_speed, measure_speed
+from executor.speed_probe import measure_speed, probe_record
 from planner.io import atomic_write_json
 from planner.specs.cluster import FUNCTIONAL, FUNCTIONAL_COLLECTIVES
 
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             if world > 1 and device.type == "cpu" else {},
         }
         probe_after = measure_speed(device)
-        raw["speed_probe"] = {**mean_speed(probe_before, probe_after), "before": probe_before, "after": probe_after}
+        raw["speed_probe"] = probe_record(probe_before, probe_after)
         if rank == 0:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
                 platform.processor() or platform.machine())

@@ -360,11 +360,10 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     if start:
         ckpt.load(start)
 
-    from executor.speed_probe import mean_speed, measure_speed
+    from executor.speed_probe import measure_speed, probe_record
 
     probe_before = measure_speed(device)  # the machine's speed around this plan's steps (planner.speed)
     if device.type == "cuda":
-        torch.cuda.empty_cache()  # the probe's buffers are not the plan's
         torch.cuda.reset_peak_memory_stats(device)  # the peak of training, not of initialisation
     meter = ActivationMeter(trainer.parts, trainer.parameters())
     data = ctx["data"]
@@ -418,7 +417,7 @@ def train_and_measure(ctx: dict[str, Any]) -> dict[str, Any] | None:
     plan = doc.plan
     result = ledger.document("ok")
     result.update({
-        "speed_probe": {**mean_speed(probe_before, probe_after), "before": probe_before, "after": probe_after},
+        "speed_probe": probe_record(probe_before, probe_after),
         "memory": {
             "peak_bytes": int(mem[0]), "weights_bytes": int(mem[1]), "grads_bytes": int(mem[2]),
             "optimizer_bytes": int(mem[3]), "activations_bytes": int(mem[4]),

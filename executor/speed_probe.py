@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,26 +74,43 @@ def _stream_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int)
     return 2.0 * a.numel() * a.element_size() / _median_seconds(lambda: torch.add(a, 1.0, out=b), device, reps)
 
 
-def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, float]:
+def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, float] | None:
     """{"gemm_flops_per_s", "stream_bytes_per_s"}: a linear layer's forward + backward (3 GEMMs) and an
-    out-of-place add over a buffer larger than the cache, medians of `reps` calls, the slowest rank's."""
+    out-of-place add over a buffer larger than the cache, medians of `reps` calls, the slowest rank's.
+
+    None where any rank could not allocate the probe's buffers (a plan that fills the device): the probe
+    is a diagnostic and never fails the run it measures. Collective: every rank must call it."""
     kind = "cuda" if device.type == "cuda" else "cpu"
     dtype = torch.bfloat16 if kind == "cuda" else torch.float32
     if dist.is_initialized():
         dist.barrier()
     global _primed
-    if not _primed:  # once unmeasured first: a process's first large allocations take page faults and
-        # its allocator settles (glibc raises its mmap threshold after the first frees), which would slow
-        # only the first probe of a process (5-10% on the 2-vCPU VM)
-        _gemm_rate(device, dtype, kind, 1)
-        _stream_rate(device, dtype, kind, 1)
-        _primed = True
-    gemm, stream = _gemm_rate(device, dtype, kind, reps), _stream_rate(device, dtype, kind, reps)
+    try:
+        if not _primed:  # once unmeasured first: a process's first large allocations take page faults and
+            # its allocator settles (glibc raises its mmap threshold after the first frees), which would
+            # slow only the first probe of a process (5-10% on the 2-vCPU VM)
+            _gemm_rate(device, dtype, kind, 1)
+            _stream_rate(device, dtype, kind, 1)
+            _primed = True
+        gemm, stream = _gemm_rate(device, dtype, kind, reps), _stream_rate(device, dtype, kind, reps)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError too
+        if not _out_of_memory(exc):
+            raise
+        gemm = stream = 0.0  # this rank could not probe: nor does the group
+    if kind == "cuda":
+        torch.cuda.empty_cache()  # the probe's buffers are not the plan's
     forget_peak_rss()  # the buffers are freed: they must not stand in for the plan's peak
     rates = torch.tensor([gemm, stream], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(rates, op=dist.ReduceOp.MIN)
+    if float(rates.min()) <= 0:
+        return None
     return {"gemm_flops_per_s": float(rates[0]), "stream_bytes_per_s": float(rates[1])}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: CUDA's OutOfMemoryError or the CPU allocator's "can't allocate"."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "allocate" in str(exc).lower()
 
 
 def forget_peak_rss() -> None:
@@ -101,7 +119,10 @@ def forget_peak_rss() -> None:
     write_kernel_control("/proc/self/clear_refs", "5")
 
 
-def mean_speed(*probes: dict[str, float]) -> dict[str, float]:
-    """The mean of probes taken before and after a measurement (the drift across it, halved)."""
+def probe_record(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    """measured.json's / calibrate's `speed_probe`: the mean of the probes taken before and after a
+    measurement (the drift across it, halved) with both kept; None unless both were taken."""
+    if before is None or after is None:
+        return None
     keys = ("gemm_flops_per_s", "stream_bytes_per_s")
-    return {k: sum(p[k] for p in probes) / len(probes) for k in keys}
+    return {**{k: (before[k] + after[k]) / 2 for k in keys}, "before": before, "after": after}

@@ -107,3 +107,26 @@ def test_the_probe_measures_a_linear_layer_and_a_stream() -> None:
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.linear(x, w).backward(torch.randn(m, n))
     assert counter.get_total_flops() == gemm_flops("cpu")  # what measure_speed divides by its seconds
+
+
+def test_a_probe_that_cannot_allocate_is_skipped_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan that fills the device leaves no room for the probe's buffers: the run goes on without a
+    probe (measured.json's `speed_probe` null, no rates compared) instead of failing; other errors
+    still surface."""
+    torch = pytest.importorskip("torch")
+    import executor.speed_probe as probe
+
+    def full(*args: Any, **kwargs: Any) -> float:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(probe, "_stream_rate", full)
+    assert probe.measure_speed(torch.device("cpu"), reps=1) is None
+    assert probe.probe_record(None, {"gemm_flops_per_s": 1.0, "stream_bytes_per_s": 1.0}) is None
+    assert speed_ratio(_profile(), {"speed_probe": None}) is None
+
+    def broken(*args: Any, **kwargs: Any) -> float:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(probe, "_stream_rate", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        probe.measure_speed(torch.device("cpu"), reps=1)
