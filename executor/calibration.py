@@ -98,11 +98,22 @@ def _max_over_ranks(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes (quick: 2)
+
+
 def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
+    """Seconds per GEMM of each shape: the median of `GEMM_ROUNDS` passes over all the shapes, each
+    timing every shape for a third of its window, so that a moment when the shared host runs slow lands
+    in one pass of every shape (and is outvoted) rather than in the whole window of one shape (the
+    smallest shape's rate varied 105-136 GFLOP/s over seven one-rank calibrations timed in one window;
+    four of each alternating, 2026-12-06, the `tiny` GPT's one-rank step priced 98.2-100.7 ms with the
+    passes against 98.0-102.4 without, 112.7-116.0 against 111.0-116.6 at four micro-batches of one)."""
     shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
     if quick:
         shapes = shapes[::2]
-    out = []
+    rounds = 2 if quick else GEMM_ROUNDS
+    window = (0.15 if quick else 0.4) / rounds
+    calls = []
     for m, k, n in shapes:
         # A linear layer as training runs it: autograd's forward (with bias) and backward (input,
         # weight and bias gradients), fresh outputs every call, so the dispatch and bookkeeping a real
@@ -117,13 +128,16 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
             x.grad = w.grad = b.grad = None
             torch.nn.functional.linear(x, w, b).backward(g)
 
-        if dist.is_initialized():
-            dist.barrier()
-        sec = _time(linear_fwd_bwd, device, 0.15 if quick else 0.4) / 3
-        sec = _max_over_ranks(sec, device)
-        out.append([m, k, n, 2.0 * m * k * n, sec])
-        bar.step(f"GEMM {m}x{k}x{n}")
-    return out
+        calls.append(linear_fwd_bwd)
+    passes: list[list[float]] = [[] for _ in shapes]
+    for r in range(rounds):
+        for i, ((m, k, n), fn) in enumerate(zip(shapes, calls, strict=True)):
+            if dist.is_initialized():
+                dist.barrier()
+            passes[i].append(_max_over_ranks(_time(fn, device, window) / 3, device))
+            if r == rounds - 1:
+                bar.step(f"GEMM {m}x{k}x{n}")
+    return [[m, k, n, 2.0 * m * k * n, statistics.median(p)] for (m, k, n), p in zip(shapes, passes, strict=True)]
 
 
 def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 3) -> float:

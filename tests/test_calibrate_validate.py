@@ -254,3 +254,27 @@ def test_progress_bar_counts_every_benchmark_step() -> None:
     # two nodes of 4 GPUs: intra-node groups of 2 and 4, inter-node of 2, 4 collectives + p2p each tier
     from executor.calibration import GEMM_SHAPES_CUDA
     assert progress_total("cuda", 8, 4, quick=False) == len(GEMM_SHAPES_CUDA) + 3 + (2 * 4 + 1) + (4 + 1) + 1
+
+
+def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """calibrate's GEMM benchmark passes over all its shapes in rounds and keeps each shape's median, so a
+    moment when the shared host runs slow (here the first pass of shape 0, 3x slower) is outvoted instead
+    of becoming that shape's rate."""
+    torch = pytest.importorskip("torch")
+    import executor.calibration as cal
+
+    shapes = [(8, 8, 8), (8, 16, 8), (16, 16, 16)]
+    order: list[int] = []
+
+    def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
+        x = fn.__defaults__[0]  # the timed linear layer's input: (m, k) names its shape
+        shape = next(i for i, (m, k, _) in enumerate(shapes) if tuple(x.shape) == (m, k))
+        order.append(shape)
+        slow = shape == 0 and order.count(0) == 1
+        return 3 * (3.0 if slow else 1.0 + shape) * 1e-3  # seconds for the layer's 3 GEMMs
+
+    monkeypatch.setattr(cal, "_time", fake_time)
+    monkeypatch.setattr(cal, "GEMM_SHAPES_CPU", shapes)
+    rows = cal.bench_gemm(torch.device("cpu"), torch.float32, False, cal.Progress(3, enabled=False))
+    assert order == [0, 1, 2] * cal.GEMM_ROUNDS  # every shape once per pass, passes one after another
+    assert [r[4] for r in rows] == pytest.approx([1e-3, 2e-3, 3e-3])  # the slow pass of shape 0 outvoted
