@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from executor.run import pick_device
-from executor.speed_probe import measure_speed, probe_record
+from executor.speed_probe import measure_speed, median_seconds, probe_record, sync
 from planner.io import atomic_write_json
 from planner.specs.cluster import FUNCTIONAL, FUNCTIONAL_COLLECTIVES
 
@@ -64,11 +64,6 @@ class Progress:
         sys.stderr.flush()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Any, device: torch.device, min_time: float, min_reps: int = 3, max_reps: int = 1000) -> float:
     """Median seconds of fn() over repetitions lasting about `min_time` in all.
 
@@ -76,19 +71,13 @@ def _time(fn: Any, device: torch.device, min_time: float, min_reps: int = 3, max
     collectives inside `fn` are issued the same number of times everywhere.
     """
     fn()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     first = _max_over_ranks(time.perf_counter() - t0, device)
     reps = int(min(max_reps, max(min_reps, min_time / max(first, 1e-9))))
-    times: list[float] = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, device, reps, warm=False)
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:
@@ -148,12 +137,12 @@ def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 
     look unhindered while the throughput halves.
     """
     fn()
-    _sync(device)
+    sync(device)
     reps = 0
     start = time.perf_counter()
     while reps < min_reps or time.perf_counter() - start < min_time:
         fn()
-        _sync(device)
+        sync(device)
         reps += 1
     return (time.perf_counter() - start) / reps
 
@@ -162,12 +151,12 @@ def _rate(fn: Any, device: torch.device, window: float) -> float:
     """Calls of fn() per second over `window` seconds of wall time (all ranks at once: their sum is
     the node's throughput, whatever the scheduler's time slices do to any one rank)."""
     fn()
-    _sync(device)
+    sync(device)
     reps = 0
     start = time.perf_counter()
     while time.perf_counter() - start < window:
         fn()
-        _sync(device)
+        sync(device)
         reps += 1
     return reps / (time.perf_counter() - start)
 
@@ -453,7 +442,7 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
             dist.barrier()
         t0 = time.perf_counter()
         trainer.train_step(batch)
-        _sync(device)
+        sync(device)
         if step >= 2:
             times.append(time.perf_counter() - t0)
     return _max_over_ranks(statistics.median(times), device)
@@ -572,10 +561,10 @@ def bench_overlap(device: torch.device, dtype: torch.dtype, quick: bool, bar: Pr
 
     def once(fn: Any) -> float:
         dist.barrier()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     for fn in (gemm, comm, both):  # warm up

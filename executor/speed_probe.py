@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from planner.io import write_kernel_control
+from planner.speed import SPEED_KEYS
 
 # (tokens, in, out) of the probe's linear layer and the bytes its streaming add reads: a mid-size
 # shape of calibrate's CPU grid (about 20 ms per call on one core) and a stream of at least twice a CPU
@@ -31,19 +33,23 @@ PROBE_REPS = 5
 _primed = False  # whether this process has run the probe once (see measure_speed)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so a wall-clock interval covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn, device: torch.device, reps: int) -> float:
-    fn()  # first call: allocation, kernel selection
-    _sync(device)
+def median_seconds(fn: Callable[[], Any], device: torch.device, reps: int, warm: bool = True) -> float:
+    """Median wall seconds of `reps` calls of fn(), each synchronised; `warm`: one untimed call first
+    (allocation, kernel selection). executor.calibration times its benchmarks with it too."""
+    if warm:
+        fn()
+        sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -64,14 +70,14 @@ def _gemm_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int) -
         x.grad = w.grad = None
         torch.nn.functional.linear(x, w).backward(g)
 
-    return gemm_flops(kind) / _median_seconds(linear, device, reps)
+    return gemm_flops(kind) / median_seconds(linear, device, reps)
 
 
 def _stream_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int) -> float:
     a = torch.ones(PROBE_STREAM_BYTES[kind] // 2 // torch.tensor([], dtype=dtype).element_size(), device=device,
                    dtype=dtype)
     b = torch.empty_like(a)
-    return 2.0 * a.numel() * a.element_size() / _median_seconds(lambda: torch.add(a, 1.0, out=b), device, reps)
+    return 2.0 * a.numel() * a.element_size() / median_seconds(lambda: torch.add(a, 1.0, out=b), device, reps)
 
 
 def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, float] | None:
@@ -124,5 +130,4 @@ def probe_record(before: dict[str, float] | None, after: dict[str, float] | None
     measurement (the drift across it, halved) with both kept; None unless both were taken."""
     if before is None or after is None:
         return None
-    keys = ("gemm_flops_per_s", "stream_bytes_per_s")
-    return {**{k: (before[k] + after[k]) / 2 for k in keys}, "before": before, "after": after}
+    return {**{k: (before[k] + after[k]) / 2 for k in SPEED_KEYS}, "before": before, "after": after}
