@@ -165,9 +165,10 @@ def explain(doc: dict[str, Any]) -> str:
                       f"{', '.join(doc.get('lora_targets', ('qkv', 'proj', 'up', 'down')))}; base weights frozen")
     gpu = c["gpu"] if isinstance(c["gpu"], dict) else {}
     if gpu.get("cache_bytes"):
-        extras.append(f"host memory in two levels: a {gpu['cache_bytes'] / 1e6:.1f} MB cache share per rank at "
-                      f"{gpu['cache_bandwidth'] / 1e9:.1f} GB/s, memory at {gpu['memory_bandwidth'] / 1e9:.1f} GB/s "
-                      "beyond it (docs/cost-model.md §2)")
+        extras.append(f"host memory: the step streams from memory at {gpu['memory_bandwidth'] / 1e9:.1f} GB/s "
+                      "(its data does not stay in cache between uses), an unfused optimizer's repeated passes from a "
+                      f"{gpu['cache_bytes'] / 1e6:.1f} MB cache share at {gpu['cache_bandwidth'] / 1e9:.1f} GB/s "
+                      "(docs/cost-model.md §2)")
     misaligned = _misaligned_heads(doc)
     if misaligned:
         extras.append(misaligned)

@@ -33,9 +33,7 @@ from planner.cost.batch import PlanBatch, group_index, unique_inverse
 from planner.cost.comm import collective_time, functional_or_plain, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
-    GRAD_BYTES,
     MATMUL_POLICIES,
-    OPTIMIZER_BYTES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
     gradient_path,
@@ -59,7 +57,7 @@ from planner.graph import (
 )
 from planner.plan import RECOMPUTE
 from planner.precision import base_dtype, extra_weight_bytes
-from planner.specs.cluster import ClusterSpec, GPUSpec
+from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
 Array = np.ndarray
@@ -213,27 +211,6 @@ def _count_tensors(op: Op, model: ModelSpec, fused_qkv: bool) -> int:
     return 3 * per if op.name == "attn.qkv" and not fused_qkv else per
 
 
-def _resident(model: ModelSpec, gpu: GPUSpec, lg: LayerGraph, b: PlanBatch, tokens: Array, seq: Array,
-              t: Array, e: Array, sp: Array) -> tuple[Array, Array]:
-    """Fraction of each plan's traffic its cache serves (`GPUSpec.resident_fraction`; 0 on a one-level
-    device), (layers, optimizer). A layer's weight is used again after the rank has run the rest of
-    a micro-batch: its stage's weights and gradients and one micro-batch's activations (without
-    recompute: an upper bound under it) lie between two uses. The optimizer's moments were last used
-    a whole step before: the optimizer state adds to that."""
-    if not gpu.cache_bytes:
-        return np.zeros_like(t), np.zeros_like(t)
-    dt = base_dtype(b.dtype)
-    et = b.etp.astype(np.float64)  # routed experts split over their own tensor-parallel ranks, as below
-    params = sum((n * sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops), np.zeros_like(t))
-                  for n, kind in zip(lg.kind_counts, lg.kinds, strict=True)), np.zeros_like(t)) / b.pp \
-        + sum((op_params_per_gpu(op, t, e) for op in (*lg.pre_ops, *lg.post_ops)), np.zeros_like(t))
-    acts = sum((n * layer_activation_bytes(kind.ops, dt, model.hidden, tokens, seq, t, sp, 0)
-                for n, kind in zip(lg.kind_counts, lg.kinds, strict=True)), np.zeros_like(t)) / b.pp \
-        + saved_bytes([*lg.pre_ops, *lg.post_ops], tokens, seq, t, sp)
-    between_uses = params * (WEIGHT_BYTES[dt] + GRAD_BYTES[dt]) + acts
-    return gpu.resident_fraction(between_uses), gpu.resident_fraction(between_uses + params * OPTIMIZER_BYTES[dt])
-
-
 def tp_collective(cluster: ClusterSpec, fw: Framework, op: str) -> str:
     """The name TP's `op` is priced under: its functional-collective measurement where the framework
     issues functional collectives (`Framework.functional_tp_collectives`) and the profile timed them."""
@@ -319,7 +296,12 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
 
-    resident, resident_opt = _resident(model, gpu, lg, b, tokens, seq, t, e, sp)
+    # A training step's data is not served from a host's cache between two uses: flushing the cache
+    # between forward and backward leaves a CPU step's time unchanged (docs/cost-model.md §2,
+    # `python benchmarks/cache_flush.py`), so layers, gradient accumulation and the optimizer's first
+    # pass stream from memory (a GPU has one level anyway); only an unfused optimizer's repeated passes
+    # over the tensor it has just touched are served from cache (below).
+    resident = resident_opt = np.zeros_like(t)
 
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",

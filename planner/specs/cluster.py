@@ -79,10 +79,12 @@ class GPUSpec:
     the measured efficiency as a function of GEMM FLOPs (interpolated in log FLOPs).
     Memory-bound kernels: t = bytes / (memory_bandwidth x memory_efficiency) + kernel_overhead_s.
 
-    A host whose last-level cache `planner calibrate` measured (CPUs) has two levels: a step whose
-    working set fits in `cache_bytes` streams at `cache_bandwidth`, one of twice that or more from
-    memory at `memory_bandwidth` (`resident_fraction`), and its GEMMs then fetch the operands that
-    were evicted between uses (`cold_fetch_time`). A GPU has one level: its L2 is far smaller than a
+    A host whose last-level cache `planner calibrate` measured (CPUs) has two levels: streaming over a
+    working set that fits in `cache_bytes` runs at `cache_bandwidth`, over twice that or more at
+    `memory_bandwidth` (`resident_fraction`, the shape of calibrate's sweep). A training step streams
+    from memory (its data does not survive in cache between uses: docs/cost-model.md §2) but for an
+    unfused optimizer's repeated passes over one tensor; a serving step re-streams the weights it just
+    streamed (planner.serve.step.serving_gpu). A GPU has one level: its L2 is far smaller than a
     training step's working set and its datasheet bandwidth is the HBM's.
     """
 
@@ -248,17 +250,6 @@ class GPUSpec:
             return b / rate + launches
         r = np.asarray(resident, dtype=np.float64)
         return b * (r / self.cache_bandwidth + (1.0 - r) / rate) + launches
-
-    def cold_fetch_time(self, nbytes: np.ndarray | float, resident: np.ndarray | float) -> np.ndarray:
-        """Extra time of a compute-bound kernel (a CPU GEMM) whose `nbytes` operands were evicted since
-        their last use: the non-resident share comes from memory, and each line read into a cache full
-        of dirty lines (the step's fresh activations and gradients) writes one back, 2 x bytes at
-        `memory_bandwidth`. 0 on a one-level device (a GPU's operand loads overlap its math)."""
-        b = np.asarray(nbytes, dtype=np.float64)
-        if not self.cache_bandwidth:
-            return np.zeros_like(b)
-        r = np.asarray(resident, dtype=np.float64)
-        return (1.0 - r) * 2.0 * b / (self.memory_bandwidth * self.memory_efficiency)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "gpu") -> GPUSpec:
