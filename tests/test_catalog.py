@@ -169,6 +169,19 @@ def test_gpu_preset_has_bf16_peak(name: str) -> None:
     assert gpu.source
 
 
+def test_h200_runs_the_h100_sxm_kernels() -> None:
+    """NVIDIA's H200 datasheet gives it the H100 SXM's dense BF16 and FP8 rates (the same GH100 compute
+    die at 700 W, with HBM3e): every GEMM and attention efficiency the H100 SXM was fitted to, at the
+    full clock; only the memory differs (141 GB at 4.8 TB/s against 80 GB at 3.35)."""
+    h100, h200 = gpu_preset("H100-SXM5-80GB"), gpu_preset("H200-SXM-141GB")
+    assert h200.peak_flops == h100.peak_flops
+    for key in ("gemm_efficiency", "gemm_efficiency_by_dtype", "gemm_overhead_s", "attention_efficiency",
+                "attention_efficiency_by_kernel"):
+        assert getattr(h200, key) == getattr(h100, key), key
+    assert h200.clock_fraction == 1.0
+    assert (h200.memory_bytes, h200.memory_bandwidth) == (150_755_966_976, 4.8e12)
+
+
 @pytest.mark.parametrize("name", cluster_names())
 def test_cluster_preset_loads(name: str) -> None:
     c = cluster_preset(name)

@@ -64,7 +64,7 @@ def _from_dict(cls: type, data: Any, where: str) -> dict[str, Any]:
     return dict(data)
 
 
-# The fields a power-limited part shares with the full-power part its `efficiencies_of` names.
+# The fields a part shares with the part of the same compute silicon its `efficiencies_of` names.
 SHARED_EFFICIENCIES = ("gemm_efficiency", "gemm_efficiency_by_dtype", "gemm_overhead_s", "attention_efficiency",
                        "attention_efficiency_by_kernel")
 
@@ -113,7 +113,8 @@ class GPUSpec:
     # Sustained compute clock over the datasheet's (boost) clock: a power-limited part runs the same
     # kernels at this fraction of their rate on the full-power part (GEMMs and attention; memory-bound
     # kernels keep the HBM's rate). Its efficiencies are then those of `efficiencies_of`, the full-power
-    # part of the same silicon, and only the clock is fitted (planner.fit).
+    # part of the same silicon, and only the clock is fitted (planner.fit); a part with the same compute
+    # silicon and clocks but other memory (H200: H100's GH100 with HBM3e) names it too, at clock 1.0.
     clock_fraction: float = 1.0
     efficiencies_of: str = ""
     # The last-level cache one rank effectively has (bytes) and its streaming rate (bytes/s), both
@@ -261,7 +262,7 @@ class GPUSpec:
         if isinstance(d.get("gemm_tile"), list):
             d["gemm_tile"] = tuple(d["gemm_tile"])
         base = d.get("efficiencies_of")
-        if base and isinstance(base, str):  # a power-limited part: what it does not state, its full-power part's
+        if base and isinstance(base, str):  # the same silicon: what it does not state, the named part's
             from planner.specs.catalog import gpu_preset
 
             try:
