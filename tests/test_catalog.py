@@ -182,6 +182,30 @@ def test_h200_runs_the_h100_sxm_kernels() -> None:
     assert (h200.memory_bytes, h200.memory_bandwidth) == (150_755_966_976, 4.8e12)
 
 
+@pytest.mark.parametrize("gpu, low, high", [("A100-SXM4-80GB", 0.50, 0.73), ("H100-SXM5-80GB", 0.35, 0.35),
+                                             ("H200-SXM-141GB", 0.35, 0.35)])
+def test_flash_attention_2_runs_at_its_published_fraction(gpu: str, low: float, high: float) -> None:
+    """FlashAttention-2 reaches 50-73% of the A100's peak (Dao 2023, arXiv 2307.08691, abstract) and 35%
+    of the H100's (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608, abstract): a long causal
+    attention priced with that kernel (torchtitan's, through PyTorch's SDPA) runs its forward FLOPs at a
+    fraction of the 16-bit peak inside the published range."""
+    import numpy as np
+
+    from planner.cost.compute import attention_times
+    from planner.graph import causal_fraction
+
+    spec = dataclasses.replace(model_preset("llama3-8b"), seq_len=16384)
+    op = next(o for o in build_graph(spec, "bf16", True).kinds[0].ops if o.kind == "attention")
+    g = gpu_preset(gpu)
+    tokens = seq = np.array([16384.0])
+    one = np.array([1.0])
+    t = attention_times(op, g, "bf16", True, True, tokens, seq, one, spec.num_heads, spec.kv_hidden, spec.hidden,
+                        "fa2")
+    work = op.flops_s * tokens * seq * causal_fraction(op, seq)
+    achieved = float(work[0] / (t.fwd[0] * g.peak("bf16")))
+    assert low - 1e-9 <= achieved <= high + 1e-9
+
+
 @pytest.mark.parametrize("name", cluster_names())
 def test_cluster_preset_loads(name: str) -> None:
     c = cluster_preset(name)
