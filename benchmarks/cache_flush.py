@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from executor.model import Transformer, init_weights
+from executor.speed_probe import median_seconds
 from planner.specs.catalog import model_preset
 
 # (layers, hidden, ffn, micro-batch): the tiny GPT at one and four sequences, and two smaller GPTs
@@ -116,14 +117,7 @@ def hot_time(key: tuple, rounds: int) -> float:
     name, operands = key
     args = [torch.empty_strided(shape, stride).normal_() for shape, stride in operands]
     fn = getattr(torch.ops.aten, name.split(".")[0])
-    for _ in range(3):
-        fn(*args)
-    times = []
-    for _ in range(rounds * 3):
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(lambda: fn(*args), torch.device("cpu"), rounds * 3)
 
 
 def gemm_times(m: int, k: int, n: int, sweeps: list[torch.Tensor], rounds: int) -> list[tuple[str, float, list[float]]]:

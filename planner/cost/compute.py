@@ -191,7 +191,8 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     `etp` (default tp): the routed experts' tensor-parallel size. Narrower than tp, each rank dispatches
     its own tp / etp share of the tokens (sequence parallel) to experts split over etp ranks only
     (Megatron-Core's MoE parallel folding): the same FLOPs per rank in fewer, larger GEMMs.
-    `resident`: the fraction of the step's working set the cache holds (`GPUSpec.resident_fraction`)."""
+    `resident`: the fraction of the ops' memory traffic a host's cache level serves (a training step
+    passes none: `planner.cost.terms.TRAINING_RESIDENT`)."""
     m = lg.model
     zero = np.zeros_like(tokens, dtype=np.float64)
     fwd, bwd, attn_f, attn_b = zero.copy(), zero.copy(), zero.copy(), zero.copy()

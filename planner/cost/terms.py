@@ -61,6 +61,12 @@ from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
 Array = np.ndarray
+# The fraction of a training step's memory traffic a host's cache level serves: none. Its data does not
+# survive in cache between two uses (flushing the cache between forward and backward leaves a CPU step's
+# time unchanged: docs/cost-model.md §2, `python benchmarks/cache_flush.py`), so layers, gradient
+# accumulation and the optimizer's first pass stream from memory (a GPU has one level anyway); only an
+# unfused optimizer's repeated passes over the tensor it has just touched are served from cache.
+TRAINING_RESIDENT = 0.0
 FIRST_MATMUL_POLICY = RECOMPUTE.index(MATMUL_POLICIES[0])
 assert RECOMPUTE[FIRST_MATMUL_POLICY:] == MATMUL_POLICIES, "RECOMPUTE must end with the matmul policies in order"
 DDP_BUCKET_BYTES = 25 * 2**20  # gradient bucket of DDP / Megatron-LM's overlapped reduction
@@ -260,7 +266,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         in-place add after the first micro-batch (averaged over the step's micro-batches)."""
         if not acc_b:
             return np.zeros_like(params)
-        return gpu.memory_time(params * acc_b * acc_share, tensors * acc_share, resident) * cluster.compute_slowdown
+        return gpu.memory_time(params * acc_b * acc_share, tensors * acc_share,
+                               TRAINING_RESIDENT) * cluster.compute_slowdown
     ov = cluster.overlap_slowdown
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
@@ -296,20 +303,14 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     kv = 2 * tokens * model.kv_hidden * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
 
-    # A training step's data is not served from a host's cache between two uses: flushing the cache
-    # between forward and backward leaves a CPU step's time unchanged (docs/cost-model.md §2,
-    # `python benchmarks/cache_flush.py`), so layers, gradient accumulation and the optimizer's first
-    # pass stream from memory (a GPU has one level anyway); only an unfused optimizer's repeated passes
-    # over the tensor it has just touched are served from cache (below).
-    resident = resident_opt = np.zeros_like(t)
-
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert", "grad_accum")}
     for kind in lg.kinds:
-        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et, resident)
+        lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et,
+                        TRAINING_RESIDENT)
         routed = any(op.routed for op in kind.ops)
         tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
         cols = _pad(lay.col_gemm, 2, t)
@@ -373,9 +374,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
     pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
-                    resident=resident)
+                    resident=TRAINING_RESIDENT)
     post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
-                     resident=resident)
+                     resident=TRAINING_RESIDENT)
     # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
     small = collective_time(cluster, tp_collective(cluster, fw, "all_reduce"), tokens * float(LOSS_BYTES), b.tp,
                             b.stride_tp)
@@ -552,11 +553,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         local = train_dense / np.asarray(gd, dtype=np.float64).reshape(-1, 1) \
             + train_expert / np.asarray(ge, dtype=np.float64).reshape(-1, 1)
         first = min(step_bytes, fused_bytes)
-        res[f"opt_{held}"] = (gpu.memory_time(local * first, kernels, resident_opt[:, None])
+        res[f"opt_{held}"] = (gpu.memory_time(local * first, kernels, TRAINING_RESIDENT)
                               + gpu.memory_time(local * (step_bytes - first))) * cluster.compute_slowdown
         n_pass = (pipeline_passes + fw.dp_grad_passes * ddp)[:, None]
         res[f"grad_passes_{held}"] = gpu.memory_time(local * n_pass * 2 * grad_b, n_pass * tensors,
-                                                     resident_opt[:, None]) * cluster.compute_slowdown
+                                                     TRAINING_RESIDENT) * cluster.compute_slowdown
     return res
 
 

@@ -231,10 +231,11 @@ class GPUSpec:
         return self.attention_efficiency_by_kernel.get(kernel, self.attention_efficiency)
 
     def resident_fraction(self, working_set: np.ndarray | float) -> np.ndarray:
-        """Fraction of a step's memory traffic the cache serves, for a step touching `working_set`
+        """Fraction of a streaming pass's traffic the cache serves, for passes cycling over `working_set`
         bytes: all of it up to `cache_bytes`, none from twice that on (a cyclic sweep evicts each line
         before its next use under LRU replacement), linear between: the shape of the streaming rate
-        over working-set sizes that `planner calibrate` measures and fits (`fit_cache_level`)."""
+        over working-set sizes that `planner calibrate` measures and fits (`fit_cache_level`). A
+        training step's traffic is priced from memory (`planner.cost.terms.TRAINING_RESIDENT`)."""
         ws = np.asarray(working_set, dtype=np.float64)
         if not self.cache_bytes:
             return np.zeros_like(ws)
