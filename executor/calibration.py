@@ -97,9 +97,9 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
     smallest shape's rate varied 105-136 GFLOP/s over seven one-rank calibrations timed in one window;
     four of each alternating, 2026-12-06, the `tiny` GPT's one-rank step priced 98.2-100.7 ms with the
     passes against 98.0-102.4 without, 112.7-116.0 against 111.0-116.6 at four micro-batches of one)."""
+    # --quick times every shape too (fewer rounds, shorter windows): dropping every other shape left one
+    # of the three 268 MFLOP shapes, the fastest, to price a small GPT's GEMMs (2026-12-06).
     shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
-    if quick:
-        shapes = shapes[::2]
     rounds = 2 if quick else GEMM_ROUNDS
     window = (0.15 if quick else 0.4) / rounds
     calls = []
@@ -343,7 +343,7 @@ def collective_group_sizes(max_size: int) -> list[int]:
 def progress_total(device_type: str, world: int, local_world: int, quick: bool) -> int:
     """How many steps the progress bar of `main` counts: one per benchmark that reports (`Progress.step`)."""
     n_gemm = len(GEMM_SHAPES_CUDA if device_type == "cuda" else GEMM_SHAPES_CPU)
-    total = ((n_gemm + 1) // 2 if quick else n_gemm) + 2 + 1  # GEMMs; memory bandwidth, kernel overhead; kernels
+    total = n_gemm + 2 + 1  # GEMMs; memory bandwidth, kernel overhead; kernels
     cpu = device_type == "cpu"
     total += 2 * cpu  # cache levels, host time
     if world > 1:
