@@ -80,6 +80,60 @@ def _time(fn: Any, device: torch.device, min_time: float, min_reps: int = 3, max
     return median_seconds(fn, device, reps, warm=False)
 
 
+# On CPU ranks a training step issues each collective after compute (a layer's forward or backward, a
+# micro-batch's stage), and gloo then takes longer than when the same call repeats back to back: on
+# 2 ranks of the 2-vCPU development VM (2026-12-06), after 10 ms of GEMMs the mean 128 KiB all-reduce
+# took 1.4 ms against a back-to-back median of 0.3, a 1 MiB functional one 4.4 against 1.5, a 128 KiB
+# send / receive pair 0.8 against 0.13 and a 16 MiB all-reduce 17 against 13 (after 1, 3, 6, 12 and 25 ms
+# the 1 MiB all-reduce's mean grew 2.0, 2.9, 2.6, 3.2, 3.7 ms, the 12.8 MB one's 12.0 .. 13.5 ms); a
+# pure-Python busy loop before the call slowed it as much as GEMMs did, sleeping less (2026-12-06). The
+# step pays the sum of its calls, whose typical value is their count times the mean, not the median.
+STEP_GAP_S = 0.010  # compute before each timed collective on CPU ranks
+
+
+def _compute_for(seconds: float, device: torch.device) -> None:
+    """Keep this rank's core busy with small GEMMs for `seconds` of wall time (every rank alike, so they
+    reach the next collective together)."""
+    a = torch.ones(256, 256, device=device)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, a)
+
+
+def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """Mean of `values` without the `cut` fraction at each end (a rare stall of the shared host is
+    not the collective's)."""
+    xs = sorted(values)
+    k = int(len(xs) * cut)
+    kept = xs[k:len(xs) - k] if len(xs) > 2 * k else xs
+    return sum(kept) / len(kept)
+
+
+def _time_in_step(fn: Any, device: torch.device, min_time: float, min_reps: int = 5, max_reps: int = 40) -> float:
+    """Seconds per fn() (a collective) as a CPU training step meets it: each call after `STEP_GAP_S`
+    of compute (untimed), the trimmed mean of the calls. The call count is agreed by all ranks."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    first = _max_over_ranks(time.perf_counter() - t0, device)
+    reps = int(min(max_reps, max(min_reps, min_time / (first + STEP_GAP_S))))
+    times = []
+    for _ in range(reps):
+        _compute_for(STEP_GAP_S, device)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return trimmed_mean(times)
+
+
+def _time_collective(fn: Any, device: torch.device, quick: bool) -> float:
+    """A collective's seconds per call: in-step on CPU ranks (`_time_in_step`); back to back, the median,
+    on GPUs (NCCL's kernels do not wait on host threads between a step's kernels)."""
+    if device.type == "cpu":
+        return _time_in_step(fn, device, 0.15 if quick else 0.3)
+    return _time(fn, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200)
+
+
 def _max_over_ranks(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     if dist.is_initialized():
@@ -355,10 +409,18 @@ def progress_total(device_type: str, world: int, local_world: int, quick: bool) 
 
 def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, local_world: int, quick: bool,
                       bar: Progress) -> dict[str, dict[str, Any]]:
-    """{tier: {op: {group size: [[bytes, seconds], ...]}}} for intra-node (and inter-node) groups."""
+    """{tier: {op: {group size: [[bytes, seconds], ...]}}} for intra-node (and inter-node) groups; on CPU
+    ranks the calls are timed in step (`_time_in_step`), and also back to back, as a burst of calls
+    issued one after another runs them (ZeroRedundancyOptimizer's per-tensor broadcasts), under
+    "burst": {tier: {op: ...}}."""
     rank = dist.get_rank()
     sizes = MSG_BYTES_QUICK if quick else MSG_BYTES
     result: dict[str, dict[str, Any]] = {}
+    burst: dict[str, dict[str, Any]] = {}
+    cpu = device.type == "cpu"
+
+    def back_to_back(fn: Any) -> float:
+        return _max_over_ranks(_time(fn, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200), device)
     tiers = [("intra_node", 1, min(world, local_world))]
     if world > local_world:
         tiers.append(("inter_node", local_world, world // local_world))
@@ -366,21 +428,24 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     for tier, stride, max_size in tiers:
         group_sizes = collective_group_sizes(max_size)
         res: dict[str, Any] = {op: {} for op in (*ops, "p2p")}
+        res_burst: dict[str, Any] = {op: {} for op in (*ops, "p2p")}
         for g in group_sizes:
             ranks_lists, handles = _groups(world, g, stride)
             mine = next((h for rl, h in zip(ranks_lists, handles, strict=True) if rank in rl), None)
             for op in ops:
-                rows = []
+                rows, rows_burst = [], []
                 for nbytes in sizes:
                     fn = _collective(op, nbytes, mine, g, device, dtype) if mine is not None else (lambda: None)
                     dist.barrier()
-                    sec = _max_over_ranks(_time(fn, device, 0.05 if quick else 0.15, min_reps=3,
-                                                max_reps=200), device)
-                    rows.append([nbytes, sec])
+                    rows.append([nbytes, _max_over_ranks(_time_collective(fn, device, quick), device)])
+                    if cpu:
+                        rows_burst.append([nbytes, back_to_back(fn)])
                 res[op][str(g)] = rows
+                if cpu:
+                    res_burst[op][str(g)] = rows_burst
                 bar.step(f"{tier} {op} x{g}")
         # p2p between neighbours `stride` apart: pairs send one way then the other
-        rows = []
+        rows, rows_burst = [], []
         partner = rank + stride if (rank // stride) % 2 == 0 else rank - stride
         for nbytes in sizes:
             elem = torch.tensor([], dtype=dtype).element_size()
@@ -396,12 +461,17 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
                         dist.send(buf, partner)
 
             dist.barrier()
-            sec = _max_over_ranks(_time(exchange, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200),
-                                  device)
-            rows.append([nbytes, sec / 2])  # one transfer of nbytes
+            rows.append([nbytes, _max_over_ranks(_time_collective(exchange, device, quick), device) / 2])
+            if cpu:  # one transfer of nbytes: half the exchange
+                rows_burst.append([nbytes, back_to_back(exchange) / 2])
         res["p2p"]["2"] = rows
         bar.step(f"{tier} p2p")
         result[tier] = res
+        if cpu:
+            res_burst["p2p"]["2"] = rows_burst
+            burst[tier] = res_burst
+    if burst:
+        result["burst"] = burst
     return result
 
 
@@ -506,7 +576,8 @@ def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progre
     per_tp = max(0.0, (split[1] - split[0]) / 2)
     # The layer's all-reduces, timed as DTensor issues them (functional collectives) at the layer's
     # activation size: two in forward, one per column-parallel input linear in backward (q, k, v, up),
-    # as the cost model counts them for this executor.
+    # as the cost model counts them for this executor. Back to back, not in step: this GPT computes well
+    # under a millisecond between them, where gloo's calls run as back to back (STEP_GAP_S's note).
     from planner.cost.terms import unfused_input_linears
     from planner.framework import framework
     from planner.specs.model import ModelSpec

@@ -79,13 +79,19 @@ def fit_cache_level(rows: list[list[float]]) -> tuple[float, float, float]:
     return best[1], best[2], best[3]
 
 
-def _link(base: LinkSpec, measured: dict[str, Any], name: str) -> LinkSpec:
+def _link(base: LinkSpec, measured: dict[str, Any], name: str, burst: dict[str, Any] | None = None) -> LinkSpec:
+    """The link tier's measured collectives: (alpha, busbw) per op and group size, fitted to the calls as a
+    step issues them, and where `burst` has them, to calls right after another (burst_alpha, burst_busbw)."""
     table: dict[str, list[dict[str, float]]] = {}
     for op, by_group in measured.items():
         rows = []
         for g, samples in sorted(by_group.items(), key=lambda kv: int(kv[0])):
             alpha, busbw = fit_alpha_beta(op, int(g), samples)
-            rows.append({"group": int(g), "alpha": alpha, "busbw": busbw})
+            row = {"group": int(g), "alpha": alpha, "busbw": busbw}
+            back_to_back = (burst or {}).get(op, {}).get(g)
+            if back_to_back:
+                row["burst_alpha"], row["burst_busbw"] = fit_alpha_beta(op, int(g), back_to_back)
+            rows.append(row)
         if rows:
             table[op] = rows
     bw = max((r["busbw"] for rows in table.values() for r in rows), default=base.bandwidth)
@@ -155,9 +161,11 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
         num_sms=int(env.get("num_sms", gpu.num_sms)) if not cpu else 0,
         source=f"planner calibrate on {env['host']} ({env['device']}), {env['date']}")
     coll = raw.get("collectives", {})
-    intra = _link(base.intra_node, coll["intra_node"], "intra-node (measured)") if "intra_node" in coll \
-        else base.intra_node
-    inter = _link(base.inter_node, coll["inter_node"], "inter-node (measured)") if "inter_node" in coll else intra
+    burst = coll.get("burst", {})
+    intra = _link(base.intra_node, coll["intra_node"], "intra-node (measured)", burst.get("intra_node")) \
+        if "intra_node" in coll else base.intra_node
+    inter = _link(base.inter_node, coll["inter_node"], "inter-node (measured)", burst.get("inter_node")) \
+        if "inter_node" in coll else intra
     overlap = raw.get("overlap", {}).get("slowdown", base.overlap_slowdown)
     tp_raw = raw.get("tp_overhead", {})
     tp_overhead = tp_raw.get("tp_layer_overhead_s", base.tp_layer_overhead_s) / share
@@ -264,7 +272,10 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
 
     world, layers = int(fw["world"]), int(fw["layers"])
     spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **calib)
-    node = dataclasses.replace(profile, gpus_per_node=world, num_nodes=1)
+    # The calibration GPTs compute well under a millisecond between collectives, where gloo's calls run
+    # as back to back: their steps are priced with the burst rows (those of a step's calls after compute
+    # would put the difference, not host time, into the residual).
+    node = dataclasses.replace(back_to_back(profile), gpus_per_node=world, num_nodes=1)
 
     def solve(field: str, measured: float, plan: Plan, count: int, spec: ModelSpec = spec) -> float:
         """The overhead value at which the model predicts `measured` for `plan` (never negative):
@@ -304,3 +315,15 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
                         Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32"), layers)
     return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
                                sp_layer_overhead_s=sp_over)
+
+
+def back_to_back(profile: ClusterSpec) -> ClusterSpec:
+    """`profile` with every measured collective priced as a call right after another one (its burst
+    alpha and bus bandwidth, where calibrate measured them)."""
+    def tier(link: LinkSpec) -> LinkSpec:
+        table = {op: [{"group": r["group"], "alpha": r.get("burst_alpha", r["alpha"]),
+                       "busbw": r.get("burst_busbw", r["busbw"])} for r in rows]
+                 for op, rows in link.collectives.items()}
+        return dataclasses.replace(link, collectives=table)
+
+    return dataclasses.replace(profile, intra_node=tier(profile.intra_node), inter_node=tier(profile.inter_node))

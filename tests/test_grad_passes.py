@@ -98,6 +98,30 @@ def test_zero1_syncs_parameters_one_broadcast_per_tensor(h100, monkeypatch):
     assert sync_calls("megatron-core") == 1.0
 
 
+def test_zero1_broadcasts_after_the_first_run_back_to_back(h100, monkeypatch):
+    """ZeroRedundancyOptimizer issues its per-tensor broadcasts one right after another: the first follows
+    the optimizer step's compute (a step's price), the rest each follow a broadcast (the burst price that
+    calibrate measures on CPU ranks). With a step's call at 1 s and a burst's at 0.25 s the sync costs
+    1 + 0.25 x (tensors - 1), torch's count of the executor model's parameter tensors; a bucketed
+    framework's single call costs 1 s."""
+    import numpy as np
+
+    import planner.cost.terms as terms
+    from planner.cost.terms import cost_terms
+
+    monkeypatch.setattr(terms, "collective_time", lambda cluster, op, nbytes, *a, burst=False, **k:
+                        np.full_like(nbytes, 0.25 if burst else 1.0))
+    _elements, tensors = _torch_counts()
+    plan = Plan(dp=2, micro_batch=4, global_batch=8, dtype="fp32", zero_stage=1)
+
+    def sync_s(name: str) -> float:
+        t = cost_terms(TINY, h100, batch_from_plans([dataclasses.replace(plan, framework=name)]))
+        return float(np.max(t.dp_gather))
+
+    assert sync_s("this") == pytest.approx(1.0 + 0.25 * (tensors - 1))
+    assert sync_s("megatron-core") == 1.0
+
+
 def test_eager_accumulation_is_what_autograd_adds_into_grad(h100, monkeypatch):
     """Four micro-batches of 1 through the executor's model, the gradients kept between them as the
     trainer does: torch dispatches one in-place add into a parameter's `.grad` per tensor for every

@@ -252,6 +252,10 @@ def test_cluster_json_wrapped_in_a_plan_or_profile(tmp_path: Path) -> None:
     (("intra_node", "collectives"), {"allreduce": []}, "collectives"),
     (("intra_node", "collectives"), {"all_reduce": [{"group": 8, "alpha": 0}]}, "collectives.all_reduce[0]"),
     (("intra_node", "collectives"), {"all_reduce": [{"group": 8, "alpha": 0, "busbw": "x"}]}, "busbw"),
+    (("intra_node", "collectives"), {"all_reduce": [{"group": 8, "alpha": 0, "busbw": 1e9, "burst_alpha": 0}]},
+     "collectives.all_reduce[0]"),  # a burst latency without its bandwidth
+    (("intra_node", "collectives"), {"all_reduce": [{"group": 8, "alpha": 0, "busbw": 1e9, "burst_alpha": 0,
+                                                     "burst_busbw": -1}]}, "burst_busbw"),
     (("name",), 5, "name"),
     (("provenance",), [1], "provenance"),
     (("bogus",), 1, "bogus"),

@@ -74,11 +74,12 @@ def ring_factor(op: str, g: Array) -> tuple[Array, Array]:
     raise ValueError(op)
 
 
-def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array) -> Array:
-    """One ring over a single link tier, using measured (alpha, busbw) when the profile has them."""
+def _flat(link: LinkSpec, op: str, nbytes: Array, g: Array, burst: bool = False) -> Array:
+    """One ring over a single link tier, using measured (alpha, busbw) when the profile has them (those of
+    a call right after another collective with `burst`)."""
     g = np.asarray(g, dtype=np.float64)
     steps, factor = ring_factor(op, g)
-    measured = link.measured(op, g)
+    measured = link.measured(op, g, burst)
     if measured is not None:
         alpha, busbw = measured
         t = alpha + nbytes * factor / busbw
@@ -128,15 +129,16 @@ def product_layout(dims: list[tuple[Array, Array]], gpus_per_node: int) -> tuple
 
 
 def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, stride: Array | None = None,
-                    layout: tuple[Array, Array] | None = None) -> Array:
+                    layout: tuple[Array, Array] | None = None, burst: bool = False) -> Array:
     """Seconds for one collective `op` of `nbytes` over groups of `size` ranks spaced `stride` apart
-    (or laid out as `layout` = (members per node, nodes spanned))."""
+    (or laid out as `layout` = (members per node, nodes spanned)), issued as a training step issues it
+    (after compute), or with `burst` right after another collective (where the profile measured that)."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
     size = np.asarray(size)
     k, n_nodes = layout if layout is not None else group_layout(size, stride, cluster.nvlink_domain)
     intra, inter = cluster.intra_node, cluster.inter_node
     one_node = n_nodes <= 1
-    t_flat = _flat(intra, op, nbytes, size)
+    t_flat = _flat(intra, op, nbytes, size, burst)
     op = base_collective(op)  # across nodes: the algorithm's own tiers
     if op == "all_reduce" and intra.nvls_efficiency > 0 and intra.measured(op, size) is None:
         # (a measured all-reduce is already NCCL's pick)
@@ -144,22 +146,22 @@ def collective_time(cluster: ClusterSpec, op: str, nbytes: Array, size: Array, s
     if np.all(one_node):
         return t_flat
     if op == "all_reduce":
-        intra_rs = _flat(intra, "reduce_scatter", nbytes, k)
-        ring = 2.0 * intra_rs + _flat(inter, "all_reduce", nbytes / k, n_nodes)
+        intra_rs = _flat(intra, "reduce_scatter", nbytes, k, burst)
+        ring = 2.0 * intra_rs + _flat(inter, "all_reduce", nbytes / k, n_nodes, burst)
         t_multi = np.minimum(ring, 2.0 * intra_rs + tree_all_reduce(inter, nbytes / k, n_nodes))
     elif op in ("all_gather", "reduce_scatter"):
-        t_multi = _flat(intra, op, nbytes, k) + _flat(inter, op, nbytes / k, n_nodes)
+        t_multi = _flat(intra, op, nbytes, k, burst) + _flat(inter, op, nbytes / k, n_nodes, burst)
     elif op == "all_to_all":
         g = size.astype(np.float64)
-        t_in = _flat(intra, "all_to_all", nbytes * k / g, k)  # the share that stays inside the node
+        t_in = _flat(intra, "all_to_all", nbytes * k / g, k, burst)  # the share that stays inside the node
         off = nbytes * (g - k) / g  # the share that leaves the node, over this GPU's NIC
         t_out = inter.latency * (n_nodes - 1) + off / inter.bus_bandwidth
-        measured = inter.measured("all_to_all", g)
+        measured = inter.measured("all_to_all", g, burst)
         if measured is not None:
             t_out = measured[0] + off / measured[1]
         t_multi = np.maximum(t_in, t_out)
     elif op == "p2p":
-        t_multi = _flat(inter, "p2p", nbytes, np.full_like(size, 2))
+        t_multi = _flat(inter, "p2p", nbytes, np.full_like(size, 2), burst)
     else:
         raise ValueError(op)
     return np.where(one_node, t_flat, t_multi)

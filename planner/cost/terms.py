@@ -509,6 +509,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
                 return np.broadcast_to(x[:, None], shape)
 
             t = collective_time(cluster, op, nbytes / calls, col(g), layout=(col(k), col(n)))
+            if per_call is not None and dense_group:  # one call per tensor, each right after the last
+                t_next = collective_time(cluster, op, nbytes / calls, col(g), layout=(col(k), col(n)), burst=True)
+                t = (t + (calls - 1.0) * t_next) / calls
             if dense_group and op != "all_reduce" and np.any(hybrid):
                 shard = collective_time(cluster, op, nbytes / calls, col(f_dp), layout=(col(k_sh), col(n_sh)))
                 if op == "reduce_scatter":

@@ -28,6 +28,9 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p"
 FUNCTIONAL = "_functional"
 FUNCTIONAL_COLLECTIVES = tuple(op + FUNCTIONAL for op in ("all_reduce", "all_gather", "reduce_scatter"))
 KNOWN_COLLECTIVES = COLLECTIVES + FUNCTIONAL_COLLECTIVES  # the names LinkSpec.collectives accepts
+# A measured row: (alpha s, busbw B/s) of a call as a training step issues it (on CPU ranks: after compute),
+# and optionally of a call issued right after another one (a burst; `planner calibrate` on CPU ranks).
+MEASURED_ROW_KEYS = ("group", "alpha", "busbw", "burst_alpha", "burst_busbw")
 DERIVED = "topology"  # a cluster file's intra_node / inter_node: derive the link from the topology graph
 
 
@@ -314,12 +317,17 @@ class LinkSpec:
             if not isinstance(rows, list) or not rows:
                 raise SpecError("must be a non-empty list", field=f"{w}.collectives.{op}")
             for i, r in enumerate(rows):
-                if not isinstance(r, dict) or set(r) - {"group", "alpha", "busbw"} or len(r) != 3:
-                    raise SpecError("rows must be {group, alpha, busbw}",
-                                    field=f"{w}.collectives.{op}[{i}]")
+                keys = set(r) if isinstance(r, dict) else set()
+                if not {"group", "alpha", "busbw"} <= keys or keys - set(MEASURED_ROW_KEYS) \
+                        or len(keys & {"burst_alpha", "burst_busbw"}) == 1:
+                    raise SpecError("rows must be {group, alpha, busbw} (and optionally both burst_alpha and "
+                                    "burst_busbw)", field=f"{w}.collectives.{op}[{i}]")
                 _num(w, f"collectives.{op}[{i}].group", r["group"], lo=1, strict_lo=False, hi=1e7)
                 _num(w, f"collectives.{op}[{i}].alpha", r["alpha"], strict_lo=False, hi=10.0)
                 _num(w, f"collectives.{op}[{i}].busbw", r["busbw"], hi=1e15)
+                if "burst_alpha" in r:
+                    _num(w, f"collectives.{op}[{i}].burst_alpha", r["burst_alpha"], strict_lo=False, hi=10.0)
+                    _num(w, f"collectives.{op}[{i}].burst_busbw", r["burst_busbw"], hi=1e15)
 
     @property
     def bus_bandwidth(self) -> float:
@@ -330,14 +338,15 @@ class LinkSpec:
         """An NVLS all-reduce's buffer bytes per second through the switch (0: no in-switch reduction)."""
         return self.bandwidth * self.nvls_efficiency
 
-    def measured(self, op: str, group: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Measured (alpha, busbw) for `op` at each group size (nearest measured size), if any."""
+    def measured(self, op: str, group: np.ndarray, burst: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measured (alpha, busbw) for `op` at each group size (nearest measured size), if any; `burst`:
+        those of a call issued right after another collective, where the row has them."""
         rows = self.collectives.get(op)
         if not rows:
             return None
         sizes = np.array([r["group"] for r in rows], dtype=np.float64)
-        alpha = np.array([r["alpha"] for r in rows])
-        busbw = np.array([r["busbw"] for r in rows])
+        alpha = np.array([r["burst_alpha"] if burst and "burst_alpha" in r else r["alpha"] for r in rows])
+        busbw = np.array([r["burst_busbw"] if burst and "burst_busbw" in r else r["busbw"] for r in rows])
         g = np.asarray(group, dtype=np.float64)
         idx = np.abs(np.log(np.maximum(g, 1.0))[..., None] - np.log(sizes)).argmin(axis=-1)
         return alpha[idx], busbw[idx]
