@@ -23,13 +23,17 @@ import torch.distributed as dist
 from planner.io import write_kernel_control
 from planner.speed import SPEED_KEYS
 
-# (tokens, in, out) of the probe's linear layer and the bytes its streaming add reads: a mid-size
-# shape of calibrate's CPU grid (about 20 ms per call on one core) and a stream of at least twice a CPU
-# rank's last-level cache share (40-70 MB on the 2-vCPU VM; so it measures memory, not cache); on GPUs
-# sizes that run near the device's sustained rates.
-PROBE_GEMM = {"cpu": (512, 1024, 1024), "cuda": (8192, 8192, 8192)}
+# (tokens, in, out) of the probe's linear layer and the bytes its streaming add reads: on CPUs a
+# linear layer of the size local plans run (calibrate's 268 MFLOP shape with the larger output, about
+# 6 ms per forward + backward on one core; 2026-12-06, twelve one-rank samples over three minutes: the
+# `tiny` GPT's step moved 113.7-129.3 ms while the step times this linear's rate stayed within +-3%,
+# where the earlier 512 x 1024 x 1024 probe's rate moved 144-173 GFLOP/s out of step with it) and a
+# stream of at least twice a CPU rank's last-level cache share (40-70 MB on the 2-vCPU VM; so it
+# measures memory, not cache); on GPUs sizes that run near the device's sustained rates.
+PROBE_GEMM = {"cpu": (512, 256, 1024), "cuda": (8192, 8192, 8192)}
 PROBE_STREAM_BYTES = {"cpu": 128 << 20, "cuda": 2 << 30}
 PROBE_REPS = 5
+GEMM_CALLS_PER_REP = {"cpu": 4, "cuda": 1}  # the CPU probe's linear is short: more calls, the same time
 _primed = False  # whether this process has run the probe once (see measure_speed)
 
 
@@ -80,9 +84,10 @@ def _stream_rate(device: torch.device, dtype: torch.dtype, kind: str, reps: int)
     return 2.0 * a.numel() * a.element_size() / median_seconds(lambda: torch.add(a, 1.0, out=b), device, reps)
 
 
-def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, float] | None:
-    """{"gemm_flops_per_s", "stream_bytes_per_s"}: a linear layer's forward + backward (3 GEMMs) and an
-    out-of-place add over a buffer larger than the cache, medians of `reps` calls, the slowest rank's.
+def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, Any] | None:
+    """{"gemm_flops_per_s", "stream_bytes_per_s", "gemm_shape"}: a linear layer's forward + backward (3
+    GEMMs) and an out-of-place add over a buffer larger than the cache, medians of `reps` calls, the
+    slowest rank's; `gemm_shape` names the linear (rates of different probes are not compared).
 
     None where any rank could not allocate the probe's buffers (a plan that fills the device): the probe
     is a diagnostic and never fails the run it measures. Collective: every rank must call it."""
@@ -98,7 +103,8 @@ def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, flo
             _gemm_rate(device, dtype, kind, 1)
             _stream_rate(device, dtype, kind, 1)
             _primed = True
-        gemm, stream = _gemm_rate(device, dtype, kind, reps), _stream_rate(device, dtype, kind, reps)
+        gemm = _gemm_rate(device, dtype, kind, reps * GEMM_CALLS_PER_REP[kind])
+        stream = _stream_rate(device, dtype, kind, reps)
     except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError too
         if not _out_of_memory(exc):
             raise
@@ -111,7 +117,8 @@ def measure_speed(device: torch.device, reps: int = PROBE_REPS) -> dict[str, flo
         dist.all_reduce(rates, op=dist.ReduceOp.MIN)
     if float(rates.min()) <= 0:
         return None
-    return {"gemm_flops_per_s": float(rates[0]), "stream_bytes_per_s": float(rates[1])}
+    return {"gemm_flops_per_s": float(rates[0]), "stream_bytes_per_s": float(rates[1]),
+            "gemm_shape": list(PROBE_GEMM[kind])}
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -125,9 +132,11 @@ def forget_peak_rss() -> None:
     write_kernel_control("/proc/self/clear_refs", "5")
 
 
-def probe_record(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+def probe_record(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
     """measured.json's / calibrate's `speed_probe`: the mean of the probes taken before and after a
-    measurement (the drift across it, halved) with both kept; None unless both were taken."""
+    measurement (the drift across it, halved) with both kept, and the probe's linear; None unless both
+    were taken."""
     if before is None or after is None:
         return None
-    return {**{k: (before[k] + after[k]) / 2 for k in SPEED_KEYS}, "before": before, "after": after}
+    shape = {"gemm_shape": before["gemm_shape"]} if "gemm_shape" in before else {}
+    return {**{k: (before[k] + after[k]) / 2 for k in SPEED_KEYS}, **shape, "before": before, "after": after}

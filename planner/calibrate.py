@@ -179,6 +179,8 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
     provenance["kernels"] = kernels
     if raw.get("speed_probe"):  # the machine's speed while it was calibrated (planner.speed)
         provenance["speed_probe"] = {k: float(raw["speed_probe"][k]) for k in SPEED_KEYS}
+        if "gemm_shape" in raw["speed_probe"]:
+            provenance["speed_probe"]["gemm_shape"] = list(raw["speed_probe"]["gemm_shape"])
     profile = dataclasses.replace(
         base, name=name or f"{env['host']}-calibrated", gpu=gpu, gpus_per_node=local,
         num_nodes=max(1, world // local), intra_node=intra, inter_node=inter,

@@ -24,7 +24,7 @@ from planner.errors import PlannerError
 from planner.io import dumps, load_json
 from planner.plan import PlanDocument, document_from_json, plan_hash, refresh_prediction
 from planner.specs.model import show
-from planner.speed import calibrated_rates, probe_rates
+from planner.speed import calibrated_rates, probe_rates, speed_ratio
 
 GIB = 2**30
 STATUSES = ("ok", "failed", "running")
@@ -153,7 +153,7 @@ def speed_rows(doc: PlanDocument | None, measured: dict[str, Any]) -> list[Compa
     None where the profile or the run has no probe (GPU presets, older files)."""
     cal = calibrated_rates(doc.cluster) if doc is not None else None
     run = probe_rates(measured.get("speed_probe"))
-    if cal is None or run is None:
+    if cal is None or run is None or speed_ratio(doc.cluster, measured) is None:  # None: different probes
         return []
     return [ComparisonRow(f"speed.{key.split('_')[0]}", label, unit, cal[key], run[key])
             for key, label, unit in SPEED_ROWS]

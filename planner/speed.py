@@ -61,11 +61,22 @@ def calibrated_rates(cluster: ClusterSpec) -> dict[str, float] | None:
     return probe_rates(cluster.provenance.get("speed_probe"))
 
 
+def probe_shape(obj: Any) -> tuple[int, ...] | None:
+    """The probe's linear layer (tokens, in, out) a `speed_probe` block was measured with; None for the
+    probes written before 2026-12-06, which did not say (on CPUs 512 x 1024 x 1024)."""
+    shape = obj.get("gemm_shape") if isinstance(obj, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+        return None
+    return tuple(shape)
+
+
 def speed_ratio(cluster: ClusterSpec, measured: dict[str, Any]) -> SpeedRatio | None:
-    """The run's speed over the calibration's, where both sides probed it."""
+    """The run's speed over the calibration's, where both sides probed it with the same linear layer."""
     cal, run = calibrated_rates(cluster), probe_rates(measured.get("speed_probe"))
     if cal is None or run is None:
         return None
+    if probe_shape(cluster.provenance.get("speed_probe")) != probe_shape(measured.get("speed_probe")):
+        return None  # another probe's rates: a ratio of different GEMMs would read as drift
     return SpeedRatio(run["gemm_flops_per_s"] / cal["gemm_flops_per_s"],
                       run["stream_bytes_per_s"] / cal["stream_bytes_per_s"])
 

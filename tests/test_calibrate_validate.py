@@ -112,7 +112,10 @@ def _env() -> dict[str, str]:
 def test_validate_runs_plans_and_reports(tmp_path: Path) -> None:
     """planner validate end to end on 2 CPU ranks (a fixed profile: no calibration; few, short steps)."""
     # a calibration that probed a machine far faster than any CPU core (1 TFLOP/s, 100 GB/s per rank)
-    raw = {**RAW, "speed_probe": {"gemm_flops_per_s": 1e12, "stream_bytes_per_s": 100e9}}
+    from executor.speed_probe import PROBE_GEMM
+
+    raw = {**RAW, "speed_probe": {"gemm_flops_per_s": 1e12, "stream_bytes_per_s": 100e9,
+                                  "gemm_shape": list(PROBE_GEMM["cpu"])}}
     profile = write_profile(tmp_path / "profile.json", build_profile(raw), raw)
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"name": "small", "num_layers": 2, "hidden": 64, "num_heads": 4,

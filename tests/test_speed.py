@@ -76,6 +76,24 @@ def test_the_profile_keeps_calibrations_probe_and_a_run_is_compared_with_it(tmp_
     assert json.loads(path.read_text())["provenance"]["speed_probe"] == PROBE
 
 
+def test_rates_of_different_probes_are_not_compared(tmp_path: Path) -> None:
+    """The CPU probe's linear changed on 2026-12-06 (512 x 1024 x 1024 -> 512 x 256 x 1024, which runs
+    about a tenth slower on the VM): a run probed with one and a calibration with the other would read
+    that as the machine's drift. Their rates are compared only where both name the same linear (or
+    neither does: files written before probes named theirs)."""
+    new, old = {**PROBE, "gemm_shape": [512, 256, 1024]}, {**PROBE, "gemm_shape": [512, 1024, 1024]}
+    calibrated_new = load_cluster(str(write_profile(tmp_path / "p.json", _profile(new), RAW)))
+    assert calibrated_new.provenance["speed_probe"]["gemm_shape"] == [512, 256, 1024]
+    assert speed_ratio(calibrated_new, {"speed_probe": {**new, "gemm_flops_per_s": 144e9}}) == SpeedRatio(
+        compute=pytest.approx(0.9), memory=pytest.approx(1.0))
+    assert speed_ratio(calibrated_new, {"speed_probe": old}) is None
+    assert speed_ratio(calibrated_new, {"speed_probe": PROBE}) is None  # a run that did not name its linear
+    assert speed_ratio(_profile(), {"speed_probe": new}) is None  # a profile that did not
+    doc = PlanDocument(plan=Plan(dp=2, micro_batch=4, global_batch=8, dtype="fp32"), model=model_preset("tiny"),
+                       cluster=calibrated_new)
+    assert not [r for r in comparison_rows(doc, None, {"speed_probe": old}) if r.metric.startswith("speed.")]
+
+
 def test_forgetting_the_peak_rss_forgets_a_freed_buffer() -> None:
     """measured.json's rss_bytes must not be the probe's 128 MB buffers: the kernel's own peak counter
     (VmHWM) drops back after the reset."""
