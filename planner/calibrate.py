@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.cost.comm import ring_factor
+from planner.cost.comm import back_to_back_prices, ring_factor
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.specs.catalog import gpu_names, gpu_preset, localhost_cpu
@@ -277,7 +277,7 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     # The calibration GPTs compute well under a millisecond between collectives, where gloo's calls run
     # as back to back: their steps are priced with the burst rows (those of a step's calls after compute
     # would put the difference, not host time, into the residual).
-    node = dataclasses.replace(back_to_back(profile), gpus_per_node=world, num_nodes=1)
+    node = dataclasses.replace(back_to_back_prices(profile), gpus_per_node=world, num_nodes=1)
 
     def solve(field: str, measured: float, plan: Plan, count: int, spec: ModelSpec = spec) -> float:
         """The overhead value at which the model predicts `measured` for `plan` (never negative):
@@ -318,14 +318,3 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
                                sp_layer_overhead_s=sp_over)
 
-
-def back_to_back(profile: ClusterSpec) -> ClusterSpec:
-    """`profile` with every measured collective priced as a call right after another one (its burst
-    alpha and bus bandwidth, where calibrate measured them)."""
-    def tier(link: LinkSpec) -> LinkSpec:
-        table = {op: [{"group": r["group"], "alpha": r.get("burst_alpha", r["alpha"]),
-                       "busbw": r.get("burst_busbw", r["busbw"])} for r in rows]
-                 for op, rows in link.collectives.items()}
-        return dataclasses.replace(link, collectives=table)
-
-    return dataclasses.replace(profile, intra_node=tier(profile.intra_node), inter_node=tier(profile.inter_node))

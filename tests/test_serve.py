@@ -559,3 +559,28 @@ def test_ranks_sharing_cores_stretch_every_serving_op() -> None:
 
     for one, two in zip(steps(alone), steps(shared), strict=True):
         assert two == pytest.approx(2.0 * one, rel=1e-9)
+
+
+def test_a_serving_step_prices_collectives_back_to_back() -> None:
+    """On CPU ranks calibrate prices a collective twice: after compute, as a training step issues it, and
+    right after another call (burst). A decode step's layers compute well under a millisecond between
+    their all-reduces, where gloo runs them as back to back, so a serving step takes the burst prices:
+    with step prices a hundred times dearer, a TP 2 decode step of the tiny GPT costs what it costs on a
+    profile whose only prices are the burst ones (and more than on one priced as the step's)."""
+    base = load_cluster("dgx-h100", gpus=2)
+
+    def with_rows(**row: float) -> ClusterSpec:
+        rows = {op: [{"group": 2, **row}] for op in ("all_reduce", "all_gather", "reduce_scatter")}
+        return dataclasses.replace(base, intra_node=dataclasses.replace(base.intra_node, collectives=rows))
+
+    both = with_rows(alpha=1e-3, busbw=1e9, burst_alpha=1e-5, burst_busbw=1e11)
+    burst_only = with_rows(alpha=1e-5, busbw=1e11)
+    step_only = with_rows(alpha=1e-3, busbw=1e9)
+    tiny = model_preset("tiny")
+
+    def decode(cluster: ClusterSpec) -> float:
+        cost = StepCost(tiny, cluster, "bf16", "bf16", np.array([2]), np.array([1]))
+        return float(cost.step_time(4, 4, 4, 64.0, 0, 0.0)[0])
+
+    assert decode(both) == pytest.approx(decode(burst_only))
+    assert decode(step_only) > decode(burst_only) + 0.5e-3  # the dearer calls do count where priced

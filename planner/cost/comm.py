@@ -32,6 +32,8 @@ NCCL's model rates NVLS below the ring inside a node) the ring and tree stand.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from planner.specs.cluster import FUNCTIONAL, ClusterSpec, LinkSpec
@@ -53,6 +55,25 @@ def base_collective(op: str) -> str:
     """The algorithm a collective name runs: "all_reduce_functional" (torch's functional collective,
     LinkSpec.collectives may time it on its own) runs an all-reduce."""
     return op.removesuffix(FUNCTIONAL)
+
+
+def back_to_back_prices(cluster: ClusterSpec) -> ClusterSpec:
+    """`cluster` with every measured collective priced as a call right after another one (its burst
+    alpha and bus bandwidth, where `planner calibrate` measured them on CPU ranks; GPU profiles and
+    presets are returned as they are). For steps that compute well under a millisecond between their
+    collectives (the calibration GPTs, a serving step's layers), where gloo runs them as back to back."""
+    def tier(link: LinkSpec) -> LinkSpec:
+        if not any("burst_alpha" in r for rows in link.collectives.values() for r in rows):
+            return link
+        table = {op: [{"group": r["group"], "alpha": r.get("burst_alpha", r["alpha"]),
+                       "busbw": r.get("burst_busbw", r["busbw"])} for r in rows]
+                 for op, rows in link.collectives.items()}
+        return dataclasses.replace(link, collectives=table)
+
+    intra, inter = tier(cluster.intra_node), tier(cluster.inter_node)
+    if intra is cluster.intra_node and inter is cluster.inter_node:
+        return cluster
+    return dataclasses.replace(cluster, intra_node=intra, inter_node=inter)
 
 
 def functional_or_plain(link: LinkSpec, op: str) -> str:

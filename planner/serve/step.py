@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.cost.comm import collective_time, p2p_time
+from planner.cost.comm import back_to_back_prices, collective_time, p2p_time
 from planner.cost.compute import attention_times, elementwise_times, gemm_op_times, low_precision
 from planner.cost.memory import op_params_per_gpu
 from planner.graph import DTYPE_BYTES, LayerGraph, Op, build_graph
@@ -197,7 +197,9 @@ class StepCost:
         self.adp = np.broadcast_to(np.asarray(attention_dp, dtype=np.int64), shape).copy()
         self.stage_gpus = self.tp * self.adp
         self.expert_tp = self.stage_gpus // self.ep
-        self.model, self.cluster, self.dtype, self.kv_dtype = model, cluster, dtype, kv_dtype
+        # A serving step's layers compute well under a millisecond between their collectives on CPU ranks,
+        # where gloo runs them as back to back: its collectives take those prices (GPU profiles as they are)
+        self.model, self.cluster, self.dtype, self.kv_dtype = model, back_to_back_prices(cluster), dtype, kv_dtype
         self.gpu = serving_gpu(cluster)
         self.decode_rate = decode_attention_rate(cluster)
         self.rows_curve = gemm_rows_curve(cluster)
