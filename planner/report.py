@@ -169,6 +169,11 @@ def explain(doc: dict[str, Any]) -> str:
                       "(its data does not stay in cache between uses), an unfused optimizer's repeated passes from a "
                       f"{gpu['cache_bytes'] / 1e6:.1f} MB cache share at {gpu['cache_bandwidth'] / 1e9:.1f} GB/s "
                       "(docs/cost-model.md §2)")
+    links = [c.get(tier) for tier in ("intra_node", "inter_node") if isinstance(c.get(tier), dict)]
+    if any("burst_alpha" in r for link in links for rows in (link.get("collectives") or {}).values() for r in rows):
+        extras.append("collectives: priced as calibrate timed them after 10 ms of compute on every rank (as a step "
+                      "issues them; ZeroRedundancyOptimizer's per-tensor broadcasts after the first as timed back "
+                      "to back) (docs/cost-model.md §8)")
     misaligned = _misaligned_heads(doc)
     if misaligned:
         extras.append(misaligned)

@@ -388,3 +388,19 @@ def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> 
     rows = cal.bench_gemm(torch.device("cpu"), torch.float32, False, cal.Progress(3, enabled=False))
     assert order == [0, 1, 2] * cal.GEMM_ROUNDS  # every shape once per pass, passes one after another
     assert [r[4] for r in rows] == pytest.approx([1e-3, 2e-3, 3e-3])  # the slow pass of shape 0 outvoted
+
+
+def test_explain_says_how_a_cpu_profile_prices_collectives() -> None:
+    """`planner explain` on a profile whose collectives calibrate timed in step and back to back says
+    so; a profile with one price per collective (GPU profiles, older CPU ones) says nothing of it."""
+    from planner.cost import estimate
+    from planner.plan import PlanDocument
+    from planner.report import explain
+    from planner.specs.catalog import model_preset
+
+    raw = copy.deepcopy(RAW)
+    raw["collectives"]["burst"] = {"intra_node": copy.deepcopy(raw["collectives"]["intra_node"])}
+    model, plan = model_preset("tiny"), Plan(dp=2, micro_batch=4, global_batch=8, dtype="fp32")
+    for profile, says in ((build_profile(raw).with_gpus(2), True), (build_profile(RAW).with_gpus(2), False)):
+        doc = PlanDocument(plan=plan, model=model, cluster=profile, prediction=estimate(model, profile, plan))
+        assert ("collectives: priced as calibrate timed them after 10 ms of compute" in explain(doc.to_json())) is says
