@@ -317,4 +317,3 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
                         Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32"), layers)
     return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
                                sp_layer_overhead_s=sp_over)
-
