@@ -3,7 +3,7 @@
 Both train the same model (the `tiny` preset unless --model) on the same batches with AdamW, fp32,
 one thread. Steps alternate between the two in one process (which side goes first alternates too),
 so host noise hits both alike. The executor step is timed exactly as `executor.run` times it
-(barrier → step → barrier; barriers are no-ops for one rank); the baseline with perf_counter.
+(a barrier, then the step; barriers are no-ops for one rank); the baseline with perf_counter.
 Target: executor median within 5% of the baseline median.
 
     python benchmarks/bench_executor.py [--model tiny] [--steps 20] [--warmup 3]

@@ -1,8 +1,8 @@
 """Measurement: step times (slowest rank), saved-activation bytes, memory, and `measured.json`.
 
 Semantics (a contract the planner's compare/validate code relies on):
-- a step is timed as barrier → step → barrier on every rank; the step's time is the maximum over
-  ranks; warm-up steps are excluded; median, p10, p90 and mean are reported;
+- a step is timed on every rank from a barrier to the end of its own step (its device work included);
+  the step's time is the maximum over ranks (the slowest rank's); warm-up steps are excluded; median, p10, p90 and mean are reported;
 - `activations_bytes` is the unique storage saved for backward (`saved_tensors_hooks`, parameters
   excluded) during the first micro-batch forward of each model part this rank holds, plus the
   inputs kept by recomputed (checkpointed) modules; `activations_peak_bytes` replays the order in
@@ -149,8 +149,11 @@ def rss_bytes() -> tuple[int, int]:
 
 
 def timed(fn, device: torch.device, world: int, barrier=None):
-    """Run `fn()` between two barriers; returns (result, seconds on this rank). `barrier` replaces the
-    first one (the executor passes a monitored barrier that names a rank that does not arrive)."""
+    """Run `fn()` after a barrier; returns (result, seconds on this rank from the barrier to the end of
+    its step). `barrier` replaces the plain one (the executor passes a monitored barrier that names a
+    rank that does not arrive). No barrier closes the interval: the slowest rank's seconds are the
+    step's (`reduce_step`), and a closing barrier would add a collective no training step issues (on
+    CPU ranks a gloo barrier after compute takes 1-1.5 ms; calibrate's steps are timed the same way)."""
     if barrier is not None:
         barrier()
     elif world > 1:
@@ -159,8 +162,6 @@ def timed(fn, device: torch.device, world: int, barrier=None):
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if world > 1:
-        dist.barrier()
     return out, time.perf_counter() - t0
 
 

@@ -221,3 +221,24 @@ def test_comparison_table(plan_dp2: Path) -> None:
     assert "115.0 ms" in table and "0.500 GiB" in table and "+0.0%" in table
     assert "loss 5.0000 -> 3.0000" in table
     json.dumps(measured)  # the example stays serialisable
+
+
+def test_a_step_is_timed_from_a_barrier_to_its_own_end(monkeypatch) -> None:
+    """executor.measure.timed: a barrier, then the step, and nothing after it inside the interval (the
+    slowest rank's interval is the step's, as calibrate times its steps); a closing barrier would add a
+    collective no training step issues (1-1.5 ms on 2 CPU ranks)."""
+    import torch.distributed as dist
+
+    import executor.measure as measure
+
+    events: list[str] = []
+    clock = iter([10.0, 10.25])
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append("barrier"))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    out, seconds = measure.timed(lambda: events.append("step") or 7, torch.device("cpu"), world=2)
+    assert (out, seconds) == (7, 0.25)
+    assert events == ["barrier", "step"]
+    events.clear()
+    clock = iter([0.0, 1.0])
+    measure.timed(lambda: events.append("step"), torch.device("cpu"), world=2, barrier=lambda: events.append("mine"))
+    assert events == ["mine", "step"]
