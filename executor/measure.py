@@ -2,7 +2,8 @@
 
 Semantics (a contract the planner's compare/validate code relies on):
 - a step is timed on every rank from a barrier to the end of its own step (its device work included);
-  the step's time is the maximum over ranks (the slowest rank's); warm-up steps are excluded; median, p10, p90 and mean are reported;
+  the step's time is the maximum over ranks (the slowest rank's); warm-up steps are excluded;
+  median, p10, p90 and mean are reported;
 - `activations_bytes` is the unique storage saved for backward (`saved_tensors_hooks`, parameters
   excluded) during the first micro-batch forward of each model part this rank holds, plus the
   inputs kept by recomputed (checkpointed) modules; `activations_peak_bytes` replays the order in
