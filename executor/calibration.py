@@ -126,12 +126,17 @@ def _time_in_step(fn: Any, device: torch.device, min_time: float, min_reps: int 
     return trimmed_mean(times)
 
 
+def _time_back_to_back(fn: Any, device: torch.device, quick: bool) -> float:
+    """A collective's seconds per call repeated back to back: the median."""
+    return _time(fn, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200)
+
+
 def _time_collective(fn: Any, device: torch.device, quick: bool) -> float:
-    """A collective's seconds per call: in-step on CPU ranks (`_time_in_step`); back to back, the median,
-    on GPUs (NCCL's kernels do not wait on host threads between a step's kernels)."""
+    """A collective's seconds per call: in-step on CPU ranks (`_time_in_step`); back to back on GPUs
+    (NCCL's kernels do not wait on host threads between a step's kernels)."""
     if device.type == "cpu":
         return _time_in_step(fn, device, 0.15 if quick else 0.3)
-    return _time(fn, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200)
+    return _time_back_to_back(fn, device, quick)
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:
@@ -420,7 +425,7 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     cpu = device.type == "cpu"
 
     def back_to_back(fn: Any) -> float:
-        return _max_over_ranks(_time(fn, device, 0.05 if quick else 0.15, min_reps=3, max_reps=200), device)
+        return _max_over_ranks(_time_back_to_back(fn, device, quick), device)
     tiers = [("intra_node", 1, min(world, local_world))]
     if world > local_world:
         tiers.append(("inter_node", local_world, world // local_world))

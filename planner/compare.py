@@ -151,10 +151,9 @@ def speed_rows(doc: PlanDocument | None, measured: dict[str, Any]) -> list[Compa
     """The speed probe's rates (planner.speed): while the plan's cluster was calibrated (the
     "predicted" side) and during this run; their error is how much faster or slower the machine ran.
     None where the profile or the run has no probe (GPU presets, older files)."""
-    cal = calibrated_rates(doc.cluster) if doc is not None else None
-    run = probe_rates(measured.get("speed_probe"))
-    if cal is None or run is None or speed_ratio(doc.cluster, measured) is None:  # None: different probes
+    if doc is None or speed_ratio(doc.cluster, measured) is None:  # no probe on a side, or different probes
         return []
+    cal, run = calibrated_rates(doc.cluster), probe_rates(measured.get("speed_probe"))
     return [ComparisonRow(f"speed.{key.split('_')[0]}", label, unit, cal[key], run[key])
             for key, label, unit in SPEED_ROWS]
 
