@@ -5,7 +5,9 @@
 Measures (all ranks concurrently, so shared cores, memory bandwidth and links are contended as in
 training): GEMM time over a grid of shapes, streaming memory bandwidth and the fixed cost of a tiny
 op, each collective (all-reduce, all-gather, reduce-scatter, all-to-all, p2p) per group size and
-message size, and how much a concurrent all-reduce slows a GEMM. Rank 0 writes the raw timings; the
+message size, and how much a concurrent all-reduce slows a GEMM; on CPU ranks also the executor's own
+steps of its GPT at a size whose arithmetic is negligible (host time per layer and micro-batch, alone
+and under TP, TP + SP, ZeRO-3 and a pipeline). Rank 0 writes the raw timings; the
 fitting into a cluster profile happens in `planner.calibrate` (no torch needed there).
 """
 
@@ -408,7 +410,7 @@ def progress_total(device_type: str, world: int, local_world: int, quick: bool) 
     if world > 1:
         tiers = [min(world, local_world)] + ([world // local_world] if world > local_world else [])
         total += sum(len(collective_group_sizes(m)) * len(collective_ops(device_type)) + 1 for m in tiers)
-        total += 1 + 3 * cpu  # overlap; TP overhead, framework steps, core sharing
+        total += 1 + 2 * cpu  # overlap; framework steps, core sharing
     return total
 
 
@@ -480,19 +482,17 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     return result
 
 
-CALIB_MODEL = {"hidden": 128, "num_heads": 4, "ffn_hidden": 512, "vocab_size": 256, "seq_len": 64}
-# The same GPT at a size whose arithmetic is negligible (a layer's kernels move a few hundred bytes):
-# its step time is the host's, Python modules, autograd and the dispatch of every op.
+# The executor's GPT at a size whose arithmetic is negligible (a layer's kernels move a few hundred
+# bytes): its step time is the host's, Python modules, autograd and the dispatch of every op.
 HOST_MODEL = {"hidden": 8, "num_heads": 2, "ffn_hidden": 32, "vocab_size": 16, "seq_len": 4}
 
 
 def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
-               optimizer: str = "adamw", model: dict[str, Any] | None = None, **plan_sizes: Any) -> float:
-    """Median training-step time of a small GPT (CALIB_MODEL) with `layers` layers and 4 sequences
-    per step, run by the executor itself with tensor parallelism `tp` (or the sizes in `plan_sizes`,
-    e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains its own
-    copy, without communication. AdamW, as the cost model prices every step. `model`: another size
-    of the GPT (HOST_MODEL)."""
+               optimizer: str = "adamw", model: dict[str, Any] = HOST_MODEL, **plan_sizes: Any) -> float:
+    """Median training-step time of the executor's GPT at `model`'s size with `layers` layers and 4
+    sequences per step, run by the executor itself with tensor parallelism `tp` (or the sizes in
+    `plan_sizes`, e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains
+    its own copy, without communication. AdamW, as the cost model prices every step."""
     import dataclasses
 
     from executor.data import make_data
@@ -502,7 +502,7 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     from planner.specs.catalog import localhost_cpu
     from planner.specs.model import ModelSpec
 
-    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **(model or CALIB_MODEL))
+    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **model)
     plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32", **plan_sizes)
     cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=plan.world_size)
     doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
@@ -524,28 +524,33 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
 
 
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
-    """Whole executor steps of the calibration GPT under a pipeline (pp = world, 4 micro-batches),
-    under ZeRO-3 (dp = world) and under tensor + sequence parallelism (tp = world), and the pipelined
-    step of HOST_MODEL as well (interleaved rounds, the median): `planner calibrate` fits the host
-    overhead of the pipeline schedule per micro-batch (from the HOST_MODEL step), of FSDP per layer and
-    of sequence parallelism per layer as what these take beyond the profile's prediction."""
-    steps = 4 if quick else 6
+    """The host time of each parallel layout, measured where it is all there is: executor steps of
+    HOST_MODEL (negligible arithmetic, a few hundred bytes per collective) under tensor parallelism
+    (tp = world, 1 and `layers` layers), tensor + sequence parallelism, ZeRO-3 (dp = world) and a
+    pipeline (pp = world, 4 micro-batches). Rounds interleave the five so that a drift of the machine's
+    speed shifts all alike; the median round counts. `planner calibrate` fits TP's host time per layer
+    and micro-batch, SP's and FSDP's per layer and the pipeline schedule's per micro-batch as what these
+    steps take beyond the profile's price of them (their ops and collective latencies)."""
+    steps = 3 if quick else 4  # per round; each step's median over them, the rounds' median
     layers = 2 * world
-    dist.barrier()
-    pp = _step_time(layers, 1, world, device, steps, micro_batch=1, pp=world)
-    # The schedule's own host time shows without the arithmetic's timing noise at HOST_MODEL's size:
-    # interleaved rounds, the median
-    pp_host = []
+    # (layers, tensor-parallel degree, other plan sizes) of each step
+    runs: dict[str, tuple[int, int, dict[str, Any]]] = {
+        "tp_host_step_1layer_s": (1, world, {}),
+        "tp_host_step_s": (layers, world, {}),
+        "tp_sp_host_step_s": (layers, world, {"sequence_parallel": True}),
+        "zero3_host_step_s": (layers, 1, {"micro_batch": 1, "dp": world, "zero_stage": 3}),
+        "pp_host_step_s": (layers, 1, {"micro_batch": 1, "pp": world}),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(3 if quick else 5):
-        dist.barrier()
-        pp_host.append(_step_time(layers, 1, world, device, 4 * steps, micro_batch=1, pp=world, model=HOST_MODEL))
-    dist.barrier()
-    fsdp = _step_time(layers, 1, world, device, steps, micro_batch=1, dp=world, zero_stage=3)
-    dist.barrier()
-    sp = _step_time(layers, world, world, device, steps, sequence_parallel=True)
-    bar.step("pipeline, FSDP and sequence-parallel steps")
-    return {"layers": layers, "world": world, "pp_step_s": pp, "zero3_step_s": fsdp, "tp_sp_step_s": sp,
-            "host_model": HOST_MODEL, "pp_host_step_s": _max_over_ranks(statistics.median(pp_host), device)}
+        for key, (n, tp, sizes) in runs.items():
+            dist.barrier()
+            # the pipelined step is the shortest (~10 ms): more of them for the same timing resolution
+            n_steps = 6 * steps if key == "pp_host_step_s" else steps
+            times[key].append(_step_time(n, tp, world, device, n_steps, model=HOST_MODEL, **sizes))
+    bar.step("tensor-parallel, sequence-parallel, FSDP and pipeline host time")
+    return {"layers": layers, "world": world, "host_model": HOST_MODEL,
+            **{k: _max_over_ranks(statistics.median(v), device) for k, v in times.items()}}
 
 
 def bench_host(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
@@ -562,54 +567,6 @@ def bench_host(device: torch.device, world: int, quick: bool, bar: Progress) -> 
             times[key].append(_step_time(layers, 1, world, device, steps, micro_batch=mb, model=HOST_MODEL))
     bar.step("host time per layer and micro-batch")
     return {"host_model": HOST_MODEL, **{k: statistics.median(v) for k, v in times.items()}}
-
-
-def bench_tp_overhead(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, float]:
-    """Host time the tensor-parallel layer implementation (DTensor) adds per layer and micro-batch.
-
-    per-layer time with tp = world, minus the per-layer compute split tp ways (measured with every
-    rank training its own copy), minus the layer's four all-reduce latencies (which the cost model
-    counts as communication). On a CPU this overhead dominates small models; on a GPU the host runs
-    ahead of the device and it hides.
-    """
-    steps = 4 if quick else 8
-    plain = [_step_time(n, 1, world, device, steps) for n in (1, 3)]
-    plain_m4 = _step_time(1, 1, world, device, steps, micro_batch=1)  # the same 4 sequences as 4 micro-batches
-    dist.barrier()
-    split = [_step_time(n, world, world, device, steps) for n in (1, 3)]
-    per_plain = max(0.0, (plain[1] - plain[0]) / 2)
-    per_tp = max(0.0, (split[1] - split[0]) / 2)
-    # The layer's all-reduces, timed as DTensor issues them (functional collectives) at the layer's
-    # activation size: two in forward, one per column-parallel input linear in backward (q, k, v, up),
-    # as the cost model counts them for this executor. Back to back, not in step: this GPT computes well
-    # under a millisecond between them, where gloo's calls run as back to back (STEP_GAP_S's note).
-    from planner.cost.terms import unfused_input_linears
-    from planner.framework import framework
-    from planner.specs.model import ModelSpec
-
-    spec = ModelSpec(name="calib", num_layers=1, dtype="fp32", **CALIB_MODEL)
-    act_bytes = 4 * spec.seq_len * spec.hidden * 4  # one micro-batch of 4 sequences, fp32
-    dist.barrier()
-    alpha = _max_over_ranks(_time(_collective("all_reduce" + FUNCTIONAL, act_bytes, dist.group.WORLD, world,
-                                              device, torch.float32), device, 0.05), device)
-    syncs = 4 + sum(unfused_input_linears(spec, framework("this")))
-    overhead = max(0.0, per_tp - per_plain / world - syncs * alpha)
-    # The rest of a step (embedding, LM head, loss, optimizer) under TP, beyond its share of the work
-    # and the collectives the cost model prices there for this executor: the embedding's forward and
-    # the LM head's backward all-reduce, and the gather of the logits (Framework.gathered_logits).
-    logits_bytes = 4 * spec.seq_len * spec.vocab_size * 4
-    dist.barrier()
-    gather = _max_over_ranks(_time(_collective("all_gather" + FUNCTIONAL, logits_bytes, dist.group.WORLD, world,
-                                               device, torch.float32), device, 0.05), device)
-    rest_plain, rest_tp = plain[0] - per_plain, split[0] - per_tp
-    rest = max(0.0, rest_tp - rest_plain / world - 2 * alpha - gather)
-    bar.step("tensor-parallel overhead")
-    return {"step_1layer_s": plain[0], "step_3layers_s": plain[1], "step_1layer_4microbatches_s": plain_m4,
-            "calib_model": CALIB_MODEL,
-            "layer_plain_s": per_plain, "layer_tp_s": per_tp, "rest_plain_s": rest_plain, "rest_tp_s": rest_tp,
-            "tp_all_reduce_s": alpha, "tp_logits_gather_s": gather,
-            "tp_layer_overhead_s": _max_over_ranks(overhead, device),
-            "tp_microbatch_overhead_s": _max_over_ranks(rest, device)}
 
 
 def bench_overlap(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
@@ -689,8 +646,6 @@ def main(argv: list[str] | None = None) -> int:
             "collectives": bench_collectives(device, dtype, world, local_world, args.quick, bar)
             if world > 1 else {},
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
-            "tp_overhead": bench_tp_overhead(device, world, args.quick, bar)
-            if world > 1 and device.type == "cpu" else {},
             "kernels": bench_kernels(device, dtype, args.quick, bar),
             "host": bench_host(device, world, args.quick, bar) if device.type == "cpu" else {},
             "framework": bench_framework_steps(device, world, args.quick, bar)

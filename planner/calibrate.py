@@ -11,7 +11,10 @@ fits them into the physical parameters the cost model uses and writes a profile 
 - alpha (latency) and bus bandwidth of every collective per group size, by least squares on
   t = alpha + bytes x factor / busbw over the message sizes (`intra_node.collectives`, and
   `inter_node.collectives` on several nodes);
-- `overlap_slowdown`: how much a concurrent all-reduce slows a GEMM.
+- `overlap_slowdown`: how much a concurrent all-reduce slows a GEMM;
+- on CPU ranks, the host time per layer and micro-batch of the executor's steps, and what tensor,
+  sequence and pipeline parallelism and FSDP add to it, from steps of its GPT at a size whose
+  arithmetic is negligible (`_fit_host_overheads`, `_fit_framework_overheads`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +178,8 @@ def build_profile(raw: dict[str, Any], name: str | None = None) -> ClusterSpec:
                                       "cpu_count", "quick") if k in env}
     provenance["calibrated_ranks_per_node"] = local
     provenance["overlap"] = raw.get("overlap", {})
-    provenance["tp_overhead"] = raw.get("tp_overhead", {})
+    if "tp_overhead" in raw:  # calibrations before the negligible-size TP steps (2026-12-06)
+        provenance["tp_overhead"] = raw["tp_overhead"]
     provenance["contention"] = contention
     provenance["kernels"] = kernels
     if raw.get("speed_probe"):  # the machine's speed while it was calibrated (planner.speed)
@@ -261,59 +266,85 @@ def write_profile(path: str | Path, profile: ClusterSpec, raw: dict[str, Any]) -
     return atomic_write_json(path, doc)
 
 
+def _solve(measured: float, predict: Callable[[float], float], count: int) -> float:
+    """The overhead value at which `predict` (the model's price of a measured step, growing with the
+    overhead) gives `measured`, never negative: bisection, since the step grows monotonically but not
+    linearly with it (shared cores bound a step by the node's total work; host time can push
+    communication out of its overlap window). `count`: how often the overhead occurs, for the first
+    bracket."""
+    base = predict(0.0)
+    if measured <= base:
+        return 0.0
+    lo, hi = 0.0, (measured - base) / count
+    while predict(hi) < measured and hi < MAX_OVERHEAD_S:
+        lo, hi = hi, min(2 * hi, MAX_OVERHEAD_S)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if predict(mid) < measured else (lo, mid)
+    return (lo + hi) / 2
+
+
 def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: dict[str, Any] | None) -> ClusterSpec:
-    """The pipeline schedule's host time per micro-batch and stage, FSDP's per layer and micro-batch,
-    and sequence parallelism's per layer and micro-batch: the residual of the executor's measured
-    pipeline / ZeRO-3 / TP + SP steps of the calibration GPT over the profile's prediction for them
-    (the pipeline's from the negligible-size GPT's pipelined step where the raw timings have one)."""
-    if not fw or calib is None:
+    """Tensor parallelism's host time per layer and micro-batch, sequence parallelism's and FSDP's per
+    layer and the pipeline schedule's per micro-batch and stage: what the executor's steps of the
+    negligible-size GPT under each layout (`fw`, executor.calibration.bench_framework_steps) take beyond
+    the profile's price of them. Raw timings from before those steps: the residuals of the calibration
+    GPT's pipeline / ZeRO-3 / TP + SP steps (`calib`), which also absorb what the op costs miss at its
+    size (TP's then came from `tp_overhead`, already in `profile`)."""
+    if not fw:
         return profile
     from planner.cost import batch_from_plans, evaluate
     from planner.plan import Plan
     from planner.specs.model import ModelSpec
 
     world, layers = int(fw["world"]), int(fw["layers"])
-    spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **calib)
-    # The calibration GPTs compute well under a millisecond between collectives, where gloo's calls run
-    # as back to back: their steps are priced with the burst rows (those of a step's calls after compute
-    # would put the difference, not host time, into the residual).
+    # These GPTs compute well under a millisecond between collectives, where gloo's calls run as back to
+    # back: their steps are priced with the burst rows (those of a step's calls after compute would put
+    # the difference, not host time, into the fit).
     node = dataclasses.replace(back_to_back_prices(profile), gpus_per_node=world, num_nodes=1)
+    host = "tp_host_step_s" in fw
+    if not host and calib is None:
+        return profile
+    model = fw["host_model"] if host else calib
 
-    def solve(field: str, measured: float, plan: Plan, count: int, spec: ModelSpec = spec) -> float:
-        """The overhead value at which the model predicts `measured` for `plan` (never negative):
-        bisection, since the step grows monotonically but not linearly with it (shared cores bound a
-        step by the node's total work; host time can push communication out of its overlap window).
-        `count`: how often the overhead occurs in the step, for the first bracket."""
-        def step(x: float) -> float:
-            cluster = dataclasses.replace(node, **{field: x})
-            return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
+    def step(n_layers: int, plan: Plan, **overheads: float) -> float:
+        spec = ModelSpec(name="host" if host else "calib", num_layers=n_layers, dtype="fp32", **model)
+        cluster = dataclasses.replace(node, **overheads)
+        return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
 
-        base = step(0.0)
-        if measured <= base:
-            return 0.0
-        lo, hi = 0.0, (measured - base) / count
-        while step(hi) < measured and hi < MAX_OVERHEAD_S:
-            lo, hi = hi, min(2 * hi, MAX_OVERHEAD_S)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if step(mid) < measured else (lo, mid)
-        return (lo + hi) / 2
-
-    # four sequences per step: 4 micro-batches of 1 (pipeline: m + p - 1 slots; ZeRO-3: 4 / world
-    # micro-batches through every layer) or one micro-batch of 4 through every layer (TP + SP)
-    # The pipeline schedule's: from the negligible-size GPT's pipelined step where calibrate measured one
-    # (its host time per layer and micro-batch measured alike, bench_host), else the calibration GPT's
+    # four sequences per step: one micro-batch of 4 through every layer (TP, TP + SP), 4 micro-batches of 1
+    # (pipeline: m + p - 1 slots; ZeRO-3: 4 / world micro-batches through every layer)
+    tp_plan = Plan(tp=world, micro_batch=4, global_batch=4, dtype="fp32")
+    sp_plan = Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32")
+    z3_plan = Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32")
     pp_plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
-    if "pp_host_step_s" in fw:
-        host_spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **fw["host_model"])
-        pp_over = solve("pp_microbatch_overhead_s", fw["pp_host_step_s"], pp_plan, 4 + world - 1, host_spec)
-    else:
-        pp_over = solve("pp_microbatch_overhead_s", fw["pp_step_s"], pp_plan, 4 + world - 1)
-    z3_over = solve("fsdp_layer_overhead_s", fw["zero3_step_s"],
-                    Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32"), (4 // world) * layers)
+    tp = {"tp_layer_overhead_s": profile.tp_layer_overhead_s,
+          "tp_microbatch_overhead_s": profile.tp_microbatch_overhead_s}
+    if host:  # TP's per layer from the steps' difference, then its per micro-batch from the 1-layer step
+        def tp_layers(x: float) -> float:
+            zero = {"tp_layer_overhead_s": x, "tp_microbatch_overhead_s": 0.0}
+            return step(layers, tp_plan, **zero) - step(1, tp_plan, **zero)
+
+        tp["tp_layer_overhead_s"] = _solve(fw["tp_host_step_s"] - fw["tp_host_step_1layer_s"], tp_layers,
+                                           layers - 1)
+        tp["tp_microbatch_overhead_s"] = _solve(
+            fw["tp_host_step_1layer_s"],
+            lambda y: step(1, tp_plan, tp_layer_overhead_s=tp["tp_layer_overhead_s"], tp_microbatch_overhead_s=y), 1)
     sp_over = profile.sp_layer_overhead_s
-    if "tp_sp_step_s" in fw:
-        sp_over = solve("sp_layer_overhead_s", fw["tp_sp_step_s"],
-                        Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32"), layers)
+    sp_key = "tp_sp_host_step_s" if host else "tp_sp_step_s"
+    if sp_key in fw:
+        sp_over = _solve(fw[sp_key], lambda x: step(layers, sp_plan, sp_layer_overhead_s=x, **tp), layers)
+    z3_over = _solve(fw["zero3_host_step_s" if host else "zero3_step_s"],
+                     lambda x: step(layers, z3_plan, fsdp_layer_overhead_s=x), (4 // world) * layers)
+    # The pipeline's: from the negligible-size GPT's pipelined step wherever calibrate measured one
+    if "pp_host_step_s" in fw:
+        def pp_step(x: float) -> float:
+            spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **fw["host_model"])
+            cluster = dataclasses.replace(node, pp_microbatch_overhead_s=x)
+            return float(evaluate(spec, cluster, batch_from_plans([pp_plan])).step_time[0])
+
+        pp_over = _solve(fw["pp_host_step_s"], pp_step, 4 + world - 1)
+    else:
+        pp_over = _solve(fw["pp_step_s"], lambda x: step(layers, pp_plan, pp_microbatch_overhead_s=x), 4 + world - 1)
     return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
-                               sp_layer_overhead_s=sp_over)
+                               sp_layer_overhead_s=sp_over, **tp)

@@ -212,6 +212,40 @@ def test_pipeline_overhead_comes_from_the_negligible_size_pipelined_step() -> No
     assert float(evaluate(spec, fitted, batch_from_plans([plan])).step_time[0]) == pytest.approx(measured, rel=1e-6)
 
 
+def test_parallel_host_times_come_from_the_negligible_size_steps() -> None:
+    """Steps of the negligible-size GPT under TP (1 and 4 layers), TP + SP, ZeRO-3 and a pipeline
+    (executor.calibration.bench_framework_steps), made as the profile prices them with known host times
+    per layer and micro-batch: the fit must give every one back, from a calibration that timed nothing of
+    the 128-wide calibration GPT (no `tp_overhead`, no calibration-GPT steps)."""
+    from executor.calibration import HOST_MODEL
+    from planner.cost.comm import back_to_back_prices
+
+    raw = copy.deepcopy(RAW)
+    del raw["tp_overhead"]
+    base = build_profile({**raw, "framework": {}})
+    world, layers = 2, 4
+    known = {"tp_layer_overhead_s": 9e-3, "tp_microbatch_overhead_s": 2e-3, "sp_layer_overhead_s": 11e-3,
+             "fsdp_layer_overhead_s": 6e-3, "pp_microbatch_overhead_s": 1e-3}
+    # the steps' collectives run back to back (well under a millisecond of compute between them)
+    true = dataclasses.replace(back_to_back_prices(base), gpus_per_node=world, num_nodes=1, **known)
+
+    def step(n: int, **sizes: Any) -> float:
+        spec = ModelSpec(name="host", num_layers=n, dtype="fp32", **HOST_MODEL)
+        plan = Plan(global_batch=4, dtype="fp32", **sizes)
+        return float(evaluate(spec, true, batch_from_plans([plan])).step_time[0])
+
+    raw["framework"] = {
+        "world": world, "layers": layers, "host_model": HOST_MODEL,
+        "tp_host_step_1layer_s": step(1, tp=world, micro_batch=4),
+        "tp_host_step_s": step(layers, tp=world, micro_batch=4),
+        "tp_sp_host_step_s": step(layers, tp=world, micro_batch=4, sequence_parallel=True),
+        "zero3_host_step_s": step(layers, dp=world, micro_batch=1, zero_stage=3),
+        "pp_host_step_s": step(layers, pp=world, micro_batch=1)}
+    fitted = build_profile(raw)
+    for name, value in known.items():
+        assert getattr(fitted, name) == pytest.approx(value, rel=1e-6), name
+
+
 def test_pipeline_host_time_is_busy_time() -> None:
     """The pipeline schedule's host work runs on the rank's own thread: the closed form's busy compute
     must be what the event simulation keeps the busiest stage busy with, the schedule's host time per
@@ -319,14 +353,14 @@ def test_collectives_on_cpu_ranks_are_timed_after_compute_and_averaged(monkeypat
 
 
 def test_progress_bar_counts_every_benchmark_step() -> None:
-    """`planner calibrate` on 2 CPU ranks reports 26 steps (a real run's log, 2026-12-06: 9 GEMM shapes,
-    memory bandwidth, kernel overhead, cache, 7 collectives + p2p on the one tier, overlap, TP overhead,
-    kernels, host time, framework steps, core sharing); its bar had counted 23 and ended at 113%."""
+    """`planner calibrate` on 2 CPU ranks reports 25 steps (a real run's log, 2026-12-06: 9 GEMM shapes,
+    memory bandwidth, kernel overhead, cache, 7 collectives + p2p on the one tier, overlap, kernels, host
+    time, the parallel layouts' host time, core sharing); its bar had once counted 23 and ended at 113%."""
     from executor.calibration import GEMM_SHAPES_CPU, progress_total
 
     assert len(GEMM_SHAPES_CPU) == 9
-    assert progress_total("cpu", 2, 2, quick=False) == 26
-    assert progress_total("cpu", 2, 2, quick=True) == 26  # --quick times every GEMM shape too
+    assert progress_total("cpu", 2, 2, quick=False) == 25
+    assert progress_total("cpu", 2, 2, quick=True) == 25  # --quick times every GEMM shape too
     # one rank: no collectives, overlap or multi-rank steps (9 GEMMs, memory x2, kernels, cache, host)
     assert progress_total("cpu", 1, 1, quick=False) == 14
     # two nodes of 4 GPUs: intra-node groups of 2 and 4, inter-node of 2, 4 collectives + p2p each tier
