@@ -307,8 +307,8 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
         return profile
     model = fw["host_model"] if host else calib
 
-    def step(n_layers: int, plan: Plan, **overheads: float) -> float:
-        spec = ModelSpec(name="host" if host else "calib", num_layers=n_layers, dtype="fp32", **model)
+    def step(n_layers: int, plan: Plan, gpt: dict[str, Any] = model, **overheads: float) -> float:
+        spec = ModelSpec(name="calib", num_layers=n_layers, dtype="fp32", **gpt)
         cluster = dataclasses.replace(node, **overheads)
         return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
 
@@ -322,8 +322,8 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
           "tp_microbatch_overhead_s": profile.tp_microbatch_overhead_s}
     if host:  # TP's per layer from the steps' difference, then its per micro-batch from the 1-layer step
         def tp_layers(x: float) -> float:
-            zero = {"tp_layer_overhead_s": x, "tp_microbatch_overhead_s": 0.0}
-            return step(layers, tp_plan, **zero) - step(1, tp_plan, **zero)
+            per_layer_only = {"tp_layer_overhead_s": x, "tp_microbatch_overhead_s": 0.0}
+            return step(layers, tp_plan, **per_layer_only) - step(1, tp_plan, **per_layer_only)
 
         tp["tp_layer_overhead_s"] = _solve(fw["tp_host_step_s"] - fw["tp_host_step_1layer_s"], tp_layers,
                                            layers - 1)
@@ -338,12 +338,8 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
                      lambda x: step(layers, z3_plan, fsdp_layer_overhead_s=x), (4 // world) * layers)
     # The pipeline's: from the negligible-size GPT's pipelined step wherever calibrate measured one
     if "pp_host_step_s" in fw:
-        def pp_step(x: float) -> float:
-            spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **fw["host_model"])
-            cluster = dataclasses.replace(node, pp_microbatch_overhead_s=x)
-            return float(evaluate(spec, cluster, batch_from_plans([pp_plan])).step_time[0])
-
-        pp_over = _solve(fw["pp_host_step_s"], pp_step, 4 + world - 1)
+        pp_over = _solve(fw["pp_host_step_s"],
+                         lambda x: step(layers, pp_plan, fw["host_model"], pp_microbatch_overhead_s=x), 4 + world - 1)
     else:
         pp_over = _solve(fw["pp_step_s"], lambda x: step(layers, pp_plan, pp_microbatch_overhead_s=x), 4 + world - 1)
     return dataclasses.replace(profile, pp_microbatch_overhead_s=pp_over, fsdp_layer_overhead_s=z3_over,
