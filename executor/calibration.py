@@ -482,9 +482,16 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     return result
 
 
-# The executor's GPT at a size whose arithmetic is negligible (a layer's kernels move a few hundred
-# bytes): its step time is the host's, Python modules, autograd and the dispatch of every op.
-HOST_MODEL = {"hidden": 8, "num_heads": 2, "ffn_hidden": 32, "vocab_size": 16, "seq_len": 4}
+def host_model(tp: int = 2) -> dict[str, int]:
+    """The executor's GPT at a size whose arithmetic is negligible (a layer's kernels move a few hundred
+    bytes): its step time is the host's, Python modules, autograd and the dispatch of every op. Split
+    `tp` ways (tensor and sequence parallelism), each rank holds one 4-wide head, a 16-wide MLP slice, 8
+    vocabulary rows and 2 positions."""
+    t = max(2, tp)
+    return {"hidden": 4 * t, "num_heads": t, "ffn_hidden": 16 * t, "vocab_size": 8 * t, "seq_len": 2 * t}
+
+
+HOST_MODEL = host_model()  # hidden 8, 2 heads, ffn 32, vocabulary 16, sequence 4
 
 
 def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: int, micro_batch: int = 4,
@@ -523,6 +530,19 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     return _max_over_ranks(statistics.median(times), device)
 
 
+def framework_steps(world: int) -> dict[str, tuple[int, int, dict[str, Any]]]:
+    """(layers, tensor-parallel degree, other plan sizes) of each step `bench_framework_steps` times on
+    `world` ranks, 4 sequences each (`_step_time`)."""
+    layers = 2 * world
+    return {
+        "tp_host_step_1layer_s": (1, world, {}),
+        "tp_host_step_s": (layers, world, {}),
+        "tp_sp_host_step_s": (layers, world, {"sequence_parallel": True}),
+        "zero3_host_step_s": (layers, 1, {"micro_batch": 1, "dp": world, "zero_stage": 3}),
+        "pp_host_step_s": (layers, 1, {"micro_batch": 1, "pp": world}),
+    }
+
+
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
     """The host time of each parallel layout, measured where it is all there is: executor steps of
     HOST_MODEL (negligible arithmetic, a few hundred bytes per collective) under tensor parallelism
@@ -533,23 +553,17 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
     steps take beyond the profile's price of them (their ops and collective latencies)."""
     steps = 3 if quick else 4  # per round; each step's median over them, the rounds' median
     layers = 2 * world
-    # (layers, tensor-parallel degree, other plan sizes) of each step
-    runs: dict[str, tuple[int, int, dict[str, Any]]] = {
-        "tp_host_step_1layer_s": (1, world, {}),
-        "tp_host_step_s": (layers, world, {}),
-        "tp_sp_host_step_s": (layers, world, {"sequence_parallel": True}),
-        "zero3_host_step_s": (layers, 1, {"micro_batch": 1, "dp": world, "zero_stage": 3}),
-        "pp_host_step_s": (layers, 1, {"micro_batch": 1, "pp": world}),
-    }
+    model = host_model(world)
+    runs = framework_steps(world)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(3 if quick else 5):
         for key, (n, tp, sizes) in runs.items():
             dist.barrier()
             # the pipelined step is the shortest (~10 ms): more of them for the same timing resolution
             n_steps = 6 * steps if key == "pp_host_step_s" else steps
-            times[key].append(_step_time(n, tp, world, device, n_steps, model=HOST_MODEL, **sizes))
+            times[key].append(_step_time(n, tp, world, device, n_steps, model=model, **sizes))
     bar.step("tensor-parallel, sequence-parallel, FSDP and pipeline host time")
-    return {"layers": layers, "world": world, "host_model": HOST_MODEL,
+    return {"layers": layers, "world": world, "host_model": model,
             **{k: _max_over_ranks(statistics.median(v), device) for k, v in times.items()}}
 
 

@@ -246,6 +246,23 @@ def test_parallel_host_times_come_from_the_negligible_size_steps() -> None:
         assert getattr(fitted, name) == pytest.approx(value, rel=1e-6), name
 
 
+def test_the_parallel_host_time_steps_are_plans_the_executor_runs() -> None:
+    """Every step calibrate times for the parallel layouts' host time is a legal plan of its negligible-size
+    GPT on 2 and on 4 ranks (`planner calibrate --nproc-per-node 4` once failed: the 2-head GPT cannot be
+    split 4 ways)."""
+    from executor.calibration import framework_steps, host_model
+    from planner.plan import check_plan
+    from planner.specs.catalog import localhost_cpu
+
+    for world in (2, 4):
+        cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=world)
+        for key, (layers, tp, sizes) in framework_steps(world).items():
+            spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **host_model(world))
+            plan = Plan(tp=tp, global_batch=4, dtype="fp32", **{"micro_batch": 4, **sizes})
+            assert plan.world_size == world, key
+            check_plan(spec, cluster, plan)  # raises PlanError where the executor would fail
+
+
 def test_pipeline_host_time_is_busy_time() -> None:
     """The pipeline schedule's host work runs on the rank's own thread: the closed form's busy compute
     must be what the event simulation keeps the busiest stage busy with, the schedule's host time per
