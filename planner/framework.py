@@ -23,6 +23,12 @@ reads them like it reads the cluster:
 - dp_grad_passes / pipeline_grad_passes: whole-gradient passes (a read and a write) beside the
   collectives: PyTorch DDP's copies into and out of its buckets (2), torch.distributed.pipelining's
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
+- fsdp_copy_passes: under ZeRO-2/3, copies (a read and a write) of a layer's bytes beside each of the
+  sharded wrapper's collectives: FSDP2's (1) of the rank's shard into the all-gather's input, of the
+  all-gather's output into the unsharded parameters and of the unsharded gradients into the
+  reduce-scatter's input (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py:
+  all_gather_copy_in, split_with_sizes_copy, _chunk_cat); priced as memory-bound traffic per layer and
+  micro-batch (planner.cost.terms);
 - zero1_broadcast_per_tensor: ZeRO-1's parameter sync is one broadcast per parameter tensor, each
   paying the collective's latency (torch's ZeroRedundancyOptimizer as the executor runs it);
 - fused_qkv: q, k, v (and gate, up) as one linear each; false: separate linears, whose weights the
@@ -194,6 +200,11 @@ class Framework:
     # Passes over the stage's gradients the pipeline schedule makes per step: 1 for
     # torch.distributed.pipelining's scale_grads (a division by the micro-batch count)
     pipeline_grad_passes: float = 0.0
+    # Copies (a read and a write each) of a layer's bytes that the sharded data-parallel wrapper makes
+    # beside each of its collectives under ZeRO-2/3: 1 for FSDP2 (fully_shard), which copies the rank's
+    # shard into the all-gather's input, the all-gather's output into the unsharded parameters
+    # (split_with_sizes_copy) and the unsharded gradients into the reduce-scatter's input (_chunk_cat)
+    fsdp_copy_passes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:
@@ -207,7 +218,8 @@ class Framework:
                             field=f"framework[{self.name}].tp_overlap")
         if not 0 <= self.optimizer_launches_per_tensor <= 100:
             raise SpecError("must be a launch count in 0..100", field=f"framework[{self.name}].optimizer_launches")
-        if not (0 <= self.dp_grad_passes <= 10 and 0 <= self.pipeline_grad_passes <= 10):
+        if not (0 <= self.dp_grad_passes <= 10 and 0 <= self.pipeline_grad_passes <= 10
+                and 0 <= self.fsdp_copy_passes <= 10):
             raise SpecError("must be a pass count in 0..10", field=f"framework[{self.name}].dp_grad_passes")
         for dtype, value in (("", self.optimizer_step_bytes), *self.optimizer_step_bytes_by_dtype):
             if not (isinstance(value, (int, float)) and 0 <= value <= 1000):

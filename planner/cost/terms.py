@@ -482,6 +482,15 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["class_lowp"] = np.einsum("rck,rk->rc", layers, res["lowp_copies"])
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
+    # FSDP2's copies beside its collectives (Framework.fsdp_copy_passes), per layer and micro-batch, each
+    # a read and a write: an all-gather's input (the rank's shard) and output (the unsharded layer, into
+    # its parameters), a reduce-scatter's input (the layer's unsharded gradients, shard by shard)
+    copies = fw.fsdp_copy_passes
+    shard = res["layer_weights"] / res["g_shard"].reshape(-1, *([1] * (res["layer_weights"].ndim - 1)))
+    res["fsdp_copy_ag"] = gpu.memory_time(2 * copies * (res["layer_weights"] + shard), 2 * copies,
+                                          TRAINING_RESIDENT) * cluster.compute_slowdown
+    res["fsdp_copy_rs"] = gpu.memory_time(2 * copies * res["layer_weights"], copies,
+                                          TRAINING_RESIDENT) * cluster.compute_slowdown
 
     def dp_coll(op: str, per_param: float, per_layer: bool, trained: bool = True,
                 per_call: Array | None = None) -> tuple[Array, Array]:
@@ -642,8 +651,13 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     sac_tp = s(np.where(b.sp[:, None], 0.0, st["tp_fwd"]))
     recompute_t = np.select([rc == 2, rc == 1, rc >= 3], [frac * layer_f0, attn, sac + sac_tp], 0.0)
     has_dp = st["g_dp"] > 1
-    # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch.
-    fsdp = np.where((z >= 2) & s(has_dp), cluster.fsdp_layer_overhead_s, 0.0)[..., None]
+    # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch, and its copies beside each
+    # all-gather (forward; ZeRO-3 gathers again in backward) and reduce-scatter (backward)
+    sharded = ((z >= 2) & s(has_dp))[..., None]
+    fsdp = np.where(sharded, cluster.fsdp_layer_overhead_s, 0.0)
+    copy_fwd = np.where(sharded, s(st["fsdp_copy_ag"]), 0.0)
+    copy_bwd = np.where(sharded, s(st["fsdp_copy_rs"]), 0.0) + np.where(sharded & (z == 3)[..., None],
+                                                                         s(st["fsdp_copy_ag"]), 0.0)
     cf = s(st["compute_fwd"])
     act_none = s(st["act_none"])
     layer_act = np.select([rc == 1, rc == 2, rc >= 3],
@@ -668,9 +682,11 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         grid=(n, len(recompute), len(zero)), dtype=b.dtype, framework=fw,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z, every=every.reshape(1, -1, 1)),
-        layer_fwd=layer_f0 + fsdp / 3, layer_bwd=_plus(layer_b0 + recompute_t + 2 * fsdp / 3, acc),
+        layer_fwd=layer_f0 + fsdp / 3 + copy_fwd,
+        layer_bwd=_plus(layer_b0 + recompute_t + 2 * fsdp / 3 + copy_bwd, acc),
         layer_compute=_plus(s(st["compute_fwd"] + st["compute_bwd"])
-                            + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp, acc),
+                            + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0)
+                            + fsdp + copy_fwd + copy_bwd, acc),
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
         + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
