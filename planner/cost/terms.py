@@ -655,9 +655,12 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     # all-gather (forward; ZeRO-3 gathers again in backward) and reduce-scatter (backward)
     sharded = ((z >= 2) & s(has_dp))[..., None]
     fsdp = np.where(sharded, cluster.fsdp_layer_overhead_s, 0.0)
-    copy_fwd = np.where(sharded, s(st["fsdp_copy_ag"]), 0.0)
-    copy_bwd = np.where(sharded, s(st["fsdp_copy_rs"]), 0.0) + np.where(sharded & (z == 3)[..., None],
-                                                                         s(st["fsdp_copy_ag"]), 0.0)
+    copy_fwd: Array | float = 0.0
+    copy_bwd: Array | float = 0.0
+    if np.any(st["fsdp_copy_ag"]):  # frameworks without such copies skip the passes (the search's hot path)
+        copy_fwd = np.where(sharded, s(st["fsdp_copy_ag"]), 0.0)
+        copy_bwd = np.where(sharded, s(st["fsdp_copy_rs"]), 0.0) + np.where(sharded & (z == 3)[..., None],
+                                                                             s(st["fsdp_copy_ag"]), 0.0)
     cf = s(st["compute_fwd"])
     act_none = s(st["act_none"])
     layer_act = np.select([rc == 1, rc == 2, rc >= 3],
@@ -682,11 +685,11 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         grid=(n, len(recompute), len(zero)), dtype=b.dtype, framework=fw,
         axes=PlanAxes(pp=pp, vpp=s(b.vpp), m=s(b.gb // (b.dp * b.mb)), gb=s(b.gb), rc=recompute.reshape(1, -1, 1),
                       zero=z, every=every.reshape(1, -1, 1)),
-        layer_fwd=layer_f0 + fsdp / 3 + copy_fwd,
-        layer_bwd=_plus(layer_b0 + recompute_t + 2 * fsdp / 3 + copy_bwd, acc),
-        layer_compute=_plus(s(st["compute_fwd"] + st["compute_bwd"])
-                            + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0)
-                            + fsdp + copy_fwd + copy_bwd, acc),
+        layer_fwd=_plus(layer_f0 + fsdp / 3, copy_fwd),
+        layer_bwd=_plus(_plus(layer_b0 + recompute_t + 2 * fsdp / 3, copy_bwd), acc),
+        layer_compute=_plus(_plus(s(st["compute_fwd"] + st["compute_bwd"])
+                                  + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp,
+                                  _plus(copy_fwd, copy_bwd)), acc),
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
         + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
