@@ -188,5 +188,5 @@ def test_shipped_validation_reports_summarise() -> None:
     root = Path(__file__).resolve().parent.parent / "examples" / "validation"
     report = json.loads((root / "cpu-2ranks" / "validation.json").read_text())
     s = validation_summary(report)
-    assert s.n_plans == 12 and round(s.mape * 100, 1) == 8.1 and round(s.spearman, 2) == 0.90
-    assert s.worst_plan == "DP ZeRO-1" and round(s.worst * 100, 1) == 15.0
+    assert s.n_plans == 12 and round(s.mape * 100, 1) == 9.4 and round(s.spearman, 2) == 0.93
+    assert s.worst_plan == "DP ZeRO-2" and round(s.worst * 100, 1) == 15.7
