@@ -514,17 +514,26 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     sequences per step, run by the executor itself with tensor parallelism `tp` (or the sizes in
     `plan_sizes`, e.g. pp=2 or dp=2 with zero_stage=3); with tp = 1 and nothing else every rank trains
     its own copy, without communication. AdamW, as the cost model prices every step."""
+    from planner.plan import Plan
+
+    plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32", **plan_sizes)
+    return _plan_step_time(layers, plan, device, steps, model, optimizer)
+
+
+def _plan_step_time(layers: int, plan: Any, device: torch.device, steps: int, model: dict[str, Any],
+                    optimizer: str = "adamw") -> float:
+    """Median training-step time of the executor's GPT at `model`'s size with `layers` layers under
+    `plan` (a planner.plan.Plan), the maximum over ranks (2 warm-up steps)."""
     import dataclasses
 
     from executor.data import make_data
     from executor.parallel_dims import ParallelDims
     from executor.trainer import Trainer, TrainOptions
-    from planner.plan import Plan, PlanDocument
+    from planner.plan import PlanDocument
     from planner.specs.catalog import localhost_cpu
     from planner.specs.model import ModelSpec
 
     spec = ModelSpec(name="calib", num_layers=layers, dtype="fp32", **model)
-    plan = Plan(tp=tp, micro_batch=micro_batch, global_batch=4, dtype="fp32", **plan_sizes)
     cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=plan.world_size)
     doc = PlanDocument(plan=plan, model=spec, cluster=cluster)
     dims = ParallelDims.from_plan(plan)
@@ -544,19 +553,6 @@ def _step_time(layers: int, tp: int, world: int, device: torch.device, steps: in
     return _max_over_ranks(statistics.median(times), device)
 
 
-def framework_steps(world: int) -> dict[str, tuple[int, int, dict[str, Any]]]:
-    """(layers, tensor-parallel degree, other plan sizes) of each step `bench_framework_steps` times on
-    `world` ranks, 4 sequences each (`_step_time`)."""
-    layers = 2 * world
-    return {
-        "tp_host_step_1layer_s": (1, world, {}),
-        "tp_host_step_s": (layers, world, {}),
-        "tp_sp_host_step_s": (layers, world, {"sequence_parallel": True}),
-        "zero3_host_step_s": (layers, 1, {"micro_batch": 1, "dp": world, "zero_stage": 3}),
-        "pp_host_step_s": (layers, 1, {"micro_batch": 1, "pp": world}),
-    }
-
-
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
     """The host time of each parallel layout, measured where it is all there is: executor steps of
     HOST_MODEL (negligible arithmetic, a few hundred bytes per collective) under tensor parallelism
@@ -565,19 +561,20 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
     speed shifts all alike; the median round counts. `planner calibrate` fits TP's host time per layer
     and micro-batch, SP's and FSDP's per layer and the pipeline schedule's per micro-batch as what these
     steps take beyond the profile's price of them (their ops and collective latencies)."""
+    from planner.calibrate import framework_step_plans
+
     steps = 3 if quick else 4  # per round; each step's median over them, the rounds' median
-    layers = 2 * world
     model = host_model(world)
-    runs = framework_steps(world)
+    runs = framework_step_plans(world)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(3 if quick else 5):
-        for key, (n, tp, sizes) in runs.items():
+        for key, (n, plan) in runs.items():
             dist.barrier()
             # the pipelined step is the shortest (~10 ms): more of them for the same timing resolution
             n_steps = 6 * steps if key == "pp_host_step_s" else steps
-            times[key].append(_step_time(n, tp, world, device, n_steps, model=model, **sizes))
+            times[key].append(_plan_step_time(n, plan, device, n_steps, model))
     bar.step("tensor-parallel, sequence-parallel, FSDP and pipeline host time")
-    return {"layers": layers, "world": world, "host_model": model,
+    return {"layers": runs["tp_host_step_s"][0], "world": world, "host_model": model,
             **{k: _max_over_ranks(statistics.median(v), device) for k, v in times.items()}}
 
 

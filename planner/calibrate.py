@@ -284,6 +284,21 @@ def _solve(measured: float, predict: Callable[[float], float], count: int) -> fl
     return (lo + hi) / 2
 
 
+def framework_step_plans(world: int) -> dict[str, tuple[int, Any]]:
+    """(layers, plan) of each step of the negligible-size GPT whose time calibrate measures for the
+    parallel layouts' host time on `world` ranks (executor.calibration.bench_framework_steps, keyed by
+    its raw timing), 4 sequences each: one micro-batch of 4 through every layer (TP, TP + SP), 4
+    micro-batches of 1 (ZeRO-3: 4 / world through every layer; the pipeline: m + p - 1 slots)."""
+    from planner.plan import Plan
+
+    layers = 2 * world
+    tp = Plan(tp=world, micro_batch=4, global_batch=4, dtype="fp32")
+    return {"tp_host_step_1layer_s": (1, tp), "tp_host_step_s": (layers, tp),
+            "tp_sp_host_step_s": (layers, dataclasses.replace(tp, sequence_parallel=True)),
+            "zero3_host_step_s": (layers, Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32")),
+            "pp_host_step_s": (layers, Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32"))}
+
+
 def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: dict[str, Any] | None) -> ClusterSpec:
     """Tensor parallelism's host time per layer and micro-batch, sequence parallelism's and FSDP's per
     layer and the pipeline schedule's per micro-batch and stage: what the executor's steps of the
@@ -312,12 +327,10 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
         cluster = dataclasses.replace(node, **overheads)
         return float(evaluate(spec, cluster, batch_from_plans([plan])).step_time[0])
 
-    # four sequences per step: one micro-batch of 4 through every layer (TP, TP + SP), 4 micro-batches of 1
-    # (pipeline: m + p - 1 slots; ZeRO-3: 4 / world micro-batches through every layer)
-    tp_plan = Plan(tp=world, micro_batch=4, global_batch=4, dtype="fp32")
-    sp_plan = Plan(tp=world, micro_batch=4, global_batch=4, sequence_parallel=True, dtype="fp32")
-    z3_plan = Plan(dp=world, micro_batch=1, global_batch=4, zero_stage=3, dtype="fp32")
-    pp_plan = Plan(pp=world, micro_batch=1, global_batch=4, dtype="fp32")
+    # the plans calibrate ran (older raw timings ran the same ones on the calibration GPT)
+    plans = {key: plan for key, (_, plan) in framework_step_plans(world).items()}
+    tp_plan, sp_plan = plans["tp_host_step_s"], plans["tp_sp_host_step_s"]
+    z3_plan, pp_plan = plans["zero3_host_step_s"], plans["pp_host_step_s"]
     tp = {"tp_layer_overhead_s": profile.tp_layer_overhead_s,
           "tp_microbatch_overhead_s": profile.tp_microbatch_overhead_s}
     if host:  # TP's per layer from the steps' difference, then its per micro-batch from the 1-layer step

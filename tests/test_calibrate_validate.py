@@ -251,15 +251,15 @@ def test_the_parallel_host_time_steps_are_plans_the_executor_runs() -> None:
     """Every step calibrate times for the parallel layouts' host time is a legal plan of its negligible-size
     GPT on 2 and on 4 ranks (`planner calibrate --nproc-per-node 4` once failed: the 2-head GPT cannot be
     split 4 ways)."""
-    from executor.calibration import framework_steps, host_model
+    from executor.calibration import host_model
+    from planner.calibrate import framework_step_plans
     from planner.plan import check_plan
     from planner.specs.catalog import localhost_cpu
 
     for world in (2, 4):
         cluster = dataclasses.replace(localhost_cpu(), gpus_per_node=world)
-        for key, (layers, tp, sizes) in framework_steps(world).items():
+        for key, (layers, plan) in framework_step_plans(world).items():
             spec = ModelSpec(name="host", num_layers=layers, dtype="fp32", **host_model(world))
-            plan = Plan(tp=tp, global_batch=4, dtype="fp32", **{"micro_batch": 4, **sizes})
             assert plan.world_size == world, key
             check_plan(spec, cluster, plan)  # raises PlanError where the executor would fail
 
