@@ -12,8 +12,10 @@ Three measurements on one process, one thread, each a median over alternating ro
 
     python benchmarks/cache_flush.py [--sweep-mb 512] [--rounds 9]
 
-The cost model reads the answer: a training step streams from memory, and a GEMM pays no cost for
-operands fetched from memory (`planner.cost.terms`, `planner.cost.compute.gemm_op_times`).
+The cost model reads the answer: a training step streams from memory (`planner.cost.terms`), and
+`planner calibrate` times a CPU's GEMMs on operands cycling through 64 MB, so that what a step pays
+for fetching them is in the calibrated curve (`executor.calibration.LinearLayerStep`,
+`planner.cost.compute.gemm_op_times`).
 """
 
 from __future__ import annotations

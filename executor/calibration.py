@@ -148,6 +148,45 @@ def _max_over_ranks(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+# A CPU benchmark's operands cycle through this many bytes of tensors, twice a last-level cache of the
+# size CPU hosts share per core group (32 MB), so that each call reads them from memory as a training
+# step does: a step's weights were last touched a step ago and its activations a layer ago, and the
+# whole working set of even the `tiny` GPT's step (weights, gradients, AdamW's moments, activations)
+# exceeds the cache (bench_gemm, bench_kernels).
+COLD_OPERANDS_BYTES = 64 << 20
+
+
+def operand_sets(set_bytes: int, device: torch.device) -> int:
+    """How many distinct operand sets of `set_bytes` a benchmark cycles through: enough to fill
+    COLD_OPERANDS_BYTES on a CPU, one on a GPU (whose operand loads overlap its math)."""
+    return -(-COLD_OPERANDS_BYTES // set_bytes) if device.type == "cpu" else 1
+
+
+class LinearLayerStep:
+    """One call: a linear layer as training runs it, autograd's forward (with bias) and backward (input,
+    weight and bias gradients), fresh outputs every call, so the dispatch and bookkeeping a real layer
+    pays at this size are in its efficiency. On a CPU each call takes the next of `operand_sets` inputs,
+    weights and output gradients: inside a `tiny` GPT step (one process, 2026-12-06) its GEMMs took
+    1.13-1.32x the time of the same calls on hot operands (`benchmarks/cache_flush.py`), cycled they
+    take 1.10-1.23x."""
+
+    def __init__(self, m: int, k: int, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.shape = (m, k, n)
+        size = torch.tensor([], dtype=dtype).element_size()
+        count = operand_sets((m * k + n * k + n + m * n) * size, device)
+        self.sets = [(torch.randn(m, k, device=device, dtype=dtype, requires_grad=True),
+                      torch.randn(n, k, device=device, dtype=dtype, requires_grad=True),
+                      torch.zeros(n, device=device, dtype=dtype, requires_grad=True),
+                      torch.randn(m, n, device=device, dtype=dtype)) for _ in range(count)]
+        self.turn = 0
+
+    def __call__(self) -> None:
+        self.turn = (self.turn + 1) % len(self.sets)
+        x, w, b, g = self.sets[self.turn]
+        x.grad = w.grad = b.grad = None
+        torch.nn.functional.linear(x, w, b).backward(g)
+
+
 GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes (quick: 2)
 
 
@@ -163,22 +202,7 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
     shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
     rounds = 2 if quick else GEMM_ROUNDS
     window = (0.15 if quick else 0.4) / rounds
-    calls = []
-    for m, k, n in shapes:
-        # A linear layer as training runs it: autograd's forward (with bias) and backward (input,
-        # weight and bias gradients), fresh outputs every call, so the dispatch and bookkeeping a real
-        # layer pays at this size are in its efficiency.
-        x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
-        w = torch.randn(n, k, device=device, dtype=dtype, requires_grad=True)
-        b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
-        g = torch.randn(m, n, device=device, dtype=dtype)
-
-        def linear_fwd_bwd(x: torch.Tensor = x, w: torch.Tensor = w, b: torch.Tensor = b,
-                           g: torch.Tensor = g) -> None:
-            x.grad = w.grad = b.grad = None
-            torch.nn.functional.linear(x, w, b).backward(g)
-
-        calls.append(linear_fwd_bwd)
+    calls = [LinearLayerStep(m, k, n, device, dtype) for m, k, n in shapes]
     passes: list[list[float]] = [[] for _ in shapes]
     for r in range(rounds):
         for i, ((m, k, n), fn) in enumerate(zip(shapes, calls, strict=True)):
@@ -263,23 +287,21 @@ def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar:
     return {"gemm_slowdown": statistics.median(ratios), "memory_bandwidth_alone": _max_over_ranks(alone_bw, device)}
 
 
-# The activation benchmark's inputs on a CPU: twice a last-level cache of the size CPU hosts share per
-# core group (32 MB), so that each call reads its input from memory (bench_kernels)
-ACTIVATION_INPUTS_BYTES = 64 << 20
-
-
 def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
     """Activation-function throughput (GELU, elements/s) and the fused attention kernel's FLOP rate
     (forward + backward, causal), all ranks at once.
 
-    On a CPU the GELU's input cycles through ACTIVATION_INPUTS_BYTES of tensors, beyond the last-level
+    On a CPU the GELU's input cycles through COLD_OPERANDS_BYTES of tensors, beyond the last-level
     cache, as a training step's activation reads what the GEMM before it wrote to memory: on the 2-vCPU
     VM (one process, 2026-12-06) GELU forward + backward of 512 x 1024 took 0.81 ms on one hot input and
     1.35 ms cycling through 64 MB, and 1.2 ms inside a `tiny` GPT step (a dispatch mode around each op):
-    its math and its memory traffic do not overlap on a core, and the hot rate had priced it at 0.78."""
+    its math and its memory traffic do not overlap on a core, and the hot rate had priced it at 0.78.
+    The attention kernel's queries, keys, values and output gradients cycle likewise: the `tiny` GPT's
+    attention (4 x 4 heads x 128 x 64) took 2.76 ms forward + backward hot, 3.0 cycled and 3.3 inside
+    a step (the same VM and day)."""
     import torch.nn.functional as F
 
-    n_inputs = max(1, ACTIVATION_INPUTS_BYTES // (512 * 1024 * 4)) if device.type == "cpu" else 1
+    n_inputs = operand_sets(512 * 1024 * torch.tensor([], dtype=dtype).element_size(), device)
     xs = [torch.randn(512, 1024, device=device, dtype=dtype, requires_grad=True) for _ in range(n_inputs)]
     g = torch.randn_like(xs[0])
     turn = [0]
@@ -293,12 +315,13 @@ def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Pr
     sec = _max_over_ranks(_time(gelu, device, 0.1 if quick else 0.3), device)
     rate = xs[0].numel() * 2.5 / sec  # forward + backward (1.5x forward), as the cost model counts them
     b, heads, s, d = (4, 4, 128, 64) if device.type == "cpu" else (4, 32, 2048, 128)
-    q = torch.randn(b, heads, s, d, device=device, dtype=dtype, requires_grad=True)
-    k = torch.randn_like(q, requires_grad=True)
-    v = torch.randn_like(q, requires_grad=True)
-    go = torch.randn_like(q)
+    n_sets = operand_sets(4 * b * heads * s * d * xs[0].element_size(), device)  # q, k, v, output gradient
+    sets = [[torch.randn(b, heads, s, d, device=device, dtype=dtype, requires_grad=i < 3) for i in range(4)]
+            for _ in range(n_sets)]
 
     def attention() -> None:
+        turn[0] = (turn[0] + 1) % n_sets
+        q, k, v, go = sets[turn[0]]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         torch.autograd.grad(out, (q, k, v), go)
 

@@ -402,8 +402,7 @@ def test_a_quick_calibration_times_the_demo_models_gemm_shapes(monkeypatch: pyte
     timed: list[tuple[int, int, int]] = []
 
     def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
-        x, w = fn.__defaults__[0], fn.__defaults__[1]
-        timed.append((x.shape[0], x.shape[1], w.shape[0]))
+        timed.append(fn.shape)
         return 1e-3
 
     monkeypatch.setattr(cal, "_time", fake_time)
@@ -452,6 +451,44 @@ def test_the_cpu_activation_rate_is_timed_on_inputs_from_memory(monkeypatch: pyt
     assert all(a != b for a, b in itertools.pairwise(seen))  # never the same input twice in a row
 
 
+def test_the_cpu_gemm_rates_are_timed_on_operands_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step's GEMMs read weights last touched a step ago and activations a layer ago, from
+    memory: on the VM the `tiny` GPT's GEMMs took 1.13-1.32x inside a step what the same calls took on hot
+    operands (`benchmarks/cache_flush.py`, 2026-12-06). For every CPU shape the benchmark must feed the
+    linear layer inputs and weights that together exceed twice a 32 MB last-level cache, a different
+    set on each call it times."""
+    pytest.importorskip("torch")
+    import torch
+    import torch.nn.functional as F
+
+    import executor.calibration as cal
+
+    seen: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    gradients: dict[tuple[int, int, int], list[int]] = {}
+
+    def spy_linear(x: Any, w: Any, b: Any = None) -> Any:
+        shape = (x.shape[0], x.shape[1], w.shape[0])
+        seen.setdefault(shape, []).append((x.data_ptr(), w.data_ptr()))
+        out = (x.sum() + w.sum() + b.sum()).mul(0).expand(shape[0], shape[2])  # backward runs, no GEMM
+        out.register_hook(lambda g: gradients.setdefault(shape, []).append(g.data_ptr()))
+        return out
+
+    def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
+        for _ in range(300):
+            fn()
+        return 1e-3
+
+    monkeypatch.setattr(F, "linear", spy_linear)
+    monkeypatch.setattr(cal, "_time", fake_time)
+    cal.bench_gemm(torch.device("cpu"), torch.float32, True, cal.Progress(0, enabled=False))
+    assert set(seen) == set(cal.GEMM_SHAPES_CPU)
+    for (m, k, n), calls in seen.items():
+        read = (len({x for x, _ in calls}) * m * k + len({w for _, w in calls}) * n * k
+                + len(set(gradients[(m, k, n)])) * m * n) * 4  # inputs, weights, output gradients
+        assert read >= 2 * (32 << 20)
+        assert all(a[0] != b[0] and a[1] != b[1] for a, b in itertools.pairwise(calls))
+
+
 def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> None:
     """calibrate's GEMM benchmark passes over all its shapes in rounds and keeps each shape's median, so a
     moment when the shared host runs slow (here the first pass of shape 0, 3x slower) is outvoted instead
@@ -463,8 +500,7 @@ def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> 
     order: list[int] = []
 
     def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
-        x = fn.__defaults__[0]  # the timed linear layer's input: (m, k) names its shape
-        shape = next(i for i, (m, k, _) in enumerate(shapes) if tuple(x.shape) == (m, k))
+        shape = shapes.index(fn.shape)
         order.append(shape)
         slow = shape == 0 and order.count(0) == 1
         return 3 * (3.0 if slow else 1.0 + shape) * 1e-3  # seconds for the layer's 3 GEMMs

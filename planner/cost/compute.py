@@ -62,10 +62,10 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
                   num_experts: int) -> OpTimes:
     """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`.
 
-    No separate cost for operands fetched from memory: on a CPU host the calibrated curve (autograd's
-    linear forward + backward, `planner calibrate`) is within 3-7% of the same GEMMs timed inside a
-    training step of the `tiny` GPT (`benchmarks/cache_flush.py`; docs §2), and a GPU's operand loads
-    overlap its math."""
+    No separate cost for operands fetched from memory: on a CPU host the calibrated curve is timed on
+    autograd's linear forward + backward with inputs, weights and output gradients cycling through 64
+    MB, beyond the last-level cache, as a training step reads them (`planner calibrate`; docs §2), and
+    a GPU's operand loads overlap its math."""
     lowp = low_precision(op, dtype)
     base = base_dtype(dtype)
     peak_key = gemm_peak_key(dtype, gpu.peak_flops) if lowp else base
