@@ -183,8 +183,11 @@ class LinearLayerStep:
     def __call__(self) -> None:
         self.turn = (self.turn + 1) % len(self.sets)
         x, w, b, g = self.sets[self.turn]
-        x.grad = w.grad = b.grad = None
         torch.nn.functional.linear(x, w, b).backward(g)
+        # freed at once, as a step frees its activation gradients: kept until the set's next turn, the
+        # gradients of every set stay allocated, and on two ranks of the VM the 2048-row shapes then ran
+        # 1.5-5x slower in some calibrations than in others (2026-12-06)
+        x.grad = w.grad = b.grad = None
 
 
 GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes (quick: 2)

@@ -406,6 +406,7 @@ def test_a_quick_calibration_times_the_demo_models_gemm_shapes(monkeypatch: pyte
         return 1e-3
 
     monkeypatch.setattr(cal, "_time", fake_time)
+    monkeypatch.setattr(cal, "COLD_OPERANDS_BYTES", 1)  # one operand set per shape: the shapes are the point here
     cal.bench_gemm(torch.device("cpu"), torch.float32, True, cal.Progress(0, enabled=False))
     spec = model_preset("tiny")
     tokens = 4 * spec.seq_len
@@ -507,6 +508,7 @@ def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(cal, "_time", fake_time)
     monkeypatch.setattr(cal, "GEMM_SHAPES_CPU", shapes)
+    monkeypatch.setattr(cal, "COLD_OPERANDS_BYTES", 1)  # one operand set per shape
     rows = cal.bench_gemm(torch.device("cpu"), torch.float32, False, cal.Progress(3, enabled=False))
     assert order == [0, 1, 2] * cal.GEMM_ROUNDS  # every shape once per pass, passes one after another
     assert [r[4] for r in rows] == pytest.approx([1e-3, 2e-3, 3e-3])  # the slow pass of shape 0 outvoted

@@ -101,6 +101,7 @@ def test_forgetting_the_peak_rss_forgets_a_freed_buffer() -> None:
     from executor.measure import rss_bytes
     from executor.speed_probe import forget_peak_rss
 
+    forget_peak_rss()  # an earlier peak of this process (another test's) is not the buffer's
     buf = torch.ones(64 << 20)  # 256 MB, touched
     _, peak_with = rss_bytes()
     del buf
