@@ -579,6 +579,39 @@ def _plan_step_time(layers: int, plan: Any, device: torch.device, steps: int, mo
     return _max_over_ranks(statistics.median(times), device)
 
 
+OPTIMIZER_TENSORS = 64  # parameter tensors of the DTensor optimizer benchmark
+
+
+def bench_dtensor_optimizer(device: torch.device, world: int, quick: bool) -> float:
+    """Host seconds per parameter tensor that an AdamW step (the executor's: torch.optim's per-tensor
+    loop) spends beyond a plain tensor's when the parameter is a DTensor, as under tensor parallelism,
+    FSDP2 and `replicate`: every element-wise op of the step passes through DTensor's dispatch. Timed on
+    OPTIMIZER_TENSORS negligible tensors (8 x 8 per rank) plain and sharded over all ranks, in alternating
+    rounds; the median difference. On the 2-vCPU VM: 23 us per plain tensor, 140 per DTensor
+    (2026-12-06), i.e. 8 ms of the `tiny` GPT's 68 tensors a step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh(device.type, (world,))
+
+    def optimizer(dtensor: bool) -> Any:
+        params = [torch.nn.Parameter(distribute_tensor(torch.randn(8 * world, 8, device=device), mesh, [Shard(0)])
+                                     if dtensor else torch.randn(8, 8, device=device))
+                  for _ in range(OPTIMIZER_TENSORS)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)  # the executor's
+
+    plain, sharded = optimizer(False), optimizer(True)
+    extra = []
+    for _ in range(3 if quick else 5):
+        dist.barrier()
+        t_plain = _time_local(plain.step, device, 0.02)
+        t_sharded = _time_local(sharded.step, device, 0.02)
+        extra.append(max(0.0, t_sharded - t_plain) / OPTIMIZER_TENSORS)
+    return _max_over_ranks(statistics.median(extra), device)
+
+
 def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Progress) -> dict[str, Any]:
     """The host time of each parallel layout, measured where it is all there is: executor steps of
     HOST_MODEL (negligible arithmetic, a few hundred bytes per collective) under tensor parallelism
@@ -586,7 +619,8 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
     pipeline (pp = world, 4 micro-batches). Rounds interleave the five so that a drift of the machine's
     speed shifts all alike; the median round counts. `planner calibrate` fits TP's host time per layer
     and micro-batch, SP's and FSDP's per layer and the pipeline schedule's per micro-batch as what these
-    steps take beyond the profile's price of them (their ops and collective latencies)."""
+    steps take beyond the profile's price of them (their ops and collective latencies), after the
+    optimizer's per-tensor DTensor cost (`bench_dtensor_optimizer`), which the steps also pay."""
     from planner.calibrate import framework_step_plans
 
     steps = 3 if quick else 4  # per round; each step's median over them, the rounds' median
@@ -599,8 +633,10 @@ def bench_framework_steps(device: torch.device, world: int, quick: bool, bar: Pr
             # the pipelined step is the shortest (~10 ms): more of them for the same timing resolution
             n_steps = 6 * steps if key == "pp_host_step_s" else steps
             times[key].append(_plan_step_time(n, plan, device, n_steps, model))
+    dtensor = bench_dtensor_optimizer(device, world, quick)
     bar.step("tensor-parallel, sequence-parallel, FSDP and pipeline host time")
     return {"layers": runs["tp_host_step_s"][0], "world": world, "host_model": model,
+            "dtensor_optimizer_tensor_s": dtensor,
             **{k: _max_over_ranks(statistics.median(v), device) for k, v in times.items()}}
 
 

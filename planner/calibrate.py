@@ -305,7 +305,8 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     negligible-size GPT under each layout (`fw`, executor.calibration.bench_framework_steps) take beyond
     the profile's price of them. Raw timings from before those steps: the residuals of the calibration
     GPT's pipeline / ZeRO-3 / TP + SP steps (`calib`), which also absorb what the op costs miss at its
-    size (TP's then came from `tp_overhead`, already in `profile`)."""
+    size (TP's then came from `tp_overhead`, already in `profile`). The optimizer's extra host time per
+    DTensor parameter is timed directly (`bench_dtensor_optimizer`) and taken as measured."""
     if not fw:
         return profile
     from planner.cost import batch_from_plans, evaluate
@@ -317,6 +318,10 @@ def _fit_framework_overheads(profile: ClusterSpec, fw: dict[str, Any], calib: di
     # back: their steps are priced with the burst rows (those of a step's calls after compute would put
     # the difference, not host time, into the fit).
     node = dataclasses.replace(back_to_back_prices(profile), gpus_per_node=world, num_nodes=1)
+    if "dtensor_optimizer_tensor_s" in fw:  # first: the steps below pay it too (their optimizer's DTensors)
+        dtensor = float(fw["dtensor_optimizer_tensor_s"]) / node.compute_slowdown
+        profile = dataclasses.replace(profile, dtensor_optimizer_tensor_s=dtensor)
+        node = dataclasses.replace(node, dtensor_optimizer_tensor_s=dtensor)
     host = "tp_host_step_s" in fw
     if not host and calib is None:
         return profile

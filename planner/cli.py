@@ -332,7 +332,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"(beyond it, memory at {g.memory_bandwidth / 1e9:.1f} GB/s)")
     if profile.num_gpus > 1 and profile.device == "cpu":
         print(f"host time per layer {profile.host_layer_overhead_s * 1e3:.2f} ms, per tensor-parallel layer "
-              f"{profile.tp_layer_overhead_s * 1e3:.2f} ms more")
+              f"{profile.tp_layer_overhead_s * 1e3:.2f} ms more; the optimizer "
+              f"{profile.dtensor_optimizer_tensor_s * 1e6:.0f} us more per DTensor parameter")
     rows = [[tier, op, r["group"], r["alpha"] * 1e3, r["busbw"] / 1e9]
             for tier, link in (("intra", profile.intra_node), ("inter", profile.inter_node))
             for op, rs in link.collectives.items() for r in rs]

@@ -23,6 +23,8 @@ reads them like it reads the cluster:
 - dp_grad_passes / pipeline_grad_passes: whole-gradient passes (a read and a write) beside the
   collectives: PyTorch DDP's copies into and out of its buckets (2), torch.distributed.pipelining's
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
+- dtensor_params: parameters under TP, FSDP2 and `replicate` are DTensors, each costing the optimizer
+  the cluster's `dtensor_optimizer_tensor_s` per step (this project's executor; measured by calibrate);
 - fsdp_copy_passes: under ZeRO-2/3, copies (a read and a write) of a layer's bytes beside each of the
   sharded wrapper's collectives: FSDP2's (1) of the rank's shard into the all-gather's input, of the
   all-gather's output into the unsharded parameters and of the unsharded gradients into the
@@ -205,6 +207,12 @@ class Framework:
     # shard into the all-gather's input, the all-gather's output into the unsharded parameters
     # (split_with_sizes_copy) and the unsharded gradients into the reduce-scatter's input (_chunk_cat)
     fsdp_copy_passes: float = 0.0
+    # Parameters under tensor parallelism, FSDP2 (ZeRO-2/3; ZeRO-1 under TP, PP or hybrid sharding) and
+    # `replicate` (ZeRO-0 under TP or PP) are DTensors, which the optimizer steps one tensor at a time
+    # through DTensor's dispatch (torch.optim's per-tensor AdamW): priced at the cluster's
+    # `dtensor_optimizer_tensor_s` per parameter tensor and step; plain data parallelism (DDP,
+    # ZeroRedundancyOptimizer) keeps plain tensors
+    dtensor_params: bool = False
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:

@@ -29,7 +29,8 @@ SPEED_KEYS = ("gemm_flops_per_s", "stream_bytes_per_s")
 # ClusterSpec's host times (seconds of CPU work per layer / micro-batch): they run on the cores the probe's GEMM
 # measures, so they scale with its rate
 HOST_TIMES = ("tp_layer_overhead_s", "tp_microbatch_overhead_s", "sp_layer_overhead_s", "host_layer_overhead_s",
-              "host_microbatch_overhead_s", "pp_microbatch_overhead_s", "fsdp_layer_overhead_s")
+              "host_microbatch_overhead_s", "pp_microbatch_overhead_s", "fsdp_layer_overhead_s",
+              "dtensor_optimizer_tensor_s")
 
 
 @dataclass(frozen=True)

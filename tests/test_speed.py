@@ -7,7 +7,9 @@ plan; so any time term the re-basing forgot to scale breaks the factor of two.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import dataclasses
 import json
 from pathlib import Path
@@ -101,10 +103,19 @@ def test_forgetting_the_peak_rss_forgets_a_freed_buffer() -> None:
     from executor.measure import rss_bytes
     from executor.speed_probe import forget_peak_rss
 
+    def release_freed_heap() -> None:
+        """Hand memory freed into the C heap back to the kernel: after earlier tests freed hundreds of MB
+        there, the buffer can come from (and go back to) the heap instead of its own mapping, and stay
+        resident once deleted."""
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+    release_freed_heap()
     forget_peak_rss()  # an earlier peak of this process (another test's) is not the buffer's
     buf = torch.ones(64 << 20)  # 256 MB, touched
     _, peak_with = rss_bytes()
     del buf
+    release_freed_heap()
     forget_peak_rss()
     _, peak_after = rss_bytes()
     assert peak_with - peak_after > 200 << 20

@@ -25,6 +25,7 @@ parameters gathered in the training dtype; ZeRO-2/3 issue per-layer collectives 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,6 +218,16 @@ def _count_tensors(op: Op, model: ModelSpec, fused_qkv: bool) -> int:
     return 3 * per if op.name == "attn.qkv" and not fused_qkv else per
 
 
+def _tp_dtensor_tensors(op: Op, model: ModelSpec, fused_qkv: bool, sp: bool) -> int:
+    """Of an op's parameter tensors, those tensor parallelism makes DTensors (executor.tensor_parallel):
+    every sharded layer's, the replicated norms' only under SP (SequenceParallel wraps them), never the
+    learned position table (the executor's tensor-parallel plan leaves it plain)."""
+    if op.tp == "replicated" and not sp:
+        return 0
+    n = _count_tensors(op, model, fused_qkv)
+    return n - 1 if op.name == "embed" and model.position == "learned" and n else n
+
+
 def tp_collective(cluster: ClusterSpec, fw: Framework, op: str) -> str:
     """The name TP's `op` is priced under: its functional-collective measurement where the framework
     issues functional collectives (`Framework.functional_tp_collectives`) and the profile timed them."""
@@ -307,7 +318,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
-        "tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert", "grad_accum")}
+        "tensors", "tp_tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert",
+        "grad_accum")}
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et,
                         TRAINING_RESIDENT)
@@ -366,6 +378,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
         out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, model, fw.fused_qkv) for op in train)))
+        out["tp_tensors"].append(np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on)
+                                                          for op in train)) for on in (True, False))))
         out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops if low_precision(op, dt)),
@@ -406,6 +420,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     for part, ops in (("pre", lg.pre_ops), ("post", lg.post_ops)):
         count = sum(_count_tensors(op, model, fw.fused_qkv) for op in ops if not op.frozen)
         res[f"{part}_tensors"] = np.full_like(t, count)
+        res[f"{part}_tp_tensors"] = np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on)
+                                                             for op in ops if not op.frozen)) for on in (True, False)))
     res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
     res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
     frozen_head = any(op.frozen for op in lg.post_ops)
@@ -540,10 +556,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["dp_ag"] = dp_coll("all_gather", w_b, False)[0]
     res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)[0]
     res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)[0]  # ZeRO-3 gathers frozen weights too
-    tensors = np.einsum("rck,rk->rc", layers, res["tensors"]) \
-        + np.where(classes.has_pre | single, res["pre_tensors"][:, None], 0.0) \
-        + np.where(classes.has_post | single, res["post_tensors"][:, None], 0.0) \
-        + np.where(classes.has_post & ~single & ~frozen_head & (res["tied_copy"] > 0)[:, None], 1.0, 0.0)
+    tied_copy = np.where(classes.has_post & ~single & ~frozen_head & (res["tied_copy"] > 0)[:, None], 1.0, 0.0)
+    tensors, tp_tensors = (np.einsum("rck,rk->rc", layers, res[f"{kind}tensors"])
+                           + np.where(classes.has_pre | single, res[f"pre_{kind}tensors"][:, None], 0.0)
+                           + np.where(classes.has_post | single, res[f"post_{kind}tensors"][:, None], 0.0)
+                           + tied_copy for kind in ("", "tp_"))
     # ZeRO-1's parameter sync after the step: an all-gather's bytes, in one call per parameter tensor
     # where the framework broadcasts tensor by tensor (torch's ZeroRedundancyOptimizer without
     # parameters_as_bucket_view), each paying the collective's latency
@@ -570,6 +587,17 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         n_pass = (pipeline_passes + fw.dp_grad_passes * ddp)[:, None]
         res[f"grad_passes_{held}"] = gpu.memory_time(local * n_pass * 2 * grad_b, n_pass * tensors,
                                                      TRAINING_RESIDENT) * cluster.compute_slowdown
+    # DTensor parameters (dtensor_params): the optimizer's host time per tensor beyond a plain one's. With
+    # data parallelism every parameter is one under FSDP2 (ZeRO-2/3; ZeRO-1 with TP, PP or hybrid
+    # sharding) and `replicate` (ZeRO-0 with TP or PP), executor.data_parallel.dp_kind; without it, TP's
+    # own (`_tp_dtensor_tensors`); DDP and ZeroRedundancyOptimizer keep plain tensors.
+    per_tensor = cluster.dtensor_optimizer_tensor_s * cluster.compute_slowdown if fw.dtensor_params else 0.0
+    res["opt_dtensor"], res["opt_dtensor_tp"] = tensors * per_tensor, tp_tensors * per_tensor
+    has_dp = g_dp > 1
+    res["dtensor_wrapped"] = has_dp & ((b.tp > 1) | (b.pp > 1))  # at every ZeRO stage
+    res["dtensor_wrapped_zero1"] = has_dp & hybrid
+    res["dtensor_wrapped_zero2"] = has_dp
+    res["dtensor_tp"] = b.tp > 1
     return res
 
 
@@ -622,6 +650,17 @@ def cost_terms(model: ModelSpec, cluster: ClusterSpec, batch: PlanBatch, volumes
 def _plus(x: Array, extra: Array | float) -> Array:
     """x + extra, without a pass over x where the extra is a plain zero (the search's hot path)."""
     return x if isinstance(extra, float) and extra == 0.0 else x + extra
+
+
+def _dtensor_optimizer(st: dict[str, Array], s: Callable[[Array], Array], zc: Array) -> Array | float:
+    """The optimizer's DTensor host time of each (structure, ZeRO stage) whose parameters are DTensors
+    (0.0 where no plan pays any: the search's hot path)."""
+    if not np.any(st["opt_dtensor"]):
+        return 0.0
+    wrapped = s(st["dtensor_wrapped"])[..., None] | ((zc >= 2) & s(st["dtensor_wrapped_zero2"])[..., None]) \
+        | ((zc == 1) & s(st["dtensor_wrapped_zero1"])[..., None])
+    tp_only = np.where(s(st["dtensor_tp"])[..., None], s(st["opt_dtensor_tp"]), 0.0)
+    return np.where(wrapped, s(st["opt_dtensor"]), tp_only)
 
 
 def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array], recompute: Array,
@@ -710,8 +749,9 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where(zc == 1, s(st["dp_ag_z1"]), np.where(zc == 2, s(st["dp_ag"]), 0.0)),
         dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
-        optimizer=np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
-        + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
+        optimizer=_plus(np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
+                        + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
+                        _dtensor_optimizer(st, s, zc)),
         emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_shard"]), edp_group=s(st["g_edp"]),
         total_layers=np.asarray(lg.kind_counts, dtype=np.float64), graph=lg,
     )

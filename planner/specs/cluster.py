@@ -389,6 +389,11 @@ class ClusterSpec:
     host_microbatch_overhead_s: float = 0.0
     pp_microbatch_overhead_s: float = 0.0  # pipeline schedule's host time per micro-batch and stage
     fsdp_layer_overhead_s: float = 0.0  # FSDP (ZeRO-2/3) hooks' host time per layer and micro-batch
+    # Host time per parameter tensor and optimizer step that a per-tensor optimizer (torch.optim's
+    # AdamW loop) spends beyond a plain tensor's when the parameter is a DTensor (tensor parallelism,
+    # FSDP2, `replicate`): each element-wise op passes through DTensor's dispatch. Measured by `planner
+    # calibrate` on CPU hosts; 0 for GPUs, whose host runs ahead.
+    dtensor_optimizer_tensor_s: float = 0.0
     device: str = "cuda"  # cuda | cpu
     backend: str = "nccl"  # nccl | gloo
     # The fabric as a graph (planner/specs/topology.py): GPUs, NVLink switches, NICs, leaf / spine switches.
@@ -427,6 +432,7 @@ class ClusterSpec:
         _num("cluster", "host_microbatch_overhead_s", self.host_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "pp_microbatch_overhead_s", self.pp_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "fsdp_layer_overhead_s", self.fsdp_layer_overhead_s, strict_lo=False, hi=10.0)
+        _num("cluster", "dtensor_optimizer_tensor_s", self.dtensor_optimizer_tensor_s, strict_lo=False, hi=10.0)
         if self.device not in ("cuda", "cpu"):
             raise SpecError(f"must be cuda or cpu, got {show(self.device)}", field="device")
         if self.backend not in ("nccl", "gloo"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# plan bd5aa730d483325d: tp4 pp8 dp16 cp2 v6 mb3 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan c5d7a234e80d6a3f: tp4 pp8 dp16 cp2 v6 mb3 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model gpt3-175b on 1024 x A100-SXM4-80GB (128 node(s) x 8), global batch 1536 x seq 2048, 32 micro-batches of 3 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.84 s/step, 62.9% MFU, 68.1 GiB/GPU
@@ -20,11 +20,11 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:?set NODE_RANK to this node's index, 0 .. 127}
 MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to node 0's hostname or address}
 MASTER_PORT=${MASTER_PORT:-29500}
-RDZV_ID=${RDZV_ID:-planner-bd5aa730d483325d}
+RDZV_ID=${RDZV_ID:-planner-c5d7a234e80d6a3f}
 RDZV_BACKEND=${RDZV_BACKEND:-static}  # static: NODE_RANK fixes which ranks each node holds
 # environment the framework requires
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron-LM asserts it for tensor / context parallelism before Blackwell: communication kernels must be scheduled before compute
-export CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/bd5aa730d483325d}
+export CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/c5d7a234e80d6a3f}
 export TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}
 # data and tokenizer: Megatron's mock data unless DATA_PREFIX is set
 if [ -n "${DATA_PREFIX:-}" ]; then

@@ -1,4 +1,4 @@
-# plan bd5aa730d483325d: tp4 pp8 dp16 cp2 v6 mb3 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan c5d7a234e80d6a3f: tp4 pp8 dp16 cp2 v6 mb3 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model gpt3-175b on 1024 x A100-SXM4-80GB (128 node(s) x 8), global batch 1536 x seq 2048, 32 micro-batches of 3 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.84 s/step, 62.9% MFU, 68.1 GiB/GPU
@@ -31,7 +31,7 @@ from megatron.core.transformer.enums import AttnBackend
 
 
 def plan_config() -> ConfigContainer:
-    """gpt3-175b: tp4 pp8 dp16 cp2 v6 mb3 sp z1 on 1024 GPUs (planner bd5aa730d483325d).
+    """gpt3-175b: tp4 pp8 dp16 cp2 v6 mb3 sp z1 on 1024 GPUs (planner c5d7a234e80d6a3f).
 
     Run length, data, tokenizer and checkpoints come from the environment the launch script sets:
     TRAIN_STEPS; DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER, else Megatron's mock data

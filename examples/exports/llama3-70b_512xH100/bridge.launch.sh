@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# plan 55a91eb5914fe510: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan 8ce0296674144363: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 128 micro-batches of 1 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.42 s/step, 48.6% MFU, 73.5 GiB/GPU
@@ -20,11 +20,11 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:?set NODE_RANK to this node's index, 0 .. 63}
 MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to node 0's hostname or address}
 MASTER_PORT=${MASTER_PORT:-29500}
-RDZV_ID=${RDZV_ID:-planner-55a91eb5914fe510}
+RDZV_ID=${RDZV_ID:-planner-8ce0296674144363}
 RDZV_BACKEND=${RDZV_BACKEND:-static}  # static: NODE_RANK fixes which ranks each node holds
 # environment the framework requires
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron-LM asserts it for tensor / context parallelism before Blackwell: communication kernels must be scheduled before compute
-export CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/55a91eb5914fe510}
+export CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/8ce0296674144363}
 export TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}
 # data and tokenizer: Megatron's mock data unless DATA_PREFIX is set
 if [ -n "${DATA_PREFIX:-}" ]; then

@@ -1,4 +1,4 @@
-# plan 55a91eb5914fe510: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan 8ce0296674144363: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 128 micro-batches of 1 per replica
 # checked with: Megatron-Bridge 0.3.1 with Megatron-Core 0.16.1 (PyPI; the job's ConfigContainer.validate() at the plan's world size, then parallel_state.initialize_model_parallel on a fake process group)
 # predicted: 16.42 s/step, 48.6% MFU, 73.5 GiB/GPU
@@ -31,7 +31,7 @@ from megatron.core.transformer.enums import AttnBackend
 
 
 def plan_config() -> ConfigContainer:
-    """llama3-70b: tp2 pp4 dp8 cp8 v2 mb1 sp z1 on 512 GPUs (planner 55a91eb5914fe510).
+    """llama3-70b: tp2 pp4 dp8 cp8 v2 mb1 sp z1 on 512 GPUs (planner 8ce0296674144363).
 
     Run length, data, tokenizer and checkpoints come from the environment the launch script sets:
     TRAIN_STEPS; DATA_PREFIX (a Megatron .bin/.idx prefix) and TOKENIZER, else Megatron's mock data

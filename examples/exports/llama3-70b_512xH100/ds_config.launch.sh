@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# plan d52c750df21cfe26: tp8 pp2 dp32 mb1 sp z1 (schedule 1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,dp,pp,cp)
+# plan 26e50c51fa3ebead: tp8 pp2 dp32 mb1 sp z1 (schedule 1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,dp,pp,cp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 32 micro-batches of 1 per replica
 # checked with: Megatron-DeepSpeed main @ f4157be (megatron/arguments.py parse_args + validate_args, parallel_state.initialize_model_parallel on a fake process group, then DeepSpeedConfig with that parallel state) and DeepSpeed 0.19.8
 # predicted: 18 s/step, 44.3% MFU, 56.0 GiB/GPU
@@ -20,14 +20,14 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:?set NODE_RANK to this node's index, 0 .. 63}
 MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to node 0's hostname or address}
 MASTER_PORT=${MASTER_PORT:-29500}
-RDZV_ID=${RDZV_ID:-planner-d52c750df21cfe26}
+RDZV_ID=${RDZV_ID:-planner-26e50c51fa3ebead}
 RDZV_BACKEND=${RDZV_BACKEND:-static}  # static: NODE_RANK fixes which ranks each node holds
 # environment the framework requires
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron-DeepSpeed refuses sequence parallelism without it (megatron/arguments.py)
 MEGATRON_DEEPSPEED=${MEGATRON_DEEPSPEED:?set MEGATRON_DEEPSPEED to your Megatron-DeepSpeed checkout}
 DATA_PREFIX=${DATA_PREFIX:?set DATA_PREFIX to your Megatron .bin/.idx data prefix}
 TOKENIZER=${TOKENIZER:?set TOKENIZER to your Hugging Face tokenizer name or path}
-CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/d52c750df21cfe26}
+CKPT_DIR=${CKPT_DIR:-$HERE/checkpoints/26e50c51fa3ebead}
 TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}
 read -r -d '' -a PLAN_ARGS < <(grep -v '^[[:space:]]*#' "$HERE/ds_config.megatron-deepspeed.args") || true
 # DeepSpeed's own launcher works too: deepspeed --hostfile HOSTFILE (lines 'host slots=8') --master_addr $MASTER_ADDR pretrain_gpt.py <the same arguments>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# plan 55a91eb5914fe510: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan 8ce0296674144363: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 128 micro-batches of 1 per replica
 # checked with: torchtitan 0.3.0 with torch 2.13.0 (ConfigManager.parse_args on this module, then the Trainer built on the fake communication backend at the plan's world size)
 # predicted: 16.42 s/step, 48.6% MFU, 73.5 GiB/GPU
@@ -19,13 +19,13 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:?set NODE_RANK to this node's index, 0 .. 63}
 MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to node 0's hostname or address}
 MASTER_PORT=${MASTER_PORT:-29500}
-RDZV_ID=${RDZV_ID:-planner-55a91eb5914fe510}
+RDZV_ID=${RDZV_ID:-planner-8ce0296674144363}
 RDZV_BACKEND=${RDZV_BACKEND:-static}  # static: NODE_RANK fixes which ranks each node holds
 HF_ASSETS_PATH=${HF_ASSETS_PATH:?set HF_ASSETS_PATH to a folder with the tokenizer files}
 DATASET=${DATASET:-c4}
 DATA_ARGS=(--dataloader.dataset "$DATASET")
 if [ -n "${DATASET_PATH:-}" ]; then DATA_ARGS+=(--dataloader.dataset-path "$DATASET_PATH"); fi
-DUMP_FOLDER=${DUMP_FOLDER:-$HERE/outputs/55a91eb5914fe510}
+DUMP_FOLDER=${DUMP_FOLDER:-$HERE/outputs/8ce0296674144363}
 TRAIN_STEPS=${TRAIN_STEPS:?set TRAIN_STEPS, the number of optimizer steps to run}
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"  # so that --module torchtitan_job imports
 # only the ranks that log print to the console (all ranks still write their logs)

@@ -1,4 +1,4 @@
-# plan 55a91eb5914fe510: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
+# plan 8ce0296674144363: tp2 pp4 dp8 cp8 v2 mb1 sp z1 (schedule interleaved-1f1b, recompute none, zero 1, bf16, ranks innermost first: tp,cp,dp,pp)
 # model llama3-70b on 512 x H100-SXM5-80GB (64 node(s) x 8), global batch 1024 x seq 8192, 128 micro-batches of 1 per replica
 # checked with: torchtitan 0.3.0 with torch 2.13.0 (ConfigManager.parse_args on this module, then the Trainer built on the fake communication backend at the plan's world size)
 # predicted: 16.42 s/step, 48.6% MFU, 73.5 GiB/GPU
@@ -22,7 +22,7 @@ from torchtitan.trainer import Trainer
 
 
 def planner_job() -> Trainer.Config:
-    """llama3-70b: tp2 pp4 dp8 cp8 v2 mb1 sp z1 on 512 GPUs (planner 55a91eb5914fe510)."""
+    """llama3-70b: tp2 pp4 dp8 cp8 v2 mb1 sp z1 on 512 GPUs (planner 8ce0296674144363)."""
     model_spec = model_registry('70B')  # bf16
     model = model_spec.model
     # the plan's model, exactly: shape, GQA, tied embeddings, then RoPE and norm epsilon (Hugging Face meta-llama/Meta-Llama-3-70B config.json (no rope_scaling))
