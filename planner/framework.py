@@ -25,6 +25,8 @@ reads them like it reads the cluster:
   division by the micro-batch count (1); priced as memory-bound traffic with the optimizer;
 - dtensor_params: parameters under TP, FSDP2 and `replicate` are DTensors, each costing the optimizer
   the cluster's `dtensor_optimizer_tensor_s` per step (this project's executor; measured by calibrate);
+- zero2_gather_per_microbatch: under ZeRO-2 the layers' parameters are all-gathered layer by layer
+  before every micro-batch's forward (FSDP2, FSDP's SHARD_GRAD_OP), not once per step;
 - fsdp_copy_passes: under ZeRO-2/3, copies (a read and a write) of a layer's bytes beside each of the
   sharded wrapper's collectives: FSDP2's (1) of the rank's shard into the all-gather's input, of the
   all-gather's output into the unsharded parameters and of the unsharded gradients into the
@@ -213,6 +215,12 @@ class Framework:
     # `dtensor_optimizer_tensor_s` per parameter tensor and step; plain data parallelism (DDP,
     # ZeroRedundancyOptimizer) keeps plain tensors
     dtensor_params: bool = False
+    # Under ZeRO-2 the sharded wrapper all-gathers each layer's parameters before every micro-batch's
+    # forward, as it reshards them after each backward (FSDP2's reshard_after_forward=False, FSDP's
+    # SHARD_GRAD_OP: "does not reshard them after the forward, and only reshards them after the backward
+    # computation", torch.distributed.fsdp ShardingStrategy docs), instead of gathering the updated
+    # parameters once per step after the optimizer (DeepSpeed's and Megatron's ZeRO-2)
+    zero2_gather_per_microbatch: bool = False
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:

@@ -415,7 +415,8 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         gather = terms.dp_gather[i][rc] if has_dp else np.zeros(pp)
         rows = zip(busy.tolist(), (makespan - busy).tolist(), rank_end.tolist(), last_b.tolist(),
                    dp.after_backward.tolist(), sync_end.tolist(), gather.tolist(), finish.tolist(),
-                   (share * gather_mb).T.tolist(), (share * (reduce_mb + gather_mb)).T.tolist(), strict=True)
+                   (share * gather_mb).T.tolist(),
+                   (share * (reduce_mb + (gather_mb if zero == 3 else 0.0))).T.tolist(), strict=True)
         per_stage = [{"rank": r, "busy_s": b_s, "idle_s": idle, "end_s": end,
                       "virtual_stages": list(range(r, pp * vpp, pp)), "last_backward_start_s": lb,
                       "grad_sync_s": gs, "sync_end_s": se, "param_gather_s": pg, "finish_s": fin,

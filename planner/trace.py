@@ -113,7 +113,7 @@ def predicted_trace(doc: PlanDocument) -> dict[str, Any]:
                         e.end - send, e.end, {"micro_batch": e.micro_batch, "to_virtual_stage": to})
             if zero >= 2:  # per-micro-batch ZeRO-2/3 collectives on the DP stream
                 dur = stage["zero_fwd_s"][chunk] if e.kind == "F" else stage["zero_bwd_s"][chunk]
-                if dur > 0 and (e.kind == "B" or zero == 3):
+                if dur > 0:  # ZeRO-2 gathers before forward only where its framework reshards after backward
                     start = max(e.start, dp_free[r])
                     label = "param all-gather" if e.kind == "F" else (
                         "param all-gather + grad reduce-scatter" if zero == 3 else "grad reduce-scatter")

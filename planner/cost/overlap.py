@@ -63,18 +63,20 @@ def data_parallel(zero: Array, has_dp: Array, m: Array, reduce: Array, reduce_mb
 
     ZeRO-0: all-reduce once, hidden behind one backward but for its last bucket. ZeRO-1: reduce-scatter
     once, likewise, all-gather of the updated parameters behind one forward. ZeRO-2: reduce-scatter every
-    micro-batch behind its backward, all-gather once behind one forward. ZeRO-3: all-gather before
-    every forward and again before every backward, reduce-scatter every micro-batch.
+    micro-batch behind its backward, all-gather once behind one forward (`gather`), or, where the
+    framework reshards after each backward (FSDP2), before every forward (`gather_mb`). ZeRO-3: all-gather
+    before every forward and again before every backward, reduce-scatter every micro-batch.
     """
     # The inputs are zero where a stage does not issue them, so one expression serves every stage.
     last = np.minimum(reduce_last, reduce)
     reduce_h = last + hide(reduce - last, bwd_window, slowdown)
     gather_h = hide(gather, fwd_window, slowdown)
     exposed = reduce_h + gather_h \
-        + np.where(zero == 2, m * hide(reduce_mb, bwd_window, slowdown), 0.0) \
+        + np.where(zero == 2, m * (hide(reduce_mb, bwd_window, slowdown) + hide(gather_mb, fwd_window, slowdown)),
+                   0.0) \
         + np.where(zero == 3, m * (hide(gather_mb, fwd_window, slowdown)
                                    + hide(gather_mb + reduce_mb, bwd_window, slowdown)), 0.0)
-    total = reduce + gather + m * (reduce_mb + 2 * gather_mb)
+    total = reduce + gather + m * (reduce_mb + np.where(zero == 3, 2.0, 1.0) * gather_mb)
     before = np.where(zero == 1, gather_h, 0.0)
     return DataParallelTime(total=np.where(has_dp, total, 0.0), exposed=np.where(has_dp, exposed, 0.0),
                             after_backward=np.where(has_dp, reduce + 0.0 * gather, 0.0),

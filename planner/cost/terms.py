@@ -747,8 +747,9 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_reduce_z1"]), 0.0)),
         dp_reduce_last=np.where(zc == 0, s(st["dp_ar_last"]), np.where(zc == 1, s(st["dp_reduce_z1_last"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
-        dp_gather=np.where(zc == 1, s(st["dp_ag_z1"]), np.where(zc == 2, s(st["dp_ag"]), 0.0)),
-        dp_gather_mb=np.where(zc == 3, s(st["dp_ag_layers"]), 0.0),
+        dp_gather=np.where(zc == 1, s(st["dp_ag_z1"]),
+                           np.where((zc == 2) & (not fw.zero2_gather_per_microbatch), s(st["dp_ag"]), 0.0)),
+        dp_gather_mb=np.where((zc == 3) | ((zc == 2) & fw.zero2_gather_per_microbatch), s(st["dp_ag_layers"]), 0.0),
         optimizer=_plus(np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
                         + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
                         _dtensor_optimizer(st, s, zc)),
@@ -797,6 +798,7 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     # (over 1 < etp < tp the same buffers move inside the etp group: the same bytes).
     alone = np.where((b.etp == 1) & (b.tp > 1), moe_layers, 0.0)
     tp_layers = layers - alone / 2
+    per_mb = (z == 3) | ((z == 2) & terms.framework.zero2_gather_per_microbatch)  # parameter gathers per micro-batch
     out = [
         # TP: per layer, an all-reduce (or with SP an all-gather + a reduce-scatter) per sync point.
         Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * tp_layers * syncs), st["tp_ar"]),
@@ -845,9 +847,10 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
         Comm("dp.grads_replicas", "all_reduce", trained * grad_b / st["g_shard"],
              on(has_dp & (z >= 1) & (st["g_shard"] < st["g_dp"]), np.where(z >= 2, m, 1.0)), zero),
         # ZeRO-1/2 gather the updated (trained) parameters once per step; ZeRO-3 gathers all of them
-        # before every forward and backward.
-        Comm("dp.weights", "all_gather", np.where(z == 3, params, trained) * w_b,
-             on(has_dp & (z >= 1), np.where(z == 3, 2 * m, 1.0)), np.where(z == 3, dp["gather_mb"], dp["gather"])),
+        # before every forward and backward, ZeRO-2 under FSDP2 before every forward.
+        Comm("dp.weights", "all_gather", np.where(per_mb, params, trained) * w_b,
+             on(has_dp & (z >= 1), np.where(z == 3, 2 * m, np.where(per_mb, m, 1.0))),
+             np.where(per_mb, dp["gather_mb"], dp["gather"])),
         Comm("dp.tied_embedding", "all_reduce", st["emb_bytes"], on(st["emb_bytes"] > 0, np.ones_like(t)),
              st["emb_sync"]),
     ]
