@@ -710,7 +710,7 @@ def build_parser(core_only: bool = False) -> argparse.ArgumentParser:
                    help="ranks per node (default: the GPUs of a GPU node with --device auto / cuda, else CPU cores)")
     p.add_argument("--out", default="cluster-profile.json", help="profile path (default cluster-profile.json)")
     p.add_argument("--quick", action="store_true",
-                   help="shorter timings and fewer message sizes (about 27 s on 2 CPU ranks, against 50 s)")
+                   help="shorter timings and fewer message sizes (about 29 s on 2 CPU ranks, against 55 s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--name", help="cluster name in the profile (default: <host>-calibrated)")
     p.add_argument("--nnodes", type=_positive_int, default=1)
