@@ -421,6 +421,16 @@ def test_a_quick_calibration_times_the_demo_models_gemm_shapes(monkeypatch: pyte
     assert set(cal.GEMM_SHAPES_CPU) <= set(timed)
 
 
+def _calling_instead_of_timing(calls: int) -> Any:
+    """A stand-in for calibrate's timer: calls the benchmark `calls` times (what a spy on its ops sees) and
+    reports a millisecond."""
+    def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
+        for _ in range(calls):
+            fn()
+        return 1e-3
+    return fake_time
+
+
 def test_the_cpu_activation_rate_is_timed_on_inputs_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step's activation function reads what the GEMM before it wrote, from memory: on the
     VM, GELU forward + backward took 1.2 ms inside a `tiny` step, 1.35 ms cycling through 64 MB of inputs
@@ -439,13 +449,8 @@ def test_the_cpu_activation_rate_is_timed_on_inputs_from_memory(monkeypatch: pyt
         seen.append(x.data_ptr())
         return real_gelu(x, *a, **kw)
 
-    def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
-        for _ in range(100):
-            fn()
-        return 1e-3
-
     monkeypatch.setattr(F, "gelu", spy_gelu)
-    monkeypatch.setattr(cal, "_time", fake_time)
+    monkeypatch.setattr(cal, "_time", _calling_instead_of_timing(100))
     monkeypatch.setattr(cal.dist, "barrier", lambda *a, **k: None)
     monkeypatch.setattr(cal, "_max_over_ranks", lambda x, device: x)
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: q + k + v)
@@ -477,13 +482,8 @@ def test_the_cpu_gemm_rates_are_timed_on_operands_from_memory(monkeypatch: pytes
         out.register_hook(lambda g: gradients.setdefault(shape, []).append(g.data_ptr()))
         return out
 
-    def fake_time(fn: Any, device: Any, min_time: float, **kw: Any) -> float:
-        for _ in range(300):
-            fn()
-        return 1e-3
-
     monkeypatch.setattr(F, "linear", spy_linear)
-    monkeypatch.setattr(cal, "_time", fake_time)
+    monkeypatch.setattr(cal, "_time", _calling_instead_of_timing(300))
     cal.bench_gemm(torch.device("cpu"), torch.float32, True, cal.Progress(0, enabled=False))
     assert set(seen) == set(cal.GEMM_SHAPES_CPU)
     for (m, k, n), calls in seen.items():

@@ -15,14 +15,10 @@ plans the cost model charges and for how many tensors.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from two_rank_worker import run_two_rank_worker
 
 from planner.cost import batch_from_plans, evaluate
 from planner.plan import Plan
@@ -30,21 +26,13 @@ from planner.specs.catalog import localhost_cpu, model_preset
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-WORKER = REPO / "tests" / "executor_workers" / "dtensor_params.py"
 PER_TENSOR = 1e-3  # seconds per DTensor parameter and step, for the test
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     pytest.importorskip("torch")
-    out = tmp_path_factory.mktemp("dtensor_params") / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-           "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_two_rank_worker("dtensor_params.py", tmp_path_factory.mktemp("dtensor_params"))
 
 
 def _optimizer_extra(plan: Plan) -> float:

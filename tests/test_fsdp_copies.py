@@ -14,15 +14,11 @@ bytes written.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from two_rank_worker import run_two_rank_worker
 
 from planner.cost import batch_from_plans
 from planner.cost.terms import cost_terms
@@ -33,20 +29,11 @@ from planner.specs.model import ModelSpec
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-WORKER = REPO / "tests" / "executor_workers" / "fsdp_copies.py"
-
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("torch")
-    out = tmp_path_factory.mktemp("fsdp_copies") / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-           "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_two_rank_worker("fsdp_copies.py", tmp_path_factory.mktemp("fsdp_copies"))
 
 
 def _charged_per_layer(sizes: dict[str, int], zero: int) -> float:

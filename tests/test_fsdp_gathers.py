@@ -11,15 +11,11 @@ gather the updated parameters once per step, after the optimizer.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from two_rank_worker import run_two_rank_worker
 
 from planner.cost import batch_from_plans
 from planner.cost.terms import cost_terms
@@ -28,20 +24,11 @@ from planner.specs.catalog import localhost_cpu, model_preset
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-WORKER = REPO / "tests" / "executor_workers" / "fsdp_gathers.py"
-
 
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("torch")
-    out = tmp_path_factory.mktemp("fsdp_gathers") / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-           "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_two_rank_worker("fsdp_gathers.py", tmp_path_factory.mktemp("fsdp_gathers"))
 
 
 def _gather_calls(zero: int, micro_batches: int, framework: str) -> float:

@@ -3,13 +3,12 @@ each data-parallel wrapper and under tensor parallelism, on two CPU ranks (gloo)
 
 from __future__ import annotations
 
-import argparse
-import json
+from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+from two_ranks import run
 
 from executor.data_parallel import apply_dp, dp_kind
 from executor.model import Transformer
@@ -17,12 +16,7 @@ from executor.tensor_parallel import apply_tp
 from planner.specs.catalog import model_preset
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    dist.init_process_group("gloo")
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+def measure(mesh: DeviceMesh) -> list[dict[str, Any]]:
     spec = model_preset("tiny")
     result = []
     # the wrapper the executor picks for (zero, tp, pp), applied over the two ranks as the data-parallel group
@@ -39,11 +33,8 @@ def main() -> None:
         params = list(model.parameters())
         result.append({"layout": "tp_sp" if sp else "tp", "zero": 0, "pp": 1, "wrapper": "none",
                        "tensors": len(params), "dtensors": sum(isinstance(p, DTensor) for p in params)})
-    if dist.get_rank() == 0:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f)
-    dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    run(measure)

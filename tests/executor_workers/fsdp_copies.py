@@ -9,15 +9,13 @@ _fsdp_collectives.py): `fsdp.all_gather_copy_in` (the rank's shard into the all-
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.utils._python_dispatch import TorchDispatchMode
+from two_ranks import run
 
 from executor.data_parallel import apply_dp
 from executor.model import Transformer, init_weights
@@ -63,18 +61,10 @@ def step_bytes(layers: int, zero: int, mesh: Any) -> dict[str, int]:
     return dict(counter.bytes)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    dist.init_process_group("gloo")
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+def measure(mesh: DeviceMesh) -> dict[str, Any]:
     result = {f"zero{z}_layers{n}": step_bytes(n, z, mesh) for z in (2, 3) for n in (2, 4)}
-    if dist.get_rank() == 0:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"sizes": SIZES, "bytes": result}, f)
-    dist.destroy_process_group()
+    return {"sizes": SIZES, "bytes": result}
 
 
 if __name__ == "__main__":
-    main()
+    run(measure)

@@ -3,28 +3,23 @@ executor's GPT on two CPU ranks, under ZeRO-2 and ZeRO-3, with one and with two 
 
 from __future__ import annotations
 
-import argparse
-import json
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
+from two_ranks import run
 
 from executor.data_parallel import apply_dp
 from executor.model import Transformer
 from planner.specs.catalog import model_preset
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    dist.init_process_group("gloo")
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+def measure(mesh: DeviceMesh) -> dict[str, int]:
     calls = {"n": 0}
     real = dist.all_gather_single
 
-    def counted(*a, **kw):  # FSDP2's parameter all-gather (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py)
+    def counted(*a: Any, **kw: Any) -> Any:  # FSDP2's parameter all-gather (fsdp/_fully_shard/_fsdp_collectives.py)
         calls["n"] += 1
         return real(*a, **kw)
 
@@ -40,11 +35,8 @@ def main() -> None:
             for _ in range(micro_batches):  # gradient accumulation, as the executor's step runs it
                 torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
             result[f"zero{zero}_mb{micro_batches}"] = calls["n"]
-    if dist.get_rank() == 0:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f)
-    dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    run(measure)
