@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import os
 import platform
 import socket
@@ -174,15 +175,13 @@ class LinearLayerStep:
         self.shape = (m, k, n)
         size = torch.tensor([], dtype=dtype).element_size()
         count = operand_sets((m * k + n * k + n + m * n) * size, device)
-        self.sets = [(torch.randn(m, k, device=device, dtype=dtype, requires_grad=True),
-                      torch.randn(n, k, device=device, dtype=dtype, requires_grad=True),
-                      torch.zeros(n, device=device, dtype=dtype, requires_grad=True),
-                      torch.randn(m, n, device=device, dtype=dtype)) for _ in range(count)]
-        self.turn = 0
+        self.sets = itertools.cycle([(torch.randn(m, k, device=device, dtype=dtype, requires_grad=True),
+                                      torch.randn(n, k, device=device, dtype=dtype, requires_grad=True),
+                                      torch.zeros(n, device=device, dtype=dtype, requires_grad=True),
+                                      torch.randn(m, n, device=device, dtype=dtype)) for _ in range(count)])
 
     def __call__(self) -> None:
-        self.turn = (self.turn + 1) % len(self.sets)
-        x, w, b, g = self.sets[self.turn]
+        x, w, b, g = next(self.sets)
         torch.nn.functional.linear(x, w, b).backward(g)
         # freed at once, as a step frees its activation gradients: kept until the set's next turn, the
         # gradients of every set stay allocated, and on two ranks of the VM the 2048-row shapes then ran
@@ -307,24 +306,22 @@ def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Pr
     n_inputs = operand_sets(512 * 1024 * torch.tensor([], dtype=dtype).element_size(), device)
     xs = [torch.randn(512, 1024, device=device, dtype=dtype, requires_grad=True) for _ in range(n_inputs)]
     g = torch.randn_like(xs[0])
-    turn = [0]
+    inputs = itertools.cycle(xs)
 
     def gelu() -> None:
-        turn[0] = (turn[0] + 1) % n_inputs
-        y = F.gelu(xs[turn[0]])
-        torch.autograd.grad(y, xs[turn[0]], g)
+        x = next(inputs)
+        torch.autograd.grad(F.gelu(x), x, g)
 
     dist.barrier()
     sec = _max_over_ranks(_time(gelu, device, 0.1 if quick else 0.3), device)
     rate = xs[0].numel() * 2.5 / sec  # forward + backward (1.5x forward), as the cost model counts them
     b, heads, s, d = (4, 4, 128, 64) if device.type == "cpu" else (4, 32, 2048, 128)
     n_sets = operand_sets(4 * b * heads * s * d * xs[0].element_size(), device)  # q, k, v, output gradient
-    sets = [[torch.randn(b, heads, s, d, device=device, dtype=dtype, requires_grad=i < 3) for i in range(4)]
-            for _ in range(n_sets)]
+    sets = itertools.cycle([[torch.randn(b, heads, s, d, device=device, dtype=dtype, requires_grad=i < 3)
+                             for i in range(4)] for _ in range(n_sets)])
 
     def attention() -> None:
-        turn[0] = (turn[0] + 1) % n_sets
-        q, k, v, go = sets[turn[0]]
+        q, k, v, go = next(sets)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         torch.autograd.grad(out, (q, k, v), go)
 

@@ -593,11 +593,6 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     # own (`_tp_dtensor_tensors`); DDP and ZeroRedundancyOptimizer keep plain tensors.
     per_tensor = cluster.dtensor_optimizer_tensor_s * cluster.compute_slowdown if fw.dtensor_params else 0.0
     res["opt_dtensor"], res["opt_dtensor_tp"] = tensors * per_tensor, tp_tensors * per_tensor
-    has_dp = g_dp > 1
-    res["dtensor_wrapped"] = has_dp & ((b.tp > 1) | (b.pp > 1))  # at every ZeRO stage
-    res["dtensor_wrapped_zero1"] = has_dp & hybrid
-    res["dtensor_wrapped_zero2"] = has_dp
-    res["dtensor_tp"] = b.tp > 1
     return res
 
 
@@ -652,14 +647,18 @@ def _plus(x: Array, extra: Array | float) -> Array:
     return x if isinstance(extra, float) and extra == 0.0 else x + extra
 
 
-def _dtensor_optimizer(st: dict[str, Array], s: Callable[[Array], Array], zc: Array) -> Array | float:
+def _dtensor_optimizer(b: PlanBatch, st: dict[str, Array], s: Callable[[Array], Array], zc: Array) -> Array | float:
     """The optimizer's DTensor host time of each (structure, ZeRO stage) whose parameters are DTensors
-    (0.0 where no plan pays any: the search's hot path)."""
+    (0.0 where no plan pays any: the search's hot path). With data parallelism the executor wraps every
+    parameter as one under FSDP2 (ZeRO-2/3; ZeRO-1 with TP, PP or hybrid sharding) and `replicate`
+    (ZeRO-0 with TP or PP), as executor.data_parallel.dp_kind picks them; without it TP's own."""
     if not np.any(st["opt_dtensor"]):
         return 0.0
-    wrapped = s(st["dtensor_wrapped"])[..., None] | ((zc >= 2) & s(st["dtensor_wrapped_zero2"])[..., None]) \
-        | ((zc == 1) & s(st["dtensor_wrapped_zero1"])[..., None])
-    tp_only = np.where(s(st["dtensor_tp"])[..., None], s(st["opt_dtensor_tp"]), 0.0)
+    has_dp = st["g_dp"] > 1
+    any_zero = has_dp & ((b.tp > 1) | (b.pp > 1))
+    hybrid = has_dp & (st["g_shard"] < st["g_dp"])
+    wrapped = s(any_zero)[..., None] | ((zc >= 2) & s(has_dp)[..., None]) | ((zc == 1) & s(hybrid)[..., None])
+    tp_only = np.where(s(b.tp > 1)[..., None], s(st["opt_dtensor_tp"]), 0.0)
     return np.where(wrapped, s(st["opt_dtensor"]), tp_only)
 
 
@@ -752,7 +751,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_gather_mb=np.where((zc == 3) | ((zc == 2) & fw.zero2_gather_per_microbatch), s(st["dp_ag_layers"]), 0.0),
         optimizer=_plus(np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
                         + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
-                        _dtensor_optimizer(st, s, zc)),
+                        _dtensor_optimizer(b, st, s, zc)),
         emb_sync=s(st["emb_sync"]), has_dp=s(has_dp), dp_group=s(st["g_shard"]), edp_group=s(st["g_edp"]),
         total_layers=np.asarray(lg.kind_counts, dtype=np.float64), graph=lg,
     )
