@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from executor.rank_exit import exit_rank
 from executor.run import pick_device
 from executor.speed_probe import measure_speed, median_seconds, probe_record, sync
 from planner.io import atomic_write_json
@@ -758,4 +759,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

@@ -41,6 +41,7 @@ from executor.options import (
     default_out,
 )
 from executor.parallel_dims import ParallelDims
+from executor.rank_exit import exit_rank
 from executor.trainer import TrainOptions
 from planner.cost.memory import kept_by_layer_order
 from planner.errors import PlannerError
@@ -452,4 +453,4 @@ def _start_profiler(device: torch.device):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

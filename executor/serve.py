@@ -33,6 +33,7 @@ import torch
 from executor.errors import UnsupportedPlan
 from executor.kv_cache import CachedForward, KVCache, Segment, check_servable
 from executor.model import Transformer, build_model, init_weights
+from executor.rank_exit import exit_rank
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, load_json
 from planner.plan import plan_hash
@@ -512,11 +513,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Leave without running the interpreter's and C++'s exit-time destructors: the DTensor device mesh
-    # still holds the gloo group after destroy_process_group, and its worker threads, destroyed at
-    # exit while joinable, aborted a tp-2 rank now and then ("terminate called without an active
-    # exception") although every result was written. Everything is flushed first.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_rank(main())

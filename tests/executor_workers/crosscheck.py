@@ -30,6 +30,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from executor.activation_checkpoint import RECOMPUTE_TAG
+from executor.rank_exit import exit_rank
 from planner.specs.model import ModelSpec
 
 # Tiny models, one per architecture family. fp32 plans throughout (CPU): activations, weights and
@@ -365,4 +366,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

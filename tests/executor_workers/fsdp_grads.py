@@ -25,6 +25,8 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from executor.rank_exit import exit_rank
+
 HIDDEN, LAYERS, MICROBATCHES = 256, 4, 4
 
 
@@ -107,3 +109,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_rank(0)

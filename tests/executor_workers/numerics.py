@@ -23,6 +23,7 @@ from executor.lora import apply_lora
 from executor.model import ModelSpec, Transformer, build_model, canonical_name, init_weights
 from executor.parallel_dims import ParallelDims
 from executor.plans import local_plan
+from executor.rank_exit import exit_rank
 from executor.trainer import Trainer, TrainOptions, loss_fn
 
 BASE = ModelSpec(name="t", num_layers=4, hidden=64, num_heads=4, ffn_hidden=128, vocab_size=128, seq_len=16,
@@ -218,4 +219,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

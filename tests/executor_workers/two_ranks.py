@@ -11,6 +11,8 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from executor.rank_exit import exit_rank
+
 
 def run(measure: Callable[[DeviceMesh], Any]) -> None:
     """measure(mesh) on every rank; rank 0 writes what it returns to `--out`."""
@@ -23,3 +25,4 @@ def run(measure: Callable[[DeviceMesh], Any]) -> None:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f)
     dist.destroy_process_group()
+    exit_rank(0)
