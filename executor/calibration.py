@@ -190,7 +190,9 @@ class LinearLayerStep:
         x.grad = w.grad = b.grad = None
 
 
-GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes (quick: 2)
+GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes, --quick too: the median of two is their mean, which one
+# slow pass drags (a quick calibration on the VM, 2026-12-06, priced three shapes at 42-65 GFLOP/s against
+# 101-144 for the same shapes in three calibrations around it, and the demo's plan 14% long)
 
 
 def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
@@ -200,19 +202,18 @@ def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progr
     smallest shape's rate varied 105-136 GFLOP/s over seven one-rank calibrations timed in one window;
     four of each alternating, 2026-12-06, the `tiny` GPT's one-rank step priced 98.2-100.7 ms with the
     passes against 98.0-102.4 without, 112.7-116.0 against 111.0-116.6 at four micro-batches of one)."""
-    # --quick times every shape too (fewer rounds, shorter windows): dropping every other shape left one
+    # --quick times every shape too (shorter windows): dropping every other shape left one
     # of the three 268 MFLOP shapes, the fastest, to price a small GPT's GEMMs (2026-12-06).
     shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
-    rounds = 2 if quick else GEMM_ROUNDS
-    window = (0.15 if quick else 0.4) / rounds
+    window = (0.15 if quick else 0.4) / GEMM_ROUNDS
     calls = [LinearLayerStep(m, k, n, device, dtype) for m, k, n in shapes]
     passes: list[list[float]] = [[] for _ in shapes]
-    for r in range(rounds):
+    for r in range(GEMM_ROUNDS):
         for i, ((m, k, n), fn) in enumerate(zip(shapes, calls, strict=True)):
             if dist.is_initialized():
                 dist.barrier()
             passes[i].append(_max_over_ranks(_time(fn, device, window) / 3, device))
-            if r == rounds - 1:
+            if r == GEMM_ROUNDS - 1:
                 bar.step(f"GEMM {m}x{k}x{n}")
     return [[m, k, n, 2.0 * m * k * n, statistics.median(p)] for (m, k, n), p in zip(shapes, passes, strict=True)]
 

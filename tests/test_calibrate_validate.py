@@ -493,10 +493,11 @@ def test_the_cpu_gemm_rates_are_timed_on_operands_from_memory(monkeypatch: pytes
         assert all(a[0] != b[0] and a[1] != b[1] for a, b in itertools.pairwise(calls))
 
 
-def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("quick", [False, True])
+def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch, quick: bool) -> None:
     """calibrate's GEMM benchmark passes over all its shapes in rounds and keeps each shape's median, so a
     moment when the shared host runs slow (here the first pass of shape 0, 3x slower) is outvoted instead
-    of becoming that shape's rate."""
+    of becoming that shape's rate, with --quick too (two passes' median would be their mean)."""
     torch = pytest.importorskip("torch")
     import executor.calibration as cal
 
@@ -512,7 +513,7 @@ def test_gemm_timings_outvote_a_slow_moment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(cal, "_time", fake_time)
     monkeypatch.setattr(cal, "GEMM_SHAPES_CPU", shapes)
     monkeypatch.setattr(cal, "COLD_OPERANDS_BYTES", 1)  # one operand set per shape
-    rows = cal.bench_gemm(torch.device("cpu"), torch.float32, False, cal.Progress(3, enabled=False))
+    rows = cal.bench_gemm(torch.device("cpu"), torch.float32, quick, cal.Progress(3, enabled=False))
     assert order == [0, 1, 2] * cal.GEMM_ROUNDS  # every shape once per pass, passes one after another
     assert [r[4] for r in rows] == pytest.approx([1e-3, 2e-3, 3e-3])  # the slow pass of shape 0 outvoted
 
