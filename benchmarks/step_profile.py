@@ -2,6 +2,7 @@
 what torch.profiler measures of the same plan run by the executor (docs/cost-model.md §2).
 
     python benchmarks/step_profile.py PLAN.json [--steps 10] [--warmup 3] [--out-dir DIR]
+    python benchmarks/step_profile.py demo/plan.json      # the plan ./scripts/demo.sh wrote and ran
 
 PLAN is a plan whose cluster is a calibrated CPU profile (`planner plan --cluster profile.json`, as
 `planner validate` writes them), with one pipeline stage and no tensor or context parallelism (whose
