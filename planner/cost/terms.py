@@ -228,6 +228,13 @@ def _tp_dtensor_tensors(op: Op, model: ModelSpec, fused_qkv: bool, sp: bool) -> 
     return n - 1 if op.name == "embed" and model.position == "learned" and n else n
 
 
+def gathers_per_microbatch(zero: Array, fw: Framework) -> Array:
+    """Where the sharded wrapper all-gathers each layer's parameters before every micro-batch's forward:
+    ZeRO-3, and ZeRO-2 under a framework that reshards them after each backward
+    (`Framework.zero2_gather_per_microbatch`); elsewhere ZeRO-1/2 gather once per step."""
+    return (zero == 3) | ((zero == 2) & fw.zero2_gather_per_microbatch)
+
+
 def tp_collective(cluster: ClusterSpec, fw: Framework, op: str) -> str:
     """The name TP's `op` is priced under: its functional-collective measurement where the framework
     issues functional collectives (`Framework.functional_tp_collectives`) and the profile timed them."""
@@ -320,6 +327,12 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "tp_tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert",
         "grad_accum")}
+
+    def tp_dtensors(ops: list[Op]) -> Array:
+        """Per structure: the DTensors tensor parallelism makes of `ops`' parameters (with SP or without)."""
+        return np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on) for op in ops))
+                              for on in (True, False)))
+
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et,
                         TRAINING_RESIDENT)
@@ -378,8 +391,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
         out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, model, fw.fused_qkv) for op in train)))
-        out["tp_tensors"].append(np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on)
-                                                          for op in train)) for on in (True, False))))
+        out["tp_tensors"].append(tp_dtensors(train))
         out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
         # Low-precision copies of the linear weights kept beside the bf16 ones (fp8: and transposed).
         lowp = sum((op_params_per_gpu(op, et if op.routed else t, e) for op in kind.ops if low_precision(op, dt)),
@@ -420,8 +432,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     for part, ops in (("pre", lg.pre_ops), ("post", lg.post_ops)):
         count = sum(_count_tensors(op, model, fw.fused_qkv) for op in ops if not op.frozen)
         res[f"{part}_tensors"] = np.full_like(t, count)
-        res[f"{part}_tp_tensors"] = np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on)
-                                                             for op in ops if not op.frozen)) for on in (True, False)))
+        res[f"{part}_tp_tensors"] = tp_dtensors([op for op in ops if not op.frozen])
     res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
     res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
     frozen_head = any(op.frozen for op in lg.post_ops)
@@ -747,8 +758,8 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         dp_reduce_last=np.where(zc == 0, s(st["dp_ar_last"]), np.where(zc == 1, s(st["dp_reduce_z1_last"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
         dp_gather=np.where(zc == 1, s(st["dp_ag_z1"]),
-                           np.where((zc == 2) & (not fw.zero2_gather_per_microbatch), s(st["dp_ag"]), 0.0)),
-        dp_gather_mb=np.where((zc == 3) | ((zc == 2) & fw.zero2_gather_per_microbatch), s(st["dp_ag_layers"]), 0.0),
+                           np.where((zc == 2) & ~gathers_per_microbatch(zc, fw), s(st["dp_ag"]), 0.0)),
+        dp_gather_mb=np.where(gathers_per_microbatch(zc, fw), s(st["dp_ag_layers"]), 0.0),
         optimizer=_plus(np.where(zc >= 1, s(st["opt_sharded"]), s(st["opt_full"]))
                         + np.where(zc >= 2, s(st["grad_passes_sharded"]), s(st["grad_passes_full"])),
                         _dtensor_optimizer(b, st, s, zc)),
@@ -797,7 +808,7 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     # (over 1 < etp < tp the same buffers move inside the etp group: the same bytes).
     alone = np.where((b.etp == 1) & (b.tp > 1), moe_layers, 0.0)
     tp_layers = layers - alone / 2
-    per_mb = (z == 3) | ((z == 2) & terms.framework.zero2_gather_per_microbatch)  # parameter gathers per micro-batch
+    per_mb = gathers_per_microbatch(z, terms.framework)
     out = [
         # TP: per layer, an all-reduce (or with SP an all-gather + a reduce-scatter) per sync point.
         Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * tp_layers * syncs), st["tp_ar"]),
