@@ -45,12 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from executor.launch import run_plan
-from planner.cost import estimate
-from planner.cost.compute import attention_times, elementwise_times, gemm_op_times
-from planner.cost.terms import TRAINING_RESIDENT
+from planner.cost import batch_from_plans, estimate
+from planner.cost.compute import ops_times
+from planner.cost.terms import TRAINING_RESIDENT, cost_terms
 from planner.errors import PlannerError
-from planner.framework import default_framework, framework
-from planner.graph import Op, build_graph, with_eager_ops, with_fused_norms
 from planner.plan import PlanDocument, load_plan
 
 CLASSES = ("gemm", "attention", "elementwise", "optimizer", "host")  # the busy time's classes
@@ -117,39 +115,27 @@ def measured_classes(trace: Path, steps: int) -> tuple[dict[str, float], int]:
     return {k: v / steps for k, v in seconds.items()}, outermost // steps
 
 
-def _op_seconds(op: Op, doc: PlanDocument, tokens: np.ndarray, flash: bool, kernel: str) -> float:
-    m, gpu, p = doc.model, doc.cluster.gpu, doc.plan
-    tp, sp, one = np.array([p.tp]), np.array([p.sequence_parallel]), np.array([1])
-    if op.kind == "gemm":
-        t = gemm_op_times(op, gpu, p.dtype, tokens, tp, one, m.num_experts)
-    elif op.kind == "attention":
-        t = attention_times(op, gpu, p.dtype, flash, m.causal, tokens, np.array([m.seq_len]), tp, m.num_heads,
-                            m.kv_hidden, m.hidden, kernel, TRAINING_RESIDENT, (m.qk_head_dim, m.head_dim))
-    else:
-        t = elementwise_times(op, gpu, tokens, tp, sp, TRAINING_RESIDENT)
-    return float(np.asarray(t.fwd).ravel()[0] + np.asarray(t.bwd).ravel()[0])
-
-
-def predicted_classes(doc: PlanDocument) -> dict[str, float]:
-    """Seconds per step of each class as the cost model prices the plan's ops on one rank."""
+def predicted_classes(doc: PlanDocument, time: dict[str, float]) -> dict[str, float]:
+    """Seconds per step of each class as the cost model prices the plan's ops on one rank: each op of the
+    layer graph the model priced, through the model's own per-op costs (`planner.cost.compute.ops_times`);
+    `time`: the prediction's time components (`estimate(...)["time"]`)."""
     p, m = doc.plan, doc.model
     if p.pp != 1 or p.tp != 1 or p.cp != 1 or p.recompute != "none":
         raise PlannerError("step_profile compares plans with one pipeline stage, no tensor or context "
                            f"parallelism and no recompute; this one has pp {p.pp}, tp {p.tp}, cp {p.cp}, "
                            f"recompute {p.recompute}", field="plan")
-    fw = framework(p.framework or default_framework(doc.cluster))
-    lg = build_graph(m, p.dtype, p.flash_attention, None)
-    lg = with_fused_norms(lg) if fw.fused_norm else lg
-    lg = lg if fw.compiled else with_eager_ops(lg, fw.composite_rms_norm)
+    terms = cost_terms(m, doc.cluster, batch_from_plans([p]))
+    lg, fw = terms.graph, terms.framework
     microbatches = p.global_batch // (p.micro_batch * p.dp)
-    tokens = np.array([float(p.micro_batch * m.seq_len)])
-    kind_of = {"gemm": "gemm", "attention": "attention"}
+    tokens, seq = np.array([float(p.micro_batch * m.seq_len)]), np.array([float(m.seq_len)])
+    tp, sp, ep = np.array([1.0]), np.array([p.sequence_parallel]), np.array([1.0])
     out: dict[str, float] = collections.Counter()
     for ops, count in ((lg.pre_ops, 1), (lg.layer_ops, m.num_layers), (lg.post_ops, 1)):
         for op in ops:
-            cls = kind_of.get(op.kind, "elementwise")
-            out[cls] += count * microbatches * _op_seconds(op, doc, tokens, p.flash_attention, fw.attention_kernel)
-    time = estimate(m, doc.cluster, p)["time"]
+            t = ops_times([op], lg, doc.cluster.gpu, p.dtype, p.flash_attention, tokens, seq, tp, sp, ep,
+                          fw.attention_kernel, None, TRAINING_RESIDENT)
+            cls = op.kind if op.kind in ("gemm", "attention") else "elementwise"
+            out[cls] += count * microbatches * float(t.fwd[0] + t.bwd[0])
     out["optimizer"] = float(time["optimizer"])
     # busy as `planner run` compares it (planner.compare): compute + optimizer; what the ops above leave of
     # compute is the host time the model adds per layer and micro-batch
@@ -169,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if doc.cluster.device != "cpu":
             raise PlannerError("step_profile reads CPU ranks' traces; this plan's cluster is not a CPU profile",
                                field="cluster")
-        predicted = predicted_classes(doc)
+        prediction = estimate(doc.model, doc.cluster, doc.plan)
+        predicted = predicted_classes(doc, prediction["time"])
         with tempfile.TemporaryDirectory() as tmp:
             out_dir = Path(args.out_dir or tmp)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{doc.model.name}, {doc.plan.describe()} on "
           f"{doc.cluster.name}: busy {busy * 1e3:.1f} ms a step measured with the profiler on, "
           f"{ops} outermost ops a step; step {measured['step_time_s']['median'] * 1e3:.1f} ms measured, "
-          f"{estimate(doc.model, doc.cluster, doc.plan)['step_time_s'] * 1e3:.1f} predicted\n")
+          f"{prediction['step_time_s'] * 1e3:.1f} predicted\n")
     print(f"{'class':14s} {'predicted ms':>13s} {'measured ms':>12s} {'measured / predicted':>21s}")
     for cls in CLASSES:
         p, m = predicted.get(cls, 0.0), busiest.get(cls, 0.0)

@@ -54,4 +54,4 @@ def test_a_plan_it_cannot_split_by_class_is_refused() -> None:
     doc = PlanDocument(Plan(tp=1, pp=2, dp=1, micro_batch=1, global_batch=4), model_preset("tiny"),
                        cluster_preset("dgx-h100"))
     with pytest.raises(PlannerError, match="one pipeline stage, no tensor"):
-        predicted_classes(doc)
+        predicted_classes(doc, {})
