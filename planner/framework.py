@@ -74,6 +74,8 @@ reads them like it reads the cluster:
   set_requires_gradient_sync(False) on FSDP2 stages, PipelineStage.backward_maybe_with_nosync; FSDP2
   accumulates unsharded gradients in its reduce_dtype, FSDPParam.to_accumulated_grad_if_needed): ZeRO-2/3
   shard no gradient memory there;
+- repeated_kv: K and V are repeated to every query head before the attention kernel (torchtitan's
+  repeat_kv), so context parallelism's ring passes n_heads / n_kv_heads times the GQA projections' bytes;
 - extends (in frameworks.json only): the profile this one copies, stating only what differs (a release
   of the same framework; a mapping such as `gradients` key by key);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
@@ -221,6 +223,12 @@ class Framework:
     # computation", torch.distributed.fsdp ShardingStrategy docs), instead of gathering the updated
     # parameters once per step after the optimizer (DeepSpeed's and Megatron's ZeRO-2)
     zero2_gather_per_microbatch: bool = False
+    # K and V are repeated to every query head before the attention kernel (torchtitan's repeat_kv,
+    # torchtitan/models/llama3/model/model.py: an expand and a reshape, then F.scaled_dot_product_attention
+    # on the expanded tensors), so context parallelism's ring passes the expanded K and V, n_heads /
+    # n_kv_heads times the GQA projections' bytes (torch.distributed.tensor.experimental's ring attention
+    # rotates the key and value the kernel is called with)
+    repeated_kv: bool = False
 
     def __post_init__(self) -> None:
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:

@@ -241,6 +241,15 @@ def tp_collective(cluster: ClusterSpec, fw: Framework, op: str) -> str:
     return functional_or_plain(cluster.intra_node, op) if fw.functional_tp_collectives else op
 
 
+def ring_kv_width(model: ModelSpec, fw: Framework) -> float:
+    """Elements per token of the K (and of the V) that context parallelism's ring passes: the model's
+    K/V heads, or every query head's where the framework repeats K and V before the attention kernel
+    (`Framework.repeated_kv`; MLA's keys and values are per head already)."""
+    if fw.repeated_kv and not model.is_mla:
+        return float(model.num_heads * model.head_dim)
+    return float(model.kv_hidden)
+
+
 def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
     """Backward all-reduces per layer beyond Megatron-LM's two (one per fused input projection) when the
     framework keeps q, k, v (and gate, up) as separate column-parallel linears (`Framework.fused_qkv`
@@ -318,7 +327,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e,
                                                      (1 + extra_attn) * ar + ar_e), tp_bwd_total_routed)
     # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
-    kv = 2 * tokens * model.kv_hidden * beta / t
+    kv = 2 * tokens * ring_kv_width(model, fw) * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
 
     out: dict[str, list[Array]] = {k: [] for k in (
