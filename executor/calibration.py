@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import itertools
 import os
 import platform
@@ -489,8 +490,23 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
     burst: dict[str, dict[str, Any]] = {}
     cpu = device.type == "cpu"
 
-    def back_to_back(fn: Any) -> float:
-        return _max_over_ranks(_time_back_to_back(fn, device, quick), device)
+    def over_sizes(fns: list[Any], share: float = 1.0) -> tuple[list[list[float]], list[list[float]]]:
+        """([[bytes, seconds], ...] in step, and back to back on CPU ranks) of fns[i], one call of each of
+        `sizes`, each size slower than a larger one timed again (`retime_out_of_order`); `share`: the part
+        of a call that is one transfer of the size."""
+        def in_step(i: int) -> float:
+            dist.barrier()
+            return _max_over_ranks(_time_collective(fns[i], device, quick), device) * share
+
+        def burst_of(i: int) -> float:
+            return _max_over_ranks(_time_back_to_back(fns[i], device, quick), device) * share
+
+        rows, rows_burst = [], []
+        for i, nbytes in enumerate(sizes):
+            rows.append([nbytes, in_step(i)])
+            if cpu:
+                rows_burst.append([nbytes, burst_of(i)])
+        return retime_out_of_order(rows, in_step), retime_out_of_order(rows_burst, burst_of)
     tiers = [("intra_node", 1, min(world, local_world))]
     if world > local_world:
         tiers.append(("inter_node", local_world, world // local_world))
@@ -503,45 +519,29 @@ def bench_collectives(device: torch.device, dtype: torch.dtype, world: int, loca
             ranks_lists, handles = _groups(world, g, stride)
             mine = next((h for rl, h in zip(ranks_lists, handles, strict=True) if rank in rl), None)
             for op in ops:
-                fns = [_collective(op, nbytes, mine, g, device, dtype) if mine is not None else (lambda: None)
-                       for nbytes in sizes]
-
-                def in_step(i: int, fns: list[Any] = fns) -> float:
-                    dist.barrier()
-                    return _max_over_ranks(_time_collective(fns[i], device, quick), device)
-
-                def burst_of(i: int, fns: list[Any] = fns) -> float:
-                    return back_to_back(fns[i])
-
-                rows, rows_burst = [], []
-                for i, nbytes in enumerate(sizes):
-                    rows.append([nbytes, in_step(i)])
-                    if cpu:
-                        rows_burst.append([nbytes, burst_of(i)])
-                res[op][str(g)] = retime_out_of_order(rows, in_step)
+                rows, rows_burst = over_sizes([_collective(op, nbytes, mine, g, device, dtype) if mine is not None
+                                               else (lambda: None) for nbytes in sizes])
+                res[op][str(g)] = rows
                 if cpu:
-                    res_burst[op][str(g)] = retime_out_of_order(rows_burst, burst_of)
+                    res_burst[op][str(g)] = rows_burst
                 bar.step(f"{tier} {op} x{g}")
         # p2p between neighbours `stride` apart: pairs send one way then the other
-        rows, rows_burst = [], []
         partner = rank + stride if (rank // stride) % 2 == 0 else rank - stride
-        for nbytes in sizes:
-            elem = torch.tensor([], dtype=dtype).element_size()
-            buf = torch.ones(max(1, nbytes // elem), device=device, dtype=dtype)
+        elem = torch.tensor([], dtype=dtype).element_size()
 
-            def exchange(buf: torch.Tensor = buf, partner: int = partner) -> None:
-                if 0 <= partner < world:
-                    if rank < partner:
-                        dist.send(buf, partner)
-                        dist.recv(buf, partner)
-                    else:
-                        dist.recv(buf, partner)
-                        dist.send(buf, partner)
+        def exchange(buf: torch.Tensor, partner: int = partner) -> None:
+            if 0 <= partner < world:
+                if rank < partner:
+                    dist.send(buf, partner)
+                    dist.recv(buf, partner)
+                else:
+                    dist.recv(buf, partner)
+                    dist.send(buf, partner)
 
-            dist.barrier()
-            rows.append([nbytes, _max_over_ranks(_time_collective(exchange, device, quick), device) / 2])
-            if cpu:  # one transfer of nbytes: half the exchange
-                rows_burst.append([nbytes, back_to_back(exchange) / 2])
+        # one transfer of nbytes: half the exchange
+        rows, rows_burst = over_sizes([functools.partial(exchange, torch.ones(max(1, nbytes // elem), device=device,
+                                                                               dtype=dtype)) for nbytes in sizes],
+                                      share=0.5)
         res["p2p"]["2"] = rows
         bar.step(f"{tier} p2p")
         result[tier] = res
