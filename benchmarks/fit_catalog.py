@@ -3,7 +3,10 @@
 Runs `planner fit` on the measured tables (planner/data/validation/measured-2026/: NVIDIA
 dgxc-benchmarking, torchtitan, BLOOM) with leave-one-source-out and leave-one-family-out errors, then
 writes every adopted value (`gemm_efficiency`, `attention_efficiency`, `gemm_efficiency_by_dtype`) into
-planner/data/gpus.json with a note in the GPU's `source` naming this command, the run count and date.
+planner/data/gpus.json with a note in the GPU's `source` naming this command, the run count and date,
+and each framework's adopted overlap slowdown (`planner fit --overlaps`) into
+planner/data/framework_fits.json (the profiles in frameworks.json state only what their frameworks'
+documentation and source do).
 
 Kept, not refitted: A100-SXM4-80GB's `gemm_efficiency`, fitted to Korthikanti et al. 2022 Table 4
 (Megatron-LM's own measurements of the layer the cost model's formulas come from;
@@ -14,7 +17,7 @@ other GPU starts from the unfitted assumption (`--from-assumptions`), so the scr
 values whether or not it ran before, and its cross-validation never predicts a held-out run with a
 value fitted on it.
 
-Usage: python benchmarks/fit_catalog.py [--dry-run]   (about a minute on one core)
+Usage: python benchmarks/fit_catalog.py [--dry-run]   (about a minute and a half on one core)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from planner.fit import ASSUMED_GEMM_EFFICIENCY
 from planner.io import atomic_write_text
 
 CATALOG = Path(__file__).resolve().parents[1] / "planner" / "data" / "gpus.json"
+FRAMEWORK_FITS = CATALOG.with_name("framework_fits.json")
 KEEP = ["A100-SXM4-80GB:gemm_efficiency"]
 NOTE = re.compile(r" \| fitted by python benchmarks/fit_catalog\.py[^|]*")  # every earlier fit's note
 
@@ -42,7 +46,8 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fit.json"
-        argv = ["fit", "--from-assumptions", "--out", str(out)] + [x for k in KEEP for x in ("--keep", k)]
+        argv = ["fit", "--from-assumptions", "--overlaps", "--out", str(out)] + [
+            x for k in KEEP for x in ("--keep", k)]
         rc = planner_main(argv)
         if rc:
             return rc
@@ -52,7 +57,7 @@ def main() -> int:
     catalog = json.loads(CATALOG.read_text(encoding="utf-8"))
     pooled = {k: v["pooled"]["mape"] for k, v in doc["cross_validation"].items()}
     changed = []
-    for gpu_name in sorted({f["gpu"] for f in doc["fitted"]}):
+    for gpu_name in sorted({f["gpu"] for f in doc["fitted"] if f["gpu"]}):  # ("": a framework's)
         entry = catalog["gpus"][gpu_name]
         kept = {k.split(":", 1)[1] for k in KEEP if k.split(":", 1)[0] == gpu_name}
         derated = bool(entry.get("efficiencies_of"))  # a power-limited part: only its clock is fitted
@@ -86,7 +91,31 @@ def main() -> int:
     atomic_write_text(CATALOG, json.dumps(catalog, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {CATALOG.relative_to(CATALOG.parents[2])}: {', '.join(changed) or 'nothing'} updated",
           file=sys.stderr)
+    write_framework_fits(doc, pooled)
     return 0
+
+
+def write_framework_fits(doc: dict, pooled: dict[str, float]) -> None:
+    """Every framework's adopted overlap slowdown, with the runs it came from (the file is rewritten whole:
+    a framework whose value is no longer adopted falls back to the cluster's)."""
+    cv = ", ".join(f"leave-one-{k}-out MAPE {v * 100:.1f}% over all runs" for k, v in pooled.items())
+    fits = {}
+    for f in doc["fitted"]:
+        if f["name"].startswith("overlap_slowdown[") and f["adopted"]:
+            fits[f["name"][len("overlap_slowdown["):-1]] = {
+                "value": f["value"], "runs": f["rows"],
+                "note": f"fitted by python benchmarks/fit_catalog.py (planner fit --overlaps; "
+                        f"{dt.date.today().isoformat()}, commit {doc['commit']}) on the {f['rows']} measured runs "
+                        f"in planner/data/validation/measured-2026 whose step time depends on it; {cv}"}
+    out = {"_comment": "Parameters fitted per framework (a profile and every release that extends it) on measured "
+                       "runs by python benchmarks/fit_catalog.py; a profile in frameworks.json that states its own "
+                       "value keeps it. overlap_slowdown: the fraction of an overlapped collective's time by which it "
+                       "slows the compute beside it under the framework's overlap implementation.",
+           "overlap_slowdown": dict(sorted(fits.items()))}
+    atomic_write_text(FRAMEWORK_FITS, json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {FRAMEWORK_FITS.relative_to(FRAMEWORK_FITS.parents[2])}: "
+          + (", ".join(f"{k} {v['value']:.2f}" for k, v in sorted(fits.items())) or "no framework value adopted"),
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

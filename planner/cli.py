@@ -484,6 +484,7 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "fused_norm": f.fused_norm, "compiled": f.compiled,
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
+                     "overlap_slowdown": f.overlap_slowdown,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
                      "source": f.source} for f in rows])
         return 0
@@ -507,12 +508,14 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""
         return "fused" if f.compiled else "eager" + (", composite norm" if f.composite_rms_norm else "")
 
-    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "attention", "elementwise",
-                 "recompute", "optimizer step", "memory", "what"],
+    print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "overlap slowdown",
+                 "attention", "elementwise", "recompute", "optimizer step", "memory", "what"],
                 [[f.name, f.tp_overlap, "yes" if f.dp_overlap else "no", "yes" if f.param_gather_overlap else "no",
-                  "yes" if f.pp_overlap else "no", f.attention_kernel or "default", elementwise(f),
+                  "yes" if f.pp_overlap else "no",
+                  "cluster's" if f.overlap_slowdown is None else f"{f.overlap_slowdown:.2f}",
+                  f.attention_kernel or "default", elementwise(f),
                   " ".join(f.recompute), optimizer(f), memory(f), f.description] for f in rows],
-                align="lllllllllll"))
+                align="llllllllllll"))
     return 0
 
 

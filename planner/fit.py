@@ -29,6 +29,18 @@ and added to its GPU surface as a change (`JointSurface`), and the runs are tabu
 values until those stay put (at most ROUNDS times). Same grid, bounds and MIN_ROWS as the GPU parameters;
 a slower fabric and slower GEMMs trade off, so fitting either alone would put the other's error in it.
 
+Overlaps (`overlaps=True`, `planner fit --overlaps`): per framework (a profile and every release that
+extends it, `planner.framework.framework_root`), the overlap slowdown, `overlap_slowdown[<framework>]`:
+the fraction of an overlapped collective's time by which it slows the compute beside it under that
+framework's overlap implementation (its kernels' share of SMs and memory bandwidth, and what its
+chunking leaves unhidden), in [0, 1]. A run's step time is piecewise linear in it (each overlapped
+collective exposes what exceeds its window plus this fraction of the rest), so each run is tabulated at
+OVERLAP_GRID and interpolated linearly; a run counts where its step time moves by FABRIC_SENSITIVITY or
+more between 0 and 1. It is fitted after the GPU (and fabric) parameters, at their fitted values (one
+round: it moves the exposed part of the communication, which the GEMM and attention efficiencies barely
+see); same objective, MIN_ROWS and step. A value at 0 (every overlapped collective free) or 1 (none hidden
+at all) is not adopted: the model misses something else on those runs.
+
 Cross-validation: leave one group out (a source, a model family), fit on the rest, predict the group
 (`cross_validate`): what a user gets on a framework release or a model the fit never saw.
 """
@@ -46,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost import estimate
-from planner.framework import default_framework, framework
+from planner.framework import default_framework, framework, framework_root, overlap_slowdowns
 from planner.measured import MeasuredRun
 from planner.precision import RECIPES, gemm_peak_key
 from planner.specs.cluster import ClusterSpec, GPUSpec
@@ -61,6 +73,9 @@ TIERS = ("intra_node", "inter_node")
 # and the fit would follow noise.
 FABRIC_SENSITIVITY = 0.02
 ROUNDS = 3  # tabulations of the joint GPU / fabric fit at most
+OVERLAP = "overlap_slowdown"  # a framework's: overlap_slowdown[<framework root>]
+OVERLAP_GRID = (0.0, 0.5, 1.0)  # tabulated overlap slowdowns (step time is piecewise linear in it)
+OVERLAP_ITERATIONS = 60  # turns of the overlap / GPU coordinate descent at most (each a fit on the surfaces)
 WIDE = 3  # parameters a search covers with its fine first grid (more: coarse to fine)
 # Tabulated efficiencies, about evenly spaced in 1 / efficiency; their ends bound the fit: a training step
 # sustaining more than 0.9 of peak in GEMMs or attention is beyond what published kernels reach, under 0.3
@@ -97,6 +112,25 @@ def is_fabric(name: str) -> bool:
     return name.startswith(FABRIC + "[")
 
 
+def overlap_parameter(root: str) -> str:
+    """The parameter name of the overlap slowdown of framework `root` (a profile that extends none)."""
+    return f"{OVERLAP}[{root}]"
+
+
+def is_overlap(name: str) -> bool:
+    return name.startswith(OVERLAP + "[")
+
+
+def overlap_of(name: str) -> str:
+    """The framework (root profile) of an overlap parameter name."""
+    return name[len(OVERLAP) + 1:-1]
+
+
+def run_framework(run: MeasuredRun) -> str:
+    """The framework (root profile) whose overlap implementation a run's plan runs under."""
+    return framework_root(run.plan.framework or default_framework(run.cluster))
+
+
 def fabric_of(name: str) -> tuple[str, str]:
     """(cluster, tier) of a fabric parameter name."""
     cluster, _, tier = name[len(FABRIC) + 1:-1].rpartition(":")
@@ -106,6 +140,9 @@ def fabric_of(name: str) -> tuple[str, str]:
 def meaning(name: str) -> str:
     if name in MEANINGS:
         return MEANINGS[name]
+    if is_overlap(name):
+        return (f"fraction of an overlapped collective's time by which it slows the compute beside it under "
+                f"{overlap_of(name)}'s overlap implementation")
     if is_fabric(name):
         cluster, tier = fabric_of(name)
         where = "inside a node (NVLink domain)" if tier == "intra_node" else "across nodes"
@@ -194,11 +231,13 @@ def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
     return tuple(names)
 
 
-def step_time(run: MeasuredRun, values: dict[str, float]) -> float:
+def step_time(run: MeasuredRun, values: dict[str, float], overlaps: dict[str, float] | None = None) -> float:
     """The cost model's step time of `run` with its GPU's parameters, and its cluster's fabric parameters,
-    set to `values` (other clusters' fabric parameters ignored)."""
+    set to `values` (other clusters' fabric parameters ignored), and the frameworks' overlap slowdowns
+    named in `overlaps` (framework root: value)."""
     cluster = with_fabric(dataclasses.replace(run.cluster, gpu=with_values(run.cluster.gpu, values)), values)
-    return float(estimate(run.model, cluster, run.plan)["step_time_s"])
+    with overlap_slowdowns(overlaps or {}):
+        return float(estimate(run.model, cluster, run.plan)["step_time_s"])
 
 
 @dataclass(frozen=True)
@@ -274,7 +313,7 @@ class Fitted:
     @property
     def at_bound(self) -> bool:
         """Fitted at an end of the physical range: another mechanism the model lacks shapes these runs."""
-        return _on_bound(self.value)
+        return _on_overlap_bound(self.value) if is_overlap(self.name) else _on_bound(self.value)
 
 
 def _objective(surfaces: list[Surface], cand: dict[str, np.ndarray], fixed: dict[str, float | None]
@@ -422,15 +461,161 @@ class JointSurface:
 
 
 def fit_all(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], pinned: Iterable[tuple[str, str]] = (),
-            fabrics: bool = False, progress: Callable[[str], None] | None = None) -> list[Fitted]:
+            fabrics: bool = False, progress: Callable[[str], None] | None = None,
+            overlaps: bool = False) -> list[Fitted]:
     """The GPU parameters (`fit`) and, with `fabrics`, the clusters' collective efficiencies, jointly per GPU
     (`JointSurface`): the fabric surfaces are tabulated at the GPU values fitted so far, the joint fit runs on
     the interpolated surfaces, and where its fabric values moved the runs are tabulated there again and
-    the fit repeated (at most ROUNDS times)."""
+    the fit repeated (at most ROUNDS times). With `overlaps`, each framework's overlap slowdown jointly with
+    them (`_fit_with_overlaps`)."""
     pinned = tuple(pinned)
+    fitted, used = _fit_gpus_and_fabrics(surfaces, gpus, pinned, fabrics, progress)
+    if not overlaps:
+        return fitted
+    if progress:
+        progress("fitting each framework's overlap slowdown")
+    return _fit_with_overlaps(used, gpus, pinned, fitted)
+
+
+class _Shifted:
+    """A run's GPU (or joint) surface moved by a constant number of seconds: what a change of its framework's
+    overlap slowdown adds to its step time (`_fit_with_overlaps`)."""
+
+    def __init__(self, base: Surface | JointSurface, shift: float) -> None:
+        self.base, self.shift = base, shift
+        self.run, self.names = base.run, base.names
+
+    @property
+    def gpu(self) -> str:
+        return self.base.gpu
+
+    @property
+    def measured_s(self) -> float:
+        return self.base.measured_s
+
+    def at(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        return self.base.at(values) + self.shift
+
+
+def _state_time(s: Surface | JointSurface, fitted: list[Fitted], gpus: dict[str, GPUSpec]) -> float:
+    """A GPU (or joint) surface's interpolated step time at the fitted values (the catalog's where a value is
+    not adopted; attention without a value follows the GEMM efficiency, as the cost model prices it)."""
+    adopted = values_by_gpu(fitted).get(s.gpu, {})
+    gpu = gpus[s.gpu]
+    gemm = adopted.get(GEMM, gpu.gemm_efficiency)
+    values = {}
+    for n in s.names:
+        if n in adopted:
+            values[n] = adopted[n]
+        elif is_fabric(n):
+            values[n] = fabric_value(s.run.cluster, n)
+        else:
+            values[n] = current_value(gpu, n) or gemm
+    return float(np.asarray(s.at({n: np.array([v]) for n, v in values.items()})).reshape(-1)[0])
+
+
+def _fit_with_overlaps(used: Sequence[Surface | JointSurface], gpus: dict[str, GPUSpec],
+                       pinned: tuple[tuple[str, str], ...], fitted: list[Fitted]) -> list[Fitted]:
+    """Each framework's overlap slowdown jointly with the GPU (and fabric) parameters, by coordinate descent
+    on the interpolated surfaces under a first-order (additive) model: a run's step time is its GPU surface
+    (tabulated at the overlap slowdown its framework has today) plus what its overlap surface (tabulated at
+    the GPU values fitted first) changes from that slowdown, and its overlap surface plus what its GPU
+    surface changes from those values. The overlap slowdowns and the GPU parameters are fitted in turn
+    until neither moves by STEP (at most OVERLAP_ITERATIONS times)."""
+    first = fitted
+    overlap = tabulate_overlaps([s.run for s in used], values_by_gpu(first))
+    if not overlap:
+        return fitted
+    by_run = {id(o.run): o for o in overlap}
+    # the slowdown each GPU surface was tabulated at: what its framework has today
+    today = {id(o.run): framework(o.run.plan.framework or default_framework(o.run.cluster)).slowdown_beside(
+        o.run.cluster.overlap_slowdown) for o in overlap}
+    gpu_at_first = {id(s.run): _state_time(s, first, gpus) for s in used if id(s.run) in by_run}
+    found: list[Fitted] = []
+    for _ in range(OVERLAP_ITERATIONS):
+        moved = {key: _state_time(s, fitted, gpus) - gpu_at_first[key]
+                 for s in used if (key := id(s.run)) in by_run}
+        found_now = fit_overlaps([dataclasses.replace(o, table=o.table + moved[id(o.run)]) for o in overlap])
+        values = {f.name: f.value for f in found_now if f.adopted}
+        shifted = [_Shifted(s, float(o.at(np.array(values[o.name])) - o.at(np.array(today[id(s.run)]))))
+                   if (o := by_run.get(id(s.run))) is not None and o.name in values else s for s in used]
+        refitted = fit(shifted, gpus, pinned)
+        still = (_values(found_now) == _values(found)
+                 and all(abs(a.value - b.value) < STEP / 2 for a, b in zip(refitted, fitted, strict=True)))
+        fitted, found = refitted, found_now
+        if still:
+            break
+    return fitted + found
+
+
+def _values(fitted: Sequence[Fitted]) -> dict[str, float]:
+    return {f.name: round(f.value, 6) for f in fitted}
+
+
+def tabulate_overlaps(runs: Sequence[MeasuredRun], values: dict[str, dict[str, float]]) -> list[OverlapSurface]:
+    """For each run whose step time moves by FABRIC_SENSITIVITY or more between an overlap slowdown of 0 and
+    1 for its framework, its step time over OVERLAP_GRID, with its GPU (and fabric) parameters at
+    `values[gpu]`."""
+    out = []
+    for run in runs:
+        root = run_framework(run)
+        base = values.get(run.cluster.gpu.name, {})
+        table = np.array([step_time(run, base, {root: s}) for s in OVERLAP_GRID])
+        if table[-1] >= table[0] * (1.0 + FABRIC_SENSITIVITY):
+            out.append(OverlapSurface(run, overlap_parameter(root), table))
+    return out
+
+
+@dataclass(frozen=True)
+class OverlapSurface:
+    """One run's step time at OVERLAP_GRID values of its framework's overlap slowdown."""
+
+    run: MeasuredRun
+    name: str
+    table: np.ndarray
+
+    @property
+    def measured_s(self) -> float:
+        return float(self.run.step_time_s or 0.0)
+
+    def at(self, slowdown: np.ndarray) -> np.ndarray:
+        return np.interp(slowdown, OVERLAP_GRID, self.table)
+
+
+def fit_overlaps(surfaces: Sequence[OverlapSurface]) -> list[Fitted]:
+    """Per framework with at least MIN_ROWS runs in `surfaces`, the overlap slowdown minimising their mean
+    |log(t / measured)|: steps of 0.05 over [0, 1], then of STEP within +-0.05 of the best. A value on an
+    end of the range is reported, not adopted."""
+    by_name: dict[str, list[OverlapSurface]] = {}
+    for s in surfaces:
+        by_name.setdefault(s.name, []).append(s)
+    out = []
+    for name, rows in sorted(by_name.items()):
+        if len(rows) < MIN_ROWS:
+            continue
+
+        def objective(cand: np.ndarray, rows: list[OverlapSurface] = rows) -> np.ndarray:
+            return sum(np.abs(np.log(r.at(cand) / r.measured_s)) for r in rows) / len(rows)
+
+        coarse = np.round(np.arange(0.0, 1.0 + 0.025, 0.05), 6)
+        centre = float(coarse[int(np.argmin(objective(coarse)))])
+        fine = np.round(np.arange(max(0.0, centre - 0.05), min(1.0, centre + 0.05) + STEP / 2, STEP), 6)
+        value = float(fine[int(np.argmin(objective(fine)))])
+        run = rows[0].run
+        before = framework(run.plan.framework or default_framework(run.cluster)).slowdown_beside(
+            run.cluster.overlap_slowdown)
+        out.append(Fitted("", name, value, before, len(rows), adopted=not _on_overlap_bound(value)))
+    return out
+
+
+def _fit_gpus_and_fabrics(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], pinned: tuple[tuple[str, str], ...],
+                          fabrics: bool, progress: Callable[[str], None] | None
+                          ) -> tuple[list[Fitted], Sequence[Surface | JointSurface]]:
+    """The GPU (and fabric) fit of `fit_all`, and the surfaces its last round fitted on."""
     fitted = fit(surfaces, gpus, pinned)
     if not fabrics:
-        return fitted
+        return fitted, surfaces
+    used: Sequence[Surface | JointSurface] = surfaces
     runs = [s.run for s in surfaces]
     gpu_surf = {id(s.run): s for s in surfaces}
     at_fabric: dict[str, float] = {}  # fabric values every surface was tabulated at (else the catalog's)
@@ -438,7 +623,8 @@ def fit_all(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], pinned: Itera
         by_run: dict[int, list[Surface]] = {}
         for f in tabulate_fabrics(runs, values_by_gpu(fitted), at_fabric):
             by_run.setdefault(id(f.run), []).append(f)
-        fitted = fit([JointSurface(g, by_run.get(key, ()), at_fabric) for key, g in gpu_surf.items()], gpus, pinned)
+        used = [JointSurface(g, by_run.get(key, ()), at_fabric) for key, g in gpu_surf.items()]
+        fitted = fit(used, gpus, pinned)
         adopted = {f.name: f.value for f in fitted if f.adopted and is_fabric(f.name)}
         catalog = {f.name: f.before for f in fitted if is_fabric(f.name)}
         moved = {n for n in set(adopted) | set(at_fabric)
@@ -452,26 +638,37 @@ def fit_all(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], pinned: Itera
         if progress:
             progress("tabulated again at the fabric values " + ", ".join(
                 f"{n} {v:.2f}" for n, v in sorted(at_fabric.items())))
-    return fitted
+    return fitted, used
 
 
 def _on_bound(value: float) -> bool:
     return value <= GRID[0] + STEP / 2 or value >= GRID[-1] - STEP / 2
 
 
+def _on_overlap_bound(value: float) -> bool:
+    return value <= OVERLAP_GRID[0] + STEP / 2 or value >= OVERLAP_GRID[-1] - STEP / 2
+
+
 def values_by_gpu(fitted: Iterable[Fitted]) -> dict[str, dict[str, float]]:
-    """The adopted values by GPU and parameter (a cluster's fabric values under its GPU)."""
+    """The adopted values by GPU and parameter (a cluster's fabric values under its GPU; not the
+    frameworks' overlap slowdowns: `values_by_framework`)."""
     out: dict[str, dict[str, float]] = {}
     for f in fitted:
-        if f.adopted:
+        if f.adopted and not is_overlap(f.name):
             out.setdefault(f.gpu, {})[f.name] = f.value
     return out
 
 
+def values_by_framework(fitted: Iterable[Fitted]) -> dict[str, float]:
+    """The adopted overlap slowdowns by framework (root profile)."""
+    return {overlap_of(f.name): f.value for f in fitted if f.adopted and is_overlap(f.name)}
+
+
 def predict(runs: Iterable[MeasuredRun], fitted: Iterable[Fitted]) -> list[float]:
     """The cost model's step times of `runs` with the adopted fitted values (the catalog's elsewhere)."""
-    values = values_by_gpu(fitted)
-    return [step_time(r, values.get(r.cluster.gpu.name, {})) for r in runs]
+    fitted = list(fitted)
+    values, overlaps = values_by_gpu(fitted), values_by_framework(fitted)
+    return [step_time(r, values.get(r.cluster.gpu.name, {}), overlaps) for r in runs]
 
 
 @dataclass(frozen=True)
@@ -502,7 +699,8 @@ class Fold:
 
 def cross_validate(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], group: Callable[[MeasuredRun], str],
                    progress: Callable[[str], None] | None = None,
-                   pinned: Iterable[tuple[str, str]] = (), fabrics: bool = False) -> tuple[list[Fold], Score]:
+                   pinned: Iterable[tuple[str, str]] = (), fabrics: bool = False,
+                   overlaps: bool = False) -> tuple[list[Fold], Score]:
     """Leave each group out in turn: fit on the others (`fit_all`), predict it with the real cost model.
     Returns the folds and the pooled score over every held-out run."""
     pinned = tuple(pinned)
@@ -511,7 +709,7 @@ def cross_validate(surfaces: Sequence[Surface], gpus: dict[str, GPUSpec], group:
     for g in groups:
         train = [s for s in surfaces if group(s.run) != g]
         test = [s.run for s in surfaces if group(s.run) == g]
-        fitted = tuple(fit_all(train, gpus, pinned, fabrics))
+        fitted = tuple(fit_all(train, gpus, pinned, fabrics, overlaps=overlaps))
         p = predict(test, fitted)
         m = [float(r.step_time_s or 0.0) for r in test]
         folds.append(Fold(g, Score.of(p, m), fitted))

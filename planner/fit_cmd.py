@@ -6,7 +6,8 @@ parameters of `planner.fit`, and prints: the fitted values beside the catalog's,
 before and after, and leave-one-source-out / leave-one-family-out errors (each group predicted by a fit
 that never saw it). `--out` writes all of it as JSON; `--cluster P --profile-out F` writes preset P
 with its GPU's fitted values as a cluster profile any `--cluster` accepts. `--fabrics` also fits each
-cluster's collective efficiency per link tier, where enough runs wait on it (`planner.fit`).
+cluster's collective efficiency per link tier, where enough runs wait on it, and `--overlaps` each
+framework's overlap slowdown (`planner.fit`); `--framework F` fits on the runs of framework F alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from planner import fit
 from planner.errors import PlannerError
+from planner.framework import framework_names, framework_root, overlap_slowdowns
 from planner.io import atomic_write_json
 from planner.report import table
 
@@ -50,6 +52,13 @@ def add_parser(sub: Any) -> None:
                    help="also fit each cluster's collective efficiency inside and across nodes (achieved bus "
                    "bandwidth / link bandwidth) on the runs whose step time depends on it by "
                    f"{fit.FABRIC_SENSITIVITY * 100:g}%% or more; slower (more cost-model calls per run)")
+    p.add_argument("--overlaps", action="store_true",
+                   help="also fit each framework's overlap slowdown (the fraction of an overlapped collective's "
+                   "time by which it slows the compute beside it; a profile and its releases share one) on the "
+                   f"runs whose step time depends on it by {fit.FABRIC_SENSITIVITY * 100:g}%% or more")
+    p.add_argument("--framework", action="append", metavar="F",
+                   help="fit on the runs of framework F (a profile, or a framework and every release that "
+                   "extends it) alone (repeatable; default every run)")
     p.add_argument("--out", help="write the fit (values, errors, folds) as JSON")
     p.add_argument("--cluster", help="a cluster preset whose GPU gets the fitted values (with --profile-out)")
     p.add_argument("--profile-out", help="write --cluster with the fitted GPU values as a cluster profile JSON")
@@ -96,13 +105,24 @@ def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
     runs = [r for r in express_all(printed) if isinstance(r, MeasuredRun) and r.step_time_s]
     if args.gpu:
         runs = [r for r in runs if r.cluster.gpu.name in args.gpu]
+    if args.framework:
+        runs = [r for r in runs if {r.plan.framework, fit.run_framework(r)} & set(args.framework)]
     if args.from_assumptions:
         runs = [dataclasses.replace(r, cluster=dataclasses.replace(r.cluster, gpu=fit.unfitted(
             r.cluster.gpu, [n for g, n in pinned if g == r.cluster.gpu.name]))) for r in runs]
     if not runs:
         raise PlannerError("no expressible run with a measured step time in the input"
-                           + (f" on GPU {', '.join(args.gpu)}" if args.gpu else ""), field="tables")
+                           + (f" on GPU {', '.join(args.gpu)}" if args.gpu else "")
+                           + (f" under framework {', '.join(args.framework)}" if args.framework else ""),
+                           field="tables")
     return runs
+
+
+def _check_frameworks(names: list[str] | None) -> None:
+    known = framework_names()
+    for name in names or []:
+        if name not in known:
+            raise PlannerError(f"unknown framework {name!r} (one of {', '.join(known)})", field="framework")
 
 
 def _used(f: fit.Fitted, pinned: list[tuple[str, str]]) -> str:
@@ -149,11 +169,21 @@ def run(args: argparse.Namespace) -> int:
             raise PlannerError(f"--keep takes GPU:PARAMETER ({', '.join(fit.MEANINGS)} or {fit.GEMM}[fp8]), "
                                f"got {k!r}", field="keep")
         pinned.append((gpu_name, name))
+    _check_frameworks(args.framework)
     _check_output(args.out, "out")
     _check_output(args.profile_out, "profile_out")
     progress = None if args.quiet else fit.stderr_progress
     start = time.perf_counter()
     runs = _runs(args, pinned)
+    # From the assumptions, the frameworks' overlap slowdowns too: the cluster's (their catalog values
+    # were fitted on these runs)
+    reset = {framework_root(n): None for n in framework_names()} if args.from_assumptions else {}
+    with overlap_slowdowns(reset):
+        return _fit_and_report(args, cv, pinned, base_cluster, progress, start, runs)
+
+
+def _fit_and_report(args: argparse.Namespace, cv: list[str], pinned: list[tuple[str, str]], base_cluster: Any,
+                    progress: Any, start: float, runs: list[Any]) -> int:
     left_out = [r for r in runs if not fit.is_evidence(r)]
     runs = [r for r in runs if fit.is_evidence(r)]
     if not runs:
@@ -168,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     surfaces = fit.tabulate(runs, progress)
     if args.fabrics and progress:
         progress("fitting the GPU parameters, then each cluster's collective efficiency")
-    fitted = fit.fit_all(surfaces, gpus, pinned, args.fabrics, progress)
+    fitted = fit.fit_all(surfaces, gpus, pinned, args.fabrics, progress, args.overlaps)
     measured = [float(r.step_time_s) for r in runs]
     before = fit.Score.of(fit.predict(runs, []), measured)
     after_pred = fit.predict(runs, fitted)
@@ -177,13 +207,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"Fitted on {len(runs)} measured runs ({', '.join(sorted({r.source for r in runs}))}); "
           f"mean |log(predicted / measured)| minimised per GPU"
           + (" and per cluster link tier" if args.fabrics else "")
-          + f", each value within [{fit.GRID[0]}, {fit.GRID[-1]}]:\n")
+          + f", each value within [{fit.GRID[0]}, {fit.GRID[-1]}]"
+          + (f"; per framework its overlap slowdown within [{fit.OVERLAP_GRID[0]}, {fit.OVERLAP_GRID[-1]}]"
+             if args.overlaps else "") + ":\n")
     if left_out:
         recipes = ", ".join(sorted({r.plan.dtype for r in left_out}))
         print(f"({len(left_out)} run(s) in {recipes} left out: their GEMM kernels are priced at another recipe's "
               "efficiency by assumption, so they cannot teach it)\n")
     print(table(["GPU", "parameter", "catalog", "fitted", "runs", "used"],
-                [[f.gpu, f.name, f"{f.before:.2f}" if f.before else "-", f"{f.value:.2f}", f.rows, _used(f, pinned)]
+                [[f.gpu or "-", f.name, f"{f.before:.2f}" if f.before or fit.is_overlap(f.name) else "-",
+                  f"{f.value:.2f}", f.rows, _used(f, pinned)]
                  for f in fitted], align="llrrrl"))
     print("\nStep-time error, in sample (predicted - measured) / measured:\n")
     print(table(["", "runs", "MAPE", "bias", "worst"],
@@ -198,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     for kind in cv:
         if progress:
             progress(f"cross-validating: leave one {kind} out")
-        folds, pooled = fit.cross_validate(surfaces, gpus, CV_KINDS[kind], progress, pinned, args.fabrics)
+        folds, pooled = fit.cross_validate(surfaces, gpus, CV_KINDS[kind], progress, pinned, args.fabrics,
+                                           args.overlaps)
         print(f"\nLeave one {kind} out (each predicted by a fit on the others):\n")
         print(table([f"held-out {kind}", "runs", "MAPE", "bias", "worst"],
                     [_score_row(f.group, f.score) for f in folds] + [_score_row("pooled", pooled)], align="lrrrr"))

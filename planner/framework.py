@@ -76,6 +76,13 @@ reads them like it reads the cluster:
   shard no gradient memory there;
 - repeated_kv: K and V are repeated to every query head before the attention kernel (torchtitan's
   repeat_kv), so context parallelism's ring passes n_heads / n_kv_heads times the GQA projections' bytes;
+- overlap_slowdown: the fraction of an overlapped collective's time by which it slows the compute beside
+  it under this framework's overlap implementation (its communication kernels' share of the SMs and of
+  memory bandwidth, and what its chunking leaves unhidden); unset: the cluster's `overlap_slowdown`.
+  Fitted per framework (its profile and every release that extends it) by `planner fit --overlaps` on
+  measured runs and kept apart from the profiles, in planner/data/framework_fits.json, which
+  `python benchmarks/fit_catalog.py` writes (docs/cost-model.md section 6); a profile that states its
+  own value in frameworks.json keeps it;
 - extends (in frameworks.json only): the profile this one copies, stating only what differs (a release
   of the same framework; a mapping such as `gradients` key by key);
 - dp_bucket_params, dp_bucket_params_per_rank: the data-parallel gradient bucket in parameters,
@@ -86,7 +93,9 @@ reads them like it reads the cluster:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -229,8 +238,15 @@ class Framework:
     # n_kv_heads times the GQA projections' bytes (torch.distributed.tensor.experimental's ring attention
     # rotates the key and value the kernel is called with)
     repeated_kv: bool = False
+    # Fraction of an overlapped collective's time by which it slows the compute beside it under this
+    # framework's overlap implementation; None: the cluster's `overlap_slowdown` (`planner fit --overlaps`)
+    overlap_slowdown: float | None = None
 
     def __post_init__(self) -> None:
+        if self.overlap_slowdown is not None and not (
+                isinstance(self.overlap_slowdown, (int, float)) and 0.0 <= self.overlap_slowdown <= 1.0):
+            raise SpecError(f"must be a fraction in 0..1 or null, got {self.overlap_slowdown!r}",
+                            field=f"framework[{self.name}].overlap_slowdown")
         if self.cross_entropy not in CROSS_ENTROPY_KERNELS:
             raise SpecError(f"must be one of {', '.join(CROSS_ENTROPY_KERNELS)}, got {self.cross_entropy!r}",
                             field=f"framework[{self.name}].cross_entropy")
@@ -259,6 +275,11 @@ class Framework:
                 raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
             path.check(f"framework[{self.name}].gradients.{dtype}")
 
+    def slowdown_beside(self, cluster_slowdown: float) -> float:
+        """The overlap slowdown the cost model applies: this profile's where it states one, else the
+        cluster's (`cluster_slowdown`)."""
+        return cluster_slowdown if self.overlap_slowdown is None else float(self.overlap_slowdown)
+
     def optimizer_bytes(self, dtype: str) -> float:
         """Bytes per parameter the optimizer step streams under base dtype `dtype` (0: a fused AdamW's)."""
         return dict(self.optimizer_step_bytes_by_dtype).get(dtype, self.optimizer_step_bytes)
@@ -266,6 +287,16 @@ class Framework:
     def gradient_override(self, dtype: str) -> GradientPath | None:
         """The profile's own gradient path under the 16-bit training dtype `dtype`, if it states one."""
         return dict(self.gradients).get(dtype)
+
+
+@lru_cache(maxsize=1)
+def fitted_overlaps() -> dict[str, dict]:
+    """The overlap slowdowns fitted per framework root (planner/data/framework_fits.json): root ->
+    {"value", "runs", "note"}; empty where none was fitted."""
+    res = resources.files("planner.data").joinpath("framework_fits.json")
+    if not res.is_file():
+        return {}
+    return json.loads(res.read_text(encoding="utf-8")).get("overlap_slowdown", {})
 
 
 @lru_cache(maxsize=1)
@@ -280,9 +311,7 @@ def framework_names() -> list[str]:
 
 def _entry(name: str, seen: tuple[str, ...] = ()) -> dict:
     """The catalog entry of `name` with what it `extends` filled in from that profile."""
-    entry = _catalog().get(name)
-    if entry is None:
-        raise SpecError(f"unknown framework {name!r} (one of {', '.join(framework_names())})", field="framework")
+    entry = _entry_raw(name)
     parent = entry.get("extends")
     if parent is None:
         return entry
@@ -296,9 +325,52 @@ def _entry(name: str, seen: tuple[str, ...] = ()) -> dict:
     return {**base, **own}
 
 
-@lru_cache(maxsize=32)
+def framework_root(name: str) -> str:
+    """The profile `name` extends, through every release, to the one that extends none (itself if none):
+    what a parameter fitted per framework belongs to."""
+    seen = [name]
+    while (parent := _entry_raw(seen[-1]).get("extends")) is not None and parent not in seen:
+        seen.append(parent)
+    return seen[-1]
+
+
+def _entry_raw(name: str) -> dict:
+    entry = _catalog().get(name)
+    if entry is None:
+        raise SpecError(f"unknown framework {name!r} (one of {', '.join(framework_names())})", field="framework")
+    return entry
+
+
+# Per framework root: an overlap slowdown to use instead of the catalog's while `overlap_slowdowns` is
+# active (None: the cluster's). `planner fit --overlaps` prices runs at candidate values this way.
+_OVERLAP_OVERRIDES: dict[str, float | None] = {}
+
+
+@contextmanager
+def overlap_slowdowns(values: Mapping[str, float | None]) -> Iterator[None]:
+    """While the block runs, every profile whose root (`framework_root`) `values` names has that overlap
+    slowdown (None: the cluster's) in place of the catalog's; the previous values come back after."""
+    saved = dict(_OVERLAP_OVERRIDES)
+    _OVERLAP_OVERRIDES.update(values)
+    try:
+        yield
+    finally:
+        _OVERLAP_OVERRIDES.clear()
+        _OVERLAP_OVERRIDES.update(saved)
+
+
 def framework(name: str) -> Framework:
     """The profile `name` (SpecError naming the known ones otherwise)."""
+    fw = _framework(name)
+    if _OVERLAP_OVERRIDES:
+        root = framework_root(name)
+        if root in _OVERLAP_OVERRIDES:
+            return replace(fw, overlap_slowdown=_OVERLAP_OVERRIDES[root])
+    return fw
+
+
+@lru_cache(maxsize=32)
+def _framework(name: str) -> Framework:
     entry = _entry(name)
     where = f"framework[{name}].gradients"
     try:
@@ -309,9 +381,17 @@ def framework(name: str) -> Framework:
                         field=where) from None
     step_bytes = entry.get("optimizer_step_bytes", 0.0)
     by_dtype = tuple(sorted(step_bytes.items())) if isinstance(step_bytes, dict) else ()
+    extra: dict[str, object] = {}
+    fitted = fitted_overlaps().get(framework_root(name))
+    if entry.get("overlap_slowdown") is None and fitted is not None:
+        extra = {"overlap_slowdown": fitted["value"],
+                 "source": entry["source"] + f" | overlap_slowdown {fitted['value']:.2f}: {fitted['note']}"}
     return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients,
                                    "optimizer_step_bytes": 0.0 if by_dtype else step_bytes,
-                                   "optimizer_step_bytes_by_dtype": by_dtype})
+                                   "optimizer_step_bytes_by_dtype": by_dtype, **extra})
+
+
+framework.cache_clear = _framework.cache_clear  # type: ignore[attr-defined]  # (tests swap the catalog)
 
 
 def default_framework(cluster: object) -> str:

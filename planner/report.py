@@ -115,8 +115,10 @@ def _framework_line(doc: dict[str, Any]) -> str:
         f" at {eff:.2f} of peak{clock}" if eff else " at the GEMM efficiency")
     return (f"framework {fw.name}{'' if doc.get('framework') else ' (default)'}: TP comm overlap {fw.tp_overlap}, "
             f"DP reduce overlap {'yes' if fw.dp_overlap else 'no'}, parameter gather overlap "
-            f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}, "
-            f"{attention}, norms and RoPE "
+            f"{'yes' if fw.param_gather_overlap else 'no'}, p2p overlap {'yes' if fw.pp_overlap else 'no'}"
+            + (f" (overlapped communication slows the compute beside it by {fw.overlap_slowdown:.2f} of its time)"
+               if fw.overlap_slowdown is not None else "")
+            + f", {attention}, norms and RoPE "
             + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
             + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}, loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}")
 

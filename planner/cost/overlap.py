@@ -4,8 +4,9 @@ Every consumer of the cost terms (the closed form, the step simulation, the trac
 functions, so the rules cannot drift apart:
 
 - `hide`: a collective issued alongside a window of compute on another stream costs what does not fit
-  in the window, and slows the compute it overlaps by the cluster's `overlap_slowdown` fraction of the
-  overlapped time (the two share memory bandwidth and SMs; measured by `planner calibrate`).
+  in the window, and slows the compute it overlaps by the `overlap_slowdown` fraction of the overlapped
+  time (the two share memory bandwidth and SMs): the framework profile's where it states one (fitted by
+  `planner fit --overlaps`), else the cluster's (measured by `planner calibrate`).
 - `data_parallel`: which data-parallel collectives each ZeRO stage issues and behind which window
   (Rajbhandari et al. 2020 for the stages; the overlap of gradient reduction with the backward pass as
   in PyTorch DDP, Li et al. 2020, and Megatron-LM's overlapped gradient reduction). The once-per-step
