@@ -36,10 +36,11 @@ framework's overlap implementation (its kernels' share of SMs and memory bandwid
 chunking leaves unhidden), in [0, 1]. A run's step time is piecewise linear in it (each overlapped
 collective exposes what exceeds its window plus this fraction of the rest), so each run is tabulated at
 OVERLAP_GRID and interpolated linearly; a run counts where its step time moves by FABRIC_SENSITIVITY or
-more between 0 and 1. It is fitted after the GPU (and fabric) parameters, at their fitted values (one
-round: it moves the exposed part of the communication, which the GEMM and attention efficiencies barely
-see); same objective, MIN_ROWS and step. A value at 0 (every overlapped collective free) or 1 (none hidden
-at all) is not adopted: the model misses something else on those runs.
+more between 0 and 1. A slower overlap and slower GEMMs trade off, so the overlap slowdowns and the GPU (and
+fabric) parameters are fitted in turn on the interpolated surfaces until neither moves, each surface
+shifted by what the other's change adds (`_fit_with_overlaps`); same objective, MIN_ROWS and step. A
+value at 0 (every overlapped collective free) or 1 (none hidden at all) is not adopted: the model misses
+something else on those runs.
 
 Cross-validation: leave one group out (a source, a model family), fit on the rest, predict the group
 (`cross_validate`): what a user gets on a framework release or a model the fit never saw.
