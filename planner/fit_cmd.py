@@ -266,9 +266,15 @@ def _fit_and_report(args: argparse.Namespace, cv: list[str], pinned: list[tuple[
                 profile = dataclasses.replace(profile, **{tier: dataclasses.replace(link, source=link.source + (
                     f" | efficiency {values[name]:.2f} fitted by planner fit --fabrics on {len(runs)} measured runs "
                     f"({dt.date.today().isoformat()})"))})
+        here = {fit.run_framework(r) for r in runs if r.cluster.gpu.name == base_cluster.gpu.name}
+        overlaps = {k: v for k, v in fit.values_by_framework(fitted).items() if k in here}  # frameworks run here
+        if overlaps:
+            profile = dataclasses.replace(profile, overlap_slowdown_by_framework=tuple(sorted(overlaps.items())))
         prof = profile.to_dict()
+        fitted_here = {**values, **{fit.overlap_parameter(k): v for k, v in overlaps.items()}}
         prof["provenance"] = {**prof.get("provenance", {}),
-                              "fit": {"values": values, "runs": len(runs), "commit": _commit()}}
+                              "fit": {"values": fitted_here, "runs": len(runs), "commit": _commit()}}
         atomic_write_json(args.profile_out, prof)
-        print(f"wrote {args.profile_out} ({args.cluster} with {len(values)} fitted value(s))", file=sys.stderr)
+        print(f"wrote {args.profile_out} ({args.cluster} with {len(values) + len(overlaps)} fitted value(s))",
+              file=sys.stderr)
     return 0

@@ -367,7 +367,7 @@ def simulate_plans(model: ModelSpec, cluster: ClusterSpec, plans: list[Plan],
         busy_all.append(m * (fwd[0] + bwd[0]).reshape(-1, pp).sum(axis=0) + float(terms.p2p[i]) * g.sends)
     pad = _pad(graphs, seconds)
     ends_all = _solve(pad)  # (D, R)
-    ov = terms.framework.slowdown_beside(cluster.overlap_slowdown)
+    ov = cluster.overlap_slowdown_for(terms.framework)
     out = []
     for i, (g, (_, pp, vpp, m)) in enumerate(zip(graphs, shapes, strict=True)):
         ranks = np.arange(pp)

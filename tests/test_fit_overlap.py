@@ -138,3 +138,38 @@ def test_cli_fits_overlaps_of_one_framework(tmp_path: Path, capsys: pytest.Captu
     assert main(["fit", "--framework", "nosuch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown framework 'nosuch'" in err[0]
+
+
+def test_a_fitted_profile_carries_its_frameworks_overlap(tmp_path: Path) -> None:
+    """`--profile-out` with `--overlaps` writes the framework's value into the cluster profile; a plan under
+    PaxML priced on that profile costs what the cost model gives at that value, and a NeMo plan on it keeps
+    the framework's catalog value (no NeMo run was fitted)."""
+    from planner.specs.catalog import load_cluster
+
+    out, prof = tmp_path / "fit.json", tmp_path / "profile.json"
+    assert main(["fit", "--quiet", "--overlaps", "--framework", "paxml", "--cv", "none", "--out", str(out),
+                 "--cluster", "dgx-h100", "--profile-out", str(prof)]) == 0
+    (f,) = [f for f in json.loads(out.read_text())["fitted"] if f["name"] == "overlap_slowdown[paxml]"]
+    cluster = load_cluster(str(prof))
+    assert dict(cluster.overlap_slowdown_by_framework) == {"paxml": f["value"]}
+    assert cluster.overlap_slowdown_for(framework("paxml")) == f["value"]
+    assert cluster.overlap_slowdown_for(framework("nemo-fa2")) == framework("nemo").slowdown_beside(0.15)
+    run = next(r for r in express_all(printed_runs(("dgxc",))) if isinstance(r, MeasuredRun)
+               and r.plan.framework == "paxml" and r.cluster.gpu.name == "H100-SXM5-80GB")
+    mine = dataclasses.replace(run.cluster, overlap_slowdown_by_framework=(("paxml", 0.7),))
+    with overlap_slowdowns({"paxml": 0.7}):
+        reference = estimate(run.model, run.cluster, run.plan)["step_time_s"]
+    assert estimate(run.model, mine, run.plan)["step_time_s"] == pytest.approx(reference, rel=1e-12)
+
+
+@pytest.mark.parametrize("value, match", [({"nosuch": 0.2}, "unknown framework 'nosuch'"),
+                                          ({"nemo-fa2": 0.2}, "name the framework nemo, which nemo-fa2 extends"),
+                                          ({"nemo": 1.5}, "<= 1"), ({"nemo": "fast"}, "fractions in 0..1")])
+def test_a_bad_per_framework_overlap_in_a_profile_is_one_clear_error(value: dict, match: str) -> None:
+    from planner.errors import SpecError
+    from planner.specs.catalog import load_cluster
+    from planner.specs.cluster import ClusterSpec
+
+    doc = {**load_cluster("dgx-h100").to_dict(), "overlap_slowdown_by_framework": value}
+    with pytest.raises(SpecError, match=match):
+        ClusterSpec.from_dict(doc)

@@ -264,7 +264,7 @@ def step_times(model: ModelSpec, cluster: ClusterSpec, terms: CostTerms) -> dict
     dp = data_parallel(ax.zero[e], terms.has_dp[e], m[e], terms.dp_reduce[..., :c], terms.dp_reduce_mb[..., :c],
                        terms.dp_gather[..., :c], terms.dp_gather_mb[..., :c],
                        fwd_w if fw.param_gather_overlap else 0.0 * fwd_w, bwd_w if fw.dp_overlap else 0.0 * bwd_w,
-                       fw.slowdown_beside(cluster.overlap_slowdown), terms.dp_reduce_last[..., :c])
+                       cluster.overlap_slowdown_for(fw), terms.dp_reduce_last[..., :c])
     valid = cls.valid
     dp_exposed = _max_last(np.where(valid, dp.exposed, 0.0))
     dp_total = _max_last(np.where(valid, dp.total, 0.0))

@@ -295,7 +295,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
             return np.zeros_like(params)
         return gpu.memory_time(params * acc_b * acc_share, tensors * acc_share,
                                TRAINING_RESIDENT) * cluster.compute_slowdown
-    ov = fw.slowdown_beside(cluster.overlap_slowdown)
+    ov = cluster.overlap_slowdown_for(fw)
 
     # Host-side cost of the framework (a third in forward, two in backward): per layer, per
     # micro-batch (split over the two ends), and the extra of the tensor-parallel implementation.

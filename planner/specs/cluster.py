@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from planner.errors import SpecError
-from planner.framework import ATTENTION_KERNELS
+from planner.framework import ATTENTION_KERNELS, Framework, framework_names, framework_root
 from planner.specs.model import show, show_key
 from planner.specs.topology import LinkClass, Topology
 
@@ -374,6 +374,9 @@ class ClusterSpec:
     # kernels occupy SMs and memory bandwidth (NCCL's 16 default channels hold ~15% of an A100's
     # 108 SMs). `planner calibrate` measures it on the user's machine.
     overlap_slowdown: float = 0.15
+    # (framework, value) pairs: a framework's overlap slowdown on this cluster, fitted on runs measured on it
+    # (`planner fit --overlaps --profile-out`); it wins over the framework's catalog fit and `overlap_slowdown`
+    overlap_slowdown_by_framework: tuple[tuple[str, float], ...] = ()
     # Host time the tensor-parallel layer implementation adds per layer and micro-batch (forward +
     # backward): DTensor dispatch and redistribution. Measured by `planner calibrate` on CPU hosts,
     # where it is on the critical path; 0 for GPUs, whose host runs ahead of the device.
@@ -425,6 +428,15 @@ class ClusterSpec:
         _num("cluster", "compute_slots_per_node", self.compute_slots_per_node, strict_lo=False, hi=1e7)
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
+        known = framework_names()
+        for name, value in self.overlap_slowdown_by_framework:
+            if name not in known:
+                raise SpecError(f"unknown framework {show(name)} (one of {', '.join(known)})",
+                                field="cluster.overlap_slowdown_by_framework")
+            if framework_root(name) != name:  # its releases share the framework's value
+                raise SpecError(f"name the framework {framework_root(name)}, which {name} extends",
+                                field="cluster.overlap_slowdown_by_framework")
+            _num("cluster", f"overlap_slowdown_by_framework.{name}", value, strict_lo=False, hi=1.0)
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "sp_layer_overhead_s", self.sp_layer_overhead_s, strict_lo=False, hi=10.0)
@@ -460,6 +472,13 @@ class ClusterSpec:
         group inside one such block runs on `intra_node`, beyond it on `inter_node`. Without a topology,
         the node is the domain."""
         return self.topology.nvlink_domain if self.topology is not None else self.gpus_per_node
+
+    def overlap_slowdown_for(self, fw: Framework) -> float:
+        """The fraction of an overlapped collective's time by which it slows the compute beside it when `fw`
+        runs on this cluster: this cluster's value for the framework where it has one (fitted on runs
+        measured here), else the framework's (fitted on the published runs), else the cluster's."""
+        own = dict(self.overlap_slowdown_by_framework).get(framework_root(fw.name))
+        return own if own is not None else fw.slowdown_beside(self.overlap_slowdown)
 
     @property
     def compute_slowdown(self) -> float:
@@ -499,6 +518,10 @@ class ClusterSpec:
         for tier in ("intra_node", "inter_node"):
             if not d[tier]["nvls_efficiency"]:
                 d[tier].pop("nvls_efficiency")  # (links without in-switch reduction hash as before the field)
+        if self.overlap_slowdown_by_framework:
+            d["overlap_slowdown_by_framework"] = dict(self.overlap_slowdown_by_framework)
+        else:
+            d.pop("overlap_slowdown_by_framework")  # (documents without it hash as before the field)
         if not d["provenance"]:
             d.pop("provenance")
         if self.topology is None:
@@ -534,6 +557,13 @@ class ClusterSpec:
                         topo, where, lambda n: link_preset(n).nvls_efficiency if n in link_names() else 0.0)
                     data[tier] = fast if tier == "intra_node" else net
         d = _from_dict(cls, data, where)
+        by_fw = d.get("overlap_slowdown_by_framework")
+        if by_fw is not None:
+            if not isinstance(by_fw, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                      and not isinstance(v, bool) for k, v in by_fw.items()):
+                raise SpecError("must map framework names to fractions in 0..1",
+                                field=f"{where}.overlap_slowdown_by_framework")
+            d["overlap_slowdown_by_framework"] = tuple(sorted((k, float(v)) for k, v in by_fw.items()))
         gpu = d["gpu"]  # a GPU preset name (gpus.json) or a full GPU object
         d["gpu"] = (preset(gpu_preset, gpu, "gpu") if isinstance(gpu, str)
                     else GPUSpec.from_dict(gpu, f"{where}.gpu"))
