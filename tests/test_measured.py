@@ -7,6 +7,7 @@ from the printed tokens/s, shapes from the text above each BLOOM table.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -129,11 +130,14 @@ def test_paxml_dot_policy_under_transformer_engine_recomputes_whole_layers(runs:
     """NVIDIA's PaxML GPT-5B benchmark sets ENABLE_TE=1 (Transformer Engine's layers) and SAVE_DOT_ONLY,
     a policy that saves `dot_general` outputs, which TE's GEMMs are not (NVIDIA/TransformerEngine#2003):
     every layer is recomputed whole. The measured steps (FP8 and BF16, 16-128 GPUs) are predicted within
-    10% that way; priced as saving every matmul output they were 17-25% fast."""
+    12% that way (-11% the worst, FP8 on 128 GPUs, since PaxML's overlap slowdown was fitted, 0.06, e7de508;
+    within 10% at the clusters' 0.15); priced as saving every matmul output they are 19-29% fast."""
     r, pred = _predicted(runs, "dgxc", row)
     assert r.plan.recompute == "full"
     predicted = float(pred["step_time_s"])
-    assert predicted == pytest.approx(r.step_time_s, rel=0.10)
+    assert predicted == pytest.approx(r.step_time_s, rel=0.12)
+    saving = dataclasses.replace(r.plan, recompute="save-matmuls")
+    assert float(estimate(r.model, r.cluster, saving, check=False)["step_time_s"]) < 0.85 * r.step_time_s
 
 
 def test_dgxc_405b_on_pp8_vp8_counts_embedding_and_loss(runs: dict[str, list]) -> None:
