@@ -45,8 +45,8 @@ def add_parser(sub: Any) -> None:
                    "elsewhere); what the runs alone give is still printed (repeatable)")
     p.add_argument("--from-assumptions", action="store_true",
                    help=f"start every GPU from the unfitted assumption (GEMMs, attention and low-precision GEMMs "
-                   f"at {fit.ASSUMED_GEMM_EFFICIENCY} of peak; a power-limited part at its datasheet clock), not the "
-                   "catalog's values, except what --keep "
+                   f"at {fit.ASSUMED_GEMM_EFFICIENCY} of peak; a power-limited part at its datasheet clock; every "
+                   "framework at the cluster's overlap slowdown), not the catalog's values, except what --keep "
                    "names: needed for honest cross-validation when the catalog was fitted on these same runs")
     p.add_argument("--fabrics", action="store_true",
                    help="also fit each cluster's collective efficiency inside and across nodes (achieved bus "
