@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from planner.cli import main as planner_main
-from planner.fit import ASSUMED_GEMM_EFFICIENCY
+from planner.fit import ASSUMED_GEMM_EFFICIENCY, is_overlap, overlap_of
 from planner.io import atomic_write_text
 
 CATALOG = Path(__file__).resolve().parents[1] / "planner" / "data" / "gpus.json"
@@ -101,8 +101,8 @@ def write_framework_fits(doc: dict, pooled: dict[str, float]) -> None:
     cv = ", ".join(f"leave-one-{k}-out MAPE {v * 100:.1f}% over all runs" for k, v in pooled.items())
     fits = {}
     for f in doc["fitted"]:
-        if f["name"].startswith("overlap_slowdown[") and f["adopted"]:
-            fits[f["name"][len("overlap_slowdown["):-1]] = {
+        if is_overlap(f["name"]) and f["adopted"]:
+            fits[overlap_of(f["name"])] = {
                 "value": f["value"], "runs": f["rows"],
                 "note": f"fitted by python benchmarks/fit_catalog.py (planner fit --overlaps; "
                         f"{dt.date.today().isoformat()}, commit {doc['commit']}) on the {f['rows']} measured runs "

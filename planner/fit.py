@@ -127,9 +127,18 @@ def overlap_of(name: str) -> str:
     return name[len(OVERLAP) + 1:-1]
 
 
+def _profile_name(run: MeasuredRun) -> str:
+    return run.plan.framework or default_framework(run.cluster)
+
+
 def run_framework(run: MeasuredRun) -> str:
     """The framework (root profile) whose overlap implementation a run's plan runs under."""
-    return framework_root(run.plan.framework or default_framework(run.cluster))
+    return framework_root(_profile_name(run))
+
+
+def _overlap_now(run: MeasuredRun) -> float:
+    """The overlap slowdown the cost model prices `run` at today (`ClusterSpec.overlap_slowdown_for`)."""
+    return run.cluster.overlap_slowdown_for(framework(_profile_name(run)))
 
 
 def fabric_of(name: str) -> tuple[str, str]:
@@ -224,7 +233,7 @@ def run_parameters(run: MeasuredRun) -> tuple[str, ...]:
     if run.cluster.gpu.efficiencies_of:
         return (CLOCK,)
     names = [GEMM]
-    kernel = framework(run.plan.framework or default_framework(run.cluster)).attention_kernel
+    kernel = framework(_profile_name(run)).attention_kernel
     if run.plan.flash_attention and kernel not in run.cluster.gpu.attention_efficiency_by_kernel:
         names.append(ATTENTION)  # (a kernel the catalog cites a rate for, e.g. FlashAttention-2, does not)
     if RECIPES[run.plan.dtype].low_precision:
@@ -504,14 +513,7 @@ def _state_time(s: Surface | JointSurface, fitted: list[Fitted], gpus: dict[str,
     adopted = values_by_gpu(fitted).get(s.gpu, {})
     gpu = gpus[s.gpu]
     gemm = adopted.get(GEMM, gpu.gemm_efficiency)
-    values = {}
-    for n in s.names:
-        if n in adopted:
-            values[n] = adopted[n]
-        elif is_fabric(n):
-            values[n] = fabric_value(s.run.cluster, n)
-        else:
-            values[n] = current_value(gpu, n) or gemm
+    values = {n: adopted.get(n) or _held_value([s], gpu, n) or gemm for n in s.names}
     return float(np.asarray(s.at({n: np.array([v]) for n, v in values.items()})).reshape(-1)[0])
 
 
@@ -529,8 +531,7 @@ def _fit_with_overlaps(used: Sequence[Surface | JointSurface], gpus: dict[str, G
         return fitted
     by_run = {id(o.run): o for o in overlap}
     # the slowdown each GPU surface was tabulated at: what its framework has today
-    today = {id(o.run): framework(o.run.plan.framework or default_framework(o.run.cluster)).slowdown_beside(
-        o.run.cluster.overlap_slowdown) for o in overlap}
+    today = {id(o.run): _overlap_now(o.run) for o in overlap}
     gpu_at_first = {id(s.run): _state_time(s, first, gpus) for s in used if id(s.run) in by_run}
     found: list[Fitted] = []
     for _ in range(OVERLAP_ITERATIONS):
@@ -602,10 +603,8 @@ def fit_overlaps(surfaces: Sequence[OverlapSurface]) -> list[Fitted]:
         centre = float(coarse[int(np.argmin(objective(coarse)))])
         fine = np.round(np.arange(max(0.0, centre - 0.05), min(1.0, centre + 0.05) + STEP / 2, STEP), 6)
         value = float(fine[int(np.argmin(objective(fine)))])
-        run = rows[0].run
-        before = framework(run.plan.framework or default_framework(run.cluster)).slowdown_beside(
-            run.cluster.overlap_slowdown)
-        out.append(Fitted("", name, value, before, len(rows), adopted=not _on_overlap_bound(value)))
+        out.append(Fitted("", name, value, _overlap_now(rows[0].run), len(rows),
+                          adopted=not _on_overlap_bound(value)))
     return out
 
 

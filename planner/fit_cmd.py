@@ -118,13 +118,6 @@ def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
     return runs
 
 
-def _check_frameworks(names: list[str] | None) -> None:
-    known = framework_names()
-    for name in names or []:
-        if name not in known:
-            raise PlannerError(f"unknown framework {name!r} (one of {', '.join(known)})", field="framework")
-
-
 def _used(f: fit.Fitted, pinned: list[tuple[str, str]]) -> str:
     if f.adopted:
         return "fitted"
@@ -169,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
             raise PlannerError(f"--keep takes GPU:PARAMETER ({', '.join(fit.MEANINGS)} or {fit.GEMM}[fp8]), "
                                f"got {k!r}", field="keep")
         pinned.append((gpu_name, name))
-    _check_frameworks(args.framework)
+    for name in args.framework or []:
+        framework_root(name)  # an unknown name: one line naming the known ones
     _check_output(args.out, "out")
     _check_output(args.profile_out, "profile_out")
     progress = None if args.quiet else fit.stderr_progress

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from planner.errors import SpecError
-from planner.framework import ATTENTION_KERNELS, Framework, framework_names, framework_root
+from planner.framework import ATTENTION_KERNELS, Framework, framework_root
 from planner.specs.model import show, show_key
 from planner.specs.topology import LinkClass, Topology
 
@@ -428,14 +428,14 @@ class ClusterSpec:
         _num("cluster", "compute_slots_per_node", self.compute_slots_per_node, strict_lo=False, hi=1e7)
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
-        known = framework_names()
         for name, value in self.overlap_slowdown_by_framework:
-            if name not in known:
-                raise SpecError(f"unknown framework {show(name)} (one of {', '.join(known)})",
-                                field="cluster.overlap_slowdown_by_framework")
-            if framework_root(name) != name:  # its releases share the framework's value
-                raise SpecError(f"name the framework {framework_root(name)}, which {name} extends",
-                                field="cluster.overlap_slowdown_by_framework")
+            where = "cluster.overlap_slowdown_by_framework"
+            try:
+                root = framework_root(name)
+            except SpecError as exc:  # re-point the catalog's "unknown framework" at this key
+                raise SpecError(str(exc).removeprefix(f"{exc.field}: "), field=where) from None
+            if root != name:  # its releases share the framework's value
+                raise SpecError(f"name the framework {root}, which {name} extends", field=where)
             _num("cluster", f"overlap_slowdown_by_framework.{name}", value, strict_lo=False, hi=1.0)
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
