@@ -164,8 +164,9 @@ def test_a_fitted_profile_carries_its_frameworks_overlap(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("value, match", [({"nosuch": 0.2}, "unknown framework 'nosuch'"),
                                           ({"nemo-fa2": 0.2}, "name the framework nemo, which nemo-fa2 extends"),
-                                          ({"nemo": 1.5}, "<= 1"), ({"nemo": "fast"}, "fractions in 0..1")])
-def test_a_bad_per_framework_overlap_in_a_profile_is_one_clear_error(value: dict, match: str) -> None:
+                                          ({"nemo": 1.5}, "<= 1"), ({"nemo": "fast"}, "fractions in 0..1"),
+                                          (None, "fractions in 0..1"), ([["nemo", 0.2]], "fractions in 0..1")])
+def test_a_bad_per_framework_overlap_in_a_profile_is_one_clear_error(value: object, match: str) -> None:
     from planner.errors import SpecError
     from planner.specs.catalog import load_cluster
     from planner.specs.cluster import ClusterSpec

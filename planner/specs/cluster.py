@@ -428,8 +428,13 @@ class ClusterSpec:
         _num("cluster", "compute_slots_per_node", self.compute_slots_per_node, strict_lo=False, hi=1e7)
         _num("cluster", "reserved_memory_bytes", self.reserved_memory_bytes, strict_lo=False, hi=1e15)
         _num("cluster", "overlap_slowdown", self.overlap_slowdown, strict_lo=False, hi=1.0)
-        for name, value in self.overlap_slowdown_by_framework:
-            where = "cluster.overlap_slowdown_by_framework"
+        where = "cluster.overlap_slowdown_by_framework"
+        pairs = self.overlap_slowdown_by_framework
+        if not isinstance(pairs, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) for p in pairs):
+            raise SpecError(f"must map framework names to fractions in 0..1, got {show(pairs)}", field=where)
+        for name, value in pairs:
             try:
                 root = framework_root(name)
             except SpecError as exc:  # re-point the catalog's "unknown framework" at this key
@@ -437,6 +442,7 @@ class ClusterSpec:
             if root != name:  # its releases share the framework's value
                 raise SpecError(f"name the framework {root}, which {name} extends", field=where)
             _num("cluster", f"overlap_slowdown_by_framework.{name}", value, strict_lo=False, hi=1.0)
+        object.__setattr__(self, "overlap_slowdown_by_framework", tuple((k, float(v)) for k, v in pairs))
         _num("cluster", "tp_layer_overhead_s", self.tp_layer_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "tp_microbatch_overhead_s", self.tp_microbatch_overhead_s, strict_lo=False, hi=10.0)
         _num("cluster", "sp_layer_overhead_s", self.sp_layer_overhead_s, strict_lo=False, hi=10.0)
@@ -558,12 +564,8 @@ class ClusterSpec:
                     data[tier] = fast if tier == "intra_node" else net
         d = _from_dict(cls, data, where)
         by_fw = d.get("overlap_slowdown_by_framework")
-        if by_fw is not None:
-            if not isinstance(by_fw, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
-                                                      and not isinstance(v, bool) for k, v in by_fw.items()):
-                raise SpecError("must map framework names to fractions in 0..1",
-                                field=f"{where}.overlap_slowdown_by_framework")
-            d["overlap_slowdown_by_framework"] = tuple(sorted((k, float(v)) for k, v in by_fw.items()))
+        if isinstance(by_fw, dict):  # a file's mapping, in a canonical order (anything else: __post_init__ refuses)
+            d["overlap_slowdown_by_framework"] = tuple(sorted(by_fw.items(), key=lambda kv: str(kv[0])))
         gpu = d["gpu"]  # a GPU preset name (gpus.json) or a full GPU object
         d["gpu"] = (preset(gpu_preset, gpu, "gpu") if isinstance(gpu, str)
                     else GPUSpec.from_dict(gpu, f"{where}.gpu"))
