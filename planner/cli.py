@@ -481,7 +481,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "optimizer_step_bytes": dict(f.optimizer_step_bytes_by_dtype) or f.optimizer_step_bytes,
                      "recompute": list(f.recompute), "attention_kernel": f.attention_kernel or "default",
                      "grad_reduce_in_fp32": f.grad_reduce_in_fp32, "fp8_param_gather": f.fp8_param_gather,
-                     "fused_norm": f.fused_norm, "compiled": f.compiled,
+                     "fused_norm": f.fused_norm, "quantized_saved_inputs": f.quantized_saved_inputs,
+                     "compiled": f.compiled,
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
                      "overlap_slowdown": f.overlap_slowdown,
@@ -490,13 +491,15 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         return 0
 
     def memory(f: Framework) -> str:
-        """What the profile keeps: gradient precision, FP8 primary weights, fused norms, its loss."""
+        """What the profile keeps: gradient precision, FP8 primary weights, fused norms, the precision of
+        the linear layers' saved inputs, its loss."""
         parts = ["fp32 grads" if f.grad_reduce_in_fp32 else "16-bit grads"]
         if f.gradients:  # the profile's own path per dtype: its buffer and per-micro-batch accumulation
             parts = [f"{dtype} grads {path.buffer_bytes:g} B + {path.accumulation_bytes:g} B/micro-batch"
                      for dtype, path in f.gradients]
         return ", ".join(parts + ["unsharded under pp"] * f.pipeline_unsharded_grads + ["fp8 weights"]
-                         * f.fp8_param_gather + ["fused norms"] * f.fused_norm + [f"loss {f.cross_entropy}"])
+                         * f.fp8_param_gather + ["fused norms"] * f.fused_norm
+                         + ["low-precision saved inputs"] * f.quantized_saved_inputs + [f"loss {f.cross_entropy}"])
 
     def optimizer(f: Framework) -> str:
         """Bytes per parameter one optimizer step streams: the profile's own count, else a fused AdamW's."""

@@ -54,6 +54,9 @@ reads them like it reads the cluster:
   (with their transposes), not beside a 16-bit copy (planner.precision.extra_weight_bytes);
 - fused_norm: the RMSNorm before QKV and before the MLP runs fused with that linear layer (Transformer
   Engine's LayerNormLinear / LayerNormMLP) and saves its input only (planner.graph.with_fused_norms);
+- quantized_saved_inputs: under a low-precision recipe each low-precision linear layer saves the
+  quantised copy of its input for the weight gradient, not the 16-bit input (Transformer Engine's Linear /
+  LayerNormLinear; torchao's float8 linear saves the 16-bit input): planner.graph.with_quantized_saved_inputs;
 - compiled: the norms' and RoPE's elementwise chains run as fused kernels (torch.compile, Transformer
   Engine, Apex); false: eager PyTorch, each op's kernels and fp32 round trips as PyTorch dispatches
   them (planner.graph.with_eager_ops), with composite_rms_norm: F.rms_norm as PyTorch's composite
@@ -174,6 +177,11 @@ class Framework:
     # The RMSNorm before QKV and before the MLP is fused with that linear layer (Transformer Engine's
     # LayerNormLinear / LayerNormMLP): it saves its input only, not also its normalised output
     fused_norm: bool = False
+    # Under a low-precision recipe each low-precision linear layer keeps, for its weight-gradient GEMM, the
+    # quantised copy of its input it ran the forward GEMM on instead of the 16-bit input (Transformer
+    # Engine's Linear / LayerNormLinear: planner.graph.with_quantized_saved_inputs); False: the 16-bit
+    # input, re-quantised in backward (torchao's float8 linear saves input_hp)
+    quantized_saved_inputs: bool = False
     # The elementwise chains (norms, RoPE) run fused (torch.compile's Inductor, or the framework's fused
     # kernels); False: eager PyTorch, each op as PyTorch dispatches it (planner.graph.with_eager_ops)
     compiled: bool = True

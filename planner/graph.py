@@ -583,6 +583,33 @@ def with_fused_norms(lg: LayerGraph) -> LayerGraph:
     return _map_ops(lg, lambda op: replace(op, saved=op.saved / 2) if op.name in FUSED_NORMS else op)
 
 
+# Linear layers whose input is the attention output, which a fused attention kernel also keeps for its
+# own backward (FlashAttention's and cuDNN's backward read the output O beside Q, K, V and the log-sum-exp)
+ATTENTION_OUTPUT_LINEARS = ("attn.proj",)
+
+
+def with_quantized_saved_inputs(lg: LayerGraph, element_bytes: float, quantized: Callable[[Op], bool],
+                                fused_attention: bool) -> LayerGraph:
+    """`lg` with each trained low-precision linear layer (`quantized(op)`; not a frozen weight, not a
+    LoRA adapter) keeping its input for the weight-gradient GEMM as the quantised copy it ran the forward
+    GEMM on, `element_bytes` per element (scales included), instead of in the activation dtype. So
+    Transformer Engine's linear layers do under FP8: `_Linear.forward` saves the FP8 `inputmat` (or its
+    transpose) unless the recipe overrides the weight-gradient precision, and `_LayerNormLinear` the FP8
+    `ln_out` its fused norm kernel wrote (TE 1.x, transformer_engine/pytorch/module/linear.py and
+    layernorm_linear.py); TE 2.x keeps the column-wise quantised copy. The output projection's input
+    stays in 16 bits too where a fused attention kernel keeps it (ATTENTION_OUTPUT_LINEARS): the copy is
+    added to it there."""
+    b = DTYPE_BYTES[lg.dtype]
+
+    def keep_quantized(op: Op) -> Op:
+        if not op.saved or op.frozen or ".lora_" in op.name or not quantized(op):
+            return op
+        kept_by_attention = op.saved if fused_attention and op.name in ATTENTION_OUTPUT_LINEARS else 0.0
+        return replace(op, saved=kept_by_attention + op.saved * element_bytes / b)
+
+    return _map_ops(lg, keep_quantized)
+
+
 def _map_ops(lg: LayerGraph, fn: Callable[[Op], Op]) -> LayerGraph:
     """`lg` with `fn` applied to every op: the embedding's, each layer kind's and the head's."""
     return replace(lg, pre_ops=tuple(map(fn, lg.pre_ops)),

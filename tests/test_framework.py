@@ -168,9 +168,9 @@ def test_frameworks_command_lists_what_each_profile_keeps(capsys: pytest.Capture
 
     assert main(["frameworks", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    switches = ("grad_reduce_in_fp32", "fp8_param_gather", "fused_norm")
-    assert tuple(rows["nemo"][k] for k in switches) == (False, True, True)
-    assert tuple(rows["torchtitan"][k] for k in switches) == (True, False, False)
+    switches = ("grad_reduce_in_fp32", "fp8_param_gather", "fused_norm", "quantized_saved_inputs")
+    assert tuple(rows["nemo"][k] for k in switches) == (False, True, True, True)
+    assert tuple(rows["torchtitan"][k] for k in switches) == (True, False, False, False)
     # torchtitan runs eager unless told to compile (its CompileConfig default, what the export keeps)
     assert (rows["torchtitan"]["compiled"], rows["torchtitan-compile"]["compiled"]) == (False, True)
     assert rows["torchtitan-async-tp"]["compiled"] and rows["torchtitan-2024"]["composite_rms_norm"]

@@ -169,3 +169,27 @@ def test_megatron_export_keeps_fp8_primary_weights_where_the_plan_was_priced_so(
     assert ("--fp8-param-gather" in files["megatron.args"].splitlines()) == gathered
     said = "fp8_param_gather" in "\n".join(files.values())
     assert said == (framework == "nemo" and zero == 0)
+
+
+@pytest.mark.parametrize(("tp", "sp"), [(1, False), (2, True)])
+def test_transformer_engine_keeps_fp8_copies_of_its_linear_inputs_torchao_the_bf16_ones(tp: int, sp: bool) -> None:
+    """What a layer keeps for backward under FP8, from the frameworks' own save lists. Transformer Engine
+    (NeMo, Megatron-Core): `_LayerNormLinear.forward` saves the LayerNorm's input and the FP8 `ln_out` it
+    feeds the GEMM (QKV, MLP up), `_Linear.forward` the FP8 copy of its input (the attention output
+    before the output projection, the activation before the MLP down projection), while the fused
+    attention kernel still keeps its bf16 output O for its own backward. Against bf16 (2 B per element)
+    a layer keeps, per token, 1 B less of the QKV input (h), of the MLP up input (h) and of the MLP down
+    input (f), and 1 B more for the projection's FP8 copy (h): h + f bytes, divided by tp (with SP every
+    one of these tensors is split over the TP ranks). torchao's float8 linear (torchtitan) saves
+    `input_hp`, the bf16 input: nothing changes."""
+    model = model_preset("llama3-8b")
+    h, f, layers, tokens = model.hidden, model.ffn_hidden, model.num_layers, model.seq_len
+    cluster = cluster_preset("dgx-h100")
+
+    def activations(dtype: str, fw: str) -> float:
+        plan = Plan(tp=tp, dp=8 // tp, global_batch=8 // tp, sequence_parallel=sp, dtype=dtype, framework=fw)
+        return estimate(model, cluster, plan)["memory"]["activations"] * GIB
+
+    saved = activations("bf16", "nemo") - activations("fp8", "nemo")
+    assert saved == pytest.approx(layers * tokens * (h + f) / tp, rel=1e-9)
+    assert activations("fp8", "torchtitan") == pytest.approx(activations("bf16", "torchtitan"), rel=1e-12)

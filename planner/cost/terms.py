@@ -55,9 +55,10 @@ from planner.graph import (
     build_graph,
     with_eager_ops,
     with_fused_norms,
+    with_quantized_saved_inputs,
 )
 from planner.plan import RECOMPUTE
-from planner.precision import base_dtype, extra_weight_bytes
+from planner.precision import RECIPES, base_dtype, extra_weight_bytes
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
 
@@ -617,11 +618,14 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
 
 
 def _graph(model: ModelSpec, cluster: ClusterSpec, b: PlanBatch) -> LayerGraph:
-    """The layer graph the batch's plans run: its dtype, attention kernel, LoRA, and the framework's norms
-    and elementwise kernels (fused, or eager PyTorch's)."""
+    """The layer graph the batch's plans run: its dtype, attention kernel, LoRA, and the framework's norms,
+    elementwise kernels (fused, or eager PyTorch's) and what its low-precision linear layers save."""
     lg = build_graph(model, b.dtype, b.flash, b.lora)
     fw = framework(b.framework or default_framework(cluster))
     lg = with_fused_norms(lg) if fw.fused_norm else lg
+    recipe = RECIPES[b.dtype]
+    if fw.quantized_saved_inputs and recipe.low_precision:
+        lg = with_quantized_saved_inputs(lg, recipe.element_bytes, lambda op: low_precision(op, b.dtype), b.flash)
     return lg if fw.compiled else with_eager_ops(lg, fw.composite_rms_norm)
 
 
