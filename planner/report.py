@@ -120,7 +120,20 @@ def _framework_line(doc: dict[str, Any]) -> str:
                if fw.overlap_slowdown is not None else "")
             + f", {attention}, norms and RoPE "
             + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
-            + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}, loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}")
+            + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}"
+            + _saved_inputs(fw, doc.get("dtype", "bf16")) + f", loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}")
+
+
+def _saved_inputs(fw: Any, dtype: str) -> str:
+    """What the profile's low-precision linear layers keep of their input for the weight gradient (a
+    clause, empty outside the low-precision recipes)."""
+    from planner.precision import RECIPES
+
+    recipe = RECIPES.get(dtype)
+    if recipe is None or not recipe.low_precision:
+        return ""
+    kept = f"an {dtype} copy of their input" if fw.quantized_saved_inputs else f"their {recipe.base} input"
+    return f", linear layers keep {kept} for the weight gradient"
 
 
 def _gradients(fw: Any, dtype: str) -> str:

@@ -193,3 +193,21 @@ def test_transformer_engine_keeps_fp8_copies_of_its_linear_inputs_torchao_the_bf
     saved = activations("bf16", "nemo") - activations("fp8", "nemo")
     assert saved == pytest.approx(layers * tokens * (h + f) / tp, rel=1e-9)
     assert activations("fp8", "torchtitan") == pytest.approx(activations("bf16", "torchtitan"), rel=1e-12)
+
+
+def test_explain_says_what_the_linear_layers_keep_under_fp8() -> None:
+    """`planner explain` names the assumption the memory above came from: Transformer Engine's FP8 copy
+    (NeMo), torchao's bf16 input (torchtitan); nothing outside the low-precision recipes."""
+    from planner.plan import PlanDocument
+    from planner.report import explain
+
+    model, cluster = model_preset("llama3-8b"), H100.with_gpus(8)
+
+    def framework_line(fw: str, dtype: str) -> str:
+        plan = Plan(dp=8, global_batch=8, zero_stage=1, framework=fw, dtype=dtype)
+        doc = PlanDocument(plan=plan, model=model, cluster=cluster, prediction=estimate(model, cluster, plan))
+        return next(x for x in explain(doc.to_json()).splitlines() if x.startswith(f"framework {fw}"))
+
+    assert "linear layers keep an fp8 copy of their input for the weight gradient" in framework_line("nemo", "fp8")
+    assert "linear layers keep their bf16 input for the weight gradient" in framework_line("torchtitan", "fp8")
+    assert "linear layers keep" not in framework_line("nemo", "bf16")
