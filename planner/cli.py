@@ -485,6 +485,7 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "compiled": f.compiled,
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
+                     "cp_rotation": f.cp_rotation, "cp_grads_fp32": f.cp_grads_fp32,
                      "overlap_slowdown": f.overlap_slowdown,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
                      "source": f.source} for f in rows])

@@ -79,6 +79,15 @@ reads them like it reads the cluster:
   shard no gradient memory there;
 - repeated_kv: K and V are repeated to every query head before the attention kernel (torchtitan's
   repeat_kv), so context parallelism's ring passes n_heads / n_kv_heads times the GQA projections' bytes;
+- cp_rotation: how context parallelism moves K and V between the ranks (CP_ROTATIONS): "ring" (each step
+  sends the chunk it holds to the next rank while it computes with it: Megatron-Core / Transformer
+  Engine's ring attention, this project's executor) or "allgather" (torch's context_parallel with its
+  default rotate_method ALL_GATHER, which torchtitan keeps: one all-gather of all ranks' K and V issued
+  before the first step, which only the local causal block, 1/cp of a rank's attention under load
+  balancing, runs beside; torch/distributed/tensor/experimental/_attention.py, _AllGatherRotater);
+- cp_grads_fp32: the ring attention's backward accumulates dK and dV in fp32 and passes them to the
+  next rank in fp32 (torch's _ContextParallelOptions.convert_to_f32, on by default; the dK/dV exchange
+  runs one step behind the compute, the last step's after it);
 - overlap_slowdown: the fraction of an overlapped collective's time by which it slows the compute beside
   it under this framework's overlap implementation (its communication kernels' share of the SMs and of
   memory bandwidth, and what its chunking leaves unhidden); unset: the cluster's `overlap_slowdown`.
@@ -111,6 +120,9 @@ ATTENTION_KERNELS = {"": "the GPU's default fused kernel", "fa2": "FlashAttentio
 CROSS_ENTROPY_KERNELS = {"fused": "fused vocabulary-parallel cross-entropy (fp32, in place)",
                          "eager-fp32": "eager F.cross_entropy on fp32 logits",
                          "compiled": "F.cross_entropy compiled by torch.compile (Inductor)"}
+# How context parallelism exchanges K and V (see the module docstring).
+CP_ROTATIONS = {"ring": "each step passes its K/V chunk to the next rank beside that step's attention",
+                "allgather": "one all-gather of every rank's K/V per layer pass, beside the local block only"}
 DEFAULT_FRAMEWORK = "megatron-lm"
 REDUCE_OPS = ("reduce_scatter", "all_reduce")
 
@@ -246,6 +258,10 @@ class Framework:
     # n_kv_heads times the GQA projections' bytes (torch.distributed.tensor.experimental's ring attention
     # rotates the key and value the kernel is called with)
     repeated_kv: bool = False
+    # How context parallelism exchanges K and V (CP_ROTATIONS) and whether its backward passes dK / dV
+    # in fp32 (torch's context_parallel: ALL_GATHER and convert_to_f32 by default)
+    cp_rotation: str = "ring"
+    cp_grads_fp32: bool = False
     # Fraction of an overlapped collective's time by which it slows the compute beside it under this
     # framework's overlap implementation; None: the cluster's `overlap_slowdown` (`planner fit --overlaps`)
     overlap_slowdown: float | None = None
@@ -261,6 +277,9 @@ class Framework:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise SpecError(f"must be one of {', '.join(repr(k) for k in ATTENTION_KERNELS)}, got "
                             f"{self.attention_kernel!r}", field=f"framework[{self.name}].attention_kernel")
+        if self.cp_rotation not in CP_ROTATIONS:
+            raise SpecError(f"must be one of {', '.join(CP_ROTATIONS)}, got {self.cp_rotation!r}",
+                            field=f"framework[{self.name}].cp_rotation")
         if self.tp_overlap not in TP_OVERLAPS:
             raise SpecError(f"must be one of {', '.join(TP_OVERLAPS)}, got {self.tp_overlap!r}",
                             field=f"framework[{self.name}].tp_overlap")

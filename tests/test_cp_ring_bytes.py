@@ -38,3 +38,33 @@ def test_the_ring_passes_the_kernels_key_and_value(model: str, tp: int, repeated
     per_width = 2 * 2 * 32768 * 2  # K and V, two ranks, 32,768 tokens each, bf16
     assert ring_bytes(model, "torchtitan", tp) == per_width * repeated_width
     assert ring_bytes(model, "megatron-core", tp) == per_width * projected_width
+
+
+def test_torchtitans_profile_exchanges_kv_as_torchs_context_parallel_defaults_say() -> None:
+    """torchtitan runs torch's context_parallel with its default options: the profile must say what the
+    installed torch does (rotate_method ALL_GATHER -> "allgather", convert_to_f32 -> dK / dV in fp32),
+    and Megatron-Core's ring attention stays a ring in the 16-bit dtype."""
+    from planner.framework import framework
+
+    attention = pytest.importorskip("torch.distributed.tensor.experimental._attention")
+    options = attention._cp_options
+    fw = framework("torchtitan")
+    assert fw.cp_rotation == {"ALL_GATHER": "allgather", "ALL_TO_ALL": "ring"}[options.rotate_method.name]
+    assert fw.cp_grads_fp32 is bool(options.convert_to_f32)
+    assert (framework("megatron-core").cp_rotation, framework("megatron-core").cp_grads_fp32) == ("ring", False)
+
+
+def test_what_the_attention_hides_of_each_exchange_worked_example() -> None:
+    """docs/cost-model.md §5 (CP), worked by hand: a layer at cp 4 whose attention takes 40 ms forward and
+    80 ms backward, K and V of all ranks 12 ms around the ring, their gradients 18 ms, overlap free.
+    A ring hides every step's exchange behind that step's attention: nothing is exposed. An all-gather
+    issued before the first step runs beside the local causal block only, 40 / 4 = 10 ms: 2 ms exposed;
+    in backward the gather hides behind 80 / 4 = 20 ms, and the dK / dV of the three ring steps behind the
+    next step's compute (12 ms behind 60), the last step's 18 / 3 = 6 ms behind none."""
+    from planner.cost.terms import cp_exposure
+
+    kv, grads, fwd, bwd, cp = (np.array([x]) for x in (0.012, 0.018, 0.040, 0.080, 4))
+    ring = cp_exposure("ring", kv, grads, fwd, bwd, cp, 0.0)
+    gather = cp_exposure("allgather", kv, grads, fwd, bwd, cp, 0.0)
+    assert [float(x[0]) for x in ring] == pytest.approx([0.0, 0.0])
+    assert [float(x[0]) for x in gather] == pytest.approx([0.002, 0.006])

@@ -34,6 +34,7 @@ from planner.cost.batch import PlanBatch, group_index, unique_inverse
 from planner.cost.comm import collective_time, functional_or_plain, p2p_time, product_layout
 from planner.cost.compute import low_precision, ops_times
 from planner.cost.memory import (
+    FP32_BYTES,
     MATMUL_POLICIES,
     OPTIMIZER_STEP_BYTES,
     WEIGHT_BYTES,
@@ -251,6 +252,22 @@ def ring_kv_width(model: ModelSpec, fw: Framework) -> float:
     return float(model.kv_hidden)
 
 
+def cp_exposure(rotation: str, kv: Array, grads: Array, attn_fwd: Array, attn_bwd: Array, cp: Array,
+                slowdown: Array | float) -> tuple[Array, Array]:
+    """(forward, backward) seconds of a layer's context-parallel exchange that the attention core does not
+    hide: `kv` the time of all ranks' K and V passed around once, `grads` that of their gradients.
+    "ring": each step's chunk travels beside the whole attention (Liu et al. 2023). "allgather" (torch's
+    default ALL_GATHER rotater): the K/V of all ranks are gathered before the first step, beside only the
+    local causal block, 1/cp of a rank's load-balanced attention; in backward the dK/dV of each step
+    travel beside the next step's compute, the last step's beside none."""
+    if rotation == "ring":
+        return hide(kv, attn_fwd, slowdown), hide(kv + grads, attn_bwd, slowdown)
+    n = np.maximum(cp, 1)
+    last = np.where(cp > 1, grads / np.maximum(n - 1, 1), 0.0)
+    return (hide(kv, attn_fwd / n, slowdown),
+            hide(kv, attn_bwd / n, slowdown) + hide(grads - last, attn_bwd * (n - 1) / n, slowdown) + last)
+
+
 def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
     """Backward all-reduces per layer beyond Megatron-LM's two (one per fused input projection) when the
     framework keeps q, k, v (and gate, up) as separate column-parallel linears (`Framework.fused_qkv`
@@ -327,9 +344,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         tp_fwd_moe = np.where(folded, np.where(sp, ag + rs + ag_e + rs_e, ar + ar_e), tp_fwd_dense)
         tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e,
                                                      (1 + extra_attn) * ar + ar_e), tp_bwd_total_routed)
-    # Context parallel: ring exchange of K and V chunks, overlapped with the attention core.
+    # Context parallel: the exchange of K and V chunks (forward, and again in backward) and of their
+    # gradients (backward), overlapped with the attention core (cp_exposure).
     kv = 2 * tokens * ring_kv_width(model, fw) * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
+    cp_grads = cp_ring * (FP32_BYTES / beta if fw.cp_grads_fp32 else 1.0)
 
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
@@ -386,9 +405,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["tp_bwd"].append(tp_bwd)
         out["tp_bwd_total"].append(tp_bwd_total)
         out["ep"].append(a2a)
-        out["cp_fwd"].append(hide(cp_ring, lay.attn_fwd, ov))
-        out["cp_bwd"].append(hide(2 * cp_ring, lay.attn_bwd, ov))
-        out["cp_total"].append(3 * cp_ring)
+        cp_fwd, cp_bwd = cp_exposure(fw.cp_rotation, cp_ring, cp_grads, lay.attn_fwd, lay.attn_bwd, b.cp, ov)
+        out["cp_fwd"].append(cp_fwd)
+        out["cp_bwd"].append(cp_bwd)
+        out["cp_total"].append(2 * cp_ring + cp_grads)
         acts = [layer_activation_bytes(kind.ops, base_dtype(dt), h, tokens, seq, t, sp, r) for r in range(3)]
         out["act_none"].append(acts[0])
         out["act_selective"].append(acts[1])
