@@ -121,7 +121,18 @@ def _framework_line(doc: dict[str, Any]) -> str:
             + f", {attention}, norms and RoPE "
             + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
             + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}"
-            + _saved_inputs(fw, doc.get("dtype", "bf16")) + f", loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}")
+            + _saved_inputs(fw, doc.get("dtype", "bf16")) + f", loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}"
+            + _context_parallel(fw, int(doc.get("cp", 1))))
+
+
+def _context_parallel(fw: Any, cp: int) -> str:
+    """How the profile's context parallelism moves K and V (a clause, empty without context parallelism)."""
+    from planner.framework import CP_ROTATIONS
+
+    if cp <= 1:
+        return ""
+    grads = "dK / dV in fp32" if fw.cp_grads_fp32 else "dK / dV in the training dtype"
+    return f", context parallelism: {CP_ROTATIONS[fw.cp_rotation]} ({fw.cp_rotation}), {grads}"
 
 
 def _saved_inputs(fw: Any, dtype: str) -> str:

@@ -68,3 +68,23 @@ def test_what_the_attention_hides_of_each_exchange_worked_example() -> None:
     gather = cp_exposure("allgather", kv, grads, fwd, bwd, cp, 0.0)
     assert [float(x[0]) for x in ring] == pytest.approx([0.0, 0.0])
     assert [float(x[0]) for x in gather] == pytest.approx([0.002, 0.006])
+
+
+def test_explain_says_how_a_plans_context_parallelism_exchanges_kv() -> None:
+    """`planner explain` names the CP exchange the step time above was priced with, and says nothing of
+    it for a plan without context parallelism."""
+    from planner.cost import estimate
+    from planner.plan import PlanDocument
+    from planner.report import explain
+
+    m, c = dataclasses.replace(model_preset("llama3-8b"), seq_len=65536), cluster_preset("dgx-h100").with_gpus(8)
+
+    def framework_line(fw: str, cp: int) -> str:
+        plan = Plan(dp=8 // cp, cp=cp, global_batch=8 // cp, framework=fw, recompute="full")
+        doc = PlanDocument(plan=plan, model=m, cluster=c, prediction=estimate(m, c, plan))
+        return next(x for x in explain(doc.to_json()).splitlines() if x.startswith(f"framework {fw}"))
+
+    assert "context parallelism: one all-gather of every rank's K/V" in framework_line("torchtitan", 2)
+    assert "(allgather), dK / dV in fp32" in framework_line("torchtitan", 2)
+    assert "(ring), dK / dV in the training dtype" in framework_line("megatron-core", 2)
+    assert "context parallelism" not in framework_line("torchtitan", 1)
