@@ -191,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         p, m = predicted.get(cls, 0.0), busiest.get(cls, 0.0)
         ratio = f"{m / p:.2f}" if p > 0 else "-"
         print(f"{cls:18s} {p * 1e3:13.1f} {m * 1e3:12.1f} {ratio:>21s}")
-    print(f"{'busy':18s} {sum(predicted.values()) * 1e3:13.1f} {busy * 1e3:12.1f} "
-          f"{busy / sum(predicted.values()):21.2f}")
+    predicted_busy = sum(predicted.values())
     plain_busy = float(np.median(plain["busy_times_s"]))
-    print(f"{'busy, no profiler':18s} {sum(predicted.values()) * 1e3:13.1f} {plain_busy * 1e3:12.1f} "
-          f"{plain_busy / sum(predicted.values()):21.2f}")
+    for label, measured_busy in (("busy", busy), ("busy, no profiler", plain_busy)):
+        print(f"{label:18s} {predicted_busy * 1e3:13.1f} {measured_busy * 1e3:12.1f} "
+              f"{measured_busy / predicted_busy:21.2f}")
     print(f"\ncommunication calls: {comm * 1e3:.1f} ms of wall time a step (mostly waiting: not in busy)")
     inflation = measured["step_time_s"]["median"] / plain["step_time_s"]["median"]
     print(f"without the profiler the step took {plain['step_time_s']['median'] * 1e3:.1f} ms: the profiler made it "
