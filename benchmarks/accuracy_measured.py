@@ -5,7 +5,8 @@
     python benchmarks/accuracy_measured.py --rows   # one line per predicted row
 
 Every expressible run with a measured step time (benchmarks/measured_runs.py says which and why not the
-rest) is predicted under its printed configuration, both by the closed form (`planner.cost.estimate`) and
+rest) is predicted under its printed configuration, once however many tables print it
+(`planner.measured.reprints`), both by the closed form (`planner.cost.estimate`) and
 by the step simulation the search re-ranks with (`planner.simulate.simulate_plans`). Error =
 (predicted - measured) / measured; MAPE = mean |error|, bias = mean error, worst = the largest |error|.
 Buckets follow "Accuracy on measured GPU runs" (issue 14): sequence length, model size (total parameters
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.measured import SOURCES, MeasuredRun, express_all, printed_runs
+from planner.measured import SOURCES, MeasuredRun, distinct, express_all, printed_runs
 from planner.measured.accuracy import BUCKET_ORDER, BUCKETS, Prediction, by_bucket, predict, summarise
 from planner.measured.report import SOURCE_NAMES, markdown, pct, provenance
 
@@ -53,13 +54,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def expressible(sources: list[str], limit: int, substitute: bool) -> tuple[list[MeasuredRun], int]:
-    runs = []
+def expressible(sources: list[str], limit: int, substitute: bool) -> tuple[list[MeasuredRun], int, int]:
+    """The expressible runs of the sources' rows, each run once; the rows read; the reprints left out."""
+    rows = []
     for s in sources:
-        rows = printed_runs([s])
-        runs += rows[:limit] if limit else rows
-    results = express_all(runs, substitute)
-    return [r for r in results if isinstance(r, MeasuredRun)], len(runs)
+        printed = printed_runs([s])
+        rows += printed[:limit] if limit else printed
+    once = distinct(rows)
+    results = express_all(once.runs, substitute)
+    return [r for r in results if isinstance(r, MeasuredRun)], len(rows), len(once.reprints)
 
 
 def _errors(preds: list[Prediction], simulated: bool = False) -> list[tuple[float, str]]:
@@ -119,11 +122,13 @@ def oom_lines(runs: list[MeasuredRun], preds: list[Prediction]) -> list[str]:
 
 
 def report(runs: list[MeasuredRun], preds: list[Prediction], failed: list, n_rows: int, wall: float,
-           command: str = "python benchmarks/accuracy_measured.py") -> str:
+           command: str = "python benchmarks/accuracy_measured.py", reprints: int = 0) -> str:
     no_time = sum(1 for r in runs if r.step_time_s is None)
     subs = sum(1 for r in runs if r.substitutions)
+    again = (f" ({reprints} reprint a run another table of the same source printed: counted once)"
+             if reprints else "")
     out = [f"Predicted vs measured step time of the published runs ({provenance()}; `{command}`)", "",
-           f"{n_rows} rows read, {len(runs)} expressible, {len(preds)} predicted "
+           f"{n_rows} rows read{again}, {len(runs)} expressible, {len(preds)} predicted "
            f"({no_time} expressible rows print no step time; {len(failed)} failed in the cost model"
            + (f"; {subs} rows on a substituted system" if subs else "") + ").", "",
            "Per source (closed form = `planner.cost.estimate`; simulated = `planner.simulate.simulate_plans`):", "",
@@ -136,12 +141,13 @@ def report(runs: list[MeasuredRun], preds: list[Prediction], failed: list, n_row
     return "\n".join(out)
 
 
-def to_json(runs: list[MeasuredRun], preds: list[Prediction], failed: list) -> dict:
+def to_json(runs: list[MeasuredRun], preds: list[Prediction], failed: list, reprints: int = 0) -> dict:
     def summary(ps: list[Prediction]) -> dict:
         return {"estimate": summarise(_errors(ps)).to_json(), "simulated": summarise(_errors(ps, True)).to_json()}
 
     return {
         "provenance": provenance(),
+        "reprints_counted_once": reprints,
         "sources": {s: summary([p for p in preds if p.run.source == s]) for s in SOURCES},
         "all": summary(preds),
         "buckets": {name: {k: v.to_json() for k, v in by_bucket(preds, key, order=BUCKET_ORDER.get(name)).items()}
@@ -161,10 +167,10 @@ def to_json(runs: list[MeasuredRun], preds: list[Prediction], failed: list) -> d
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    runs, n_rows = expressible(args.source, args.limit, args.substitute)
+    runs, n_rows, reprints = expressible(args.source, args.limit, args.substitute)
     preds, failed = predict(runs)
     if args.json:
-        print(json.dumps(to_json(runs, preds, failed), indent=1))
+        print(json.dumps(to_json(runs, preds, failed, reprints), indent=1))
     elif args.rows:
         for p in preds:
             print(f"{p.run.source}[{p.run.run.row}] {pct(p.error, True):>7} sim {pct(p.sim_error, True):>7} "
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{p.run.plan.dtype} | {p.run.run.label}")
     else:
         command = " ".join(["python benchmarks/accuracy_measured.py", *(argv if argv is not None else sys.argv[1:])])
-        print(report(runs, preds, failed, n_rows, time.perf_counter() - t0, command))
+        print(report(runs, preds, failed, n_rows, time.perf_counter() - t0, command, reprints))
     return 0
 
 

@@ -87,7 +87,7 @@ def _writable(d: Path) -> bool:
 
 
 def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
-    from planner.measured import SOURCES, MeasuredRun, express_all, printed_runs, read_table
+    from planner.measured import SOURCES, MeasuredRun, distinct, express_all, printed_runs, read_table
 
     if args.tables:
         printed = []
@@ -102,7 +102,11 @@ def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
             printed = printed_runs(sources)
         except ValueError as exc:
             raise PlannerError(str(exc), field="sources") from exc
-    runs = [r for r in express_all(printed) if isinstance(r, MeasuredRun) and r.step_time_s]
+    once = distinct(printed)
+    if once.reprints and not args.quiet:
+        print(f"{len(once.reprints)} row(s) reprint a run another row of the same source printed (same "
+              "configuration and step time): counted once", file=sys.stderr)
+    runs = [r for r in express_all(once.runs) if isinstance(r, MeasuredRun) and r.step_time_s]
     if args.gpu:
         runs = [r for r in runs if r.cluster.gpu.name in args.gpu]
     if args.framework:

@@ -5,7 +5,8 @@ and the scoreboard for the cost model's accuracy on them.
 into `PrintedRun` records, one per row, as each source printed it; `express(run)` turns one into a
 `MeasuredRun` (ModelSpec, ClusterSpec, Plan, the measurement, framework, source) or a `NotExpressed`
 with every reason (`planner.measured.reasons`). `benchmarks/measured_runs.py` tabulates them;
-`benchmarks/accuracy_measured.py` predicts the expressible ones (`planner.measured.accuracy`).
+`benchmarks/accuracy_measured.py` predicts the expressible ones (`planner.measured.accuracy`), each run once
+(`distinct`: a source that prints one measurement in several tables, `planner.measured.reprints`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 from planner.measured import bloom, dgxc, torchtitan
 from planner.measured.express import MeasuredRun, NotExpressed, express, planner_features
 from planner.measured.printed import PrintedRun, read_csv
+from planner.measured.reprints import Distinct, distinct
 
 READERS = {"dgxc": dgxc.read, "torchtitan": torchtitan.read, "bloom": bloom.read}
 SOURCES = tuple(READERS)
 FILES = {"dgxc": dgxc.FILE, "torchtitan": torchtitan.FILE, "bloom": bloom.FILE}
 
-__all__ = ["FILES", "SOURCES", "MeasuredRun", "NotExpressed", "PrintedRun", "express", "express_all",
-           "planner_features", "printed_runs", "read_table"]
+__all__ = ["FILES", "SOURCES", "Distinct", "MeasuredRun", "NotExpressed", "PrintedRun", "distinct", "express",
+           "express_all", "planner_features", "printed_runs", "read_table"]
 
 
 def printed_runs(sources: tuple[str, ...] | list[str] = SOURCES) -> list[PrintedRun]:
