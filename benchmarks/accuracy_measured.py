@@ -3,6 +3,8 @@
     python benchmarks/accuracy_measured.py          # tables (markdown), as in the README
     python benchmarks/accuracy_measured.py --json   # every row and summary, for machines
     python benchmarks/accuracy_measured.py --rows   # one line per predicted row
+    python benchmarks/accuracy_measured.py --write-record   # also store every row as the track record
+                                                            # `planner explain` prints (planner.track_record)
 
 Every expressible run with a measured step time (benchmarks/measured_runs.py says which and why not the
 rest) is predicted under its printed configuration, once however many tables print it
@@ -25,9 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from planner.framework import framework_root
+from planner.io import atomic_write_text
 from planner.measured import SOURCES, MeasuredRun, distinct, express_all, printed_runs
 from planner.measured.accuracy import BUCKET_ORDER, BUCKETS, Prediction, by_bucket, predict, summarise
 from planner.measured.report import SOURCE_NAMES, markdown, pct, provenance
+from planner.track_record import RECORD_FILE, RecordRow
+from planner.track_record import to_json as record_json
+
+RECORD_PATH = Path(__file__).resolve().parents[1] / "planner" / "data" / RECORD_FILE
 
 MEMORY_DEFINITIONS = {
     "reserved": "torch max reserved (caching allocator), max over GPUs; predicted without the runtime reserve",
@@ -48,9 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--source", nargs="+", choices=SOURCES, default=list(SOURCES), help="sources to read")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows of each source (smoke tests)")
     p.add_argument("--substitute", action="store_true", help="map missing systems to the nearest catalog one")
+    p.add_argument("--write-record", action="store_true",
+                   help=f"write every predicted row to planner/data/{RECORD_FILE} (all sources, no --limit)")
     args = p.parse_args(argv)
     if args.limit < 0:
         p.error(f"--limit must be >= 0, got {args.limit}")
+    if args.write_record and (args.limit or args.substitute or set(args.source) != set(SOURCES)):
+        p.error("--write-record records every source's expressible runs: drop --limit, --source and --substitute")
     return args
 
 
@@ -164,11 +176,22 @@ def to_json(runs: list[MeasuredRun], preds: list[Prediction], failed: list, repr
     }
 
 
+def record_rows(preds: list[Prediction]) -> list[RecordRow]:
+    """The track record: each predicted run as the kind of run it was and its step-time error."""
+    return [RecordRow(source=p.run.source, label=p.run.run.label, framework=framework_root(p.run.plan.framework),
+                      gpu=p.run.cluster.gpu.name, dtype=p.run.plan.dtype, tp=p.run.plan.tp, cp=p.run.plan.cp,
+                      seq_len=p.run.model.seq_len, error=p.error) for p in preds]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     runs, n_rows, reprints = expressible(args.source, args.limit, args.substitute)
     preds, failed = predict(runs)
+    if args.write_record:
+        atomic_write_text(RECORD_PATH, record_json(record_rows(preds), f"python benchmarks/accuracy_measured.py, "
+                                                                     f"{provenance()}"))
+        print(f"wrote {RECORD_PATH} ({len(preds)} runs)", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json(runs, preds, failed, reprints), indent=1))
     elif args.rows:

@@ -125,6 +125,21 @@ def _framework_line(doc: dict[str, Any]) -> str:
             + _context_parallel(fw, int(doc.get("cp", 1))))
 
 
+def _track_record(doc: dict[str, Any]) -> str:
+    """How close the model came on published runs like the plan (planner.track_record)."""
+    from types import SimpleNamespace
+
+    from planner.framework import default_framework, framework_root
+    from planner.track_record import RecordRow, load, summary_line
+
+    c = doc["cluster"]
+    name = doc.get("framework") or default_framework(SimpleNamespace(device=c.get("device", "cuda")))
+    gpu = c["gpu"]["name"] if isinstance(c["gpu"], dict) else str(c["gpu"])
+    like = RecordRow(source="", label="", framework=framework_root(name), gpu=gpu, dtype=doc.get("dtype", "bf16"),
+                     tp=int(doc["tp"]), cp=int(doc.get("cp", 1)), seq_len=int(doc["model"]["seq_len"]), error=0.0)
+    return summary_line(load(), like)
+
+
 def _context_parallel(fw: Any, cp: int) -> str:
     """How the profile's context parallelism moves K and V (a clause, empty without context parallelism)."""
     from planner.framework import CP_ROTATIONS
@@ -206,6 +221,7 @@ def explain(doc: dict[str, Any]) -> str:
     if extras:
         lines.append("         " + "; ".join(extras))
     lines.append(_framework_line(doc))
+    lines.append(_track_record(doc))
     if pr is None:
         return "\n".join([*lines, "(no prediction in this file: run `planner estimate` to add one)"])
     t, mem = pr["time"], pr["memory"]

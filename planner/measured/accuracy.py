@@ -18,6 +18,7 @@ from typing import Any
 from planner.cost import estimate
 from planner.measured.express import MeasuredRun
 from planner.simulate import simulate_plans
+from planner.track_record import seq_len_bucket
 
 GIB = 2**30
 
@@ -103,9 +104,7 @@ def summarise(errors: list[tuple[float, str]]) -> Summary:
 
 
 def seq_bucket(p: Prediction) -> str:
-    s = p.run.model.seq_len
-    return ("<=2k" if s <= 2048 else "4k" if s <= 4096 else "8k" if s <= 8192 else "16-32k" if s <= 32768
-            else ">=64k")
+    return seq_len_bucket(p.run.model.seq_len)
 
 
 def size_bucket(p: Prediction) -> str:
