@@ -6,7 +6,8 @@ writes every adopted value (`gemm_efficiency`, `attention_efficiency`, `gemm_eff
 planner/data/gpus.json with a note in the GPU's `source` naming this command, the run count and date,
 and each framework's adopted overlap slowdown (`planner fit --overlaps`) into
 planner/data/framework_fits.json (the profiles in frameworks.json state only what their frameworks'
-documentation and source do).
+documentation and source do), then rewrites the track record `planner explain` prints
+(`accuracy_measured.py --write-record`).
 
 Kept, not refitted: A100-SXM4-80GB's `gemm_efficiency`, fitted to Korthikanti et al. 2022 Table 4
 (Megatron-LM's own measurements of the layer the cost model's formulas come from;
@@ -26,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -92,7 +94,10 @@ def main() -> int:
     print(f"wrote {CATALOG.relative_to(CATALOG.parents[2])}: {', '.join(changed) or 'nothing'} updated",
           file=sys.stderr)
     write_framework_fits(doc, pooled)
-    return 0
+    # `planner explain`'s track record is the model's errors at these values (planner.track_record): a new
+    # process, so that it reads the catalog just written
+    return subprocess.call([sys.executable, str(Path(__file__).with_name("accuracy_measured.py")), "--write-record"],
+                           stdout=subprocess.DEVNULL)
 
 
 def write_framework_fits(doc: dict, pooled: dict[str, float]) -> None:
