@@ -27,7 +27,7 @@ from planner.plan import (
     save_plan,
 )
 from planner.precision import PRECISIONS
-from planner.report import explain, plans_table, seconds, table
+from planner.report import explain, plans_table, seconds, table, track_record_line
 from planner.search import DEFAULT_RERANK
 from planner.specs.catalog import (
     cluster_names,
@@ -183,6 +183,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{model.name} on {cluster.num_gpus} x {cluster.gpu.name} ({cluster.name}), global batch "
           f"{args.global_batch} x seq {model.seq_len}, objective: {args.objective}")
     print(plans_table(plans, preds, sims if args.simulate_top else None))
+    if docs:
+        print("\nplan 1 " + track_record_line(docs[0].to_json()))
     if args.pareto:
         print("\nPareto front (step time vs memory per GPU):")
         pf = result.pareto

@@ -125,8 +125,8 @@ def _framework_line(doc: dict[str, Any]) -> str:
             + _context_parallel(fw, int(doc.get("cp", 1))))
 
 
-def _track_record(doc: dict[str, Any]) -> str:
-    """How close the model came on published runs like the plan (planner.track_record)."""
+def track_record_line(doc: dict[str, Any]) -> str:
+    """How close the model came on published runs like the plan document `doc` (planner.track_record)."""
     from types import SimpleNamespace
 
     from planner.framework import default_framework, framework_root
@@ -221,7 +221,7 @@ def explain(doc: dict[str, Any]) -> str:
     if extras:
         lines.append("         " + "; ".join(extras))
     lines.append(_framework_line(doc))
-    lines.append(_track_record(doc))
+    lines.append(track_record_line(doc))
     if pr is None:
         return "\n".join([*lines, "(no prediction in this file: run `planner estimate` to add one)"])
     t, mem = pr["time"], pr["memory"]

@@ -97,3 +97,16 @@ def test_explain_prints_the_record_of_torchtitans_long_context_runs(record: Reco
     assert "3 published runs like this one (torchtitan, on H100-SXM5-96GB-500W, fp8, context parallel, " \
            "seq >=64k, tp 1)" in line
     assert f"MAPE {mape * 100:.1f}%" in line
+
+
+def test_plan_prints_the_best_plans_track_record(capsys: pytest.CaptureFixture[str]) -> None:
+    """`planner plan` ends its table with the record of the best plan's kind: NeMo runs on DGX H100 in
+    FP8 (the published NeMo FP8 runs on H100 number far more than 3)."""
+    from planner.cli import main
+
+    rc = main(["plan", "--model", "llama3-70b", "--cluster", "dgx-h100", "--gpus", "64", "--global-batch", "128",
+               "--seq-len", "8192", "--framework", "nemo", "--dtype", "fp8", "--top", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    line = next(x for x in out.splitlines() if x.startswith("plan 1 track record: "))
+    assert "(nemo, on H100-SXM5-80GB, fp8" in line
