@@ -14,7 +14,14 @@ router are excluded from low precision in both by default):
   it). The scales run along the reduction axis, so on Hopper the backward GEMMs re-quantise the saved
   input and the weight along the other axis, as fp8 writes its transposes; the scale bytes (4 per row
   of K >= 1,024 elements) are under 0.4% and left out. Its GEMMs run at the FP8 peak at the GPU's fp8
-  efficiency: rowwise-scaled kernels are not separately measured (an assumption).
+  efficiency: rowwise-scaled kernels are not separately measured (an assumption). The recipe leaves
+  fast accumulation off for the two backward GEMMs (torchao Float8LinearConfig: gemm_config_grad_input
+  and gemm_config_grad_weight default use_fast_accum=False), and for rowwise scales without it torchao
+  runs the per-tensor cuBLAS GEMM at unit scales and then multiplies its output by the outer product of
+  the row scales in a separate op ("The rowwise CUTLASS-based kernel is so slow without fast-accum that
+  we'd rather use the tensorwise cuBLAS-based kernel and do the scaling manually afterwards":
+  torchao/float8/float8_ops.py addmm_float8_unwrapped, from pytorch/ao#1325, Nov 2024, through 0.18):
+  a read and a write of each backward GEMM's 16-bit output (`rescale_passes_bwd`).
 - mxfp8: OCP Microscaling MXFP8 (Rouhani et al. 2023; OCP MX spec v1.0): FP8 elements with one
   E8M0 scale per 32 elements, on Blackwell's block-scaled tensor cores (no transpose copies: the
   hardware reads either layout, but the scales run along the reduction axis, so the operands are
@@ -50,6 +57,8 @@ class Recipe:
     element_bytes: float  # bytes per low-precision GEMM operand element, scales included
     weight_copies: int  # low-precision copies of each linear weight kept (fp8: rowwise + transpose)
     quantise_passes_bwd: int  # backward quantisations beyond the output gradient (transposed copies)
+    # element-wise passes (a read and a write) over each backward GEMM's 16-bit output after the GEMM
+    rescale_passes_bwd: int = 0
     # Its GEMMs are a kernel family the GPU's efficiency for `gemm_peak` was not measured on (priced at
     # it by assumption), so runs in this recipe are no evidence for that efficiency (planner fit).
     assumed_rate: bool = False
@@ -65,8 +74,8 @@ RECIPES: dict[str, Recipe] = {
     "bf16": Recipe("bf16", "bf16", "bf16", 2.0, 0, 0),
     # one byte per element; one fp32 scale per tensor (negligible)
     "fp8": Recipe("fp8", "bf16", "fp8", 1.0, 2, 2),
-    # one byte per element; one fp32 scale per row (negligible)
-    "fp8-rowwise": Recipe("fp8-rowwise", "bf16", "fp8", 1.0, 2, 2, assumed_rate=True),
+    # one byte per element; one fp32 scale per row (negligible); backward outputs rescaled (see above)
+    "fp8-rowwise": Recipe("fp8-rowwise", "bf16", "fp8", 1.0, 2, 2, rescale_passes_bwd=1, assumed_rate=True),
     # one byte per element + one E8M0 scale byte per 32 elements
     "mxfp8": Recipe("mxfp8", "bf16", "fp8", 1.0 + 1.0 / 32, 2, 0),
     # half a byte per element + one E4M3 scale byte per 16 elements

@@ -87,10 +87,14 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     dgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, k)), nbytes)
     wgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (k, n)), nbytes)
     if lowp:  # quantise: read the bf16 operand, write the low-precision one and its scales
-        passes = RECIPES[dtype].quantise_passes_bwd
+        r = RECIPES[dtype]
+        passes = r.quantise_passes_bwd
         fwd = fwd + inst * gpu.memory_time((b + e) * (m * k + k * n), 2)
         bwd_q = (b + e) * m * n + (2 * e * (m * k + k * n) if passes else 0.0)
-        return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, 1 + passes), wgrad=inst * wgrad)
+        # rescaling the input- and weight-gradient GEMMs' outputs after the GEMM (precision.Recipe)
+        bwd_q = bwd_q + r.rescale_passes_bwd * 2 * b * (m * k + k * n)
+        kernels = 1 + passes + 2 * r.rescale_passes_bwd
+        return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, kernels), wgrad=inst * wgrad)
     return OpTimes(fwd=fwd, bwd=dgrad + wgrad, wgrad=wgrad)
 
 
