@@ -103,9 +103,6 @@ def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
         except ValueError as exc:
             raise PlannerError(str(exc), field="sources") from exc
     once = distinct(printed)
-    if once.reprints and not args.quiet:
-        print(f"{len(once.reprints)} row(s) reprint a run another row of the same source printed (same "
-              "configuration and step time): counted once", file=sys.stderr)
     runs = [r for r in express_all(once.runs) if isinstance(r, MeasuredRun) and r.step_time_s]
     if args.gpu:
         runs = [r for r in runs if r.cluster.gpu.name in args.gpu]
@@ -119,6 +116,9 @@ def _runs(args: argparse.Namespace, pinned: list[tuple[str, str]]) -> list[Any]:
                            + (f" on GPU {', '.join(args.gpu)}" if args.gpu else "")
                            + (f" under framework {', '.join(args.framework)}" if args.framework else ""),
                            field="tables")
+    if once.reprints and not args.quiet:
+        print(f"{len(once.reprints)} row(s) reprint a run another row of the same source printed (same "
+              "configuration and step time): counted once", file=sys.stderr)
     return runs
 
 
