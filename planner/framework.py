@@ -9,7 +9,12 @@ reads them like it reads the cluster:
 - tp_overlap: "none" (every TP collective on the compute stream, exposed), "backward" (the
   column-parallel input-gradient all-reduce overlaps the weight-gradient GEMM: Megatron-LM's async
   TP all-reduce), "all" (all-gather / reduce-scatter chunked and pipelined with the GEMMs they feed,
-  forward and backward: Megatron-Core's TP communication overlap, torch's async TP);
+  forward and backward: Megatron-Core's TP communication overlap), "micro-pipeline" (torch's async TP:
+  Inductor's micro_pipeline_tp pass fuses each all-gather with the matmuls it feeds and each
+  reduce-scatter with the one matmul that produces it, torch/_inductor/fx_passes/micro_pipeline_tp.py
+  fuse_matmul_reduce_scatter / _find_producer_matmul; in backward the input gradient of separate linears
+  on one input, q / k / v or gate / up, is a sum of matmuls, so its reduce-scatter is not fused and stays
+  exposed; needs SP, without which the all-reduces stay exposed);
 - dp_overlap / param_gather_overlap: the gradient reduction overlaps the backward, the parameter
   all-gather the forward (else they run after the backward / before the forward, exposed);
 - pp_overlap: pipeline sends overlap compute (Megatron-Core's --overlap-p2p-communication);
@@ -113,7 +118,7 @@ from importlib import resources
 
 from planner.errors import SpecError
 
-TP_OVERLAPS = ("none", "backward", "all")
+TP_OVERLAPS = ("none", "backward", "all", "micro-pipeline")
 # Attention kernels a profile may name, with what they are ("": the GPU's default fused kernel).
 ATTENTION_KERNELS = {"": "the GPU's default fused kernel", "fa2": "FlashAttention-2"}
 # Cross-entropy implementations a profile may name (see the module docstring).

@@ -268,6 +268,38 @@ def cp_exposure(rotation: str, kv: Array, grads: Array, attn_fwd: Array, attn_bw
             hide(kv, attn_bwd / n, slowdown) + hide(grads - last, attn_bwd * (n - 1) / n, slowdown) + last)
 
 
+def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total: Array, bwd_total: Array,
+                col_fwd: list[Array], row_fwd: list[Array], col_wgrad: list[Array],
+                summed_input_grads: tuple[bool, bool], slowdown: Array | float) -> tuple[Array, Array]:
+    """(forward, backward) seconds of a layer's tensor-parallel collectives that its GEMMs do not hide, under
+    the framework's `tp_overlap` mode (Framework.tp_overlap). `ag` / `rs` / `ar`: one activation-sized
+    all-gather / reduce-scatter / all-reduce; `fwd_total` / `bwd_total`: all of them, exposed; the GEMM
+    windows: each column-parallel group's forward and weight-gradient time (attention's input projection,
+    then the MLP's), each row-parallel GEMM's forward time (= its input-gradient time);
+    `summed_input_grads`: whether each column-parallel group's input gradient sums several matmuls
+    (separate q / k / v, gate / up linears)."""
+    if mode == "none":  # every TP collective on the compute stream
+        return fwd_total, bwd_total
+    if mode == "backward":
+        # The column-parallel input-gradient reduction overlaps the weight-gradient GEMM; with SP the
+        # re-gather of the saved input overlaps the input-gradient GEMM, and the gather of the output
+        # gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
+        return fwd_total, np.where(sp, 2 * ag + sum(hide(ag, w, slowdown) + hide(rs, w, slowdown) for w in col_wgrad),
+                                   sum(hide(ar, w, slowdown) for w in col_wgrad))
+    fwd_sp = sum(hide(ag, w, slowdown) for w in col_fwd) + sum(hide(rs, w, slowdown) for w in row_fwd)
+    bwd_ag = sum(hide(ag, w, slowdown) for w in row_fwd) + sum(hide(ag, w, slowdown) for w in col_wgrad)
+    if mode == "micro-pipeline":
+        # torch's async TP: a reduce-scatter fuses only with the one matmul producing its input, so a group
+        # whose input gradient sums several matmuls reduce-scatters it exposed; all-reduces (no SP) never fuse.
+        rs_bwd = sum(rs if summed else hide(rs, w, slowdown) for w, summed in zip(col_wgrad, summed_input_grads,
+                                                                                  strict=True))
+        return np.where(sp, fwd_sp, fwd_total), np.where(sp, bwd_ag + rs_bwd, bwd_total)
+    # "all": each collective chunked and pipelined with the GEMM it feeds or drains
+    return (np.where(sp, fwd_sp, sum(hide(ar, w, slowdown) for w in row_fwd)),
+            np.where(sp, bwd_ag + sum(hide(rs, w, slowdown) for w in col_wgrad),
+                     sum(hide(ar, w, slowdown) for w in col_wgrad)))
+
+
 def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
     """Backward all-reduces per layer beyond Megatron-LM's two (one per fused input projection) when the
     framework keeps q, k, v (and gate, up) as separate column-parallel linears (`Framework.fused_qkv`
@@ -369,21 +401,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
         cols = _pad(lay.col_gemm, 2, t)
         col_f, row_f = _pad(lay.col_fwd, 2, t), _pad(lay.row_fwd, 2, t)
-        if fw.tp_overlap == "none":  # every TP collective on the compute stream
-            tp_fwd_k, tp_bwd = tp_fwd, tp_bwd_total
-        elif fw.tp_overlap == "backward":
-            # The column-parallel input-gradient reduction overlaps the weight-gradient GEMM; with SP
-            # the re-gather of the saved input overlaps the input-gradient GEMM, and the gather of
-            # the output gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
-            tp_fwd_k = tp_fwd
-            tp_bwd = np.where(sp, 2 * ag + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
-                              sum(hide(ar, w, ov) for w in cols))
-        else:  # "all": each collective chunked and pipelined with the GEMM it feeds or drains
-            tp_fwd_k = np.where(sp, sum(hide(ag, w, ov) for w in col_f) + sum(hide(rs, w, ov) for w in row_f),
-                                sum(hide(ar, w, ov) for w in row_f))
-            tp_bwd = np.where(sp, sum(hide(ag, w, ov) for w in row_f)
-                              + sum(hide(ag, w, ov) + hide(rs, w, ov) for w in cols),
-                              sum(hide(ar, w, ov) for w in cols))
+        tp_fwd_k, tp_bwd = tp_exposure(fw.tp_overlap, sp, ag, rs, ar, tp_fwd, tp_bwd_total, col_f, row_f, cols,
+                                       (extra_attn > 0, extra_mlp > 0), ov)
         if routed:
             nbytes = act * model.top_k * model.capacity_factor / np.where(sp, t, 1)
             # folded, the expert-parallel group is the ep ranks after each etp group (tp's ranks first)

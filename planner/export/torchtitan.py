@@ -289,7 +289,7 @@ def _compile(p: Plan, m: ModelSpec, b: Build) -> Assignments:
     framework is exported eager, torchtitan's default."""
     fw = framework_profile(p.framework) if (p.framework or "").startswith("torchtitan") else None
     compiled = bool(fw and fw.compiled)
-    overlaps = bool(fw and fw.tp_overlap == "all")
+    overlaps = bool(fw and fw.tp_overlap in ("all", "micro-pipeline"))
     if overlaps and p.tp == 1:
         b.note(f"{p.framework} on tp 1: no tensor-parallel collectives to overlap; compile only")
     out = [("compile.enable", str(compiled)), ("compile.enable_async_tensor_parallel", str(overlaps and p.tp > 1))]
