@@ -101,13 +101,12 @@ def _misaligned_heads(doc: dict[str, Any]) -> str:
 
 def _framework_line(doc: dict[str, Any]) -> str:
     """What the plan's framework profile assumes (planner/data/frameworks.json), in one line."""
-    from types import SimpleNamespace
 
-    from planner.framework import ATTENTION_KERNELS, CROSS_ENTROPY_KERNELS, default_framework, framework
+    from planner.framework import ATTENTION_KERNELS, CROSS_ENTROPY_KERNELS, framework
     from planner.specs.cluster import GPUSpec
 
     c = doc["cluster"]
-    fw = framework(doc.get("framework") or default_framework(SimpleNamespace(device=c.get("device", "cuda"))))
+    fw = framework(_framework_name(doc))
     gpu = GPUSpec.from_dict(c["gpu"]) if isinstance(c["gpu"], dict) else None
     eff = gpu.attention_fraction(fw.attention_kernel) if gpu else 0.0
     clock = f" at {gpu.clock_fraction:.2f} of the datasheet clock" if gpu and gpu.clock_fraction < 1 else ""
@@ -125,17 +124,24 @@ def _framework_line(doc: dict[str, Any]) -> str:
             + _context_parallel(fw, int(doc.get("cp", 1))))
 
 
-def track_record_line(doc: dict[str, Any]) -> str:
-    """How close the model came on published runs like the plan document `doc` (planner.track_record)."""
+def _framework_name(doc: dict[str, Any]) -> str:
+    """The framework profile a plan document names, or its cluster's default."""
     from types import SimpleNamespace
 
-    from planner.framework import default_framework, framework_root
+    from planner.framework import default_framework
+
+    return doc.get("framework") or default_framework(SimpleNamespace(device=doc["cluster"].get("device", "cuda")))
+
+
+def track_record_line(doc: dict[str, Any]) -> str:
+    """How close the model came on published runs like the plan document `doc` (planner.track_record)."""
+    from planner.framework import framework_root
     from planner.track_record import RecordRow, load, summary_line
 
     c = doc["cluster"]
-    name = doc.get("framework") or default_framework(SimpleNamespace(device=c.get("device", "cuda")))
     gpu = c["gpu"]["name"] if isinstance(c["gpu"], dict) else str(c["gpu"])
-    like = RecordRow(source="", label="", framework=framework_root(name), gpu=gpu, dtype=doc.get("dtype", "bf16"),
+    like = RecordRow(source="", label="", framework=framework_root(_framework_name(doc)), gpu=gpu,
+                     dtype=doc.get("dtype", "bf16"),
                      tp=int(doc["tp"]), cp=int(doc.get("cp", 1)), seq_len=int(doc["model"]["seq_len"]), error=0.0)
     return summary_line(load(), like)
 

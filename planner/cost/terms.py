@@ -286,18 +286,18 @@ def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total
         # gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
         return fwd_total, np.where(sp, 2 * ag + sum(hide(ag, w, slowdown) + hide(rs, w, slowdown) for w in col_wgrad),
                                    sum(hide(ar, w, slowdown) for w in col_wgrad))
+    # "all" / "micro-pipeline": each collective chunked and pipelined with the GEMM it feeds or drains, but
+    # torch's async TP fuses a reduce-scatter only with the one matmul producing its input, so a group whose
+    # input gradient sums several matmuls reduce-scatters it exposed, and it never fuses an all-reduce (no SP)
+    micro = mode == "micro-pipeline"
+    exposed = summed_input_grads if micro else (False, False)
     fwd_sp = sum(hide(ag, w, slowdown) for w in col_fwd) + sum(hide(rs, w, slowdown) for w in row_fwd)
-    bwd_ag = sum(hide(ag, w, slowdown) for w in row_fwd) + sum(hide(ag, w, slowdown) for w in col_wgrad)
-    if mode == "micro-pipeline":
-        # torch's async TP: a reduce-scatter fuses only with the one matmul producing its input, so a group
-        # whose input gradient sums several matmuls reduce-scatters it exposed; all-reduces (no SP) never fuse.
-        rs_bwd = sum(rs if summed else hide(rs, w, slowdown) for w, summed in zip(col_wgrad, summed_input_grads,
-                                                                                  strict=True))
-        return np.where(sp, fwd_sp, fwd_total), np.where(sp, bwd_ag + rs_bwd, bwd_total)
-    # "all": each collective chunked and pipelined with the GEMM it feeds or drains
+    bwd_sp = (sum(hide(ag, w, slowdown) for w in row_fwd) + sum(hide(ag, w, slowdown) for w in col_wgrad)
+              + sum(rs if out else hide(rs, w, slowdown) for w, out in zip(col_wgrad, exposed, strict=True)))
+    if micro:
+        return np.where(sp, fwd_sp, fwd_total), np.where(sp, bwd_sp, bwd_total)
     return (np.where(sp, fwd_sp, sum(hide(ar, w, slowdown) for w in row_fwd)),
-            np.where(sp, bwd_ag + sum(hide(rs, w, slowdown) for w in col_wgrad),
-                     sum(hide(ar, w, slowdown) for w in col_wgrad)))
+            np.where(sp, bwd_sp, sum(hide(ar, w, slowdown) for w in col_wgrad)))
 
 
 def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
