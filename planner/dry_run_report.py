@@ -262,7 +262,9 @@ def comm_rows(doc: PlanDocument, report: Any) -> tuple[Row, ...]:
     from planner.cost.traffic import comm_terms
 
     model, plan = doc.model, doc.plan
-    plan32 = dataclasses.replace(plan, dtype="fp32")
+    # The departures below are listed against Megatron-LM's implementation (traffic.py's default profile),
+    # whichever framework the plan names: its profile may count some of them already.
+    plan32 = dataclasses.replace(plan, dtype="fp32", framework=None)
     terms = comm_terms(model, plan32)
     predicted: dict[str, float] = defaultdict(float)
     for name, value in terms.items():

@@ -82,6 +82,15 @@ reads them like it reads the cluster:
   set_requires_gradient_sync(False) on FSDP2 stages, PipelineStage.backward_maybe_with_nosync; FSDP2
   accumulates unsharded gradients in its reduce_dtype, FSDPParam.to_accumulated_grad_if_needed): ZeRO-2/3
   shard no gradient memory there;
+- sp_keeps_gathered_input: with SP, each column-parallel linear saves the all-gathered input for its
+  weight gradient instead of its sequence shard (autograd of DTensor's redistribute then the matmul:
+  torchtitan, this project's executor), so backward does not re-gather it but the saved activation is
+  t times larger; Megatron-LM saves the shard and re-gathers it (Korthikanti et al. 2022, Sec. 4.2.2).
+  A per-op checkpoint policy that does not save the gather's output recomputes it (the re-gather again);
+- recompute_skips_last_collective: full recompute stops once the last tensor backward needs is rebuilt
+  (torch.utils.checkpoint's non-reentrant early stop, on by default), so a layer's last forward
+  collective (after the MLP's down projection) is not re-run; Megatron-LM's checkpoint re-runs the whole
+  layer forward;
 - repeated_kv: K and V are repeated to every query head before the attention kernel (torchtitan's
   repeat_kv), so context parallelism's ring passes n_heads / n_kv_heads times the GQA projections' bytes;
 - cp_rotation: how context parallelism moves K and V between the ranks (CP_ROTATIONS): "ring" (each step
@@ -263,6 +272,11 @@ class Framework:
     # n_kv_heads times the GQA projections' bytes (torch.distributed.tensor.experimental's ring attention
     # rotates the key and value the kernel is called with)
     repeated_kv: bool = False
+    # With SP the column-parallel linears save the gathered input (no backward re-gather; t times the
+    # shard's bytes saved): DTensor's ColwiseParallel
+    sp_keeps_gathered_input: bool = False
+    # Full recompute does not re-run a layer's last forward collective (non-reentrant checkpoint's early stop)
+    recompute_skips_last_collective: bool = False
     # How context parallelism exchanges K and V (CP_ROTATIONS) and whether its backward passes dK / dV
     # in fp32 (torch's context_parallel: ALL_GATHER and convert_to_f32 by default)
     cp_rotation: str = "ring"

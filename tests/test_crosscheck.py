@@ -423,10 +423,12 @@ def test_ledger_agrees_with_comm_debug_mode(runs: dict[str, Any], name: str) -> 
 #   instead of the sequence shard (and so skip the backward re-gather, see the communication check).
 
 
-def tp_executor_only(spec: ModelSpec, plan: Any) -> float:
+def tp_executor_only(spec: ModelSpec, plan: Any, gathered_inputs: bool = True) -> float:
+    """Bytes per rank the executor saves beyond Megatron-LM's split; `gathered_inputs` False leaves out
+    the SP gathered inputs (for a prediction under the executor's own profile, which counts them)."""
     tokens, t, beta = MICRO_BATCH * spec.seq_len // plan.cp, plan.tp, 4.0
     extra = (1 - 1 / t) * tokens * spec.vocab_size * beta  # full-vocabulary log-probabilities
-    if plan.sequence_parallel:
+    if plan.sequence_parallel and gathered_inputs:
         blocks = 2 * spec.num_layers + 1  # QKV and MLP up per layer, and the LM head
         extra += (1 - 1 / t) * tokens * spec.hidden * beta * blocks
     return extra
@@ -435,9 +437,12 @@ def tp_executor_only(spec: ModelSpec, plan: Any) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in PLANS if PLANS[n][1].get("tp", 1) > 1])
 def test_activation_bytes_equal_saved_tensors_per_tp_rank(runs: dict[str, Any], name: str) -> None:
+    """Predicted under the executor's own profile ("this", the CPU cluster's default), which counts the
+    SP gathered inputs; the full-vocabulary log-probabilities stay a listed departure."""
     spec, doc = _plan(name)
+    assert doc.plan.framework is None and doc.cluster.device == "cpu"  # so the profile is "this"
     predicted = estimate(spec, doc.cluster, doc.plan)["memory"]["activations"] * GIB
-    predicted += tp_executor_only(spec, doc.plan)
+    predicted += tp_executor_only(spec, doc.plan, gathered_inputs=False)
     for r in runs[name]["ranks"]:
         measured = r["saved_bytes"]
         assert measured == pytest.approx(predicted, rel=ACT_RTOL), (name, r["rank"], measured, predicted)
@@ -472,6 +477,47 @@ def test_this_profile_counts_the_executors_unfused_input_gradients(name: str) ->
     this = comm_terms(spec, dataclasses.replace(doc.plan, framework="this"))
     assert this["tp.layers_unfused"] == pytest.approx(listed[0], rel=1e-12)
     assert "tp.layers_unfused" not in comm_terms(spec, doc.plan)  # Megatron-LM's fused linears: none
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PLANS if ALL_PLANS[n][1].get("sequence_parallel")])
+def test_this_profile_counts_the_executors_gathered_inputs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the executor's own profile the SP column-parallel linears save their gathered input: the
+    activation bytes this cross-check lists against Megatron-LM's split (3b) are predicted (against the
+    same profile with the switch off), and the backward re-gather it lists as model-only (2) is not
+    counted."""
+    import dataclasses
+
+    import planner.cost.terms as terms_module
+    from planner.framework import framework
+
+    spec, doc = _plan(name)
+    this = dataclasses.replace(doc.plan, framework="this")
+    megatron = dataclasses.replace(doc.plan, framework="megatron-lm")
+    kept = estimate(spec, doc.cluster, this)["memory"]["activations"] * GIB
+    monkeypatch.setattr(terms_module, "framework",
+                        lambda name: dataclasses.replace(framework(name), sp_keeps_gathered_input=False))
+    shards = estimate(spec, doc.cluster, this)["memory"]["activations"] * GIB
+    monkeypatch.undo()
+    listed = tp_executor_only(spec, doc.plan) - tp_executor_only(spec, doc.plan, gathered_inputs=False)
+    assert listed > 0
+    assert kept - shards == pytest.approx(listed, rel=1e-9)
+    assert "tp.regather" in [term for _why, term in deviations(name)[1]] and "tp.regather" in comm_terms(spec, megatron)
+    assert "tp.regather" not in comm_terms(spec, this)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PLANS if ALL_PLANS[n][1].get("tp", 1) > 1
+                                  and ALL_PLANS[n][1].get("recompute") == "full"])
+def test_this_profile_skips_the_last_collective_in_recompute(name: str) -> None:
+    """Under the executor's own profile full recompute stops before a layer's last all-reduce (the
+    departure this cross-check lists against Megatron-LM, and the ledger confirms on real runs)."""
+    import dataclasses
+
+    spec, doc = _plan(name)
+    listed = [v for why, v in deviations(name)[1] if why == "recompute stops before the last all-reduce"]
+    assert listed and listed[0][0] == "tp" and listed[0][1] > 0
+    this = comm_terms(spec, dataclasses.replace(doc.plan, framework="this"))
+    megatron = comm_terms(spec, dataclasses.replace(doc.plan, framework="megatron-lm"))
+    assert megatron["tp.layers"] - this["tp.layers"] == pytest.approx(listed[0][1], rel=1e-12)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_PLANS if ALL_PLANS[n][1].get("tp", 1) > 1])

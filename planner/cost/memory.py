@@ -133,18 +133,25 @@ def stage_params(lg: LayerGraph, tp: Array, pp: Array, ep: Array, first: bool) -
     return StageParams(dense=dense, expert=expert)
 
 
-def _saved_divisor(op: Op, tp: Array, sp: Array) -> Array:
-    """TP split of what an op saves: sharded tensors by tp; replicated ones only with SP."""
+def _saved_divisor(op: Op, tp: Array, sp: Array, gathered: bool = False) -> Array:
+    """TP split of what an op saves: sharded tensors by tp; replicated ones only with SP. A column-parallel
+    GEMM saves its (replicated) input, under SP its sequence shard, or with `gathered` the all-gathered
+    input (Framework.sp_keeps_gathered_input: not split)."""
     sharded = op.tp in ("row", "heads") or op.kind == "loss" or (op.tp == "column" and op.kind != "gemm")
-    return tp if sharded else np.where(sp, tp, 1)
+    if sharded:
+        return tp
+    if gathered and op.kind == "gemm" and op.tp in ("column", "vocab") and not op.routed:
+        return np.ones_like(tp)
+    return np.where(sp, tp, 1)
 
 
 def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
-                drop_s2: Array | bool = False) -> Array:
-    """Bytes `ops` save for backward for one micro-batch of `tokens` local tokens."""
+                drop_s2: Array | bool = False, gathered: bool = False) -> Array:
+    """Bytes `ops` save for backward for one micro-batch of `tokens` local tokens (`gathered`: the
+    column-parallel GEMMs save their all-gathered input under SP, `_saved_divisor`)."""
     total = np.zeros_like(tokens, dtype=np.float64)
     for op in ops:
-        total = total + op.saved * tokens / _saved_divisor(op, tp, sp)
+        total = total + op.saved * tokens / _saved_divisor(op, tp, sp, gathered)
         if op.saved_s or op.saved_sel:  # the attention core's (head-split) recomputable tensors
             s2 = (op.saved_s * key_positions(op, seq) + op.saved_sel) * tokens / tp
             total = total + np.where(drop_s2, 0.0, s2)
@@ -152,13 +159,13 @@ def saved_bytes(ops: list[Op], tokens: Array, seq: Array, tp: Array, sp: Array,
 
 
 def layer_activation_bytes(ops: tuple[Op, ...] | list[Op], dtype: str, hidden: int, tokens: Array, seq: Array,
-                           tp: Array, sp: Array, recompute: int) -> Array:
+                           tp: Array, sp: Array, recompute: int, gathered: bool = False) -> Array:
     """Bytes one layer of `ops` keeps for backward per micro-batch under recompute mode
     0 (none), 1 (selective: drop the attention core's recomputable tensors) or 2 (full: keep only
-    the layer's input, sequence-sharded with SP)."""
+    the layer's input, sequence-sharded with SP); `gathered` as in `saved_bytes`."""
     if recompute == 2:
         return DTYPE_BYTES[dtype] * hidden * tokens / np.where(sp, tp, 1)
-    return saved_bytes(list(ops), tokens, seq, tp, sp, drop_s2=recompute == 1)
+    return saved_bytes(list(ops), tokens, seq, tp, sp, drop_s2=recompute == 1, gathered=gathered)
 
 
 def matmul_outputs(op: Op, model: ModelSpec) -> list[float]:

@@ -270,21 +270,26 @@ def cp_exposure(rotation: str, kv: Array, grads: Array, attn_fwd: Array, attn_bw
 
 def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total: Array, bwd_total: Array,
                 col_fwd: list[Array], row_fwd: list[Array], col_wgrad: list[Array],
-                summed_input_grads: tuple[bool, bool], slowdown: Array | float) -> tuple[Array, Array]:
+                summed_input_grads: tuple[bool, bool], slowdown: Array | float,
+                regather: bool = True) -> tuple[Array, Array]:
     """(forward, backward) seconds of a layer's tensor-parallel collectives that its GEMMs do not hide, under
     the framework's `tp_overlap` mode (Framework.tp_overlap). `ag` / `rs` / `ar`: one activation-sized
     all-gather / reduce-scatter / all-reduce; `fwd_total` / `bwd_total`: all of them, exposed; the GEMM
     windows: each column-parallel group's forward and weight-gradient time (attention's input projection,
     then the MLP's), each row-parallel GEMM's forward time (= its input-gradient time);
     `summed_input_grads`: whether each column-parallel group's input gradient sums several matmuls
-    (separate q / k / v, gate / up linears)."""
+    (separate q / k / v, gate / up linears); `regather`: with SP, backward re-gathers each column-parallel
+    group's saved sequence shard (False where the gathered input was saved:
+    Framework.sp_keeps_gathered_input; `bwd_total` then leaves those gathers out too)."""
+    rg = 1.0 if regather else 0.0
     if mode == "none":  # every TP collective on the compute stream
         return fwd_total, bwd_total
     if mode == "backward":
         # The column-parallel input-gradient reduction overlaps the weight-gradient GEMM; with SP the
         # re-gather of the saved input overlaps the input-gradient GEMM, and the gather of the output
         # gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
-        return fwd_total, np.where(sp, 2 * ag + sum(hide(ag, w, slowdown) + hide(rs, w, slowdown) for w in col_wgrad),
+        return fwd_total, np.where(sp, 2 * ag + sum(rg * hide(ag, w, slowdown) + hide(rs, w, slowdown)
+                                                    for w in col_wgrad),
                                    sum(hide(ar, w, slowdown) for w in col_wgrad))
     # "all" / "micro-pipeline": each collective chunked and pipelined with the GEMM it feeds or drains, but
     # torch's async TP fuses a reduce-scatter only with the one matmul producing its input, so a group whose
@@ -292,12 +297,23 @@ def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total
     micro = mode == "micro-pipeline"
     exposed = summed_input_grads if micro else (False, False)
     fwd_sp = sum(hide(ag, w, slowdown) for w in col_fwd) + sum(hide(rs, w, slowdown) for w in row_fwd)
-    bwd_sp = (sum(hide(ag, w, slowdown) for w in row_fwd) + sum(hide(ag, w, slowdown) for w in col_wgrad)
+    bwd_sp = (sum(hide(ag, w, slowdown) for w in row_fwd) + rg * sum(hide(ag, w, slowdown) for w in col_wgrad)
               + sum(rs if out else hide(rs, w, slowdown) for w, out in zip(col_wgrad, exposed, strict=True)))
     if micro:
         return np.where(sp, fwd_sp, fwd_total), np.where(sp, bwd_sp, bwd_total)
     return (np.where(sp, fwd_sp, sum(hide(ar, w, slowdown) for w in row_fwd)),
             np.where(sp, bwd_sp, sum(hide(ar, w, slowdown) for w in col_wgrad)))
+
+
+def last_forward_exposure(mode: str, sp: Array, last: Array, row_last: Array, slowdown: Array | float) -> Array:
+    """Exposed seconds of a layer's last forward collective (`last`: the reduce-scatter, or all-reduce
+    without SP, after the MLP's down projection, whose forward takes `row_last`) under `tp_overlap` `mode`,
+    as tp_exposure prices it: exposed under "none" and "backward"; pipelined with the down projection
+    under "all", and under "micro-pipeline" with SP (torch's async TP fuses no all-reduce)."""
+    if mode in ("none", "backward"):
+        return last
+    hidden = hide(last, row_last, slowdown)
+    return np.where(sp, hidden, last if mode == "micro-pipeline" else hidden)
 
 
 def unfused_input_linears(model: ModelSpec, fw: Framework) -> tuple[int, int]:
@@ -361,10 +377,22 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     ag = collective_time(cluster, tp_collective(cluster, fw, "all_gather"), act, b.tp, b.stride_tp)
     rs = collective_time(cluster, tp_collective(cluster, fw, "reduce_scatter"), act, b.tp, b.stride_tp)
     extra_attn, extra_mlp = unfused_input_linears(model, fw)
+    # With SP, backward re-gathers the two column-parallel groups' saved sequence shards, unless the
+    # framework saved the gathered inputs (Framework.sp_keeps_gathered_input); `regather_*` is then the
+    # re-gather a per-op checkpoint policy brings back by recomputing the gathers.
+    keeps = fw.sp_keeps_gathered_input
+    regather_dense = np.where(sp, 2 * ag, 0.0)
+    own_regather = 0.0 if keeps else 1.0
     tp_fwd_dense = np.where(sp, 2 * (ag + rs), 2 * ar)
-    tp_bwd_total_dense = np.where(sp, 4 * ag + 2 * rs, (2 + extra_attn + extra_mlp) * ar)
+    tp_bwd_total_dense = (np.where(sp, 2 * ag + 2 * rs, (2 + extra_attn + extra_mlp) * ar)
+                          + own_regather * regather_dense)
     # An MoE layer's experts take their input through one tensor-parallel region: no gate/up extra.
-    tp_bwd_total_routed = np.where(sp, 4 * ag + 2 * rs, (2 + extra_attn) * ar) if extra_mlp else tp_bwd_total_dense
+    tp_bwd_total_routed = (np.where(sp, 2 * ag + 2 * rs, (2 + extra_attn) * ar) + own_regather * regather_dense
+                           if extra_mlp else tp_bwd_total_dense)
+    # The layer's last forward collective (after the MLP's down projection), which full recompute does not
+    # re-run under Framework.recompute_skips_last_collective.
+    last_dense = np.where(sp, rs, ar)
+    regather_moe, last_moe = regather_dense, last_dense
     # A mixture-of-experts layer's second sync point (around its experts) runs over the experts' etp
     # ranks: none when etp = 1, the freed ranks holding other experts (MoE parallel folding). Priced only
     # where some row folds (the search's hot path otherwise): unfolded rows keep the dense totals.
@@ -374,8 +402,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         rs_e = collective_time(cluster, "reduce_scatter", act, b.etp, b.stride_tp)
         ar_e = collective_time(cluster, "all_reduce", act, b.etp, b.stride_tp)
         tp_fwd_moe = np.where(folded, np.where(sp, ag + rs + ag_e + rs_e, ar + ar_e), tp_fwd_dense)
-        tp_bwd_total_moe = np.where(folded, np.where(sp, 2 * ag + rs + 2 * ag_e + rs_e,
-                                                     (1 + extra_attn) * ar + ar_e), tp_bwd_total_routed)
+        regather_moe = np.where(folded, np.where(sp, ag + ag_e, 0.0), regather_dense)
+        tp_bwd_total_moe = np.where(folded, np.where(sp, ag + rs + ag_e + rs_e, (1 + extra_attn) * ar + ar_e)
+                                    + own_regather * regather_moe, tp_bwd_total_routed)
+        last_moe = np.where(folded, np.where(sp, rs_e, ar_e), last_dense)
     # Context parallel: the exchange of K and V chunks (forward, and again in backward) and of their
     # gradients (backward), overlapped with the attention core (cp_exposure).
     kv = 2 * tokens * ring_kv_width(model, fw) * beta / t
@@ -387,7 +417,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "tp_tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert",
-        "grad_accum")}
+        "grad_accum", "tp_regather", "tp_regather_total", "tp_skipped", "tp_skipped_total")}
 
     def tp_dtensors(ops: list[Op]) -> Array:
         """Per structure: the DTensors tensor parallelism makes of `ops`' parameters (with SP or without)."""
@@ -399,10 +429,24 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
                         TRAINING_RESIDENT)
         routed = any(op.routed for op in kind.ops)
         tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
+        regather, last = (regather_moe, last_moe) if routed else (regather_dense, last_dense)
         cols = _pad(lay.col_gemm, 2, t)
         col_f, row_f = _pad(lay.col_fwd, 2, t), _pad(lay.row_fwd, 2, t)
+        summed = (extra_attn > 0, extra_mlp > 0)
         tp_fwd_k, tp_bwd = tp_exposure(fw.tp_overlap, sp, ag, rs, ar, tp_fwd, tp_bwd_total, col_f, row_f, cols,
-                                       (extra_attn > 0, extra_mlp > 0), ov)
+                                       summed, ov, regather=not keeps)
+        if keeps:  # what recomputing the gathers (a per-op checkpoint policy) adds back
+            _fwd, with_regather = tp_exposure(fw.tp_overlap, sp, ag, rs, ar, tp_fwd, tp_bwd_total + regather, col_f,
+                                              row_f, cols, summed, ov)
+            out["tp_regather"].append(with_regather - tp_bwd)
+            out["tp_regather_total"].append(regather)
+        else:
+            out["tp_regather"].append(np.zeros_like(t))
+            out["tp_regather_total"].append(np.zeros_like(t))
+        skip = fw.recompute_skips_last_collective
+        out["tp_skipped"].append(last_forward_exposure(fw.tp_overlap, sp, last, row_f[-1], ov) if skip
+                                 else np.zeros_like(t))
+        out["tp_skipped_total"].append(last if skip else np.zeros_like(t))
         if routed:
             nbytes = act * model.top_k * model.capacity_factor / np.where(sp, t, 1)
             # folded, the expert-parallel group is the ep ranks after each etp group (tp's ranks first)
@@ -428,7 +472,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["cp_fwd"].append(cp_fwd)
         out["cp_bwd"].append(cp_bwd)
         out["cp_total"].append(2 * cp_ring + cp_grads)
-        acts = [layer_activation_bytes(kind.ops, base_dtype(dt), h, tokens, seq, t, sp, r) for r in range(3)]
+        acts = [layer_activation_bytes(kind.ops, base_dtype(dt), h, tokens, seq, t, sp, r, gathered=keeps)
+                for r in range(3)]
         out["act_none"].append(acts[0])
         out["act_selective"].append(acts[1])
         out["act_full"].append(acts[2])
@@ -470,8 +515,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_compute"] = post.fwd + post.bwd + host_mb
     res["pre_tp"] = np.where(sp, rs + ag, ar)
     res["post_tp"] = np.where(sp, ag + rs, ar) + loss_tp
-    res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp)
-    res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp)
+    res["pre_saved"] = saved_bytes(list(lg.pre_ops), tokens, seq, t, sp, gathered=keeps)
+    res["post_saved"] = saved_bytes(list(lg.post_ops), tokens, seq, t, sp, gathered=keeps)
     # The loss's peak beyond the fp32 log-probabilities counted as the head's saved activations.
     res["logits"] = (loss_peak_bytes(fw.cross_entropy, beta, t > 1) - LOSS_BYTES) * model.vocab_size * tokens / t
     res["pre_params"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops), np.zeros_like(t))
@@ -749,8 +794,11 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
     # matmul checkpoint policies (RECOMPUTE[3:] = MATMUL_POLICIES): each recompute value's own terms
     pol = [max(int(r) - FIRST_MATMUL_POLICY, 0) for r in recompute]
     sac = st["policy_fwd"][:, :, pol].transpose(0, 2, 1)[:, :, None, :]  # (n, R, 1, kinds)
-    sac_tp = s(np.where(b.sp[:, None], 0.0, st["tp_fwd"]))
-    recompute_t = np.select([rc == 2, rc == 1, rc >= 3], [frac * layer_f0, attn, sac + sac_tp], 0.0)
+    # With SP a per-op policy's recomputed gathers are the backward re-gather (priced in tp_bwd, or here
+    # where the framework saved the gathered inputs instead); full recompute may skip the last collective.
+    sac_tp = s(np.where(b.sp[:, None], st["tp_regather"], st["tp_fwd"]))
+    recompute_t = np.select([rc == 2, rc == 1, rc >= 3], [frac * (layer_f0 - s(st["tp_skipped"])), attn, sac + sac_tp],
+                            0.0)
     has_dp = st["g_dp"] > 1
     # FSDP (ZeRO-2/3) hooks run around every layer of every micro-batch, and its copies beside each
     # all-gather (forward; ZeRO-3 gathers again in backward) and reduce-scatter (backward)
@@ -792,7 +840,9 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
                                   + np.select([rc == 2, rc == 1, rc >= 3], [frac * cf, attn, sac], 0.0) + fsdp,
                                   _plus(copy_fwd, copy_bwd)), acc),
         layer_tp=s(st["tp_fwd_total"] + st["tp_bwd_total"])
-        + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"]), sac_tp], 0.0),
+        + np.select([rc == 2, rc >= 3], [frac * s(st["tp_fwd_total"] - st["tp_skipped_total"]),
+                                         s(np.where(b.sp[:, None], st["tp_regather_total"], st["tp_fwd"]))],
+                    0.0),
         layer_cp=s(st["cp_total"]), layer_ep=s(2 * st["ep"]), layer_act=layer_act, layer_act_full=s(st["act_none"]),
         layer_weights=s(st["layer_weights"]), layer_lowp=s(st["lowp_copies"]),
         pre_fwd=s(st["pre_fwd"]), pre_bwd=_plus(s(st["pre_bwd"]), pre_acc),
@@ -853,7 +903,12 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     routed = np.array([any(op.routed for op in k.ops) for k in lg.kinds])
     moe_layers = first[:, routed].sum(axis=1) if routed.any() else zero
     syncs = 4 + np.where(rc_full, 2, 0)  # forward, backward, recomputed forward
+    # Full recompute that stops before the layer's last collective re-runs one reduce-scatter (all-reduce)
+    # fewer (Framework.recompute_skips_last_collective).
+    skipped = np.where(rc_full & terms.framework.recompute_skips_last_collective, 1, 0)
     unfused = unfused_input_linears(model, terms.framework)
+    keeps = terms.framework.sp_keeps_gathered_input
+    regather_layers = np.where(b.rc >= FIRST_MATMUL_POLICY, 1.0, 0.0) if keeps else 1.0
     gathered = terms.framework.gathered_logits
     logit_b = DTYPE_BYTES[base_dtype(b.dtype)]
     # With etp = 1 the experts' half of an MoE layer's sync points (and its re-gather) has no TP group
@@ -863,11 +918,14 @@ def _comms(model: ModelSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, Array],
     per_mb = gathers_per_microbatch(z, terms.framework)
     out = [
         # TP: per layer, an all-reduce (or with SP an all-gather + a reduce-scatter) per sync point.
-        Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * tp_layers * syncs), st["tp_ar"]),
+        Comm("tp.layers", "all_reduce", act, on(tp_on & ~sp, m * tp_layers * (syncs - skipped)), st["tp_ar"]),
         Comm("tp.layers_sp_gather", "all_gather", act, on(sp, m * tp_layers * syncs), st["tp_ag"]),
-        Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * tp_layers * syncs), st["tp_rs"]),
-        # With SP, backward re-gathers the sequence-sharded inputs of QKV and MLP up (and the LM head).
-        Comm("tp.regather", "all_gather", act, on(sp, m * (2 * layers - alone + holds_head)), st["tp_ag"]),
+        Comm("tp.layers_sp_scatter", "reduce_scatter", act, on(sp, m * tp_layers * (syncs - skipped)), st["tp_rs"]),
+        # With SP, backward re-gathers the sequence-sharded inputs of QKV and MLP up (and the LM head),
+        # unless the framework saved the gathered inputs; a per-op checkpoint policy then recomputes the
+        # layers' gathers (not the LM head's, outside the checkpointed layers).
+        Comm("tp.regather", "all_gather", act,
+             on(sp, m * (2 * layers - alone) * regather_layers + m * holds_head * (not keeps)), st["tp_ag"]),
         # Separate q, k, v (and gate, up) linears reduce their input gradients one by one (no SP).
         Comm("tp.layers_unfused", "all_reduce", act,
              on(tp_on & ~sp, m * (unfused[0] * layers + unfused[1] * (layers - moe_layers))), st["tp_ar"]),
