@@ -15,13 +15,16 @@ SP = np.array([True])
 NO_SP = np.array([False])
 
 
-def _exposure(mode: str, sp: np.ndarray = SP, summed: tuple[bool, bool] = (True, True)) -> tuple[float, float]:
+def _exposure(mode: str, sp: np.ndarray = SP, summed: tuple[bool, bool] = (True, True),
+              regather: bool = True) -> tuple[float, float]:
     """Worked example (milliseconds): all-gather 2, reduce-scatter 3, all-reduce 4; all of a layer's
-    collectives exposed: 20 forward, 30 backward; column-parallel forward windows 10 and 10, row-parallel 1
-    and 10, weight-gradient windows 5 and 1; overlap slows the compute beside it by 0.1 of the overlap."""
+    collectives exposed: 20 forward, 30 backward (26 without the two re-gathers); column-parallel forward
+    windows 10 and 10, row-parallel 1 and 10, weight-gradient windows 5 and 1; overlap slows the compute
+    beside it by 0.1 of the overlap."""
     one = np.ones(1)
-    fwd, bwd = tp_exposure(mode, sp, 2 * one, 3 * one, 4 * one, 20 * one, 30 * one, [10 * one, 10 * one],
-                           [1 * one, 10 * one], [5 * one, 1 * one], summed, 0.1)
+    fwd, bwd = tp_exposure(mode, sp, 2 * one, 3 * one, 4 * one, 20 * one, (30 if regather else 26) * one,
+                           [10 * one, 10 * one], [1 * one, 10 * one], [5 * one, 1 * one], summed, 0.1,
+                           regather=regather)
     return float(fwd[0]), float(bwd[0])
 
 
@@ -39,6 +42,21 @@ def test_async_tp_exposes_the_summed_input_gradients_reduce_scatters() -> None:
     # without SP there are all-reduces only, which the pass never fuses: everything exposed
     assert _exposure("micro-pipeline", NO_SP) == pytest.approx((20.0, 30.0))
     assert _exposure("none") == pytest.approx((20.0, 30.0))
+
+
+def test_no_backward_regather_where_the_gathered_input_was_saved() -> None:
+    """DTensor's column-parallel linears save the gathered input (Framework.sp_keeps_gathered_input): the
+    two re-gathers hidden behind the weight-gradient windows 5 and 1 (0.2 + 1.1) are gone, in every mode
+    that hides them; exposed, they leave the backward total."""
+    assert _exposure("all", regather=False) == pytest.approx((2.8, 5.0 - 1.3))
+    assert _exposure("micro-pipeline", regather=False) == pytest.approx((2.8, 8.6 - 1.3))
+    # "backward": output-gradient gathers exposed (2 + 2), the re-gathers (0.2 + 1.1) and the reduce-scatters
+    # (0.3 + 2.1) behind the weight gradients
+    assert _exposure("backward") == pytest.approx((20.0, 4 + 1.3 + 2.4))
+    assert _exposure("backward", regather=False) == pytest.approx((20.0, 4 + 2.4))
+    assert _exposure("none", regather=False) == pytest.approx((20.0, 26.0))
+    # without SP nothing is gathered
+    assert _exposure("all", NO_SP, regather=False) == _exposure("all", NO_SP)
 
 
 def test_torchtitans_async_tp_profile_is_the_micro_pipeline() -> None:

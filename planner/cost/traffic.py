@@ -7,8 +7,8 @@ pipeline stage. These are buffer sizes, not bytes on the wire: a ring all-reduce
 buffer over each rank's link, an all-gather or a reduce-scatter (g-1)/g (comm.py applies the factors).
 tests/test_crosscheck.py counts the same quantity on real executor runs.
 
-What is counted is the implementation the cost model times (Megatron-LM's), with act = b·s/cp·h bytes
-of one micro-batch's activation:
+What is counted is the implementation the cost model times (Megatron-LM's, or where the plan's framework
+profile says otherwise, that profile's), with act = b·s/cp·h bytes of one micro-batch's activation:
 
 TP ("tp"), per micro-batch:
 - every layer: forward all-reduces after the row-parallel attention out-projection and MLP down
@@ -16,7 +16,9 @@ TP ("tp"), per micro-batch:
   projections (one fused linear each); full recompute repeats the two forward ones. With sequence
   parallelism each all-reduce is an all-gather + a reduce-scatter of the same buffer, and backward
   also re-gathers the sequence-sharded inputs the column-parallel linears saved (Korthikanti et al.
-  2022, Sec. 4.2.2: that is what makes their saved activations 1/t);
+  2022, Sec. 4.2.2: that is what makes their saved activations 1/t; none under a profile with
+  `sp_keeps_gathered_input`, whose per-op checkpoint policy re-runs the layers' gathers instead; under
+  `recompute_skips_last_collective` full recompute repeats one collective fewer per layer);
 - the vocabulary-parallel embedding (first stage): forward all-reduce of its output (with SP a
   reduce-scatter, and an all-gather of the output gradient in backward);
 - the LM head (last stage): backward all-reduce of its input gradient (with SP: forward all-gather of
@@ -50,11 +52,12 @@ The counts and buffers are `planner.cost.terms.CostTerms.comms`, the same object
 Where this repository's executor (PyTorch's DTensor / FSDP2 / DDP / pipelining) does otherwise, the
 cross-check names and measures the difference instead of folding it in here: without SP its separate
 q/k/v (and gate/up) ColwiseParallel linears each all-reduce their input gradient; it all-gathers the
-full logits instead of a vocabulary-parallel cross-entropy (those two the cost model counts as the
-executor issues them under its own framework profile, "this": `tp.layers_unfused`, `tp.logits_gather`;
-a plan naming no framework is counted here under Megatron-LM's, the GPU preset's default); with SP its
-column-parallel linears save the gathered input and skip the backward re-gather; non-reentrant
-checkpointing does not re-run the last all-reduce of a layer; FSDP2's ZeRO-2 re-gathers the weights
+full logits instead of a vocabulary-parallel cross-entropy; with SP its column-parallel linears save the
+gathered input and skip the backward re-gather; non-reentrant checkpointing does not re-run the last
+all-reduce of a layer (those four the cost model counts as the executor issues them under its own
+framework profile, "this": `tp.layers_unfused`, `tp.logits_gather`, no `tp.regather`, one `tp.layers`
+fewer per recomputed layer; a plan naming no framework is counted here under Megatron-LM's, the GPU
+preset's default); FSDP2's ZeRO-2 re-gathers the weights
 every micro-batch; DDP + ZeroRedundancyOptimizer all-reduces and broadcasts (same buffer bytes as
 reduce-scatter + all-gather); torch.distributed.pipelining sends the full activation from every TP rank.
 """
