@@ -488,6 +488,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
                      "cp_rotation": f.cp_rotation, "cp_grads_fp32": f.cp_grads_fp32,
+                     "sp_keeps_gathered_input": f.sp_keeps_gathered_input,
+                     "recompute_skips_last_collective": f.recompute_skips_last_collective,
                      "overlap_slowdown": f.overlap_slowdown,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
                      "source": f.source} for f in rows])

@@ -121,7 +121,19 @@ def _framework_line(doc: dict[str, Any]) -> str:
             + ("fused" if fw.compiled else "eager" + (" (composite RMSNorm)" if fw.composite_rms_norm else ""))
             + f", gradients {_gradients(fw, doc.get('dtype', 'bf16'))}"
             + _saved_inputs(fw, doc.get("dtype", "bf16")) + f", loss {CROSS_ENTROPY_KERNELS[fw.cross_entropy]}"
-            + _context_parallel(fw, int(doc.get("cp", 1))))
+            + _context_parallel(fw, int(doc.get("cp", 1)))
+            + _dtensor_tp(fw, int(doc["tp"]) > 1 and bool(doc.get("sequence_parallel")), doc.get("recompute", "none")))
+
+
+def _dtensor_tp(fw: Any, sp: bool, recompute: str) -> str:
+    """What the profile's tensor parallelism keeps and re-runs (a clause, empty where it is Megatron-LM's or
+    the plan does not use it)."""
+    parts = []
+    if sp and fw.sp_keeps_gathered_input:
+        parts.append("column-parallel linears keep the gathered input (no backward re-gather)")
+    if recompute == "full" and fw.recompute_skips_last_collective:
+        parts.append("recompute stops before a layer's last collective")
+    return "".join(f", {p}" for p in parts)
 
 
 def _framework_name(doc: dict[str, Any]) -> str:
