@@ -21,4 +21,4 @@ python -c "import torchtitan, triton, deepspeed" >/dev/null 2>&1 ||
 python -c "import torchao" >/dev/null 2>&1 || pip install -q --no-deps "torchao==0.18.0" ||
   echo "torchao not installed: the converter export check will skip"
 ruff check .
-python -m pytest -q "$@"
+python -m pytest -q --durations=25 "$@"  # the 25 slowest tests listed: CI keeps under 20 minutes
