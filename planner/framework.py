@@ -102,6 +102,13 @@ reads them like it reads the cluster:
 - cp_grads_fp32: the ring attention's backward accumulates dK and dV in fp32 and passes them to the
   next rank in fp32 (torch's _ContextParallelOptions.convert_to_f32, on by default; the dK/dV exchange
   runs one step behind the compute, the last step's after it);
+- cp_ring_bytes: what the ring attention streams outside its kernels, per layer pass (forward, backward)
+  on the last context-parallel rank (whose steps load balancing never halves): {"fwd_once", "fwd_step",
+  "bwd_once", "bwd_step"}, each [bytes per local query element, bytes per local key / value element],
+  once per pass and per ring step after the first: torch's context_parallel merges each step's output
+  into a running fp32 output through its log-sum-exp, copies K and V (and the fp32 dK / dV) into the
+  exchange buffers and accumulates the fp32 gradients with separate element-wise kernels; empty: none
+  (Transformer Engine's ring attention corrects the output in its own fused kernels);
 - overlap_slowdown: the fraction of an overlapped collective's time by which it slows the compute beside
   it under this framework's overlap implementation (its communication kernels' share of the SMs and of
   memory bandwidth, and what its chunking leaves unhidden); unset: the cluster's `overlap_slowdown`.
@@ -137,6 +144,8 @@ CROSS_ENTROPY_KERNELS = {"fused": "fused vocabulary-parallel cross-entropy (fp32
 # How context parallelism exchanges K and V (see the module docstring).
 CP_ROTATIONS = {"ring": "each step passes its K/V chunk to the next rank beside that step's attention",
                 "allgather": "one all-gather of every rank's K/V per layer pass, beside the local block only"}
+# The entries of a profile's cp_ring_bytes, in the order Framework.cp_ring_bytes keeps them.
+CP_RING_BYTES_KEYS = ("fwd_once", "fwd_step", "bwd_once", "bwd_step")
 DEFAULT_FRAMEWORK = "megatron-lm"
 REDUCE_OPS = ("reduce_scatter", "all_reduce")
 
@@ -281,6 +290,9 @@ class Framework:
     # in fp32 (torch's context_parallel: ALL_GATHER and convert_to_f32 by default)
     cp_rotation: str = "ring"
     cp_grads_fp32: bool = False
+    # The ring attention's element-wise passes outside its kernels (CP_RING_BYTES_KEYS order): per entry
+    # (bytes per local query element, bytes per local key / value element); () where there are none
+    cp_ring_bytes: tuple[tuple[float, float], ...] = ()
     # Fraction of an overlapped collective's time by which it slows the compute beside it under this
     # framework's overlap implementation; None: the cluster's `overlap_slowdown` (`planner fit --overlaps`)
     overlap_slowdown: float | None = None
@@ -316,6 +328,11 @@ class Framework:
                                 field=f"framework[{self.name}].optimizer_step_bytes")
         if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
             raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
+        if self.cp_ring_bytes and (len(self.cp_ring_bytes) != len(CP_RING_BYTES_KEYS) or not all(
+                len(pair) == 2 and all(isinstance(x, (int, float)) and 0 <= x <= 1000 for x in pair)
+                for pair in self.cp_ring_bytes)):
+            raise SpecError(f"must map {', '.join(CP_RING_BYTES_KEYS)} each to [bytes per query element, bytes per "
+                            "key / value element] in 0..1000", field=f"framework[{self.name}].cp_ring_bytes")
         for dtype, path in self.gradients:
             if dtype not in ("fp16", "bf16"):
                 raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
@@ -427,12 +444,21 @@ def _framework(name: str) -> Framework:
                         field=where) from None
     step_bytes = entry.get("optimizer_step_bytes", 0.0)
     by_dtype = tuple(sorted(step_bytes.items())) if isinstance(step_bytes, dict) else ()
+    ring = entry.get("cp_ring_bytes") or {}
+    if not isinstance(ring, dict) or (ring and set(ring) != set(CP_RING_BYTES_KEYS)):
+        raise SpecError(f"must map exactly {', '.join(CP_RING_BYTES_KEYS)}", field=f"framework[{name}].cp_ring_bytes")
+    try:
+        ring_bytes = tuple(tuple(float(x) for x in ring[k]) for k in CP_RING_BYTES_KEYS) if ring else ()
+    except (TypeError, ValueError):
+        raise SpecError("each entry must be [bytes per query element, bytes per key / value element]",
+                        field=f"framework[{name}].cp_ring_bytes") from None
     extra: dict[str, object] = {}
     fitted = fitted_overlaps().get(framework_root(name))
     if entry.get("overlap_slowdown") is None and fitted is not None:
         extra = {"overlap_slowdown": fitted["value"],
                  "source": entry["source"] + f" | overlap_slowdown {fitted['value']:.2f}: {fitted['note']}"}
     return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients,
+                                   "cp_ring_bytes": ring_bytes,
                                    "optimizer_step_bytes": 0.0 if by_dtype else step_bytes,
                                    "optimizer_step_bytes_by_dtype": by_dtype, **extra})
 

@@ -252,6 +252,24 @@ def ring_kv_width(model: ModelSpec, fw: Framework) -> float:
     return float(model.kv_hidden)
 
 
+def ring_pass_times(cluster: ClusterSpec, fw: Framework, q: Array, kv: Array, cp: Array) -> tuple[Array, Array]:
+    """(forward, backward) seconds of the ring attention's element-wise passes outside its kernels in one
+    layer pass (Framework.cp_ring_bytes, memory bound): `q` local query elements, `kv` local key and value
+    elements, `cp` ranks in the ring (cp - 1 steps after the first); zero without context parallelism."""
+    zero = np.zeros_like(np.asarray(q, dtype=np.float64))
+    if not fw.cp_ring_bytes or not np.any(cp > 1):
+        return zero, zero
+    (fq, fk), (sq, sk), (bq, bk), (tq, tk) = fw.cp_ring_bytes
+    steps = np.maximum(cp - 1, 0.0)
+    on = cp > 1
+
+    def seconds(once_q: float, once_kv: float, step_q: float, step_kv: float) -> Array:
+        nbytes = once_q * q + once_kv * kv + steps * (step_q * q + step_kv * kv)
+        return np.where(on, cluster.gpu.memory_time(nbytes, 0, TRAINING_RESIDENT) * cluster.compute_slowdown, 0.0)
+
+    return seconds(fq, fk, sq, sk), seconds(bq, bk, tq, tk)
+
+
 def cp_exposure(rotation: str, kv: Array, grads: Array, attn_fwd: Array, attn_bwd: Array, cp: Array,
                 slowdown: Array | float) -> tuple[Array, Array]:
     """(forward, backward) seconds of a layer's context-parallel exchange that the attention core does not
@@ -411,6 +429,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     kv = 2 * tokens * ring_kv_width(model, fw) * beta / t
     cp_ring = collective_time(cluster, "all_gather", kv * c, b.cp, b.stride_cp)
     cp_grads = cp_ring * (FP32_BYTES / beta if fw.cp_grads_fp32 else 1.0)
+    ring_fwd, ring_bwd = ring_pass_times(cluster, fw, tokens * model.q_width / t, kv / beta, c)
 
     out: dict[str, list[Array]] = {k: [] for k in (
         "fwd", "bwd", "attn_fwd", "compute_fwd", "compute_bwd", "tp_fwd", "tp_fwd_total", "tp_bwd", "tp_bwd_total",
@@ -454,11 +473,12 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
                                       np.where(folded, b.stride_tp * b.etp, b.stride_dp))
         else:
             a2a = np.zeros_like(t)
-        out["fwd"].append(lay.fwd + host_l / 3)
-        out["bwd"].append(lay.bwd + 2 * host_l / 3)
-        out["compute_fwd"].append(lay.fwd + host_l / 3)  # the framework's host time is busy time too
-        out["compute_bwd"].append(lay.bwd + 2 * host_l / 3)
-        out["attn_fwd"].append(lay.attn_fwd)
+        # the ring attention's element-wise passes run with the attention core (recomputed with it)
+        out["fwd"].append(lay.fwd + host_l / 3 + ring_fwd)
+        out["bwd"].append(lay.bwd + 2 * host_l / 3 + ring_bwd)
+        out["compute_fwd"].append(lay.fwd + host_l / 3 + ring_fwd)  # the framework's host time is busy time too
+        out["compute_bwd"].append(lay.bwd + 2 * host_l / 3 + ring_bwd)
+        out["attn_fwd"].append(lay.attn_fwd + ring_fwd)
         # (n, policies): the matmul checkpoint policies' recomputed forward and saved bytes
         out["policy_fwd"].append(np.stack(lay.policy_fwd, axis=1))
         out["act_policy"].append(np.stack([policy_saved_bytes(pol, kind.ops, model, base_dtype(dt), tokens, t, sp)
