@@ -56,20 +56,15 @@ def test_the_profile_counts_torchs_ring_passes() -> None:
     assert framework("nemo").cp_ring_bytes == () and framework("this").cp_ring_bytes == ()
 
 
-def test_ring_passes_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recompute, recomputed", [("none", 0), ("full", 1), ("selective", 1)])
+def test_ring_passes_by_hand(recompute: str, recomputed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each layer's forward and backward gain the passes; full recompute and selective recompute (which
+    reruns the attention core, ring included) run the forward ones again in backward."""
     fwd, bwd = _seconds(334 * Q), _seconds(496 * Q)
-    with_f, with_b = _layer_times("none", monkeypatch, passes=True)
-    without_f, without_b = _layer_times("none", monkeypatch, passes=False)
+    with_f, with_b = _layer_times(recompute, monkeypatch, passes=True)
+    without_f, without_b = _layer_times(recompute, monkeypatch, passes=False)
     assert with_f - without_f == pytest.approx(fwd, rel=1e-9)
-    assert with_b - without_b == pytest.approx(bwd, rel=1e-9)
-
-
-def test_full_recompute_runs_the_forward_passes_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    fwd, bwd = _seconds(334 * Q), _seconds(496 * Q)
-    with_f, with_b = _layer_times("full", monkeypatch, passes=True)
-    without_f, without_b = _layer_times("full", monkeypatch, passes=False)
-    assert with_f - without_f == pytest.approx(fwd, rel=1e-9)
-    assert with_b - without_b == pytest.approx(bwd + fwd, rel=1e-9)
+    assert with_b - without_b == pytest.approx(bwd + recomputed * fwd, rel=1e-9)
 
 
 def test_the_counted_code_is_torchs() -> None:
@@ -95,10 +90,3 @@ def test_the_counted_code_is_torchs() -> None:
     assert "torch.cat([grad_key.flatten(), grad_value.flatten()])" in bwd and "grad_query += grad_query_" in bwd
     assert "_partial_update(" in bwd
 
-
-def test_selective_recompute_reruns_them_with_the_attention_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    fwd, bwd = _seconds(334 * Q), _seconds(496 * Q)
-    with_f, with_b = _layer_times("selective", monkeypatch, passes=True)
-    without_f, without_b = _layer_times("selective", monkeypatch, passes=False)
-    assert with_f - without_f == pytest.approx(fwd, rel=1e-9)
-    assert with_b - without_b == pytest.approx(bwd + fwd, rel=1e-9)
