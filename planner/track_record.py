@@ -2,7 +2,7 @@
 
 A prediction is only as good as the model is on runs of its kind, and that differs by an order of
 magnitude between kinds (NeMo on H100 within 4-5%; Megatron-DeepSpeed on A100 13% short; torchtitan's
-context parallelism at 64k+ tokens 20% short). `python benchmarks/accuracy_measured.py --write-record`
+context parallelism at 64k+ tokens 17% short). `python benchmarks/accuracy_measured.py --write-record`
 stores every published run it predicts (framework, GPU, precision, parallel sizes, sequence length and
 the step-time error) in planner/data/accuracy_record.json, and `planner explain` prints the record of the
 runs most like the plan: those that share its framework, then its GPU, its precision, whether it runs
