@@ -299,15 +299,14 @@ def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total
     (separate q / k / v, gate / up linears); `regather`: with SP, backward re-gathers each column-parallel
     group's saved sequence shard (False where the gathered input was saved:
     Framework.sp_keeps_gathered_input; `bwd_total` then leaves those gathers out too)."""
-    rg = 1.0 if regather else 0.0
     if mode == "none":  # every TP collective on the compute stream
         return fwd_total, bwd_total
+    rg = hidden_regather(sp, ag, col_wgrad, slowdown) if regather else 0.0
     if mode == "backward":
         # The column-parallel input-gradient reduction overlaps the weight-gradient GEMM; with SP the
         # re-gather of the saved input overlaps the input-gradient GEMM, and the gather of the output
         # gradient ahead of each row-parallel GEMM is exposed; forward is exposed.
-        return fwd_total, np.where(sp, 2 * ag + sum(rg * hide(ag, w, slowdown) + hide(rs, w, slowdown)
-                                                    for w in col_wgrad),
+        return fwd_total, np.where(sp, 2 * ag + sum(hide(rs, w, slowdown) for w in col_wgrad) + rg,
                                    sum(hide(ar, w, slowdown) for w in col_wgrad))
     # "all" / "micro-pipeline": each collective chunked and pipelined with the GEMM it feeds or drains, but
     # torch's async TP fuses a reduce-scatter only with the one matmul producing its input, so a group whose
@@ -315,12 +314,19 @@ def tp_exposure(mode: str, sp: Array, ag: Array, rs: Array, ar: Array, fwd_total
     micro = mode == "micro-pipeline"
     exposed = summed_input_grads if micro else (False, False)
     fwd_sp = sum(hide(ag, w, slowdown) for w in col_fwd) + sum(hide(rs, w, slowdown) for w in row_fwd)
-    bwd_sp = (sum(hide(ag, w, slowdown) for w in row_fwd) + rg * sum(hide(ag, w, slowdown) for w in col_wgrad)
+    bwd_sp = (sum(hide(ag, w, slowdown) for w in row_fwd) + rg
               + sum(rs if out else hide(rs, w, slowdown) for w, out in zip(col_wgrad, exposed, strict=True)))
     if micro:
         return np.where(sp, fwd_sp, fwd_total), np.where(sp, bwd_sp, bwd_total)
     return (np.where(sp, fwd_sp, sum(hide(ar, w, slowdown) for w in row_fwd)),
             np.where(sp, bwd_sp, sum(hide(ar, w, slowdown) for w in col_wgrad)))
+
+
+def hidden_regather(sp: Array, ag: Array, col_wgrad: list[Array], slowdown: Array | float) -> Array:
+    """Exposed seconds of a layer's backward re-gathers of the column-parallel groups' saved sequence shards
+    (`ag`: one of them) where the framework overlaps TP communication (every `tp_overlap` mode but
+    "none"): with SP, each behind its group's weight-gradient GEMM; none without SP."""
+    return np.where(sp, sum(hide(ag, w, slowdown) for w in col_wgrad), 0.0)
 
 
 def last_forward_exposure(mode: str, sp: Array, last: Array, row_last: Array, slowdown: Array | float) -> Array:
@@ -455,9 +461,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         tp_fwd_k, tp_bwd = tp_exposure(fw.tp_overlap, sp, ag, rs, ar, tp_fwd, tp_bwd_total, col_f, row_f, cols,
                                        summed, ov, regather=not keeps)
         if keeps:  # what recomputing the gathers (a per-op checkpoint policy) adds back
-            _fwd, with_regather = tp_exposure(fw.tp_overlap, sp, ag, rs, ar, tp_fwd, tp_bwd_total + regather, col_f,
-                                              row_f, cols, summed, ov)
-            out["tp_regather"].append(with_regather - tp_bwd)
+            out["tp_regather"].append(regather if fw.tp_overlap == "none" else hidden_regather(sp, ag, cols, ov))
             out["tp_regather_total"].append(regather)
         else:
             out["tp_regather"].append(np.zeros_like(t))
