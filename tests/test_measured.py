@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from planner.cost import estimate
+from planner.graph import build_graph
 from planner.measured import (
     SOURCES,
     MeasuredRun,
@@ -336,6 +337,18 @@ def test_measured_models_match_published_totals(name: str, published: float) -> 
 def test_bloom_176b_shape_matches_the_paper() -> None:
     # Le Scao et al. 2022 Table 3: 176,247M parameters (70 layers, 14336 hidden, 112 heads)
     assert bloom_shape(14336, 70, 112).params == pytest.approx(176_247e6, rel=1e-4)
+
+
+def test_bloom_shapes_train_with_megatrons_default_dropout() -> None:
+    # train/tr11-176B-ml/README.md (bigscience @ 59a90ee): "The default Megatron-LM dropout settings are
+    # inherited: --attention-dropout 0.1, --hidden-dropout 0.1"; the unfused attention then keeps the
+    # dropout mask and output of size a*s^2*b (Korthikanti et al. 2022, Table 2: 5as^2b with dropout, 2as^2b
+    # without it; 2 bytes per element, the mask 1).
+    m = bloom_shape(14336, 70, 112)
+    assert m.dropout == 0.1
+    g = build_graph(m, "fp16", flash_attention=False)
+    saved = sum(op.saved_s for kind in g.kinds for op in kind.ops)
+    assert saved == 5 * m.num_heads
 
 
 # ---- reasons -------------------------------------------------------------------------------------

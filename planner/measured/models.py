@@ -58,13 +58,15 @@ MODELS: dict[str, ModelSpec] = {
 
 _BLOOM_SOURCE = ("BLOOM prequel shape (bigscience-workshop/bigscience train/tr11-176B-ml/chronicles-prequel.md "
                  "@ 59a90ee): GPT with LayerNorm, GELU, biases, tied embeddings, vocabulary padded to 250880 "
-                 "(tr11-176B-ml.slurm), ALiBi costed as a parameter-free position encoding ('rope')")
+                 "(tr11-176B-ml.slurm), ALiBi costed as a parameter-free position encoding ('rope'); dropout 0.1 on "
+                 "the attention probabilities and the hidden states (train/tr11-176B-ml/README.md: 'The default "
+                 "Megatron-LM dropout settings are inherited: --attention-dropout 0.1, --hidden-dropout 0.1')")
 
 
 def bloom_shape(hidden: int, layers: int, heads: int) -> ModelSpec:
     """A BLOOM-prequel variant (the final BLOOM-176B is hidden 14336, 70 layers, 112 heads)."""
     return ModelSpec(name=f"bloom-h{hidden}-l{layers}-a{heads}", num_layers=layers, hidden=hidden,
-                     num_heads=heads, ffn_hidden=4 * hidden, vocab_size=250880, seq_len=2048,
+                     num_heads=heads, ffn_hidden=4 * hidden, vocab_size=250880, seq_len=2048, dropout=0.1,
                      position="rope", source=_BLOOM_SOURCE)
 
 
