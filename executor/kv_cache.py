@@ -36,6 +36,7 @@ def check_servable(spec: ModelSpec) -> None:
         (getattr(spec, "nope_layers", ()), "nope_layers", "RoPE-free layers"),
         (getattr(spec, "mtp_layers", 0), "mtp_layers", "multi-token prediction"),
         (spec.head != "lm" or not spec.causal, "head", "non-causal or non-LM models"),
+        (getattr(spec, "position", "") == "alibi", "position", "ALiBi positions"),
     )
     for bad, field, what in unsupported:
         if bad:

@@ -513,6 +513,9 @@ class Transformer(nn.Module):
         if spec.head != "lm":
             raise ModelNotSupported(f"model {spec.name!r} has an {spec.head!r} head; the executor builds "
                                     "decoder language models (head 'lm') only")
+        if spec.position == "alibi":
+            raise ModelNotSupported(f"model {spec.name!r} uses ALiBi positions; the executor builds learned or "
+                                    "rotary positions only")
         self.spec = spec
         self.embed: Embedding | None = Embedding(spec)
         self.layers = nn.ModuleDict({str(i): Block(spec, flash_attention, i) for i in range(spec.num_layers)})

@@ -61,6 +61,9 @@ def check_executable(doc: PlanDocument) -> None:
     if doc.model.head != "lm":
         raise UnsupportedPlan(f"model {doc.model.name!r} has an {doc.model.head!r} head; the executor runs "
                               "decoder language models only", field="model.head")
+    if doc.model.position == "alibi":
+        raise UnsupportedPlan(f"model {doc.model.name!r} uses ALiBi positions; the executor builds learned or "
+                              "rotary positions only (plan and estimate it, not run here)", field="model.position")
     if doc.model.mtp_layers and doc.plan.pp > 1:
         raise UnsupportedPlan("the executor runs multi-token prediction without pipeline parallelism only "
                               "(its last stage would need the token ids); plan and export it, or set mtp_layers 0",

@@ -341,6 +341,12 @@ def _attention_ops(m: ModelSpec, b: int, flash: bool, window: int = 0, chunk: in
         # Fused scale-mask-softmax reads the scores and writes the probabilities; dropout reads them
         # and writes its output and mask. (The bmm outputs/inputs are counted with the bmm.)
         io_s = a * (2 * b + ((2 * b + MASK_BYTES) if dropout else 0))
+        if m.position == "alibi":
+            # ALiBi's per-head bias enters as the scores GEMM's C operand (Megatron-DeepSpeed: torch.baddbmm
+            # of the [b·a, 1, s] bias with beta = 1): out-of-place baddbmm first copies the broadcast bias
+            # into the full scores buffer, which the GEMM then reads back: write + read of the scores.
+            # (Fused kernels compute the bias from per-head slopes in registers: no traffic.)
+            io_s += a * 2 * b
         core = Op(**common, saved=b * (q + k + v), saved_sel=b * (a * (dqk + dv) - k - v), saved_s=saved_s,
                   io_s=io_s, kernels=4 if dropout else 3)
     proj = _linear("attn.proj", out, m.hidden, "row", m.bias, "layer", b)

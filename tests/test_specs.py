@@ -87,7 +87,7 @@ def test_absurd_size_message_stays_short() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("activation", "relu"), ("activation", "GELU"), ("activation", None), ("norm", "batchnorm"),
-    ("norm", 1), ("position", "alibi"), ("dtype", "fp8"), ("dtype", "bfloat16"), ("head", "cls"),
+    ("norm", 1), ("position", "sinusoidal"), ("dtype", "fp8"), ("dtype", "bfloat16"), ("head", "cls"),
 ])
 def test_unknown_choices(field: str, value: Any) -> None:
     err = spec_error(model, **{field: value})

@@ -15,6 +15,7 @@ from typing import Any
 from planner.export.architecture import architecture
 from planner.export.common import (
     Build,
+    ExportError,
     args_text,
     comment,
     compute_capability,
@@ -197,6 +198,10 @@ def model_flags(m: ModelSpec, b: Build, megatron_deepspeed: bool = False) -> Ite
     items: Items = [("#", f"model: {m.name} ({arch.source})"), ("--num-layers", m.num_layers),
                     ("--hidden-size", m.hidden), ("--ffn-hidden-size", m.ffn_hidden),
                     ("--num-attention-heads", m.num_heads)]
+    if m.position == "alibi":
+        target = "Megatron-DeepSpeed main" if megatron_deepspeed else "Megatron-LM"
+        raise ExportError(f"{m.name} uses ALiBi positions, which {target} does not implement (BigScience's "
+                          "2022 fork of Megatron-DeepSpeed did: --position-embedding-type alibi)")
     if m.num_kv_heads != m.num_heads:
         items += ([("--num-key-value-heads", m.num_kv_heads)] if megatron_deepspeed else
                   [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)])

@@ -1,10 +1,11 @@
 """The models the published runs trained that are not catalog presets, from their published configs.
 
 They stay out of `planner/data/models.json` on purpose: each uses an architecture detail `ModelSpec`
-cannot state yet (squared-ReLU or GeGLU MLPs, ALiBi positions, a benchmark-only tokenizer), so a preset
-would export the wrong architecture. For *cost* each is represented by the ModelSpec with the same
-parameters and GEMMs (a squared-ReLU MLP has the two matrices of the "gelu" MLP; GeGLU the three of
-"swiglu"; ALiBi, like RoPE, has no parameters), which every `source` below says.
+cannot state yet (squared-ReLU or GeGLU MLPs, a benchmark-only tokenizer), so a preset would export the
+wrong architecture. For *cost* each is represented by the ModelSpec with the same parameters and GEMMs
+(a squared-ReLU MLP has the two matrices of the "gelu" MLP; GeGLU the three of "swiglu"), which every
+`source` below says. BLOOM's variants state their ALiBi positions (`position="alibi"`), which no
+exporter target implements (they refuse them).
 """
 
 from __future__ import annotations
@@ -58,16 +59,17 @@ MODELS: dict[str, ModelSpec] = {
 
 _BLOOM_SOURCE = ("BLOOM prequel shape (bigscience-workshop/bigscience train/tr11-176B-ml/chronicles-prequel.md "
                  "@ 59a90ee): GPT with LayerNorm, GELU, biases, tied embeddings, vocabulary padded to 250880 "
-                 "(tr11-176B-ml.slurm), ALiBi costed as a parameter-free position encoding ('rope'); dropout 0.1 on "
-                 "the attention probabilities and the hidden states (train/tr11-176B-ml/README.md: 'The default "
-                 "Megatron-LM dropout settings are inherited: --attention-dropout 0.1, --hidden-dropout 0.1')")
+                 "(tr11-176B-ml.slurm); ALiBi positions (train/tr11-200B-ml/tr11-200B-ml.slurm, the prequel's "
+                 "script: --position-embedding-type alibi); dropout 0.1 on the attention probabilities and the "
+                 "hidden states (train/tr11-176B-ml/README.md: 'The default Megatron-LM dropout settings are "
+                 "inherited: --attention-dropout 0.1, --hidden-dropout 0.1')")
 
 
 def bloom_shape(hidden: int, layers: int, heads: int) -> ModelSpec:
     """A BLOOM-prequel variant (the final BLOOM-176B is hidden 14336, 70 layers, 112 heads)."""
     return ModelSpec(name=f"bloom-h{hidden}-l{layers}-a{heads}", num_layers=layers, hidden=hidden,
                      num_heads=heads, ffn_hidden=4 * hidden, vocab_size=250880, seq_len=2048, dropout=0.1,
-                     position="rope", source=_BLOOM_SOURCE)
+                     position="alibi", source=_BLOOM_SOURCE)
 
 
 def known(name: str) -> bool:

@@ -11,7 +11,7 @@ from planner.errors import SpecError
 
 ACTIVATIONS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope")
+POSITIONS = ("learned", "rope", "alibi")
 HEADS = ("lm", "mlm")
 DTYPES = ("bf16", "fp16", "fp32")
 QK_NORMS = ("none", "rmsnorm", "rmsnorm-noweight")  # Qwen3's per-head RMSNorm; Llama 4's weightless one
@@ -135,7 +135,7 @@ class ModelSpec:
     num_kv_heads: int = 0  # 0 means "same as num_heads" (MHA); fewer is GQA, 1 is MQA
     activation: str = "gelu"  # gelu: 2-matrix MLP; swiglu: gate, up and down matrices
     norm: str = "layernorm"
-    position: str = "learned"  # learned absolute embeddings or rotary (no parameters)
+    position: str = "learned"  # learned absolute embeddings, rotary or ALiBi (the last two: no parameters)
     max_position: int = 0  # rows of the learned position table; 0 means seq_len
     tied_embeddings: bool = True
     bias: bool = True  # biases on the linear layers (LayerNorm always has weight and bias)
