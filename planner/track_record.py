@@ -1,7 +1,7 @@
 """How close the cost model has come on published measured runs like a given plan: its track record.
 
 A prediction is only as good as the model is on runs of its kind, and that differs by an order of
-magnitude between kinds (NeMo on H100 within 4-5%; Megatron-DeepSpeed on A100 13% short; torchtitan's
+magnitude between kinds (NeMo on H100 within 4-5%; Megatron-DeepSpeed on A100 11% short; torchtitan's
 context parallelism at 64k+ tokens 17% short). `python benchmarks/accuracy_measured.py --write-record`
 stores every published run it predicts (framework, GPU, precision, parallel sizes, sequence length and
 the step-time error) in planner/data/accuracy_record.json, and `planner explain` prints the record of the
