@@ -15,6 +15,7 @@ import dataclasses
 
 import pytest
 
+from executor.kv_cache import check_servable
 from executor.model import ModelNotSupported, Transformer
 from executor.run import UnsupportedPlan, check_executable
 from planner.cost import estimate
@@ -73,6 +74,12 @@ def test_the_executor_refuses_alibi_before_any_process_starts() -> None:
     with pytest.raises(ModelNotSupported, match="ALiBi"):
         Transformer(TINY)
     check_executable(doc(dataclasses.replace(model_preset("gpt2"), num_layers=2)))  # the same plan, learned
+
+
+def test_the_serving_executor_refuses_alibi() -> None:
+    with pytest.raises(UnsupportedPlan, match="ALiBi"):
+        check_servable(TINY)
+    check_servable(dataclasses.replace(TINY, position="rope"))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
