@@ -478,10 +478,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         else:
             a2a = np.zeros_like(t)
         # the ring attention's element-wise passes run with the attention core (recomputed with it)
-        out["fwd"].append(lay.fwd + host_l / 3 + ring_fwd)
-        out["bwd"].append(lay.bwd + 2 * host_l / 3 + ring_bwd)
-        out["compute_fwd"].append(lay.fwd + host_l / 3 + ring_fwd)  # the framework's host time is busy time too
-        out["compute_bwd"].append(lay.bwd + 2 * host_l / 3 + ring_bwd)
+        busy_fwd, busy_bwd = lay.fwd + host_l / 3 + ring_fwd, lay.bwd + 2 * host_l / 3 + ring_bwd
+        out["fwd"].append(busy_fwd)
+        out["bwd"].append(busy_bwd)
+        out["compute_fwd"].append(busy_fwd)  # the framework's host time is busy time too
+        out["compute_bwd"].append(busy_bwd)
         out["attn_fwd"].append(lay.attn_fwd + ring_fwd)
         # (n, policies): the matmul checkpoint policies' recomputed forward and saved bytes
         out["policy_fwd"].append(np.stack(lay.policy_fwd, axis=1))
