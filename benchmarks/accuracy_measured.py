@@ -38,8 +38,8 @@ from planner.track_record import to_json as record_json
 RECORD_PATH = Path(__file__).resolve().parents[1] / "planner" / "data" / RECORD_FILE
 
 MEMORY_DEFINITIONS = {
-    "reserved": "torch max reserved (caching allocator), max over GPUs; predicted without the runtime reserve",
-    "device": "nvidia-smi (whole process), max over GPUs; predicted total",
+    "reserved": "torch max reserved (caching allocator), max over GPUs; predicted reserved, less the runtime reserve",
+    "device": "nvidia-smi (whole process), max over GPUs; predicted reserved peak with the runtime reserve",
 }
 
 

@@ -278,6 +278,10 @@ def explain(doc: dict[str, Any]) -> str:
     if doc.get("zero_stage", 0) >= 1 and mem.get("activations", 1.0) == 0.0:
         lines.append("(the peak is the optimizer step, activations freed: the framework copies the gradients of the "
                      "rank's ZeRO shard there, `grads` above; docs/cost-model.md §5)")
+    reserved = pr.get("memory_reserved_gib_per_gpu")
+    if reserved is not None and reserved > pr["memory_gib_per_gpu"] * (1 + 1e-9):
+        lines.append(f"PyTorch's caching allocator reserves {reserved:.2f} GiB (what nvidia-smi shows): the optimizer "
+                     "step's gradient copies take new segments on top of the backward's peak (docs/cost-model.md §5)")
     sim = doc.get("simulation")
     if sim:
         lines += ["", f"discrete-event simulation: step {seconds(sim['step_time_s'])} "

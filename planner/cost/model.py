@@ -64,6 +64,7 @@ class MemoryParts:
     grid: tuple[int, ...] = ()
 
     reserve: float = 0.0  # the runtime reserve (ClusterSpec.reserved_memory_bytes), part of `step`
+    capacity: float = np.inf  # the GPU's memory (bytes): what the caching allocator can reserve at most
 
     @property
     def cells_per_structure(self) -> int:
@@ -87,6 +88,8 @@ class MemoryParts:
         step = self._at(self.step, rows)
         total = np.maximum(training, step)
         out = {"mem_total": _max_last(total)}
+        if breakdown:
+            out["mem_reserved"] = _max_last(self._reserved(training, total, rows))
         if breakdown:  # the largest class at its peak: in the backward, or at the optimizer step
             pick = _argmax_last(total)
             at_step = _pick(step > training, pick)
@@ -98,6 +101,21 @@ class MemoryParts:
                         "mem_activations": np.where(at_step, 0.0, _pick(acts, pick)),
                         "mem_other": np.where(at_step, self.reserve, _pick(other, pick))})
         return out
+
+
+    def _reserved(self, training: Array, total: Array, rows: Array) -> Array:
+        """What PyTorch's CUDA caching allocator holds at the peak, with the runtime reserve (nvidia-smi).
+
+        Without expandable segments (PyTorch's default) each cudaMalloc is its own segment, blocks of
+        different segments never merge, and a request larger than every free cached block takes a new
+        segment (Yang, "When does fragmentation occur in the CUDA caching allocator?", pytorch/devlogs
+        2026-06-01). Blocks freed after the backward (activations, per-parameter gradients) stay cached in
+        their segments, so an optimizer step that copies the gradients of its shard (`step_grads`:
+        DeepSpeed ZeRO-1/2 flattens and casts the whole partition) places those copies in new segments on
+        top of the backward's peak; where that reaches the GPU's capacity the allocator frees its cached
+        blocks and retries, so the reserve never exceeds the GPU. Without such copies: the allocated peak."""
+        fresh = self._at(self.step_grads, rows)
+        return np.maximum(total, np.where(fresh > 0, np.minimum(training + fresh, self.capacity), total))
 
 
 def _in_flight(pipeline: tuple[Array, Array, Array, Array], structure: Array, sched: Array) -> tuple[Array, Array]:
@@ -121,11 +139,11 @@ class Scores:
     plans asked about).
 
     Attributes: step_time, compute, exposed, bubble, optimizer, tp_comm, pp_comm, dp_comm, cp_comm,
-    ep_comm (s); mem_weights, mem_grads, mem_optimizer, mem_activations, mem_other, mem_total
+    ep_comm (s); mem_weights, mem_grads, mem_optimizer, mem_activations, mem_other, mem_total, mem_reserved
     (bytes); mem_limit; fits; model_flops, hw_flops (per step, whole job); tokens (per step).
     """
 
-    MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other")
+    MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other", "mem_reserved")
 
     def __init__(self, timing: dict[str, Array], memory: MemoryParts, rows: Array, sched: Array,
                  mem_limit: float, timing_rows: Array | None = None) -> None:
@@ -403,6 +421,7 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     total = np.maximum(fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1), step)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
                        fixed=fixed, step_grads=step_grads, step=step, reserve=cluster.reserved_memory_bytes,
+                       capacity=cluster.gpu.memory_bytes,
                        per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
                        totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1), grid=tuple(terms.grid))
 
@@ -430,6 +449,9 @@ def prediction(scores: Scores, i: int, cluster: ClusterSpec, dtype: str) -> dict
         "mfu": tflops / peak,
         "hfu": hw / peak,
         "memory_gib_per_gpu": float(scores.mem_total[i]) / GIB,
+        # what the caching allocator reserves at the peak (nvidia-smi): above the allocated peak where the
+        # optimizer step copies gradients into new segments (MemoryParts._reserved)
+        "memory_reserved_gib_per_gpu": float(scores.mem_reserved[i]) / GIB,
         "memory_limit_gib": scores.mem_limit / GIB,
         "fits": bool(scores.fits[i]),
         "time": {

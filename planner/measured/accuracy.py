@@ -2,10 +2,11 @@
 expressible run under its printed configuration, errors as (predicted - measured) / measured.
 
 Memory is compared on the definition the source measured (`PrintedRun.memory_definition`):
-- "reserved" (torch's caching-allocator reserved peak, torchtitan): the prediction without the
-  runtime's own reserve (CUDA context, NCCL buffers: `ClusterSpec.reserved_memory_bytes`), as
-  `planner.compare.comparable_peak_gib` compares CUDA runs;
-- "device" (nvidia-smi, BLOOM): the whole prediction, the runtime's reserve included.
+- "reserved" (torch's caching-allocator reserved peak, torchtitan): the predicted reserved peak
+  (`memory_reserved_gib_per_gpu`: what the allocator holds, new segments for an optimizer step's gradient
+  copies included) without the runtime's own reserve (CUDA context, NCCL buffers:
+  `ClusterSpec.reserved_memory_bytes`);
+- "device" (nvidia-smi, BLOOM): the predicted reserved peak, the runtime's reserve included.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Prediction:
 
 def comparable_memory_gib(prediction: dict[str, Any], run: MeasuredRun) -> float:
     """The predicted peak memory per GPU on the definition the run's source measured."""
-    total = float(prediction["memory_gib_per_gpu"])
+    total = float(prediction["memory_reserved_gib_per_gpu"])
     if run.run.memory_definition == "reserved":
         return max(0.0, total - run.cluster.reserved_memory_bytes / GIB)
     return total
