@@ -95,6 +95,8 @@ class CachedForward:
             x = x + emb.pos(positions)[None]
         if emb.type is not None:
             x = x + emb.type.weight[0]
+        if emb.norm is not None:
+            x = emb.norm(x)
         return x
 
     @torch.inference_mode()

@@ -65,13 +65,15 @@ def make_norm(spec: ModelSpec, width: int) -> nn.Module:
 
 
 class Embedding(nn.Module):
-    """Token embeddings plus learned positions and token types when the spec has them (op `embed`)."""
+    """Token embeddings plus learned positions and token types when the spec has them (op `embed`), then
+    the embedding norm when it has one (op `embed.norm`, BLOOM's)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.tok = nn.Embedding(spec.vocab_size, spec.hidden)
         self.pos = nn.Embedding(spec.max_position, spec.hidden) if spec.position == "learned" else None
         self.type = nn.Embedding(spec.type_vocab_size, spec.hidden) if spec.type_vocab_size else None
+        self.norm = make_norm(spec, spec.hidden) if spec.embedding_norm else None
         self.positions: torch.Tensor | None = None  # global positions of the tokens seen (None: 0, 1, ...)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,7 @@ class Embedding(nn.Module):
             x = x + self.pos(token_positions(self.positions, tokens.shape[-1], tokens.device))
         if self.type is not None:  # every token has type 0 (single-segment language modelling)
             x = x + self.type.weight[0]
-        return x
+        return x if self.norm is None else self.norm(x)
 
 
 class QKV(nn.Module):
@@ -537,6 +539,9 @@ class Transformer(nn.Module):
         tokens = x if self.embed is not None else None
         if self.embed is not None:
             x = self.embed(x)
+            if self.spec.dropout > 0:  # Megatron's embedding dropout (op `embed.dropout`): after the
+                # sequence-parallel scatter of the embedding's output, on this rank's shard
+                x = F.dropout(x, p=self.spec.dropout, training=self.training)
         for layer in self.layers.values():
             x = layer(x)
         h = x

@@ -438,8 +438,11 @@ def _pre_ops(m: ModelSpec, b: int) -> list[Op]:
     params += m.type_vocab_size * h
     ops = [Op(name="embed", kind="embedding", tp="vocab", group="pre", params=params,
               io=b * 3.0 * h, kernels=2 if m.position == "learned" else 1)]
-    if m.head == "mlm":  # BERT normalises the embedding sum
+    if m.head == "mlm" or m.embedding_norm:  # BERT and BLOOM normalise the embedding output
         ops.append(_norm("embed.norm", h, m, "replicated", "pre", b))
+    if m.dropout > 0:  # Megatron's embedding dropout: outside the checkpointed layers, its mask always kept
+        ops.append(Op(name="embed.dropout", kind="elementwise", tp="replicated", group="pre",
+                      saved=MASK_BYTES * h, io=2.0 * b * h + MASK_BYTES * h, elements=h))
     return ops
 
 

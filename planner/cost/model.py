@@ -57,6 +57,7 @@ class MemoryParts:
     step_grads: Array  # gradients at the optimizer step where it copies them (GradientPath.step_bytes), else 0
     step: Array  # the optimizer step's peak: weights + optimizer + step_grads + the reserve (activations freed)
     per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
+    layer_microbatch: Array  # the transformer layers' part of per_microbatch (the embedding's left out)
     head: Array  # broadcastable to (*grid, C): what the head and loss save per micro-batch (last class)
     pipeline: tuple[Array, Array, Array, Array]  # per structure: pp, vpp, m (structures, 1), first ranks (.., C)
     schedule: Array  # (structures,): the schedule `totals` are computed under
@@ -99,6 +100,8 @@ class MemoryParts:
                                               _pick(self._at(self.grads, rows), pick)),
                         "mem_optimizer": _pick(self._at(self.optimizer, rows), pick),
                         "mem_activations": np.where(at_step, 0.0, _pick(acts, pick)),
+                        "mem_layer_activations": np.where(at_step, 0.0, _pick(
+                            held * self._at(self.layer_microbatch, rows), pick)),
                         "mem_other": np.where(at_step, self.reserve, _pick(other, pick))})
         return out
 
@@ -139,11 +142,13 @@ class Scores:
     plans asked about).
 
     Attributes: step_time, compute, exposed, bubble, optimizer, tp_comm, pp_comm, dp_comm, cp_comm,
-    ep_comm (s); mem_weights, mem_grads, mem_optimizer, mem_activations, mem_other, mem_total, mem_reserved
-    (bytes); mem_limit; fits; model_flops, hw_flops (per step, whole job); tokens (per step).
+    ep_comm (s); mem_weights, mem_grads, mem_optimizer, mem_activations (of which mem_layer_activations: the
+    transformer layers'), mem_other, mem_total, mem_reserved (bytes); mem_limit; fits; model_flops, hw_flops
+    (per step, whole job); tokens (per step).
     """
 
-    MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other", "mem_reserved")
+    MEMORY = ("mem_weights", "mem_grads", "mem_optimizer", "mem_activations", "mem_other", "mem_reserved",
+              "mem_layer_activations")
 
     def __init__(self, timing: dict[str, Array], memory: MemoryParts, rows: Array, sched: Array,
                  mem_limit: float, timing_rows: Array | None = None) -> None:
@@ -408,7 +413,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * step_bytes, 0.0)
     step = np.where(cls.valid & (step_grads > 0), weights + optimizer + step_grads + cluster.reserved_memory_bytes,
                     -np.inf)
-    per_mb = _per_class(cls.layers, terms.layer_act) + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
+    layer_mb = _per_class(cls.layers, terms.layer_act)
+    per_mb = layer_mb + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
     head = np.where(cls.has_post, terms.post_saved[e], 0.0)
     # Every cell under its structure's schedule: the largest class.
     struct = (slice(None), 0, 0)
@@ -422,7 +428,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
                        fixed=fixed, step_grads=step_grads, step=step, reserve=cluster.reserved_memory_bytes,
                        capacity=cluster.gpu.memory_bytes,
-                       per_microbatch=per_mb, head=head, pipeline=pipeline, schedule=own,
+                       per_microbatch=per_mb, layer_microbatch=layer_mb, head=head, pipeline=pipeline,
+                       schedule=own,
                        totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1), grid=tuple(terms.grid))
 
 

@@ -202,6 +202,10 @@ def model_flags(m: ModelSpec, b: Build, megatron_deepspeed: bool = False) -> Ite
         target = "Megatron-DeepSpeed main" if megatron_deepspeed else "Megatron-LM"
         raise ExportError(f"{m.name} uses ALiBi positions, which {target} does not implement (BigScience's "
                           "2022 fork of Megatron-DeepSpeed did: --position-embedding-type alibi)")
+    if m.embedding_norm:
+        target = "Megatron-DeepSpeed main" if megatron_deepspeed else "Megatron-LM"
+        raise ExportError(f"{m.name} normalises its embedding output, which {target} does not implement "
+                          "(BigScience's 2022 fork of Megatron-DeepSpeed did: --embed-layernorm)")
     if m.num_kv_heads != m.num_heads:
         items += ([("--num-key-value-heads", m.num_kv_heads)] if megatron_deepspeed else
                   [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)])

@@ -62,14 +62,16 @@ _BLOOM_SOURCE = ("BLOOM prequel shape (bigscience-workshop/bigscience train/tr11
                  "(tr11-176B-ml.slurm); ALiBi positions (train/tr11-200B-ml/tr11-200B-ml.slurm, the prequel's "
                  "script: --position-embedding-type alibi); dropout 0.1 on the attention probabilities and the "
                  "hidden states (train/tr11-176B-ml/README.md: 'The default Megatron-LM dropout settings are "
-                 "inherited: --attention-dropout 0.1, --hidden-dropout 0.1')")
+                 "inherited: --attention-dropout 0.1, --hidden-dropout 0.1'); a LayerNorm on the embedding "
+                 "output (the same script's --embed-layernorm, since commit 628b562 of 2022-02-05, before the "
+                 "prequel's 02-17 measurements)")
 
 
 def bloom_shape(hidden: int, layers: int, heads: int) -> ModelSpec:
     """A BLOOM-prequel variant (the final BLOOM-176B is hidden 14336, 70 layers, 112 heads)."""
     return ModelSpec(name=f"bloom-h{hidden}-l{layers}-a{heads}", num_layers=layers, hidden=hidden,
                      num_heads=heads, ffn_hidden=4 * hidden, vocab_size=250880, seq_len=2048, dropout=0.1,
-                     position="alibi", source=_BLOOM_SOURCE)
+                     position="alibi", embedding_norm=True, source=_BLOOM_SOURCE)
 
 
 def known(name: str) -> bool:

@@ -49,6 +49,7 @@ _FAMILY_DEFAULTS: dict[str, Any] = {
     "qk_rope_head_dim": 0, "v_head_dim": 0, "sliding_window": 0, "attention_chunk": 0, "window_layers": (),
     "nope_layers": (), "attention_sinks": False, "moe_ffn_hidden": 0, "shared_ffn_hidden": 0,
     "shared_expert_gate": False, "router_bias": False, "dense_layers": (), "mtp_layers": 0,
+    "embedding_norm": False,
 }
 
 
@@ -145,6 +146,8 @@ class ModelSpec:
     type_vocab_size: int = 0  # BERT token-type embeddings
     pooler: bool = False  # BERT pooler (dense h x h on the first token)
     dropout: float = 0.0  # dropout probability; > 0 adds dropout masks to saved activations
+    # a norm on the embedding output (BLOOM's word_embeddings_layernorm, Megatron-DeepSpeed's --embed-layernorm)
+    embedding_norm: bool = False
     num_experts: int = 0  # 0: dense MLP; > 1: a mixture of experts in every layer
     top_k: int = 0  # experts per token
     capacity_factor: float = 1.0  # expert capacity = capacity_factor * tokens * top_k / num_experts
@@ -196,7 +199,7 @@ class ModelSpec:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("qk_norm", self.qk_norm, QK_NORMS)
         for f in ("tied_embeddings", "bias", "causal", "pooler", "attention_sinks", "shared_expert_gate",
-                  "router_bias"):
+                  "router_bias", "embedding_norm"):
             if not isinstance(getattr(self, f), bool):
                 raise SpecError(f"must be true or false, got {show(getattr(self, f))}", field=f)
         if self.qkv_bias is None:
