@@ -487,6 +487,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "compiled": f.compiled,
                      "composite_rms_norm": f.composite_rms_norm, "cross_entropy": f.cross_entropy,
                      "pipeline_unsharded_grads": f.pipeline_unsharded_grads,
+                     "reduction_bucket_after_backward": f.reduction_bucket_after_backward,
+                     "dp_bucket_params": f.dp_bucket_params,
                      "cp_rotation": f.cp_rotation, "cp_grads_fp32": f.cp_grads_fp32,
                      "sp_keeps_gathered_input": f.sp_keeps_gathered_input,
                      "recompute_skips_last_collective": f.recompute_skips_last_collective,
@@ -504,7 +506,9 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      for dtype, path in f.gradients]
         return ", ".join(parts + ["unsharded under pp"] * f.pipeline_unsharded_grads + ["fp8 weights"]
                          * f.fp8_param_gather + ["fused norms"] * f.fused_norm
-                         + ["low-precision saved inputs"] * f.quantized_saved_inputs + [f"loss {f.cross_entropy}"])
+                         + ["low-precision saved inputs"] * f.quantized_saved_inputs + [f"loss {f.cross_entropy}"]
+                         + [f"{f.dp_bucket_params:.0e}-element reduction bucket after the backward"]
+                         * f.reduction_bucket_after_backward)
 
     def optimizer(f: Framework) -> str:
         """Bytes per parameter one optimizer step streams: the profile's own count, else a fused AdamW's."""

@@ -82,6 +82,12 @@ reads them like it reads the cluster:
   set_requires_gradient_sync(False) on FSDP2 stages, PipelineStage.backward_maybe_with_nosync; FSDP2
   accumulates unsharded gradients in its reduce_dtype, FSDPParam.to_accumulated_grad_if_needed): ZeRO-2/3
   shard no gradient memory there;
+- reduction_bucket_after_backward: the data-parallel reduction, run after the step's last backward,
+  allocates its bucket of dp_bucket_params elements (at most the rank's gradients) in the reduction
+  dtype as a new tensor: DeepSpeed's ZeRO-1/2 `reduce_gradients(pipeline_parallel=True)` creates its
+  contiguous bucket (`torch.empty(reduce_bucket_size)`, 5e8 by default) and the BF16_Optimizer's
+  `buffered_allreduce_fallback` flattens buckets of 5e8 elements (MEMORY_OPT_ALLREDUCE_SIZE); the
+  caching allocator gives it a segment of its own (MemoryParts._reserved);
 - sp_keeps_gathered_input: with SP, each column-parallel linear saves the all-gathered input for its
   weight gradient instead of its sequence shard (autograd of DTensor's redistribute then the matmul:
   torchtitan, this project's executor), so backward does not re-gather it but the saved activation is
@@ -230,6 +236,9 @@ class Framework:
     # Under pipelining, gradients accumulate unsharded until the step's last backward (FSDP2 stages of
     # torch.distributed.pipelining)
     pipeline_unsharded_grads: bool = False
+    # The gradient reduction after the backward allocates its bucket (dp_bucket_params elements of the
+    # reduction dtype) anew: DeepSpeed's ZeRO-1/2 under its pipeline engine and its BF16_Optimizer
+    reduction_bucket_after_backward: bool = False
     # Bytes per parameter one optimizer step streams (0: a fused AdamW's, OPTIMIZER_STEP_BYTES)
     optimizer_step_bytes: float = 0.0
     # (base dtype, bytes) pairs where the step streams a dtype-dependent count (else optimizer_step_bytes)

@@ -55,6 +55,7 @@ class MemoryParts:
     working: Array  # runtime reserve and full recompute's working set (broadcastable to (*grid, C))
     fixed: Array  # weights + grads + optimizer + other_fixed; -inf for padding classes
     step_grads: Array  # gradients at the optimizer step where it copies them (GradientPath.step_bytes), else 0
+    reduce_bucket: Array  # the reduction's bucket where it is allocated after the backward, else 0
     step: Array  # the optimizer step's peak: weights + optimizer + step_grads + the reserve (activations freed)
     per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
     layer_microbatch: Array  # the transformer layers' part of per_microbatch (the embedding's left out)
@@ -115,9 +116,12 @@ class MemoryParts:
         2026-06-01). Blocks freed after the backward (activations, per-parameter gradients) stay cached in
         their segments, so an optimizer step that copies the gradients of its shard (`step_grads`:
         DeepSpeed ZeRO-1/2 flattens and casts the whole partition) places those copies in new segments on
-        top of the backward's peak; where that reaches the GPU's capacity the allocator frees its cached
-        blocks and retries, so the reserve never exceeds the GPU. Without such copies: the allocated peak."""
-        fresh = self._at(self.step_grads, rows)
+        top of the backward's peak, and so does a reduction that allocates its bucket after the backward
+        (`reduce_bucket`; freed before the step's copies, whose segment they reuse only if they fit in it,
+        which a whole shard's copies rarely do); where that reaches the GPU's capacity the allocator frees
+        its cached blocks and retries, so the reserve never exceeds the GPU. Without such allocations: the
+        allocated peak."""
+        fresh = self._at(self.step_grads, rows) + self._at(self.reduce_bucket, rows)
         return np.maximum(total, np.where(fresh > 0, np.minimum(training + fresh, self.capacity), total))
 
 
@@ -409,10 +413,14 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     fixed = np.where(cls.valid, weights + grads + optimizer + other_fixed, -np.inf)
     working = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
     # The optimizer step, where it copies the gradients of the rank's optimizer shard (ZeRO >= 1)
-    step_bytes = gradient_path(terms.framework, terms.dtype).step_bytes
+    path = gradient_path(terms.framework, terms.dtype)
+    step_bytes = path.step_bytes
     step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * step_bytes, 0.0)
     step = np.where(cls.valid & (step_grads > 0), weights + optimizer + step_grads + cluster.reserved_memory_bytes,
                     -np.inf)
+    fw = terms.framework
+    reduce_bucket = (np.minimum(fw.dp_bucket_params, t_dense + t_expert) * path.reduce_bytes
+                     if fw.reduction_bucket_after_backward else np.zeros_like(step_grads))
     layer_mb = _per_class(cls.layers, terms.layer_act)
     per_mb = layer_mb + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
     head = np.where(cls.has_post, terms.post_saved[e], 0.0)
@@ -426,7 +434,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     lead = (n_s,) + (1,) * (len(terms.grid) - 1)
     total = np.maximum(fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1), step)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
-                       fixed=fixed, step_grads=step_grads, step=step, reserve=cluster.reserved_memory_bytes,
+                       fixed=fixed, step_grads=step_grads, reduce_bucket=reduce_bucket, step=step,
+                       reserve=cluster.reserved_memory_bytes,
                        capacity=cluster.gpu.memory_bytes,
                        per_microbatch=per_mb, layer_microbatch=layer_mb, head=head, pipeline=pipeline,
                        schedule=own,
