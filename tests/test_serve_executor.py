@@ -32,9 +32,18 @@ def _greedy_full(model: torch.nn.Module, prompt: torch.Tensor, n: int) -> list[i
 
 
 @pytest.mark.parametrize("spec", [SPEC, ModelSpec(name="gpt-learned", num_layers=2, hidden=64, num_heads=4,
-                                                   ffn_hidden=128, vocab_size=256, seq_len=64, dtype="fp32")])
+                                                   ffn_hidden=128, vocab_size=256, seq_len=64, dtype="fp32"),
+                                  # BLOOM's embedding LayerNorm; the dropout is off in evaluation
+                                  ModelSpec(name="gpt-embed-norm", num_layers=2, hidden=64, num_heads=4,
+                                            ffn_hidden=128, vocab_size=256, seq_len=64, dtype="fp32",
+                                            embedding_norm=True, dropout=0.1)])
 def test_cached_forward_matches_the_full_forward(spec: ModelSpec) -> None:
     model = build_model(spec).eval()
+    if model.embed.norm is not None:  # an affine part far from the identity, so that leaving it out shows
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(2)
+            model.embed.norm.weight.copy_(torch.randn(spec.hidden, generator=gen) * 3)
+            model.embed.norm.bias.copy_(torch.randn(spec.hidden, generator=gen) * 3)
     prompt = torch.randint(0, 256, (21,), generator=torch.Generator().manual_seed(1))
     fw = CachedForward(model, KVCache(model, 3, 64, torch.device("cpu"), torch.float32))
     fw.step([Segment(1, 0, prompt[:8], False)])  # the prompt in chunks of 8, 8, 5
