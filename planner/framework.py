@@ -176,6 +176,14 @@ class GradientPath:
       for the fp32 master weights (`stage_1_and_2.py`, `step`: `self.flatten(self.averaged_gradients[i])
       .to(fp32)` before `free_grad_in_param_list(params_in_partition)`): 8. With few data-parallel ranks
       that moment is the rank's peak (activations freed, every gradient of a large shard copied twice).
+    - zero0_step_bytes: under ZeRO-0, the bytes per parameter the optimizer step copies the gradients into
+      while the 16-bit gradients are still held: DeepSpeed's FP16_Optimizer (`runtime/fp16/fused_optimizer.py`,
+      `step`) converts every gradient to fp32 in a list (`p.grad.to(data_type) for p in group`) and flattens
+      the list (`_flatten_dense_tensors`) before it frees the 16-bit ones: 4 + 4 = 8.
+    - accumulation_copy_bytes: bytes per element of the one gradient tensor the accumulation copies at a
+      time, held beside the in-flight activations after each micro-batch's backward: DeepSpeed's
+      BF16_Optimizer adds each bf16 gradient into its fp32 buffer through a converted copy
+      (`update_hp_grads`: `hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))`): 4, of the largest tensor.
     """
 
     buffer_bytes: float
@@ -183,12 +191,15 @@ class GradientPath:
     reduce_op: str = "reduce_scatter"
     accumulation_bytes: float = 0.0
     step_bytes: float = 0.0
+    accumulation_copy_bytes: float = 0.0
+    zero0_step_bytes: float = 0.0
 
     def check(self, where: str) -> None:
         if self.reduce_op not in REDUCE_OPS:
             raise SpecError(f"must be one of {', '.join(REDUCE_OPS)}, got {self.reduce_op!r}",
                             field=f"{where}.reduce_op")
-        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes", "step_bytes"):
+        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes", "step_bytes", "accumulation_copy_bytes",
+                     "zero0_step_bytes"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 100):
                 raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{name}")

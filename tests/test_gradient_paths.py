@@ -23,6 +23,7 @@ from planner.errors import SpecError
 from planner.framework import GradientPath, framework
 from planner.plan import Plan
 from planner.specs.catalog import cluster_preset, model_preset
+from planner.specs.model import ModelSpec
 
 
 def _backward_bytes(weight: torch.Tensor, x: torch.Tensor) -> int:
@@ -111,3 +112,26 @@ def test_a_profile_naming_a_bad_gradient_path_is_refused() -> None:
         GradientPath(2, 2, "broadcast").check("framework[x].gradients.fp16")
     with pytest.raises(SpecError, match="fp16 or bf16"):
         dataclasses.replace(framework("deepspeed"), gradients=(("fp32", GradientPath(4, 4)),))
+
+
+def test_bf16_accumulation_copies_the_largest_gradient_beside_the_activations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed's BF16_Optimizer adds each bf16 gradient into its fp32 buffer through a converted copy
+    (`hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))`), one tensor at a time, after every micro-batch's
+    backward while the other micro-batches' activations are held: the first stage's peak grows by 4 bytes
+    per element of its largest gradient, the vocabulary-parallel embedding (V·h / t, here larger than any
+    layer matrix: 128000 > 4·h)."""
+    gpt = ModelSpec(name="gpt-rope", num_layers=32, hidden=8192, num_heads=64, ffn_hidden=32768, vocab_size=128000,
+                    seq_len=2048, position="rope")
+    plan = Plan(tp=8, pp=4, dp=2, micro_batch=1, global_batch=16, dtype="bf16", framework="deepspeed")
+    cluster = cluster_preset("dgx-a100-80gb").with_gpus(64)
+    fw = framework("deepspeed")
+
+    def peak(copy_bytes: float) -> float:
+        path = dataclasses.replace(fw.gradient_override("bf16"), accumulation_copy_bytes=copy_bytes)
+        patched = dataclasses.replace(fw, gradients=(("bf16", path),))
+        with monkeypatch.context() as m:
+            m.setattr(terms_module, "framework", lambda name: patched if name == "deepspeed" else framework(name))
+            return float(estimate(gpt, cluster, plan, headroom=0.0)["memory_gib_per_gpu"]) * 2**30
+
+    assert fw.gradient_override("bf16").accumulation_copy_bytes == 4
+    assert peak(4.0) - peak(0.0) == pytest.approx(4 * 128000 * 8192 / 8, rel=1e-9)

@@ -54,8 +54,9 @@ class MemoryParts:
     other_fixed: Array  # ZeRO-3 gather buffers, logits (broadcastable to (*grid, C))
     working: Array  # runtime reserve and full recompute's working set (broadcastable to (*grid, C))
     fixed: Array  # weights + grads + optimizer + other_fixed; -inf for padding classes
-    step_grads: Array  # gradients at the optimizer step where it copies them (GradientPath.step_bytes), else 0
+    step_grads: Array  # the optimizer step's gradient copies (GradientPath.step_bytes, zero0_step_bytes), else 0
     reduce_bucket: Array  # the reduction's bucket where it is allocated after the backward, else 0
+    step_held: Array  # gradients still held beside the step's copies (ZeRO-0), else 0
     step: Array  # the optimizer step's peak: weights + optimizer + step_grads + the reserve (activations freed)
     per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
     layer_microbatch: Array  # the transformer layers' part of per_microbatch (the embedding's left out)
@@ -97,7 +98,8 @@ class MemoryParts:
             at_step = _pick(step > training, pick)
             other = self._at(self.other_fixed, rows) + working
             out.update({"mem_weights": _pick(self._at(self.weights, rows), pick),
-                        "mem_grads": np.where(at_step, _pick(self._at(self.step_grads, rows), pick),
+                        "mem_grads": np.where(at_step, _pick(self._at(self.step_grads, rows)
+                                                             + self._at(self.step_held, rows), pick),
                                               _pick(self._at(self.grads, rows), pick)),
                         "mem_optimizer": _pick(self._at(self.optimizer, rows), pick),
                         "mem_activations": np.where(at_step, 0.0, _pick(acts, pick)),
@@ -411,13 +413,18 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     optimizer = (t_dense / d1 + t_expert / e1) * dt_o
     other_fixed = np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
     fixed = np.where(cls.valid, weights + grads + optimizer + other_fixed, -np.inf)
-    working = cluster.reserved_memory_bytes + np.where(rc == 2, full_ws, 0.0)
-    # The optimizer step, where it copies the gradients of the rank's optimizer shard (ZeRO >= 1)
     path = gradient_path(terms.framework, terms.dtype)
-    step_bytes = path.step_bytes
-    step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * step_bytes, 0.0)
-    step = np.where(cls.valid & (step_grads > 0), weights + optimizer + step_grads + cluster.reserved_memory_bytes,
-                    -np.inf)
+    # Beside the in-flight activations: full recompute's working set during a layer's backward, or after
+    # each micro-batch's backward the accumulation's converted copy of one gradient tensor (the largest)
+    accumulation_copy = path.accumulation_copy_bytes * terms.largest_trained[..., :c]
+    working = cluster.reserved_memory_bytes + np.maximum(np.where(rc == 2, full_ws, 0.0), accumulation_copy)
+    # The optimizer step, where it copies the gradients of the rank's optimizer shard (ZeRO >= 1), or under
+    # ZeRO-0 all of them while the 16-bit gradients are still held
+    step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * path.step_bytes,
+                          (t_dense + t_expert) * path.zero0_step_bytes)
+    step_held = np.where((zero == 0) & (step_grads > 0), grads, 0.0)  # the 16-bit gradients beside the copies
+    step = np.where(cls.valid & (step_grads > 0),
+                    weights + optimizer + step_grads + step_held + cluster.reserved_memory_bytes, -np.inf)
     fw = terms.framework
     reduce_bucket = (np.minimum(fw.dp_bucket_params, t_dense + t_expert) * path.reduce_bytes
                      if fw.reduction_bucket_after_backward else np.zeros_like(step_grads))
@@ -434,7 +441,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     lead = (n_s,) + (1,) * (len(terms.grid) - 1)
     total = np.maximum(fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1), step)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
-                       fixed=fixed, step_grads=step_grads, reduce_bucket=reduce_bucket, step=step,
+                       fixed=fixed, step_grads=step_grads, step_held=step_held, reduce_bucket=reduce_bucket,
+                       step=step,
                        reserve=cluster.reserved_memory_bytes,
                        capacity=cluster.gpu.memory_bytes,
                        per_microbatch=per_mb, layer_microbatch=layer_mb, head=head, pipeline=pipeline,

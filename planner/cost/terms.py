@@ -156,6 +156,7 @@ class CostTerms:
     lowp_copies: Array  # bytes of the class's low-precision weight copies (kept for every layer unless ZeRO-3)
     train_dense: Array  # of params_dense, those trained (gradients, optimizer states); fewer when fine-tuning
     train_expert: Array
+    largest_trained: Array  # the largest trained op's parameters on one GPU of the class (its gradient's elements)
     dp_reduce: Array  # once-per-step gradient reduction (ZeRO-0 all-reduce, ZeRO-1 reduce-scatter)
     dp_reduce_last: Array  # its last bucket, which starts when the backward ends
     dp_reduce_mb: Array  # per-micro-batch gradient reduce-scatter, per layer (ZeRO-2/3), whole stage
@@ -206,6 +207,13 @@ class CostTerms:
 def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
     zero = np.zeros_like(like, dtype=np.float64)
     return (cols + [zero] * n)[:n]
+
+
+def _largest(ops: list[Op], tp: Array, etp: Array, ep: Array) -> Array:
+    """Per structure: the largest of `ops`' parameters on one GPU (an op's weight and bias together: for a
+    linear layer, within its bias of its weight, the largest gradient tensor)."""
+    sizes = [op_params_per_gpu(op, etp if op.routed else tp, ep) for op in ops if op.params]
+    return np.maximum.reduce(sizes) if sizes else np.zeros_like(tp, dtype=np.float64)
 
 
 def _count_tensors(op: Op, model: ModelSpec, fused_qkv: bool) -> int:
@@ -442,7 +450,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         "ep", "cp_fwd",
         "cp_bwd", "cp_total", "act_none", "act_selective", "act_full", "params_dense", "params_expert",
         "tensors", "tp_tensors", "lowp_copies", "policy_fwd", "act_policy", "train_dense", "train_expert",
-        "grad_accum", "tp_regather", "tp_regather_total", "tp_skipped", "tp_skipped_total")}
+        "grad_accum", "tp_regather", "tp_regather_total", "tp_skipped", "tp_skipped_total", "largest")}
 
     def tp_dtensors(ops: list[Op]) -> Array:
         """Per structure: the DTensors tensor parallelism makes of `ops`' parameters (with SP or without)."""
@@ -509,6 +517,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         train = [op for op in kind.ops if not op.frozen]
         out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
         out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
+        out["largest"].append(_largest(train, t, et, e))
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, model, fw.fused_qkv) for op in train)))
         out["tp_tensors"].append(tp_dtensors(train))
         out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
@@ -556,6 +565,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
     frozen_head = any(op.frozen for op in lg.post_ops)
     tied_trained = np.where((b.pp > 1) & (not frozen_head), res["tied_copy"], 0.0)  # the last stage's copy
+    res["pre_largest"] = _largest([op for op in lg.pre_ops if not op.frozen], t, t, e)
+    res["post_largest"] = np.maximum(_largest([op for op in lg.post_ops if not op.frozen], t, t, e), tied_trained)
     res["pre_grad_accum"] = accumulate(res["pre_train"], res["pre_tensors"])
     res["post_grad_accum"] = accumulate(res["post_train"] + tied_trained, res["post_tensors"])
     res["tokens"] = tokens
@@ -625,6 +636,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         + np.where(classes.has_post & ~single & ~frozen_head, res["tied_copy"][:, None], 0.0)
     train_expert = np.einsum("rck,rk->rc", layers, res["train_expert"])
     res["class_train_dense"], res["class_train_expert"] = train_dense, train_expert
+    res["class_largest"] = np.maximum(
+        np.max(np.where(layers > 0, res["largest"][:, None, :], 0.0), axis=2),
+        np.maximum(np.where(classes.has_pre, res["pre_largest"][:, None], 0.0),
+                   np.where(classes.has_post, res["post_largest"][:, None], 0.0)))
     res["class_lowp"] = np.einsum("rck,rk->rc", layers, res["lowp_copies"])
     res["critical"] = np.full(len(b), classes.critical)
     res["layer_weights"] = (res["params_dense"] + res["params_expert"]) * WEIGHT_BYTES[dt]
@@ -880,7 +895,7 @@ def _variants(cluster: ClusterSpec, lg: LayerGraph, b: PlanBatch, st: dict[str, 
         pp_host=s(np.where(b.pp > 1, cluster.pp_microbatch_overhead_s, 0.0)),
         classes=classes, params_dense=s(st["class_dense"]), params_expert=s(st["class_expert"]),
         lowp_copies=s(st["class_lowp"]), train_dense=s(st["class_train_dense"]),
-        train_expert=s(st["class_train_expert"]),
+        train_expert=s(st["class_train_expert"]), largest_trained=s(st["class_largest"]),
         dp_reduce=np.where(zc == 0, s(st["dp_ar"]), np.where(zc == 1, s(st["dp_reduce_z1"]), 0.0)),
         dp_reduce_last=np.where(zc == 0, s(st["dp_ar_last"]), np.where(zc == 1, s(st["dp_reduce_z1_last"]), 0.0)),
         dp_reduce_mb=np.where(zc >= 2, s(st["dp_rs_layers"]), 0.0),
