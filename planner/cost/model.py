@@ -57,7 +57,7 @@ class MemoryParts:
     step_grads: Array  # the optimizer step's gradient copies (GradientPath.step_bytes, zero0_step_bytes), else 0
     reduce_bucket: Array  # the reduction's bucket where it is allocated after the backward, else 0
     step_held: Array  # gradients still held beside the step's copies (ZeRO-0), else 0
-    step: Array  # the optimizer step's peak: weights + optimizer + step_grads + the reserve (activations freed)
+    step: Array  # the optimizer step's peak: weights + optimizer + step_grads + step_held + the reserve
     per_microbatch: Array  # broadcastable to (*grid, C): activations of one in-flight micro-batch
     layer_microbatch: Array  # the transformer layers' part of per_microbatch (the embedding's left out)
     head: Array  # broadcastable to (*grid, C): what the head and loss save per micro-batch (last class)
@@ -91,9 +91,8 @@ class MemoryParts:
         step = self._at(self.step, rows)
         total = np.maximum(training, step)
         out = {"mem_total": _max_last(total)}
-        if breakdown:
-            out["mem_reserved"] = _max_last(self._reserved(training, total, rows))
         if breakdown:  # the largest class at its peak: in the backward, or at the optimizer step
+            out["mem_reserved"] = _max_last(self._reserved(training, total, rows))
             pick = _argmax_last(total)
             at_step = _pick(step > training, pick)
             other = self._at(self.other_fixed, rows) + working
@@ -107,7 +106,6 @@ class MemoryParts:
                             held * self._at(self.layer_microbatch, rows), pick)),
                         "mem_other": np.where(at_step, self.reserve, _pick(other, pick))})
         return out
-
 
     def _reserved(self, training: Array, total: Array, rows: Array) -> Array:
         """What PyTorch's CUDA caching allocator holds at the peak, with the runtime reserve (nvidia-smi).
@@ -442,11 +440,8 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     total = np.maximum(fixed + working + held.reshape(*lead, c) * per_mb + head * head_held.reshape(*lead, 1), step)
     return MemoryParts(weights=weights, grads=grads, optimizer=optimizer, other_fixed=other_fixed, working=working,
                        fixed=fixed, step_grads=step_grads, step_held=step_held, reduce_bucket=reduce_bucket,
-                       step=step,
-                       reserve=cluster.reserved_memory_bytes,
-                       capacity=cluster.gpu.memory_bytes,
-                       per_microbatch=per_mb, layer_microbatch=layer_mb, head=head, pipeline=pipeline,
-                       schedule=own,
+                       step=step, reserve=cluster.reserved_memory_bytes, capacity=cluster.gpu.memory_bytes,
+                       per_microbatch=per_mb, layer_microbatch=layer_mb, head=head, pipeline=pipeline, schedule=own,
                        totals=_max_last(np.broadcast_to(total, (*terms.grid, c))).reshape(-1), grid=tuple(terms.grid))
 
 

@@ -210,8 +210,8 @@ def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
 
 
 def _largest(ops: list[Op], tp: Array, etp: Array, ep: Array) -> Array:
-    """Per structure: the largest of `ops`' parameters on one GPU (an op's weight and bias together: for a
-    linear layer, within its bias of its weight, the largest gradient tensor)."""
+    """Per structure: the largest op's parameters on one GPU, standing for its largest gradient tensor (a
+    linear layer's weight, counted with its bias; the embedding's table, with a learned position table)."""
     sizes = [op_params_per_gpu(op, etp if op.routed else tp, ep) for op in ops if op.params]
     return np.maximum.reduce(sizes) if sizes else np.zeros_like(tp, dtype=np.float64)
 
