@@ -133,31 +133,32 @@ def published_rows(cluster: ClusterSpec | None = None,
         cfg = by_name[r["model"]]
         rc, sp = MODES[r["mode"]]
         cluster = base.with_gpus(int(cfg["num_gpus"]))
-        mem = estimate(models[r["model"]], cluster, _plan(cfg, rc, sp))["memory"]
+        layer_act, states = _first_stage_gib(models[r["model"]], cluster, _plan(cfg, rc, sp))
         if r["quantity"].startswith("activation memory per GPU"):
-            rows.append(Row(f"{r['model']} {r['mode']}", "activation_memory_gib", float(r["value"]),
-                            _layer_activations_gib(models[r["model"]], cluster, _plan(cfg, rc, sp)), "figure1",
-                            "GiB"))
+            rows.append(Row(f"{r['model']} {r['mode']}", "activation_memory_gib", float(r["value"]), layer_act,
+                            "figure1", "GiB"))
         elif r["quantity"].startswith("parameters+optimizer"):
-            rows.append(Row(f"{r['model']} {r['mode']}", "weights_optimizer_memory_gib", float(r["value"]),
-                            mem["weights"] + mem["grads"] + mem["optimizer"], "figure1", "GiB"))
+            rows.append(Row(f"{r['model']} {r['mode']}", "weights_optimizer_memory_gib", float(r["value"]), states,
+                            "figure1", "GiB"))
         elif r["quantity"].startswith("activation memory relative"):
+            if r["mode"] == "tensor-parallel baseline":
+                baseline[r["model"]] = layer_act
+                continue  # 100% by definition
             if r["model"] not in baseline:
                 rc0, sp0 = MODES["tensor-parallel baseline"]
-                baseline[r["model"]] = _layer_activations_gib(models[r["model"]], cluster, _plan(cfg, rc0, sp0))
-            if r["mode"] == "tensor-parallel baseline":
-                continue  # 100% by definition
-            act = _layer_activations_gib(models[r["model"]], cluster, _plan(cfg, rc, sp))
+                baseline[r["model"]] = _first_stage_gib(models[r["model"]], cluster, _plan(cfg, rc0, sp0))[0]
             rows.append(Row(f"{r['model']} {r['mode']}", "activation_memory_pct", float(r["value"]),
-                            100.0 * act / baseline[r["model"]], "figure7", "%"))
+                            100.0 * layer_act / baseline[r["model"]], "figure7", "%"))
     return rows
 
 
-def _layer_activations_gib(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> float:
-    """The first stage's activations of its transformer layers (GiB): what the paper's Figures 1 and 7 plot
-    (its Eq. 5 and Table 2, per layer; the embedding's dropout mask, Sec. 4.3, is left out there)."""
+def _first_stage_gib(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> tuple[float, float]:
+    """(activations of the transformer layers, weights + gradients + optimizer state) of the first stage's
+    GPU, GiB: what the paper's Figures 1 and 7 plot (its Eq. 5 and Table 2 count the layers alone; the
+    embedding's dropout mask, Sec. 4.3, is left out there)."""
     scores = evaluate(model, cluster, batch_from_plans([plan]))
-    return float(scores.mem_layer_activations[0]) / 2**30
+    states = scores.mem_weights[0] + scores.mem_grads[0] + scores.mem_optimizer[0]
+    return float(scores.mem_layer_activations[0]) / 2**30, float(states) / 2**30
 
 
 def summarize(rows: list[Row]) -> dict[str, Any]:
