@@ -348,6 +348,9 @@ class Framework:
                                 field=f"framework[{self.name}].optimizer_step_bytes")
         if not (0 <= self.dp_bucket_params <= 1e12 and 0 <= self.dp_bucket_params_per_rank <= 1e12):
             raise SpecError("must be a parameter count in 0..1e12", field=f"framework[{self.name}].dp_bucket_params")
+        if self.reduction_bucket_after_backward and not self.dp_bucket_params:
+            raise SpecError("reduction_bucket_after_backward needs the bucket's size in dp_bucket_params",
+                            field=f"framework[{self.name}].dp_bucket_params")
         if self.cp_ring_bytes and (len(self.cp_ring_bytes) != len(CP_RING_BYTES_KEYS) or not all(
                 len(pair) == 2 and all(isinstance(x, (int, float)) and 0 <= x <= 1000 for x in pair)
                 for pair in self.cp_ring_bytes)):

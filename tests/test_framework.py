@@ -96,6 +96,13 @@ def test_frameworks_on_flashattention2_run_attention_at_its_published_h100_rate(
     assert rates["nemo"] > 1.5 * rates["torchtitan"]
 
 
+def test_a_reduction_bucket_without_a_size_is_refused() -> None:
+    from planner.errors import SpecError
+
+    with pytest.raises(SpecError, match="dp_bucket_params"):
+        dataclasses.replace(framework("deepspeed"), dp_bucket_params=0.0)
+
+
 def test_an_unknown_attention_kernel_is_refused() -> None:
     from planner.errors import SpecError
     from planner.specs.catalog import gpu_preset
