@@ -134,7 +134,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -184,6 +184,13 @@ class GradientPath:
       time, held beside the in-flight activations after each micro-batch's backward: DeepSpeed's
       BF16_Optimizer adds each bf16 gradient into its fp32 buffer through a converted copy
       (`update_hp_grads`: `hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))`): 4, of the largest tensor.
+    - reduction_casts_buffer: the data-parallel reduction is handed the gradients as one flat buffer, which
+      no bucket splits (a bucket of one tensor flattens to a view), and converts all of it to the
+      reduction's dtype in one copy (reduce_bytes per parameter) where that differs from the buffer's:
+      DeepSpeed's BF16_Optimizer hands its fp32 buffer (`get_grads_for_reduction`) to
+      `buffered_allreduce_fallback`, whose `allreduce_bucket` runs `tensor.to(communication_data_type)`,
+      bf16 under ZeRO stage 0 where the config names none. The copy is allocated after the backward
+      (Framework.reduction_bucket_after_backward) in place of a bucket.
     """
 
     buffer_bytes: float
@@ -193,6 +200,7 @@ class GradientPath:
     step_bytes: float = 0.0
     accumulation_copy_bytes: float = 0.0
     zero0_step_bytes: float = 0.0
+    reduction_casts_buffer: bool = False
 
     def check(self, where: str) -> None:
         if self.reduce_op not in REDUCE_OPS:
@@ -203,6 +211,9 @@ class GradientPath:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 100):
                 raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{name}")
+        if not isinstance(self.reduction_casts_buffer, bool):
+            raise SpecError(f"must be true or false, got {self.reduction_casts_buffer!r}",
+                            field=f"{where}.reduction_casts_buffer")
 
 
 @dataclass(frozen=True)
@@ -360,6 +371,10 @@ class Framework:
             if dtype not in ("fp16", "bf16"):
                 raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
             path.check(f"framework[{self.name}].gradients.{dtype}")
+            if path.reduction_casts_buffer and not self.reduction_bucket_after_backward:
+                raise SpecError("a reduction that casts the whole buffer needs reduction_bucket_after_backward (when "
+                                "its copy is allocated)", field=f"framework[{self.name}].gradients.{dtype}"
+                                ".reduction_casts_buffer")
 
     def slowdown_beside(self, cluster_slowdown: float) -> float:
         """The overlap slowdown the cost model applies: this profile's where it states one, else the
@@ -462,8 +477,8 @@ def _framework(name: str) -> Framework:
     try:
         gradients = tuple((dtype, GradientPath(**path)) for dtype, path in sorted(entry.get("gradients", {}).items()))
     except TypeError as exc:
-        raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes, reduce_op, accumulation_bytes, "
-                        f"step_bytes ({exc})",
+        optional = ", ".join(f.name for f in fields(GradientPath)[2:])
+        raise SpecError(f"each dtype must map to buffer_bytes, reduce_bytes and optionally {optional} ({exc})",
                         field=where) from None
     step_bytes = entry.get("optimizer_step_bytes", 0.0)
     by_dtype = tuple(sorted(step_bytes.items())) if isinstance(step_bytes, dict) else ()

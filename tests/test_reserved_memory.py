@@ -13,7 +13,10 @@ biases, two LayerNorms per layer; tied embeddings; the final LayerNorm); at dp =
 exceeds the allocated one (the backward's) by 8 bytes × that / 8, plus the bucket DeepSpeed's ZeRO-1 reduction
 allocates after the backward under its pipeline engine (`torch.empty(reduce_bucket_size)`, 5e8 fp16 elements
 by default; at most the rank's gradients here: 2 bytes × N). DeepSpeed's BF16_Optimizer copies nothing at the
-step but flattens its fp32 gradients into 5e8-element buckets for the all-reduce: 4 bytes × min(5e8, N).
+step; its reduction hands the whole fp32 gradient buffer, one tensor, to `buffered_allreduce_fallback`, where
+a bucket of one tensor flattens to a view of it (no copy, whatever the bucket size) and `allreduce_bucket`
+casts it to the communication dtype, bf16 (`tensor.to(communication_data_type)`): 2 bytes × N, also for
+N above the 5e8-element bucket.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
+from torch._utils import _flatten_dense_tensors
 
 from planner.cost import estimate
 from planner.measured import bloom
@@ -56,10 +61,25 @@ def test_deepspeed_zero1_step_copies_come_on_top_of_the_backward_peak() -> None:
     assert extra == pytest.approx(8 * n / 8 + 2 * n, rel=1e-9)
 
 
-def test_deepspeed_bf16_optimizer_flattens_its_reduction_bucket() -> None:
-    pred = estimate(GPT, CLUSTER, plan("deepspeed", dtype="bf16"))
+def test_a_bucket_of_one_tensor_flattens_to_a_view_and_its_cast_copies_it() -> None:
+    """What the worked example rests on, with torch's own flatten (DeepSpeed's is the same C++ op)."""
+    buffer = torch.zeros(1000, dtype=torch.float32)
+    flat = _flatten_dense_tensors([buffer])
+    assert flat.data_ptr() == buffer.data_ptr()  # no copy
+    cast = flat.to(torch.bfloat16)
+    assert cast.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
+    assert cast.untyped_storage().nbytes() == 2 * buffer.numel()
+
+
+@pytest.mark.parametrize("layers", [2, 24])
+def test_deepspeed_bf16_optimizer_casts_its_whole_gradient_buffer(layers: int) -> None:
+    model = dataclasses.replace(GPT, name=f"gpt-{layers}l", num_layers=layers)
+    pred = estimate(model, CLUSTER, plan("deepspeed", dtype="bf16"))
     extra = (pred["memory_reserved_gib_per_gpu"] - pred["memory_gib_per_gpu"]) * GIB
-    assert extra == pytest.approx(4 * params_by_hand(GPT), rel=1e-9)
+    n = params_by_hand(model)
+    assert (n > 5e8) == (layers == 24)  # above the bucket size the cast is not capped by it
+    assert extra == pytest.approx(min(2 * n, CLUSTER.gpu.memory_bytes - pred["memory_gib_per_gpu"] * GIB),
+                                  rel=1e-9)
 
 
 @pytest.mark.parametrize("framework", ["megatron-core", "torchtitan", "this", "fsdp"])

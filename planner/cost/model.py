@@ -424,8 +424,9 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     step = np.where(cls.valid & (step_grads > 0),
                     weights + optimizer + step_grads + step_held + cluster.reserved_memory_bytes, -np.inf)
     fw = terms.framework
-    reduce_bucket = (np.minimum(fw.dp_bucket_params, t_dense + t_expert) * path.reduce_bytes
-                     if fw.reduction_bucket_after_backward else np.zeros_like(step_grads))
+    trained = t_dense + t_expert  # the reduction's copy: one bucket, or the whole buffer cast at once
+    reduce_bucket = ((trained if path.reduction_casts_buffer else np.minimum(fw.dp_bucket_params, trained))
+                     * path.reduce_bytes if fw.reduction_bucket_after_backward else np.zeros_like(step_grads))
     layer_mb = _per_class(cls.layers, terms.layer_act)
     per_mb = layer_mb + np.where(cls.has_pre, terms.pre_saved[e], 0.0)
     head = np.where(cls.has_post, terms.post_saved[e], 0.0)
