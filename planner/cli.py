@@ -503,7 +503,8 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         parts = ["fp32 grads" if f.grad_reduce_in_fp32 else "16-bit grads"]
         if f.gradients:  # the profile's own path per dtype: its buffer and per-micro-batch accumulation
             parts = [f"{dtype} grads {path.buffer_bytes:g} B + {path.accumulation_bytes:g} B/micro-batch"
-                     for dtype, path in f.gradients]
+                     + f" (reduced in {path.reduce_bytes:g} B through a cast of the whole buffer)"
+                     * path.reduction_casts_buffer for dtype, path in f.gradients]
         return ", ".join(parts + ["unsharded under pp"] * f.pipeline_unsharded_grads + ["fp8 weights"]
                          * f.fp8_param_gather + ["fused norms"] * f.fused_norm
                          + ["low-precision saved inputs"] * f.quantized_saved_inputs + [f"loss {f.cross_entropy}"]
