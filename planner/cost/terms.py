@@ -209,11 +209,16 @@ def _pad(cols: list[Array], n: int, like: Array) -> list[Array]:
     return (cols + [zero] * n)[:n]
 
 
-def _largest(ops: list[Op], tp: Array, etp: Array, ep: Array) -> Array:
-    """Per structure: the largest op's parameters on one GPU, standing for its largest gradient tensor (a
-    linear layer's weight, counted with its bias; the embedding's table, with a learned position table)."""
-    sizes = [op_params_per_gpu(op, etp if op.routed else tp, ep) for op in ops if op.params]
-    return np.maximum.reduce(sizes) if sizes else np.zeros_like(tp, dtype=np.float64)
+def _trained_params(ops: tuple[Op, ...] | list[Op], tp: Array, etp: Array, ep: Array) -> tuple[Array, Array, Array]:
+    """Per structure, the trained (not frozen) ops' parameters on one GPU: (dense, routed experts', the
+    largest op's), the last standing for the largest gradient tensor (a linear layer's weight, counted with
+    its bias; the embedding's table, with a learned position table)."""
+    zero = np.zeros_like(tp, dtype=np.float64)
+    sizes = [(op.routed, op_params_per_gpu(op, etp if op.routed else tp, ep))
+             for op in ops if op.params and not op.frozen]
+    dense = sum((n for routed, n in sizes if not routed), zero)
+    expert = sum((n for routed, n in sizes if routed), zero)
+    return dense, expert, np.maximum.reduce([n for _, n in sizes]) if sizes else zero
 
 
 def _count_tensors(op: Op, model: ModelSpec, fused_qkv: bool) -> int:
@@ -515,9 +520,8 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         out["params_dense"].append(dense)
         out["params_expert"].append(expert)
         train = [op for op in kind.ops if not op.frozen]
-        out["train_dense"].append(sum((op_params_per_gpu(op, t, e) for op in train if not op.routed), np.zeros_like(t)))
-        out["train_expert"].append(sum((op_params_per_gpu(op, et, e) for op in train if op.routed), np.zeros_like(t)))
-        out["largest"].append(_largest(train, t, et, e))
+        for key, part in zip(("train_dense", "train_expert", "largest"), _trained_params(train, t, et, e), strict=True):
+            out[key].append(part)
         out["tensors"].append(np.full_like(t, sum(_count_tensors(op, model, fw.fused_qkv) for op in train)))
         out["tp_tensors"].append(tp_dtensors(train))
         out["grad_accum"].append(accumulate(out["train_dense"][-1] + out["train_expert"][-1], out["tensors"][-1]))
@@ -561,12 +565,11 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         count = sum(_count_tensors(op, model, fw.fused_qkv) for op in ops if not op.frozen)
         res[f"{part}_tensors"] = np.full_like(t, count)
         res[f"{part}_tp_tensors"] = tp_dtensors([op for op in ops if not op.frozen])
-    res["pre_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.pre_ops if not op.frozen), np.zeros_like(t))
-    res["post_train"] = sum((op_params_per_gpu(op, t, e) for op in lg.post_ops if not op.frozen), np.zeros_like(t))
+    res["pre_train"], _, res["pre_largest"] = _trained_params(lg.pre_ops, t, t, e)  # no routed ops
+    res["post_train"], _, post_largest = _trained_params(lg.post_ops, t, t, e)
     frozen_head = any(op.frozen for op in lg.post_ops)
     tied_trained = np.where((b.pp > 1) & (not frozen_head), res["tied_copy"], 0.0)  # the last stage's copy
-    res["pre_largest"] = _largest([op for op in lg.pre_ops if not op.frozen], t, t, e)
-    res["post_largest"] = np.maximum(_largest([op for op in lg.post_ops if not op.frozen], t, t, e), tied_trained)
+    res["post_largest"] = np.maximum(post_largest, tied_trained)
     res["pre_grad_accum"] = accumulate(res["pre_train"], res["pre_tensors"])
     res["post_grad_accum"] = accumulate(res["post_train"] + tied_trained, res["post_tensors"])
     res["tokens"] = tokens
