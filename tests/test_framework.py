@@ -103,6 +103,17 @@ def test_a_reduction_bucket_without_a_size_is_refused() -> None:
         dataclasses.replace(framework("deepspeed"), dp_bucket_params=0.0)
 
 
+def test_a_whole_buffer_cast_without_its_moment_is_refused() -> None:
+    """The cast's copy is priced after the backward; a profile that does not reduce then cannot state it."""
+    from planner.errors import SpecError
+
+    fw = framework("deepspeed")
+    with pytest.raises(SpecError, match="reduction_casts_buffer"):
+        dataclasses.replace(fw, reduction_bucket_after_backward=False)
+    with pytest.raises(SpecError, match="true or false"):
+        dataclasses.replace(fw.gradient_override("bf16"), reduction_casts_buffer="yes").check("bf16")
+
+
 def test_an_unknown_attention_kernel_is_refused() -> None:
     from planner.errors import SpecError
     from planner.specs.catalog import gpu_preset
