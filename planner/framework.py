@@ -84,10 +84,11 @@ reads them like it reads the cluster:
   shard no gradient memory there;
 - reduction_bucket_after_backward: the data-parallel reduction, run after the step's last backward,
   allocates its bucket of dp_bucket_params elements (at most the rank's gradients) in the reduction
-  dtype as a new tensor: DeepSpeed's ZeRO-1/2 `reduce_gradients(pipeline_parallel=True)` creates its
-  contiguous bucket (`torch.empty(reduce_bucket_size)`, 5e8 by default) and the BF16_Optimizer's
-  `buffered_allreduce_fallback` flattens buckets of 5e8 elements (MEMORY_OPT_ALLREDUCE_SIZE); the
-  caching allocator gives it a segment of its own (MemoryParts._reserved);
+  dtype as a new tensor: DeepSpeed's ZeRO-1 `reduce_gradients(pipeline_parallel=True)` flattens each
+  bucket of up to reduce_bucket_size elements (5e8 by default) into a new tensor to all-reduce it
+  (`buffered_reduce_fallback`: ZeRO stage 1 ignores contiguous_gradients until DeepSpeed #4887, 2024), and
+  its ZeRO-0 path's `buffered_allreduce_fallback` flattens buckets of 5e8 elements
+  (MEMORY_OPT_ALLREDUCE_SIZE); the caching allocator gives it a segment of its own (MemoryParts._reserved);
 - sp_keeps_gathered_input: with SP, each column-parallel linear saves the all-gathered input for its
   weight gradient instead of its sequence shard (autograd of DTensor's redistribute then the matmul:
   torchtitan, this project's executor), so backward does not re-gather it but the saved activation is

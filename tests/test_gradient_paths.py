@@ -69,11 +69,12 @@ def test_bf16_optimizer_update_is_the_profiles_bytes_per_parameter() -> None:
 def test_deepspeed_bf16_keeps_an_fp32_buffer_beside_its_bf16_grads() -> None:
     """BF16_Optimizer: an unpartitioned fp32 gradient buffer (4 B) beside the bf16 grads (2 B), all-reduced
     in bf16 (DeepSpeed's communication_data_type under bf16 and ZeRO stage 0); the fp16 ZeRO-1 path keeps
-    and reduces the 16-bit grads alone. Megatron-LM (the default
+    the 16-bit grads alone and all-reduces them (ZeRO stage 1 ignored contiguous_gradients, 2021-2024, and
+    its fallback all-reduces flattened buckets). Megatron-LM (the default
     profile) keeps one fp32 main_grad it accumulates inside the GEMM."""
     bf16, fp16 = gradient_path(framework("deepspeed"), "bf16"), gradient_path(framework("deepspeed"), "fp16")
     assert (bf16.buffer_bytes, bf16.reduce_bytes, bf16.reduce_op) == (2 + 4, 2, "all_reduce")
-    assert (fp16.buffer_bytes, fp16.reduce_bytes, fp16.reduce_op) == (2, 2, "reduce_scatter")
+    assert (fp16.buffer_bytes, fp16.reduce_bytes, fp16.reduce_op) == (2, 2, "all_reduce")
     assert gradient_path(framework("megatron-lm"), "bf16") == GradientPath(4, 4, "reduce_scatter", 0.0)
 
 

@@ -11,12 +11,12 @@ of L layers, hidden h, vocabulary v and s learned positions, the parameters on o
 12·L·h² + 13·L·h + v·h + s·h + 2·h (Megatron's layout: QKV, projection, two MLP matrices with their
 biases, two LayerNorms per layer; tied embeddings; the final LayerNorm); at dp = 8 the reserved peak
 exceeds the allocated one (the backward's) by 8 bytes × that / 8, plus the bucket DeepSpeed's ZeRO-1 reduction
-allocates after the backward under its pipeline engine (`torch.empty(reduce_bucket_size)`, 5e8 fp16 elements
-by default; at most the rank's gradients here: 2 bytes × N). DeepSpeed's BF16_Optimizer copies nothing at the
-step; its reduction hands the whole fp32 gradient buffer, one tensor, to `buffered_allreduce_fallback`, where
-a bucket of one tensor flattens to a view of it (no copy, whatever the bucket size) and `allreduce_bucket`
-casts it to the communication dtype, bf16 (`tensor.to(communication_data_type)`): 2 bytes × N, also for
-N above the 5e8-element bucket.
+allocates after the backward under its pipeline engine (each bucket of up to `reduce_bucket_size` fp16 elements,
+5e8 by default, flattened into a new tensor to all-reduce it; at most the rank's gradients here: 2 bytes × N).
+DeepSpeed's BF16_Optimizer copies nothing at the step; its reduction hands the whole fp32 gradient buffer,
+one tensor, to `buffered_allreduce_fallback`, where a bucket of one tensor flattens to a view of it (no copy,
+whatever the bucket size) and `allreduce_bucket` casts it to the communication dtype, bf16
+(`tensor.to(communication_data_type)`): 2 bytes × N, also for N above the 5e8-element bucket.
 """
 
 from __future__ import annotations
