@@ -393,10 +393,13 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     # ZeRO shards over the gradient group: dp x cp ranks (experts: dp / ep x cp), as in the terms.
     d3, d2, d1 = (np.where(zero >= k, terms.dp_group[e], 1.0) for k in (3, 2, 1))
     e3, e2, e1 = (np.where(zero >= k, terms.edp_group[e], 1.0) for k in (3, 2, 1))
-    if terms.framework.pipeline_unsharded_grads:  # pipelined stages accumulate unsharded gradients
+    fw = terms.framework
+    if fw.pipeline_unsharded_grads:  # pipelined stages accumulate unsharded gradients
         d2, e2 = (np.where(ax.pp[e] > 1, 1.0, d) for d in (d2, e2))
     dense, expert = terms.params_dense[..., :c], terms.params_expert[..., :c]
     t_dense, t_expert = terms.train_dense[..., :c], terms.train_expert[..., :c]
+    trained = t_dense + t_expert  # the class's trained parameters on one GPU
+    shard = t_dense / d1 + t_expert / e1  # of them, the rank's optimizer shard
     dt_w, dt_g, dt_o = _state_bytes(terms)
     rc = ax.rc[e]
     full_ws = _max_last(terms.layer_act_full)[e]
@@ -408,23 +411,21 @@ def memory_parts(cluster: ClusterSpec, terms: CostTerms, schedule: Array | None 
     lowp_buffer = np.where(zero3, 2.0 * _max_last(terms.layer_lowp)[e], 0.0)
     weights = (dense / d3 + expert / e3) * dt_w + lowp
     grads = (t_dense / d2 + t_expert / e2) * dt_g
-    optimizer = (t_dense / d1 + t_expert / e1) * dt_o
+    optimizer = shard * dt_o
     other_fixed = np.where(zero3, zero3_buffer + lowp_buffer, 0.0) + np.where(cls.has_post, terms.logits[e], 0.0)
     fixed = np.where(cls.valid, weights + grads + optimizer + other_fixed, -np.inf)
-    path = gradient_path(terms.framework, terms.dtype)
+    path = gradient_path(fw, terms.dtype)
     # Beside the in-flight activations: full recompute's working set during a layer's backward, or after
     # each micro-batch's backward the accumulation's converted copy of one gradient tensor (the largest)
     accumulation_copy = path.accumulation_copy_bytes * terms.largest_trained[..., :c]
     working = cluster.reserved_memory_bytes + np.maximum(np.where(rc == 2, full_ws, 0.0), accumulation_copy)
     # The optimizer step, where it copies the gradients of the rank's optimizer shard (ZeRO >= 1), or under
     # ZeRO-0 all of them while the 16-bit gradients are still held
-    step_grads = np.where(zero >= 1, (t_dense / d1 + t_expert / e1) * path.step_bytes,
-                          (t_dense + t_expert) * path.zero0_step_bytes)
+    step_grads = np.where(zero >= 1, shard * path.step_bytes, trained * path.zero0_step_bytes)
     step_held = np.where((zero == 0) & (step_grads > 0), grads, 0.0)  # the 16-bit gradients beside the copies
     step = np.where(cls.valid & (step_grads > 0),
                     weights + optimizer + step_grads + step_held + cluster.reserved_memory_bytes, -np.inf)
-    fw = terms.framework
-    trained = t_dense + t_expert  # the reduction's copy: one bucket, or the whole buffer cast at once
+    # The reduction's copy after the backward: one bucket, or the whole buffer cast at once
     reduce_bucket = ((trained if path.reduction_casts_buffer else np.minimum(fw.dp_bucket_params, trained))
                      * path.reduce_bytes if fw.reduction_bucket_after_backward else np.zeros_like(step_grads))
     layer_mb = _per_class(cls.layers, terms.layer_act)
