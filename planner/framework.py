@@ -207,14 +207,13 @@ class GradientPath:
         if self.reduce_op not in REDUCE_OPS:
             raise SpecError(f"must be one of {', '.join(REDUCE_OPS)}, got {self.reduce_op!r}",
                             field=f"{where}.reduce_op")
-        for name in ("buffer_bytes", "reduce_bytes", "accumulation_bytes", "step_bytes", "accumulation_copy_bytes",
-                     "zero0_step_bytes"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value <= 100):
-                raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{name}")
-        if not isinstance(self.reduction_casts_buffer, bool):
-            raise SpecError(f"must be true or false, got {self.reduction_casts_buffer!r}",
-                            field=f"{where}.reduction_casts_buffer")
+        for f in fields(self):  # every float field is bytes per parameter, every bool field a switch
+            value = getattr(self, f.name)
+            if f.type == "float" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and 0 <= value <= 100):
+                raise SpecError(f"must be bytes per parameter in 0..100, got {value!r}", field=f"{where}.{f.name}")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise SpecError(f"must be true or false, got {value!r}", field=f"{where}.{f.name}")
 
 
 @dataclass(frozen=True)

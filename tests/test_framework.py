@@ -114,6 +114,22 @@ def test_a_whole_buffer_cast_without_its_moment_is_refused() -> None:
         dataclasses.replace(fw.gradient_override("bf16"), reduction_casts_buffer="yes").check("bf16")
 
 
+def test_every_gradient_byte_field_is_checked() -> None:
+    """A profile's byte field that is out of range, a string or a boolean is refused, naming the field;
+    a switch that is not a boolean likewise (each field of the dataclass, not a list kept beside it)."""
+    from planner.errors import SpecError
+    from planner.framework import GradientPath
+
+    byte_fields = [f.name for f in dataclasses.fields(GradientPath) if f.name != "reduce_op"][:-1]
+    assert len(byte_fields) == 6
+    for name in byte_fields:
+        for bad in (-1, 101, "2", True):
+            with pytest.raises(SpecError, match=rf"bf16\.{name}: must be bytes per parameter"):
+                dataclasses.replace(GradientPath(2, 2), **{name: bad}).check("bf16")
+    with pytest.raises(SpecError, match=r"bf16\.reduction_casts_buffer: must be true or false"):
+        dataclasses.replace(GradientPath(2, 2), reduction_casts_buffer=0).check("bf16")
+
+
 def test_an_unknown_attention_kernel_is_refused() -> None:
     from planner.errors import SpecError
     from planner.specs.catalog import gpu_preset

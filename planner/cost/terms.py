@@ -636,7 +636,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     train_dense = np.einsum("rck,rk->rc", layers, res["train_dense"]) \
         + np.where(classes.has_pre, res["pre_train"][:, None], 0.0) \
         + np.where(classes.has_post, res["post_train"][:, None], 0.0) \
-        + np.where(classes.has_post & ~single & ~frozen_head, res["tied_copy"][:, None], 0.0)
+        + np.where(classes.has_post, tied_trained[:, None], 0.0)
     train_expert = np.einsum("rck,rk->rc", layers, res["train_expert"])
     res["class_train_dense"], res["class_train_expert"] = train_dense, train_expert
     res["class_largest"] = np.maximum(
@@ -704,7 +704,7 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res["dp_ag"] = dp_coll("all_gather", w_b, False)[0]
     res["dp_rs_layers"] = dp_coll("reduce_scatter", grad_b, True)[0]
     res["dp_ag_layers"] = dp_coll("all_gather", w_b, True, trained=False)[0]  # ZeRO-3 gathers frozen weights too
-    tied_copy = np.where(classes.has_post & ~single & ~frozen_head & (res["tied_copy"] > 0)[:, None], 1.0, 0.0)
+    tied_copy = np.where(classes.has_post & (tied_trained > 0)[:, None], 1.0, 0.0)  # one more trained tensor
     tensors, tp_tensors = (np.einsum("rck,rk->rc", layers, res[f"{kind}tensors"])
                            + np.where(classes.has_pre | single, res[f"pre_{kind}tensors"][:, None], 0.0)
                            + np.where(classes.has_post | single, res[f"post_{kind}tensors"][:, None], 0.0)
