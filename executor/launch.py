@@ -277,6 +277,9 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
     losses = measured.get("losses") or []
     if losses:
         lines.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
+    note = ratio.drift_note() if ratio is not None else None
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.cost import estimate
 from planner.errors import PlannerError
 from planner.io import dumps, load_json
 from planner.plan import PlanDocument, document_from_json, plan_hash, refresh_prediction
 from planner.specs.model import show
-from planner.speed import calibrated_rates, probe_rates, speed_ratio
+from planner.speed import at_speed, calibrated_rates, probe_rates, speed_ratio
 
 GIB = 2**30
 STATUSES = ("ok", "failed", "running")
@@ -251,11 +252,16 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
     parts = [by_metric[f"memory.{name}"] for name, _ in MEMORY_COMPONENTS]
     rows += [r for r in parts if r.predicted is not None and r.measured is not None]  # where both sides have it
     rows += [r for r in by_metric.values() if r.metric.startswith("speed.")]
+    ratio = speed_ratio(document.cluster, m)
+    if ratio is not None:  # what the model would have said, calibrated at the speed this run had
+        again = float(estimate(document.model, at_speed(document.cluster, ratio), document.plan)["step_time_s"])
+        rows.append(ComparisonRow("step_time_at_run_speed_s", "step time at this run's machine speed", "s", again,
+                                  by_metric["step_time_s"].measured))
     return {
         "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
         "error": m.get("error"), "prediction_from": origin, "stale_prediction": stale,
         "timed_steps": len(m.get("step_times_s", [])), "steps_completed": m.get("steps_completed"),
-        "rows": [r.to_json() for r in rows],
+        "rows": [r.to_json() for r in rows], "speed_note": ratio.drift_note() if ratio is not None else None,
     }
 
 
@@ -289,6 +295,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [head, table(["metric", "predicted", "measured", "error"], rows, align="lrrr")]
     if result.get("stale_prediction"):
         lines.append(f"note: {result['stale_prediction']}")
+    if result.get("speed_note"):
+        lines.append(result["speed_note"])
     if result["status"] != "ok":
         error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
         lines.append(f"note: the run {result['status']}: {error}; the measured values cover the steps "

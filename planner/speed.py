@@ -26,6 +26,9 @@ from typing import Any
 from planner.specs.cluster import ClusterSpec
 
 SPEED_KEYS = ("gemm_flops_per_s", "stream_bytes_per_s")
+# A probe ratio beyond 1.25x either way is the host, not noise: between calibrations a shared VM's speed
+# drifts 5-10%, and launches of one plan scatter by about as much (docs/cost-model.md, "The speed probe")
+DRIFT_LIMIT = 1.25
 # ClusterSpec's host times (seconds of CPU work per layer / micro-batch): they run on the cores the probe's GEMM
 # measures, so they scale with its rate
 HOST_TIMES = ("tp_layer_overhead_s", "tp_microbatch_overhead_s", "sp_layer_overhead_s", "host_layer_overhead_s",
@@ -42,6 +45,18 @@ class SpeedRatio:
 
     def to_json(self) -> dict[str, float]:
         return {"compute": self.compute, "memory": self.memory}
+
+    def drift_note(self) -> str | None:
+        """One line for the reader when the machine ran at a speed the calibration did not see (beyond
+        DRIFT_LIMIT either way, past the run-to-run noise); None within it."""
+        moved = [(name, r) for name, r in (("GEMM", self.compute), ("memory stream", self.memory))
+                 if not 1.0 / DRIFT_LIMIT <= r <= DRIFT_LIMIT]
+        if not moved:
+            return None
+        what = " and ".join(f"its {name} {r:.2f}x as fast" for name, r in moved)
+        return (f"note: the machine ran {what} during this run as during its calibration (a shared host's speed "
+                "wanders); the prediction at this run's machine speed is the comparable one, and `planner "
+                "calibrate` (`planner demo --recalibrate`) measures the machine again")
 
 
 def probe_rates(obj: Any) -> dict[str, float] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from planner.calibrate import build_profile, write_profile
-from planner.compare import comparison_rows
+from planner.compare import compare, comparison_rows, render
 from planner.cost import estimate
 from planner.io import load_json
 from planner.plan import Plan, PlanDocument
@@ -59,6 +59,38 @@ def test_half_the_machine_speed_takes_twice_as_long_on_one_rank(plan: Plan) -> N
     # slower compute alone: longer, but by less than twice (the memory-bound ops keep their speed)
     slower = estimate(tiny, at_speed(one, SpeedRatio(0.5, 1.0)), plan)["step_time_s"]
     assert base < slower < 2 * base
+
+
+def test_a_run_far_from_its_calibrations_speed_says_so() -> None:
+    """`planner run` notes a probe ratio beyond 1.25x either way (the 2026-12-07 demo that calibrated at 45
+    GFLOP/s and ran at 82: +50% as calibrated, -7.7% at the run's speed); within it, nothing is added."""
+    from executor.launch import comparison_table
+
+    assert SpeedRatio(1.2, 0.85).drift_note() is None
+    assert SpeedRatio(1.82, 1.06).drift_note().count("1.82x") == 1
+    low = SpeedRatio(1.0, 0.7).drift_note()
+    assert "memory stream 0.70x" in low and "GEMM" not in low
+    doc = PlanDocument(plan=Plan(dp=2, micro_batch=4, global_batch=8, dtype="fp32"), model=model_preset("tiny"),
+                       cluster=_profile(), prediction={"step_time_s": 0.3, "tokens_per_s": 3400.0,
+                                                       "memory_gib_per_gpu": 0.09})
+    measured = {"schema_version": 1, "kind": "measured", "status": "ok", "plan_hash": doc.hash,
+                "plan": "tp1 pp1 dp2 mb4", "warmup": 3, "step_times_s": [0.2, 0.21], "tokens_per_s": 5100.0,
+                "step_time_s": {"median": 0.2, "p10": 0.19, "p90": 0.26, "mean": 0.2},
+                "memory": {"peak_bytes": 2**26, "rss_bytes": 2**29},
+                "env": {"torch": "test", "world_size": 2, "nnodes": 1, "device": "cpu", "backend": "gloo"}}
+    for gemm, noted in ((160e9 * 1.82, True), (160e9 * 1.1, False)):
+        run = {**measured, "speed_probe": {"gemm_flops_per_s": gemm, "stream_bytes_per_s": 12.5e9}}
+        table = comparison_table(doc, run)
+        assert "at this run's machine speed" in table
+        assert ("note: the machine ran its GEMM 1.82x as fast" in table) is noted
+        # planner compare: the same re-based prediction as a row, and the same note
+        result = compare(doc, run)
+        rows = {r["metric"]: r for r in result["rows"]}
+        again = estimate(doc.model, at_speed(doc.cluster, SpeedRatio(gemm / 160e9, 1.0)), doc.plan)["step_time_s"]
+        assert rows["step_time_at_run_speed_s"]["predicted"] == pytest.approx(again)
+        assert rows["step_time_at_run_speed_s"]["measured"] == 0.2
+        assert ("note: the machine ran its GEMM 1.82x as fast" in render(result)) is noted
+    assert "step_time_at_run_speed_s" not in {r["metric"] for r in compare(doc, measured)["rows"]}  # no probe
 
 
 def test_the_profile_keeps_calibrations_probe_and_a_run_is_compared_with_it(tmp_path: Path) -> None:
