@@ -32,12 +32,11 @@ from typing import Any
 from executor.errors import ResourceMismatch, UnsupportedPlan
 from executor.ledger import mark_failed, read_run
 from executor.options import DEFAULT_TIMEOUT_S, OPTIMIZERS, default_out
-from planner.compare import ComparisonRow, comparison_rows
-from planner.cost import estimate
+from planner.compare import ComparisonRow, comparison_rows, step_time_at_speed
 from planner.errors import PlannerError
 from planner.io import load_json
 from planner.plan import PlanDocument
-from planner.speed import at_speed, speed_ratio
+from planner.speed import speed_ratio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,7 +250,7 @@ def comparison_table(doc: PlanDocument, measured: dict[str, Any]) -> str:
             rows.append((f"  {row.label}", _fmt_s(row.predicted), _fmt_s(row.measured), err(row)))
     ratio = speed_ratio(doc.cluster, measured)
     if ratio is not None:  # the prediction had the model been calibrated at the speed of this run
-        again = estimate(doc.model, at_speed(doc.cluster, ratio), doc.plan)["step_time_s"]
+        again = step_time_at_speed(doc, ratio)
         rows.append(("  at this run's machine speed", _fmt_s(again), _fmt_s(step.measured),
                      err(dataclasses.replace(step, predicted=again))))
     tok = by_metric["tokens_per_s"]

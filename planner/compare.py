@@ -25,7 +25,7 @@ from planner.errors import PlannerError
 from planner.io import dumps, load_json
 from planner.plan import PlanDocument, document_from_json, plan_hash, refresh_prediction
 from planner.specs.model import show
-from planner.speed import at_speed, calibrated_rates, probe_rates, speed_ratio
+from planner.speed import SpeedRatio, at_speed, calibrated_rates, probe_rates, speed_ratio
 
 GIB = 2**30
 STATUSES = ("ok", "failed", "running")
@@ -159,6 +159,12 @@ def speed_rows(doc: PlanDocument | None, measured: dict[str, Any]) -> list[Compa
             for key, label, unit in SPEED_ROWS]
 
 
+def step_time_at_speed(doc: PlanDocument, ratio: SpeedRatio) -> float:
+    """The plan's step time on its profile re-based to `ratio`: what the model would have said, had it been
+    calibrated at the speed a run had (`planner run`, `compare` and `validate` print it)."""
+    return float(estimate(doc.model, at_speed(doc.cluster, ratio), doc.plan)["step_time_s"])
+
+
 class MeasuredError(PlannerError, ValueError):
     """A measured.json that is malformed or belongs to another plan."""
 
@@ -254,9 +260,8 @@ def _compare(document: PlanDocument, expected: str, measured: Any) -> dict[str, 
     rows += [r for r in by_metric.values() if r.metric.startswith("speed.")]
     ratio = speed_ratio(document.cluster, m)
     if ratio is not None:  # what the model would have said, calibrated at the speed this run had
-        again = float(estimate(document.model, at_speed(document.cluster, ratio), document.plan)["step_time_s"])
-        rows.append(ComparisonRow("step_time_at_run_speed_s", "step time at this run's machine speed", "s", again,
-                                  by_metric["step_time_s"].measured))
+        rows.append(ComparisonRow("step_time_at_run_speed_s", "step time at this run's machine speed", "s",
+                                  step_time_at_speed(document, ratio), by_metric["step_time_s"].measured))
     return {
         "plan": document.plan.describe(), "plan_hash": expected, "status": m.get("status", "ok"),
         "error": m.get("error"), "prediction_from": origin, "stale_prediction": stale,

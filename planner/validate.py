@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.compare import ComparisonRow, comparison_rows
+from planner.compare import ComparisonRow, comparison_rows, step_time_at_speed
 from planner.cost import estimate
 from planner.errors import PlanError, PlannerError
 from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_folder_target, dumps
@@ -34,7 +34,7 @@ from planner.report import table
 from planner.specs.catalog import load_cluster, load_model
 from planner.specs.cluster import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.speed import SpeedRatio, at_speed, speed_ratio
+from planner.speed import SpeedRatio, speed_ratio
 
 DEFAULT_MODEL = "tiny"
 DISAGREEMENT = 0.15  # re-run a plan whose launches differ by more than this
@@ -105,7 +105,7 @@ class PlanResult:
         ratio = self.speed()
         if ratio is None:
             return None
-        return float(estimate(self.doc.model, at_speed(self.doc.cluster, ratio), self.doc.plan)["step_time_s"])
+        return step_time_at_speed(self.doc, ratio)
 
     def to_json(self) -> dict[str, Any]:
         pred = self.doc.prediction or {}
