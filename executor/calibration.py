@@ -203,27 +203,48 @@ GEMM_ROUNDS = 3  # bench_gemm's passes over its shapes, --quick too: the median 
 # 101-144 for the same shapes in three calibrations around it, and the demo's plan 14% long)
 
 
-def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
-    """Seconds per GEMM of each shape: the median of `GEMM_ROUNDS` passes over all the shapes, each
-    timing every shape for a third of its window, so that a moment when the shared host runs slow lands
-    in one pass of every shape (and is outvoted) rather than in the whole window of one shape (the
-    smallest shape's rate varied 105-136 GFLOP/s over seven one-rank calibrations timed in one window;
-    four of each alternating, 2026-12-06, the `tiny` GPT's one-rank step priced 98.2-100.7 ms with the
-    passes against 98.0-102.4 without, 112.7-116.0 against 111.0-116.6 at four micro-batches of one)."""
-    # --quick times every shape too (shorter windows): dropping every other shape left one
-    # of the three 268 MFLOP shapes, the fastest, to price a small GPT's GEMMs (2026-12-06).
-    shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
-    window = (0.15 if quick else 0.4) / GEMM_ROUNDS
-    calls = [LinearLayerStep(m, k, n, device, dtype) for m, k, n in shapes]
-    passes: list[list[float]] = [[] for _ in shapes]
-    for r in range(GEMM_ROUNDS):
-        for i, ((m, k, n), fn) in enumerate(zip(shapes, calls, strict=True)):
+class GemmPasses:
+    """Seconds per GEMM of each shape: the median of `GEMM_ROUNDS` passes over all the shapes, each timing
+    every shape for a third of its window, so that a moment when the shared host runs slow lands in one
+    pass of every shape (and is outvoted) rather than in the whole window of one shape (the smallest
+    shape's rate varied 105-136 GFLOP/s over seven one-rank calibrations timed in one window; four of each
+    alternating, 2026-12-06, the `tiny` GPT's one-rank step priced 98.2-100.7 ms with the passes against
+    98.0-102.4 without, 112.7-116.0 against 111.0-116.6 at four micro-batches of one).
+
+    `executor.calibration.main` runs the passes at the start, middle and end of the calibration, not back to
+    back: the VM's slow spells last seconds, longer than the three passes together (a quick calibration's
+    speed probe read 50.7 GFLOP/s before its benchmarks and 63.0 after, and its GEMMs, timed first, all came
+    out 0.7x the next four calibrations'; the demo's plan priced 302 ms against 234-272, 2026-12-07)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, quick: bool) -> None:
+        self.device = device
+        self.shapes = GEMM_SHAPES_CUDA if device.type == "cuda" else GEMM_SHAPES_CPU
+        # --quick times every shape too (shorter windows): dropping every other shape left one
+        # of the three 268 MFLOP shapes, the fastest, to price a small GPT's GEMMs (2026-12-06).
+        self.window = (0.15 if quick else 0.4) / GEMM_ROUNDS
+        self.calls = [LinearLayerStep(m, k, n, device, dtype) for m, k, n in self.shapes]
+        self.passes: list[list[float]] = [[] for _ in self.shapes]
+
+    def run_pass(self, bar: Progress) -> None:
+        """Time every shape once (collective: every rank calls it)."""
+        for i, fn in enumerate(self.calls):
             if dist.is_initialized():
                 dist.barrier()
-            passes[i].append(_max_over_ranks(_time(fn, device, window) / 3, device))
-            if r == GEMM_ROUNDS - 1:
-                bar.step(f"GEMM {m}x{k}x{n}")
-    return [[m, k, n, 2.0 * m * k * n, statistics.median(p)] for (m, k, n), p in zip(shapes, passes, strict=True)]
+            self.passes[i].append(_max_over_ranks(_time(fn, self.device, self.window) / 3, self.device))
+        bar.step(f"GEMMs, pass {len(self.passes[0])} of {GEMM_ROUNDS}")
+
+    def rows(self) -> list[list[float]]:
+        """[[m, k, n, FLOPs, seconds], ...]: each shape's median over the passes run."""
+        return [[m, k, n, 2.0 * m * k * n, statistics.median(p)] for (m, k, n), p in zip(self.shapes, self.passes,
+                                                                                       strict=True)]
+
+
+def bench_gemm(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> list[list[float]]:
+    """`GemmPasses`' rows, its passes one after another (main spreads them over the calibration)."""
+    gemm = GemmPasses(device, dtype, quick)
+    for _ in range(GEMM_ROUNDS):
+        gemm.run_pass(bar)
+    return gemm.rows()
 
 
 def _time_local(fn: Any, device: torch.device, min_time: float, min_reps: int = 3) -> float:
@@ -258,45 +279,68 @@ def _rate(fn: Any, device: torch.device, window: float) -> float:
     return reps / (time.perf_counter() - start)
 
 
-def bench_contention(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
+class CoreSharing:
     """How much slower a GEMM runs when every rank of the node computes at once than on rank 0 alone.
 
     Ranks that share cores (or hyper-threads sharing one core's vector units) slow each other down;
-    the cost model uses the alone numbers per op and bounds a step by the node's total work.
-    """
-    ratios = []
-    for m, k, n in (GEMM_SHAPES_CPU if device.type == "cpu" else GEMM_SHAPES_CUDA)[2:5]:
-        x = torch.randn(m, k, device=device, dtype=dtype)
-        w = torch.randn(n, k, device=device, dtype=dtype)
+    the cost model uses the alone numbers per op and bounds a step by the node's total work. Each round
+    times one shape alone, together, alone again (a drift across the round cancels), and `main` spreads the
+    rounds over the calibration as it does the GEMM passes: the ratio read 0.83-1.20 over five quick
+    calibrations with the three shapes timed back to back once each (2026-12-07), where two single-threaded
+    processes on the VM run 5-14% slower together (../shared/research/cpu-step-noise.md)."""
 
-        def fn(x: torch.Tensor = x, w: torch.Tensor = w) -> None:
-            torch.mm(x, w.t())
+    SHAPES = 3  # GEMM_SHAPES_*[2:5], one per round
 
+    def __init__(self, device: torch.device, dtype: torch.dtype, quick: bool) -> None:
+        self.device, self.dtype, self.quick = device, dtype, quick
+        self.shapes = (GEMM_SHAPES_CPU if device.type == "cpu" else GEMM_SHAPES_CUDA)[2:2 + self.SHAPES]
+        self.ratios: list[float] = []
+
+    def _alone(self, fn: Any, span: float) -> float:
+        """Seconds per fn() on rank 0 while the others sleep (a rank waiting in a gloo barrier polls and
+        would share the core); the slowest rank's value, 0 elsewhere, so the max is rank 0's."""
         dist.barrier()
-        # The others sleep (a rank waiting in a gloo barrier polls and would share the core).
-        span = 0.1 if quick else 0.3
         if dist.get_rank() == 0:
-            alone = _time_local(fn, device, span)
+            alone = _time_local(fn, self.device, span)
         else:
             alone = 0.0
             time.sleep(span + 0.5)
         dist.barrier()
-        rate = torch.tensor([_rate(fn, device, 0.3 if quick else 0.6)], dtype=torch.float64)
+        return _max_over_ranks(alone, self.device)
+
+    def run_round(self, bar: Progress) -> None:
+        """Time the next shape (collective: every rank calls it)."""
+        m, k, n = self.shapes[len(self.ratios) % len(self.shapes)]
+        x = torch.randn(m, k, device=self.device, dtype=self.dtype)
+        w = torch.randn(n, k, device=self.device, dtype=self.dtype)
+
+        def fn() -> None:
+            torch.mm(x, w.t())
+
+        span = 0.1 if self.quick else 0.3
+        before = self._alone(fn, span)
+        rate = torch.tensor([_rate(fn, self.device, 0.3 if self.quick else 0.6)], dtype=torch.float64)
         dist.all_reduce(rate)  # the node's throughput: every rank's calls per second, summed
+        after = self._alone(fn, span)
+        alone = (before + after) / 2
+        self.ratios.append(dist.get_world_size() / (float(rate) * alone))  # rate alone / mean rate together
+        bar.step(f"core sharing, round {len(self.ratios)} of {GEMM_ROUNDS}")
+
+    def result(self) -> dict[str, float]:
+        """{"gemm_slowdown": the rounds' median ratio, "memory_bandwidth_alone": rank 0's stream alone}
+        (collective)."""
+        x = torch.randn((4 << 20) if self.device.type == "cpu" else (16 << 20), device=self.device, dtype=self.dtype)
+        y = torch.empty_like(x)
         dist.barrier()
-        alone = _max_over_ranks(alone, device)
-        ratios.append(dist.get_world_size() / (float(rate) * alone))  # rate alone / mean rate together
-    bar.step("core sharing")
-    x = torch.randn((4 << 20) if device.type == "cpu" else (16 << 20), device=device, dtype=dtype)
-    y = torch.empty_like(x)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        alone_bw = 2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), device, 0.1)
-    else:
-        alone_bw = 0.0
-        time.sleep(0.6)
-    dist.barrier()
-    return {"gemm_slowdown": statistics.median(ratios), "memory_bandwidth_alone": _max_over_ranks(alone_bw, device)}
+        if dist.get_rank() == 0:
+            alone_bw = 2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), self.device,
+                                                                      0.1)
+        else:
+            alone_bw = 0.0
+            time.sleep(0.6)
+        dist.barrier()
+        return {"gemm_slowdown": statistics.median(self.ratios),
+                "memory_bandwidth_alone": _max_over_ranks(alone_bw, self.device)}
 
 
 def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
@@ -450,14 +494,13 @@ def collective_group_sizes(max_size: int) -> list[int]:
 
 def progress_total(device_type: str, world: int, local_world: int, quick: bool) -> int:
     """How many steps the progress bar of `main` counts: one per benchmark that reports (`Progress.step`)."""
-    n_gemm = len(GEMM_SHAPES_CUDA if device_type == "cuda" else GEMM_SHAPES_CPU)
-    total = n_gemm + 2 + 1  # GEMMs; memory bandwidth, kernel overhead; kernels
+    total = GEMM_ROUNDS + 2 + 1  # GEMM passes; memory bandwidth, kernel overhead; kernels
     cpu = device_type == "cpu"
     total += 2 * cpu  # cache levels, host time
     if world > 1:
         tiers = [min(world, local_world)] + ([world // local_world] if world > local_world else [])
         total += sum(len(collective_group_sizes(m)) * len(collective_ops(device_type)) + 1 for m in tiers)
-        total += 1 + 2 * cpu  # overlap; framework steps, core sharing
+        total += 1 + (1 + GEMM_ROUNDS) * cpu  # overlap; framework steps, core-sharing rounds
     return total
 
 
@@ -757,20 +800,31 @@ def main(argv: list[str] | None = None) -> int:
         # the speed probe before and after every benchmark: what `planner.speed` compares a run's own
         # probe with, to tell the machine's drift from the model's error
         probe_before = measure_speed(device)
+        # the GEMM passes and core-sharing rounds at the start, middle and end (GemmPasses, CoreSharing)
+        gemm = GemmPasses(device, dtype, args.quick)
+        cores = CoreSharing(device, dtype, args.quick) if world > 1 and device.type == "cpu" else None
+
+        def spread_round() -> None:
+            gemm.run_pass(bar)
+            if cores is not None:
+                cores.run_round(bar)
+
+        spread_round()
         raw = {
-            "gemm": bench_gemm(device, dtype, args.quick, bar),
             "memory": bench_memory(device, dtype, args.quick, bar),
             "cache": bench_cache(device, dtype, args.quick, bar) if device.type == "cpu" else [],
             "collectives": bench_collectives(device, dtype, world, local_world, args.quick, bar)
             if world > 1 else {},
             "overlap": bench_overlap(device, dtype, args.quick, bar) if world > 1 else {},
-            "kernels": bench_kernels(device, dtype, args.quick, bar),
-            "host": bench_host(device, world, args.quick, bar) if device.type == "cpu" else {},
-            "framework": bench_framework_steps(device, world, args.quick, bar)
-            if world > 1 and device.type == "cpu" else {},
-            "contention": bench_contention(device, dtype, args.quick, bar)
-            if world > 1 and device.type == "cpu" else {},
         }
+        spread_round()
+        raw["kernels"] = bench_kernels(device, dtype, args.quick, bar)
+        raw["host"] = bench_host(device, world, args.quick, bar) if device.type == "cpu" else {}
+        raw["framework"] = (bench_framework_steps(device, world, args.quick, bar)
+                            if world > 1 and device.type == "cpu" else {})
+        spread_round()  # GEMM_ROUNDS spread rounds in all
+        raw["gemm"] = gemm.rows()
+        raw["contention"] = cores.result() if cores is not None else {}
         probe_after = measure_speed(device)
         raw["speed_probe"] = probe_record(probe_before, probe_after)
         if rank == 0:
