@@ -824,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
                             if world > 1 and device.type == "cpu" else {})
         spread_round()  # GEMM_ROUNDS spread rounds in all
         raw["gemm"] = gemm.rows()
+        raw["gemm_passes"] = gemm.passes  # each shape's seconds in each pass: how far the machine moved
         raw["contention"] = cores.result() if cores is not None else {}
         probe_after = measure_speed(device)
         raw["speed_probe"] = probe_record(probe_before, probe_after)
