@@ -429,7 +429,8 @@ def test_a_slow_spell_at_the_start_of_a_calibration_is_outvoted(monkeypatch: pyt
     raw = json.loads(out.read_text())
     assert [r[4] for r in raw["gemm"]] == pytest.approx([1e-3, 2e-3, 3e-3])
     # the raw timings keep every pass, so a reader sees the spell the median outvoted
-    assert raw["gemm_passes"] == pytest.approx([[3e-3, 1e-3, 1e-3], [6e-3, 2e-3, 2e-3], [9e-3, 3e-3, 3e-3]])
+    for passes, usual in zip(raw["gemm_passes"], (1e-3, 2e-3, 3e-3), strict=True):
+        assert passes == pytest.approx([3 * usual, usual, usual])
 
 
 def test_a_quick_calibration_times_the_demo_models_gemm_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
