@@ -822,7 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         raw["host"] = bench_host(device, world, args.quick, bar) if device.type == "cpu" else {}
         raw["framework"] = (bench_framework_steps(device, world, args.quick, bar)
                             if world > 1 and device.type == "cpu" else {})
-        spread_round()  # GEMM_ROUNDS spread rounds in all
+        spread_round()
+        # GEMM_ROUNDS (3) rounds in all: the start, middle and end; progress_total counts them
+        assert len(gemm.passes[0]) == GEMM_ROUNDS, "spread_round() must run GEMM_ROUNDS times"
         raw["gemm"] = gemm.rows()
         raw["gemm_passes"] = gemm.passes  # each shape's seconds in each pass: how far the machine moved
         raw["contention"] = cores.result() if cores is not None else {}
