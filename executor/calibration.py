@@ -331,16 +331,9 @@ class CoreSharing:
         (collective)."""
         x = torch.randn((4 << 20) if self.device.type == "cpu" else (16 << 20), device=self.device, dtype=self.dtype)
         y = torch.empty_like(x)
-        dist.barrier()
-        if dist.get_rank() == 0:
-            alone_bw = 2 * x.numel() * x.element_size() / _time_local(lambda: torch.add(x, 1.0, out=y), self.device,
-                                                                      0.1)
-        else:
-            alone_bw = 0.0
-            time.sleep(0.6)
-        dist.barrier()
+        alone = self._alone(lambda: torch.add(x, 1.0, out=y), 0.1)
         return {"gemm_slowdown": statistics.median(self.ratios),
-                "memory_bandwidth_alone": _max_over_ranks(alone_bw, self.device)}
+                "memory_bandwidth_alone": 2 * x.numel() * x.element_size() / alone}
 
 
 def bench_kernels(device: torch.device, dtype: torch.dtype, quick: bool, bar: Progress) -> dict[str, float]:
