@@ -28,7 +28,6 @@ ruff check .
 if (($#)); then
   python -m pytest -q --durations=25 "$@"
 else
-  workers=$(python -c "import os; print(min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
-  python -m pytest -q --durations=25 -m "not slow" -n "$workers"
+  python -m pytest -q --durations=25 -m "not slow" -n auto --maxprocesses 4
   python -m pytest -q --durations=25 -m slow
 fi
