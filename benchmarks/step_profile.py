@@ -140,7 +140,7 @@ def predicted_classes(doc: PlanDocument, time: dict[str, float]) -> dict[str, fl
     for ops, count in ((lg.pre_ops, 1), (lg.layer_ops, m.num_layers), (lg.post_ops, 1)):
         for op in ops:
             t = ops_times([op], lg, doc.cluster.gpu, p.dtype, p.flash_attention, tokens, seq, tp, sp, ep,
-                          fw.attention_kernel, None, TRAINING_RESIDENT)
+                          fw.attention_kernel, None, TRAINING_RESIDENT, fw.quantise_traffic(p.dtype))
             cls = op.kind if op.kind in ("gemm", "attention") else "elementwise"
             out[cls] += count * microbatches * float(t.fwd[0] + t.bwd[0])
     out["optimizer"] = float(time["optimizer"])

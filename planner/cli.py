@@ -494,6 +494,7 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
                      "recompute_skips_last_collective": f.recompute_skips_last_collective,
                      "overlap_slowdown": f.overlap_slowdown,
                      "gradients": {dtype: dataclasses.asdict(path) for dtype, path in f.gradients},
+                     "quantise_bytes": {dtype: dataclasses.asdict(t) for dtype, t in f.quantise_bytes},
                      "source": f.source} for f in rows])
         return 0
 
@@ -518,8 +519,10 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
         return f"{f.optimizer_step_bytes:g} B" if f.optimizer_step_bytes else "fused"
 
     def elementwise(f: Framework) -> str:
-        """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm)."""
-        return "fused" if f.compiled else "eager" + (", composite norm" if f.composite_rms_norm else "")
+        """How norms and RoPE run: fused kernels, or eager PyTorch's (with the composite RMSNorm); and the
+        low-precision recipes whose quantisation the profile counts itself."""
+        text = "fused" if f.compiled else "eager" + (", composite norm" if f.composite_rms_norm else "")
+        return text + (f", own {'/'.join(d for d, _ in f.quantise_bytes)} casts" if f.quantise_bytes else "")
 
     print(table(["name", "TP overlap", "DP overlap", "gather overlap", "p2p overlap", "overlap slowdown",
                  "attention", "elementwise", "recompute", "optimizer step", "memory", "what"],

@@ -116,6 +116,13 @@ reads them like it reads the cluster:
   into a running fp32 output through its log-sum-exp, copies K and V (and the fp32 dK / dV) into the
   exchange buffers and accumulates the fp32 gradients with separate element-wise kernels; empty: none
   (Transformer Engine's ring attention corrects the output in its own fused kernels);
+- quantise_bytes: per low-precision recipe, what the framework's quantisation kernels stream per linear
+  layer (`planner.precision.QuantiseTraffic`: bytes per element of the input, weight and output gradient
+  in forward and backward, and the kernels launched), where it differs from the recipe's default
+  (`planner.precision.quantise_traffic`, Transformer Engine's casts with their amax fused): torchao's
+  float8 training, which torchtitan runs, computes each tensor-wise amax in a pass of its own and
+  (row-wise) writes a 16-bit transposed copy before its column-wise cast, as its roofline model counts
+  them (torchao/testing/training/roofline_utils.py, get_tensor_memory_traffic_ovhd_s);
 - overlap_slowdown: the fraction of an overlapped collective's time by which it slows the compute beside
   it under this framework's overlap implementation (its communication kernels' share of the SMs and of
   memory bandwidth, and what its chunking leaves unhidden); unset: the cluster's `overlap_slowdown`.
@@ -140,6 +147,7 @@ from functools import lru_cache
 from importlib import resources
 
 from planner.errors import SpecError
+from planner.precision import QUANTISE_KEYS, RECIPES, QuantiseTraffic
 
 TP_OVERLAPS = ("none", "backward", "all", "micro-pipeline")
 # Attention kernels a profile may name, with what they are ("": the GPU's default fused kernel).
@@ -153,6 +161,8 @@ CP_ROTATIONS = {"ring": "each step passes its K/V chunk to the next rank beside 
                 "allgather": "one all-gather of every rank's K/V per layer pass, beside the local block only"}
 # The entries of a profile's cp_ring_bytes, in the order Framework.cp_ring_bytes keeps them.
 CP_RING_BYTES_KEYS = ("fwd_once", "fwd_step", "bwd_once", "bwd_step")
+# The recipes a profile's quantise_bytes may name.
+LOW_PRECISION = tuple(name for name, r in RECIPES.items() if r.low_precision)
 DEFAULT_FRAMEWORK = "megatron-lm"
 REDUCE_OPS = ("reduce_scatter", "all_reduce")
 
@@ -327,6 +337,9 @@ class Framework:
     # Fraction of an overlapped collective's time by which it slows the compute beside it under this
     # framework's overlap implementation; None: the cluster's `overlap_slowdown` (`planner fit --overlaps`)
     overlap_slowdown: float | None = None
+    # (recipe, QuantiseTraffic) pairs where the framework's quantisation kernels stream other bytes than
+    # the recipe's default (planner.precision.quantise_traffic)
+    quantise_bytes: tuple[tuple[str, QuantiseTraffic], ...] = ()
 
     def __post_init__(self) -> None:
         if self.overlap_slowdown is not None and not (
@@ -367,6 +380,11 @@ class Framework:
                 for pair in self.cp_ring_bytes)):
             raise SpecError(f"must map {', '.join(CP_RING_BYTES_KEYS)} each to [bytes per query element, bytes per "
                             "key / value element] in 0..1000", field=f"framework[{self.name}].cp_ring_bytes")
+        for dtype, traffic in self.quantise_bytes:
+            if dtype not in RECIPES or not RECIPES[dtype].low_precision:
+                raise SpecError(f"must name a low-precision recipe ({', '.join(LOW_PRECISION)}), got {dtype!r}",
+                                field=f"framework[{self.name}].quantise_bytes")
+            traffic.check(f"framework[{self.name}].quantise_bytes.{dtype}")
         for dtype, path in self.gradients:
             if dtype not in ("fp16", "bf16"):
                 raise SpecError(f"must name fp16 or bf16, got {dtype!r}", field=f"framework[{self.name}].gradients")
@@ -384,6 +402,11 @@ class Framework:
     def optimizer_bytes(self, dtype: str) -> float:
         """Bytes per parameter the optimizer step streams under base dtype `dtype` (0: a fused AdamW's)."""
         return dict(self.optimizer_step_bytes_by_dtype).get(dtype, self.optimizer_step_bytes)
+
+    def quantise_traffic(self, dtype: str) -> QuantiseTraffic | None:
+        """The profile's own quantisation traffic under recipe `dtype`, if it states one (else the cost
+        model uses the recipe's default)."""
+        return dict(self.quantise_bytes).get(dtype)
 
     def gradient_override(self, dtype: str) -> GradientPath | None:
         """The profile's own gradient path under the 16-bit training dtype `dtype`, if it states one."""
@@ -490,13 +513,21 @@ def _framework(name: str) -> Framework:
     except (TypeError, ValueError):
         raise SpecError("each entry must be [bytes per query element, bytes per key / value element]",
                         field=f"framework[{name}].cp_ring_bytes") from None
+    quantise = entry.get("quantise_bytes") or {}
+    where = f"framework[{name}].quantise_bytes"
+    if not isinstance(quantise, dict) or not all(isinstance(v, dict) for v in quantise.values()):
+        raise SpecError(f"must map each recipe to {{{', '.join(QUANTISE_KEYS)}}}", field=where)
+    for dtype, counts in quantise.items():
+        if set(counts) != set(QUANTISE_KEYS):
+            raise SpecError(f"must map exactly {', '.join(QUANTISE_KEYS)}", field=f"{where}.{dtype}")
+    quantise_bytes = tuple((dtype, QuantiseTraffic(**counts)) for dtype, counts in sorted(quantise.items()))
     extra: dict[str, object] = {}
     fitted = fitted_overlaps().get(framework_root(name))
     if entry.get("overlap_slowdown") is None and fitted is not None:
         extra = {"overlap_slowdown": fitted["value"],
                  "source": entry["source"] + f" | overlap_slowdown {fitted['value']:.2f}: {fitted['note']}"}
     return Framework(name=name, **{**entry, "recompute": tuple(entry["recompute"]), "gradients": gradients,
-                                   "cp_ring_bytes": ring_bytes,
+                                   "cp_ring_bytes": ring_bytes, "quantise_bytes": quantise_bytes,
                                    "optimizer_step_bytes": 0.0 if by_dtype else step_bytes,
                                    "optimizer_step_bytes_by_dtype": by_dtype, **extra})
 

@@ -33,16 +33,19 @@ router are excluded from low precision in both by default):
 Costs beyond the GEMM: every low-precision GEMM operand is quantised by a memory-bound kernel that
 reads the bf16 tensor and writes the low-precision one plus its scales (and computes an amax): in
 forward the input and the weight, in backward the output gradient, plus (fp8) the transposed input
-and weight. What is stored: the low-precision weight copy (and, for fp8, its transpose) beside the
-bf16 weight and the fp32 master weights, gradients and Adam moments, which are unchanged.
+and weight (`quantise_traffic`, the default). A framework whose quantisation kernels stream other
+bytes states its own per recipe (`QuantiseTraffic`, a profile's `quantise_bytes`: torchao's, which
+torchtitan runs, computes each tensor-wise amax in a separate pass). What is stored: the low-precision
+weight copy (and, for fp8, its transpose) beside the bf16 weight and the fp32 master weights,
+gradients and Adam moments, which are unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from planner.errors import PlanError
+from planner.errors import PlanError, SpecError
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -89,6 +92,49 @@ NEEDS = {
     "mxfp8": "block-scaled MXFP8 tensor cores (Blackwell)",
     "nvfp4": "FP4 tensor cores (Blackwell)",
 }
+
+
+@dataclass(frozen=True)
+class QuantiseTraffic:
+    """What quantising one low-precision linear layer's GEMM operands streams per micro-batch beyond the
+    GEMMs: bytes read and written per element of each operand (the input, m x k; the weight, k x n; the
+    output gradient, m x n) by the quantisation kernels in forward and in backward, and the kernels
+    each direction launches (each pays the GPU's kernel overhead)."""
+
+    input_fwd: float
+    weight_fwd: float
+    input_bwd: float
+    weight_bwd: float
+    grad_output_bwd: float
+    kernels_fwd: int
+    kernels_bwd: int
+
+    def check(self, where: str) -> None:
+        """Raise SpecError naming `where` unless every count is a byte count in 0..100 per element and
+        every kernel count a whole number in 0..50."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            limit = 50 if f.name.startswith("kernels") else 100
+            whole = not f.name.startswith("kernels") or float(value).is_integer()
+            if not (isinstance(value, (int, float)) and 0 <= value <= limit and whole):
+                unit = "a whole kernel count" if f.name.startswith("kernels") else "bytes per element"
+                raise SpecError(f"must be {unit} in 0..{limit}, got {value!r}", field=f"{where}.{f.name}")
+
+
+QUANTISE_KEYS = tuple(f.name for f in fields(QuantiseTraffic))
+
+
+def quantise_traffic(dtype: str) -> QuantiseTraffic:
+    """The default quantisation traffic of recipe `dtype` (a low-precision one): one kernel per operand
+    and direction reading the 16-bit tensor and writing the low-precision one with its amax fused
+    (Transformer Engine's casts: forward the input and the weight, backward the output gradient), and
+    under the fp8 recipes, whose Hopper GEMMs need K-major operands, backward transposes of the
+    low-precision input and weight (a read and a write of the low-precision copy each)."""
+    r = RECIPES[dtype]
+    b, e = DTYPE_BYTES[r.base], r.element_bytes
+    transpose = 2 * e if r.quantise_passes_bwd else 0.0
+    return QuantiseTraffic(input_fwd=b + e, weight_fwd=b + e, input_bwd=transpose, weight_bwd=transpose,
+                           grad_output_bwd=b + e, kernels_fwd=2, kernels_bwd=1 + r.quantise_passes_bwd)
 
 
 def extra_weight_bytes(dtype: str, fp8_primary: bool = False) -> float:

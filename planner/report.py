@@ -177,7 +177,11 @@ def _saved_inputs(fw: Any, dtype: str) -> str:
     if recipe is None or not recipe.low_precision:
         return ""
     kept = f"an {dtype} copy of their input" if fw.quantized_saved_inputs else f"their {recipe.base} input"
-    return f", linear layers keep {kept} for the weight gradient"
+    own = fw.quantise_traffic(dtype)
+    casts = "" if own is None else (
+        f", its own {dtype} casts ({own.input_fwd + own.input_bwd:g} / {own.weight_fwd + own.weight_bwd:g} / "
+        f"{own.grad_output_bwd:g} B per input / weight / output-gradient element)")
+    return f", linear layers keep {kept} for the weight gradient" + casts
 
 
 def _gradients(fw: Any, dtype: str) -> str:

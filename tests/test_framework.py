@@ -234,11 +234,14 @@ def test_deepspeed_profile_reduces_gradients_after_the_backward_as_its_pipeline_
 def test_a_release_profile_is_its_parent_with_what_it_states() -> None:
     """torchtitan-compile-2024 extends torchtitan-compile: every switch it does not state is the parent's."""
     child, parent = framework("torchtitan-compile-2024"), framework("torchtitan-compile")
-    own = {"name", "description", "source", "cross_entropy"}
+    own = {"name", "description", "source", "cross_entropy", "quantise_bytes"}
     for f in dataclasses.fields(child):
         if f.name not in own:
             assert getattr(child, f.name) == getattr(parent, f.name), f.name
     assert (child.cross_entropy, parent.cross_entropy) == ("eager-fp32", "compiled")
+    # its own per-tensor fp8 casts (that torchao release's), the parent's row-wise ones (a mapping, key by key)
+    assert child.quantise_traffic("fp8") != parent.quantise_traffic("fp8")
+    assert child.quantise_traffic("fp8-rowwise") == parent.quantise_traffic("fp8-rowwise") is not None
 
 
 def test_a_release_profile_extends_a_mapping_key_by_key() -> None:

@@ -251,3 +251,7 @@ def test_explain_says_what_the_linear_layers_keep_under_fp8() -> None:
     assert "linear layers keep an fp8 copy of their input for the weight gradient" in framework_line("nemo", "fp8")
     assert "linear layers keep their bf16 input for the weight gradient" in framework_line("torchtitan", "fp8")
     assert "linear layers keep" not in framework_line("nemo", "bf16")
+    # and whose quantisation traffic it counted: torchtitan's own (torchao's), NeMo's the recipe's default
+    assert "its own fp8 casts (6 / 8 / 6 B per input / weight / output-gradient element)" in framework_line(
+        "torchtitan", "fp8")
+    assert "own fp8 casts" not in framework_line("nemo", "fp8")

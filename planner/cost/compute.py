@@ -22,7 +22,7 @@ import numpy as np
 
 from planner.cost.memory import MATMUL_POLICIES, policy_recomputed
 from planner.graph import DTYPE_BYTES, LayerGraph, Op, causal_fraction, key_positions
-from planner.precision import RECIPES, base_dtype, gemm_peak_key
+from planner.precision import RECIPES, QuantiseTraffic, base_dtype, gemm_peak_key, quantise_traffic
 from planner.specs.cluster import GPUSpec
 
 Array = np.ndarray
@@ -59,8 +59,9 @@ def low_precision(op: Op, dtype: str) -> bool:
 
 
 def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep: Array,
-                  num_experts: int) -> OpTimes:
-    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`.
+                  num_experts: int, quantise: QuantiseTraffic | None = None) -> OpTimes:
+    """Roofline time of a (possibly routed) linear layer for `tokens` local tokens under recipe `dtype`,
+    its operands quantised with `quantise`'s traffic (None: the recipe's default, `quantise_traffic`).
 
     No separate cost for operands fetched from memory: on a CPU host the calibrated curve is timed on
     autograd's linear forward + backward with inputs, weights and output gradients cycling through 64
@@ -86,14 +87,14 @@ def gemm_op_times(op: Op, gpu: GPUSpec, dtype: str, tokens: Array, tp: Array, ep
     fwd = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, n)), nbytes)
     dgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (m, k)), nbytes)
     wgrad = inst * np.maximum(gpu.gemm_time(flops, peak_key, (k, n)), nbytes)
-    if lowp:  # quantise: read the bf16 operand, write the low-precision one and its scales
+    if lowp:  # quantise: read the bf16 operands, write the low-precision ones and their scales
         r = RECIPES[dtype]
-        passes = r.quantise_passes_bwd
-        fwd = fwd + inst * gpu.memory_time((b + e) * (m * k + k * n), 2)
-        bwd_q = (b + e) * m * n + (2 * e * (m * k + k * n) if passes else 0.0)
+        q = quantise or quantise_traffic(dtype)
+        fwd = fwd + inst * gpu.memory_time(q.input_fwd * m * k + q.weight_fwd * k * n, q.kernels_fwd)
+        bwd_q = q.input_bwd * m * k + q.weight_bwd * k * n + q.grad_output_bwd * m * n
         # rescaling the input- and weight-gradient GEMMs' outputs after the GEMM (precision.Recipe)
         bwd_q = bwd_q + r.rescale_passes_bwd * 2 * b * (m * k + k * n)
-        kernels = 1 + passes + 2 * r.rescale_passes_bwd
+        kernels = q.kernels_bwd + 2 * r.rescale_passes_bwd
         return OpTimes(fwd=fwd, bwd=dgrad + wgrad + inst * gpu.memory_time(bwd_q, kernels), wgrad=inst * wgrad)
     return OpTimes(fwd=fwd, bwd=dgrad + wgrad, wgrad=wgrad)
 
@@ -188,9 +189,11 @@ class LayerTimes:
 
 def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bool, tokens: Array,
               seq: Array, tp: Array, sp: Array, ep: Array, attention_kernel: str = "",
-              etp: Array | None = None, resident: Array | float = 1.0) -> LayerTimes:
+              etp: Array | None = None, resident: Array | float = 1.0,
+              quantise: QuantiseTraffic | None = None) -> LayerTimes:
     """Sum the op times of `ops` (one layer, or the pre/post ops) for one micro-batch. A frozen linear
-    layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel.
+    layer (fine-tuning: LoRA) computes no weight gradient; attention runs the framework's kernel, and
+    low-precision linear layers quantise with the framework's traffic (`quantise`; None: the default).
 
     `etp` (default tp): the routed experts' tensor-parallel size. Narrower than tp, each rank dispatches
     its own tp / etp share of the tokens (sequence parallel) to experts split over etp ranks only
@@ -208,9 +211,9 @@ def ops_times(ops: list[Op], lg: LayerGraph, gpu: GPUSpec, dtype: str, flash: bo
     for op in ops:
         if op.kind == "gemm":
             if op.routed and etp is not None:
-                t = gemm_op_times(op, gpu, dtype, tokens * etp / tp, etp, ep, m.num_experts)
+                t = gemm_op_times(op, gpu, dtype, tokens * etp / tp, etp, ep, m.num_experts, quantise)
             else:
-                t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts)
+                t = gemm_op_times(op, gpu, dtype, tokens, tp, ep, m.num_experts, quantise)
             if op.tp == "column" and not op.routed and not op.name.endswith(".lora_b"):
                 # the window the input-gradient reduction hides in: the weight-gradient GEMM (none if frozen)
                 cols.append(np.zeros_like(t.fwd) if op.frozen else t.fwd)
