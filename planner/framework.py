@@ -381,7 +381,7 @@ class Framework:
             raise SpecError(f"must map {', '.join(CP_RING_BYTES_KEYS)} each to [bytes per query element, bytes per "
                             "key / value element] in 0..1000", field=f"framework[{self.name}].cp_ring_bytes")
         for dtype, traffic in self.quantise_bytes:
-            if dtype not in RECIPES or not RECIPES[dtype].low_precision:
+            if dtype not in LOW_PRECISION:
                 raise SpecError(f"must name a low-precision recipe ({', '.join(LOW_PRECISION)}), got {dtype!r}",
                                 field=f"framework[{self.name}].quantise_bytes")
             traffic.check(f"framework[{self.name}].quantise_bytes.{dtype}")

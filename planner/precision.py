@@ -114,10 +114,12 @@ class QuantiseTraffic:
         every kernel count a whole number in 0..50."""
         for f in fields(self):
             value = getattr(self, f.name)
-            limit = 50 if f.name.startswith("kernels") else 100
-            whole = not f.name.startswith("kernels") or float(value).is_integer()
-            if not (isinstance(value, (int, float)) and 0 <= value <= limit and whole):
-                unit = "a whole kernel count" if f.name.startswith("kernels") else "bytes per element"
+            kernels = f.name.startswith("kernels")
+            limit = 50 if kernels else 100
+            # the type first: a non-number must not reach float()
+            if not (isinstance(value, (int, float)) and 0 <= value <= limit
+                    and (not kernels or float(value).is_integer())):
+                unit = "a whole kernel count" if kernels else "bytes per element"
                 raise SpecError(f"must be {unit} in 0..{limit}, got {value!r}", field=f"{where}.{f.name}")
 
 

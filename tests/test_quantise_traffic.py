@@ -104,6 +104,7 @@ def test_the_december_2024_profiles_count_that_releases_roofline() -> None:
     ({"fp8": {"input_fwd": 1}}, "must map exactly"),
     ({"fp8": {**dict.fromkeys(QUANTISE_KEYS, 1), "input_fwd": -1}}, r"fp8\.input_fwd: must be bytes per element"),
     ({"fp8": {**dict.fromkeys(QUANTISE_KEYS, 1), "kernels_bwd": 1.5}}, r"fp8\.kernels_bwd: must be a whole"),
+    ({"fp8": {**dict.fromkeys(QUANTISE_KEYS, 1), "kernels_fwd": "two"}}, r"fp8\.kernels_fwd: must be a whole"),
     ([1, 2], "must map each recipe"),
 ])
 def test_a_bad_count_is_one_clear_error(bad: object, match: str, monkeypatch: pytest.MonkeyPatch) -> None:

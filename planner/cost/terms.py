@@ -462,9 +462,10 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
         return np.where(sp, *(float(sum(_tp_dtensor_tensors(op, model, fw.fused_qkv, on) for op in ops))
                               for on in (True, False)))
 
+    quantise = fw.quantise_traffic(dt)  # the profile's own quantisation traffic (None: the recipe's default)
     for kind in lg.kinds:
         lay = ops_times(list(kind.ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel, et,
-                        TRAINING_RESIDENT, fw.quantise_traffic(dt))
+                        TRAINING_RESIDENT, quantise)
         routed = any(op.routed for op in kind.ops)
         tp_fwd, tp_bwd_total = (tp_fwd_moe, tp_bwd_total_moe) if routed else (tp_fwd_dense, tp_bwd_total_dense)
         regather, last = (regather_moe, last_moe) if routed else (regather_dense, last_dense)
@@ -532,9 +533,9 @@ def _structure(model: ModelSpec, cluster: ClusterSpec, lg: LayerGraph, b: PlanBa
     res: dict[str, Array] = {k: np.stack(v, axis=1) for k, v in out.items()}
 
     pre = ops_times(list(lg.pre_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
-                    resident=TRAINING_RESIDENT, quantise=fw.quantise_traffic(dt))
+                    resident=TRAINING_RESIDENT, quantise=quantise)
     post = ops_times(list(lg.post_ops), lg, gpu, dt, b.flash, tokens, seq, t, sp, e, fw.attention_kernel,
-                     resident=TRAINING_RESIDENT, quantise=fw.quantise_traffic(dt))
+                     resident=TRAINING_RESIDENT, quantise=quantise)
     # Embedding / LM head (vocabulary parallel) and the loss's three fp32 all-reduces per token.
     small = collective_time(cluster, tp_collective(cluster, fw, "all_reduce"), tokens * float(LOSS_BYTES), b.tp,
                             b.stride_tp)
